@@ -1,0 +1,1 @@
+"""Dagster wiring over :mod:`mlplatform.lib`: asset factories, checks, resources."""

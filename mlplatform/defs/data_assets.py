@@ -1,0 +1,221 @@
+"""Data assets of one model: ``raw`` (source rows per week), optional dbt ``staged``, ``features`` (Pandera-gated).
+
+Each gate is a blocking check yielded by the asset it gates. When a gate fails,
+the asset yields the failed check and no output: the week's stored rows stay
+as they were and nothing downstream runs.
+"""
+
+
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    MetadataValue,
+    Output,
+    TableColumn,
+    TableColumnConstraints,
+    TableSchema,
+    asset,
+)
+from dagster_pandera import pandera_schema_to_dagster_type
+
+from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
+from mlplatform.defs.resources import Warehouse
+from mlplatform.lib.source import read_source, rows_in_window, source_columns, to_utc_naive
+from mlplatform.lib.validation import (
+    GateReport,
+    check_source_week,
+    coerce_numeric_columns,
+    features_schema,
+    schema_columns,
+    to_features_frame,
+    validate_features,
+)
+from mlplatform.specs import ModelSpec
+
+RAW_CHECK = "source_contract"
+FEATURES_CHECK = "schema"
+
+
+def raw_key(spec: ModelSpec) -> AssetKey:
+    return AssetKey([spec.name, "raw"])
+
+
+def staged_key(spec: ModelSpec) -> AssetKey:
+    return AssetKey([spec.name, "staged"])
+
+
+def features_key(spec: ModelSpec) -> AssetKey:
+    return AssetKey([spec.name, "features"])
+
+
+def owners(spec: ModelSpec) -> list[str]:
+    return [spec.owner] if spec.owner else []
+
+
+def gate_metadata(report: GateReport) -> dict[str, Any]:
+    """What a person needs to see in the check's panel to know why a gate failed."""
+    metadata: dict[str, Any] = {"summary": MetadataValue.text(report.summary)}
+    if report.problems:
+        metadata["failures"] = MetadataValue.md(_markdown_table(pd.DataFrame(report.problems)))
+        metadata["failing_columns"] = MetadataValue.json(sorted({p["column"] for p in report.problems}))
+        metadata["failure_count"] = MetadataValue.int(sum(int(p["failures"]) for p in report.problems))
+    if report.sample_rows is not None and len(report.sample_rows):
+        metadata["sample_failing_rows"] = MetadataValue.md(_markdown_table(report.sample_rows))
+    for name, value in report.facts.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metadata[name] = value
+        elif value is not None:
+            metadata[name] = MetadataValue.json(value)
+    return metadata
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    rows = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def _rows_per_week_table(counts: dict[str, int]) -> MetadataValue:
+    return MetadataValue.md(_markdown_table(pd.DataFrame({"week": list(counts), "rows": list(counts.values())})))
+
+
+def build_raw_asset(spec: ModelSpec):
+    """``<model>/raw``: the source rows whose event time falls in the week, stored in DuckDB."""
+    key = raw_key(spec)
+    header = set(source_columns(spec.source_path))
+    required_columns = [c for c in dict.fromkeys([spec.time_column, *spec.modelling_columns]) if c in header]
+    path = spec.source_path
+
+    @asset(
+        key=key,
+        group_name=spec.name,
+        partitions_def=weekly_partitions(spec),
+        backfill_policy=SINGLE_RUN,
+        output_required=False,
+        owners=owners(spec),
+        kinds={"duckdb", "pandas"},
+        description=f"Rows of `{path.name}` whose event time (`{spec.time_column}`, UTC) falls in the week. "
+        "Re-materializing a week replaces its rows.",
+        metadata={"partition_expr": spec.time_column, "source": MetadataValue.path(str(path))},
+        check_specs=[
+            AssetCheckSpec(
+                RAW_CHECK,
+                asset=key,
+                blocking=True,
+                description="Every week has rows, every column the spec needs is present, numeric columns hold numbers.",
+            )
+        ],
+    )
+    def raw(context: AssetExecutionContext) -> Iterator[Output | AssetCheckResult]:
+        window = run_window(context)
+        frame = read_source(path)
+        if spec.source.timestamp:
+            frame[spec.time_column] = to_utc_naive(frame[spec.time_column], spec.source.timezone)
+        else:
+            frame[spec.time_column] = pd.Timestamp(spec.partitions.start)
+        unplaced = int(frame[spec.time_column].isna().sum())
+        rows = rows_in_window(frame, spec.time_column, window)
+        report = check_source_week(rows, spec, window, required_columns)
+        if unplaced:
+            context.log.warning(f"{unplaced} source rows have no valid event time and belong to no week")
+        if not report.passed:
+            context.log.error(f"source contract failed for {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {report.summary}")
+            yield AssetCheckResult(
+                check_name=RAW_CHECK, passed=False, severity=AssetCheckSeverity.ERROR, metadata=gate_metadata(report)
+            )
+            return
+        rows = coerce_numeric_columns(rows, spec)
+        yield Output(
+            rows,
+            metadata={
+                "rows": len(rows),
+                "window": f"{window.start:%Y-%m-%d} .. {window.end:%Y-%m-%d} (end excluded, UTC)",
+                "rows_per_week": _rows_per_week_table(report.facts["rows_per_week"]),
+                "source_rows_without_event_time": unplaced,
+                "preview": MetadataValue.md(_markdown_table(rows.head(5))),
+            },
+        )
+        yield AssetCheckResult(check_name=RAW_CHECK, passed=True, metadata=gate_metadata(report))
+
+    return raw
+
+
+def _column_schema(spec: ModelSpec) -> TableSchema:
+    return TableSchema(
+        columns=[
+            TableColumn(
+                name=column["name"],
+                type=column["type"],
+                description=column["description"],
+                constraints=TableColumnConstraints(
+                    nullable=column["nullable"], unique=column["unique"], other=column["constraints"]
+                ),
+            )
+            for column in schema_columns(spec)
+        ]
+    )
+
+
+def build_features_asset(spec: ModelSpec):
+    """``<model>/features``: the modelling table for the week, validated by the Pandera schema built from the spec."""
+    key = features_key(spec)
+    upstream = staged_key(spec) if spec.staging else raw_key(spec)
+    schema = features_schema(spec)
+
+    @asset(
+        key=key,
+        group_name=spec.name,
+        deps=[upstream],
+        partitions_def=weekly_partitions(spec),
+        backfill_policy=SINGLE_RUN,
+        output_required=False,
+        owners=owners(spec),
+        kinds={"pandera", "duckdb", "pandas"},
+        dagster_type=pandera_schema_to_dagster_type(schema),
+        description=f"Modelling table of {spec.name}: event time, key, features and target `{spec.target}`, "
+        "validated against the Pandera schema generated from the spec.",
+        metadata={"partition_expr": spec.time_column, "dagster/column_schema": _column_schema(spec)},
+        check_specs=[
+            AssetCheckSpec(
+                FEATURES_CHECK,
+                asset=key,
+                blocking=True,
+                description="Pandera schema from the spec: dtypes, nullability, allowed categories, ranges, unique key, "
+                "rows in every week.",
+            )
+        ],
+    )
+    def features(context: AssetExecutionContext, warehouse: Warehouse) -> Iterator[Output | AssetCheckResult]:
+        window = run_window(context)
+        if not warehouse.table_exists(upstream.path[0], upstream.path[1]):
+            raise RuntimeError(f"{'/'.join(upstream.path)} has never been materialized; materialize it first")
+        frame = warehouse.read_window(upstream.path[0], upstream.path[1], spec.time_column, window)
+        table = to_features_frame(frame, spec)
+        validated, report = validate_features(table, spec, window)
+        if validated is None:
+            context.log.error(f"features schema failed for {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {report.summary}")
+            yield AssetCheckResult(
+                check_name=FEATURES_CHECK, passed=False, severity=AssetCheckSeverity.ERROR, metadata=gate_metadata(report)
+            )
+            return
+        yield Output(
+            validated,
+            metadata={
+                "rows": len(validated),
+                "window": f"{window.start:%Y-%m-%d} .. {window.end:%Y-%m-%d} (end excluded, UTC)",
+                "target_null_share": report.facts["target_null_share"] or 0.0,
+                "rows_per_week": _rows_per_week_table(report.facts["rows_per_week"]),
+                "preview": MetadataValue.md(_markdown_table(validated.head(5))),
+            },
+        )
+        yield AssetCheckResult(check_name=FEATURES_CHECK, passed=True, metadata=gate_metadata(report))
+
+    return features

@@ -1,0 +1,1 @@
+"""Pure logic of the platform. Nothing in this package imports Dagster."""

@@ -1,0 +1,98 @@
+"""Reading a model's source file and cutting it into weekly partitions.
+
+Time convention (documented in the README): every event time is converted to
+UTC and stored as a naive UTC timestamp. Naive source timestamps are read in
+the spec's ``source.timezone`` (default UTC); tz-aware ones are converted.
+Weeks are UTC weeks starting Monday 00:00 and include their start, exclude
+their end: Sunday 23:59:59 belongs to the week before Monday 00:00.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+SNAPSHOT_TIME_COLUMN = "_event_time"
+"""Column added to a dataset that has no event time: all rows are one snapshot week."""
+
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parquet(path: Path) -> bool:
+    return path.name.lower().endswith(_PARQUET_SUFFIXES)
+
+
+def source_columns(path: Path) -> list[str]:
+    """Column names from the file header only, so validating a spec stays cheap."""
+    if is_parquet(path):
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    return list(pd.read_csv(path, nrows=0).columns)
+
+
+_SOURCE_CACHE: dict[tuple[str, int, int], pd.DataFrame] = {}
+
+
+def read_source(path: Path) -> pd.DataFrame:
+    """The whole source file, cached per (path, mtime, size) so a backfill of many weeks reads it once."""
+    stat = path.stat()
+    cache_key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if cache_key not in _SOURCE_CACHE:
+        _SOURCE_CACHE.clear()
+        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, low_memory=False)
+        _SOURCE_CACHE[cache_key] = frame
+    return _SOURCE_CACHE[cache_key].copy()
+
+
+def to_utc_naive(values: pd.Series, timezone: str = "UTC") -> pd.Series:
+    """Parse event times to naive UTC; unparseable values become NaT (reported, never guessed)."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        parsed = pd.to_datetime(values, errors="coerce", utc=False, format="mixed")
+    if getattr(parsed.dt, "tz", None) is None:
+        parsed = parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+    return parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+
+
+def week_start(day: date | datetime) -> date:
+    """The Monday of the week that contains ``day``."""
+    as_date = day.date() if isinstance(day, datetime) else day
+    return as_date - timedelta(days=as_date.weekday())
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open UTC time window [start, end) of whole weeks."""
+
+    start: datetime
+    end: datetime
+
+    def week_starts(self) -> list[date]:
+        weeks, current = [], self.start.date()
+        while datetime.combine(current, datetime.min.time()) < self.end:
+            weeks.append(current)
+            current += timedelta(days=7)
+        return weeks
+
+
+def rows_in_window(frame: pd.DataFrame, time_column: str, window: Window) -> pd.DataFrame:
+    times = frame[time_column]
+    mask = (times >= pd.Timestamp(window.start)) & (times < pd.Timestamp(window.end))
+    return frame.loc[mask].reset_index(drop=True)
+
+
+def rows_per_week(frame: pd.DataFrame, time_column: str, window: Window) -> dict[str, int]:
+    """Row count of every week in the window, zeros included, keyed by the week's Monday (ISO date)."""
+    counts = {week.isoformat(): 0 for week in window.week_starts()}
+    if len(frame):
+        mondays = frame[time_column].dt.normalize() - pd.to_timedelta(frame[time_column].dt.weekday, unit="D")
+        for monday, count in mondays.value_counts().items():
+            key = monday.date().isoformat()
+            if key in counts:
+                counts[key] = int(count)
+    return counts

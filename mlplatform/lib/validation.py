@@ -1,0 +1,210 @@
+"""Data gates: the source contract for raw weeks and the Pandera schema for features.
+
+Both return plain reports (passed + facts a person reads in the UI) so the
+Dagster layer only decides where to show them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+
+from mlplatform.lib.source import Window, rows_per_week
+from mlplatform.specs import ModelSpec
+
+SAMPLE_ROWS = 5
+
+
+@dataclass
+class GateReport:
+    """Outcome of a data gate: whether it passed, a one-line reason, and details for the UI."""
+
+    passed: bool
+    summary: str
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    sample_rows: pd.DataFrame | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def as_category_text(values: pd.Series) -> pd.Series:
+    """Categories compared as text, with integral numbers written without '.0' (1.0 -> '1') and nulls kept."""
+    if pd.api.types.is_bool_dtype(values):
+        text = values.map({True: "True", False: "False"})
+    elif pd.api.types.is_numeric_dtype(values):
+        numbers = values.astype("float64")
+        integral = numbers.dropna().eq(np.floor(numbers.dropna())).all()
+        text = numbers.map(lambda v: None if pd.isna(v) else (str(int(v)) if integral else repr(float(v))))
+    else:
+        text = values.map(lambda v: None if pd.isna(v) else str(v))
+    return text.astype(object)
+
+
+def category_text(value: Any) -> str:
+    """The text form of one declared category, matching :func:`as_category_text`."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def check_source_week(frame: pd.DataFrame, spec: ModelSpec, window: Window, required_columns: list[str]) -> GateReport:
+    """Does the raw data for this window have rows every week, the columns the spec needs, and numbers where numbers are due?
+
+    ``frame`` is the window's rows as read, with the event time already parsed.
+    """
+    problems: list[dict[str, Any]] = []
+    bad_rows = pd.Series(False, index=frame.index)
+    missing = [c for c in required_columns if c not in frame.columns]
+    for column in missing:
+        problems.append({"column": column, "check": "column present", "failures": len(frame),
+                         "examples": f"column {column!r} is missing from the source"})
+    for column in spec.numeric_columns:
+        if column in frame.columns and not pd.api.types.is_numeric_dtype(frame[column]):
+            parsed = pd.to_numeric(frame[column], errors="coerce")
+            not_numbers = parsed.isna() & frame[column].notna()
+            if not_numbers.any():
+                bad_rows |= not_numbers
+                examples = frame.loc[not_numbers, column].astype(str).unique()[:5].tolist()
+                problems.append({"column": column, "check": "numeric values", "failures": int(not_numbers.sum()),
+                                 "examples": ", ".join(repr(e) for e in examples)})
+    counts = rows_per_week(frame, spec.time_column, window)
+    empty_weeks = [week for week, count in counts.items() if count == 0]
+    for week in empty_weeks:
+        problems.append({"column": "(rows)", "check": "week has rows", "failures": 1,
+                         "examples": f"week {week} has no rows in the source"})
+    summary = "source rows are complete and readable" if not problems else "; ".join(
+        f"{p['column']}: {p['check']} failed ({p['failures']})" for p in problems[:6]
+    )
+    return GateReport(
+        passed=not problems,
+        summary=summary,
+        problems=problems,
+        sample_rows=frame.loc[bad_rows].head(SAMPLE_ROWS) if bad_rows.any() else None,
+        facts={"rows_per_week": counts, "missing_columns": missing, "empty_weeks": empty_weeks},
+    )
+
+
+def coerce_numeric_columns(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """Numeric spec columns as float64, once :func:`check_source_week` has shown they parse."""
+    frame = frame.copy()
+    for column in spec.numeric_columns:
+        if column in frame.columns and not pd.api.types.is_numeric_dtype(frame[column]):
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def features_schema(spec: ModelSpec) -> pa.DataFrameSchema:
+    """The Pandera schema of the features table, generated from the spec (dtypes, nullability, categories, ranges, key)."""
+    columns: dict[str, pa.Column] = {
+        spec.time_column: pa.Column("datetime64[ns]", nullable=False, description="Event time (UTC).")
+    }
+    for key in spec.source.key:
+        if key != spec.time_column:
+            columns[key] = pa.Column(nullable=False, description="Row key.")
+    if spec.fairness is not None:
+        columns[spec.fairness.sensitive] = _column(spec, spec.fairness.sensitive, "sensitive", default_nullable=False)
+    for name in spec.features.numeric:
+        columns[name] = _column(spec, name, "numeric", default_nullable=True)
+    for name in spec.features.categorical:
+        columns[name] = _column(spec, name, "categorical", default_nullable=True)
+    target_kind = "numeric" if spec.task == "regression" else "label"
+    columns[spec.target] = _column(spec, spec.target, target_kind, default_nullable=False)
+    return pa.DataFrameSchema(
+        columns,
+        unique=spec.source.key or None,
+        strict=False,
+        name=f"{spec.name}_features",
+        description=f"Modelling table of {spec.name}: one row per event, features and target '{spec.target}'.",
+    )
+
+
+def _column(spec: ModelSpec, name: str, kind: str, default_nullable: bool) -> pa.Column:
+    rules = spec.columns.get(name)
+    nullable = default_nullable if rules is None or rules.nullable is None else rules.nullable
+    checks: list[pa.Check] = []
+    if rules is not None and rules.min is not None:
+        checks.append(pa.Check.ge(rules.min, error=f"value >= {rules.min}"))
+    if rules is not None and rules.max is not None:
+        checks.append(pa.Check.le(rules.max, error=f"value <= {rules.max}"))
+    if rules is not None and rules.categories is not None:
+        allowed = sorted({category_text(c) for c in rules.categories})
+        checks.append(
+            pa.Check(lambda s, allowed=allowed: as_category_text(s).isin(allowed) | s.isna(),
+                     element_wise=False, error=f"value in {allowed}", name="isin")
+        )
+    role = {"numeric": "Numeric feature", "categorical": "Categorical feature", "label": "Target",
+            "sensitive": "Sensitive attribute (not a feature)"}[kind]
+    if name == spec.target:
+        role = "Target"
+    dtype: Any = "float64" if kind == "numeric" else (str if kind == "categorical" else None)
+    return pa.Column(dtype, checks=checks, nullable=nullable, coerce=kind == "numeric", description=role)
+
+
+def to_features_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """The modelling columns in schema order, categoricals as text; missing columns stay missing for the gate to name."""
+    present = [c for c in spec.modelling_columns if c in frame.columns]
+    table = frame[present].copy()
+    for name in spec.features.categorical:
+        if name in table.columns:
+            table[name] = as_category_text(table[name])
+    return table
+
+
+def validate_features(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> tuple[pd.DataFrame | None, GateReport]:
+    """Validate lazily so the report lists every failing column and check at once, not the first one."""
+    schema = features_schema(spec)
+    counts = rows_per_week(frame, spec.time_column, window) if spec.time_column in frame.columns else {}
+    facts: dict[str, Any] = {
+        "rows": len(frame),
+        "target_null_share": float(frame[spec.target].isna().mean()) if spec.target in frame.columns and len(frame) else None,
+        "rows_per_week": counts,
+    }
+    problems: list[dict[str, Any]] = [
+        {"column": "(rows)", "check": "week has rows", "failures": 1, "examples": f"week {week} has no rows"}
+        for week, count in counts.items()
+        if count == 0
+    ]
+    sample = None
+    validated = None
+    try:
+        validated = schema.validate(frame, lazy=True)
+    except SchemaErrors as errors:
+        cases = errors.failure_cases
+        for (column, check), group in cases.groupby(["column", "check"], dropna=False, sort=False):
+            examples = group["failure_case"].astype(str).unique()[:5].tolist()
+            problems.append({
+                "column": "(table)" if pd.isna(column) else str(column),
+                "check": str(check),
+                "failures": int(len(group)),
+                "examples": ", ".join(examples),
+            })
+        row_index = pd.to_numeric(cases["index"], errors="coerce").dropna().astype(int).unique()
+        sample = frame.loc[frame.index.intersection(row_index)].head(SAMPLE_ROWS)
+    if problems:
+        summary = "; ".join(f"{p['column']}: {p['check']} ({p['failures']} failures)" for p in problems[:6])
+        return None, GateReport(passed=False, summary=summary, problems=problems,
+                                sample_rows=sample if sample is not None and len(sample) else None, facts=facts)
+    return validated, GateReport(passed=True, summary=f"{len(frame)} rows match the schema", facts=facts)
+
+
+def schema_columns(spec: ModelSpec) -> list[dict[str, Any]]:
+    """Column facts (name, type, description, constraints) for the UI's column schema."""
+    schema = features_schema(spec)
+    described = []
+    for name, column in schema.columns.items():
+        constraints = [c.error for c in column.checks if c.error]
+        described.append({
+            "name": name,
+            "type": str(column.dtype) if column.dtype is not None else "any",
+            "description": column.description or "",
+            "nullable": column.nullable,
+            "unique": name in (spec.source.key or []) and len(spec.source.key) == 1,
+            "constraints": constraints,
+        })
+    return described

@@ -1,0 +1,43 @@
+"""Packaging for mlplatform. Exact tested versions live in requirements.lock; these are the compatible ranges."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mlplatform",
+    version="0.1.0",
+    description="Declarative tabular-model lifecycles (data, training, gates, drift, serving) as Dagster assets",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11,<3.13",
+    packages=find_packages(include=["mlplatform", "mlplatform.*"]),
+    package_data={"mlplatform": ["examples/*.yaml", "examples/data/*"]},
+    install_requires=[
+        "dagster==1.13.27",
+        "dagster-webserver==1.13.27",
+        "dagster-dbt==0.29.27",
+        "dagster-mlflow==0.29.27",
+        "dagster-pandera==0.29.27",
+        "dagster-duckdb==0.29.27",
+        "dagster-duckdb-pandas==0.29.27",
+        # dbt-core 1.12 needs a parser whose build downloads a binary from outside PyPI: keep below it.
+        "dbt-core>=1.11.16,<1.12",
+        "dbt-duckdb==1.11.1",
+        "duckdb==2.0.0",
+        "mlflow==3.17.2",
+        "evidently==0.7.23",
+        "pandera==0.35.0",
+        # evidently 0.7.23 does not import on pandas 3; dagster-pandera and dagster-mlflow declare pandas<3.
+        "pandas>=2.3,<3",
+        "numpy>=2,<2.5",
+        "scikit-learn==1.9.1",
+        "scipy>=1.13",
+        "pyarrow>=17",
+        "pydantic>=2.7,<3",
+        "pyyaml>=6",
+        "fastapi==0.165.0",
+        "uvicorn==0.54.0",
+    ],
+    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6"]},
+    entry_points={"console_scripts": ["mlplatform=mlplatform.cli:main"]},
+)
