@@ -20,11 +20,6 @@ from mlplatform.lib.settings import ensure_home, load_settings
 from mlplatform.specs import ModelSpec, dbt_manifest_columns, load_specs
 
 
-# Single-run backfills (BackfillPolicy) are what make `--partition-range` one run; the policy is
-# marked beta, and the warning would greet every user at every load.
-warnings.filterwarnings("ignore", message=".*(backfill_policy|pandera_schema_to_dagster_type).*", category=BetaWarning)
-
-
 def build_model_assets(spec: ModelSpec) -> list:
     """Every asset of one model, in lifecycle order."""
     assets = [build_raw_asset(spec)]
@@ -41,7 +36,11 @@ def build_definitions() -> Definitions:
     ensure_home(settings)
     manifest = prepare_manifest()
     specs = load_specs(settings.specs_dir, dbt_manifest_columns(manifest))
-    assets = [asset for spec in specs for asset in build_model_assets(spec)]
+    with warnings.catch_warnings():
+        # Single-run backfills (what makes `--partition-range` one run) and the Pandera Dagster type
+        # are marked beta; the warning would greet every user at every load without telling them anything.
+        warnings.filterwarnings("ignore", message=".*(backfill_policy|pandera_schema_to_dagster_type).*", category=BetaWarning)
+        assets = [asset for spec in specs for asset in build_model_assets(spec)]
     jobs = [
         define_asset_job(f"{spec.name}_pipeline", selection=AssetSelection.groups(spec.name), description=f"Lifecycle of {spec.name}")
         for spec in specs

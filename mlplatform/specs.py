@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -218,7 +218,7 @@ class SpecError(ValueError):
         super().__init__(f"{len(problems)} problem(s) in model specs:\n{lines}")
 
 
-DbtColumns = Callable[[str], Union[list[str], None]]
+DbtColumns = Callable[[str], list[str] | None]
 """Looks up the declared columns of a dbt model by name; None when there is no such model."""
 
 

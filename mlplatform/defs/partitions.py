@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from dagster import AssetExecutionContext, BackfillPolicy, WeeklyPartitionsDefinition
 
@@ -34,5 +34,5 @@ def run_window(context: AssetExecutionContext) -> Window:
 
 def _naive_utc(moment: datetime) -> datetime:
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment

@@ -49,11 +49,17 @@ def read_source(path: Path) -> pd.DataFrame:
 
 
 def to_utc_naive(values: pd.Series, timezone: str = "UTC") -> pd.Series:
-    """Parse event times to naive UTC; unparseable values become NaT (reported, never guessed)."""
+    """Parse event times to naive UTC; unparseable values become NaT (reported, never guessed).
+
+    Values with an offset (``+02:00``, ``Z``) are converted to UTC; naive values are read in
+    ``timezone``. In a column that mixes both, naive values are read as UTC.
+    """
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
     else:
-        parsed = pd.to_datetime(values, errors="coerce", utc=False, format="mixed")
+        text = values.astype("string")
+        has_offset = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True, na=False).any()
+        parsed = pd.to_datetime(values, errors="coerce", utc=bool(has_offset), format="mixed")
     if getattr(parsed.dt, "tz", None) is None:
         parsed = parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
     return parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")

@@ -1,0 +1,117 @@
+"""The ``mlplatform`` command: run the lifecycle, open the UI, validate specs.
+
+Heavy imports (Dagster, dbt) happen inside the commands, so ``mlplatform --help``
+and ``mlplatform validate`` answer quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from mlplatform.lib.settings import Settings, ensure_home, load_settings
+
+DAGSTER_YAML = """\
+# Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    # DuckDB allows one writer per file: queue runs instead of letting them collide.
+    max_concurrent_runs: 1
+"""
+
+
+def prepare_dagster_home(settings: Settings) -> None:
+    """Point Dagster at ``MLPLATFORM_HOME/dagster`` and give it an instance config once."""
+    ensure_home(settings)
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mlplatform.defs.dbt_project import prepare_manifest
+    from mlplatform.specs import SpecError, dbt_manifest_columns, load_specs
+
+    settings = load_settings()
+    ensure_home(settings)
+    try:
+        specs = load_specs(settings.specs_dir, dbt_manifest_columns(prepare_manifest()))
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return 1
+    for spec in specs:
+        print(f"ok  {spec.name:<20} {spec.task:<11} {spec.spec_file}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from mlplatform.defs.dbt_project import prepare_manifest
+
+    ensure_home(load_settings())
+    print(f"dbt manifest: {prepare_manifest()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run every model's pipeline over its weeks on the bundled data, then print what happened."""
+    from mlplatform.runner import run_models, summary_table
+
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    results = run_models(models=args.model or None, first=args.start, last=args.end, weeks=args.weeks)
+    print()
+    print(summary_table(results))
+    print()
+    print(f"State is in {settings.home}. Explore it:")
+    print("  Dagster UI:  python3 dev.py ui        (or: mlplatform ui)")
+    return 0 if all(r.success for r in results) else 1
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``dagster dev`` on this code location with the instance under MLPLATFORM_HOME."""
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "mlplatform.definitions",
+               "--host", args.host, "--port", str(args.port)]
+    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={settings.dagster_home}); Ctrl-C stops it")
+    os.execv(sys.executable, command)
+    return 0  # pragma: no cover - execv does not return
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlplatform", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the lifecycle of every model on its data and print a summary")
+    demo.add_argument("--model", action="append", help="only this model (repeatable); default: all specs")
+    demo.add_argument("--start", help="first week (Monday, YYYY-MM-DD); default: the spec's first week")
+    demo.add_argument("--end", help="last week (Monday, YYYY-MM-DD); default: the spec's last week")
+    demo.add_argument("--weeks", type=int, help="only the first N weeks")
+    demo.set_defaults(func=cmd_demo)
+
+    ui = commands.add_parser("ui", help="start the Dagster UI on this state")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+
+    validate = commands.add_parser("validate", help="check the model specs and list every problem")
+    validate.set_defaults(func=cmd_validate)
+
+    prepare = commands.add_parser("prepare", help="build the dbt manifest if it is missing or stale")
+    prepare.set_defaults(func=cmd_prepare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

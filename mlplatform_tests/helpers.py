@@ -1,0 +1,48 @@
+"""Helpers to run pipelines and read what they left in the instance and the warehouse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+)
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def load_definitions() -> Definitions:
+    """Build the code location from the current environment, as `dagster dev` would."""
+    from mlplatform.definitions import build_definitions
+
+    return build_definitions()
+
+
+def run_weeks(defs: Definitions, model: str, instance: DagsterInstance, first: str, last: str | None = None) -> ExecuteInProcessResult:
+    job = defs.resolve_job_def(f"{model}_pipeline")
+    if last is None or last == first:
+        return job.execute_in_process(instance=instance, partition_key=first, raise_on_error=False, run_config=QUIET)
+    tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+    return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=QUIET)
+
+
+def warehouse_query(home: Path, sql: str) -> pd.DataFrame:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        return connection.execute(sql).fetchdf()
+
+
+def check_record(instance: DagsterInstance, asset: list[str], check: str):
+    return instance.get_latest_asset_check_evaluation_record(AssetCheckKey(AssetKey(asset), check))
+
+
+def materialized_partitions(instance: DagsterInstance, asset: list[str]) -> set[str]:
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset)), limit=10_000).records
+    return {r.partition_key for r in records}

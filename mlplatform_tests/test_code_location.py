@@ -1,0 +1,45 @@
+"""The code location loads the way `dagster dev` loads it, in a separate process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlplatform.lib.settings import REPO_DIR
+from mlplatform_tests.conftest import TOY_SPEC, toy_rows
+
+
+def validate(tmp_path: Path, specs: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLPLATFORM_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster")}
+    (tmp_path / "dagster").mkdir(exist_ok=True)
+    env.pop("MLPLATFORM_SPECS", None)
+    if specs is not None:
+        env["MLPLATFORM_SPECS"] = str(specs)
+    return subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_workspace_loads_bundled_examples_without_warnings(tmp_path):
+    result = validate(tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "All code locations passed validation" in result.stdout
+    ours = [line for line in result.stdout.splitlines() if "Warning" in line and "definitions_validate_command" not in line]
+    assert ours == []
+
+
+@pytest.mark.slow
+def test_bad_spec_stops_the_location_with_every_problem(tmp_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    toy_rows().to_csv(specs / "toy.csv", index=False)
+    (specs / "toy.yaml").write_text(TOY_SPEC.replace("task: regression", "task: regresion").replace("target: y", "target: yy"))
+    result = validate(tmp_path, specs)
+    assert result.returncode != 0
+    assert "toy.yaml: task: found 'regresion'; allowed: regression, binary, multiclass" in result.stdout

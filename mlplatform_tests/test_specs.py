@@ -1,0 +1,139 @@
+"""Every spec mistake gives one message naming the file, the key, what was found and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlplatform.defs.dbt_project import prepare_manifest
+from mlplatform.lib.settings import BUNDLED_SPECS_DIR
+from mlplatform.specs import SpecError, dbt_manifest_columns, load_specs
+from mlplatform_tests.conftest import TOY_SPEC, toy_rows
+
+
+def problems_for(spec_dir, spec_text: str, extra_specs: dict[str, str] | None = None) -> list[str]:
+    folder = spec_dir({"toy.yaml": spec_text, **(extra_specs or {})}, {"toy.csv": toy_rows()})
+    with pytest.raises(SpecError) as caught:
+        load_specs(folder)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_valid_toy_spec_loads_with_defaults(spec_dir):
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    [spec] = load_specs(folder)
+    assert spec.name == "toy"
+    assert spec.primary_metric == "rmse"
+    assert spec.estimator.class_name == "sklearn.ensemble.HistGradientBoostingRegressor"
+    assert spec.partitions.training_window_weeks == 8
+    assert spec.rollout.approval == "manual"
+    assert spec.source_path == folder / "toy.csv"
+
+
+def test_bundled_specs_load():
+    names = {s.name for s in load_specs(BUNDLED_SPECS_DIR, dbt_manifest_columns(prepare_manifest()))}
+    assert names == {"bike_demand", "car_loan"}
+
+
+def test_unknown_task(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("task: regression", "task: regresion"))
+    assert "toy.yaml: task: found 'regresion'; allowed: regression, binary, multiclass" in problem
+    assert "did you mean 'regression'" in problem
+
+
+def test_missing_target(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("target: y\n", ""))
+    assert "toy.yaml: target: required key is missing" in problem
+
+
+def test_misspelled_target_key(spec_dir):
+    problems = problems_for(spec_dir, TOY_SPEC.replace("target: y", "targte: y"))
+    assert any("target: required key is missing" in p for p in problems)
+    assert any("targte: unknown key (did you mean 'target'?)" in p for p in problems)
+
+
+def test_target_column_not_in_source(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("target: y", "target: yy"))
+    assert "toy.yaml: target: found 'yy', which is not a column of source toy.csv (did you mean 'y'?)" in problem
+
+
+def test_feature_column_not_in_source(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("numeric: [x1, x2]", "numeric: [x1, x3]"))
+    assert "features.numeric: found 'x3', which is not a column of source toy.csv" in problem
+    assert "columns: id, ts, x1, x2, color, y" in problem
+
+
+def test_timestamp_column_not_in_source(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("timestamp: ts", "timestamp: time"))
+    assert "source.timestamp: found 'time', which is not a column of source toy.csv" in problem
+
+
+def test_bad_model_name(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("name: toy", "name: Toy-Model"))
+    assert "toy.yaml: name: found 'Toy-Model'; a model name is lowercase letters, digits and underscores" in problem
+
+
+def test_non_numeric_threshold(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC + "gates:\n  threshold: high\n")
+    assert "toy.yaml: gates.threshold: found 'high'; expected a number" in problem
+
+
+def test_metric_not_allowed_for_task(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC + "gates:\n  metric: roc_auc\n")
+    assert "found 'roc_auc'; allowed for task regression: rmse, mae, r2" in problem
+
+
+def test_unknown_estimator_class(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC + "estimator:\n  class: sklearn.ensemble.RandomForestRegresor\n")
+    assert "estimator.class: found 'sklearn.ensemble.RandomForestRegresor'; sklearn.ensemble has no class" in problem
+    assert "did you mean 'RandomForestRegressor'" in problem
+
+
+def test_unknown_estimator_module(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC + "estimator:\n  class: sklearnx.Thing\n")
+    assert "estimator.class: found 'sklearnx.Thing'; module 'sklearnx' cannot be imported" in problem
+
+
+def test_unknown_estimator_param(spec_dir):
+    [problem] = problems_for(
+        spec_dir, TOY_SPEC + "estimator:\n  class: sklearn.linear_model.Ridge\n  params: {alpah: 1.0}\n"
+    )
+    assert "estimator.params.alpah: Ridge has no parameter 'alpah' (did you mean 'alpha'?)" in problem
+
+
+def test_duplicate_model_names(spec_dir):
+    problems = problems_for(spec_dir, TOY_SPEC, {"toy_copy.yaml": TOY_SPEC})
+    [problem] = problems
+    assert "toy_copy.yaml: name: model name 'toy' is already used by" in problem
+
+
+def test_source_file_missing(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("path: toy.csv", "path: missing.csv"))
+    assert "toy.yaml: source.path: file" in problem and "missing.csv does not exist" in problem
+
+
+def test_start_must_be_a_monday(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("start: 2024-01-01", "start: 2024-01-03"))
+    assert "partitions.start: 2024-01-03 is a Wednesday; weeks start on Monday (use 2024-01-01)" in problem
+
+
+def test_every_problem_reported_at_once(spec_dir):
+    text = TOY_SPEC.replace("task: regression", "task: nope").replace("name: toy", "name: 1toy")
+    problems = problems_for(spec_dir, text)
+    assert len(problems) == 2
+    assert {p.split(": ")[1] for p in problems} == {"task", "name"}
+
+
+def test_invalid_yaml(spec_dir):
+    [problem] = problems_for(spec_dir, "name: [unclosed\n")
+    assert "toy.yaml: (yaml): not valid YAML" in problem
+
+
+def test_no_specs_in_folder(tmp_path):
+    with pytest.raises(SpecError, match="no \\*.yaml model specs in this folder"):
+        load_specs(tmp_path)
+
+
+def test_dbt_model_unknown(spec_dir):
+    text = TOY_SPEC + "staging:\n  dbt_model: stg_nothing\n"
+    folder = spec_dir({"toy.yaml": text}, {"toy.csv": toy_rows()})
+    with pytest.raises(SpecError, match="staging.dbt_model: no dbt model named 'stg_nothing'"):
+        load_specs(folder, dbt_manifest_columns(prepare_manifest()))
