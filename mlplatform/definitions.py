@@ -7,6 +7,7 @@ and the UI shows every problem, one line each.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 from dagster import AssetSelection, BetaWarning, Definitions, define_asset_job, in_process_executor
@@ -15,12 +16,13 @@ from dagster_duckdb_pandas import DuckDBPandasIOManager
 
 from mlplatform.defs.data_assets import build_features_asset, build_raw_asset
 from mlplatform.defs.dbt_project import dbt_project, prepare_manifest
-from mlplatform.defs.resources import Warehouse
+from mlplatform.defs.model_assets import build_model_assets
+from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.lib.settings import ensure_home, load_settings
 from mlplatform.specs import ModelSpec, dbt_manifest_columns, load_specs
 
 
-def build_model_assets(spec: ModelSpec) -> list:
+def build_lifecycle_assets(spec: ModelSpec) -> list:
     """Every asset of one model, in lifecycle order."""
     assets = [build_raw_asset(spec)]
     if spec.staging is not None:
@@ -28,6 +30,7 @@ def build_model_assets(spec: ModelSpec) -> list:
 
         assets.append(build_staged_assets(spec))
     assets.append(build_features_asset(spec))
+    assets.append(build_model_assets(spec))
     return assets
 
 
@@ -40,7 +43,7 @@ def build_definitions() -> Definitions:
         # Single-run backfills (what makes `--partition-range` one run) and the Pandera Dagster type
         # are marked beta; the warning would greet every user at every load without telling them anything.
         warnings.filterwarnings("ignore", message=".*(backfill_policy|pandera_schema_to_dagster_type).*", category=BetaWarning)
-        assets = [asset for spec in specs for asset in build_model_assets(spec)]
+        assets = [asset for spec in specs for asset in build_lifecycle_assets(spec)]
     jobs = [
         define_asset_job(f"{spec.name}_pipeline", selection=AssetSelection.groups(spec.name), description=f"Lifecycle of {spec.name}")
         for spec in specs
@@ -53,6 +56,10 @@ def build_definitions() -> Definitions:
             "io_manager": DuckDBPandasIOManager(database=warehouse),
             "warehouse": Warehouse(database=warehouse),
             "dbt": DbtCliResource(project_dir=dbt_project, profiles_dir=str(dbt_project.profiles_dir)),
+            "model_registry": ModelRegistry(
+                mlflow_dir=str(settings.mlflow_dir),
+                ui_url=os.environ.get("MLPLATFORM_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
+            ),
         },
         # One process: DuckDB allows one writer per file, and in-process steps skip ~2 s of process start each.
         executor=in_process_executor,

@@ -1,11 +1,18 @@
-"""Resources: the DuckDB warehouse (IO manager + SQL reads) and dbt."""
+"""Resources: the DuckDB warehouse (SQL reads and week-replacing writes) and the MLflow model registry."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import pandas as pd
+from dagster import ConfigurableResource
 from dagster_duckdb import DuckDBResource
 
 from mlplatform.lib.source import Window
+
+if TYPE_CHECKING:  # mlflow costs ~1.5 s to import: only runs that train pay for it
+    from mlplatform.lib.tracking import Tracker
 
 
 class Warehouse(DuckDBResource):
@@ -27,4 +34,45 @@ class Warehouse(DuckDBResource):
                 f'order by "{time_column}"',
                 [window.start, window.end],
             ).fetchdf()
+
+
+
+class ModelRegistry(ConfigurableResource):
+    """MLflow tracking + registry (SQLite store and artifacts under MLPLATFORM_HOME by default)."""
+
+    mlflow_dir: str
+    ui_url: str = "http://127.0.0.1:5000"
+
+    def tracker(self) -> Tracker:
+        return _tracker_for(self.mlflow_dir)
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def version_url(self, model: str, version: str) -> str:
+        return f"{self.ui_url}/#/models/{model}/versions/{version}"
+
+
+_TRACKERS: dict[str, Tracker] = {}
+
+
+def _tracker_for(mlflow_dir: str) -> Tracker:
+    """One client per store and process: it caches loaded champion models across weeks of a backfill."""
+    from mlplatform.lib.tracking import Tracker
+
+    if mlflow_dir not in _TRACKERS:
+        _TRACKERS[mlflow_dir] = Tracker.under(Path(mlflow_dir))
+    return _TRACKERS[mlflow_dir]
+
+
+def write_week_rows(warehouse: Warehouse, schema: str, table: str, frame: pd.DataFrame, week_column: str,
+                    weeks: list) -> None:
+    """Replace the given weeks' rows of ``schema.table`` (created from the frame on first use)."""
+    with warehouse.get_connection() as connection:
+        connection.execute(f'create schema if not exists "{schema}"')
+        connection.register("incoming", frame)
+        connection.execute(f'create table if not exists "{schema}"."{table}" as select * from incoming limit 0')
+        connection.execute(f'delete from "{schema}"."{table}" where "{week_column}" in (select unnest(?))', [weeks])
+        connection.execute(f'insert into "{schema}"."{table}" by name select * from incoming')
+        connection.unregister("incoming")
 

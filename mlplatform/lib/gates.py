@@ -1,0 +1,98 @@
+"""Model gates: pure decisions over metrics and predictions, with the reason a person reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlplatform.lib.metrics import PairedComparison
+from mlplatform.lib.tasks import is_lower_better
+
+THRESHOLD = "absolute_threshold"
+CHAMPION = "beat_champion"
+SANITY = "prediction_sanity"
+GATES = (THRESHOLD, CHAMPION, SANITY)
+
+
+@dataclass
+class GateOutcome:
+    name: str
+    passed: bool
+    reason: str
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def threshold_gate(metric: str, value: float, threshold: float | None) -> GateOutcome:
+    """Errors must stay at or below the bar; scores at or above it. No bar in the spec: passes, says so."""
+    if threshold is None:
+        return GateOutcome(THRESHOLD, True, f"no threshold set for {metric}", {metric: value})
+    lower = is_lower_better(metric)
+    passed = bool(np.isfinite(value)) and (value <= threshold if lower else value >= threshold)
+    relation = "<=" if lower else ">="
+    verdict = "meets" if passed else "misses"
+    return GateOutcome(THRESHOLD, passed, f"{metric} {value:.4g} {verdict} the bar {relation} {threshold:g}",
+                       {metric: value, "threshold": threshold, "direction": "max" if lower else "min"})
+
+
+def champion_gate(comparison: PairedComparison | None, alpha: float, champion_version: str | None) -> GateOutcome:
+    """Fails only when the challenger is significantly worse than the champion on the same rows."""
+    if comparison is None:
+        return GateOutcome(CHAMPION, True, "first model: no champion to compare with", {"champion_version": None})
+    worse = comparison.p_value < alpha
+    p_text = f"{comparison.p_value:.3g}" if comparison.p_value > 0 else "<0.001"
+    reason = (
+        f"{comparison.metric}: challenger {comparison.challenger:.4g} vs champion v{champion_version} "
+        f"{comparison.champion:.4g}, difference {comparison.difference:+.4g} "
+        f"(95% CI {comparison.difference_low:+.4g}..{comparison.difference_high:+.4g}), p={p_text}; "
+        + ("significantly worse" if worse else f"not significantly worse at alpha={alpha}")
+    )
+    return GateOutcome(CHAMPION, not worse, reason, {
+        "metric": comparison.metric, "challenger": comparison.challenger, "champion": comparison.champion,
+        "champion_version": champion_version, "difference": comparison.difference,
+        "difference_ci_low": comparison.difference_low, "difference_ci_high": comparison.difference_high,
+        "p_value": comparison.p_value, "alpha": alpha, "rows": comparison.n_rows,
+    })
+
+
+def sanity_gate(task: str, predicted: np.ndarray, allowed_range: tuple[float, float] | None = None,
+                allowed_classes: list | None = None) -> GateOutcome:
+    """Predictions are finite, inside the target's range or classes, and not all the same."""
+    problems = []
+    if task == "regression":
+        values = np.asarray(predicted, dtype=float)
+        non_finite = int(np.sum(~np.isfinite(values)))
+        if non_finite:
+            problems.append(f"{non_finite} predictions are not finite")
+        finite = values[np.isfinite(values)]
+        if allowed_range is not None and len(finite):
+            low, high = allowed_range
+            outside = int(np.sum((finite < low) | (finite > high)))
+            if outside:
+                problems.append(f"{outside} predictions outside [{low:.4g}, {high:.4g}]")
+        distinct = len(np.unique(np.round(finite, 9)))
+    else:
+        values = np.asarray(predicted, dtype=object)
+        if allowed_classes is not None:
+            unknown = sorted({str(v) for v in values} - {str(c) for c in allowed_classes})
+            if unknown:
+                problems.append(f"predicted classes not in the target: {unknown}")
+        distinct = len({str(v) for v in values})
+    if len(values) and distinct <= 1:
+        problems.append("every prediction is the same (constant model)")
+    reason = "; ".join(problems) if problems else f"{len(values)} predictions finite, in range, {distinct} distinct values"
+    return GateOutcome(SANITY, not problems, reason, {"rows": len(values), "distinct_predictions": distinct})
+
+
+def prediction_range(y_train: np.ndarray, declared_min: float | None, declared_max: float | None,
+                     slack: float = 0.25) -> tuple[float, float]:
+    """The target's range (declared bounds, else the training target's), widened by ``slack`` x its span.
+
+    The slack keeps a regressor's small overshoots (a -2 for a count) from failing the gate while a
+    prediction far outside anything seen still does.
+    """
+    low = declared_min if declared_min is not None else float(np.nanmin(y_train))
+    high = declared_max if declared_max is not None else float(np.nanmax(y_train))
+    span = max(float(np.nanmax(y_train) - np.nanmin(y_train)) if len(y_train) else 0.0, high - low)
+    return low - slack * span, high + slack * span

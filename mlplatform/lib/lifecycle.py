@@ -1,0 +1,179 @@
+"""One week of a model's life: train on the window before week W, evaluate on W, gate, decide aliases.
+
+This is where a reader finds the whole decision: which rows train, which rows evaluate,
+how the challenger is compared with the champion, and when an alias moves.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplatform.lib import gates as gate_lib
+from mlplatform.lib.metrics import MetricEstimate, evaluate, paired_bootstrap
+from mlplatform.lib.plots import classification_plots, regression_plots
+from mlplatform.lib.source import Window
+from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
+from mlplatform.lib.training import SEED, build_pipeline, encode_target, fingerprint, predict, split_xy
+from mlplatform.specs import ModelSpec
+
+
+@dataclass
+class AliasChange:
+    model: str
+    alias: str
+    version: str
+    previous_version: str | None
+    actor: str
+    reason: str
+    week: str | None
+    changed_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+
+    def as_row(self) -> dict[str, Any]:
+        return {"changed_at": self.changed_at, "model": self.model, "alias": self.alias, "version": self.version,
+                "previous_version": self.previous_version, "actor": self.actor, "reason": self.reason,
+                "week": self.week}
+
+
+@dataclass
+class WeekResult:
+    week: str
+    version: str
+    run_id: str
+    experiment_id: str
+    train_window: Window
+    train_rows: int
+    eval_rows: int
+    fingerprint: str
+    metrics: dict[str, MetricEstimate]
+    gates: list[gate_lib.GateOutcome]
+    alias_changes: list[AliasChange]
+    predictions: pd.DataFrame
+    plots: dict[str, bytes]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def gate(self, name: str) -> gate_lib.GateOutcome:
+        return next(g for g in self.gates if g.name == name)
+
+
+def split_train_eval(features: pd.DataFrame, spec: ModelSpec, week_start: datetime) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
+    """Training rows: the N weeks strictly before W; evaluation rows: week W only. Never overlapping."""
+    weeks = spec.partitions.training_window_weeks
+    train_window = Window(week_start - pd.Timedelta(weeks=weeks), week_start)
+    eval_window = Window(week_start, week_start + pd.Timedelta(weeks=1))
+    times = features[spec.time_column]
+    train = features[(times >= train_window.start) & (times < train_window.end)].reset_index(drop=True)
+    evaluation = features[(times >= eval_window.start) & (times < eval_window.end)].reset_index(drop=True)
+    return train, evaluation, train_window
+
+
+def alias_changes_for(spec: ModelSpec, version: str, passed: bool, current: dict[str, str | None],
+                      week: str, actor: str) -> list[AliasChange]:
+    """Only a version that passed every gate moves an alias: challenger always, champion when approval is auto."""
+    if not passed:
+        return []
+    changes = [AliasChange(spec.name, CHALLENGER, version, current.get(CHALLENGER), actor,
+                           f"passed every gate on week {week}", week)]
+    if spec.rollout.approval == "auto":
+        changes.append(AliasChange(spec.name, CHAMPION, version, current.get(CHAMPION), actor,
+                                   f"approval: auto; passed every gate on week {week}", week))
+    return changes
+
+
+def run_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime, tracker: Tracker,
+             actor: str, dagster_run_id: str | None = None) -> WeekResult | str:
+    """Train, log, evaluate, gate and promote for week W; a string explains why the week was skipped."""
+    week = week_start.date().isoformat()
+    train, evaluation, train_window = split_train_eval(features, spec, week_start)
+    if train.empty:
+        return f"week {week}: no features rows in the {spec.partitions.training_window_weeks} weeks before it to train on"
+    if evaluation.empty:
+        return f"week {week}: no features rows in the week to evaluate on"
+    x_train, y_train = split_xy(train, spec)
+    if spec.task != "regression" and len(np.unique(y_train)) < 2:
+        return f"week {week}: the training window holds a single class of {spec.target}; cannot fit a classifier"
+
+    pipeline = build_pipeline(spec)
+    pipeline.fit(x_train, y_train)
+    x_eval, y_eval = split_xy(evaluation, spec)
+    challenger = predict(pipeline, x_eval, spec.task)
+    y_metric = encode_target(y_eval, spec.task, challenger.classes)
+    metrics = evaluate(spec.task, y_metric, challenger.score, seed=SEED)
+    metric = spec.primary_metric
+    plots = (regression_plots(y_metric, challenger.score, spec.name) if spec.task == "regression"
+             else classification_plots(y_metric, challenger.score, spec.task, spec.name))
+
+    champion_version = tracker.alias_version(spec.name, CHAMPION)
+    comparison = None
+    if champion_version is not None:
+        champion_model = tracker.load_version(spec.name, champion_version)
+        champion_pred = predict(champion_model, x_eval, spec.task)
+        champion_score = champion_pred.score
+        if spec.task == "multiclass":  # align label indices to the challenger's classes
+            index = {c: i for i, c in enumerate(challenger.classes or [])}
+            champion_score = np.array([index.get(c, -1) for c in champion_pred.label], dtype=float)
+        comparison = paired_bootstrap(metric, y_metric, challenger.score, champion_score, seed=SEED)
+
+    rules = spec.columns.get(spec.target)
+    outcomes = [
+        gate_lib.threshold_gate(metric, metrics[metric].value, spec.gates.threshold),
+        gate_lib.champion_gate(comparison, spec.gates.beat_champion.alpha, champion_version),
+        gate_lib.sanity_gate(
+            spec.task, challenger.label,
+            allowed_range=gate_lib.prediction_range(y_train, rules.min if rules else None, rules.max if rules else None)
+            if spec.task == "regression" else None,
+            allowed_classes=list(np.unique(y_train)) if spec.task != "regression" else None,
+        ),
+    ]
+    rows_fingerprint = fingerprint(train, spec)
+    params = {
+        "estimator": spec.estimator.class_name, **{f"estimator.{k}": v for k, v in spec.estimator.params.items()},
+        "seed": SEED, "task": spec.task, "target": spec.target,
+        "features.numeric": ",".join(spec.features.numeric), "features.categorical": ",".join(spec.features.categorical),
+        "training_window_weeks": spec.partitions.training_window_weeks,
+        "train_start": f"{train_window.start:%Y-%m-%d}", "train_end": f"{train_window.end:%Y-%m-%d}",
+        "eval_week": week, "train_rows": len(train), "eval_rows": len(evaluation),
+    }
+    metric_values = {name: estimate.value for name, estimate in metrics.items() if np.isfinite(estimate.value)}
+    metric_values |= {f"{name}_ci_low": e.low for name, e in metrics.items() if np.isfinite(e.low)}
+    metric_values |= {f"{name}_ci_high": e.high for name, e in metrics.items() if np.isfinite(e.high)}
+    tags = {"mlplatform.model": spec.name, "mlplatform.week": week, "data.fingerprint": rows_fingerprint,
+            "data.train_window": f"{train_window.start:%Y-%m-%d}..{train_window.end:%Y-%m-%d}",
+            **({"dagster.run_id": dagster_run_id} if dagster_run_id else {})}
+    gate_report = {g.name: {"passed": g.passed, "reason": g.reason, **_jsonable(g.facts)} for g in outcomes}
+    logged = tracker.log_trained_model(
+        spec.name, f"{spec.name}-{week}", pipeline, x_train.head(5), params, metric_values, tags,
+        {**plots, "gates.json": json.dumps(gate_report, indent=2)},
+    )
+    passed = all(g.passed for g in outcomes)
+    tracker.tag_version(spec.name, logged.version, {
+        "week": week, "gates": "passed" if passed else "failed",
+        **{f"gate.{g.name}": "passed" if g.passed else "failed" for g in outcomes},
+        "data.fingerprint": rows_fingerprint,
+    })
+    current = {alias: tracker.alias_version(spec.name, alias) for alias in (CHALLENGER, CHAMPION)}
+    changes = alias_changes_for(spec, logged.version, passed, current, week, actor)
+    for change in changes:
+        tracker.set_alias(spec.name, change.alias, change.version)
+
+    predictions = pd.DataFrame({
+        "week": pd.Timestamp(week_start).normalize(),
+        spec.time_column: evaluation[spec.time_column].to_numpy(),
+        **{key: evaluation[key].to_numpy() for key in spec.source.key if key != spec.time_column},
+        "actual": y_metric, "prediction": challenger.score, "predicted_label": [str(v) for v in challenger.label],
+        "model_version": logged.version,
+    })
+    return WeekResult(week, logged.version, logged.run_id, logged.experiment_id, train_window, len(train),
+                      len(evaluation), rows_fingerprint, metrics, outcomes, changes, predictions, plots)
+
+
+def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in facts.items()}

@@ -1,0 +1,85 @@
+"""Small PNG plots for evaluation reports and the backtest (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=72)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def regression_plots(y: np.ndarray, predicted: np.ndarray, title: str) -> dict[str, bytes]:
+    figure, axis = plt.subplots(figsize=(4, 3.2))
+    axis.scatter(y, predicted, s=6, alpha=0.5)
+    low, high = float(min(y.min(), predicted.min())), float(max(y.max(), predicted.max()))
+    axis.plot([low, high], [low, high], color="grey", linewidth=1)
+    axis.set(xlabel="actual", ylabel="predicted", title=f"{title}: predicted vs actual")
+    scatter = _png(figure)
+    figure, axis = plt.subplots(figsize=(4, 3.2))
+    axis.hist(y - predicted, bins=30)
+    axis.set(xlabel="actual - predicted", ylabel="rows", title=f"{title}: residuals")
+    return {"predicted_vs_actual.png": scatter, "residuals.png": _png(figure)}
+
+
+def classification_plots(y: np.ndarray, score: np.ndarray, task: str, title: str) -> dict[str, bytes]:
+    plots = {}
+    if task == "binary":
+        order = np.argsort(-score, kind="mergesort")
+        hits = y[order]
+        tpr = np.r_[0, np.cumsum(hits)] / max(hits.sum(), 1)
+        fpr = np.r_[0, np.cumsum(1 - hits)] / max((1 - hits).sum(), 1)
+        figure, axis = plt.subplots(figsize=(4, 3.2))
+        axis.plot(fpr, tpr)
+        axis.plot([0, 1], [0, 1], color="grey", linewidth=1)
+        axis.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC")
+        plots["roc.png"] = _png(figure)
+        bins = np.clip((score * 10).astype(int), 0, 9)
+        predicted_mean = [score[bins == b].mean() for b in range(10) if np.any(bins == b)]
+        observed = [y[bins == b].mean() for b in range(10) if np.any(bins == b)]
+        figure, axis = plt.subplots(figsize=(4, 3.2))
+        axis.plot(predicted_mean, observed, marker="o")
+        axis.plot([0, 1], [0, 1], color="grey", linewidth=1)
+        axis.set(xlabel="predicted probability", ylabel="observed rate", title=f"{title}: calibration")
+        plots["calibration.png"] = _png(figure)
+        predicted = (score >= 0.5).astype(int)
+        truth = y.astype(int)
+        labels = [0, 1]
+    else:
+        predicted, truth = score.astype(int), y.astype(int)
+        labels = sorted(set(truth.tolist()) | set(predicted.tolist()))
+    matrix = np.array([[np.sum((truth == a) & (predicted == b)) for b in labels] for a in labels])
+    figure, axis = plt.subplots(figsize=(3.6, 3.2))
+    axis.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        axis.text(j, i, str(count), ha="center", va="center")
+    axis.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="actual",
+             title=f"{title}: confusion")
+    plots["confusion_matrix.png"] = _png(figure)
+    return plots
+
+
+def backtest_plot(weeks: Sequence[str], values: Sequence[float], lows: Sequence[float], highs: Sequence[float],
+                  metric: str, threshold: float | None, title: str) -> bytes:
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    x = np.arange(len(weeks))
+    axis.plot(x, values, marker=".", label=metric)
+    axis.fill_between(x, lows, highs, alpha=0.2, label="95% CI")
+    if threshold is not None:
+        axis.axhline(threshold, color="red", linewidth=1, linestyle="--", label="gate threshold")
+    step = max(1, len(weeks) // 8)
+    axis.set_xticks(x[::step], [w[:10] for w in weeks][::step], rotation=30, ha="right", fontsize=7)
+    axis.set(ylabel=metric, title=f"{title}: walk-forward backtest")
+    axis.legend(fontsize=7)
+    return _png(figure)

@@ -1,0 +1,185 @@
+"""MLflow: runs, registered versions and aliases for the models of the specs.
+
+A small wrapper rather than dagster-mlflow's legacy ``mlflow_tracking`` resource: runs are
+opened and closed here, the store is SQLite under MLPLATFORM_HOME, and artifacts get an
+explicit location so nothing lands in ``./mlruns``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models import infer_signature  # noqa: E402
+
+import mlplatform  # noqa: E402
+from mlplatform.lib.settings import REPO_DIR  # noqa: E402
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+TRACKED_LIBRARIES = ("scikit-learn", "pandas", "numpy", "mlflow", "dagster", "pandera", "duckdb")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of what the pickled pipeline needs; explicit, because inferring them costs ~2.5 s per model."""
+    pins = []
+    for name in ("scikit-learn", "pandas", "numpy", "scipy", "cloudpickle"):
+        try:
+            pins.append(f"{name}=={importlib_metadata.version(name)}")
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def own_types(pipeline: Any) -> list[str]:
+    """The types skops must trust to load this pipeline: we trained it, so its own types are trusted.
+
+    MLflow saves sklearn models with skops, which refuses unknown types (e.g. HistGradientBoosting's
+    TreePredictor) unless they are listed; the list is stored with the model for every later load.
+    """
+    import skops.io
+
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
+
+
+_GIT_COMMIT: list[str | None] = []
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the package runs from, when it is a git checkout (cached per process)."""
+    if not _GIT_COMMIT:
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=5)
+            _GIT_COMMIT.append(out.stdout.strip() if out.returncode == 0 else None)
+        except (OSError, subprocess.SubprocessError):
+            _GIT_COMMIT.append(None)
+    return _GIT_COMMIT[0]
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    run_id: str
+    version: str
+    experiment_id: str
+
+
+class Tracker:
+    """MLflow store at ``tracking_uri`` with per-experiment artifact folders under ``artifact_root``."""
+
+    def __init__(self, tracking_uri: str, artifact_root: Path):
+        self.tracking_uri = tracking_uri
+        self.artifact_root = Path(artifact_root)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._models: dict[tuple[str, str], Any] = {}
+
+    @classmethod
+    def under(cls, mlflow_dir: Path) -> Tracker:
+        mlflow_dir.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{mlflow_dir / 'mlflow.db'}", mlflow_dir / "artifacts")
+
+    def experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = (self.artifact_root / name).resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by another process
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    @contextmanager
+    def _active(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> Iterator[Any]:
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        with mlflow.start_run(experiment_id=self.experiment_id(experiment), run_name=run_name, tags=dict(tags)) as run:
+            yield run
+
+    def log_trained_model(
+        self,
+        model_name: str,
+        run_name: str,
+        pipeline: Any,
+        x_example: Any,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+        artifacts: Mapping[str, bytes | str],
+    ) -> LoggedModel:
+        """One MLflow run: params, metrics, tags, artifacts, the model with an explicit signature, a registry version."""
+        tags = {**tags, "mlplatform.version": mlplatform.__version__,
+                **{f"library.{k}": v for k, v in library_versions().items()}}
+        commit = git_commit()
+        if commit:
+            tags["git.commit"] = commit
+        with self._active(model_name, run_name, tags) as run:
+            mlflow.log_params({k: _param_text(v) for k, v in params.items()})
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+            with tempfile.TemporaryDirectory() as folder:
+                for file_name, content in artifacts.items():
+                    path = Path(folder) / file_name
+                    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+                    mlflow.log_artifact(str(path))
+            signature = infer_signature(x_example, pipeline.predict(x_example))
+            info = mlflow.sklearn.log_model(
+                pipeline, name="model", signature=signature, pip_requirements=pip_requirements(),
+                registered_model_name=model_name, await_registration_for=0,
+                skops_trusted_types=own_types(pipeline),
+            )
+            return LoggedModel(run_id=run.info.run_id, version=str(info.registered_model_version),
+                               experiment_id=run.info.experiment_id)
+
+    def alias_version(self, model_name: str, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(model_name, alias, version)
+
+    def tag_version(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(model_name, version, key, value)
+
+    def version_tags(self, model_name: str, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(model_name, version).tags)
+
+    def load_version(self, model_name: str, version: str) -> Any:
+        """The sklearn pipeline of a registered version (cached: versions are immutable)."""
+        key = (model_name, version)
+        if key not in self._models:
+            mlflow.set_registry_uri(self.tracking_uri)
+            mlflow.set_tracking_uri(self.tracking_uri)
+            self._models[key] = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+        return self._models[key]
+
+    def run(self, run_id: str) -> Any:
+        return self.client.get_run(run_id)
+
+
+def _param_text(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."

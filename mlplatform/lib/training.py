@@ -1,0 +1,98 @@
+"""Training: the scikit-learn pipeline a spec describes, its inputs, and a fingerprint of the exact rows."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from mlplatform.specs import ModelSpec
+
+SEED = 0
+"""One seed for estimators and bootstraps: the same rows and code give the same model and metrics."""
+
+
+def estimator_class(spec: ModelSpec) -> type:
+    module_name, _, class_name = (spec.estimator.class_name or "").rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_pipeline(spec: ModelSpec) -> Pipeline:
+    """Impute + one-hot categoricals, impute numerics, then the spec's estimator with a fixed seed."""
+    cls = estimator_class(spec)
+    params = dict(spec.estimator.params)
+    if "random_state" in getattr(cls, "_get_param_names", lambda: [])() and "random_state" not in params:
+        params["random_state"] = SEED
+    transformers = []
+    if spec.features.numeric:
+        transformers.append(("numeric", SimpleImputer(strategy="median"), spec.features.numeric))
+    if spec.features.categorical:
+        categorical = Pipeline([
+            ("impute", SimpleImputer(strategy="constant", fill_value="(missing)")),
+            ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+        ])
+        transformers.append(("categorical", categorical, spec.features.categorical))
+    preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
+    return Pipeline([("preprocess", preprocess), ("estimator", cls(**params))])
+
+
+def split_xy(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, np.ndarray]:
+    """Model inputs (numeric as float, categoricals as text) and the target as the model sees it."""
+    x = frame[spec.feature_columns].copy()
+    for column in spec.features.numeric:
+        x[column] = x[column].astype("float64")
+    for column in spec.features.categorical:
+        x[column] = x[column].astype(object).where(x[column].notna(), None)
+    y = frame[spec.target]
+    if spec.task == "regression":
+        return x, y.to_numpy(dtype="float64")
+    return x, y.to_numpy()
+
+
+def fingerprint(frame: pd.DataFrame, spec: ModelSpec) -> str:
+    """SHA-256 over the exact training rows (time, key, features, target) in a stable order."""
+    columns = [c for c in spec.modelling_columns if c in frame.columns]
+    ordered = frame[columns].sort_values(columns[: 1 + len(spec.source.key)], kind="mergesort").reset_index(drop=True)
+    hashed = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
+    digest = hashlib.sha256(hashed.tobytes())
+    digest.update(",".join(columns).encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class Predictions:
+    """What a model said about some rows, in the shape metrics and comparisons need."""
+
+    score: np.ndarray  # regression: prediction; binary: P(positive class); multiclass: label index
+    label: np.ndarray  # regression: prediction; classification: predicted class
+    classes: list | None = None
+
+
+def predict(model: Pipeline, x: pd.DataFrame, task: str) -> Predictions:
+    if task == "regression":
+        values = np.asarray(model.predict(x), dtype="float64")
+        return Predictions(score=values, label=values)
+    classes = list(model.classes_)
+    if task == "binary":
+        proba = model.predict_proba(x)[:, 1]
+        return Predictions(score=proba, label=np.asarray(classes, dtype=object)[(proba >= 0.5).astype(int)], classes=classes)
+    labels = model.predict(x)
+    index = {c: i for i, c in enumerate(classes)}
+    return Predictions(score=np.array([index[c] for c in labels], dtype=float), label=labels, classes=classes)
+
+
+def encode_target(y: np.ndarray, task: str, classes: list | None) -> np.ndarray:
+    """The target in the metric's encoding: binary -> 1.0 for the positive (second) class; multiclass -> class index."""
+    if task == "regression" or classes is None:
+        return y.astype("float64")
+    if task == "binary":
+        return (y == classes[1]).astype("float64")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(c, -1) for c in y], dtype=float)
