@@ -58,18 +58,64 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run every model's pipeline over its weeks on the bundled data, then print what happened."""
+    """Run every model's lifecycle over its weeks on the bundled data, then print what happened."""
+    from mlplatform.lib.tracking import CHAMPION, Tracker
     from mlplatform.runner import run_models, summary_table
 
     settings = load_settings()
     prepare_dagster_home(settings)
     results = run_models(models=args.model or None, first=args.start, last=args.end, weeks=args.weeks)
+    tracker = Tracker.under(settings.mlflow_dir)
+    champions = {r.model: tracker.alias_version(r.model, CHAMPION) for r in results}
     print()
-    print(summary_table(results))
+    print(summary_table(results, settings.warehouse_path, champions))
     print()
     print(f"State is in {settings.home}. Explore it:")
-    print("  Dagster UI:  python3 dev.py ui        (or: mlplatform ui)")
+    print("  Dagster UI:  python3 dev.py ui         (http://127.0.0.1:3000)")
+    print("  MLflow UI:   python3 dev.py mlflow-ui  (http://127.0.0.1:5000)")
     return 0 if all(r.success for r in results) else 1
+
+
+def cmd_mlflow_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI on the store under MLPLATFORM_HOME."""
+    settings = load_settings()
+    ensure_home(settings)
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
+               "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port}; Ctrl-C stops it")
+    os.execv(sys.executable, command)
+    return 0  # pragma: no cover
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """A person approves a version: it becomes champion, and the audit table says who, when and why."""
+    import duckdb
+
+    from mlplatform.lib.audit import record_alias_changes
+    from mlplatform.lib.lifecycle import AliasChange
+    from mlplatform.lib.tracking import CHAMPION, Tracker
+
+    settings = load_settings()
+    ensure_home(settings)
+    tracker = Tracker.under(settings.mlflow_dir)
+    version = args.version or tracker.alias_version(args.model, "challenger")
+    if version is None:
+        print(f"{args.model} has no challenger to promote; give --version", file=sys.stderr)
+        return 1
+    tags = tracker.version_tags(args.model, version)
+    if tags.get("gates") != "passed" and not args.force:
+        print(f"{args.model} v{version} did not pass every gate (gates={tags.get('gates')}); "
+              "refusing to promote without --force", file=sys.stderr)
+        return 1
+    previous = tracker.alias_version(args.model, CHAMPION)
+    tracker.set_alias(args.model, CHAMPION, version)
+    change = AliasChange(args.model, CHAMPION, version, previous, args.by, args.reason or "manual approval",
+                         tags.get("week"))
+    with duckdb.connect(str(settings.warehouse_path)) as connection:
+        record_alias_changes(connection, [change.as_row()])
+    print(f"{args.model}: champion v{previous or '-'} -> v{version} (approved by {args.by})")
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -98,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)
+
+    mlflow_ui = commands.add_parser("mlflow-ui", help="start the MLflow UI on this state")
+    mlflow_ui.add_argument("--host", default="127.0.0.1")
+    mlflow_ui.add_argument("--port", type=int, default=5000)
+    mlflow_ui.set_defaults(func=cmd_mlflow_ui)
+
+    promote = commands.add_parser("promote", help="approve a version as champion (default: the current challenger)")
+    promote.add_argument("model")
+    promote.add_argument("--version", help="registered version; default: the challenger")
+    promote.add_argument("--by", default=os.environ.get("USER", "unknown"), help="who approves (audit)")
+    promote.add_argument("--reason", help="why (audit)")
+    promote.add_argument("--force", action="store_true", help="promote even if a gate failed")
+    promote.set_defaults(func=cmd_promote)
 
     validate = commands.add_parser("validate", help="check the model specs and list every problem")
     validate.set_defaults(func=cmd_validate)

@@ -42,7 +42,7 @@ def build_definitions() -> Definitions:
     with warnings.catch_warnings():
         # Single-run backfills (what makes `--partition-range` one run) and the Pandera Dagster type
         # are marked beta; the warning would greet every user at every load without telling them anything.
-        warnings.filterwarnings("ignore", message=".*(backfill_policy|pandera_schema_to_dagster_type).*", category=BetaWarning)
+        warnings.filterwarnings("ignore", message=".*(backfill_policy|pandera_schema_to_dagster_type|allow_nonexistent_upstream_partitions).*", category=BetaWarning)
         assets = [asset for spec in specs for asset in build_lifecycle_assets(spec)]
     jobs = [
         define_asset_job(f"{spec.name}_pipeline", selection=AssetSelection.groups(spec.name), description=f"Lifecycle of {spec.name}")

@@ -6,7 +6,9 @@ Used by ``mlplatform demo``; the same range as ``dagster asset materialize --par
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pandas as pd
 from dagster import AssetCheckEvaluation, DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
@@ -67,16 +69,53 @@ def run_models(
     return results
 
 
-def summary_table(results: list[ModelRunResult]) -> str:
-    """A plain-text table a person reads in the terminal."""
-    lines = [f"{'model':<14} {'weeks':<25} {'raw rows':>9} {'feature rows':>13}  checks", "-" * 90]
+def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.DataFrame:
+    """The evaluated weeks of one model in [first, last], from the warehouse the pipeline wrote."""
+    import duckdb
+
+    if not warehouse_path.exists():
+        return pd.DataFrame()
+    with duckdb.connect(str(warehouse_path), read_only=True) as connection:
+        found = connection.execute(
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = 'evaluations'",
+            [model],
+        ).fetchall()[0][0]
+        if not found:
+            return pd.DataFrame()
+        return connection.execute(
+            f'select * from "{model}".evaluations where week between ? and ? order by week', [first, last]
+        ).fetchdf()
+
+
+def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions: dict[str, str | None],
+                  max_weeks: int = 8) -> str:
+    """What happened, in a terminal: data gates per model, then the last weeks' metric, gates and aliases."""
+    from mlplatform.lib.gates import GATES
+
+    lines = []
     for r in results:
-        checks = ", ".join(f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in r.checks.items()) or "none ran"
-        lines.append(
-            f"{r.model:<14} {r.first_week + '..' + r.last_week:<25} {r.rows.get('raw', 0):>9} "
-            f"{r.rows.get('features', 0):>13}  {checks}"
-        )
+        data_checks = ", ".join(f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in r.checks.items()
+                                if not name.startswith("model.")) or "none ran"
+        lines.append(f"== {r.model}: weeks {r.first_week}..{r.last_week}, run {'succeeded' if r.success else 'FAILED'}")
+        lines.append(f"   data: {r.rows.get('raw', 0)} raw rows, {r.rows.get('features', 0)} feature rows; {data_checks}")
         for name, ok in r.checks.items():
             if not ok:
-                lines.append(f"{'':<14} {name} failed: {r.check_summaries.get(name, '')}")
+                lines.append(f"   {name} failed: {r.check_summaries.get(name, '')}")
+        weeks = week_table(warehouse_path, r.model, r.first_week, r.last_week)
+        if weeks.empty:
+            lines.append("   no week trained")
+            continue
+        metric = weeks["metric"].iloc[0]
+        passed_all = weeks[[f"gate_{g}" for g in GATES]].all(axis=1)
+        lines.append(f"   {len(weeks)} weeks trained; {int(passed_all.sum())} passed every gate; "
+                     f"champion now: {'v' + champions[r.model] if champions.get(r.model) else 'none'}")
+        shown = weeks.tail(max_weeks)
+        if len(weeks) > max_weeks:
+            lines.append(f"   (last {max_weeks} weeks; all weeks: {r.model}/backtest in the UI)")
+        header = f"   {'week':<10} {'rows':>6} {'version':>7} {metric:>9}  " + " ".join(f"{g:<18}" for g in GATES) + " aliases"
+        lines.append(header)
+        for row in shown.itertuples():
+            gates = " ".join(f"{'PASS' if getattr(row, f'gate_{g}') else 'FAIL':<18}" for g in GATES)
+            lines.append(f"   {row.week:%Y-%m-%d} {row.eval_rows:>6} {'v' + row.model_version:>7} {row.value:>9.4g}  "
+                         f"{gates} {row.aliases_set or '-'}")
     return "\n".join(lines)

@@ -26,12 +26,17 @@ def load_definitions() -> Definitions:
     return build_definitions()
 
 
-def run_weeks(defs: Definitions, model: str, instance: DagsterInstance, first: str, last: str | None = None) -> ExecuteInProcessResult:
+def run_weeks(defs: Definitions, model: str, instance: DagsterInstance, first: str, last: str | None = None,
+              assets: list[str] | None = None) -> ExecuteInProcessResult:
+    """Materialize a model's assets (or only ``assets``, e.g. ["raw", "features"]) for one week or a range, in one run."""
     job = defs.resolve_job_def(f"{model}_pipeline")
+    selection = [AssetKey([model, name]) for name in assets] if assets else None
     if last is None or last == first:
-        return job.execute_in_process(instance=instance, partition_key=first, raise_on_error=False, run_config=QUIET)
+        return job.execute_in_process(instance=instance, partition_key=first, raise_on_error=False, run_config=QUIET,
+                                      asset_selection=selection)
     tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
-    return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=QUIET)
+    return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=QUIET,
+                                  asset_selection=selection)
 
 
 def warehouse_query(home: Path, sql: str) -> pd.DataFrame:

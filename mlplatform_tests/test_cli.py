@@ -34,9 +34,16 @@ def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:]
-    summary = result.stdout[result.stdout.index("model          weeks"):]
-    assert "bike_demand    2010-12-27..2011-12-26         8645          8645" in summary
-    assert "car_loan       2018-01-01..2019-08-26       100000        100000" in summary
-    assert "FAIL" not in summary
-    assert (tmp_path / "state" / "warehouse.duckdb").exists()
-    assert (tmp_path / "state" / "dagster" / "dagster.yaml").exists()
+    out = result.stdout
+    assert "== bike_demand: weeks 2010-12-27..2011-12-26, run succeeded" in out
+    assert "data: 8645 raw rows, 8645 feature rows" in out
+    assert "== car_loan: weeks 2018-01-01..2019-08-26, run succeeded" in out
+    assert "data: 100000 raw rows, 100000 feature rows" in out
+    assert "52 weeks trained" in out and "86 weeks trained" in out
+    assert "week         rows version      rmse  absolute_threshold beat_champion      prediction_sanity  aliases" in out
+    assert "2011-12-26    142" in out
+    assert "python3 dev.py ui" in out and "python3 dev.py mlflow-ui" in out
+    state = tmp_path / "state"
+    assert (state / "warehouse.duckdb").exists() and (state / "mlflow" / "mlflow.db").exists()
+    assert (state / "dagster" / "dagster.yaml").exists()
+    assert not (REPO_DIR / "mlruns").exists()

@@ -61,15 +61,22 @@ def _roc_auc(y: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def _pr_auc(y: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Average precision (sklearn's definition: sum of precision at each positive, ties broken by order)."""
+    """Average precision as scikit-learn defines it: precision at each distinct threshold, weighted by recall gained."""
     scores, labels = s[idx], y[idx]
     order = np.argsort(-scores, axis=1, kind="mergesort")
+    sorted_scores = np.take_along_axis(scores, order, axis=1)
     hits = np.take_along_axis(labels, order, axis=1)
-    cumulative_hits = np.cumsum(hits, axis=1)
-    precision = cumulative_hits / np.arange(1, scores.shape[1] + 1)
+    n = scores.shape[1]
+    precision = np.cumsum(hits, axis=1) / np.arange(1, n + 1)
+    # Tied scores form one threshold: every row of a tie group uses the precision at the group's end.
+    group_end = np.ones_like(sorted_scores, dtype=bool)
+    group_end[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
+    end_index = np.where(group_end, np.arange(n), n)
+    end_index = np.minimum.accumulate(end_index[:, ::-1], axis=1)[:, ::-1]
+    precision_at_end = np.take_along_axis(precision, end_index, axis=1)
     positives = hits.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ap = np.sum(precision * hits, axis=1) / positives
+        ap = np.sum(precision_at_end * hits, axis=1) / positives
     return np.where(positives > 0, ap, np.nan)
 
 

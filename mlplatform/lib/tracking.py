@@ -7,6 +7,7 @@ explicit location so nothing lands in ``./mlruns``.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
@@ -24,6 +25,9 @@ import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
+
+# A line per registered version ("Created version '12' ...") drowns the terminal in a backfill.
+logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 import mlplatform  # noqa: E402
 from mlplatform.lib.settings import REPO_DIR  # noqa: E402
@@ -54,15 +58,22 @@ def pip_requirements() -> list[str]:
     return pins
 
 
+_OWN_TYPES: dict[tuple[str, ...], list[str]] = {}
+
+
 def own_types(pipeline: Any) -> list[str]:
     """The types skops must trust to load this pipeline: we trained it, so its own types are trusted.
 
     MLflow saves sklearn models with skops, which refuses unknown types (e.g. HistGradientBoosting's
     TreePredictor) unless they are listed; the list is stored with the model for every later load.
+    Cached per pipeline structure: serialising only to list the types costs ~0.2 s a model.
     """
     import skops.io
 
-    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
+    structure = tuple(f"{type(step).__module__}.{type(step).__qualname__}" for _, step in pipeline.steps)
+    if structure not in _OWN_TYPES:
+        _OWN_TYPES[structure] = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
+    return _OWN_TYPES[structure]
 
 
 _GIT_COMMIT: list[str | None] = []
@@ -145,11 +156,24 @@ class Tracker:
             signature = infer_signature(x_example, pipeline.predict(x_example))
             info = mlflow.sklearn.log_model(
                 pipeline, name="model", signature=signature, pip_requirements=pip_requirements(),
-                registered_model_name=model_name, await_registration_for=0,
                 skops_trusted_types=own_types(pipeline),
             )
-            return LoggedModel(run_id=run.info.run_id, version=str(info.registered_model_version),
-                               experiment_id=run.info.experiment_id)
+            version = self._register(model_name, info, run.info.run_id)
+            return LoggedModel(run_id=run.info.run_id, version=version, experiment_id=run.info.experiment_id)
+
+    def _register(self, model_name: str, info: Any, run_id: str) -> str:
+        """A new registry version of the logged model (through the client: the fluent API prints to stderr)."""
+        try:
+            self.client.get_registered_model(model_name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(model_name, description=f"mlplatform model spec {model_name}")
+            except MlflowException:  # created meanwhile
+                pass
+        created = self.client.create_model_version(
+            model_name, source=info.model_uri, run_id=run_id, model_id=info.model_id, await_creation_for=0
+        )
+        return str(created.version)
 
     def alias_version(self, model_name: str, alias: str) -> str | None:
         try:

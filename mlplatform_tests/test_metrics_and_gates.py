@@ -1,0 +1,116 @@
+"""Metrics agree with scikit-learn; gates decide as documented (pure functions)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from mlplatform.lib import gates
+from mlplatform.lib.lifecycle import alias_changes_for, split_train_eval
+from mlplatform.lib.metrics import evaluate, metric_value, paired_bootstrap
+from mlplatform.specs import ModelSpec
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize(
+    ("metric", "reference"),
+    [
+        ("roc_auc", skm.roc_auc_score),
+        ("pr_auc", skm.average_precision_score),
+        ("log_loss", skm.log_loss),
+        ("brier", skm.brier_score_loss),
+        ("f1", lambda y, p: skm.f1_score(y, p >= 0.5)),
+    ],
+)
+def test_binary_metrics_match_sklearn(metric, reference):
+    y = (RNG.random(400) < 0.3).astype(float)
+    p = np.clip(0.4 * y + 0.6 * RNG.random(400), 0.001, 0.999)
+    p[:50] = np.round(p[:50], 1)  # ties
+    assert metric_value(metric, y, p) == pytest.approx(reference(y, p), rel=1e-9)
+
+
+def test_regression_and_multiclass_metrics_match_sklearn():
+    y = RNG.normal(size=300)
+    p = y + RNG.normal(size=300) * 0.4
+    assert metric_value("rmse", y, p) == pytest.approx(skm.root_mean_squared_error(y, p))
+    assert metric_value("mae", y, p) == pytest.approx(skm.mean_absolute_error(y, p))
+    assert metric_value("r2", y, p) == pytest.approx(skm.r2_score(y, p))
+    labels = RNG.integers(0, 3, 200).astype(float)
+    predicted = np.where(RNG.random(200) < 0.7, labels, RNG.integers(0, 3, 200)).astype(float)
+    assert metric_value("accuracy", labels, predicted) == pytest.approx(skm.accuracy_score(labels, predicted))
+    assert metric_value("macro_f1", labels, predicted) == pytest.approx(skm.f1_score(labels, predicted, average="macro"))
+
+
+def test_bootstrap_interval_contains_the_estimate_and_is_reproducible():
+    y = RNG.normal(size=200)
+    p = y + RNG.normal(size=200)
+    first = evaluate("regression", y, p, seed=3)["rmse"]
+    assert first.low < first.value < first.high
+    assert evaluate("regression", y, p, seed=3)["rmse"] == first
+
+
+def test_paired_bootstrap_flags_a_clearly_worse_challenger_only():
+    y = RNG.normal(size=300)
+    good = y + RNG.normal(size=300) * 0.3
+    bad = y + RNG.normal(size=300) * 1.0
+    worse = paired_bootstrap("rmse", y, bad, good)
+    assert worse.difference > 0 and worse.p_value < 0.01
+    assert gates.champion_gate(worse, 0.05, "3").passed is False
+    same = paired_bootstrap("rmse", y, good, good)
+    assert same.difference == 0 and same.p_value == 1.0
+    assert gates.champion_gate(same, 0.05, "3").passed
+    better = paired_bootstrap("rmse", y, good, bad)
+    assert gates.champion_gate(better, 0.05, "3").passed
+
+
+def test_champion_gate_without_champion_passes_as_first_model():
+    outcome = gates.champion_gate(None, 0.05, None)
+    assert outcome.passed and "first model" in outcome.reason
+
+
+def test_threshold_gate_direction_depends_on_metric():
+    assert gates.threshold_gate("rmse", 10, 12).passed
+    assert not gates.threshold_gate("rmse", 13, 12).passed
+    assert gates.threshold_gate("roc_auc", 0.8, 0.7).passed
+    assert not gates.threshold_gate("roc_auc", 0.6, 0.7).passed
+    assert gates.threshold_gate("rmse", 99, None).passed
+
+
+def test_sanity_gate_catches_constant_non_finite_and_out_of_range():
+    assert not gates.sanity_gate("regression", np.full(10, 3.0)).passed
+    assert not gates.sanity_gate("regression", np.array([1.0, np.nan, 2.0])).passed
+    assert not gates.sanity_gate("regression", np.array([1.0, 2.0, 500.0]), allowed_range=(0, 10)).passed
+    assert gates.sanity_gate("regression", np.array([1.0, 2.0, 3.0]), allowed_range=(0, 10)).passed
+    assert not gates.sanity_gate("binary", np.array(["a", "a"]), allowed_classes=["a", "b"]).passed
+    assert not gates.sanity_gate("binary", np.array(["a", "c"]), allowed_classes=["a", "b"]).passed
+
+
+def _spec(approval: str) -> ModelSpec:
+    return ModelSpec.model_validate({
+        "name": "toy", "task": "regression", "source": {"path": "x.csv", "timestamp": "ts"}, "target": "y",
+        "features": {"numeric": ["x"]}, "partitions": {"start": "2024-01-01", "training_window_weeks": 2},
+        "rollout": {"approval": approval},
+    })
+
+
+def test_training_rows_are_the_weeks_before_and_never_the_evaluation_week():
+    times = pd.date_range("2024-01-01", "2024-01-29", freq="6h", inclusive="left")
+    frame = pd.DataFrame({"ts": times, "x": range(len(times)), "y": range(len(times))})
+    train, evaluation, window = split_train_eval(frame, _spec("auto"), datetime(2024, 1, 22))
+    assert window.start == datetime(2024, 1, 8) and window.end == datetime(2024, 1, 22)
+    assert train["ts"].min() >= pd.Timestamp("2024-01-08") and train["ts"].max() < pd.Timestamp("2024-01-22")
+    assert evaluation["ts"].min() >= pd.Timestamp("2024-01-22")
+    assert set(train["ts"]).isdisjoint(evaluation["ts"])
+
+
+def test_aliases_move_only_on_pass_and_champion_only_with_auto_approval():
+    assert alias_changes_for(_spec("auto"), "4", False, {}, "2024-01-22", "me") == []
+    manual = alias_changes_for(_spec("manual"), "4", True, {"challenger": "3"}, "2024-01-22", "me")
+    assert [(c.alias, c.version, c.previous_version) for c in manual] == [("challenger", "4", "3")]
+    auto = alias_changes_for(_spec("auto"), "4", True, {"champion": "2"}, "2024-01-22", "me")
+    assert [(c.alias, c.previous_version) for c in auto] == [("challenger", None), ("champion", "2")]

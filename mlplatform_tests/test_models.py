@@ -1,0 +1,153 @@
+"""Training, evaluation, gates and aliases on a real Dagster instance, DuckDB and MLflow (SQLite) in temp dirs."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import AssetKey, AssetRecordsFilter
+
+from mlplatform.lib.settings import REPO_DIR
+from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
+from mlplatform_tests.conftest import TOY_SPEC, toy_rows
+from mlplatform_tests.helpers import check_record, load_definitions, run_weeks, warehouse_query
+
+MODEL_SPEC = TOY_SPEC + """
+estimator:
+  class: sklearn.linear_model.Ridge
+  params: {alpha: 0.1}
+gates:
+  metric: rmse
+  threshold: 1.0
+rollout:
+  approval: auto
+"""
+DUMMY_SPEC = MODEL_SPEC.replace("sklearn.linear_model.Ridge", "sklearn.dummy.DummyRegressor").replace(
+    "params: {alpha: 0.1}", "params: {strategy: mean}"
+)
+WEEK2, WEEK3 = "2024-01-08", "2024-01-15"
+
+
+def tracker(home) -> Tracker:
+    return Tracker.under(home / "mlflow")
+
+
+def check_on_week(instance, check: str, week: str):
+    record = check_record(instance, ["toy", "model"], check)
+    assert record.evaluation.partition == week
+    return record.evaluation
+
+
+def test_dummy_model_fails_the_absolute_gate_and_never_gets_an_alias(home, spec_dir, instance):
+    folder = spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", WEEK2).success
+    registry = tracker(home)
+    assert registry.alias_version("toy", CHAMPION) == "1"
+
+    (folder / "toy.yaml").write_text(DUMMY_SPEC)
+    assert run_weeks(load_definitions(), "toy", instance, WEEK3).success
+
+    threshold = check_on_week(instance, "absolute_threshold", WEEK3)
+    assert threshold.passed is False
+    assert "misses the bar <= 1" in threshold.metadata["reason"].value
+    assert check_on_week(instance, "prediction_sanity", WEEK3).passed is False
+    assert registry.version_tags("toy", "2")["gates"] == "failed"
+    assert registry.alias_version("toy", CHAMPION) == "1"
+    assert registry.alias_version("toy", CHALLENGER) == "1"
+    audit = warehouse_query(home, "select alias, version from audit.alias_changes order by changed_at")
+    assert set(audit["version"]) == {"1"}
+    assert sorted(audit["alias"]) == ["challenger", "champion"]
+
+
+def test_challenger_on_shuffled_targets_fails_the_champion_gate_and_a_clean_retrain_passes(home, spec_dir, instance):
+    clean = toy_rows()
+    folder = spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": clean})
+    defs = load_definitions()
+    assert run_weeks(defs, "toy", instance, "2024-01-01", WEEK3).success
+    registry = tracker(home)
+    champion = registry.alias_version("toy", CHAMPION)
+    assert champion == "2"
+
+    shuffled = clean.copy()
+    training = pd.to_datetime(shuffled["ts"]) < pd.Timestamp(WEEK3)
+    shuffled.loc[training, "y"] = np.random.default_rng(1).permutation(shuffled.loc[training, "y"].to_numpy())
+    shuffled.to_csv(folder / "toy.csv", index=False)
+    assert run_weeks(defs, "toy", instance, "2024-01-01", WEEK2, assets=["raw", "features"]).success
+    assert run_weeks(defs, "toy", instance, WEEK3).success
+
+    verdict = check_on_week(instance, "beat_champion", WEEK3)
+    assert verdict.passed is False
+    metadata = verdict.metadata
+    assert metadata["p_value"].value < 0.05
+    assert metadata["difference"].value > 0
+    assert metadata["challenger"].value > metadata["champion"].value
+    assert metadata["difference_ci_low"].value > 0
+    assert metadata["champion_version"].value == champion
+    assert "significantly worse" in metadata["reason"].value
+    assert registry.alias_version("toy", CHAMPION) == champion
+
+    clean.to_csv(folder / "toy.csv", index=False)
+    assert run_weeks(defs, "toy", instance, "2024-01-01", WEEK2, assets=["raw", "features"]).success
+    assert run_weeks(defs, "toy", instance, WEEK3).success
+    retrain = check_on_week(instance, "beat_champion", WEEK3)
+    assert retrain.passed is True
+    assert retrain.metadata["difference"].value == pytest.approx(0.0, abs=1e-9)
+
+
+def test_training_is_reproducible_and_the_mlflow_run_holds_everything(home, spec_dir, instance):
+    spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    defs = load_definitions()
+    assert run_weeks(defs, "toy", instance, "2024-01-01", WEEK3).success
+    assert run_weeks(defs, "toy", instance, WEEK3).success
+    registry = tracker(home)
+    first, second = (registry.client.get_model_version("toy", v) for v in ("2", "3"))
+    run_a, run_b = registry.run(first.run_id), registry.run(second.run_id)
+    assert run_a.data.metrics == run_b.data.metrics
+    assert run_a.data.tags["data.fingerprint"] == run_b.data.tags["data.fingerprint"]
+    assert len(run_a.data.tags["data.fingerprint"]) == 64
+
+    params = run_a.data.params
+    assert params["estimator"] == "sklearn.linear_model.Ridge"
+    assert params["estimator.alpha"] == "0.1"
+    assert params["seed"] == "0"
+    assert (params["train_start"], params["train_end"], params["eval_week"]) == ("2023-11-20", WEEK3, WEEK3)
+    assert params["train_rows"] == "80" and params["eval_rows"] == "40"
+    assert {"rmse", "mae", "r2", "rmse_ci_low", "rmse_ci_high"} <= set(run_a.data.metrics)
+    tags = run_a.data.tags
+    assert tags["mlplatform.version"]
+    assert tags["data.train_window"] == f"2023-11-20..{WEEK3}"
+    assert tags["library.scikit-learn"] and tags["library.mlflow"] and tags["library.dagster"]
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True)
+    if git.returncode == 0:
+        assert tags["git.commit"] == git.stdout.strip()
+    artifacts = {a.path for a in registry.client.list_artifacts(run_a.info.run_id)}
+    assert {"gates.json", "predicted_vs_actual.png", "residuals.png"} <= artifacts
+    model = registry.load_version("toy", "2")
+    assert hasattr(model, "predict")
+
+    model_event = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(["toy", "model"]), asset_partitions=[WEEK3]), limit=1
+    ).records[0].asset_materialization
+    assert "/runs/" in model_event.metadata["mlflow_run"].value
+    backtest = instance.fetch_materializations(AssetKey(["toy", "backtest"]), limit=1).records[0]
+    assert backtest.asset_materialization.metadata["weeks"].value == 2
+
+
+def test_no_evaluation_row_is_in_the_training_window(home, spec_dir, instance):
+    spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", WEEK3).success
+    registry = tracker(home)
+    for version, week in (("1", WEEK2), ("2", WEEK3)):
+        params = registry.run(registry.client.get_model_version("toy", version).run_id).data.params
+        trained_on = warehouse_query(
+            home, f"select id from toy.features where ts >= '{params['train_start']}' and ts < '{params['train_end']}'"
+        )
+        assert len(trained_on) == int(params["train_rows"])
+        evaluated = warehouse_query(home, f"select id, ts, model_version from toy.predictions where week = '{week}'")
+        assert len(evaluated) == int(params["eval_rows"]) == 40
+        assert set(evaluated["model_version"]) == {version}
+        assert set(evaluated["id"]).isdisjoint(trained_on["id"])
+        assert (evaluated["ts"] >= pd.Timestamp(week)).all()
+        assert (evaluated["ts"] < pd.Timestamp(week) + pd.Timedelta(days=7)).all()
