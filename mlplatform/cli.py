@@ -73,6 +73,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"State is in {settings.home}. Explore it:")
     print("  Dagster UI:  python3 dev.py ui         (http://127.0.0.1:3000)")
     print("  MLflow UI:   python3 dev.py mlflow-ui  (http://127.0.0.1:5000)")
+    for r in results:
+        if champions.get(r.model) is None:
+            print(f"  {r.model} waits for a person (rollout.approval: manual): "
+                  f"python3 dev.py promote {r.model} --by <your name> --reason <why>")
     return 0 if all(r.success for r in results) else 1
 
 

@@ -1,0 +1,136 @@
+"""What does the platform cost on top of the model work itself?
+
+Measures, in one process on the same synthetic data:
+  platform: one Dagster run of a model's whole group (raw -> features -> model + evaluation + gates
+            + aliases + backtest) over K weeks, each week's model trained on the N weeks before it;
+  baseline: a plain scikit-learn script doing the same fits and predictions (and the primary metric)
+            on the same rows read from the same file.
+and prints both times, per week, and the ratio. The N warm-up weeks' data are materialized before
+timing, so both sides start from the same state. Code-location load is reported separately.
+
+    python3 dev.py install && .venv/bin/python benchmarks/pipeline_overhead.py [--weeks 4] [--rows-per-week 12500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+START = pd.Timestamp("2024-01-01")
+SPEC = """
+name: bench
+task: regression
+source: {{path: bench.parquet, timestamp: ts, key: [id]}}
+target: y
+features:
+  numeric: [n1, n2, n3, n4, n5, n6]
+  categorical: [c1, c2, c3]
+partitions: {{start: 2024-01-01, end: {end}, training_window_weeks: {window}}}
+estimator:
+  class: sklearn.ensemble.HistGradientBoostingRegressor
+  params: {{max_iter: 100}}
+rollout: {{approval: auto}}
+"""
+
+
+def synthetic(weeks: int, rows_per_week: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = weeks * rows_per_week
+    frame = pd.DataFrame({
+        "id": np.arange(n),
+        "ts": START + pd.to_timedelta(np.sort(rng.uniform(0, weeks * 7 * 86400, n)), unit="s"),
+        **{f"n{i}": rng.normal(size=n) for i in range(1, 7)},
+        "c1": rng.choice(["a", "b", "c"], n), "c2": rng.choice(["x", "y"], n), "c3": rng.choice(list("pqrstu"), n),
+    })
+    frame["y"] = (3 * frame["n1"] - 2 * frame["n2"] + frame["n3"] * frame["n4"] + (frame["c1"] == "a") * 2
+                  + rng.normal(0, 0.5, n))
+    return frame
+
+
+def baseline(path: Path, eval_weeks: list[pd.Timestamp], window: int) -> float:
+    """The plain script: read, then per week fit on the window before it, predict the week, score it."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.metrics import root_mean_squared_error
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    started = time.perf_counter()
+    frame = pd.read_parquet(path)
+    numeric, categorical = [f"n{i}" for i in range(1, 7)], ["c1", "c2", "c3"]
+    for week in eval_weeks:
+        train = frame[(frame.ts >= week - pd.Timedelta(weeks=window)) & (frame.ts < week)]
+        test = frame[(frame.ts >= week) & (frame.ts < week + pd.Timedelta(weeks=1))]
+        model = Pipeline([
+            ("preprocess", ColumnTransformer([
+                ("numeric", SimpleImputer(strategy="median"), numeric),
+                ("categorical", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value="(missing)")),
+                                          ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False))]),
+                 categorical),
+            ])),
+            ("estimator", HistGradientBoostingRegressor(max_iter=100, random_state=0)),
+        ])
+        model.fit(train[numeric + categorical], train["y"])
+        root_mean_squared_error(test["y"], model.predict(test[numeric + categorical]))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weeks", type=int, default=4, help="evaluated weeks K")
+    parser.add_argument("--window", type=int, default=8, help="training window N (weeks)")
+    parser.add_argument("--rows-per-week", type=int, default=12_500, help="rows per week (window rows = N x this)")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="mlplatform-bench-"))
+    total_weeks = args.window + args.weeks
+    end = (START + pd.Timedelta(weeks=total_weeks)).date()
+    synthetic(total_weeks, args.rows_per_week).to_parquet(folder / "bench.parquet", index=False)
+    (folder / "bench.yaml").write_text(SPEC.format(end=end, window=args.window))
+    os.environ["MLPLATFORM_HOME"] = str(folder / "home")
+    os.environ["MLPLATFORM_SPECS"] = str(folder)
+
+    from dagster import AssetKey, instance_for_test
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    started = time.perf_counter()
+    from mlplatform.definitions import build_definitions
+
+    defs = build_definitions()
+    load_seconds = time.perf_counter() - started
+    job = defs.resolve_job_def("bench_pipeline")
+    keys = job.partitions_def.get_partition_keys()
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+    def run(first: str, last: str, assets: list[str] | None = None) -> float:
+        tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+        selection = [AssetKey(["bench", a]) for a in assets] if assets else None
+        t0 = time.perf_counter()
+        result = job.execute_in_process(instance=instance, tags=tags, run_config=quiet, asset_selection=selection)
+        assert result.success
+        return time.perf_counter() - t0
+
+    with instance_for_test() as instance:
+        run(keys[0], keys[args.window - 1], ["raw", "features"])  # warm-up weeks: data only, untimed
+        platform_seconds = run(keys[args.window], keys[-1])
+    eval_weeks = [pd.Timestamp(k) for k in keys[args.window:]]
+    baseline_seconds = baseline(folder / "bench.parquet", eval_weeks, args.window)
+
+    k = args.weeks
+    print(f"rows per week {args.rows_per_week:,}, training window {args.window} weeks "
+          f"({args.window * args.rows_per_week:,} rows), K={k} evaluated weeks")
+    print(f"code-location load (once per process):          {load_seconds:6.2f} s")
+    print(f"platform: one run, data+model+gates+backtest:   {platform_seconds:6.2f} s  ({platform_seconds / k:.2f} s/week)")
+    print(f"baseline: plain scikit-learn script:            {baseline_seconds:6.2f} s  ({baseline_seconds / k:.2f} s/week)")
+    print(f"ratio platform / baseline:                      {platform_seconds / baseline_seconds:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
