@@ -123,7 +123,7 @@ def test_training_is_reproducible_and_the_mlflow_run_holds_everything(home, spec
     if git.returncode == 0:
         assert tags["git.commit"] == git.stdout.strip()
     artifacts = {a.path for a in registry.client.list_artifacts(run_a.info.run_id)}
-    assert {"gates.json", "predicted_vs_actual.png", "residuals.png"} <= artifacts
+    assert {"gates.json", "predicted_vs_actual_and_residuals.png"} <= artifacts
     model = registry.load_version("toy", "2")
     assert hasattr(model, "predict")
 

@@ -113,6 +113,20 @@ METRIC_FUNCTIONS: dict[str, Metric] = {
 }
 
 
+def _row_losses(metric: str, y: np.ndarray, s: np.ndarray) -> np.ndarray | None:
+    """Per-row terms whose mean is the metric (rmse: mean before the root); None when not decomposable."""
+    if metric in ("rmse", "brier"):
+        return (y - s) ** 2
+    if metric == "mae":
+        return np.abs(y - s)
+    if metric == "log_loss":
+        p = np.clip(s, EPS, 1 - EPS)
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    if metric == "accuracy":
+        return (y == s).astype(float)
+    return None
+
+
 @dataclass(frozen=True)
 class MetricEstimate:
     value: float
@@ -125,7 +139,7 @@ class MetricEstimate:
 
 def resample_indices(n_rows: int, n_resamples: int, seed: int) -> np.ndarray:
     """Bootstrap resamples (rows drawn with replacement); fixed seed, so reports are reproducible."""
-    return np.random.default_rng(seed).integers(0, n_rows, size=(n_resamples, n_rows))
+    return np.random.default_rng(seed).integers(0, n_rows, size=(n_resamples, n_rows), dtype=np.int32)
 
 
 def metric_value(metric: str, y: np.ndarray, score: np.ndarray) -> float:
@@ -140,7 +154,12 @@ def evaluate(task: str, y: np.ndarray, score: np.ndarray, n_resamples: int = 300
     estimates = {}
     for metric in METRICS_BY_TASK[task]:
         point = metric_value(metric, y, score)
-        samples = METRIC_FUNCTIONS[metric](y, score, idx)
+        losses = _row_losses(metric, y, score)
+        if losses is not None:  # one gather of per-row terms instead of y and score
+            samples = losses[idx].mean(axis=1)
+            samples = np.sqrt(samples) if metric == "rmse" else samples
+        else:
+            samples = METRIC_FUNCTIONS[metric](y, score, idx)
         samples = samples[np.isfinite(samples)]
         low, high = (np.percentile(samples, [tail, 100 - tail]) if len(samples) else (np.nan, np.nan))
         estimates[metric] = MetricEstimate(point, float(low), float(high))
@@ -169,8 +188,18 @@ def paired_bootstrap(metric: str, y: np.ndarray, challenger_score: np.ndarray, c
     (one-sided): a small value means the challenger is significantly worse.
     """
     fn = METRIC_FUNCTIONS[metric]
-    idx = resample_indices(len(y), n_resamples, seed)
-    differences = fn(y, challenger_score, idx) - fn(y, champion_score, idx)
+    losses = (_row_losses(metric, y, challenger_score), _row_losses(metric, y, champion_score))
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for start in range(0, n_resamples, 200):  # bounded memory: 200 x n indices at a time
+        idx = rng.integers(0, len(y), size=(min(200, n_resamples - start), len(y)), dtype=np.int32)
+        if losses[0] is not None:
+            # Decomposable metrics: gather the per-row terms once per model instead of y and scores.
+            a, b = losses[0][idx].mean(axis=1), losses[1][idx].mean(axis=1)
+            chunks.append(np.sqrt(a) - np.sqrt(b) if metric == "rmse" else a - b)
+        else:
+            chunks.append(fn(y, challenger_score, idx) - fn(y, champion_score, idx))
+    differences = np.concatenate(chunks)
     differences = differences[np.isfinite(differences)]
     challenger = metric_value(metric, y, challenger_score)
     champion = metric_value(metric, y, champion_score)

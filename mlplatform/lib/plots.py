@@ -20,17 +20,25 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
+MAX_POINTS = 2000
+"""Scatter plots show a fixed random sample: 2,000 points read the same as 100,000 and draw 50x faster."""
+
+
+def _sample(n: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(0).choice(n, MAX_POINTS, replace=False)) if n > MAX_POINTS else np.arange(n)
+
+
 def regression_plots(y: np.ndarray, predicted: np.ndarray, title: str) -> dict[str, bytes]:
-    figure, axis = plt.subplots(figsize=(4, 3.2))
-    axis.scatter(y, predicted, s=6, alpha=0.5)
+    """Predicted vs actual and the residuals, side by side in one image (one render per week)."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(7, 3.2))
+    shown = _sample(len(y))
+    left.scatter(y[shown], predicted[shown], s=6, alpha=0.5)
     low, high = float(min(y.min(), predicted.min())), float(max(y.max(), predicted.max()))
-    axis.plot([low, high], [low, high], color="grey", linewidth=1)
-    axis.set(xlabel="actual", ylabel="predicted", title=f"{title}: predicted vs actual")
-    scatter = _png(figure)
-    figure, axis = plt.subplots(figsize=(4, 3.2))
-    axis.hist(y - predicted, bins=30)
-    axis.set(xlabel="actual - predicted", ylabel="rows", title=f"{title}: residuals")
-    return {"predicted_vs_actual.png": scatter, "residuals.png": _png(figure)}
+    left.plot([low, high], [low, high], color="grey", linewidth=1)
+    left.set(xlabel="actual", ylabel="predicted", title=f"{title}: predicted vs actual")
+    right.hist(y - predicted, bins=30)
+    right.set(xlabel="actual - predicted", ylabel="rows", title="residuals")
+    return {"predicted_vs_actual_and_residuals.png": _png(figure)}
 
 
 def classification_plots(y: np.ndarray, score: np.ndarray, task: str, title: str) -> dict[str, bytes]:

@@ -159,6 +159,7 @@ class Tracker:
                 skops_trusted_types=own_types(pipeline),
             )
             version = self._register(model_name, info, run.info.run_id)
+            self._models[(model_name, version)] = pipeline  # the next week's champion is often this one
             return LoggedModel(run_id=run.info.run_id, version=version, experiment_id=run.info.experiment_id)
 
     def _register(self, model_name: str, info: Any, run_id: str) -> str:
