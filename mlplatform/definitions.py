@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import warnings
 
-from dagster import AssetSelection, BetaWarning, Definitions, define_asset_job, in_process_executor
+from dagster import BetaWarning, Definitions, in_process_executor
 from dagster_dbt import DbtCliResource
 from dagster_duckdb_pandas import DuckDBPandasIOManager
 
+from mlplatform.defs.automation import build_jobs, build_retrain_sensor, build_schedule
 from mlplatform.defs.data_assets import build_features_asset, build_raw_asset
 from mlplatform.defs.dbt_project import dbt_project, prepare_manifest
+from mlplatform.defs.drift_assets import build_drift_assets
 from mlplatform.defs.model_assets import build_model_assets
 from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.lib.settings import ensure_home, load_settings
@@ -31,7 +33,16 @@ def build_lifecycle_assets(spec: ModelSpec) -> list:
         assets.append(build_staged_assets(spec))
     assets.append(build_features_asset(spec))
     assets.append(build_model_assets(spec))
+    assets.append(build_drift_assets(spec))
     return assets
+
+
+def build_model_automation(spec: ModelSpec) -> tuple[list, list, list]:
+    """Jobs, the weekly schedule and the retrain-on-drift sensor of one model."""
+    pipeline, retrain, weekly = build_jobs(spec)
+    # Weekly-retrained models are retrained by the schedule; the sensor serves `retrain: on_drift`.
+    sensors = [build_retrain_sensor(spec, retrain)] if spec.automation.retrain == "on_drift" else []
+    return [pipeline, retrain, weekly], [build_schedule(spec, weekly)], sensors
 
 
 def build_definitions() -> Definitions:
@@ -44,14 +55,18 @@ def build_definitions() -> Definitions:
         # are marked beta; the warning would greet every user at every load without telling them anything.
         warnings.filterwarnings("ignore", message=".*(backfill_policy|pandera_schema_to_dagster_type|allow_nonexistent_upstream_partitions).*", category=BetaWarning)
         assets = [asset for spec in specs for asset in build_lifecycle_assets(spec)]
-    jobs = [
-        define_asset_job(f"{spec.name}_pipeline", selection=AssetSelection.groups(spec.name), description=f"Lifecycle of {spec.name}")
-        for spec in specs
-    ]
+    jobs, schedules, sensors = [], [], []
+    for spec in specs:
+        model_jobs, model_schedules, model_sensors = build_model_automation(spec)
+        jobs += model_jobs
+        schedules += model_schedules
+        sensors += model_sensors
     warehouse = str(settings.warehouse_path)
     return Definitions(
         assets=assets,
         jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
         resources={
             "io_manager": DuckDBPandasIOManager(database=warehouse),
             "warehouse": Warehouse(database=warehouse),

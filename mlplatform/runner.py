@@ -12,6 +12,8 @@ import pandas as pd
 from dagster import AssetCheckEvaluation, DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from mlplatform.lib.gates import TRAINING_DATA
+
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """The terminal shows warnings and the summary; every event is still in the instance for the UI."""
 
@@ -26,6 +28,8 @@ class ModelRunResult:
     rows: dict[str, int] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     check_summaries: dict[str, str] = field(default_factory=dict)
+    retrains: list[tuple[str, str, bool]] = field(default_factory=list)  # (drift week, retrained week, success)
+    halted: list[str] = field(default_factory=list)  # weeks whose training-data gate stopped training
 
 
 def run_models(
@@ -61,12 +65,52 @@ def run_models(
             elif event.event_type_value == "ASSET_CHECK_EVALUATION":
                 evaluation: AssetCheckEvaluation = event.event_specific_data
                 name = f"{evaluation.asset_key.path[-1]}.{evaluation.check_name}"
-                outcome.checks[name] = evaluation.passed
+                outcome.checks[name] = outcome.checks.get(name, True) and evaluation.passed
+                if evaluation.check_name == TRAINING_DATA and not evaluation.passed:
+                    outcome.halted.append(str(evaluation.partition))
                 summary = evaluation.metadata.get("summary")
                 if summary is not None:
                     outcome.check_summaries[name] = str(summary.value)
+        outcome.retrains = run_retrain_sensor(defs, instance, model)
         results.append(outcome)
     return results
+
+
+def run_retrain_sensor(defs, instance: DagsterInstance, model: str) -> list[tuple[str, str, bool]]:
+    """Tick the model's retrain-on-drift sensor once, as the daemon would, and execute what it requests.
+
+    Runs carry the sensor's name and run key, so a daemon started later (``dagster dev``) sees
+    them as already launched and does not retrain the same failures again.
+    """
+    import json
+
+    from dagster import SensorResult, build_sensor_context
+    from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+
+    from mlplatform.defs.automation import DRIFT_WEEK_TAG
+
+    name = f"{model}_retrain_on_drift"
+    try:
+        sensor_def = defs.resolve_sensor_def(name)
+    except Exception:  # noqa: BLE001 - models retrained weekly have no sensor
+        return []
+    cursor_file = Path(instance.root_directory) / "demo_sensor_cursors.json"
+    cursors = json.loads(cursor_file.read_text()) if cursor_file.exists() else {}
+    context = build_sensor_context(instance=instance, cursor=cursors.get(name), definitions=defs)
+    result = sensor_def(context)
+    if not isinstance(result, SensorResult):
+        return []
+    if result.cursor is not None:
+        cursors[name] = result.cursor
+        cursor_file.write_text(json.dumps(cursors))
+    job = defs.resolve_job_def(f"{model}_retrain")
+    done = []
+    for request in result.run_requests or []:
+        tags = {**request.tags, SENSOR_NAME_TAG: name, RUN_KEY_TAG: request.run_key}
+        run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=tags,
+                                     raise_on_error=False, run_config=QUIET_RUN_CONFIG)
+        done.append((request.tags[DRIFT_WEEK_TAG], request.partition_key, run.success))
+    return done
 
 
 def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.DataFrame:
@@ -87,6 +131,25 @@ def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.Da
         ).fetchdf()
 
 
+def drift_weeks(warehouse_path: Path, model: str, first: str, last: str) -> list[str] | None:
+    """Weeks whose drift check failed (share above the spec's limit), from the drift table."""
+    import duckdb
+
+    if not warehouse_path.exists():
+        return None
+    with duckdb.connect(str(warehouse_path), read_only=True) as connection:
+        found = connection.execute(
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = 'drift'", [model]
+        ).fetchall()[0][0]
+        if not found:
+            return None
+        rows = connection.execute(
+            f'select distinct week from "{model}".drift where week between ? and ? and not check_passed order by week',
+            [first, last],
+        ).fetchall()
+    return [f"{week:%Y-%m-%d}" for (week,) in rows]
+
+
 def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions: dict[str, str | None],
                   max_weeks: int = 8) -> str:
     """What happened, in a terminal: data gates per model, then the last weeks' metric, gates and aliases."""
@@ -95,12 +158,23 @@ def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions
     lines = []
     for r in results:
         data_checks = ", ".join(f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in r.checks.items()
-                                if not name.startswith("model.")) or "none ran"
+                                if not name.startswith(("model.", "drift."))) or "none ran"
         lines.append(f"== {r.model}: weeks {r.first_week}..{r.last_week}, run {'succeeded' if r.success else 'FAILED'}")
         lines.append(f"   data: {r.rows.get('raw', 0)} raw rows, {r.rows.get('features', 0)} feature rows; {data_checks}")
         for name, ok in r.checks.items():
-            if not ok:
+            if not ok and not name.startswith(("model.", "drift.")):
                 lines.append(f"   {name} failed: {r.check_summaries.get(name, '')}")
+        drifted = drift_weeks(warehouse_path, r.model, r.first_week, r.last_week)
+        if drifted is not None:
+            lines.append(f"   drift check failed on {len(drifted)} weeks: {', '.join(drifted[:12])}"
+                         + (" ..." if len(drifted) > 12 else ""))
+        if r.halted:
+            lines.append(f"   training halted by the training-data gate on {len(r.halted)} weeks: {', '.join(r.halted[:12])}"
+                         + (" ..." if len(r.halted) > 12 else ""))
+        if r.retrains:
+            ok = sum(1 for *_, success in r.retrains if success)
+            lines.append(f"   retrain sensor: {len(r.retrains)} retrain runs requested, {ok} succeeded: "
+                         + ", ".join(f"{d}->{w}" for d, w, _ in r.retrains[:8]) + (" ..." if len(r.retrains) > 8 else ""))
         weeks = week_table(warehouse_path, r.model, r.first_week, r.last_week)
         if weeks.empty:
             lines.append("   no week trained")

@@ -106,10 +106,21 @@ class BeatChampionSpec(_Strict):
     alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level of the paired comparison.")
 
 
+class TrainingDataGateSpec(_Strict):
+    """Halt training when the training window no longer looks like what production sees."""
+
+    enabled: bool = Field(default=True, description="Run the gate before every training.")
+    max_drifted_share: float = Field(default=0.5, ge=0, le=1, description="Training halts above this share of "
+                                     "features drifted between the training window and recent production inputs.")
+    recent_days: int = Field(default=30, ge=1, description="Days of recent production inputs to compare with "
+                             "(the days just before week W until a prediction log exists).")
+
+
 class GatesSpec(_Strict):
     metric: str | None = Field(default=None, description="Primary metric; default rmse / roc_auc / macro_f1 by task.")
     threshold: float | None = Field(default=None, description="Absolute bar: max for errors, min for scores. None: no bar.")
     beat_champion: BeatChampionSpec = Field(default_factory=BeatChampionSpec)
+    training_data: TrainingDataGateSpec = Field(default_factory=TrainingDataGateSpec)
 
 
 class FairnessSpec(_Strict):
@@ -119,6 +130,20 @@ class FairnessSpec(_Strict):
 
 class DriftSpec(_Strict):
     max_drifted_share: float = Field(default=0.3, ge=0, le=1, description="Drift check fails above this share of drifted features.")
+    report_rows: int = Field(default=5000, ge=100, description="Rows per side sampled into the Evidently HTML report.")
+    html_reports_per_run: int = Field(default=4, ge=0, description="Evidently HTML reports per run: the newest failing "
+                                      "weeks (plus always the run's last week); the statistics cover every week.")
+
+
+class AutomationSpec(_Strict):
+    """What happens without anyone clicking."""
+
+    weekly_schedule: bool = Field(default=True, description="Each Monday, materialize the week that just ended: data, drift "
+                                  "(and the model when retrain is weekly).")
+    retrain: Literal["weekly", "on_drift"] = Field(default="on_drift", description="Retrain every week, or only when the "
+                                                   "drift check fails (the sensor).")
+    retrain_cooldown_minutes: float = Field(default=0, ge=0, description="Minimum time between two drift-triggered "
+                                            "retrains of this model (by the drift checks' timestamps).")
 
 
 class RollbackSpec(_Strict):
@@ -149,6 +174,7 @@ class ModelSpec(_Strict):
     gates: GatesSpec = Field(default_factory=GatesSpec)
     fairness: FairnessSpec | None = None
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    automation: AutomationSpec = Field(default_factory=AutomationSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")

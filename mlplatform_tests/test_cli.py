@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_validate_ok(home, spec_dir, capsys):
 
 
 @pytest.mark.slow
-def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path):
+def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path, monkeypatch):
     env = {**os.environ, "MLPLATFORM_HOME": str(tmp_path / "state")}
     env.pop("MLPLATFORM_SPECS", None)
     result = subprocess.run(
@@ -39,7 +40,11 @@ def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path):
     assert "data: 8645 raw rows, 8645 feature rows" in out
     assert "== car_loan: weeks 2018-01-01..2019-08-26, run succeeded" in out
     assert "data: 100000 raw rows, 100000 feature rows" in out
-    assert "52 weeks trained" in out and "86 weeks trained" in out
+    assert "86 weeks trained" in out
+    # car_loan drifts from 2019-04: each failed drift check led to exactly one retrain, recorded in the instance.
+    drifted = ["2019-04-01", "2019-04-08", "2019-04-15", "2019-04-22", "2019-04-29"]
+    assert f"drift check failed on 5 weeks: {', '.join(drifted)}" in out
+    assert "retrain sensor: 5 retrain runs requested, 5 succeeded" in out
     assert "week         rows version      rmse  absolute_threshold beat_champion      prediction_sanity  aliases" in out
     assert "2011-12-26    142" in out
     assert "python3 dev.py ui" in out and "python3 dev.py mlflow-ui" in out
@@ -47,3 +52,26 @@ def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path):
     assert (state / "warehouse.duckdb").exists() and (state / "mlflow" / "mlflow.db").exists()
     assert (state / "dagster" / "dagster.yaml").exists()
     assert not (REPO_DIR / "mlruns").exists()
+    monkeypatch.setenv("MLPLATFORM_HOME", str(state))
+    monkeypatch.delenv("MLPLATFORM_SPECS", raising=False)
+    assert_one_retrain_per_drift_failure(state, drifted)
+
+
+def assert_one_retrain_per_drift_failure(state: Path, drifted: list[str]) -> None:
+    """Read the demo's instance: one drift-triggered run per failed week; a new sensor tick asks for nothing more."""
+    import json
+
+    from dagster import DagsterInstance, RunsFilter, SensorResult, build_sensor_context
+
+    with DagsterInstance.from_config(str(state / "dagster")) as instance:
+        runs = instance.get_runs(filters=RunsFilter(job_name="car_loan_retrain", tags={"mlplatform/trigger": "drift"}))
+        assert sorted(r.tags["mlplatform/drift_week"] for r in runs) == drifted
+        assert len({r.tags["dagster/run_key"] for r in runs}) == len(drifted)
+        assert all(r.is_success for r in runs)
+        from mlplatform.definitions import build_definitions
+
+        defs = build_definitions()
+        cursor = json.loads((state / "dagster" / "demo_sensor_cursors.json").read_text())["car_loan_retrain_on_drift"]
+        tick = defs.resolve_sensor_def("car_loan_retrain_on_drift")(
+            build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+        assert isinstance(tick, SensorResult) and not tick.run_requests

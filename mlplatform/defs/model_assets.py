@@ -54,6 +54,8 @@ GATE_DESCRIPTIONS = {
     gate_lib.CHAMPION: "Challenger not significantly worse than the champion on the same rows of week W "
     "(paired bootstrap of the metric difference, one-sided, at gates.beat_champion.alpha).",
     gate_lib.SANITY: "Predictions are finite, inside the target's range or classes, and not constant.",
+    gate_lib.TRAINING_DATA: "Before training: the training window is not drifted from recent production inputs "
+    "(more than gates.training_data.max_drifted_share of the features drifted halts training for the week).",
 }
 
 
@@ -99,7 +101,7 @@ def build_model_assets(spec: ModelSpec):
         required_resource_keys={"warehouse", "model_registry"},
     )
     def model_and_evaluation(context: AssetExecutionContext) -> Iterator:
-        from mlplatform.lib.lifecycle import run_week
+        from mlplatform.lib.lifecycle import TrainingHalted, run_week
 
         warehouse: Warehouse = context.resources.warehouse
         registry: ModelRegistry = context.resources.model_registry
@@ -118,6 +120,10 @@ def build_model_assets(spec: ModelSpec):
             week = week_start.isoformat()
             if isinstance(result, str):
                 context.log.warning(f"skipped {result}")
+                continue
+            if isinstance(result, TrainingHalted):
+                context.log.warning(f"{spec.name} week {week}: training halted: {result.gate.reason}")
+                _log_gate(context, spec, week, None, result.gate)
                 continue
             results.append(result)
             _record_week(context, spec, registry, result)
@@ -183,15 +189,20 @@ def _record_week(context: AssetExecutionContext, spec: ModelSpec, registry: Mode
         },
     ))
     for outcome in result.gates:
-        facts = {k: v for k, v in outcome.facts.items() if v is not None}
-        context.log_event(AssetCheckEvaluation(
-            asset_key=model_key(spec), check_name=outcome.name, passed=outcome.passed, partition=result.week,
-            blocking=True, severity=AssetCheckSeverity.ERROR,
-            description=outcome.reason,
-            metadata={"week": result.week, "model_version": result.version, "reason": MetadataValue.text(outcome.reason),
-                      **{k: (v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else MetadataValue.json(v))
-                         for k, v in facts.items()}},
-        ))
+        _log_gate(context, spec, result.week, result.version, outcome)
+
+
+def _log_gate(context: AssetExecutionContext, spec: ModelSpec, week: str, version: str | None, outcome) -> None:
+    """One gate verdict as the week's check evaluation on the model, with its reason and facts."""
+    facts = {k: v for k, v in outcome.facts.items() if v is not None}
+    context.log_event(AssetCheckEvaluation(
+        asset_key=model_key(spec), check_name=outcome.name, passed=outcome.passed, partition=week,
+        blocking=True, severity=AssetCheckSeverity.ERROR, description=outcome.reason,
+        metadata={"week": week, "model_version": version or "none (not trained)",
+                  "reason": MetadataValue.text(outcome.reason),
+                  **{k: (v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else MetadataValue.json(v))
+                     for k, v in facts.items()}},
+    ))
 
 
 def _evaluation_row(spec: ModelSpec, result) -> pd.DataFrame:

@@ -36,7 +36,6 @@ class Warehouse(DuckDBResource):
             ).fetchdf()
 
 
-
 class ModelRegistry(ConfigurableResource):
     """MLflow tracking + registry (SQLite store and artifacts under MLPLATFORM_HOME by default)."""
 
@@ -72,6 +71,13 @@ def write_week_rows(warehouse: Warehouse, schema: str, table: str, frame: pd.Dat
         connection.execute(f'create schema if not exists "{schema}"')
         connection.register("incoming", frame)
         connection.execute(f'create table if not exists "{schema}"."{table}" as select * from incoming limit 0')
+        # A newer version may write more columns (a new gate): add them, keep the old rows.
+        existing = {row[0] for row in connection.execute(
+            "select column_name from information_schema.columns where table_schema = ? and table_name = ?",
+            [schema, table]).fetchall()}
+        for name, kind in connection.execute("select column_name, column_type from (describe incoming)").fetchall():
+            if name not in existing:
+                connection.execute(f'alter table "{schema}"."{table}" add column "{name}" {kind}')
         connection.execute(f'delete from "{schema}"."{table}" where "{week_column}" in (select unnest(?))', [weeks])
         connection.execute(f'insert into "{schema}"."{table}" by name select * from incoming')
         connection.unregister("incoming")

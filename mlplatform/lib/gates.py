@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from mlplatform.lib.drift import DriftReport
 from mlplatform.lib.metrics import PairedComparison
 from mlplatform.lib.tasks import is_lower_better
 
 THRESHOLD = "absolute_threshold"
 CHAMPION = "beat_champion"
 SANITY = "prediction_sanity"
+TRAINING_DATA = "training_data_drift"
 GATES = (THRESHOLD, CHAMPION, SANITY)
 
 
@@ -96,3 +98,19 @@ def prediction_range(y_train: np.ndarray, declared_min: float | None, declared_m
     high = declared_max if declared_max is not None else float(np.nanmax(y_train))
     span = max(float(np.nanmax(y_train) - np.nanmin(y_train)) if len(y_train) else 0.0, high - low)
     return low - slack * span, high + slack * span
+
+
+def training_data_gate(report: DriftReport | None, recent_label: str) -> GateOutcome:
+    """The training window must resemble recent production inputs; a drifted window would teach a world that is gone."""
+    if report is None:
+        return GateOutcome(TRAINING_DATA, True, f"no recent production inputs to compare with ({recent_label})",
+                           {"recent": recent_label})
+    drifted = {c.column: {"method": c.method, "score": round(float(c.score), 6)} for c in report.drifted}
+    verdict = "within" if report.passed else "above"
+    reason = (f"{len(report.drifted)} of {len(report.columns)} features drifted between the training window and "
+              f"{recent_label} (share {report.share:.2f}, {verdict} the limit {report.max_drifted_share:g})"
+              + ("" if report.passed else f": {', '.join(drifted)}; training halted"))
+    return GateOutcome(TRAINING_DATA, report.passed, reason, {
+        "drifted_share": report.share, "max_drifted_share": report.max_drifted_share, "drifted": drifted,
+        "recent": recent_label, "training_rows": report.reference_rows, "recent_rows": report.current_rows,
+    })

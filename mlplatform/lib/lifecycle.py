@@ -75,6 +75,38 @@ def split_train_eval(features: pd.DataFrame, spec: ModelSpec, week_start: dateti
     return train, evaluation, train_window
 
 
+@dataclass
+class TrainingHalted:
+    """Week W was not trained: the training-data gate failed (its outcome says why)."""
+
+    week: str
+    gate: gate_lib.GateOutcome
+
+
+def recent_inputs(features: pd.DataFrame, spec: ModelSpec, week_start: datetime,
+                  production_inputs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
+    """What production saw lately: the prediction log's inputs when given, else the features of the days before W."""
+    days = spec.gates.training_data.recent_days
+    if production_inputs is not None and not production_inputs.empty:
+        return production_inputs, f"{len(production_inputs)} logged production inputs of the last {days} days"
+    start = week_start - pd.Timedelta(days=days)
+    times = features[spec.time_column]
+    recent = features[(times >= start) & (times < week_start)]
+    return recent, f"the {days} days before {week_start:%Y-%m-%d} ({start:%Y-%m-%d}..)"
+
+
+def training_data_check(spec: ModelSpec, train: pd.DataFrame, recent: pd.DataFrame,
+                        recent_label: str) -> gate_lib.GateOutcome:
+    """The training-data gate: the training window against recent production inputs, with the drift tests."""
+    from mlplatform.lib.drift import dataset_drift, profile_reference
+
+    if recent.empty:
+        return gate_lib.training_data_gate(None, recent_label)
+    profile = profile_reference(train, spec.features.numeric, spec.features.categorical)
+    report = dataset_drift(profile, recent, spec.gates.training_data.max_drifted_share)
+    return gate_lib.training_data_gate(report, recent_label)
+
+
 def alias_changes_for(spec: ModelSpec, version: str, passed: bool, current: dict[str, str | None],
                       week: str, actor: str) -> list[AliasChange]:
     """Only a version that passed every gate moves an alias: challenger always, champion when approval is auto."""
@@ -89,8 +121,12 @@ def alias_changes_for(spec: ModelSpec, version: str, passed: bool, current: dict
 
 
 def run_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime, tracker: Tracker,
-             actor: str, dagster_run_id: str | None = None) -> WeekResult | str:
-    """Train, log, evaluate, gate and promote for week W; a string explains why the week was skipped."""
+             actor: str, dagster_run_id: str | None = None,
+             production_inputs: pd.DataFrame | None = None) -> WeekResult | TrainingHalted | str:
+    """Train, log, evaluate, gate and promote for week W; a string explains why the week was skipped.
+
+    The training-data gate runs first: when it fails nothing is trained or registered (TrainingHalted).
+    """
     week = week_start.date().isoformat()
     train, evaluation, train_window = split_train_eval(features, spec, week_start)
     if train.empty:
@@ -100,6 +136,11 @@ def run_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime, trac
     x_train, y_train = split_xy(train, spec)
     if spec.task != "regression" and len(np.unique(y_train)) < 2:
         return f"week {week}: the training window holds a single class of {spec.target}; cannot fit a classifier"
+    data_gate = None
+    if spec.gates.training_data.enabled:
+        data_gate = training_data_check(spec, train, *recent_inputs(features, spec, week_start, production_inputs))
+        if not data_gate.passed:
+            return TrainingHalted(week, data_gate)
 
     pipeline = build_pipeline(spec)
     pipeline.fit(x_train, y_train)
@@ -132,7 +173,7 @@ def run_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime, trac
             if spec.task == "regression" else None,
             allowed_classes=list(np.unique(y_train)) if spec.task != "regression" else None,
         ),
-    ]
+    ] + ([data_gate] if data_gate is not None else [])
     rows_fingerprint = fingerprint(train, spec)
     params = {
         "estimator": spec.estimator.class_name, **{f"estimator.{k}": v for k, v in spec.estimator.params.items()},

@@ -91,3 +91,14 @@ def backtest_plot(weeks: Sequence[str], values: Sequence[float], lows: Sequence[
     axis.set(ylabel=metric, title=f"{title}: walk-forward backtest")
     axis.legend(fontsize=7)
     return _png(figure)
+
+
+def drift_plot(columns: Sequence[str], scores: Sequence[float], methods: Sequence[str], drifted: Sequence[bool],
+               title: str) -> bytes:
+    """One bar per feature: its drift score, red when drifted (p-values and distances are labelled by method)."""
+    figure, axis = plt.subplots(figsize=(6, 0.35 * len(columns) + 1.2))
+    y = np.arange(len(columns))
+    axis.barh(y, scores, color=["tab:red" if d else "tab:blue" for d in drifted])
+    axis.set_yticks(y, [f"{c} ({m})" for c, m in zip(columns, methods, strict=True)], fontsize=7)
+    axis.set(xlabel="score (p-value or distance)", title=title)
+    return _png(figure)
