@@ -57,6 +57,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spec_reference(args: argparse.Namespace) -> int:
+    from mlplatform.spec_reference import REFERENCE_PATH, render, write
+
+    if args.check:
+        current = REFERENCE_PATH.read_text() if REFERENCE_PATH.exists() else ""
+        if current != render():
+            print(f"{REFERENCE_PATH} is out of date: run `python3 dev.py spec-reference`", file=sys.stderr)
+            return 1
+        print(f"{REFERENCE_PATH} is up to date")
+        return 0
+    print(f"wrote {write()}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run every model's lifecycle over its weeks on the bundled data, then print what happened."""
     from mlplatform.lib.tracking import CHAMPION, Tracker
@@ -167,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="build the dbt manifest if it is missing or stale")
     prepare.set_defaults(func=cmd_prepare)
+
+    reference = commands.add_parser("spec-reference", help="write docs/spec-reference.md from the spec model")
+    reference.add_argument("--check", action="store_true", help="only check that the file is up to date")
+    reference.set_defaults(func=cmd_spec_reference)
     return parser
 
 

@@ -119,13 +119,16 @@ class TrainingDataGateSpec(_Strict):
 class GatesSpec(_Strict):
     metric: str | None = Field(default=None, description="Primary metric; default rmse / roc_auc / macro_f1 by task.")
     threshold: float | None = Field(default=None, description="Absolute bar: max for errors, min for scores. None: no bar.")
-    beat_champion: BeatChampionSpec = Field(default_factory=BeatChampionSpec)
-    training_data: TrainingDataGateSpec = Field(default_factory=TrainingDataGateSpec)
+    beat_champion: BeatChampionSpec = Field(default_factory=BeatChampionSpec, description="The paired comparison "
+                                            "with the current champion on the same rows.")
+    training_data: TrainingDataGateSpec = Field(default_factory=TrainingDataGateSpec, description="The gate before "
+                                                "training: training window vs recent production inputs.")
 
 
 class FairnessSpec(_Strict):
     sensitive: str = Field(description="Sensitive attribute column (kept out of the features).")
-    max_demographic_parity_difference: float = Field(default=0.1, ge=0, le=1)
+    max_demographic_parity_difference: float = Field(default=0.1, ge=0, le=1, description="Largest allowed gap in "
+                                                     "positive-prediction rate between groups.")
 
 
 class DriftSpec(_Strict):
@@ -147,35 +150,42 @@ class AutomationSpec(_Strict):
 
 
 class RollbackSpec(_Strict):
-    max_degradation: float = Field(default=0.10, ge=0, description="Relative drop in the live primary metric that triggers rollback.")
+    max_degradation: float = Field(default=0.10, ge=0, description="Relative drop in the live primary metric that "
+                                   "triggers rollback (serving: not built yet).")
 
 
 class RolloutSpec(_Strict):
     approval: Literal["manual", "auto"] = Field(default="manual", description="Who promotes challenger to champion.")
-    canary_percent: int = Field(default=10, ge=0, le=100)
-    shadow: bool = False
-    rollback: RollbackSpec = Field(default_factory=RollbackSpec)
+    canary_percent: int = Field(default=10, ge=0, le=100, description="Share of requests the challenger serves in a "
+                                "canary (serving: not built yet).")
+    shadow: bool = Field(default=False, description="Score the challenger in the shadow of the champion (serving: not "
+                         "built yet).")
+    rollback: RollbackSpec = Field(default_factory=RollbackSpec, description="When to roll back to the previous champion.")
 
 
 class ModelSpec(_Strict):
     """One model's lifecycle, as declared by its team."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Asset key prefix and group name.")
-    description: str = ""
+    description: str = Field(default="", description="Shown on every asset of the model in the Dagster UI.")
     owner: str | None = Field(default=None, description="Owner shown in the Dagster UI: an email or `team:name`.")
-    task: Literal["regression", "binary", "multiclass"]
-    source: SourceSpec
-    staging: StagingSpec | None = None
-    target: str
-    features: FeaturesSpec
-    columns: dict[str, ColumnRules] = Field(default_factory=dict)
-    partitions: PartitionsSpec
-    estimator: EstimatorSpec = Field(default_factory=EstimatorSpec)
-    gates: GatesSpec = Field(default_factory=GatesSpec)
-    fairness: FairnessSpec | None = None
-    drift: DriftSpec = Field(default_factory=DriftSpec)
-    automation: AutomationSpec = Field(default_factory=AutomationSpec)
-    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    task: Literal["regression", "binary", "multiclass"] = Field(description="What the model predicts; sets the "
+                                                                 "metrics, the default estimator and the plots.")
+    source: SourceSpec = Field(description="The data file.")
+    staging: StagingSpec | None = Field(default=None, description="Optional dbt staging; without it features come "
+                                        "straight from raw.")
+    target: str = Field(description="The column to predict (never null; for classification its values are the classes).")
+    features: FeaturesSpec = Field(description="Feature columns, each a column of the source (or of the dbt model).")
+    columns: dict[str, ColumnRules] = Field(default_factory=dict, description="Data rules per column, checked by the "
+                                            "features gate.")
+    partitions: PartitionsSpec = Field(description="The weekly partitions and the training window.")
+    estimator: EstimatorSpec = Field(default_factory=EstimatorSpec, description="The model.")
+    gates: GatesSpec = Field(default_factory=GatesSpec, description="What a new version must pass.")
+    fairness: FairnessSpec | None = Field(default=None, description="Fairness gate settings (declared, not enforced "
+                                          "yet: a later issue).")
+    drift: DriftSpec = Field(default_factory=DriftSpec, description="The weekly drift check.")
+    automation: AutomationSpec = Field(default_factory=AutomationSpec, description="Schedules and sensors.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Promotion; serving settings for a later issue.")
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
 

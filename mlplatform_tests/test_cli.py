@@ -75,3 +75,12 @@ def assert_one_retrain_per_drift_failure(state: Path, drifted: list[str]) -> Non
         tick = defs.resolve_sensor_def("car_loan_retrain_on_drift")(
             build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
         assert isinstance(tick, SensorResult) and not tick.run_requests
+
+
+def test_spec_reference_in_docs_is_what_the_code_generates(capsys):
+    """docs/spec-reference.md cannot drift from specs.py: CI fails until it is regenerated."""
+    from mlplatform.spec_reference import REFERENCE_PATH, render
+
+    assert REFERENCE_PATH.read_text() == render(), "run `python3 dev.py spec-reference`"
+    assert main(["spec-reference", "--check"]) == 0
+    assert "| `gates.training_data.max_drifted_share` | float | `0.5` |" in render()
