@@ -52,8 +52,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from mlplatform.defs.dbt_project import prepare_manifest
 
-    ensure_home(load_settings())
+    settings = load_settings()
+    prepare_dagster_home(settings)  # so `dagster ...` commands with DAGSTER_HOME set work before any demo
     print(f"dbt manifest: {prepare_manifest()}")
+    print(f"DAGSTER_HOME={settings.dagster_home}")
     return 0
 
 
@@ -179,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check the model specs and list every problem")
     validate.set_defaults(func=cmd_validate)
 
-    prepare = commands.add_parser("prepare", help="build the dbt manifest if it is missing or stale")
+    prepare = commands.add_parser("prepare", help="build the dbt manifest if it is missing or stale; create the "
+                                  "Dagster instance folder")
     prepare.set_defaults(func=cmd_prepare)
 
     reference = commands.add_parser("spec-reference", help="write docs/spec-reference.md from the spec model")
