@@ -81,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = load_settings()
     prepare_dagster_home(settings)
     results = run_models(models=args.model or None, first=args.start, last=args.end, weeks=args.weeks)
-    tracker = Tracker.under(settings.mlflow_dir)
+    tracker = Tracker.configured(settings.mlflow_dir)
     champions = {r.model: tracker.alias_version(r.model, CHAMPION) for r in results}
     print()
     print(summary_table(results, settings.warehouse_path, champions))
@@ -118,7 +118,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     ensure_home(settings)
-    tracker = Tracker.under(settings.mlflow_dir)
+    tracker = Tracker.configured(settings.mlflow_dir)
     version = args.version or tracker.alias_version(args.model, "challenger")
     if version is None:
         print(f"{args.model} has no challenger to promote; give --version", file=sys.stderr)
@@ -144,6 +144,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     prepare_dagster_home(settings)
     command = [sys.executable, "-m", "dagster", "dev", "-m", "mlplatform.definitions",
                "--host", args.host, "--port", str(args.port)]
+    # `dagster dev` still works and is what workspace.yaml users run; its "use dg dev" notice is not for our users.
+    os.environ["PYTHONWARNINGS"] = "ignore:Function `dev_command` is superseded"
     print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={settings.dagster_home}); Ctrl-C stops it")
     os.execv(sys.executable, command)
     return 0  # pragma: no cover - execv does not return

@@ -74,6 +74,8 @@ def build_definitions() -> Definitions:
             "model_registry": ModelRegistry(
                 mlflow_dir=str(settings.mlflow_dir),
                 ui_url=os.environ.get("MLPLATFORM_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
+                tracking_uri=os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI", ""),
+                artifact_root=os.environ.get("MLPLATFORM_MLFLOW_ARTIFACTS", ""),
             ),
         },
         # One process: DuckDB allows one writer per file, and in-process steps skip ~2 s of process start each.

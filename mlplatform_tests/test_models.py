@@ -151,3 +151,19 @@ def test_no_evaluation_row_is_in_the_training_window(home, spec_dir, instance):
         assert set(evaluated["id"]).isdisjoint(trained_on["id"])
         assert (evaluated["ts"] >= pd.Timestamp(week)).all()
         assert (evaluated["ts"] < pd.Timestamp(week) + pd.Timedelta(days=7)).all()
+
+
+def test_a_shared_mlflow_store_replaces_the_embedded_one(home, spec_dir, instance, tmp_path, monkeypatch):
+    """MLPLATFORM_MLFLOW_TRACKING_URI (+ _ARTIFACTS) swaps the SQLite store under MLPLATFORM_HOME for a shared one."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv("MLPLATFORM_MLFLOW_TRACKING_URI", f"sqlite:///{shared / 'mlflow.db'}")
+    monkeypatch.setenv("MLPLATFORM_MLFLOW_ARTIFACTS", (shared / "artifacts").as_uri())
+    spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", WEEK2).success
+
+    store = Tracker(f"sqlite:///{shared / 'mlflow.db'}", None)
+    assert store.alias_version("toy", CHAMPION) == "1"
+    assert any((shared / "artifacts" / "toy").rglob("model.skops"))
+    assert not (home / "mlflow" / "mlflow.db").exists()
+    assert Tracker.configured(home / "mlflow").tracking_uri == store.tracking_uri

@@ -41,8 +41,12 @@ class ModelRegistry(ConfigurableResource):
 
     mlflow_dir: str
     ui_url: str = "http://127.0.0.1:5000"
+    tracking_uri: str = ""  # a shared store (e.g. http://mlflow:5000) instead of SQLite under mlflow_dir
+    artifact_root: str = ""  # with tracking_uri: where artifacts go (default: the server's artifact store)
 
     def tracker(self) -> Tracker:
+        if self.tracking_uri:
+            return _tracker_for(self.tracking_uri, self.artifact_root or None)
         return _tracker_for(self.mlflow_dir)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
@@ -55,13 +59,14 @@ class ModelRegistry(ConfigurableResource):
 _TRACKERS: dict[str, Tracker] = {}
 
 
-def _tracker_for(mlflow_dir: str) -> Tracker:
+def _tracker_for(location: str, artifact_root: str | None = None) -> Tracker:
     """One client per store and process: it caches loaded champion models across weeks of a backfill."""
     from mlplatform.lib.tracking import Tracker
 
-    if mlflow_dir not in _TRACKERS:
-        _TRACKERS[mlflow_dir] = Tracker.under(Path(mlflow_dir))
-    return _TRACKERS[mlflow_dir]
+    if location not in _TRACKERS:
+        is_uri = "://" in location or location.startswith("databricks")
+        _TRACKERS[location] = Tracker(location, artifact_root) if is_uri else Tracker.under(Path(location))
+    return _TRACKERS[location]
 
 
 def write_week_rows(warehouse: Warehouse, schema: str, table: str, frame: pd.DataFrame, week_column: str,

@@ -98,13 +98,24 @@ class LoggedModel:
 
 
 class Tracker:
-    """MLflow store at ``tracking_uri`` with per-experiment artifact folders under ``artifact_root``."""
+    """MLflow store at ``tracking_uri`` with per-experiment artifact folders under ``artifact_root``.
 
-    def __init__(self, tracking_uri: str, artifact_root: Path):
+    ``artifact_root`` None leaves artifact locations to the store (a tracking server's own artifact store).
+    """
+
+    def __init__(self, tracking_uri: str, artifact_root: Path | str | None):
         self.tracking_uri = tracking_uri
-        self.artifact_root = Path(artifact_root)
+        self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._models: dict[tuple[str, str], Any] = {}
+
+    @classmethod
+    def configured(cls, mlflow_dir: Path) -> Tracker:
+        """The store the platform is configured for: MLPLATFORM_MLFLOW_TRACKING_URI if set, else SQLite under mlflow_dir."""
+        uri = os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI")
+        if uri:
+            return cls(uri, os.environ.get("MLPLATFORM_MLFLOW_ARTIFACTS") or None)
+        return cls.under(mlflow_dir)
 
     @classmethod
     def under(cls, mlflow_dir: Path) -> Tracker:
@@ -115,7 +126,11 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        location = (self.artifact_root / name).resolve().as_uri()
+        location = None
+        if isinstance(self.artifact_root, Path):
+            location = (self.artifact_root / name).resolve().as_uri()
+        elif self.artifact_root:
+            location = f"{self.artifact_root.rstrip('/')}/{name}"
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created meanwhile by another process
