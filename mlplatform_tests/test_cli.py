@@ -26,12 +26,29 @@ def test_validate_ok(home, spec_dir, capsys):
     assert "ok  toy" in capsys.readouterr().out
 
 
+def readme_commands() -> tuple[str, str]:
+    """The two commands of the README's "Two commands" block: the main job and the test command."""
+    text = (REPO_DIR / "README.md").read_text()
+    block = text.split("## Two commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+    assert len(commands) == 2, commands
+    return commands[0], commands[1]
+
+
+def test_readme_names_the_two_commands_ci_runs():
+    demo, test = readme_commands()
+    assert demo == "python3 dev.py demo" and test == "python3 dev.py test"
+    ci = (REPO_DIR / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == test  # CI runs exactly the README's test command
+
+
 @pytest.mark.slow
 def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path, monkeypatch):
     env = {**os.environ, "MLPLATFORM_HOME": str(tmp_path / "state")}
     env.pop("MLPLATFORM_SPECS", None)
+    demo, _ = readme_commands()
     result = subprocess.run(
-        [sys.executable, "dev.py", "demo"], cwd=REPO_DIR, env=env,
+        [sys.executable, *demo.split()[1:]], cwd=REPO_DIR, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:]
