@@ -55,9 +55,9 @@ def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path, monkeyp
     out = result.stdout
     assert "== bike_demand: weeks 2010-12-27..2011-12-26, run succeeded" in out
     assert "data: 8645 raw rows, 8645 feature rows" in out
-    assert "== car_loan: weeks 2018-01-01..2019-08-26, run succeeded" in out
-    assert "data: 100000 raw rows, 100000 feature rows" in out
-    assert "86 weeks trained" in out
+    assert "== car_loan: weeks 2018-10-01..2019-08-26, run succeeded" in out
+    assert "data: 54913 raw rows, 54913 feature rows" in out
+    assert "47 weeks trained" in out
     # car_loan drifts from 2019-04: each failed drift check led to exactly one retrain, recorded in the instance.
     drifted = ["2019-04-01", "2019-04-08", "2019-04-15", "2019-04-22", "2019-04-29"]
     assert f"drift check failed on 5 weeks: {', '.join(drifted)}" in out

@@ -85,7 +85,7 @@ def ui_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: dagster dev shuts its children down
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)

@@ -122,7 +122,7 @@ def build_model_assets(spec: ModelSpec):
                 context.log.warning(f"skipped {result}")
                 continue
             if isinstance(result, TrainingHalted):
-                context.log.warning(f"{spec.name} week {week}: training halted: {result.gate.reason}")
+                context.log.warning(f"{spec.name} week {week}: {result.gate.reason}")
                 _log_gate(context, spec, week, None, result.gate)
                 continue
             results.append(result)
