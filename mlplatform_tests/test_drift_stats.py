@@ -69,3 +69,16 @@ def test_bikeshare_weeks(shared_dataset):
     verdicts = assert_agrees(reference, summer, numerical, categorical)
     assert verdicts["temp"].drifted and verdicts["season"].drifted
     assert_agrees(reference.iloc[:700], summer, numerical, categorical)
+
+
+def test_reference_is_the_champions_window_only_when_it_ended_by_the_week():
+    from datetime import datetime
+
+    from mlplatform.lib.drift import reference_span
+
+    week = datetime(2024, 3, 4)
+    champion = (datetime(2024, 1, 1), datetime(2024, 2, 26))
+    assert reference_span(week, 8, champion, "3") == (*champion, "training window of champion v3")
+    later = (datetime(2024, 1, 8), datetime(2024, 3, 11))
+    assert reference_span(week, 8, later, "4")[:2] == (datetime(2024, 1, 8), week)
+    assert reference_span(week, 8, None)[:2] == (datetime(2024, 1, 8), week)

@@ -24,7 +24,7 @@ from dagster import (
 )
 
 from mlplatform.defs.data_assets import features_key, owners
-from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
+from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, Warehouse, write_week_rows
 from mlplatform.lib.settings import load_settings
 from mlplatform.lib.source import Window
@@ -37,19 +37,16 @@ def drift_key(spec: ModelSpec) -> AssetKey:
     return AssetKey([spec.name, "drift"])
 
 
-def reference_window(spec: ModelSpec, registry: ModelRegistry, week_start: datetime) -> tuple[Window, str]:
-    """The champion's training window when there is a champion trained before this week, else the N weeks before it."""
+def champion_training_window(spec: ModelSpec, registry: ModelRegistry) -> tuple[tuple[datetime, datetime] | None, str | None]:
+    """The current champion's training window (from its MLflow params), read once per run."""
     from mlplatform.lib.tracking import CHAMPION
 
     tracker = registry.tracker()
     version = tracker.alias_version(spec.name, CHAMPION)
-    if version is not None:
-        params = tracker.run(tracker.client.get_model_version(spec.name, version).run_id).data.params
-        start, end = datetime.fromisoformat(params["train_start"]), datetime.fromisoformat(params["train_end"])
-        if end <= week_start:
-            return Window(start, end), f"training window of champion v{version}"
-    weeks = spec.partitions.training_window_weeks
-    return Window(week_start - timedelta(weeks=weeks), week_start), f"the {weeks} weeks before (no earlier champion)"
+    if version is None:
+        return None, None
+    params = tracker.run(tracker.client.get_model_version(spec.name, version).run_id).data.params
+    return (datetime.fromisoformat(params["train_start"]), datetime.fromisoformat(params["train_end"])), version
 
 
 def build_drift_assets(spec: ModelSpec):
@@ -70,13 +67,10 @@ def build_drift_assets(spec: ModelSpec):
             description=f"Fails when more than drift.max_drifted_share ({spec.drift.max_drifted_share:g}) of the "
             "features drifted. A failure makes the retrain sensor request a retrain.",
         )],
-        partitions_def=weekly_partitions(spec),
-        backfill_policy=SINGLE_RUN,
-        can_subset=True,
-        required_resource_keys={"warehouse", "model_registry"},
+        **weekly_multi_asset_options(spec),
     )
     def drift(context: AssetExecutionContext) -> Iterator:
-        from mlplatform.lib.drift import dataset_drift, profile_reference, render_evidently_report
+        from mlplatform.lib.drift import dataset_drift, profile_reference, reference_span, render_evidently_report
         from mlplatform.lib.plots import drift_plot
 
         warehouse: Warehouse = context.resources.warehouse
@@ -86,15 +80,18 @@ def build_drift_assets(spec: ModelSpec):
         profiles: dict[tuple, object] = {}
         reports_dir = load_settings().home / "reports" / spec.name
         reports_dir.mkdir(parents=True, exist_ok=True)
+        champion_window, champion_version = champion_training_window(spec, registry)
         reports = []
         for week_start in weeks:
             start = datetime.combine(week_start, datetime.min.time())
             week = week_start.isoformat()
             current = warehouse.read_window(spec.name, "features", spec.time_column, Window(start, start + timedelta(weeks=1)))
-            reference_span, reference_kind = reference_window(spec, registry, start)
-            cache_key = (reference_span.start, reference_span.end)
+            reference_start, reference_end, reference_kind = reference_span(
+                start, spec.partitions.training_window_weeks, champion_window, champion_version)
+            cache_key = (reference_start, reference_end)
             if cache_key not in profiles:
-                reference_rows = warehouse.read_window(spec.name, "features", spec.time_column, reference_span)
+                reference_rows = warehouse.read_window(spec.name, "features", spec.time_column,
+                                                       Window(reference_start, reference_end))
                 profiles[cache_key] = (profile_reference(reference_rows, numerical, categorical), reference_rows)
             profile, reference_rows = profiles[cache_key]
             if current.empty or profile.rows == 0:
@@ -102,7 +99,7 @@ def build_drift_assets(spec: ModelSpec):
                 continue
             report = dataset_drift(profile, current, spec.drift.max_drifted_share)
             reports.append((week, report, current, reference_rows,
-                            f"{reference_kind}: {reference_span.start:%Y-%m-%d} .. {reference_span.end:%Y-%m-%d}"))
+                            f"{reference_kind}: {reference_start:%Y-%m-%d} .. {reference_end:%Y-%m-%d}"))
         # Evidently's HTML costs ~1-2 s a week: the newest failing weeks and the run's last week get one.
         failing = [week for week, report, *_ in reports if not report.passed][-spec.drift.html_reports_per_run:]
         with_html = set(failing) | ({reports[-1][0]} if reports else set())

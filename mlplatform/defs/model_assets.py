@@ -29,7 +29,7 @@ from dagster import (
 )
 
 from mlplatform.defs.data_assets import features_key, owners
-from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
+from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, Warehouse, write_week_rows
 from mlplatform.lib import gates as gate_lib
 from mlplatform.lib.audit import record_alias_changes
@@ -95,10 +95,7 @@ def build_model_assets(spec: ModelSpec):
         ],
         check_specs=[AssetCheckSpec(name, asset=model_key(spec), blocking=True, description=text)
                      for name, text in GATE_DESCRIPTIONS.items()],
-        partitions_def=weekly_partitions(spec),
-        backfill_policy=SINGLE_RUN,
-        can_subset=True,
-        required_resource_keys={"warehouse", "model_registry"},
+        **weekly_multi_asset_options(spec),
     )
     def model_and_evaluation(context: AssetExecutionContext) -> Iterator:
         from mlplatform.lib.lifecycle import TrainingHalted, run_week

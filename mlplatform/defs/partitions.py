@@ -13,6 +13,15 @@ SINGLE_RUN = BackfillPolicy.single_run()
 """A range of weeks runs as one run, each asset handling the whole window at once."""
 
 
+def weekly_multi_asset_options(spec: ModelSpec) -> dict:
+    """The options shared by the steps that loop over a run's weeks and log each week's events themselves.
+
+    can_subset makes their per-week check evaluations optional outputs (see model_assets.py).
+    """
+    return {"partitions_def": weekly_partitions(spec), "backfill_policy": SINGLE_RUN, "can_subset": True,
+            "required_resource_keys": {"warehouse", "model_registry"}}
+
+
 def weekly_partitions(spec: ModelSpec) -> WeeklyPartitionsDefinition:
     """Monday weeks (``day_offset=1``) from ``partitions.start``; a snapshot dataset (no timestamp) has one week."""
     end = spec.partitions.end

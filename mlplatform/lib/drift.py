@@ -16,6 +16,7 @@ what makes this cheap: the reference is fixed per champion.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -226,3 +227,12 @@ def render_evidently_report(reference: pd.DataFrame, current: pd.DataFrame, nume
         )
     snapshot.save_html(path)
     return path
+
+
+def reference_span(week_start: datetime, window_weeks: int, champion_window: tuple[datetime, datetime] | None,
+                   champion_version: str | None = None) -> tuple[datetime, datetime, str]:
+    """What week W is compared with: the champion's training window when it ended by W, else the N weeks before W."""
+    if champion_window is not None and champion_window[1] <= week_start:
+        return champion_window[0], champion_window[1], f"training window of champion v{champion_version}"
+    return (week_start - timedelta(weeks=window_weeks), week_start,
+            f"the {window_weeks} weeks before (no earlier champion)")
