@@ -101,3 +101,20 @@ def test_spec_reference_in_docs_is_what_the_code_generates(capsys):
     assert REFERENCE_PATH.read_text() == render(), "run `python3 dev.py spec-reference`"
     assert main(["spec-reference", "--check"]) == 0
     assert "| `gates.training_data.max_drifted_share` | float | `0.5` |" in render()
+
+
+@pytest.mark.slow
+def test_readme_test_command_runs_in_a_clean_clone(tmp_path):
+    """The README's test command from a fresh `git clone` (reusing this venv, selecting two quick tests)."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO_DIR), str(clone)], check=True, timeout=120)
+    _, test = readme_commands()
+    env = {**os.environ, "MLPLATFORM_VENV": sys.prefix, "MLPLATFORM_HOME": str(tmp_path / "state")}
+    env.pop("MLPLATFORM_SPECS", None)
+    result = subprocess.run(
+        [sys.executable, *test.split()[1:], "-n0", "-m", "not slow", "-k", "test_validate_ok or test_validate_lists"],
+        cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "2 passed" in result.stdout
+    assert str(clone) in result.stdout  # pytest ran the clone's tests (rootdir)
