@@ -11,7 +11,16 @@ from sklearn import metrics as skm
 
 from mlplatform.lib import gates
 from mlplatform.lib.lifecycle import alias_changes_for, split_train_eval
-from mlplatform.lib.metrics import evaluate, metric_value, paired_bootstrap
+from mlplatform.lib.metrics import (
+    METRIC_FUNCTIONS,
+    _sum_columns,
+    draw_counts,
+    evaluate,
+    metric_value,
+    paired_bootstrap,
+    resample_batches,
+    resampled_metric,
+)
 from mlplatform.specs import ModelSpec
 
 RNG = np.random.default_rng(7)
@@ -44,6 +53,24 @@ def test_regression_and_multiclass_metrics_match_sklearn():
     predicted = np.where(RNG.random(200) < 0.7, labels, RNG.integers(0, 3, 200)).astype(float)
     assert metric_value("accuracy", labels, predicted) == pytest.approx(skm.accuracy_score(labels, predicted))
     assert metric_value("macro_f1", labels, predicted) == pytest.approx(skm.f1_score(labels, predicted, average="macro"))
+
+
+@pytest.mark.parametrize("metric", ["rmse", "mae", "r2", "log_loss", "brier", "f1", "accuracy"])
+def test_bootstrap_from_row_counts_equals_metric_on_the_resampled_rows(metric):
+    """The count-and-sum shortcut must give the metric of each resample, as gathering its rows does."""
+    y = (RNG.random(500) < 0.4).astype(float) if metric in ("log_loss", "brier", "f1") else RNG.normal(size=500)
+    s = np.clip(0.5 * y + 0.5 * RNG.random(500), 0.01, 0.99) if metric in ("log_loss", "brier", "f1") else y + RNG.normal(size=500)
+    if metric == "accuracy":
+        y, s = RNG.integers(0, 3, 500).astype(float), RNG.integers(0, 3, 500).astype(float)
+    batches = list(resample_batches(len(y), 50, seed=1))
+    columns = _sum_columns(metric, y, s)
+    assert columns is not None
+    for idx in batches:
+        expected = METRIC_FUNCTIONS[metric](y, s, idx)
+        by_counts = resampled_metric(metric, y, s, idx, draw_counts(idx, len(y)), columns)
+        by_gather = resampled_metric(metric, y, s, idx, None, columns)
+        np.testing.assert_allclose(by_counts, expected, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(by_gather, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_bootstrap_interval_contains_the_estimate_and_is_reproducible():

@@ -103,9 +103,11 @@ def profile_reference(frame: pd.DataFrame, numerical: list[str], categorical: li
     columns = {}
     for name in numerical:
         values = _clean(frame[name]).astype("float64")
+        sorted_values = np.sort(values.to_numpy())
+        distinct = int(np.count_nonzero(np.diff(sorted_values))) + 1 if len(sorted_values) else 0
         columns[name] = ColumnProfile(
-            name, "numerical", len(values), values.value_counts(sort=False) if values.nunique() <= 20 else pd.Series(dtype=float),
-            sorted_values=np.sort(values.to_numpy()), std=float(np.std(values.to_numpy())) if len(values) else 0.0,
+            name, "numerical", len(values), values.value_counts(sort=False) if distinct <= 20 else pd.Series(dtype=float),
+            sorted_values=sorted_values, std=float(np.std(sorted_values)) if len(values) else 0.0,
             values=values if len(values) <= 1000 else None,
         )
     for name in categorical:
@@ -174,10 +176,14 @@ def _wasserstein_normed(reference: ColumnProfile, current: np.ndarray) -> float:
     """W1 between the empirical distributions (as scipy computes it), over std(reference), from pre-sorted values."""
     u = reference.sorted_values
     v = np.sort(current)
-    both = np.sort(np.concatenate([u, v]), kind="stable")  # two sorted runs: a linear merge
+    both = np.concatenate([u, v])
+    order = np.argsort(both, kind="stable")  # two sorted runs: a linear merge
+    both, from_u = both[order], order < len(u)
     deltas = np.diff(both)
-    u_cdf = np.searchsorted(u, both[:-1], side="right") / len(u)
-    v_cdf = np.searchsorted(v, both[:-1], side="right") / len(v)
+    # Rows of u (of v) up to each merged position. Where a tie continues, delta is 0 and the term vanishes;
+    # where it ends, the count is exactly #u <= value, the empirical CDF (what searchsorted(side="right") gives).
+    u_cdf = np.cumsum(from_u)[:-1] / len(u)
+    v_cdf = np.cumsum(~from_u)[:-1] / len(v)
     distance_w1 = float(np.sum(np.abs(u_cdf - v_cdf) * deltas))
     return distance_w1 / max(reference.std, 0.001)
 

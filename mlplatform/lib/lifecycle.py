@@ -190,16 +190,16 @@ def run_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime, trac
             "data.train_window": f"{train_window.start:%Y-%m-%d}..{train_window.end:%Y-%m-%d}",
             **({"dagster.run_id": dagster_run_id} if dagster_run_id else {})}
     gate_report = {g.name: {"passed": g.passed, "reason": g.reason, **_jsonable(g.facts)} for g in outcomes}
-    logged = tracker.log_trained_model(
-        spec.name, f"{spec.name}-{week}", pipeline, x_train.head(5), params, metric_values, tags,
-        {**plots, "gates.json": json.dumps(gate_report, indent=2)},
-    )
     passed = all(g.passed for g in outcomes)
-    tracker.tag_version(spec.name, logged.version, {
+    version_tags = {
         "week": week, "gates": "passed" if passed else "failed",
         **{f"gate.{g.name}": "passed" if g.passed else "failed" for g in outcomes},
         "data.fingerprint": rows_fingerprint,
-    })
+    }
+    logged = tracker.log_trained_model(
+        spec.name, f"{spec.name}-{week}", pipeline, x_train.head(5), params, metric_values, tags,
+        {**plots, "gates.json": json.dumps(gate_report, indent=2)}, version_tags,
+    )
     current = {alias: tracker.alias_version(spec.name, alias) for alias in (CHALLENGER, CHAMPION)}
     changes = alias_changes_for(spec, logged.version, passed, current, week, actor)
     for change in changes:

@@ -12,9 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _png(figure) -> bytes:
+def _png(figure, margins: dict[str, float] | None = None) -> bytes:
+    """PNG bytes of the figure; fixed ``margins`` (subplots_adjust) instead of tight_layout for the per-week plots.
+
+    tight_layout renders the figure once more to measure its labels: half the cost of a weekly plot.
+    """
     buffer = io.BytesIO()
-    figure.tight_layout()
+    if margins is None:
+        figure.tight_layout()
+    else:
+        figure.subplots_adjust(**margins)
     figure.savefig(buffer, format="png", dpi=72)
     plt.close(figure)
     return buffer.getvalue()
@@ -38,7 +45,11 @@ def regression_plots(y: np.ndarray, predicted: np.ndarray, title: str) -> dict[s
     left.set(xlabel="actual", ylabel="predicted", title=f"{title}: predicted vs actual")
     right.hist(y - predicted, bins=30)
     right.set(xlabel="actual - predicted", ylabel="rows", title="residuals")
-    return {"predicted_vs_actual_and_residuals.png": _png(figure)}
+    margins = {"left": 0.1, "right": 0.98, "bottom": 0.15, "top": 0.9, "wspace": 0.3}
+    return {"predicted_vs_actual_and_residuals.png": _png(figure, margins)}
+
+
+SINGLE_MARGINS = {"left": 0.17, "right": 0.96, "bottom": 0.15, "top": 0.9}
 
 
 def classification_plots(y: np.ndarray, score: np.ndarray, task: str, title: str) -> dict[str, bytes]:
@@ -52,7 +63,7 @@ def classification_plots(y: np.ndarray, score: np.ndarray, task: str, title: str
         axis.plot(fpr, tpr)
         axis.plot([0, 1], [0, 1], color="grey", linewidth=1)
         axis.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC")
-        plots["roc.png"] = _png(figure)
+        plots["roc.png"] = _png(figure, SINGLE_MARGINS)
         bins = np.clip((score * 10).astype(int), 0, 9)
         predicted_mean = [score[bins == b].mean() for b in range(10) if np.any(bins == b)]
         observed = [y[bins == b].mean() for b in range(10) if np.any(bins == b)]
@@ -60,7 +71,7 @@ def classification_plots(y: np.ndarray, score: np.ndarray, task: str, title: str
         axis.plot(predicted_mean, observed, marker="o")
         axis.plot([0, 1], [0, 1], color="grey", linewidth=1)
         axis.set(xlabel="predicted probability", ylabel="observed rate", title=f"{title}: calibration")
-        plots["calibration.png"] = _png(figure)
+        plots["calibration.png"] = _png(figure, SINGLE_MARGINS)
         predicted = (score >= 0.5).astype(int)
         truth = y.astype(int)
         labels = [0, 1]
@@ -74,7 +85,7 @@ def classification_plots(y: np.ndarray, score: np.ndarray, task: str, title: str
         axis.text(j, i, str(count), ha="center", va="center")
     axis.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="actual",
              title=f"{title}: confusion")
-    plots["confusion_matrix.png"] = _png(figure)
+    plots["confusion_matrix.png"] = _png(figure, SINGLE_MARGINS)
     return plots
 
 

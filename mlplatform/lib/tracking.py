@@ -7,6 +7,7 @@ explicit location so nothing lands in ``./mlruns``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -37,7 +38,9 @@ CHAMPION = "champion"
 TRACKED_LIBRARIES = ("scikit-learn", "pandas", "numpy", "mlflow", "dagster", "pandera", "duckdb")
 
 
+@functools.cache
 def library_versions() -> dict[str, str]:
+    """Versions of the libraries a model depends on (read once per process: metadata lookups are slow)."""
     versions = {}
     for name in TRACKED_LIBRARIES:
         try:
@@ -47,6 +50,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+@functools.cache
 def pip_requirements() -> list[str]:
     """Exact pins of what the pickled pipeline needs; explicit, because inferring them costs ~2.5 s per model."""
     pins = []
@@ -153,8 +157,12 @@ class Tracker:
         metrics: Mapping[str, float],
         tags: Mapping[str, str],
         artifacts: Mapping[str, bytes | str],
+        version_tags: Mapping[str, str] | None = None,
     ) -> LoggedModel:
-        """One MLflow run: params, metrics, tags, artifacts, the model with an explicit signature, a registry version."""
+        """One MLflow run: params, metrics, tags, artifacts, the model with an explicit signature, a registry version.
+
+        ``version_tags`` are written with the registry version in one transaction (not a call per tag).
+        """
         tags = {**tags, "mlplatform.version": mlplatform.__version__,
                 **{f"library.{k}": v for k, v in library_versions().items()}}
         commit = git_commit()
@@ -170,14 +178,14 @@ class Tracker:
                     mlflow.log_artifact(str(path))
             signature = infer_signature(x_example, pipeline.predict(x_example))
             info = mlflow.sklearn.log_model(
-                pipeline, name="model", signature=signature, pip_requirements=pip_requirements(),
+                pipeline, name="model", signature=signature, pip_requirements=list(pip_requirements()),
                 skops_trusted_types=own_types(pipeline),
             )
-            version = self._register(model_name, info, run.info.run_id)
+            version = self._register(model_name, info, run.info.run_id, version_tags or {})
             self._models[(model_name, version)] = pipeline  # the next week's champion is often this one
             return LoggedModel(run_id=run.info.run_id, version=version, experiment_id=run.info.experiment_id)
 
-    def _register(self, model_name: str, info: Any, run_id: str) -> str:
+    def _register(self, model_name: str, info: Any, run_id: str, tags: Mapping[str, str]) -> str:
         """A new registry version of the logged model (through the client: the fluent API prints to stderr)."""
         try:
             self.client.get_registered_model(model_name)
@@ -187,7 +195,8 @@ class Tracker:
             except MlflowException:  # created meanwhile
                 pass
         created = self.client.create_model_version(
-            model_name, source=info.model_uri, run_id=run_id, model_id=info.model_id, await_creation_for=0
+            model_name, source=info.model_uri, run_id=run_id, model_id=info.model_id, await_creation_for=0,
+            tags=dict(tags),
         )
         return str(created.version)
 
@@ -199,10 +208,6 @@ class Tracker:
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, alias, version)
-
-    def tag_version(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(model_name, version, key, value)
 
     def version_tags(self, model_name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(model_name, version).tags)
