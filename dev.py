@@ -47,7 +47,9 @@ def install() -> None:
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     run([PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"uv=={UV_VERSION}"])
-    run([BIN / "uv", "pip", "install", "--quiet", "--python", PYTHON, "-r", LOCK])
+    # Bytecode compiled once at install: every process (dagster runs, tests, workers) would otherwise
+    # recompile the whole stack from source where PYTHONDONTWRITEBYTECODE is set (imports 8 s -> 3 s).
+    run([BIN / "uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", PYTHON, "-r", LOCK])
     run([BIN / "uv", "pip", "install", "--quiet", "--python", PYTHON, "--no-deps", "-e", ROOT])
     STAMP.write_text(fingerprint)
 

@@ -167,3 +167,28 @@ def test_a_shared_mlflow_store_replaces_the_embedded_one(home, spec_dir, instanc
     assert any((shared / "artifacts" / "toy").rglob("model.skops"))
     assert not (home / "mlflow" / "mlflow.db").exists()
     assert Tracker.configured(home / "mlflow").tracking_uri == store.tracking_uri
+
+
+def test_weeks_trained_in_worker_processes_match_training_in_process(home, spec_dir, instance, monkeypatch):
+    """A backfill's weeks may fit side by side in worker processes; versions, order and metrics must not change."""
+    from mlplatform.lib.lifecycle import WORKERS_ENV, train_week
+    from mlplatform.specs import load_spec_file
+
+    folder = spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    monkeypatch.setenv(WORKERS_ENV, "2")
+    result = run_weeks(load_definitions(), "toy", instance, "2024-01-01", WEEK3)
+    assert result.success
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("training 3 weeks in 2 worker processes" in m for m in messages), messages
+
+    evaluations = warehouse_query(home, "select * from toy.evaluations order by week")
+    assert [f"{w:%Y-%m-%d}" for w in evaluations["week"]] == [WEEK2, WEEK3]  # week 1 has nothing before it
+    assert list(evaluations["model_version"]) == ["1", "2"]  # registered in week order
+    spec = load_spec_file(folder / "toy.yaml")[0]
+    features = warehouse_query(home, "select * from toy.features")
+    for row in evaluations.itertuples():
+        in_process = train_week(spec, features, row.week.to_pydatetime())
+        assert row.data_fingerprint == in_process.fingerprint
+        assert row.value == in_process.metrics["rmse"].value
+        assert (row.ci_low, row.ci_high) == (in_process.metrics["rmse"].low, in_process.metrics["rmse"].high)
+    assert tracker(home).alias_version("toy", CHAMPION) == "2"

@@ -4,13 +4,14 @@ Model and evaluation are fused in one multi-asset because a range of weeks runs 
 one run (single-run backfills) but every week needs its own version, metrics and
 gate verdicts: the step loops over the weeks and records a materialization and the
 gate checks per week, each tagged with its partition. The weekly logic itself is
-:func:`mlplatform.lib.lifecycle.run_week`.
+:func:`mlplatform.lib.lifecycle.train_week` (which may run in worker processes)
+then :func:`~mlplatform.lib.lifecycle.decide_week`, in week order.
 """
 
 import base64
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pandas as pd
 from dagster import (
@@ -30,7 +31,7 @@ from dagster import (
 
 from mlplatform.defs.data_assets import features_key, owners
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
-from mlplatform.defs.resources import ModelRegistry, Warehouse, write_week_rows
+from mlplatform.defs.resources import ModelRegistry, Warehouse, replace_week_rows
 from mlplatform.lib import gates as gate_lib
 from mlplatform.lib.audit import record_alias_changes
 from mlplatform.lib.source import Window
@@ -98,7 +99,13 @@ def build_model_assets(spec: ModelSpec):
         **weekly_multi_asset_options(spec),
     )
     def model_and_evaluation(context: AssetExecutionContext) -> Iterator:
-        from mlplatform.lib.lifecycle import TrainingHalted, run_week
+        from mlplatform.lib.lifecycle import (
+            TrainingHalted,
+            decide_week,
+            rows_needed,
+            train_weeks,
+            training_workers,
+        )
 
         warehouse: Warehouse = context.resources.warehouse
         registry: ModelRegistry = context.resources.model_registry
@@ -106,15 +113,20 @@ def build_model_assets(spec: ModelSpec):
         if model_key(spec) not in context.selected_asset_keys:
             yield _backtest_result(spec, warehouse)
             return
-        needed = Window(window.start - timedelta(weeks=window_weeks), window.end)
+        week_starts = [datetime.combine(week_start, datetime.min.time()) for week_start in window.week_starts()]
+        needed = Window(rows_needed(spec, week_starts[0]).start, window.end)
         features = warehouse.read_window(spec.name, "features", spec.time_column, needed)
         tracker = registry.tracker()
         actor = f"dagster run {context.run.run_id}"
+        rows_per_week = len(features) / max((window.end - needed.start).days / 7, 1)
+        workers = training_workers(len(week_starts), int(rows_per_week * window_weeks))
+        if workers > 1:
+            context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")
         results = []
-        for week_start in window.week_starts():
-            start = datetime.combine(week_start, datetime.min.time())
-            result = run_week(spec, features, start, tracker, actor, context.run.run_id)
-            week = week_start.isoformat()
+        for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers), strict=True):
+            result = trained if isinstance(trained, (str, TrainingHalted)) else decide_week(
+                spec, trained, tracker, actor, context.run.run_id)
+            week = week_start.date().isoformat()
             if isinstance(result, str):
                 context.log.warning(f"skipped {result}")
                 continue
@@ -124,11 +136,11 @@ def build_model_assets(spec: ModelSpec):
                 continue
             results.append(result)
             _record_week(context, spec, registry, result)
-            write_week_rows(warehouse, spec.name, "predictions", result.predictions, "week",
-                            [pd.Timestamp(week)])
-            write_week_rows(warehouse, spec.name, "evaluations", _evaluation_row(spec, result), "week",
-                            [pd.Timestamp(week)])
-            with warehouse.get_connection() as connection:
+            with warehouse.get_connection() as connection:  # one connection a week: opening one costs ~30 ms
+                replace_week_rows(connection, spec.name, "predictions", result.predictions, "week",
+                                  [pd.Timestamp(week)])
+                replace_week_rows(connection, spec.name, "evaluations", _evaluation_row(spec, result), "week",
+                                  [pd.Timestamp(week)])
                 record_alias_changes(connection, [change.as_row() for change in result.alias_changes])
             context.log.info(
                 f"{spec.name} week {week}: v{result.version} {spec.primary_metric}="

@@ -31,10 +31,9 @@ from mlflow.models import infer_signature  # noqa: E402
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 import mlplatform  # noqa: E402
+from mlplatform.lib.aliases import CHALLENGER, CHAMPION  # noqa: E402,F401  (re-exported)
 from mlplatform.lib.settings import REPO_DIR  # noqa: E402
 
-CHALLENGER = "challenger"
-CHAMPION = "champion"
 TRACKED_LIBRARIES = ("scikit-learn", "pandas", "numpy", "mlflow", "dagster", "pandera", "duckdb")
 
 

@@ -37,10 +37,16 @@ def as_category_text(values: pd.Series) -> pd.Series:
         text = values.map({True: "True", False: "False"})
     elif pd.api.types.is_numeric_dtype(values):
         numbers = values.astype("float64")
-        integral = numbers.dropna().eq(np.floor(numbers.dropna())).all()
-        text = numbers.map(lambda v: None if pd.isna(v) else (str(int(v)) if integral else repr(float(v))))
-    else:
-        text = values.map(lambda v: None if pd.isna(v) else str(v))
+        present = numbers.dropna()
+        text = pd.Series(np.full(len(values), None, dtype=object), index=values.index)
+        if present.eq(np.floor(present)).all():
+            text[present.index] = present.astype("int64").astype(str).to_numpy(dtype=object)
+        else:
+            text[present.index] = [repr(float(v)) for v in present]
+    else:  # vectorised str(): a Python call per row cost ~0.1 s a week of features
+        present = values.notna()
+        text = pd.Series(np.full(len(values), None, dtype=object), index=values.index)
+        text[present] = values[present].astype(str).to_numpy(dtype=object)
     return text.astype(object)
 
 
