@@ -82,10 +82,12 @@ def build_drift_assets(spec: ModelSpec):
         reports_dir.mkdir(parents=True, exist_ok=True)
         champion_window, champion_version = champion_training_window(spec, registry)
         reports = []
+        run_rows = warehouse.read_window(spec.name, "features", spec.time_column, window)  # one read, sliced per week
+        times = run_rows[spec.time_column]
         for week_start in weeks:
             start = datetime.combine(week_start, datetime.min.time())
             week = week_start.isoformat()
-            current = warehouse.read_window(spec.name, "features", spec.time_column, Window(start, start + timedelta(weeks=1)))
+            current = run_rows[(times >= start) & (times < start + timedelta(weeks=1))].reset_index(drop=True)
             reference_start, reference_end, reference_kind = reference_span(
                 start, spec.partitions.training_window_weeks, champion_window, champion_version)
             cache_key = (reference_start, reference_end)
@@ -103,10 +105,11 @@ def build_drift_assets(spec: ModelSpec):
         # Evidently's HTML costs ~1-2 s a week: the newest failing weeks and the run's last week get one.
         failing = [week for week, report, *_ in reports if not report.passed][-spec.drift.html_reports_per_run:]
         with_html = set(failing) | ({reports[-1][0]} if reports else set())
-        for week, report, current, reference_rows, reference_text in reports:
+        if reports:  # every week's rows in one transaction
             rows = pd.DataFrame([{**c.as_dict(), "week": pd.Timestamp(week), "drifted_share": report.share,
-                                  "check_passed": report.passed} for c in report.columns])
-            write_week_rows(warehouse, spec.name, "drift", rows, "week", [pd.Timestamp(week)])
+                                  "check_passed": report.passed} for week, report, *_ in reports for c in report.columns])
+            write_week_rows(warehouse, spec.name, "drift", rows, "week", [pd.Timestamp(week) for week, *_ in reports])
+        for week, report, current, reference_rows, reference_text in reports:
             table = "| feature | method | score | threshold | drifted |\n| --- | --- | --- | --- | --- |\n" + "\n".join(
                 f"| {c.column} | {c.method} | {c.score:.4g} | {c.threshold:g} | {'yes' if c.drifted else 'no'} |"
                 for c in report.columns
