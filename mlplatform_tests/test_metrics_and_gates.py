@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 
 import numpy as np
@@ -10,7 +11,14 @@ import pytest
 from sklearn import metrics as skm
 
 from mlplatform.lib import gates
-from mlplatform.lib.lifecycle import alias_changes_for, split_train_eval
+from mlplatform.lib.lifecycle import (
+    MIN_ROWS_FOR_WORKERS,
+    WORKERS_ENV,
+    alias_changes_for,
+    rows_needed,
+    split_train_eval,
+    training_workers,
+)
 from mlplatform.lib.metrics import (
     METRIC_FUNCTIONS,
     _sum_columns,
@@ -141,3 +149,25 @@ def test_aliases_move_only_on_pass_and_champion_only_with_auto_approval():
     assert [(c.alias, c.version, c.previous_version) for c in manual] == [("challenger", "4", "3")]
     auto = alias_changes_for(_spec("auto"), "4", True, {"champion": "2"}, "2024-01-22", "me")
     assert [(c.alias, c.previous_version) for c in auto] == [("challenger", None), ("champion", "2")]
+
+
+def test_a_week_reads_its_training_window_and_the_data_gates_recent_days_whichever_reaches_further():
+    spec = _spec("auto")  # 2-week window, the training-data gate compares the 30 days before W
+    needed = rows_needed(spec, datetime(2024, 3, 4))
+    assert needed.start == datetime(2024, 2, 3) and needed.end == datetime(2024, 3, 11)
+    longer = spec.model_copy(update={"partitions": spec.partitions.model_copy(update={"training_window_weeks": 8})})
+    assert rows_needed(longer, datetime(2024, 3, 4)).start == datetime(2024, 1, 8)
+
+
+def test_training_workers_follow_the_setting_else_cores_for_big_windows_only(monkeypatch):
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert training_workers(12, MIN_ROWS_FOR_WORKERS - 1) == 1  # small fits: workers would cost more than they save
+    assert training_workers(12, MIN_ROWS_FOR_WORKERS) == min(os.cpu_count() or 1, 12)
+    assert training_workers(1, 10**7) == 1  # one week: nothing to overlap
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert training_workers(12, 10) == 3 and training_workers(2, 10) == 2
+    monkeypatch.setenv(WORKERS_ENV, "0")
+    assert training_workers(12, 10**7) == 1
+    monkeypatch.setenv(WORKERS_ENV, "two")
+    with pytest.raises(ValueError, match="MLPLATFORM_TRAINING_WORKERS='two'.*whole number"):
+        training_workers(12, 10)
