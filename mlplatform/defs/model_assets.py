@@ -102,6 +102,7 @@ def build_model_assets(spec: ModelSpec):
         from mlplatform.lib.lifecycle import (
             TrainingHalted,
             decide_week,
+            deciding_threads,
             rows_needed,
             train_weeks,
             training_workers,
@@ -123,31 +124,19 @@ def build_model_assets(spec: ModelSpec):
         if workers > 1:
             context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")
         results = []
-        for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers), strict=True):
-            result = trained if isinstance(trained, (str, TrainingHalted)) else decide_week(
-                spec, trained, tracker, actor, context.run.run_id)
-            week = week_start.date().isoformat()
-            if isinstance(result, str):
-                context.log.warning(f"skipped {result}")
-                continue
-            if isinstance(result, TrainingHalted):
-                context.log.warning(f"{spec.name} week {week}: {result.gate.reason}")
-                _log_gate(context, spec, week, None, result.gate)
-                continue
-            results.append(result)
-            _record_week(context, spec, registry, result)
-            with warehouse.get_connection() as connection:  # one connection a week: opening one costs ~30 ms
-                replace_week_rows(connection, spec.name, "predictions", result.predictions, "week",
-                                  [pd.Timestamp(week)])
-                replace_week_rows(connection, spec.name, "evaluations", _evaluation_row(spec, result), "week",
-                                  [pd.Timestamp(week)])
-                record_alias_changes(connection, [change.as_row() for change in result.alias_changes])
-            context.log.info(
-                f"{spec.name} week {week}: v{result.version} {spec.primary_metric}="
-                f"{result.metrics[spec.primary_metric].value:.4g} gates "
-                + ", ".join(f"{g.name}={'pass' if g.passed else 'FAIL'}" for g in result.gates)
-                + (f"; aliases -> {', '.join(c.alias for c in result.alias_changes)}" if result.alias_changes else "")
-            )
+        with deciding_threads(workers):
+            for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers), strict=True):
+                week = week_start.date().isoformat()
+                if isinstance(trained, str):
+                    context.log.warning(f"skipped {trained}")
+                    continue
+                if isinstance(trained, TrainingHalted):
+                    context.log.warning(f"{spec.name} week {week}: {trained.gate.reason}")
+                    _log_gate(context, spec, week, None, trained.gate)
+                    continue
+                result = decide_week(spec, trained, tracker, actor, context.run.run_id)
+                results.append(result)
+                _record_week(context, spec, registry, warehouse, result)
         if not results:
             context.log.warning(f"no week in {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d} could be trained")
         if backtest_key(spec) in context.selected_asset_keys:
@@ -156,8 +145,15 @@ def build_model_assets(spec: ModelSpec):
     return model_and_evaluation
 
 
-def _record_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRegistry, result) -> None:
-    """Per-week materializations of model and evaluation, and the gate verdicts as check evaluations."""
+def _record_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRegistry, warehouse: Warehouse,
+                 result) -> None:
+    """Week W's rows in the warehouse, the materializations of model and evaluation, the gates as checks."""
+    week = result.week
+    with warehouse.get_connection() as connection:  # one connection a week: opening one costs ~30 ms
+        replace_week_rows(connection, spec.name, "predictions", result.predictions, "week", [pd.Timestamp(week)])
+        replace_week_rows(connection, spec.name, "evaluations", _evaluation_row(spec, result), "week",
+                          [pd.Timestamp(week)])
+        record_alias_changes(connection, [change.as_row() for change in result.alias_changes])
     metric = spec.primary_metric
     primary = result.metrics[metric]
     run_url = registry.run_url(result.experiment_id, result.run_id)
@@ -199,6 +195,11 @@ def _record_week(context: AssetExecutionContext, spec: ModelSpec, registry: Mode
     ))
     for outcome in result.gates:
         _log_gate(context, spec, result.week, result.version, outcome)
+    context.log.info(
+        f"{spec.name} week {week}: v{result.version} {metric}={primary.value:.4g} gates "
+        + ", ".join(f"{g.name}={'pass' if g.passed else 'FAIL'}" for g in result.gates)
+        + (f"; aliases -> {', '.join(c.alias for c in result.alias_changes)}" if result.alias_changes else "")
+    )
 
 
 def _log_gate(context: AssetExecutionContext, spec: ModelSpec, week: str, version: str | None, outcome) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -298,6 +299,22 @@ def training_workers(n_weeks: int, window_rows: int) -> int:
     else:
         workers = (os.cpu_count() or 1) if window_rows >= MIN_ROWS_FOR_WORKERS else 1
     return max(1, min(workers, n_weeks))
+
+
+@contextmanager
+def deciding_threads(workers: int) -> Iterator[None]:
+    """While ``workers`` processes train on every core, the deciding process runs single-threaded.
+
+    Its OpenMP/BLAS threads would spin against the busy workers: scoring the champion took
+    ~10x longer (0.5 s instead of 0.05 s a week at 12,500 rows).
+    """
+    if workers <= 1:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
 
 
 def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime],
