@@ -37,28 +37,26 @@ from mlplatform.lib.settings import REPO_DIR  # noqa: E402
 TRACKED_LIBRARIES = ("scikit-learn", "pandas", "numpy", "mlflow", "dagster", "pandera", "duckdb")
 
 
-@functools.cache
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a model depends on (read once per process: metadata lookups are slow)."""
-    versions = {}
-    for name in TRACKED_LIBRARIES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return versions
+    return dict(_installed_versions(TRACKED_LIBRARIES))
 
 
 @functools.cache
-def pip_requirements() -> list[str]:
-    """Exact pins of what the pickled pipeline needs; explicit, because inferring them costs ~2.5 s per model."""
-    pins = []
-    for name in ("scikit-learn", "pandas", "numpy", "scipy", "cloudpickle"):
+def _installed_versions(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    found = []
+    for name in names:
         try:
-            pins.append(f"{name}=={importlib_metadata.version(name)}")
+            found.append((name, importlib_metadata.version(name)))
         except importlib_metadata.PackageNotFoundError:
             continue
-    return pins
+    return tuple(found)
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of what the pickled pipeline needs; explicit, because inferring them costs ~2.5 s per model."""
+    return [f"{name}=={version}"
+            for name, version in _installed_versions(("scikit-learn", "pandas", "numpy", "scipy", "cloudpickle"))]
 
 
 _OWN_TYPES: dict[tuple[str, ...], list[str]] = {}
@@ -177,7 +175,7 @@ class Tracker:
                     mlflow.log_artifact(str(path))
             signature = infer_signature(x_example, pipeline.predict(x_example))
             info = mlflow.sklearn.log_model(
-                pipeline, name="model", signature=signature, pip_requirements=list(pip_requirements()),
+                pipeline, name="model", signature=signature, pip_requirements=pip_requirements(),
                 skops_trusted_types=own_types(pipeline),
             )
             version = self._register(model_name, info, run.info.run_id, version_tags or {})
