@@ -26,8 +26,9 @@ from dagster import (
 from mlplatform.defs.data_assets import features_key, owners
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, Warehouse, write_week_rows
+from mlplatform.lib.aliases import CHAMPION
 from mlplatform.lib.settings import load_settings
-from mlplatform.lib.source import Window
+from mlplatform.lib.source import Window, rows_in_window
 from mlplatform.specs import ModelSpec
 
 DRIFT_CHECK = "drifted_share"
@@ -39,8 +40,6 @@ def drift_key(spec: ModelSpec) -> AssetKey:
 
 def champion_training_window(spec: ModelSpec, registry: ModelRegistry) -> tuple[tuple[datetime, datetime] | None, str | None]:
     """The current champion's training window (from its MLflow params), read once per run."""
-    from mlplatform.lib.tracking import CHAMPION
-
     tracker = registry.tracker()
     version = tracker.alias_version(spec.name, CHAMPION)
     if version is None:
@@ -83,11 +82,10 @@ def build_drift_assets(spec: ModelSpec):
         champion_window, champion_version = champion_training_window(spec, registry)
         reports = []
         run_rows = warehouse.read_window(spec.name, "features", spec.time_column, window)  # one read, sliced per week
-        times = run_rows[spec.time_column]
         for week_start in weeks:
             start = datetime.combine(week_start, datetime.min.time())
             week = week_start.isoformat()
-            current = run_rows[(times >= start) & (times < start + timedelta(weeks=1))].reset_index(drop=True)
+            current = rows_in_window(run_rows, spec.time_column, Window(start, start + timedelta(weeks=1)))
             reference_start, reference_end, reference_kind = reference_span(
                 start, spec.partitions.training_window_weeks, champion_window, champion_version)
             cache_key = (reference_start, reference_end)

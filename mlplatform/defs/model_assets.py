@@ -105,7 +105,7 @@ def build_model_assets(spec: ModelSpec):
             deciding_threads,
             rows_needed,
             train_weeks,
-            training_workers,
+            workers_for_run,
         )
 
         warehouse: Warehouse = context.resources.warehouse
@@ -119,8 +119,7 @@ def build_model_assets(spec: ModelSpec):
         features = warehouse.read_window(spec.name, "features", spec.time_column, needed)
         tracker = registry.tracker()
         actor = f"dagster run {context.run.run_id}"
-        rows_per_week = len(features) / max((window.end - needed.start).days / 7, 1)
-        workers = training_workers(len(week_starts), int(rows_per_week * window_weeks))
+        workers = workers_for_run(spec, features, week_starts)
         if workers > 1:
             context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")
         results = []

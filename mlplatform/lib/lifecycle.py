@@ -21,7 +21,7 @@ from mlplatform.lib import gates as gate_lib
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.metrics import MetricEstimate, evaluate, paired_bootstrap
 from mlplatform.lib.plots import classification_plots, regression_plots
-from mlplatform.lib.source import Window
+from mlplatform.lib.source import Window, rows_in_window
 from mlplatform.lib.training import SEED, Predictions, build_pipeline, encode_target, fingerprint, predict, split_xy
 from mlplatform.specs import ModelSpec
 
@@ -66,18 +66,14 @@ class WeekResult:
     def passed(self) -> bool:
         return all(g.passed for g in self.gates)
 
-    def gate(self, name: str) -> gate_lib.GateOutcome:
-        return next(g for g in self.gates if g.name == name)
-
 
 def split_train_eval(features: pd.DataFrame, spec: ModelSpec, week_start: datetime) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
     """Training rows: the N weeks strictly before W; evaluation rows: week W only. Never overlapping."""
     weeks = spec.partitions.training_window_weeks
     train_window = Window(week_start - pd.Timedelta(weeks=weeks), week_start)
     eval_window = Window(week_start, week_start + pd.Timedelta(weeks=1))
-    times = features[spec.time_column]
-    train = features[(times >= train_window.start) & (times < train_window.end)].reset_index(drop=True)
-    evaluation = features[(times >= eval_window.start) & (times < eval_window.end)].reset_index(drop=True)
+    train = rows_in_window(features, spec.time_column, train_window)
+    evaluation = rows_in_window(features, spec.time_column, eval_window)
     return train, evaluation, train_window
 
 
@@ -96,8 +92,7 @@ def recent_inputs(features: pd.DataFrame, spec: ModelSpec, week_start: datetime,
     if production_inputs is not None and not production_inputs.empty:
         return production_inputs, f"{len(production_inputs)} logged production inputs of the last {days} days"
     start = week_start - pd.Timedelta(days=days)
-    times = features[spec.time_column]
-    recent = features[(times >= start) & (times < week_start)]
+    recent = rows_in_window(features, spec.time_column, Window(start, week_start))
     return recent, f"the {days} days before {week_start:%Y-%m-%d} ({start:%Y-%m-%d}..)"
 
 
@@ -317,6 +312,13 @@ def deciding_threads(workers: int) -> Iterator[None]:
         yield
 
 
+def workers_for_run(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime]) -> int:
+    """:func:`training_workers` for a run, sized by the rows of its last (fullest) week's training window."""
+    last = week_starts[-1]
+    window = Window(last - pd.Timedelta(weeks=spec.partitions.training_window_weeks), last)
+    return training_workers(len(week_starts), len(rows_in_window(features, spec.time_column, window)))
+
+
 def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime],
                 workers: int = 1) -> Iterator[TrainedWeek | TrainingHalted | str]:
     """:func:`train_week` for each week, yielded in week order.
@@ -331,16 +333,11 @@ def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[d
         return
     from joblib import Parallel, delayed
 
-    times = features[spec.time_column]
-
-    def rows_for(week_start: datetime) -> pd.DataFrame:
-        needed = rows_needed(spec, week_start)
-        return features[(times >= needed.start) & (times < needed.end)]
-
     # max_nbytes=None: send plain copies (no read-only memory maps); pre_dispatch bounds the weeks in flight.
     parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator", max_nbytes=None,
                         pre_dispatch=f"{2 * workers}")
-    yield from parallel(delayed(train_week)(spec, rows_for(week_start), week_start) for week_start in week_starts)
+    yield from parallel(delayed(train_week)(spec, rows_in_window(features, spec.time_column, rows_needed(spec, week)), week)
+                        for week in week_starts)
 
 
 def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:
