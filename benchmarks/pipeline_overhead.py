@@ -6,6 +6,8 @@ Measures, in one process on the same synthetic data:
   baseline: a plain scikit-learn script doing the same fits and predictions (and the primary metric)
             on the same rows read from the same file, run just before and just after the platform (mean).
 and prints both times, per week, and the ratio; also without the drift step (the model lifecycle alone).
+It also prints the CPU time each side used (this process and its worker processes, core-seconds):
+CPU time / cores is the least wall time this machine could take for that work, however well packed.
 Untimed warm-up: the N weeks' data and one model week, so both sides start warm (imports done,
 MLflow store created); those one-off costs and the code-location load are printed separately.
 The platform trains a run's weeks in worker processes when the window is big (see
@@ -85,6 +87,33 @@ def baseline(path: Path, eval_weeks: list[pd.Timestamp], window: int) -> float:
     return time.perf_counter() - started
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and every process it started (waited for, or still running: the workers).
+
+    Linux only (reads /proc for the running descendants); NaN elsewhere.
+    """
+    times = os.times()
+    total = times.user + times.system + times.children_user + times.children_system
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return float("nan")
+    parents, ticks = {}, {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        pid = int(stat.parent.name)
+        parents[pid], ticks[pid] = int(fields[1]), int(fields[11]) + int(fields[12])  # ppid; utime + stime
+    family = {os.getpid()}
+    grew = True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= found
+        grew = bool(found)
+    return total + sum(ticks[pid] for pid in family - {os.getpid()}) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weeks", type=int, default=12, help="evaluated weeks K (one backfill run)")
@@ -114,12 +143,14 @@ def main() -> None:
     keys = job.partitions_def.get_partition_keys()
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     step_seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
 
     def run(first: str, last: str, assets: list[str] | None = None) -> float:
         tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
         selection = [AssetKey(["bench", a]) for a in assets] if assets else None
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         result = job.execute_in_process(instance=instance, tags=tags, run_config=quiet, asset_selection=selection)
+        cpu["platform"] = cpu_seconds() - cpu0
         assert result.success
         step_seconds.clear()
         for event in result.all_events:
@@ -133,9 +164,13 @@ def main() -> None:
         first_model_seconds = run(keys[args.window], keys[args.window])  # warm-up: imports, MLflow store
         # The baseline runs just before and just after the platform, and their mean is the reference:
         # on a shared machine the speed drifts by 10-20% over minutes.
+        cpu0 = cpu_seconds()
         baseline_runs = [baseline(folder / "bench.parquet", eval_weeks, args.window)]
+        cpu["baseline"] = cpu_seconds() - cpu0
         platform_seconds = run(keys[args.window + 1], keys[-1])
+        cpu0 = cpu_seconds()
         baseline_runs.append(baseline(folder / "bench.parquet", eval_weeks, args.window))
+        cpu["baseline"] = (cpu["baseline"] + cpu_seconds() - cpu0) / 2
     baseline_seconds = sum(baseline_runs) / len(baseline_runs)
 
     k = args.weeks
@@ -155,6 +190,11 @@ def main() -> None:
     without_drift = platform_seconds - drift_seconds
     print(f"ratio without the drift step (model lifecycle): {without_drift / baseline_seconds:6.2f}x  "
           f"({without_drift / k:.2f} s/week)")
+    cores = os.cpu_count() or 1
+    print(f"CPU time, platform (run process + workers):     {cpu['platform']:6.2f} core-s ({cpu['platform'] / k:.2f}/week)")
+    print(f"CPU time, baseline (mean):                      {cpu['baseline']:6.2f} core-s ({cpu['baseline'] / k:.2f}/week)")
+    print(f"least possible ratio on {cores} cores (platform CPU / {cores} / baseline time): "
+          f"{cpu['platform'] / cores / baseline_seconds:.2f}x")
 
 
 if __name__ == "__main__":
