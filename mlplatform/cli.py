@@ -109,10 +109,14 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    """A person approves a version: it becomes champion, and the audit table says who, when and why."""
-    import duckdb
+    """A person approves a version: it becomes champion, and the audit table says who, when and why.
 
-    from mlplatform.lib.audit import record_alias_changes
+    The audit row and the alias move together: the row is written in a transaction that commits
+    only after the alias moved, so a failure on either side leaves both as they were.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from mlplatform.lib.audit import WarehouseBusy, connect_when_free, record_alias_changes
     from mlplatform.lib.lifecycle import AliasChange
     from mlplatform.lib.tracking import CHAMPION, Tracker
 
@@ -123,17 +127,41 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if version is None:
         print(f"{args.model} has no challenger to promote; give --version", file=sys.stderr)
         return 1
-    tags = tracker.version_tags(args.model, version)
+    try:
+        tags = tracker.version_tags(args.model, version)
+    except MlflowException:
+        print(f"{args.model} v{version}: no such registered model version in {tracker.tracking_uri}; "
+              "`python3 dev.py mlflow-ui` lists them", file=sys.stderr)
+        return 1
     if tags.get("gates") != "passed" and not args.force:
         print(f"{args.model} v{version} did not pass every gate (gates={tags.get('gates')}); "
               "refusing to promote without --force", file=sys.stderr)
         return 1
     previous = tracker.alias_version(args.model, CHAMPION)
-    tracker.set_alias(args.model, CHAMPION, version)
-    change = AliasChange(args.model, CHAMPION, version, previous, args.by, args.reason or "manual approval",
-                         tags.get("week"))
-    with duckdb.connect(str(settings.warehouse_path)) as connection:
+    if previous == str(version):
+        print(f"{args.model}: v{version} is already the champion; nothing changed")
+        return 0
+    reason = args.reason or "manual approval"
+    if tags.get("gates") != "passed":  # forced: the audit says so, whatever the person wrote
+        reason += f" [forced with --force: gates={tags.get('gates')}]"
+    change = AliasChange(args.model, CHAMPION, str(version), previous, args.by, reason, tags.get("week"))
+    try:
+        connection = connect_when_free(settings.warehouse_path, args.wait)
+    except WarehouseBusy as busy:
+        print(f"{args.model}: not promoted, nothing changed: {busy}. A run is probably writing to it; "
+              "try again when it ends, or give --wait SECONDS", file=sys.stderr)
+        return 1
+    with connection:
+        connection.begin()
         record_alias_changes(connection, [change.as_row()])
+        try:
+            tracker.set_alias(args.model, CHAMPION, str(version))
+        except MlflowException as error:
+            connection.rollback()
+            print(f"{args.model}: not promoted, nothing changed: the registry refused the alias: {error}",
+                  file=sys.stderr)
+            return 1
+        connection.commit()
     print(f"{args.model}: champion v{previous or '-'} -> v{version} (approved by {args.by})")
     return 0
 
@@ -178,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--by", default=os.environ.get("USER", "unknown"), help="who approves (audit)")
     promote.add_argument("--reason", help="why (audit)")
     promote.add_argument("--force", action="store_true", help="promote even if a gate failed")
+    promote.add_argument("--wait", type=float, default=120.0,
+                         help="seconds to wait while a run holds the warehouse's lock (default 120)")
     promote.set_defaults(func=cmd_promote)
 
     validate = commands.add_parser("validate", help="check the model specs and list every problem")

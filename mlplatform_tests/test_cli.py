@@ -118,3 +118,78 @@ def test_readme_test_command_runs_in_a_clean_clone(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
     assert "2 passed" in result.stdout
     assert str(clone) in result.stdout  # pytest ran the clone's tests (rootdir)
+
+
+def _register_versions(gates: list[str]):
+    """Real MLflow versions of a small fitted pipeline, one per entry, tagged with the gates' verdict."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+
+    from mlplatform.lib.settings import load_settings
+    from mlplatform.lib.tracking import Tracker
+
+    settings = load_settings()
+    rows = toy_rows()
+    x, y = rows[["x1", "x2"]], rows["y"]
+    tracker = Tracker.configured(settings.mlflow_dir)
+    for week, verdict in enumerate(gates, start=1):
+        pipeline = Pipeline([("estimator", LinearRegression())]).fit(x, y)
+        tracker.log_trained_model("toy", f"toy-{week}", pipeline, x.head(5), {"seed": 0}, {"rmse": 0.1}, {},
+                                  {}, {"gates": verdict, "week": f"2024-01-{week:02d}"})
+    return settings, tracker
+
+
+def _audit_rows(settings) -> list[tuple]:
+    import duckdb
+
+    from mlplatform.lib.audit import alias_history
+
+    with duckdb.connect(str(settings.warehouse_path)) as connection:
+        history = alias_history(connection, "toy")
+    return list(history[["alias", "version", "previous_version", "actor", "reason"]].itertuples(index=False, name=None))
+
+
+def test_promote_moves_the_champion_and_audits_who_and_why_refusing_failed_gates(home, capsys):
+    settings, tracker = _register_versions(["passed", "failed"])
+    assert main(["promote", "toy"]) == 1  # no challenger alias yet
+    assert "has no challenger" in capsys.readouterr().err
+
+    assert main(["promote", "toy", "--version", "2", "--by", "alice"]) == 1
+    assert "v2 did not pass every gate (gates=failed)" in capsys.readouterr().err
+    assert tracker.alias_version("toy", "champion") is None
+
+    assert main(["promote", "toy", "--version", "7", "--by", "alice"]) == 1
+    assert "toy v7: no such registered model version" in capsys.readouterr().err
+
+    assert main(["promote", "toy", "--version", "1", "--by", "alice", "--reason", "reviewed the backtest"]) == 0
+    assert "champion v- -> v1 (approved by alice)" in capsys.readouterr().out
+    assert tracker.alias_version("toy", "champion") == "1"
+    assert main(["promote", "toy", "--version", "1", "--by", "alice"]) == 0
+    assert "already the champion; nothing changed" in capsys.readouterr().out
+
+    assert main(["promote", "toy", "--version", "2", "--by", "bob", "--reason", "incident fix", "--force"]) == 0
+    assert tracker.alias_version("toy", "champion") == "2"
+    assert _audit_rows(settings) == [
+        ("champion", "1", None, "alice", "reviewed the backtest"),
+        ("champion", "2", "1", "bob", "incident fix [forced with --force: gates=failed]"),
+    ]
+
+
+def test_promote_while_a_run_holds_the_warehouse_changes_nothing_then_succeeds_once_free(home, capsys):
+    settings, tracker = _register_versions(["passed"])
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(  # another process with the warehouse open, as a run writing a week has
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('open', flush=True); "
+         "time.sleep(120)", str(settings.warehouse_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        assert main(["promote", "toy", "--version", "1", "--by", "alice", "--wait", "0.5"]) == 1
+        err = capsys.readouterr().err
+        assert "not promoted, nothing changed" in err and "stayed locked by another process for 0.5 s" in err
+        assert tracker.alias_version("toy", "champion") is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["promote", "toy", "--version", "1", "--by", "alice", "--wait", "30"]) == 0
+    assert tracker.alias_version("toy", "champion") == "1"
+    assert _audit_rows(settings) == [("champion", "1", None, "alice", "manual approval")]
