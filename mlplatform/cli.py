@@ -75,12 +75,17 @@ def cmd_spec_reference(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run every model's lifecycle over its weeks on the bundled data, then print what happened."""
-    from mlplatform.lib.tracking import CHAMPION, Tracker
-    from mlplatform.runner import run_models, summary_table
+    from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
+    from mlplatform.runner import RunRequestError, run_models, summary_table
+    from mlplatform.specs import SpecError
 
     settings = load_settings()
     prepare_dagster_home(settings)
-    results = run_models(models=args.model or None, first=args.start, last=args.end, weeks=args.weeks)
+    try:
+        results = run_models(models=args.model or None, first=args.start, last=args.end, weeks=args.weeks)
+    except (SpecError, RunRequestError) as error:
+        print(f"{error}\nnothing was run", file=sys.stderr)
+        return 1
     tracker = Tracker.configured(settings.mlflow_dir)
     champions = {r.model: tracker.alias_version(r.model, CHAMPION) for r in results}
     print()
@@ -90,20 +95,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("  Dagster UI:  python3 dev.py ui         (http://127.0.0.1:3000)")
     print("  MLflow UI:   python3 dev.py mlflow-ui  (http://127.0.0.1:5000)")
     for r in results:
-        if champions.get(r.model) is None:
+        if champions.get(r.model) is None and tracker.alias_version(r.model, CHALLENGER) is not None:
             print(f"  {r.model} waits for a person (rollout.approval: manual): "
                   f"python3 dev.py promote {r.model} --by <your name> --reason <why>")
+        elif champions.get(r.model) is None:
+            print(f"  {r.model} has no champion: no version passed every gate")
     return 0 if all(r.success for r in results) else 1
 
 
+def mlflow_ui_command(settings: Settings, host: str, port: int) -> list[str] | str:
+    """The `mlflow ui` command on the store the platform tracks to, or why none is needed (a tracking server)."""
+    uri = os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI", "").strip()
+    if uri.startswith(("http://", "https://", "databricks")):
+        ui = os.environ.get("MLPLATFORM_MLFLOW_UI_URL", uri)
+        return f"models are tracked on the MLflow server {uri} (MLPLATFORM_MLFLOW_TRACKING_URI): open its UI at {ui}"
+    if not uri:
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}"
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+
+
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
-    """The MLflow UI on the store under MLPLATFORM_HOME."""
+    """The MLflow UI on the store the platform tracks to (SQLite under MLPLATFORM_HOME by default)."""
     settings = load_settings()
     ensure_home(settings)
-    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
-               "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port}; Ctrl-C stops it")
+    command = mlflow_ui_command(settings, args.host, args.port)
+    if isinstance(command, str):
+        print(command)
+        return 0
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {command[command.index('--backend-store-uri') + 1]}); "
+          "Ctrl-C stops it")
     os.execv(sys.executable, command)
     return 0  # pragma: no cover
 
@@ -116,9 +137,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
     """
     from mlflow.exceptions import MlflowException
 
-    from mlplatform.lib.audit import WarehouseBusy, connect_when_free, record_alias_changes
+    from mlplatform.lib.audit import record_alias_changes
     from mlplatform.lib.lifecycle import AliasChange
     from mlplatform.lib.tracking import CHAMPION, Tracker
+    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
 
     settings = load_settings()
     ensure_home(settings)
@@ -187,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", action="append", help="only this model (repeatable); default: all specs")
     demo.add_argument("--start", help="first week (Monday, YYYY-MM-DD); default: the spec's first week")
     demo.add_argument("--end", help="last week (Monday, YYYY-MM-DD); default: the spec's last week")
-    demo.add_argument("--weeks", type=int, help="only the first N weeks")
+    demo.add_argument("--weeks", type=int, help="only N weeks, from --start (default: the spec's first week)")
     demo.set_defaults(func=cmd_demo)
 
     ui = commands.add_parser("ui", help="start the Dagster UI on this state")

@@ -13,6 +13,10 @@ from dagster import AssetCheckEvaluation, DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from mlplatform.lib.gates import TRAINING_DATA
+from mlplatform.lib.warehouse import connect_when_free
+
+READ_WAIT_SECONDS = 120.0
+"""How long the summary waits while another process (a run started from the UI) writes to the warehouse."""
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """The terminal shows warnings and the summary; every event is still in the instance for the UI."""
@@ -32,22 +36,56 @@ class ModelRunResult:
     halted: list[str] = field(default_factory=list)  # weeks whose training-data gate stopped training
 
 
+class RunRequestError(ValueError):
+    """The models or weeks asked for do not exist; nothing was run."""
+
+
+def week_range(model: str, weeks_of_model: list[str], first: str | None, last: str | None,
+               count: int | None) -> tuple[str, str]:
+    """The first and last week to run: ``first``/``last`` when given, else the model's own ends;
+    ``count`` weeks from the first when ``last`` is not given."""
+    if not weeks_of_model:
+        raise RunRequestError(f"{model}: no complete week to run yet (its partitions start in the current week "
+                              "or later; a week runs once it has ended)")
+    span = f"{model}'s weeks are the Mondays {weeks_of_model[0]} .. {weeks_of_model[-1]}"
+    for flag, value in (("--start", first), ("--end", last)):
+        if value is not None and value not in weeks_of_model:
+            raise RunRequestError(f"{flag} {value}: not a week of {model}; expected YYYY-MM-DD, a Monday. {span}")
+    if count is not None and count < 1:
+        raise RunRequestError(f"--weeks {count}: give 1 or more weeks")
+    start = first or weeks_of_model[0]
+    if last is not None:
+        end = last
+    elif count is not None:
+        end = weeks_of_model[min(weeks_of_model.index(start) + count, len(weeks_of_model)) - 1]
+    else:
+        end = weeks_of_model[-1]
+    if end < start:
+        raise RunRequestError(f"--end {end} is before --start {start}")
+    return start, end
+
+
 def run_models(
     models: list[str] | None = None, first: str | None = None, last: str | None = None, weeks: int | None = None
 ) -> list[ModelRunResult]:
+    """Run each model's pipeline over its weeks; every request is checked before anything runs."""
     from mlplatform.definitions import build_definitions
 
     defs = build_definitions()
     instance = DagsterInstance.get()
-    results = []
-    for job_name in sorted(j.name for j in defs.resolve_all_job_defs() if j.name.endswith("_pipeline")):
-        model = job_name.removesuffix("_pipeline")
+    jobs = {j.name.removesuffix("_pipeline"): j.name for j in defs.resolve_all_job_defs() if j.name.endswith("_pipeline")}
+    unknown = sorted(set(models or []) - set(jobs))
+    if unknown:
+        raise RunRequestError(f"no model named {', '.join(unknown)}; the specs define {', '.join(sorted(jobs)) or 'none'}")
+    planned = []
+    for model in sorted(jobs):
         if models and model not in models:
             continue
-        job = defs.resolve_job_def(job_name)
+        job = defs.resolve_job_def(jobs[model])
         keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
-        start = first or keys[0]
-        end = last or (keys[min(weeks, len(keys)) - 1] if weeks else keys[-1])
+        planned.append((model, job, *week_range(model, keys, first, last, weeks)))
+    results = []
+    for model, job, start, end in planned:
         print(f"--> {model}: weeks {start} .. {end}", flush=True)
         result = job.execute_in_process(
             instance=instance,
@@ -115,11 +153,10 @@ def run_retrain_sensor(defs, instance: DagsterInstance, model: str) -> list[tupl
 
 def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.DataFrame:
     """The evaluated weeks of one model in [first, last], from the warehouse the pipeline wrote."""
-    import duckdb
 
     if not warehouse_path.exists():
         return pd.DataFrame()
-    with duckdb.connect(str(warehouse_path), read_only=True) as connection:
+    with connect_when_free(warehouse_path, READ_WAIT_SECONDS, read_only=True) as connection:
         found = connection.execute(
             "select count(*) from information_schema.tables where table_schema = ? and table_name = 'evaluations'",
             [model],
@@ -133,11 +170,10 @@ def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.Da
 
 def drift_weeks(warehouse_path: Path, model: str, first: str, last: str) -> list[str] | None:
     """Weeks whose drift check failed (share above the spec's limit), from the drift table."""
-    import duckdb
 
     if not warehouse_path.exists():
         return None
-    with duckdb.connect(str(warehouse_path), read_only=True) as connection:
+    with connect_when_free(warehouse_path, READ_WAIT_SECONDS, read_only=True) as connection:
         found = connection.execute(
             "select count(*) from information_schema.tables where table_schema = ? and table_name = 'drift'", [model]
         ).fetchall()[0][0]

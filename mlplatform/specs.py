@@ -259,11 +259,12 @@ DbtColumns = Callable[[str], list[str] | None]
 
 
 def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> list[ModelSpec]:
-    """Load and validate every ``*.yaml``/``*.yml`` in ``folder``; raise :class:`SpecError` listing all problems."""
+    """Load and validate every ``*.yaml``/``*.yml`` in ``folder`` (hidden files such as editor locks are skipped);
+    raise :class:`SpecError` listing all problems."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SpecError([SpecProblem(file=str(folder), key="MLPLATFORM_SPECS", message="folder does not exist")])
-    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    files = sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
     if not files:
         raise SpecError(
             [SpecProblem(file=str(folder), key="MLPLATFORM_SPECS", message="no *.yaml model specs in this folder")]
@@ -294,9 +295,13 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> lis
 def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None) -> tuple[ModelSpec | None, list[SpecProblem]]:
     """One spec file: (spec or None, problems)."""
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         return None, [SpecProblem(file=str(file), key="(yaml)", message=f"not valid YAML: {error}")]
+    except UnicodeDecodeError as error:
+        return None, [SpecProblem(file=str(file), key="(file)", message=f"not UTF-8 text ({error}); save it as UTF-8")]
+    except OSError as error:
+        return None, [SpecProblem(file=str(file), key="(file)", message=f"cannot be read: {error}")]
     if not isinstance(raw, dict):
         return None, [SpecProblem(file=str(file), key="(top level)", message="expected a mapping of keys, found "
                                   f"{type(raw).__name__}")]
@@ -309,7 +314,11 @@ def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None) -> t
 
 def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) -> Iterable[tuple[str, str]]:
     """Checks that need more than the YAML: the source file, the dbt project, the estimator class."""
-    path = spec.source_path
+    try:
+        path = spec.source_path
+    except RuntimeError as error:  # "~user/..." naming a user this machine does not have
+        yield "source.path", f"found {spec.source.path!r}; {error}"
+        return
     if not path.exists():
         yield "source.path", f"file {path} does not exist"
         return
@@ -362,7 +371,7 @@ def _check_estimator(spec: ModelSpec) -> Iterable[tuple[str, str]]:
         return
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except (ImportError, TypeError, ValueError) as error:  # TypeError: a relative name such as ".sklearn"
         yield "estimator.class", f"found {dotted!r}; module {module_name!r} cannot be imported ({error})"
         return
     estimator_class = getattr(module, class_name, None)
@@ -428,8 +437,13 @@ def _explain(error: ValidationError) -> Iterable[tuple[str, str]]:
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec section at ``loc``; a mapping's own keys (``columns.<name>``) are stepped over."""
     model: type[BaseModel] | None = ModelSpec
+    mapping_key_next = False
     for part in loc:
+        if mapping_key_next:
+            mapping_key_next = False
+            continue
         if model is None or not isinstance(part, str):
             return model
         field = model.model_fields.get(part) or next(
@@ -438,6 +452,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         model = _unwrap_model(field.annotation)
+        mapping_key_next = get_origin(field.annotation) is dict
     return model
 
 

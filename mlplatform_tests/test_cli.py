@@ -193,3 +193,59 @@ def test_promote_while_a_run_holds_the_warehouse_changes_nothing_then_succeeds_o
     assert main(["promote", "toy", "--version", "1", "--by", "alice", "--wait", "30"]) == 0
     assert tracker.alias_version("toy", "champion") == "1"
     assert _audit_rows(settings) == [("champion", "1", None, "alice", "manual approval")]
+
+
+def test_demo_checks_models_and_weeks_before_running_anything(home, spec_dir, capsys):
+    from mlplatform.lib.settings import load_settings
+
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    refused = {
+        ("--model", "toyy"): "no model named toyy; the specs define toy",
+        ("--start", "2024/01/08"): "--start 2024/01/08: not a week of toy; expected YYYY-MM-DD, a Monday. "
+                                   "toy's weeks are the Mondays 2024-01-01 .. 2024-01-15",
+        ("--end", "2024-01-09"): "--end 2024-01-09: not a week of toy",
+        ("--weeks", "0"): "--weeks 0: give 1 or more weeks",
+        ("--start", "2024-01-15", "--end", "2024-01-08"): "--end 2024-01-08 is before --start 2024-01-15",
+    }
+    for arguments, message in refused.items():
+        assert main(["demo", *arguments]) == 1, arguments
+        err = capsys.readouterr().err
+        assert message in err and "nothing was run" in err, err
+    assert not load_settings().warehouse_path.exists()  # no run wrote anything
+
+
+def test_demo_with_a_malformed_spec_lists_the_problems_instead_of_a_traceback(home, spec_dir, capsys):
+    spec_dir({"toy.yaml": TOY_SPEC.replace("target: y", "target: yy")}, {"toy.csv": toy_rows()})
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "toy.yaml: target: found 'yy', which is not a column of source toy.csv" in err
+    assert "nothing was run" in err
+
+
+def test_week_range_counts_weeks_from_the_start_and_refuses_a_model_without_a_complete_week():
+    from mlplatform.runner import RunRequestError, week_range
+
+    weeks = ["2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22"]
+    assert week_range("toy", weeks, None, None, None) == ("2024-01-01", "2024-01-22")
+    assert week_range("toy", weeks, "2024-01-08", None, 2) == ("2024-01-08", "2024-01-15")
+    assert week_range("toy", weeks, "2024-01-15", None, 10) == ("2024-01-15", "2024-01-22")
+    assert week_range("toy", weeks, None, "2024-01-08", None) == ("2024-01-01", "2024-01-08")
+    with pytest.raises(RunRequestError, match="toy: no complete week to run yet"):
+        week_range("toy", [], None, None, None)
+
+
+def test_mlflow_ui_opens_the_store_the_platform_tracks_to(home, monkeypatch):
+    from mlplatform.cli import mlflow_ui_command
+    from mlplatform.lib.settings import load_settings
+
+    settings = load_settings()
+    command = mlflow_ui_command(settings, "127.0.0.1", 5001)
+    assert command[-6:] == ["--backend-store-uri", f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
+                            "--host", "127.0.0.1", "--port", "5001"]
+    monkeypatch.setenv("MLPLATFORM_MLFLOW_TRACKING_URI", "postgresql://mlflow@db/mlflow")
+    assert "postgresql://mlflow@db/mlflow" in mlflow_ui_command(settings, "127.0.0.1", 5001)
+    monkeypatch.setenv("MLPLATFORM_MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    monkeypatch.setenv("MLPLATFORM_MLFLOW_UI_URL", "https://mlflow.example.com")
+    assert mlflow_ui_command(settings, "127.0.0.1", 5001) == (
+        "models are tracked on the MLflow server http://mlflow.internal:5000 (MLPLATFORM_MLFLOW_TRACKING_URI): "
+        "open its UI at https://mlflow.example.com")

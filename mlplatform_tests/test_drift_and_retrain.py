@@ -68,6 +68,15 @@ def test_drift_check_fails_on_the_shifted_week_and_names_the_features(home: Path
     assert materialized_partitions(instance, ["toy", "model"]) == set()
 
 
+
+def test_no_evidently_report_for_failing_weeks_when_the_spec_asks_for_none(home: Path, spec_dir, instance):
+    spec_dir({"toy.yaml": DRIFT_SPEC + "drift:\n  html_reports_per_run: 0\n"}, {"toy.csv": shifted_rows()})
+    defs = load_definitions()
+    assert run_weeks(defs, "toy", instance, FIRST, LAST, assets=["raw", "features", "drift"]).success
+    assert not warehouse_query(home, f"select * from toy.drift where week = '{SHIFTED}' and not check_passed").empty
+    # only the run's last week gets Evidently's report; the failing week's verdict is in the check and table
+    assert sorted(p.name for p in (home / "reports" / "toy").glob("*.html")) == [f"drift_{LAST}.html"]
+
 def test_sensor_requests_one_retrain_per_failed_check_and_the_request_retrains(home: Path, spec_dir, instance):
     spec_dir({"toy.yaml": DRIFT_SPEC}, {"toy.csv": shifted_rows()})
     defs = load_definitions()

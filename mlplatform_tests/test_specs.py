@@ -137,3 +137,35 @@ def test_dbt_model_unknown(spec_dir):
     folder = spec_dir({"toy.yaml": text}, {"toy.csv": toy_rows()})
     with pytest.raises(SpecError, match="staging.dbt_model: no dbt model named 'stg_nothing'"):
         load_specs(folder, dbt_manifest_columns(prepare_manifest()))
+
+
+def test_relative_estimator_module_is_a_problem_not_a_crash(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC + "estimator: {class: .sklearn.linear_model.Ridge}\n")
+    assert "toy.yaml: estimator.class: found '.sklearn.linear_model.Ridge'; module '.sklearn.linear_model' cannot be " \
+           "imported" in problem
+
+
+def test_source_path_of_an_unknown_users_home_is_a_problem_not_a_crash(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("path: toy.csv", "path: ~no_such_user_here/toy.csv"))
+    assert "toy.yaml: source.path: found '~no_such_user_here/toy.csv'" in problem
+
+
+def test_spec_that_is_not_utf8_names_the_file_and_the_fix(spec_dir):
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    (folder / "toy.yaml").write_bytes((TOY_SPEC + "description: Modèle\n").encode("latin-1"))
+    with pytest.raises(SpecError) as caught:
+        load_specs(folder)
+    [problem] = [str(p) for p in caught.value.problems]
+    assert "toy.yaml: (file): not UTF-8 text" in problem and "save it as UTF-8" in problem
+
+
+def test_hidden_files_such_as_editor_locks_are_not_specs(spec_dir):
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    (folder / ".#toy.yaml").symlink_to(folder / "user@host.12345")  # an Emacs lock: a dangling link
+    assert [s.name for s in load_specs(folder)] == ["toy"]
+
+
+def test_unknown_key_of_a_column_rule_lists_the_rule_keys_and_suggests_one(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("x1: {min: 0, max: 10}", "x1: {min: 0, maximum: 10}"))
+    assert "toy.yaml: columns.x1.maximum:" in problem
+    assert "did you mean 'max'" in problem and "categories" in problem

@@ -101,7 +101,9 @@ def build_drift_assets(spec: ModelSpec):
             reports.append((week, report, current, reference_rows,
                             f"{reference_kind}: {reference_start:%Y-%m-%d} .. {reference_end:%Y-%m-%d}"))
         # Evidently's HTML costs ~1-2 s a week: the newest failing weeks and the run's last week get one.
-        failing = [week for week, report, *_ in reports if not report.passed][-spec.drift.html_reports_per_run:]
+        newest_failing = spec.drift.html_reports_per_run
+        failing = [week for week, report, *_ in reports if not report.passed]
+        failing = failing[-newest_failing:] if newest_failing else []  # ([-0:] would be every week)
         with_html = set(failing) | ({reports[-1][0]} if reports else set())
         if reports:  # every week's rows in one transaction
             rows = pd.DataFrame([{**c.as_dict(), "week": pd.Timestamp(week), "drifted_share": report.share,
