@@ -192,3 +192,42 @@ def test_weeks_trained_in_worker_processes_match_training_in_process(home, spec_
         assert row.value == in_process.metrics["rmse"].value
         assert (row.ci_low, row.ci_high) == (in_process.metrics["rmse"].low, in_process.metrics["rmse"].high)
     assert tracker(home).alias_version("toy", CHAMPION) == "2"
+
+
+def classification_rows() -> pd.DataFrame:
+    """The toy rows with a binary label and a three-class band, both mostly decided by x1."""
+    frame = toy_rows()
+    noise = np.random.default_rng(2).normal(0, 0.8, len(frame))
+    frame["label"] = (frame["x1"] + noise > 5).astype(int)
+    frame["band"] = pd.cut(frame["x1"] + noise, [-np.inf, 3.3, 6.6, np.inf], labels=["low", "mid", "high"]).astype(str)
+    return frame
+
+
+@pytest.mark.parametrize(("task", "target", "rule", "metric", "threshold", "metrics", "plots"), [
+    ("binary", "label", "{categories: [0, 1]}", "roc_auc", 0.7,
+     {"roc_auc", "pr_auc", "f1", "log_loss", "brier"}, {"roc.png", "calibration.png", "confusion_matrix.png"}),
+    ("multiclass", "band", "{categories: [low, mid, high]}", "macro_f1", 0.5,
+     {"accuracy", "macro_f1"}, {"confusion_matrix.png"}),
+])
+def test_classifiers_are_evaluated_gated_and_promoted_like_regressors(home, spec_dir, instance, task, target, rule,
+                                                                      metric, threshold, metrics, plots):
+    spec = (TOY_SPEC.replace("task: regression", f"task: {task}").replace("target: y", f"target: {target}")
+            .replace("columns:\n", f"columns:\n  {target}: {rule}\n")
+            + f"estimator:\n  class: sklearn.linear_model.LogisticRegression\ngates:\n  metric: {metric}\n"
+              f"  threshold: {threshold}\nrollout:\n  approval: auto\n")
+    spec_dir({"toy.yaml": spec}, {"toy.csv": classification_rows()})
+    assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", WEEK3).success
+
+    registry = tracker(home)
+    assert registry.alias_version("toy", CHAMPION) == "2"  # both weeks passed every gate
+    run = registry.run(registry.client.get_model_version("toy", "2").run_id)
+    assert metrics <= set(run.data.metrics)
+    assert {f"{metric}_ci_low", f"{metric}_ci_high"} <= set(run.data.metrics)
+    assert run.data.metrics[metric] >= threshold
+    assert plots | {"gates.json"} <= {a.path for a in registry.client.list_artifacts(run.info.run_id)}
+    champion = check_on_week(instance, "beat_champion", WEEK3)
+    assert champion.passed and champion.metadata["champion_version"].value == "1"
+    assert 0 <= champion.metadata["p_value"].value <= 1
+    predictions = warehouse_query(home, f"select predicted_label from toy.predictions where week = '{WEEK3}'")
+    classes = {"label": {"0", "1"}, "band": {"low", "mid", "high"}}[target]
+    assert len(predictions) == 40 and set(predictions["predicted_label"]) <= classes
