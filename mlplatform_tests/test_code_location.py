@@ -43,3 +43,28 @@ def test_bad_spec_stops_the_location_with_every_problem(tmp_path):
     result = validate(tmp_path, specs)
     assert result.returncode != 0
     assert "toy.yaml: task: found 'regresion'; allowed: regression, binary, multiclass" in result.stdout
+
+
+def test_automation_follows_the_spec_schedule_monday_0100_utc_and_a_drift_sensor_only_for_on_drift(home, spec_dir):
+    from dagster import AssetKey, DefaultScheduleStatus, DefaultSensorStatus
+
+    from mlplatform_tests.helpers import load_definitions
+
+    folder = spec_dir({"toy.yaml": TOY_SPEC + "owner: team:risk\n"}, {"toy.csv": toy_rows()})
+    defs = load_definitions()
+    schedule = defs.resolve_schedule_def("toy_weekly_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 1 * * 1", "UTC")
+    assert schedule.default_status == DefaultScheduleStatus.RUNNING
+    weekly = {key.path[-1] for key in defs.resolve_job_def("toy_weekly").asset_layer.executable_asset_keys}
+    assert weekly == {"raw", "features", "drift"}  # retrain: on_drift, the default: the model waits for the sensor
+    sensor = defs.resolve_sensor_def("toy_retrain_on_drift")
+    assert sensor.default_status == DefaultSensorStatus.RUNNING and sensor.minimum_interval_seconds == 30
+    model = defs.resolve_assets_def(AssetKey(["toy", "model"])).specs_by_key[AssetKey(["toy", "model"])]
+    assert model.owners == ["team:risk"] and {"mlflow", "scikit-learn"} <= set(model.kinds)
+
+    (folder / "toy.yaml").write_text(TOY_SPEC + "automation:\n  weekly_schedule: false\n  retrain: weekly\n")
+    defs = load_definitions()
+    assert defs.resolve_schedule_def("toy_weekly_schedule").default_status == DefaultScheduleStatus.STOPPED
+    weekly = {key.path[-1] for key in defs.resolve_job_def("toy_weekly").asset_layer.executable_asset_keys}
+    assert weekly == {"raw", "features", "drift", "model", "evaluation", "backtest"}
+    assert not [s for s in defs.sensors or [] if s.name == "toy_retrain_on_drift"]
