@@ -132,3 +132,12 @@ def test_training_data_gate_halts_training_on_a_drifted_window(home: Path, spec_
     defs = load_definitions()
     assert run_weeks(defs, "toy", instance, LAST, assets=["model", "evaluation"]).success
     assert materialized_partitions(instance, ["toy", "model"]) == {LAST}
+
+    # Switched off, the strict settings that halted the week no longer apply: it trains, with no verdict of that gate.
+    spec_dir({"toy.yaml": spec.replace("recent_days: 10}", "recent_days: 10, enabled: false}")},
+             {"toy.csv": shifted_rows("2024-01-26")})
+    result = run_weeks(load_definitions(), "toy", instance, LAST, assets=["model", "evaluation"])
+    assert result.success
+    evaluated = {e.event_specific_data.check_name for e in result.all_events
+                 if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert "absolute_threshold" in evaluated and "training_data_drift" not in evaluated

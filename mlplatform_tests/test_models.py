@@ -96,8 +96,9 @@ def test_challenger_on_shuffled_targets_fails_the_champion_gate_and_a_clean_retr
     assert retrain.metadata["difference"].value == pytest.approx(0.0, abs=1e-9)
 
 
-def test_training_is_reproducible_and_the_mlflow_run_holds_everything(home, spec_dir, instance):
+def test_training_is_reproducible_and_the_mlflow_run_holds_everything(home, spec_dir, instance, monkeypatch):
     spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    monkeypatch.setenv("MLPLATFORM_MLFLOW_UI_URL", "https://mlflow.example.com")
     defs = load_definitions()
     assert run_weeks(defs, "toy", instance, "2024-01-01", WEEK3).success
     assert run_weeks(defs, "toy", instance, WEEK3).success
@@ -130,7 +131,10 @@ def test_training_is_reproducible_and_the_mlflow_run_holds_everything(home, spec
     model_event = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey(["toy", "model"]), asset_partitions=[WEEK3]), limit=1
     ).records[0].asset_materialization
-    assert "/runs/" in model_event.metadata["mlflow_run"].value
+    experiment = run_a.info.experiment_id
+    assert model_event.metadata["mlflow_run"].value == (
+        f"https://mlflow.example.com/#/experiments/{experiment}/runs/{second.run_id}")
+    assert model_event.metadata["mlflow_model_version"].value == "https://mlflow.example.com/#/models/toy/versions/3"
     backtest = instance.fetch_materializations(AssetKey(["toy", "backtest"]), limit=1).records[0]
     assert backtest.asset_materialization.metadata["weeks"].value == 2
 

@@ -169,3 +169,29 @@ def test_unknown_key_of_a_column_rule_lists_the_rule_keys_and_suggests_one(spec_
     [problem] = problems_for(spec_dir, TOY_SPEC.replace("x1: {min: 0, max: 10}", "x1: {min: 0, maximum: 10}"))
     assert "toy.yaml: columns.x1.maximum:" in problem
     assert "did you mean 'max'" in problem and "categories" in problem
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("numeric: [x1, x2]", "numeric: [x1, x2, color]"), "features: columns ['color'] are listed as both numeric and "
+                                                         "categorical; pick one"),
+    (("numeric: [x1, x2]", "numeric: [x1, x2, y]"), "features: target 'y' is also listed as a feature"),
+    (("x1: {min: 0, max: 10}", "x1: {min: 10, max: 0}"), "columns.x1: min 10.0 is greater than max 0.0"),
+    (("x1: {min: 0, max: 10}", "x9: {min: 0}"), "columns.x9: rules for 'x9', which is not a target, feature, key or "
+                                               "sensitive column of this spec"),
+    (("end: 2024-01-22", "end: 2024-01-01"), "end 2024-01-01 must be after start 2024-01-01"),
+    (("target: y", "target: y\nfairness: {sensitive: x1}"), "fairness.sensitive: 'x1' is also a feature"),
+    (("target: y", "target: y\nestimator: {class: sklearn.preprocessing.StandardScaler}"),
+     "estimator.class: found 'sklearn.preprocessing.StandardScaler'; it is not an estimator (needs fit and predict)"),
+])
+def test_contradictions_inside_a_spec_are_named(spec_dir, change, expected):
+    problems = problems_for(spec_dir, TOY_SPEC.replace(*change))
+    assert any(expected in p for p in problems), problems
+
+
+def test_yml_files_are_specs_too(spec_dir):
+    folder = spec_dir({"toy.yml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    assert [s.name for s in load_specs(folder)] == ["toy"]
+
+
+def test_spec_that_is_not_a_mapping(spec_dir):
+    assert "toy.yaml: (top level): expected a mapping of keys, found list" in problems_for(spec_dir, "- name: toy\n")[0]
