@@ -153,7 +153,6 @@ def run_retrain_sensor(defs, instance: DagsterInstance, model: str) -> list[tupl
 
 def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.DataFrame:
     """The evaluated weeks of one model in [first, last], from the warehouse the pipeline wrote."""
-
     if not warehouse_path.exists():
         return pd.DataFrame()
     with connect_when_free(warehouse_path, READ_WAIT_SECONDS, read_only=True) as connection:
@@ -170,7 +169,6 @@ def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.Da
 
 def drift_weeks(warehouse_path: Path, model: str, first: str, last: str) -> list[str] | None:
     """Weeks whose drift check failed (share above the spec's limit), from the drift table."""
-
     if not warehouse_path.exists():
         return None
     with connect_when_free(warehouse_path, READ_WAIT_SECONDS, read_only=True) as connection:

@@ -32,4 +32,3 @@ def record_alias_changes(connection: duckdb.DuckDBPyConnection, rows: Iterable[d
 def alias_history(connection: duckdb.DuckDBPyConnection, model: str) -> pd.DataFrame:
     connection.execute(AUDIT_DDL)
     return connection.execute(f"select * from {AUDIT_TABLE} where model = ? order by changed_at", [model]).fetchdf()
-
