@@ -249,3 +249,15 @@ def test_mlflow_ui_opens_the_store_the_platform_tracks_to(home, monkeypatch):
     assert mlflow_ui_command(settings, "127.0.0.1", 5001) == (
         "models are tracked on the MLflow server http://mlflow.internal:5000 (MLPLATFORM_MLFLOW_TRACKING_URI): "
         "open its UI at https://mlflow.example.com")
+
+
+def test_prepare_writes_an_instance_config_that_queues_runs_and_keeps_a_users_own(home, capsys):
+    from mlplatform.lib.settings import load_settings
+
+    assert main(["prepare"]) == 0
+    config = load_settings().dagster_home / "dagster.yaml"
+    assert "max_concurrent_runs: 1" in config.read_text()  # DuckDB takes one writer: runs queue
+    assert f"DAGSTER_HOME={config.parent}" in capsys.readouterr().out
+    config.write_text("telemetry:\n  enabled: false\n")
+    assert main(["prepare"]) == 0
+    assert config.read_text() == "telemetry:\n  enabled: false\n"

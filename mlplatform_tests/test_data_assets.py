@@ -176,3 +176,16 @@ def test_parquet_source_with_timezone_aware_times(home, spec_dir, instance):
     stored = warehouse_query(home, "select min(ts) as lo, max(ts) as hi, count(*) as n from toy.features")
     assert stored["n"].item() == 40
     assert stored["lo"].item() >= pd.Timestamp("2024-01-08") and stored["hi"].item() < pd.Timestamp("2024-01-15")
+
+
+def test_naive_local_times_are_read_in_the_spec_timezone_and_cut_into_utc_weeks(home, spec_dir, instance):
+    frame = toy_rows(weeks=2, per_week=4)
+    frame.loc[0, "ts"] = "2024-01-08 00:30:00"  # Berlin, Monday 00:30 = Sunday 23:30 UTC: the week before
+    frame.loc[1, "ts"] = "2024-01-08 01:00:00"  # Berlin, Monday 01:00 = Monday 00:00 UTC: week 2
+    spec = TOY_SPEC.replace("  key: [id]", "  key: [id]\n  timezone: Europe/Berlin")
+    spec_dir({"toy.yaml": spec}, {"toy.csv": frame})
+    defs = load_definitions()
+    assert run_weeks(defs, "toy", instance, "2024-01-01", WEEK2).success
+    raw = warehouse_query(home, "select id, ts from toy.raw order by id").set_index("id")["ts"]
+    assert raw[0] == pd.Timestamp("2024-01-07 23:30:00") and raw[1] == pd.Timestamp("2024-01-08 00:00:00")
+    assert raw[2] == pd.Timestamp(frame.loc[2, "ts"]) - pd.Timedelta(hours=1)  # winter: UTC+1
