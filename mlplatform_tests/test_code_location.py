@@ -61,6 +61,12 @@ def test_automation_follows_the_spec_schedule_monday_0100_utc_and_a_drift_sensor
     assert sensor.default_status == DefaultSensorStatus.RUNNING and sensor.minimum_interval_seconds == 30
     model = defs.resolve_assets_def(AssetKey(["toy", "model"])).specs_by_key[AssetKey(["toy", "model"])]
     assert model.owners == ["team:risk"] and {"mlflow", "scikit-learn"} <= set(model.kinds)
+    features = defs.resolve_assets_def(AssetKey(["toy", "features"]))
+    schema = features.specs_by_key[AssetKey(["toy", "features"])].metadata["dagster/column_schema"]
+    columns = {column.name: column for column in schema.columns}
+    assert {"ts", "id", "x1", "x2", "color", "y"} <= set(columns)
+    assert columns["id"].constraints.unique and not columns["ts"].constraints.nullable
+    assert features.op.outs["result"].dagster_type.key == "toy_features"  # the Pandera schema as the output type
 
     (folder / "toy.yaml").write_text(TOY_SPEC + "automation:\n  weekly_schedule: false\n  retrain: weekly\n")
     defs = load_definitions()
