@@ -235,3 +235,18 @@ def test_classifiers_are_evaluated_gated_and_promoted_like_regressors(home, spec
     predictions = warehouse_query(home, f"select predicted_label from toy.predictions where week = '{WEEK3}'")
     classes = {"label": {"0", "1"}, "band": {"low", "mid", "high"}}[target]
     assert len(predictions) == 40 and set(predictions["predicted_label"]) <= classes
+
+
+def test_prediction_sanity_range_comes_from_the_spec_bounds_widened_by_a_quarter_of_the_span(home, spec_dir, instance):
+    rows = toy_rows()
+    spec = (MODEL_SPEC.replace("color: {categories: [red, green, blue]}",
+                               "color: {categories: [red, green, blue]}\n  y: {max: 30}")
+            .replace("sklearn.linear_model.Ridge", "sklearn.dummy.DummyRegressor")
+            .replace("params: {alpha: 0.1}", "params: {strategy: constant, constant: 1000}"))
+    spec_dir({"toy.yaml": spec}, {"toy.csv": rows})
+    assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", WEEK2).success
+    sanity = check_on_week(instance, "prediction_sanity", WEEK2)
+    lowest = rows.loc[pd.to_datetime(rows["ts"]) < pd.Timestamp(WEEK2), "y"].min()  # the training window's
+    span = 30 - lowest  # declared max 30; no declared min: the training minimum
+    assert sanity.passed is False
+    assert f"40 predictions outside [{lowest - 0.25 * span:.4g}, {30 + 0.25 * span:.4g}]" in sanity.metadata["reason"].value
