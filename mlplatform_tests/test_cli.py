@@ -65,6 +65,12 @@ def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path, monkeyp
     assert "week         rows version      rmse  absolute_threshold beat_champion      prediction_sanity  aliases" in out
     assert "2011-12-26    142" in out
     assert "python3 dev.py ui" in out and "python3 dev.py mlflow-ui" in out
+    assert "training halted by the training-data gate on 8 weeks: 2011-04-04, 2011-04-11" in out
+    assert "44 weeks trained; 38 passed every gate; champion now: v44" in out
+    assert "47 weeks trained; 47 passed every gate; champion now: none" in out
+    assert ("car_loan waits for a person (rollout.approval: manual): python3 dev.py promote car_loan "
+            "--by <your name> --reason <why>") in out
+    assert "bike_demand waits for a person" not in out and "has no champion" not in out
     state = tmp_path / "state"
     assert (state / "warehouse.duckdb").exists() and (state / "mlflow" / "mlflow.db").exists()
     assert (state / "dagster" / "dagster.yaml").exists()
