@@ -31,10 +31,11 @@ from dagster import (
 
 from mlplatform.defs.data_assets import features_key, owners
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
-from mlplatform.defs.resources import ModelRegistry, Warehouse, replace_week_rows
+from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.lib import gates as gate_lib
 from mlplatform.lib.audit import record_alias_changes
 from mlplatform.lib.source import Window
+from mlplatform.lib.warehouse import replace_week_rows
 from mlplatform.specs import ModelSpec
 
 

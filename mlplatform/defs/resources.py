@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
 import pandas as pd
 from dagster import ConfigurableResource
 from dagster_duckdb import DuckDBResource
 
 from mlplatform.lib.source import Window
+from mlplatform.lib.warehouse import replace_week_rows
 
 if TYPE_CHECKING:  # mlflow costs ~1.5 s to import: only runs that train pay for it
     from mlplatform.lib.tracking import Tracker
@@ -75,30 +75,3 @@ def write_week_rows(warehouse: Warehouse, schema: str, table: str, frame: pd.Dat
     """Replace the given weeks' rows of ``schema.table`` (created from the frame on first use)."""
     with warehouse.get_connection() as connection:
         replace_week_rows(connection, schema, table, frame, week_column, weeks)
-
-
-def replace_week_rows(connection: duckdb.DuckDBPyConnection, schema: str, table: str, frame: pd.DataFrame,
-                      week_column: str, weeks: list) -> None:
-    """Replace the given weeks' rows on an open connection, in one transaction: readers never see a week missing."""
-    connection.execute(f'create schema if not exists "{schema}"')
-    connection.register("incoming", frame)
-    try:
-        connection.execute(f'create table if not exists "{schema}"."{table}" as select * from incoming limit 0')
-        # A newer version may write more columns (a new gate): add them, keep the old rows.
-        existing = {row[0] for row in connection.execute(
-            "select column_name from information_schema.columns where table_schema = ? and table_name = ?",
-            [schema, table]).fetchall()}
-        for name, kind in connection.execute("select column_name, column_type from (describe incoming)").fetchall():
-            if name not in existing:
-                connection.execute(f'alter table "{schema}"."{table}" add column "{name}" {kind}')
-        connection.begin()
-        try:
-            connection.execute(f'delete from "{schema}"."{table}" where "{week_column}" in (select unnest(?))',
-                               [weeks])
-            connection.execute(f'insert into "{schema}"."{table}" by name select * from incoming')
-            connection.commit()
-        except Exception:
-            connection.rollback()
-            raise
-    finally:
-        connection.unregister("incoming")

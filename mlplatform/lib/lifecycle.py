@@ -67,10 +67,14 @@ class WeekResult:
         return all(g.passed for g in self.gates)
 
 
+def training_window(spec: ModelSpec, week_start: datetime) -> Window:
+    """The N weeks strictly before week W: what week W's model trains on."""
+    return Window(week_start - pd.Timedelta(weeks=spec.partitions.training_window_weeks), week_start)
+
+
 def split_train_eval(features: pd.DataFrame, spec: ModelSpec, week_start: datetime) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
     """Training rows: the N weeks strictly before W; evaluation rows: week W only. Never overlapping."""
-    weeks = spec.partitions.training_window_weeks
-    train_window = Window(week_start - pd.Timedelta(weeks=weeks), week_start)
+    train_window = training_window(spec, week_start)
     eval_window = Window(week_start, week_start + pd.Timedelta(weeks=1))
     train = rows_in_window(features, spec.time_column, train_window)
     evaluation = rows_in_window(features, spec.time_column, eval_window)
@@ -314,8 +318,7 @@ def deciding_threads(workers: int) -> Iterator[None]:
 
 def workers_for_run(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime]) -> int:
     """:func:`training_workers` for a run, sized by the rows of its last (fullest) week's training window."""
-    last = week_starts[-1]
-    window = Window(last - pd.Timedelta(weeks=spec.partitions.training_window_weeks), last)
+    window = training_window(spec, week_starts[-1])
     return training_workers(len(week_starts), len(rows_in_window(features, spec.time_column, window)))
 
 

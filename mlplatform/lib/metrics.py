@@ -174,7 +174,7 @@ def resampled_metric(metric: str, y: np.ndarray, s: np.ndarray, idx: np.ndarray,
                      columns: np.ndarray | None) -> np.ndarray:
     """The metric on every resample of ``idx``, from the resamples' column sums when it is a function of sums.
 
-    With ``counts`` (rows x draws) the sums are one matrix product, cheapest when several metrics share the
+    With ``counts`` (resamples x rows, :func:`draw_counts`) the sums are one matrix product, cheapest when several metrics share the
     resamples; without, each column is gathered (cheapest for one or two columns).
     """
     if columns is None:

@@ -1,4 +1,4 @@
-"""Opening the DuckDB warehouse file from outside a Dagster run (CLI commands), politely."""
+"""The DuckDB warehouse file: replacing a week's rows atomically, and opening it from outside a run politely."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 
 
 class WarehouseBusy(RuntimeError):
@@ -33,3 +34,30 @@ def connect_when_free(path: Path, wait_seconds: float, read_only: bool = False) 
                                     f"({error})") from error
             time.sleep(min(delay, left))
             delay = min(delay * 2, 1.0)
+
+
+def replace_week_rows(connection: duckdb.DuckDBPyConnection, schema: str, table: str, frame: pd.DataFrame,
+                      week_column: str, weeks: list) -> None:
+    """Replace the given weeks' rows on an open connection, in one transaction: readers never see a week missing."""
+    connection.execute(f'create schema if not exists "{schema}"')
+    connection.register("incoming", frame)
+    try:
+        connection.execute(f'create table if not exists "{schema}"."{table}" as select * from incoming limit 0')
+        # A newer version may write more columns (a new gate): add them, keep the old rows.
+        existing = {row[0] for row in connection.execute(
+            "select column_name from information_schema.columns where table_schema = ? and table_name = ?",
+            [schema, table]).fetchall()}
+        for name, kind in connection.execute("select column_name, column_type from (describe incoming)").fetchall():
+            if name not in existing:
+                connection.execute(f'alter table "{schema}"."{table}" add column "{name}" {kind}')
+        connection.begin()
+        try:
+            connection.execute(f'delete from "{schema}"."{table}" where "{week_column}" in (select unnest(?))',
+                               [weeks])
+            connection.execute(f'insert into "{schema}"."{table}" by name select * from incoming')
+            connection.commit()
+        except Exception:
+            connection.rollback()
+            raise
+    finally:
+        connection.unregister("incoming")
