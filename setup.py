@@ -37,7 +37,11 @@ setup(
         "pyyaml>=6",
         "fastapi==0.165.0",
         "uvicorn==0.54.0",
+        "prometheus-client==0.26.0",
+        "httpx==0.28.1",
+        # `dg` for the ModelLifecycle component (scaffold, check yaml, list defs).
+        "dagster-dg-cli==1.13.27",
     ],
-    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6"]},
+    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "hypothesis>=6"]},
     entry_points={"console_scripts": ["mlplatform=mlplatform.cli:main"]},
 )
