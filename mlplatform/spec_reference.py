@@ -21,7 +21,7 @@ REFERENCE_PATH = REPO_DIR / "docs" / "spec-reference.md"
 
 HEADER = """# Model spec reference
 
-<!-- Generated from mlplatform/specs.py by `python3 dev.py spec-reference`; do not edit by hand. -->
+<!-- Generated from mlplatform/specs/schema.py by `python3 dev.py spec-reference`; do not edit by hand. -->
 
 One YAML file per model in the folder `MLPLATFORM_SPECS` points at (default: the bundled
 `mlplatform/examples`). Unknown keys are errors; `python3 dev.py validate` lists every

@@ -101,7 +101,7 @@ def assert_one_retrain_per_drift_failure(state: Path, drifted: list[str]) -> Non
 
 
 def test_spec_reference_in_docs_is_what_the_code_generates(capsys):
-    """docs/spec-reference.md cannot drift from specs.py: CI fails until it is regenerated."""
+    """docs/spec-reference.md cannot drift from specs/schema.py: CI fails until it is regenerated."""
     from mlplatform.spec_reference import REFERENCE_PATH, render
 
     assert REFERENCE_PATH.read_text() == render(), "run `python3 dev.py spec-reference`"

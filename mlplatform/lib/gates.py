@@ -9,7 +9,7 @@ import numpy as np
 
 from mlplatform.lib.drift import DriftReport
 from mlplatform.lib.metrics import PairedComparison
-from mlplatform.lib.tasks import is_lower_better
+from mlplatform.specs.tasks import is_lower_better
 
 THRESHOLD = "absolute_threshold"
 CHAMPION = "beat_champion"

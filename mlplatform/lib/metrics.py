@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from mlplatform.lib.tasks import METRICS_BY_TASK, is_lower_better
+from mlplatform.specs.tasks import METRICS_BY_TASK, is_lower_better
 
 EPS = 1e-15
 Metric = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]

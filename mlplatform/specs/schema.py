@@ -1,4 +1,4 @@
-"""Model specs: the YAML contract a team writes, validated into :class:`ModelSpec`.
+"""The model spec schema: the YAML contract a team writes, as pydantic models.
 
 A bad spec must stop the code location from loading with one line per problem
 naming the file, the key, what was found and what is allowed, so a user fixes
@@ -8,18 +8,15 @@ every mistake in one pass instead of one per reload.
 from __future__ import annotations
 
 import difflib
-import importlib
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mlplatform.lib.source import SNAPSHOT_TIME_COLUMN, source_columns
-from mlplatform.lib.tasks import DEFAULT_ESTIMATOR, DEFAULT_METRIC, METRICS_BY_TASK, TASKS
+from mlplatform.specs.files import SNAPSHOT_TIME_COLUMN
+from mlplatform.specs.tasks import DEFAULT_ESTIMATOR, DEFAULT_METRIC, METRICS_BY_TASK
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
@@ -254,233 +251,6 @@ class SpecError(ValueError):
         super().__init__(f"{len(problems)} problem(s) in model specs:\n{lines}")
 
 
-DbtColumns = Callable[[str], list[str] | None]
-"""Looks up the declared columns of a dbt model by name; None when there is no such model."""
-
-
-def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> list[ModelSpec]:
-    """Load and validate every ``*.yaml``/``*.yml`` in ``folder`` (hidden files such as editor locks are skipped);
-    raise :class:`SpecError` listing all problems."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SpecError([SpecProblem(file=str(folder), key="MLPLATFORM_SPECS", message="folder does not exist")])
-    files = sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
-    if not files:
-        raise SpecError(
-            [SpecProblem(file=str(folder), key="MLPLATFORM_SPECS", message="no *.yaml model specs in this folder")]
-        )
-    problems: list[SpecProblem] = []
-    specs: list[ModelSpec] = []
-    for file in files:
-        spec, file_problems = load_spec_file(file, dbt_model_columns)
-        problems += file_problems
-        if spec is not None:
-            specs.append(spec)
-    seen: dict[str, Path] = {}
-    for spec in specs:
-        if spec.name in seen:
-            problems.append(
-                SpecProblem(
-                    file=str(spec.spec_file),
-                    key="name",
-                    message=f"model name {spec.name!r} is already used by {seen[spec.name]}; names must be unique",
-                )
-            )
-        seen.setdefault(spec.name, spec.spec_file)
-    if problems:
-        raise SpecError(problems)
-    return specs
-
-
-def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None) -> tuple[ModelSpec | None, list[SpecProblem]]:
-    """One spec file: (spec or None, problems)."""
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        return None, [SpecProblem(file=str(file), key="(yaml)", message=f"not valid YAML: {error}")]
-    except UnicodeDecodeError as error:
-        return None, [SpecProblem(file=str(file), key="(file)", message=f"not UTF-8 text ({error}); save it as UTF-8")]
-    except OSError as error:
-        return None, [SpecProblem(file=str(file), key="(file)", message=f"cannot be read: {error}")]
-    if not isinstance(raw, dict):
-        return None, [SpecProblem(file=str(file), key="(top level)", message="expected a mapping of keys, found "
-                                  f"{type(raw).__name__}")]
-    try:
-        spec = ModelSpec.model_validate({**raw, "spec_file": file.resolve()})
-    except ValidationError as error:
-        return None, [SpecProblem(file=str(file), key=key, message=message) for key, message in _explain(error)]
-    return spec, [SpecProblem(file=str(file), key=key, message=message) for key, message in _check_against_world(spec, dbt_model_columns)]
-
-
-def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) -> Iterable[tuple[str, str]]:
-    """Checks that need more than the YAML: the source file, the dbt project, the estimator class."""
-    try:
-        path = spec.source_path
-    except RuntimeError as error:  # "~user/..." naming a user this machine does not have
-        yield "source.path", f"found {spec.source.path!r}; {error}"
-        return
-    if not path.exists():
-        yield "source.path", f"file {path} does not exist"
-        return
-    try:
-        available = source_columns(path)
-    except Exception as error:  # noqa: BLE001 - any reader error is reported as a spec problem
-        yield "source.path", f"cannot read the header of {path}: {error}"
-        return
-    if spec.source.timestamp and spec.source.timestamp not in available:
-        yield "source.timestamp", _not_a_column(spec.source.timestamp, available, f"source {path.name}")
-    for key_column in spec.source.key:
-        if key_column not in available:
-            yield "source.key", _not_a_column(key_column, available, f"source {path.name}")
-    modelling_columns, where = available, f"source {path.name}"
-    if spec.staging is not None:
-        staged = dbt_model_columns(spec.staging.dbt_model) if dbt_model_columns else None
-        if staged is None:
-            yield "staging.dbt_model", f"no dbt model named {spec.staging.dbt_model!r} in dbt_project/models"
-            return
-        modelling_columns, where = staged, f"dbt model {spec.staging.dbt_model} (columns declared in its schema .yml)"
-    if spec.target not in modelling_columns:
-        yield "target", _not_a_column(spec.target, modelling_columns, where)
-    for kind in ("numeric", "categorical"):
-        for column in getattr(spec.features, kind):
-            if column not in modelling_columns:
-                yield f"features.{kind}", _not_a_column(column, modelling_columns, where)
-    if spec.target in spec.feature_columns:
-        yield "features", f"target {spec.target!r} is also listed as a feature; remove it from features"
-    if spec.fairness is not None:
-        if spec.fairness.sensitive not in modelling_columns:
-            yield "fairness.sensitive", _not_a_column(spec.fairness.sensitive, modelling_columns, where)
-        if spec.fairness.sensitive in spec.feature_columns:
-            yield "fairness.sensitive", f"{spec.fairness.sensitive!r} is also a feature; a sensitive attribute is kept out of the features"
-    for column, rules in spec.columns.items():
-        if column not in spec.modelling_columns:
-            yield f"columns.{column}", (
-                f"rules for {column!r}, which is not a target, feature, key or sensitive column of this spec"
-                + _suggest(column, spec.modelling_columns)
-            )
-        if rules.min is not None and rules.max is not None and rules.min > rules.max:
-            yield f"columns.{column}", f"min {rules.min} is greater than max {rules.max}"
-    yield from _check_estimator(spec)
-
-
-def _check_estimator(spec: ModelSpec) -> Iterable[tuple[str, str]]:
-    dotted = spec.estimator.class_name or ""
-    module_name, _, class_name = dotted.rpartition(".")
-    if not module_name:
-        yield "estimator.class", f"found {dotted!r}; give the full import path, e.g. sklearn.ensemble.RandomForestRegressor"
-        return
-    try:
-        module = importlib.import_module(module_name)
-    except (ImportError, TypeError, ValueError) as error:  # TypeError: a relative name such as ".sklearn"
-        yield "estimator.class", f"found {dotted!r}; module {module_name!r} cannot be imported ({error})"
-        return
-    estimator_class = getattr(module, class_name, None)
-    if estimator_class is None:
-        candidates = [name for name in dir(module) if name[:1].isupper()]
-        yield "estimator.class", f"found {dotted!r}; {module_name} has no class {class_name!r}" + _suggest(class_name, candidates)
-        return
-    if not (hasattr(estimator_class, "fit") and hasattr(estimator_class, "predict")):
-        yield "estimator.class", f"found {dotted!r}; it is not an estimator (needs fit and predict)"
-        return
-    if hasattr(estimator_class, "_get_param_names"):
-        accepted = estimator_class._get_param_names()
-        for param in spec.estimator.params:
-            if param not in accepted:
-                yield f"estimator.params.{param}", f"{class_name} has no parameter {param!r}" + _suggest(param, accepted)
-
-
-def dbt_manifest_columns(manifest_path: Path) -> DbtColumns:
-    """A lookup of declared dbt model columns from a manifest.json (plain JSON: no dbt import needed)."""
-    models: dict[str, list[str]] = {}
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        for node in manifest.get("nodes", {}).values():
-            if node.get("resource_type") == "model":
-                models[node["name"]] = list(node.get("columns", {}))
-    return models.get
-
-
-def _not_a_column(found: str, available: list[str], where: str) -> str:
-    shown = ", ".join(available[:40]) + (" ..." if len(available) > 40 else "")
-    return f"found {found!r}, which is not a column of {where}" + _suggest(found, available) + f"; columns: {shown}"
-
-
 def _suggest(found: str, allowed: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(found), [str(a) for a in allowed], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _explain(error: ValidationError) -> Iterable[tuple[str, str]]:
-    """Turn pydantic's errors into (dotted key, message saying what was found and what is allowed)."""
-    for item in error.errors():
-        loc = [str(part) for part in item["loc"] if part != "spec_file"]
-        key = ".".join(loc) or "(top level)"
-        kind = item["type"]
-        found = item.get("input")
-        if kind == "missing":
-            yield key, "required key is missing"
-        elif kind == "extra_forbidden":
-            allowed = _allowed_keys(item["loc"][:-1])
-            yield key, f"unknown key{_suggest(loc[-1], allowed)}; allowed keys here: {', '.join(allowed)}"
-        elif kind == "literal_error":
-            allowed = [str(a) for a in _literal_choices(item["loc"])] or [item["ctx"]["expected"]]
-            yield key, f"found {found!r}; allowed: {', '.join(allowed)}" + _suggest(found, allowed)
-        elif kind == "string_pattern_mismatch" and loc == ["name"]:
-            yield key, (f"found {found!r}; a model name is lowercase letters, digits and underscores, "
-                        "starting with a letter (e.g. bike_demand)")
-        elif kind in ("float_parsing", "float_type", "int_parsing", "int_type"):
-            yield key, f"found {found!r}; expected a number"
-        elif kind == "value_error":
-            yield key, str(item["msg"]).removeprefix("Value error, ")
-        else:
-            yield key, f"{item['msg']}; found {found!r}"
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The spec section at ``loc``; a mapping's own keys (``columns.<name>``) are stepped over."""
-    model: type[BaseModel] | None = ModelSpec
-    mapping_key_next = False
-    for part in loc:
-        if mapping_key_next:
-            mapping_key_next = False
-            continue
-        if model is None or not isinstance(part, str):
-            return model
-        field = model.model_fields.get(part) or next(
-            (f for f in model.model_fields.values() if f.alias == part), None
-        )
-        if field is None:
-            return None
-        model = _unwrap_model(field.annotation)
-        mapping_key_next = get_origin(field.annotation) is dict
-    return model
-
-
-def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) is dict:
-        return _unwrap_model(get_args(annotation)[1])
-    for arg in get_args(annotation):
-        found = _unwrap_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    model = _model_at(loc)
-    if model is None:
-        return []
-    return [f.alias or name for name, f in model.model_fields.items() if name != "spec_file"]
-
-
-def _literal_choices(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    model = _model_at(loc[:-1])
-    if model is None:
-        return ()
-    field = model.model_fields.get(str(loc[-1]))
-    return get_args(field.annotation) if field is not None else ()
-
-
-__all__ = ["ModelSpec", "SpecError", "SpecProblem", "TASKS", "dbt_manifest_columns", "load_specs"]

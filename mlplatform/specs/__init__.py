@@ -1,0 +1,13 @@
+"""Model specs: the bottom layer of the package.
+
+The schema (:mod:`.schema`), what each task means (:mod:`.tasks`), a data file's header
+(:mod:`.files`) and the loader with its checks (:mod:`.loader`). Nothing here imports
+``mlplatform.lib`` or Dagster: ``lib/`` builds on specs, the Dagster wiring on both.
+"""
+
+from mlplatform.specs.loader import DbtColumns, dbt_manifest_columns, load_spec_file, load_specs
+from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem
+from mlplatform.specs.tasks import TASKS
+
+__all__ = ["DbtColumns", "ModelSpec", "SpecError", "SpecProblem", "TASKS", "dbt_manifest_columns", "load_spec_file",
+           "load_specs"]
