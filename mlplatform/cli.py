@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mlplatform.lib.settings import Settings, ensure_home, load_settings
+from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, Settings, configure_process, ensure_home, load_settings
 
 DAGSTER_YAML = """\
 # Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
@@ -86,7 +86,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (SpecError, RunRequestError) as error:
         print(f"{error}\nnothing was run", file=sys.stderr)
         return 1
-    tracker = Tracker.configured(settings.mlflow_dir)
+    tracker = Tracker.for_settings(settings)
     champions = {r.model: tracker.alias_version(r.model, CHAMPION) for r in results}
     print()
     print(summary_table(results, settings.warehouse_path, champions))
@@ -105,13 +105,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def mlflow_ui_command(settings: Settings, host: str, port: int) -> list[str] | str:
     """The `mlflow ui` command on the store the platform tracks to, or why none is needed (a tracking server)."""
-    uri = os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI", "").strip()
+    uri = settings.tracking_uri
     if uri.startswith(("http://", "https://", "databricks")):
-        ui = os.environ.get("MLPLATFORM_MLFLOW_UI_URL", uri)
+        ui = settings.mlflow_ui_url if settings.mlflow_ui_url != DEFAULT_MLFLOW_UI_URL else uri
         return f"models are tracked on the MLflow server {uri} (MLPLATFORM_MLFLOW_TRACKING_URI): open its UI at {ui}"
-    if not uri:
-        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}"
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
 
 
@@ -132,59 +129,72 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     """A person approves a version: it becomes champion, and the audit table says who, when and why.
 
-    The audit row and the alias move together: the row is written in a transaction that commits
-    only after the alias moved, so a failure on either side leaves both as they were.
+    :mod:`mlplatform.lib.promotion` owns the rules and makes the audit row and the alias move one unit.
     """
-    from mlflow.exceptions import MlflowException
-
-    from mlplatform.lib.audit import record_alias_changes
-    from mlplatform.lib.lifecycle import AliasChange
-    from mlplatform.lib.tracking import CHAMPION, Tracker
+    from mlplatform.lib import promotion
+    from mlplatform.lib.tracking import Tracker
     from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
 
     settings = load_settings()
-    ensure_home(settings)
-    tracker = Tracker.configured(settings.mlflow_dir)
-    version = args.version or tracker.alias_version(args.model, "challenger")
-    if version is None:
-        print(f"{args.model} has no challenger to promote; give --version", file=sys.stderr)
-        return 1
+    tracker = Tracker.for_settings(settings)
     try:
-        tags = tracker.version_tags(args.model, version)
-    except MlflowException:
-        print(f"{args.model} v{version}: no such registered model version in {tracker.tracking_uri}; "
-              "`python3 dev.py mlflow-ui` lists them", file=sys.stderr)
+        change = promotion.approval_change(tracker, args.model, args.version, args.by, args.reason, args.force)
+    except promotion.PromotionRefused as refused:
+        print(f"not promoted, nothing changed: {refused}", file=sys.stderr)
         return 1
-    if tags.get("gates") != "passed" and not args.force:
-        print(f"{args.model} v{version} did not pass every gate (gates={tags.get('gates')}); "
-              "refusing to promote without --force", file=sys.stderr)
-        return 1
-    previous = tracker.alias_version(args.model, CHAMPION)
-    if previous == str(version):
-        print(f"{args.model}: v{version} is already the champion; nothing changed")
+    if change is None:
+        print(f"{args.model}: v{args.version or 'the challenger'} is already the champion; nothing changed")
         return 0
-    reason = args.reason or "manual approval"
-    if tags.get("gates") != "passed":  # forced: the audit says so, whatever the person wrote
-        reason += f" [forced with --force: gates={tags.get('gates')}]"
-    change = AliasChange(args.model, CHAMPION, str(version), previous, args.by, reason, tags.get("week"))
     try:
         connection = connect_when_free(settings.warehouse_path, args.wait)
     except WarehouseBusy as busy:
         print(f"{args.model}: not promoted, nothing changed: {busy}. A run is probably writing to it; "
               "try again when it ends, or give --wait SECONDS", file=sys.stderr)
         return 1
+    from mlflow.exceptions import MlflowException
+
     with connection:
-        connection.begin()
-        record_alias_changes(connection, [change.as_row()])
         try:
-            tracker.set_alias(args.model, CHAMPION, str(version))
+            promotion.commit_changes(connection, tracker, [change])
         except MlflowException as error:
-            connection.rollback()
             print(f"{args.model}: not promoted, nothing changed: the registry refused the alias: {error}",
                   file=sys.stderr)
             return 1
-        connection.commit()
-    print(f"{args.model}: champion v{previous or '-'} -> v{version} (approved by {args.by})")
+    print(f"{args.model}: champion v{change.previous_version or '-'} -> v{change.version} (approved by {change.actor})")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Print a model's alias changes: opens the warehouse read-only and lets go at once, so runs never wait long."""
+    import json
+
+    from mlplatform.lib.audit import AUDIT_TABLE
+    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
+
+    settings = load_settings()
+    if not settings.warehouse_path.exists():
+        print(f"no warehouse at {settings.warehouse_path} yet: run `python3 dev.py demo` first", file=sys.stderr)
+        return 1
+    try:
+        with connect_when_free(settings.warehouse_path, args.wait, read_only=True) as connection:
+            exists = connection.execute(
+                "select count(*) from information_schema.tables where table_schema = 'audit' "
+                "and table_name = 'alias_changes'").fetchone()[0]
+            if not exists:
+                print("no alias has moved yet")
+                return 0
+            rows = connection.execute(
+                f"select * from {AUDIT_TABLE} where model = ? and changed_at >= ? order by changed_at",
+                [args.model, args.since or "1900-01-01"]).fetchdf()
+    except WarehouseBusy as busy:
+        print(f"{busy}; try again when the run ends, or give --wait SECONDS", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows.astype({"changed_at": "string"}).to_dict(orient="records"), indent=2, default=str))
+    elif rows.empty:
+        print(f"no alias changes for {args.model}")
+    else:
+        print(rows.to_string(index=False))
     return 0
 
 
@@ -225,12 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="approve a version as champion (default: the current challenger)")
     promote.add_argument("model")
     promote.add_argument("--version", help="registered version; default: the challenger")
-    promote.add_argument("--by", default=os.environ.get("USER", "unknown"), help="who approves (audit)")
+    promote.add_argument("--by", required=True, help="who approves (audit; required)")
     promote.add_argument("--reason", help="why (audit)")
     promote.add_argument("--force", action="store_true", help="promote even if a gate failed")
     promote.add_argument("--wait", type=float, default=120.0,
                          help="seconds to wait while a run holds the warehouse's lock (default 120)")
     promote.set_defaults(func=cmd_promote)
+
+    audit = commands.add_parser("audit", help="print a model's alias changes (reads the warehouse and releases it)")
+    audit.add_argument("model")
+    audit.add_argument("--since", help="only changes at or after this date (YYYY-MM-DD)")
+    audit.add_argument("--json", action="store_true", help="JSON records instead of a table")
+    audit.add_argument("--wait", type=float, default=120.0,
+                       help="seconds to wait while a run writes to the warehouse (default 120)")
+    audit.set_defaults(func=cmd_audit)
 
     validate = commands.add_parser("validate", help="check the model specs and list every problem")
     validate.set_defaults(func=cmd_validate)
@@ -247,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_process(load_settings())  # the CLI is an entry point: its process-wide settings are made here
     return int(args.func(args) or 0)
 
 

@@ -7,20 +7,18 @@ and the UI shows every problem, one line each.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 from dagster import BetaWarning, Definitions, in_process_executor
 from dagster_dbt import DbtCliResource
-from dagster_duckdb_pandas import DuckDBPandasIOManager
 
 from mlplatform.defs.automation import build_jobs, build_retrain_sensor, build_schedule
 from mlplatform.defs.data_assets import build_features_asset, build_raw_asset
 from mlplatform.defs.dbt_project import dbt_project, prepare_manifest
 from mlplatform.defs.drift_assets import build_drift_assets
 from mlplatform.defs.model_assets import build_model_assets
-from mlplatform.defs.resources import ModelRegistry, Warehouse
-from mlplatform.lib.settings import ensure_home, load_settings
+from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, WarehouseIOManager
+from mlplatform.lib.settings import configure_process, load_settings
 from mlplatform.specs import ModelSpec, dbt_manifest_columns, load_specs
 
 
@@ -47,7 +45,7 @@ def build_model_automation(spec: ModelSpec) -> tuple[list, list, list]:
 
 def build_definitions() -> Definitions:
     settings = load_settings()
-    ensure_home(settings)
+    configure_process(settings)  # the code location is an entry point, like the CLI
     manifest = prepare_manifest()
     specs = load_specs(settings.specs_dir, dbt_manifest_columns(manifest))
     with warnings.catch_warnings():
@@ -61,22 +59,18 @@ def build_definitions() -> Definitions:
         jobs += model_jobs
         schedules += model_schedules
         sensors += model_sensors
-    warehouse = str(settings.warehouse_path)
+    warehouse, wait = str(settings.warehouse_path), settings.warehouse_wait_seconds
     return Definitions(
         assets=assets,
         jobs=jobs,
         schedules=schedules,
         sensors=sensors,
         resources={
-            "io_manager": DuckDBPandasIOManager(database=warehouse),
-            "warehouse": Warehouse(database=warehouse),
+            "io_manager": WarehouseIOManager(database=warehouse, wait_seconds=wait),
+            "warehouse": Warehouse(database=warehouse, wait_seconds=wait),
             "dbt": DbtCliResource(project_dir=dbt_project, profiles_dir=str(dbt_project.profiles_dir)),
-            "model_registry": ModelRegistry(
-                mlflow_dir=str(settings.mlflow_dir),
-                ui_url=os.environ.get("MLPLATFORM_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
-                tracking_uri=os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI", ""),
-                artifact_root=os.environ.get("MLPLATFORM_MLFLOW_ARTIFACTS", ""),
-            ),
+            "model_registry": ModelRegistry.from_settings(settings),
+            "platform": PlatformState(home=str(settings.home)),
         },
         # One process: DuckDB allows one writer per file, and in-process steps skip ~2 s of process start each.
         executor=in_process_executor,

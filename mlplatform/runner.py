@@ -12,6 +12,7 @@ import pandas as pd
 from dagster import AssetCheckEvaluation, DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from mlplatform import names
 from mlplatform.lib.gates import TRAINING_DATA
 from mlplatform.lib.warehouse import connect_when_free
 
@@ -73,7 +74,8 @@ def run_models(
 
     defs = build_definitions()
     instance = DagsterInstance.get()
-    jobs = {j.name.removesuffix("_pipeline"): j.name for j in defs.resolve_all_job_defs() if j.name.endswith("_pipeline")}
+    jobs = {names.model_from_pipeline_job(j.name): j.name for j in defs.resolve_all_job_defs()
+            if names.model_from_pipeline_job(j.name)}
     unknown = sorted(set(models or []) - set(jobs))
     if unknown:
         raise RunRequestError(f"no model named {', '.join(unknown)}; the specs define {', '.join(sorted(jobs)) or 'none'}")
@@ -125,9 +127,7 @@ def run_retrain_sensor(defs, instance: DagsterInstance, model: str) -> list[tupl
     from dagster import SensorResult, build_sensor_context
     from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
-    from mlplatform.defs.automation import DRIFT_WEEK_TAG
-
-    name = f"{model}_retrain_on_drift"
+    name = names.retrain_sensor(model)
     try:
         sensor_def = defs.resolve_sensor_def(name)
     except Exception:  # noqa: BLE001 - models retrained weekly have no sensor
@@ -141,13 +141,13 @@ def run_retrain_sensor(defs, instance: DagsterInstance, model: str) -> list[tupl
     if result.cursor is not None:
         cursors[name] = result.cursor
         cursor_file.write_text(json.dumps(cursors))
-    job = defs.resolve_job_def(f"{model}_retrain")
+    job = defs.resolve_job_def(names.retrain_job(model))
     done = []
     for request in result.run_requests or []:
         tags = {**request.tags, SENSOR_NAME_TAG: name, RUN_KEY_TAG: request.run_key}
         run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=tags,
                                      raise_on_error=False, run_config=QUIET_RUN_CONFIG)
-        done.append((request.tags[DRIFT_WEEK_TAG], request.partition_key, run.success))
+        done.append((request.tags[names.DRIFT_WEEK_TAG], request.partition_key, run.success))
     return done
 
 

@@ -137,7 +137,7 @@ def _register_versions(gates: list[str]):
     settings = load_settings()
     rows = toy_rows()
     x, y = rows[["x1", "x2"]], rows["y"]
-    tracker = Tracker.configured(settings.mlflow_dir)
+    tracker = Tracker.for_settings(settings)
     for week, verdict in enumerate(gates, start=1):
         pipeline = Pipeline([("estimator", LinearRegression())]).fit(x, y)
         tracker.log_trained_model("toy", f"toy-{week}", pipeline, x.head(5), {"seed": 0}, {"rmse": 0.1}, {},
@@ -157,8 +157,10 @@ def _audit_rows(settings) -> list[tuple]:
 
 def test_promote_moves_the_champion_and_audits_who_and_why_refusing_failed_gates(home, capsys):
     settings, tracker = _register_versions(["passed", "failed"])
-    assert main(["promote", "toy"]) == 1  # no challenger alias yet
+    assert main(["promote", "toy", "--by", "alice"]) == 1  # no challenger alias yet
     assert "has no challenger" in capsys.readouterr().err
+    assert main(["promote", "toy", "--version", "1", "--by", " "]) == 1
+    assert "needs the name of the person who approves" in capsys.readouterr().err
 
     assert main(["promote", "toy", "--version", "2", "--by", "alice"]) == 1
     assert "v2 did not pass every gate (gates=failed)" in capsys.readouterr().err
@@ -250,10 +252,10 @@ def test_mlflow_ui_opens_the_store_the_platform_tracks_to(home, monkeypatch):
     assert command[-6:] == ["--backend-store-uri", f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
                             "--host", "127.0.0.1", "--port", "5001"]
     monkeypatch.setenv("MLPLATFORM_MLFLOW_TRACKING_URI", "postgresql://mlflow@db/mlflow")
-    assert "postgresql://mlflow@db/mlflow" in mlflow_ui_command(settings, "127.0.0.1", 5001)
+    assert "postgresql://mlflow@db/mlflow" in mlflow_ui_command(load_settings(), "127.0.0.1", 5001)
     monkeypatch.setenv("MLPLATFORM_MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     monkeypatch.setenv("MLPLATFORM_MLFLOW_UI_URL", "https://mlflow.example.com")
-    assert mlflow_ui_command(settings, "127.0.0.1", 5001) == (
+    assert mlflow_ui_command(load_settings(), "127.0.0.1", 5001) == (
         "models are tracked on the MLflow server http://mlflow.internal:5000 (MLPLATFORM_MLFLOW_TRACKING_URI): "
         "open its UI at https://mlflow.example.com")
 

@@ -14,7 +14,6 @@ from mlplatform.lib import gates
 from mlplatform.lib.lifecycle import (
     MIN_ROWS_FOR_WORKERS,
     WORKERS_ENV,
-    alias_changes_for,
     rows_needed,
     split_train_eval,
     training_workers,
@@ -29,6 +28,7 @@ from mlplatform.lib.metrics import (
     resample_batches,
     resampled_metric,
 )
+from mlplatform.lib.promotion import gate_changes
 from mlplatform.specs import ModelSpec
 
 RNG = np.random.default_rng(7)
@@ -144,11 +144,21 @@ def test_training_rows_are_the_weeks_before_and_never_the_evaluation_week():
 
 
 def test_aliases_move_only_on_pass_and_champion_only_with_auto_approval():
-    assert alias_changes_for(_spec("auto"), "4", False, {}, "2024-01-22", "me") == []
-    manual = alias_changes_for(_spec("manual"), "4", True, {"challenger": "3"}, "2024-01-22", "me")
+    none = {"challenger": None, "champion": None}
+    assert gate_changes("toy", "4", False, "2024-01-22", "me", "auto", {}, none)[0] == []
+    manual, _ = gate_changes("toy", "4", True, "2024-01-22", "me", "manual", {"challenger": "3"},
+                             {"challenger": "2024-01-15"})
     assert [(c.alias, c.version, c.previous_version) for c in manual] == [("challenger", "4", "3")]
-    auto = alias_changes_for(_spec("auto"), "4", True, {"champion": "2"}, "2024-01-22", "me")
+    auto, _ = gate_changes("toy", "4", True, "2024-01-22", "me", "auto", {"champion": "2"}, {"champion": "2024-01-15"})
     assert [(c.alias, c.previous_version) for c in auto] == [("challenger", None), ("champion", "2")]
+
+
+def test_a_rerun_of_an_earlier_week_does_not_take_an_alias_from_a_later_weeks_version():
+    current = {"challenger": "9", "champion": "9"}
+    changes, note = gate_changes("toy", "12", True, "2024-01-08", "me", "auto", current,
+                                 {"challenger": "2024-02-05", "champion": "2024-02-05"})
+    assert changes == []
+    assert "champion stays v9 (trained for the later week 2024-02-05)" in note
 
 
 def test_a_week_reads_its_training_window_and_the_data_gates_recent_days_whichever_reaches_further():

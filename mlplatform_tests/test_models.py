@@ -170,7 +170,9 @@ def test_a_shared_mlflow_store_replaces_the_embedded_one(home, spec_dir, instanc
     assert store.alias_version("toy", CHAMPION) == "1"
     assert any((shared / "artifacts" / "toy").rglob("model.skops"))
     assert not (home / "mlflow" / "mlflow.db").exists()
-    assert Tracker.configured(home / "mlflow").tracking_uri == store.tracking_uri
+    from mlplatform.lib.settings import load_settings
+
+    assert Tracker.for_settings(load_settings()).tracking_uri == store.tracking_uri
 
 
 def test_weeks_trained_in_worker_processes_match_training_in_process(home, spec_dir, instance, monkeypatch):

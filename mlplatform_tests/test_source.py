@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 
 import pandas as pd
 
-from mlplatform.lib.source import Window, rows_in_window, rows_per_week, to_utc_naive, week_start
+from mlplatform.lib.source import Window, rows_in_window, rows_per_week, to_utc_naive
 
 
 def test_naive_times_are_read_in_the_spec_timezone_and_stored_as_utc():
@@ -32,11 +32,6 @@ def test_sunday_night_and_monday_midnight_fall_in_different_weeks():
     assert rows_in_window(frame, "ts", second)["ts"].tolist() == [pd.Timestamp("2024-01-08 00:00:00")]
     both = Window(datetime(2024, 1, 1), datetime(2024, 1, 15))
     assert rows_per_week(frame, "ts", both) == {"2024-01-01": 1, "2024-01-08": 1}
-
-
-def test_week_start_is_monday():
-    assert week_start(date(2024, 1, 7)) == date(2024, 1, 1)
-    assert week_start(datetime(2024, 1, 8, 0, 0)) == date(2024, 1, 8)
 
 
 def test_window_lists_its_weeks_including_empty_ones():

@@ -5,9 +5,7 @@ plain function over check records; the sensor only reads the instance and wraps 
 """
 
 from dagster import (
-    AssetCheckKey,
     AssetSelection,
-    DagsterInstance,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -19,26 +17,22 @@ from dagster import (
     define_asset_job,
     sensor,
 )
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from mlplatform.defs.data_assets import features_key, raw_key, staged_key
-from mlplatform.defs.drift_assets import DRIFT_CHECK, drift_key
-from mlplatform.defs.model_assets import backtest_key, evaluation_key, model_key
+from mlplatform import names
+from mlplatform.defs.check_history import check_executions
+from mlplatform.defs.keys import (
+    backtest_key,
+    drift_check_key,
+    drift_key,
+    evaluation_key,
+    features_key,
+    model_key,
+    raw_key,
+    staged_key,
+)
 from mlplatform.defs.partitions import weekly_partitions
-from mlplatform.lib.retraining import CheckRecord, retrain_requests
+from mlplatform.lib.retraining import retrain_requests
 from mlplatform.specs import ModelSpec
-
-RETRAIN_TAG = "mlplatform/trigger"
-DRIFT_WEEK_TAG = "mlplatform/drift_week"
-CHECK_TIME_TAG = "mlplatform/drift_check_timestamp"
-
-
-def retrain_job_name(spec: ModelSpec) -> str:
-    return f"{spec.name}_retrain"
-
-
-def weekly_job_name(spec: ModelSpec) -> str:
-    return f"{spec.name}_weekly"
 
 
 def build_jobs(spec: ModelSpec) -> list:
@@ -49,11 +43,11 @@ def build_jobs(spec: ModelSpec) -> list:
         data = data | AssetSelection.assets(staged_key(spec))
     weekly = data | training if spec.automation.retrain == "weekly" else data
     return [
-        define_asset_job(f"{spec.name}_pipeline", selection=AssetSelection.groups(spec.name),
+        define_asset_job(names.pipeline_job(spec.name), selection=AssetSelection.groups(spec.name),
                          description=f"Lifecycle of {spec.name}: data, gates, model per week, evaluation, drift"),
-        define_asset_job(retrain_job_name(spec), selection=training, partitions_def=weekly_partitions(spec),
+        define_asset_job(names.retrain_job(spec.name), selection=training, partitions_def=weekly_partitions(spec),
                          description=f"Retrain {spec.name} for one week (what the drift sensor requests)"),
-        define_asset_job(weekly_job_name(spec), selection=weekly, partitions_def=weekly_partitions(spec),
+        define_asset_job(names.weekly_job(spec.name), selection=weekly, partitions_def=weekly_partitions(spec),
                          description=f"The week that just ended for {spec.name}: data and drift"
                          + (", model" if spec.automation.retrain == "weekly" else "")),
     ]
@@ -68,31 +62,31 @@ def build_schedule(spec: ModelSpec, weekly_job):
 
 
 def build_retrain_sensor(spec: ModelSpec, retrain_job):
-    check_key = AssetCheckKey(drift_key(spec), DRIFT_CHECK)
+    check_key = drift_check_key(spec)
     partitions = weekly_partitions(spec)
 
     @sensor(
-        name=f"{spec.name}_retrain_on_drift", job=retrain_job, minimum_interval_seconds=30,
+        name=names.retrain_sensor(spec.name), job=retrain_job, minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Requests one retrain of {spec.name} per failed drift check (cursor: the last check record id).",
     )
     def retrain_on_drift(context: SensorEvaluationContext):
         cursor = int(context.cursor) if context.cursor else 0
-        records = drift_check_records(context.instance, check_key, cursor)
+        records = check_executions(context.instance, check_key, cursor)
         if not records:
             return SensorResult(skip_reason=SkipReason(f"no new {spec.name} drift check result since record {cursor}"),
                                 cursor=str(cursor))
-        last = context.instance.get_runs(filters=RunsFilter(job_name=retrain_job.name, tags={RETRAIN_TAG: "drift"}),
+        last = context.instance.get_runs(filters=RunsFilter(job_name=retrain_job.name, tags={names.TRIGGER_TAG: "drift"}),
                                          limit=1)
-        last_retrain_at = float(last[0].tags[CHECK_TIME_TAG]) if last and CHECK_TIME_TAG in last[0].tags else None
+        last_retrain_at = float(last[0].tags[names.DRIFT_CHECK_TIME_TAG]) if last and names.DRIFT_CHECK_TIME_TAG in last[0].tags else None
         decision = retrain_requests(records, cursor, last_retrain_at, spec.automation.retrain_cooldown_minutes,
                                     partitions.get_partition_keys())
         run_requests = [
             RunRequest(
                 run_key=f"{spec.name}-drift-{record.record_id}",
                 partition_key=partition,
-                tags={RETRAIN_TAG: "drift", DRIFT_WEEK_TAG: record.week, "mlplatform/drift_check_record": str(record.record_id),
-                      CHECK_TIME_TAG: str(record.timestamp)},
+                tags={names.TRIGGER_TAG: "drift", names.DRIFT_WEEK_TAG: record.week,
+                      names.DRIFT_CHECK_RECORD_TAG: str(record.record_id), names.DRIFT_CHECK_TIME_TAG: str(record.timestamp)},
             )
             for record, partition in decision.requests
         ]
@@ -101,22 +95,3 @@ def build_retrain_sensor(spec: ModelSpec, retrain_job):
         return SensorResult(run_requests=run_requests, cursor=str(decision.cursor))
 
     return retrain_on_drift
-
-
-def drift_check_records(instance: DagsterInstance, check_key: AssetCheckKey, after: int) -> list[CheckRecord]:
-    """Drift check executions newer than ``after``; one left unevaluated by a finished run is dropped (never will be)."""
-    records = []
-    for execution in instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1000):
-        if execution.id <= after:
-            continue
-        if execution.status == AssetCheckExecutionRecordStatus.PLANNED:
-            run = instance.get_run_by_id(execution.run_id)
-            if run is None or run.is_finished:
-                continue
-            records.append(CheckRecord(execution.id, None, execution.partition, execution.create_timestamp))
-            continue
-        evaluation = execution.evaluation
-        timestamp = execution.event.timestamp if execution.event else execution.create_timestamp
-        records.append(CheckRecord(execution.id, execution.status == AssetCheckExecutionRecordStatus.SUCCEEDED,
-                                   evaluation.partition if evaluation else execution.partition, timestamp))
-    return records

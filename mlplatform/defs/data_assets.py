@@ -15,7 +15,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
     MetadataValue,
     Output,
     TableColumn,
@@ -25,6 +24,9 @@ from dagster import (
 )
 from dagster_pandera import pandera_schema_to_dagster_type
 
+from mlplatform import names
+from mlplatform.defs.keys import features_key, raw_key, staged_key
+from mlplatform.defs.metadata import markdown_table
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
 from mlplatform.defs.resources import Warehouse
 from mlplatform.lib.source import read_source, rows_in_window, source_columns, to_utc_naive
@@ -39,20 +41,8 @@ from mlplatform.lib.validation import (
 )
 from mlplatform.specs import ModelSpec
 
-RAW_CHECK = "source_contract"
-FEATURES_CHECK = "schema"
-
-
-def raw_key(spec: ModelSpec) -> AssetKey:
-    return AssetKey([spec.name, "raw"])
-
-
-def staged_key(spec: ModelSpec) -> AssetKey:
-    return AssetKey([spec.name, "staged"])
-
-
-def features_key(spec: ModelSpec) -> AssetKey:
-    return AssetKey([spec.name, "features"])
+RAW_CHECK = names.RAW_CHECK
+FEATURES_CHECK = names.FEATURES_CHECK
 
 
 def owners(spec: ModelSpec) -> list[str]:
@@ -63,11 +53,11 @@ def gate_metadata(report: GateReport) -> dict[str, Any]:
     """What a person needs to see in the check's panel to know why a gate failed."""
     metadata: dict[str, Any] = {"summary": MetadataValue.text(report.summary)}
     if report.problems:
-        metadata["failures"] = MetadataValue.md(_markdown_table(pd.DataFrame(report.problems)))
+        metadata["failures"] = MetadataValue.md(markdown_table(pd.DataFrame(report.problems)))
         metadata["failing_columns"] = MetadataValue.json(sorted({p["column"] for p in report.problems}))
         metadata["failure_count"] = MetadataValue.int(sum(int(p["failures"]) for p in report.problems))
     if report.sample_rows is not None and len(report.sample_rows):
-        metadata["sample_failing_rows"] = MetadataValue.md(_markdown_table(report.sample_rows))
+        metadata["sample_failing_rows"] = MetadataValue.md(markdown_table(report.sample_rows))
     for name, value in report.facts.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metadata[name] = value
@@ -76,15 +66,8 @@ def gate_metadata(report: GateReport) -> dict[str, Any]:
     return metadata
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    rows = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])
-
-
 def _rows_per_week_table(counts: dict[str, int]) -> MetadataValue:
-    return MetadataValue.md(_markdown_table(pd.DataFrame({"week": list(counts), "rows": list(counts.values())})))
+    return MetadataValue.md(markdown_table(pd.DataFrame({"week": list(counts), "rows": list(counts.values())})))
 
 
 def build_raw_asset(spec: ModelSpec):
@@ -140,7 +123,7 @@ def build_raw_asset(spec: ModelSpec):
                 "window": f"{window.start:%Y-%m-%d} .. {window.end:%Y-%m-%d} (end excluded, UTC)",
                 "rows_per_week": _rows_per_week_table(report.facts["rows_per_week"]),
                 "source_rows_without_event_time": unplaced,
-                "preview": MetadataValue.md(_markdown_table(rows.head(5))),
+                "preview": MetadataValue.md(markdown_table(rows.head(5))),
             },
         )
         yield AssetCheckResult(check_name=RAW_CHECK, passed=True, metadata=gate_metadata(report))
@@ -213,7 +196,7 @@ def build_features_asset(spec: ModelSpec):
                 "window": f"{window.start:%Y-%m-%d} .. {window.end:%Y-%m-%d} (end excluded, UTC)",
                 "target_null_share": report.facts["target_null_share"] or 0.0,
                 "rows_per_week": _rows_per_week_table(report.facts["rows_per_week"]),
-                "preview": MetadataValue.md(_markdown_table(validated.head(5))),
+                "preview": MetadataValue.md(markdown_table(validated.head(5))),
             },
         )
         yield AssetCheckResult(check_name=FEATURES_CHECK, passed=True, metadata=gate_metadata(report))

@@ -16,14 +16,15 @@ from dagster import (
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
-    AssetKey,
     AssetMaterialization,
     AssetSpec,
     MetadataValue,
     multi_asset,
 )
 
-from mlplatform.defs.data_assets import features_key, owners
+from mlplatform import names
+from mlplatform.defs.data_assets import owners
+from mlplatform.defs.keys import drift_key, features_key
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, Warehouse, write_week_rows
 from mlplatform.lib.aliases import CHAMPION
@@ -31,11 +32,7 @@ from mlplatform.lib.settings import load_settings
 from mlplatform.lib.source import Window, rows_in_window
 from mlplatform.specs import ModelSpec
 
-DRIFT_CHECK = "drifted_share"
-
-
-def drift_key(spec: ModelSpec) -> AssetKey:
-    return AssetKey([spec.name, "drift"])
+DRIFT_CHECK = names.DRIFT_CHECK
 
 
 def champion_training_window(spec: ModelSpec, registry: ModelRegistry) -> tuple[tuple[datetime, datetime] | None, str | None]:
@@ -53,7 +50,7 @@ def build_drift_assets(spec: ModelSpec):
     key = drift_key(spec)
 
     @multi_asset(
-        name=f"{spec.name}_drift",
+        name=names.multi_asset_op(spec.name, names.DRIFT),
         specs=[AssetSpec(
             key, group_name=spec.name, owners=owners(spec), kinds={"evidently", "duckdb"}, skippable=True,
             deps=[AssetDep(features_key(spec))],

@@ -5,22 +5,24 @@ one run (single-run backfills) but every week needs its own version, metrics and
 gate verdicts: the step loops over the weeks and records a materialization and the
 gate checks per week, each tagged with its partition. The weekly logic itself is
 :func:`mlplatform.lib.lifecycle.train_week` (which may run in worker processes)
-then :func:`~mlplatform.lib.lifecycle.decide_week`, in week order.
+then :func:`~mlplatform.lib.lifecycle.record_week`, in week order, which decides,
+registers, writes the week's rows and moves aliases with their audit rows as one unit.
+
+The model gates act at promotion: a failed gate keeps that version away from every alias
+(and so from serving, which loads only versions whose gates passed). They are not Dagster
+blocking checks: one run handles a range of weeks, so a week's failure must not stop the
+other weeks, and nothing downstream in the run consumes the version.
 """
 
-import base64
-import json
 from collections.abc import Iterator
 from datetime import datetime
 
-import pandas as pd
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
-    AssetKey,
     AssetMaterialization,
     AssetSpec,
     MaterializeResult,
@@ -29,40 +31,27 @@ from dagster import (
     multi_asset,
 )
 
-from mlplatform.defs.data_assets import features_key, owners
+from mlplatform import names
+from mlplatform.defs.data_assets import owners
+from mlplatform.defs.keys import backtest_key, evaluation_key, features_key, model_key
+from mlplatform.defs.metadata import image, plot, rows_table, scalar_or_json
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.lib import gates as gate_lib
-from mlplatform.lib.audit import record_alias_changes
 from mlplatform.lib.source import Window
-from mlplatform.lib.warehouse import replace_week_rows
 from mlplatform.specs import ModelSpec
 
-
-def model_key(spec: ModelSpec) -> AssetKey:
-    return AssetKey([spec.name, "model"])
-
-
-def evaluation_key(spec: ModelSpec) -> AssetKey:
-    return AssetKey([spec.name, "evaluation"])
-
-
-def backtest_key(spec: ModelSpec) -> AssetKey:
-    return AssetKey([spec.name, "backtest"])
-
-
+AT_PROMOTION = " Acts at promotion: a failure keeps this week's version away from every alias (and from serving); " \
+    "it does not stop the run's other weeks."
 GATE_DESCRIPTIONS = {
-    gate_lib.THRESHOLD: "Primary metric on week W meets the spec's absolute threshold (gates.threshold).",
-    gate_lib.CHAMPION: "Challenger not significantly worse than the champion on the same rows of week W "
-    "(paired bootstrap of the metric difference, one-sided, at gates.beat_champion.alpha).",
-    gate_lib.SANITY: "Predictions are finite, inside the target's range or classes, and not constant.",
+    gate_lib.THRESHOLD: "Primary metric on week W meets the spec's absolute threshold (gates.threshold)." + AT_PROMOTION,
+    gate_lib.CHAMPION: "Challenger not significantly worse than the champion of week W on the same rows "
+    "(paired bootstrap of the metric difference, one-sided, at gates.beat_champion.alpha)." + AT_PROMOTION,
+    gate_lib.SANITY: "Predictions are finite, inside the target's range or classes, and not constant." + AT_PROMOTION,
     gate_lib.TRAINING_DATA: "Before training: the training window is not drifted from recent production inputs "
-    "(more than gates.training_data.max_drifted_share of the features drifted halts training for the week).",
+    "(more than gates.training_data.max_drifted_share of the features drifted). A failure halts training for "
+    "the week: no version is created, the champion stays.",
 }
-
-
-def _image(png: bytes, title: str) -> str:
-    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 def build_model_assets(spec: ModelSpec):
@@ -72,7 +61,7 @@ def build_model_assets(spec: ModelSpec):
                                                  allow_nonexistent_upstream_partitions=True)
 
     @multi_asset(
-        name=f"{spec.name}_model_and_evaluation",
+        name=names.multi_asset_op(spec.name, "model_and_evaluation"),
         specs=[
             AssetSpec(
                 model_key(spec), group_name=spec.name, owners=owners(spec), kinds={"mlflow", "scikit-learn"},
@@ -95,15 +84,15 @@ def build_model_assets(spec: ModelSpec):
                 "over every evaluated week (recomputed whenever weeks are evaluated).",
             ),
         ],
-        check_specs=[AssetCheckSpec(name, asset=model_key(spec), blocking=True, description=text)
+        check_specs=[AssetCheckSpec(name, asset=model_key(spec), blocking=False, description=text)
                      for name, text in GATE_DESCRIPTIONS.items()],
         **weekly_multi_asset_options(spec),
     )
     def model_and_evaluation(context: AssetExecutionContext) -> Iterator:
         from mlplatform.lib.lifecycle import (
             TrainingHalted,
-            decide_week,
             deciding_threads,
+            record_week,
             rows_needed,
             train_weeks,
             workers_for_run,
@@ -117,13 +106,13 @@ def build_model_assets(spec: ModelSpec):
             return
         week_starts = [datetime.combine(week_start, datetime.min.time()) for week_start in window.week_starts()]
         needed = Window(rows_needed(spec, week_starts[0]).start, window.end)
-        features = warehouse.read_window(spec.name, "features", spec.time_column, needed)
+        features = warehouse.read_window(spec.name, names.FEATURES, spec.time_column, needed)
         tracker = registry.tracker()
         actor = f"dagster run {context.run.run_id}"
         workers = workers_for_run(spec, features, week_starts)
         if workers > 1:
             context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")
-        results = []
+        recorded = 0
         with deciding_threads(workers):
             for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers), strict=True):
                 week = week_start.date().isoformat()
@@ -134,10 +123,11 @@ def build_model_assets(spec: ModelSpec):
                     context.log.warning(f"{spec.name} week {week}: {trained.gate.reason}")
                     _log_gate(context, spec, week, None, trained.gate)
                     continue
-                result = decide_week(spec, trained, tracker, actor, context.run.run_id)
-                results.append(result)
-                _record_week(context, spec, registry, warehouse, result)
-        if not results:
+                with warehouse.get_connection() as connection:  # waits while another process holds the lock
+                    result = record_week(connection, spec, trained, tracker, actor, context.run.run_id)
+                _log_week(context, spec, registry, result)
+                recorded += 1
+        if not recorded:
             context.log.warning(f"no week in {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d} could be trained")
         if backtest_key(spec) in context.selected_asset_keys:
             yield _backtest_result(spec, warehouse)
@@ -145,15 +135,8 @@ def build_model_assets(spec: ModelSpec):
     return model_and_evaluation
 
 
-def _record_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRegistry, warehouse: Warehouse,
-                 result) -> None:
-    """Week W's rows in the warehouse, the materializations of model and evaluation, the gates as checks."""
-    week = result.week
-    with warehouse.get_connection() as connection:  # one connection a week: opening one costs ~30 ms
-        replace_week_rows(connection, spec.name, "predictions", result.predictions, "week", [pd.Timestamp(week)])
-        replace_week_rows(connection, spec.name, "evaluations", _evaluation_row(spec, result), "week",
-                          [pd.Timestamp(week)])
-        record_alias_changes(connection, [change.as_row() for change in result.alias_changes])
+def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRegistry, result) -> None:
+    """The materializations of model and evaluation for week W, and its gates as check evaluations."""
     metric = spec.primary_metric
     primary = result.metrics[metric]
     run_url = registry.run_url(result.experiment_id, result.run_id)
@@ -169,16 +152,16 @@ def _record_week(context: AssetExecutionContext, spec: ModelSpec, registry: Mode
             "data_fingerprint": MetadataValue.text(result.fingerprint),
             "estimator": MetadataValue.text(spec.estimator.class_name or ""),
             "gates_passed": all(g.passed for g in result.gates),
+            "champion_compared": MetadataValue.text(f"v{result.champion_version}" if result.champion_version
+                                                    else "none"),
             "aliases_set": MetadataValue.text(", ".join(c.alias for c in result.alias_changes) or "none"),
+            "aliases": MetadataValue.text(result.alias_note),
         },
     ))
-    metric_table = "| metric | value | 95% CI |\n| --- | --- | --- |\n" + "\n".join(
-        f"| {name} | {e.value:.4g} | {e.low:.4g} .. {e.high:.4g} |" for name, e in result.metrics.items()
-    )
-    gate_table = "| gate | outcome | reason |\n| --- | --- | --- |\n" + "\n".join(
-        f"| {g.name} | {'PASS' if g.passed else 'FAIL'} | {g.reason} |" for g in result.gates
-    )
-    plots = "\n\n".join(_image(png, name) for name, png in result.plots.items())
+    metric_table = rows_table(["metric", "value", "95% CI"], [
+        (name, f"{e.value:.4g}", f"{e.low:.4g} .. {e.high:.4g}") for name, e in result.metrics.items()])
+    gate_table = rows_table(["gate", "outcome", "reason"], [
+        (g.name, "PASS" if g.passed else "FAIL", g.reason) for g in result.gates])
     context.log_event(AssetMaterialization(
         asset_key=evaluation_key(spec), partition=result.week,
         metadata={
@@ -189,83 +172,56 @@ def _record_week(context: AssetExecutionContext, spec: ModelSpec, registry: Mode
             "model_version": MetadataValue.text(result.version),
             "metrics": MetadataValue.md(metric_table),
             "gates": MetadataValue.md(gate_table),
-            "plots": MetadataValue.md(plots),
+            "plots": MetadataValue.md("\n\n".join(image(png, name) for name, png in result.plots.items())),
             "mlflow_run": MetadataValue.url(run_url),
         },
     ))
     for outcome in result.gates:
         _log_gate(context, spec, result.week, result.version, outcome)
     context.log.info(
-        f"{spec.name} week {week}: v{result.version} {metric}={primary.value:.4g} gates "
-        + ", ".join(f"{g.name}={'pass' if g.passed else 'FAIL'}" for g in result.gates)
-        + (f"; aliases -> {', '.join(c.alias for c in result.alias_changes)}" if result.alias_changes else "")
+        f"{spec.name} week {result.week}: v{result.version} {metric}={primary.value:.4g} gates "
+        + ", ".join(f"{g.name}={'pass' if g.passed else 'FAIL'}" for g in result.gates) + f"; aliases {result.alias_note}"
     )
 
 
 def _log_gate(context: AssetExecutionContext, spec: ModelSpec, week: str, version: str | None, outcome) -> None:
     """One gate verdict as the week's check evaluation on the model, with its reason and facts."""
-    facts = {k: v for k, v in outcome.facts.items() if v is not None}
+    facts = {k: scalar_or_json(v) for k, v in outcome.facts.items() if v is not None}
     context.log_event(AssetCheckEvaluation(
         asset_key=model_key(spec), check_name=outcome.name, passed=outcome.passed, partition=week,
-        blocking=True, severity=AssetCheckSeverity.ERROR, description=outcome.reason,
+        blocking=False, severity=AssetCheckSeverity.ERROR, description=outcome.reason,
         metadata={"week": week, "model_version": version or "none (not trained)",
-                  "reason": MetadataValue.text(outcome.reason),
-                  **{k: (v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else MetadataValue.json(v))
-                     for k, v in facts.items()}},
+                  "reason": MetadataValue.text(outcome.reason), **facts},
     ))
-
-
-def _evaluation_row(spec: ModelSpec, result) -> pd.DataFrame:
-    primary = result.metrics[spec.primary_metric]
-    return pd.DataFrame([{
-        "week": pd.Timestamp(result.week),
-        "model_version": result.version,
-        "mlflow_run_id": result.run_id,
-        "train_start": pd.Timestamp(result.train_window.start),
-        "train_rows": result.train_rows,
-        "eval_rows": result.eval_rows,
-        "data_fingerprint": result.fingerprint,
-        "metric": spec.primary_metric,
-        "value": primary.value,
-        "ci_low": primary.low,
-        "ci_high": primary.high,
-        "metrics_json": json.dumps({k: e.as_dict() for k, e in result.metrics.items()}),
-        **{f"gate_{g.name}": g.passed for g in result.gates},
-        "gate_reasons_json": json.dumps({g.name: g.reason for g in result.gates}),
-        "aliases_set": ",".join(c.alias for c in result.alias_changes),
-        "evaluated_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
-    }])
 
 
 def _backtest_result(spec: ModelSpec, warehouse: Warehouse) -> MaterializeResult:
     """The primary metric per evaluated week, as a table and a plot."""
+    from mlplatform.lib.lifecycle import gate_column
     from mlplatform.lib.plots import backtest_plot
 
     key = backtest_key(spec)
-    if not warehouse.table_exists(spec.name, "evaluations"):
+    if not warehouse.table_exists(spec.name, names.EVALUATIONS_TABLE):
         return MaterializeResult(asset_key=key, metadata={"weeks": 0, "note": "no week evaluated yet"})
     with warehouse.get_connection() as connection:
         table = connection.execute(
-            f'select week, model_version, value, ci_low, ci_high, "gate_{gate_lib.THRESHOLD}" as threshold_ok, '
-            f'"gate_{gate_lib.CHAMPION}" as champion_ok, "gate_{gate_lib.SANITY}" as sanity_ok, aliases_set '
-            f'from "{spec.name}".evaluations order by week'
+            f'select week, model_version, value, ci_low, ci_high, "{gate_column(gate_lib.THRESHOLD)}" as threshold_ok, '
+            f'"{gate_column(gate_lib.CHAMPION)}" as champion_ok, "{gate_column(gate_lib.SANITY)}" as sanity_ok, '
+            f'aliases_set from "{spec.name}"."{names.EVALUATIONS_TABLE}" order by week'
         ).fetchdf()
     metric = spec.primary_metric
     weeks = [f"{w:%Y-%m-%d}" for w in table["week"]]
     png = backtest_plot(weeks, table["value"], table["ci_low"], table["ci_high"], metric, spec.gates.threshold,
                         spec.name)
-    rows = "\n".join(
-        f"| {w} | v{r.model_version} | {r.value:.4g} | {r.ci_low:.4g} .. {r.ci_high:.4g} | "
-        f"{'PASS' if r.threshold_ok else 'FAIL'} | {'PASS' if r.champion_ok else 'FAIL'} | "
-        f"{'PASS' if r.sanity_ok else 'FAIL'} | {r.aliases_set or ''} |"
-        for w, r in zip(weeks, table.itertuples(), strict=True)
-    )
-    markdown = (f"| week | version | {metric} | 95% CI | threshold | champion | sanity | aliases set |\n"
-                "| --- | --- | --- | --- | --- | --- | --- | --- |\n" + rows)
+    verdict = {True: "PASS", False: "FAIL"}
+    markdown = rows_table(["week", "version", metric, "95% CI", "threshold", "champion", "sanity", "aliases set"], [
+        (w, f"v{r.model_version}", f"{r.value:.4g}", f"{r.ci_low:.4g} .. {r.ci_high:.4g}", verdict[bool(r.threshold_ok)],
+         verdict[bool(r.champion_ok)], verdict[bool(r.sanity_ok)], r.aliases_set or "")
+        for w, r in zip(weeks, table.itertuples(), strict=True)])
     return MaterializeResult(asset_key=key, metadata={
         "weeks": len(table),
         f"mean_{metric}": float(table["value"].mean()),
         f"last_{metric}": float(table["value"].iloc[-1]),
-        "plot": MetadataValue.md(_image(png, "backtest")),
+        "plot": plot(png, "backtest"),
         "per_week": MetadataValue.md(markdown),
     })

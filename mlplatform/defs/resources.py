@@ -1,23 +1,42 @@
-"""Resources: the DuckDB warehouse (SQL reads and week-replacing writes) and the MLflow model registry."""
+"""Resources: the DuckDB warehouse (reads, week-replacing writes, patient connections), its IO manager,
+the MLflow model registry, and the platform's state folders. All built from one
+:class:`~mlplatform.lib.settings.Settings` in ``definitions.py``: the one configuration path inside runs.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 from dagster import ConfigurableResource
+from dagster._core.storage.db_io_manager import DbIOManager  # what DuckDBPandasIOManager itself builds
 from dagster_duckdb import DuckDBResource
+from dagster_duckdb.io_manager import DuckDbClient
+from dagster_duckdb_pandas import DuckDBPandasIOManager
 
+from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, DEFAULT_WAREHOUSE_WAIT_SECONDS, Settings
 from mlplatform.lib.source import Window
-from mlplatform.lib.warehouse import replace_week_rows
+from mlplatform.lib.warehouse import connect_when_free, replace_week_rows
 
 if TYPE_CHECKING:  # mlflow costs ~1.5 s to import: only runs that train pay for it
     from mlplatform.lib.tracking import Tracker
 
 
 class Warehouse(DuckDBResource):
-    """The DuckDB warehouse file, for reads an IO manager cannot express (a dbt table's window)."""
+    """The DuckDB warehouse file. Connections wait (with backoff, naming the holder) while another process
+    holds the file's lock, up to ``wait_seconds``: a reader must delay a run, never fail it."""
+
+    wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
+
+    @contextmanager
+    def get_connection(self):
+        connection = connect_when_free(Path(self.database), self.wait_seconds)
+        try:
+            yield connection
+        finally:
+            connection.close()
 
     def table_exists(self, schema: str, table: str) -> bool:
         with self.get_connection() as connection:
@@ -29,26 +48,56 @@ class Warehouse(DuckDBResource):
 
     def read_window(self, schema: str, table: str, time_column: str, window: Window) -> pd.DataFrame:
         """Rows of ``schema.table`` whose event time falls in the window, in time order."""
+        column = time_column.replace('"', '""')
         with self.get_connection() as connection:
             return connection.execute(
-                f'select * from "{schema}"."{table}" where "{time_column}" >= ? and "{time_column}" < ? '
-                f'order by "{time_column}"',
+                f'select * from "{schema}"."{table}" where "{column}" >= ? and "{column}" < ? order by "{column}"',
                 [window.start, window.end],
             ).fetchdf()
 
 
-class ModelRegistry(ConfigurableResource):
-    """MLflow tracking + registry (SQLite store and artifacts under MLPLATFORM_HOME by default)."""
+class _PatientDuckDbClient(DuckDbClient):
+    """dagster-duckdb's client, connecting with :func:`connect_when_free` instead of ~100 s of backoff."""
 
-    mlflow_dir: str
-    ui_url: str = "http://127.0.0.1:5000"
-    tracking_uri: str = ""  # a shared store (e.g. http://mlflow:5000) instead of SQLite under mlflow_dir
-    artifact_root: str = ""  # with tracking_uri: where artifacts go (default: the server's artifact store)
+    @staticmethod
+    @contextmanager
+    def connect(context, _):
+        config = context.resource_config
+        connection = connect_when_free(Path(config["database"]), float(config.get("wait_seconds")
+                                                                         or DEFAULT_WAREHOUSE_WAIT_SECONDS))
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+
+class WarehouseIOManager(DuckDBPandasIOManager):
+    """Stores partitioned DataFrames in the warehouse (the week's rows replaced), waiting for the lock like
+    :class:`Warehouse` does."""
+
+    wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
+
+    def create_io_manager(self, context) -> DbIOManager:
+        return DbIOManager(db_client=_PatientDuckDbClient(), database=self.database, schema=self.schema_,
+                           type_handlers=self.type_handlers(), default_load_type=self.default_load_type(),
+                           io_manager_name="DuckDBIOManager")
+
+
+class ModelRegistry(ConfigurableResource):
+    """MLflow tracking + registry, as resolved by the platform's settings."""
+
+    tracking_uri: str
+    artifact_root: str = ""  # empty: the store's own artifact location
+    ui_url: str = DEFAULT_MLFLOW_UI_URL
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        root = settings.artifact_root
+        return cls(tracking_uri=settings.tracking_uri, artifact_root=str(root) if root else "",
+                   ui_url=settings.mlflow_ui_url)
 
     def tracker(self) -> Tracker:
-        if self.tracking_uri:
-            return _tracker_for(self.tracking_uri, self.artifact_root or None)
-        return _tracker_for(self.mlflow_dir)
+        return _tracker_for(self.tracking_uri, self.artifact_root)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
@@ -57,17 +106,34 @@ class ModelRegistry(ConfigurableResource):
         return f"{self.ui_url}/#/models/{model}/versions/{version}"
 
 
-_TRACKERS: dict[str, Tracker] = {}
+class PlatformState(ConfigurableResource):
+    """The platform's state folder (MLPLATFORM_HOME): where runs put reports and dbt targets."""
+
+    home: str
+
+    def reports_dir(self, model: str) -> Path:
+        folder = Path(self.home) / "reports" / model
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def dbt_target_dir(self, run_id: str) -> Path:
+        return Path(self.home) / "dbt" / run_id
 
 
-def _tracker_for(location: str, artifact_root: str | None = None) -> Tracker:
+_TRACKERS: dict[tuple[str, str], Tracker] = {}
+
+
+def _tracker_for(tracking_uri: str, artifact_root: str) -> Tracker:
     """One client per store and process: it caches loaded champion models across weeks of a backfill."""
     from mlplatform.lib.tracking import Tracker
 
-    if location not in _TRACKERS:
-        is_uri = "://" in location or location.startswith("databricks")
-        _TRACKERS[location] = Tracker(location, artifact_root) if is_uri else Tracker.under(Path(location))
-    return _TRACKERS[location]
+    key = (tracking_uri, artifact_root)
+    if key not in _TRACKERS:
+        root: Path | str | None = artifact_root or None
+        if artifact_root and "://" not in artifact_root:
+            root = Path(artifact_root)
+        _TRACKERS[key] = Tracker(tracking_uri, root)
+    return _TRACKERS[key]
 
 
 def write_week_rows(warehouse: Warehouse, schema: str, table: str, frame: pd.DataFrame, week_column: str,

@@ -8,10 +8,12 @@ from typing import Any
 from dagster import AssetExecutionContext, AssetKey
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
-from mlplatform.defs.data_assets import owners, raw_key, staged_key
+from mlplatform import names
+from mlplatform.defs.data_assets import owners
 from mlplatform.defs.dbt_project import dbt_project
+from mlplatform.defs.keys import raw_key, staged_key
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
-from mlplatform.lib.settings import load_settings
+from mlplatform.defs.resources import PlatformState
 from mlplatform.specs import ModelSpec
 
 
@@ -24,7 +26,7 @@ class SpecTranslator(DagsterDbtTranslator):
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> AssetKey:
         kind = dbt_resource_props["resource_type"]
-        if kind == "source" and dbt_resource_props["source_name"] == self.spec.name and dbt_resource_props["name"] == "raw":
+        if kind == "source" and dbt_resource_props["source_name"] == self.spec.name and dbt_resource_props["name"] == names.RAW:
             return raw_key(self.spec)
         if kind == "model" and self.spec.staging and dbt_resource_props["name"] == self.spec.staging.dbt_model:
             return staged_key(self.spec)
@@ -45,15 +47,15 @@ def build_staged_assets(spec: ModelSpec):
         manifest=dbt_project.manifest_path,
         project=dbt_project,
         select=spec.staging.dbt_model,
-        name=f"{spec.name}_staged",
+        name=names.multi_asset_op(spec.name, names.STAGED),
         partitions_def=weekly_partitions(spec),
         backfill_policy=SINGLE_RUN,
         dagster_dbt_translator=SpecTranslator(spec),
     )
-    def staged(context: AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
+    def staged(context: AssetExecutionContext, dbt: DbtCliResource, platform: PlatformState) -> Iterator[Any]:
         window = run_window(context)
         dbt_vars = {"min_time": f"{window.start:%Y-%m-%d %H:%M:%S}", "max_time": f"{window.end:%Y-%m-%d %H:%M:%S}"}
-        target = load_settings().dbt_target_dir / context.run.run_id
+        target = platform.dbt_target_dir(context.run.run_id)
         yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context, target_path=target).stream()
 
     return staged

@@ -38,10 +38,13 @@ def threshold_gate(metric: str, value: float, threshold: float | None) -> GateOu
                        {metric: value, "threshold": threshold, "direction": "max" if lower else "min"})
 
 
-def champion_gate(comparison: PairedComparison | None, alpha: float, champion_version: str | None) -> GateOutcome:
-    """Fails only when the challenger is significantly worse than the champion on the same rows."""
+def champion_gate(comparison: PairedComparison | None, alpha: float, champion_version: str | None,
+                  week: str | None = None) -> GateOutcome:
+    """Fails only when the challenger is significantly worse than the champion of week W on the same rows."""
     if comparison is None:
-        return GateOutcome(CHAMPION, True, "first model: no champion to compare with", {"champion_version": None})
+        reason = ("first model: no champion to compare with" if week is None
+                  else f"first model for week {week}: no champion trained for this week or before to compare with")
+        return GateOutcome(CHAMPION, True, reason, {"champion_version": None})
     worse = comparison.p_value < alpha
     p_text = f"{comparison.p_value:.3g}" if comparison.p_value > 0 else "<0.001"
     reason = (

@@ -11,39 +11,27 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 
+from mlplatform import names
 from mlplatform.lib import gates as gate_lib
+from mlplatform.lib import promotion
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.metrics import MetricEstimate, evaluate, paired_bootstrap
 from mlplatform.lib.plots import classification_plots, regression_plots
+from mlplatform.lib.promotion import AliasChange
 from mlplatform.lib.source import Window, rows_in_window
 from mlplatform.lib.training import SEED, Predictions, build_pipeline, encode_target, fingerprint, predict, split_xy
+from mlplatform.lib.warehouse import replace_week_rows
 from mlplatform.specs import ModelSpec
 
 if TYPE_CHECKING:  # MLflow is imported by the deciding process only, never by training workers
     from mlplatform.lib.tracking import Tracker
-
-
-@dataclass
-class AliasChange:
-    model: str
-    alias: str
-    version: str
-    previous_version: str | None
-    actor: str
-    reason: str
-    week: str | None
-    changed_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
-
-    def as_row(self) -> dict[str, Any]:
-        return {"changed_at": self.changed_at, "model": self.model, "alias": self.alias, "version": self.version,
-                "previous_version": self.previous_version, "actor": self.actor, "reason": self.reason,
-                "week": self.week}
 
 
 @dataclass
@@ -58,13 +46,11 @@ class WeekResult:
     fingerprint: str
     metrics: dict[str, MetricEstimate]
     gates: list[gate_lib.GateOutcome]
-    alias_changes: list[AliasChange]
     predictions: pd.DataFrame
     plots: dict[str, bytes]
-
-    @property
-    def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
+    champion_version: str | None = None  # what the champion gate compared with
+    alias_changes: list[AliasChange] = field(default_factory=list)
+    alias_note: str = ""  # why aliases moved or not
 
 
 def training_window(spec: ModelSpec, week_start: datetime) -> Window:
@@ -110,19 +96,6 @@ def training_data_check(spec: ModelSpec, train: pd.DataFrame, recent: pd.DataFra
     profile = profile_reference(train, spec.features.numeric, spec.features.categorical)
     report = dataset_drift(profile, recent, spec.gates.training_data.max_drifted_share)
     return gate_lib.training_data_gate(report, recent_label)
-
-
-def alias_changes_for(spec: ModelSpec, version: str, passed: bool, current: dict[str, str | None],
-                      week: str, actor: str) -> list[AliasChange]:
-    """Only a version that passed every gate moves an alias: challenger always, champion when approval is auto."""
-    if not passed:
-        return []
-    changes = [AliasChange(spec.name, CHALLENGER, version, current.get(CHALLENGER), actor,
-                           f"passed every gate on week {week}", week)]
-    if spec.rollout.approval == "auto":
-        changes.append(AliasChange(spec.name, CHAMPION, version, current.get(CHAMPION), actor,
-                                   f"approval: auto; passed every gate on week {week}", week))
-    return changes
 
 
 def rows_needed(spec: ModelSpec, week_start: datetime) -> Window:
@@ -218,14 +191,14 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
     )
 
 
-def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, actor: str,
+def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champion_version: str | None,
                 dagster_run_id: str | None = None) -> WeekResult:
-    """Compare with the current champion on week W's rows, log and register the version, move aliases.
+    """Compare with the champion of week W on W's rows, then log and register the version (no alias moves here).
 
-    Runs in week order in one process: each week's champion is whatever the weeks before left.
+    Runs in week order in one process. ``champion_version`` comes from
+    :func:`mlplatform.lib.promotion.champion_as_of`; aliases move in :func:`record_week`.
     """
     week, metric = trained.week, spec.primary_metric
-    champion_version = tracker.alias_version(spec.name, CHAMPION)
     comparison = None
     if champion_version is not None:
         champion_model = tracker.load_version(spec.name, champion_version)
@@ -238,7 +211,7 @@ def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, actor: 
 
     outcomes = [
         trained.threshold_gate,
-        gate_lib.champion_gate(comparison, spec.gates.beat_champion.alpha, champion_version),
+        gate_lib.champion_gate(comparison, spec.gates.beat_champion.alpha, champion_version, week),
         trained.sanity_gate,
     ] + ([trained.data_gate] if trained.data_gate is not None else [])
     metrics = trained.metrics
@@ -260,23 +233,75 @@ def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, actor: 
         spec.name, f"{spec.name}-{week}", trained.pipeline, trained.x_example, trained.params, metric_values, tags,
         {**trained.plots, "gates.json": json.dumps(gate_report, indent=2)}, version_tags,
     )
-    current = {alias: tracker.alias_version(spec.name, alias) for alias in (CHALLENGER, CHAMPION)}
-    changes = alias_changes_for(spec, logged.version, passed, current, week, actor)
-    for change in changes:
-        tracker.set_alias(spec.name, change.alias, change.version)
     predictions = trained.predictions.assign(model_version=logged.version)
     return WeekResult(week, logged.version, logged.run_id, logged.experiment_id, window, trained.train_rows,
-                      trained.eval_rows, trained.fingerprint, metrics, outcomes, changes, predictions, trained.plots)
+                      trained.eval_rows, trained.fingerprint, metrics, outcomes, predictions, trained.plots,
+                      champion_version)
 
 
-def run_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime, tracker: Tracker,
-             actor: str, dagster_run_id: str | None = None,
-             production_inputs: pd.DataFrame | None = None) -> WeekResult | TrainingHalted | str:
-    """Train, log, evaluate, gate and promote week W in this process; a string explains why it was skipped."""
-    trained = train_week(spec, features, week_start, production_inputs)
-    if not isinstance(trained, TrainedWeek):
-        return trained
-    return decide_week(spec, trained, tracker, actor, dagster_run_id)
+def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained: TrainedWeek, tracker: Tracker,
+                actor: str, dagster_run_id: str | None = None) -> WeekResult:
+    """Decide week W and record it as one unit on an open warehouse connection.
+
+    The champion of W is read, the version logged and registered, then in one transaction:
+    W's predictions and evaluation row, the audit rows, and the alias moves. A failure before
+    the commit puts the aliases back (:mod:`mlplatform.lib.promotion`), so no alias ever moves
+    without its audit row, and the week's rows never claim aliases that did not move.
+    """
+    champion = promotion.champion_as_of(connection, tracker, spec.name, trained.week)
+    result = decide_week(spec, trained, tracker, champion, dagster_run_id)
+    current = {alias: tracker.alias_version(spec.name, alias) for alias in (CHALLENGER, CHAMPION)}
+    current_weeks = {alias: tracker.version_tags(spec.name, version).get("week") if version else None
+                     for alias, version in current.items()}
+    result.alias_changes, result.alias_note = promotion.gate_changes(
+        spec.name, result.version, all(g.passed for g in result.gates), result.week, actor, spec.rollout.approval,
+        current, current_weeks)
+    weeks = [pd.Timestamp(result.week)]
+    connection.begin()
+    try:
+        replace_week_rows(connection, spec.name, names.PREDICTIONS_TABLE, result.predictions, "week", weeks,
+                          transaction=False)
+        replace_week_rows(connection, spec.name, names.EVALUATIONS_TABLE, evaluation_row(spec, result), "week", weeks,
+                          transaction=False)
+        promotion.apply_changes(connection, tracker, result.alias_changes)
+    except Exception:
+        connection.rollback()
+        raise
+    try:
+        connection.commit()
+    except Exception:
+        promotion.restore(tracker, result.alias_changes)
+        raise
+    return result
+
+
+def gate_column(gate: str) -> str:
+    """The evaluations table's column holding a gate's verdict (read by the runner's summary and the backtest)."""
+    return f"gate_{gate}"
+
+
+def evaluation_row(spec: ModelSpec, result: WeekResult) -> pd.DataFrame:
+    """Week W's row of the ``<model>.evaluations`` table: the one definition of its columns."""
+    primary = result.metrics[spec.primary_metric]
+    return pd.DataFrame([{
+        "week": pd.Timestamp(result.week),
+        "model_version": result.version,
+        "mlflow_run_id": result.run_id,
+        "train_start": pd.Timestamp(result.train_window.start),
+        "train_rows": result.train_rows,
+        "eval_rows": result.eval_rows,
+        "data_fingerprint": result.fingerprint,
+        "metric": spec.primary_metric,
+        "value": primary.value,
+        "ci_low": primary.low,
+        "ci_high": primary.high,
+        "metrics_json": json.dumps({k: e.as_dict() for k, e in result.metrics.items()}),
+        **{gate_column(g.name): g.passed for g in result.gates},
+        "gate_reasons_json": json.dumps({g.name: g.reason for g in result.gates}),
+        "champion_compared": result.champion_version,
+        "aliases_set": ",".join(c.alias for c in result.alias_changes),
+        "evaluated_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
+    }]).astype({"champion_compared": "string"})  # a first week has none: the column must still be text
 
 
 WORKERS_ENV = "MLPLATFORM_TRAINING_WORKERS"

@@ -1,12 +1,15 @@
-"""Where the platform keeps its state.
+"""Where the platform keeps its state and which stores it talks to: resolved once, from the environment.
 
-Everything the platform writes at run time lives under ``MLPLATFORM_HOME`` so a
-laptop user can delete one folder to start over, and a team can point it at a
-shared volume.
+Everything the platform writes at run time lives under ``MLPLATFORM_HOME`` so a laptop user
+can delete one folder to start over, and a team can point it at a shared volume. The MLflow
+store is resolved here and nowhere else. Reading settings changes nothing in the process;
+:func:`configure_process` does that, and only the entry points call it (the CLI and the
+Dagster code location).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -17,13 +20,20 @@ BUNDLED_SPECS_DIR = PACKAGE_DIR / "examples"
 REPO_DIR = PACKAGE_DIR.parent
 DBT_PROJECT_DIR = REPO_DIR / "dbt_project"
 
+DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
+DEFAULT_WAREHOUSE_WAIT_SECONDS = 600.0
+
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved locations; build it with :func:`load_settings`."""
+    """Resolved locations and stores; build it with :func:`load_settings`."""
 
     home: Path
     specs_dir: Path
+    mlflow_tracking_uri: str = ""  # a shared store (e.g. http://mlflow:5000); empty: SQLite under home
+    mlflow_artifacts: str = ""  # with a tracking URI: where new experiments put artifacts (empty: the server's)
+    mlflow_ui_url: str = DEFAULT_MLFLOW_UI_URL
+    warehouse_wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
 
     @property
     def warehouse_path(self) -> Path:
@@ -41,22 +51,67 @@ class Settings:
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"
 
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking and registry store the platform uses."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path | str | None:
+        """Where new experiments put artifacts: under home for the embedded store, else as configured."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_artifacts or None
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def embedded_mlflow(self) -> bool:
+        return not self.mlflow_tracking_uri
+
 
 def load_settings() -> Settings:
-    """Read ``MLPLATFORM_HOME`` (default ``./.mlplatform``) and ``MLPLATFORM_SPECS`` (default: bundled examples)."""
+    """Read ``MLPLATFORM_HOME`` (default ``./.mlplatform``), ``MLPLATFORM_SPECS`` (default: bundled examples),
+    ``MLPLATFORM_MLFLOW_*`` and ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS``."""
     home = Path(os.environ.get("MLPLATFORM_HOME", ".mlplatform")).expanduser().resolve()
     specs = os.environ.get("MLPLATFORM_SPECS")
     specs_dir = Path(specs).expanduser().resolve() if specs else BUNDLED_SPECS_DIR
-    return Settings(home=home, specs_dir=specs_dir)
+    wait = os.environ.get("MLPLATFORM_WAREHOUSE_WAIT_SECONDS", "").strip()
+    try:
+        wait_seconds = float(wait) if wait else DEFAULT_WAREHOUSE_WAIT_SECONDS
+    except ValueError:
+        raise ValueError(f"MLPLATFORM_WAREHOUSE_WAIT_SECONDS={wait!r}: expected a number of seconds") from None
+    return Settings(
+        home=home,
+        specs_dir=specs_dir,
+        mlflow_tracking_uri=os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI", "").strip(),
+        mlflow_artifacts=os.environ.get("MLPLATFORM_MLFLOW_ARTIFACTS", "").strip(),
+        mlflow_ui_url=os.environ.get("MLPLATFORM_MLFLOW_UI_URL", "").strip() or DEFAULT_MLFLOW_UI_URL,
+        warehouse_wait_seconds=wait_seconds,
+    )
 
 
 def ensure_home(settings: Settings) -> None:
-    """Create the state folders and export the variables that dbt and Dagster read."""
-    for folder in (settings.home, settings.dagster_home, settings.dbt_target_dir):
+    """Create the state folders (nothing else)."""
+    for folder in (settings.home, settings.dagster_home, settings.dbt_target_dir, settings.mlflow_dir):
         folder.mkdir(parents=True, exist_ok=True)
+
+
+def configure_process(settings: Settings) -> None:
+    """The process-wide changes the platform needs, made once by an entry point (CLI, code location).
+
+    dbt runs as a subprocess and reads the warehouse path from the environment (dbt_project/profiles.yml);
+    it must be the dbt installed next to this interpreter even when the venv is not activated.
+    MLflow must not phone home, draw progress bars, or log a line per registered version.
+    """
+    ensure_home(settings)
     os.environ["MLPLATFORM_WAREHOUSE"] = str(settings.warehouse_path)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-    # dbt runs as a subprocess: use the one installed next to this interpreter even when the venv is not activated.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     scripts = str(Path(sys.executable).parent)
     if scripts not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")

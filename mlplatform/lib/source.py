@@ -48,12 +48,6 @@ def to_utc_naive(values: pd.Series, timezone: str = "UTC") -> pd.Series:
     return parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
 
 
-def week_start(day: date | datetime) -> date:
-    """The Monday of the week that contains ``day``."""
-    as_date = day.date() if isinstance(day, datetime) else day
-    return as_date - timedelta(days=as_date.weekday())
-
-
 @dataclass(frozen=True)
 class Window:
     """A half-open UTC time window [start, end) of whole weeks."""

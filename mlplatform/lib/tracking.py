@@ -8,8 +8,6 @@ explicit location so nothing lands in ``./mlruns``.
 from __future__ import annotations
 
 import functools
-import logging
-import os
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -19,20 +17,14 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.models import infer_signature  # noqa: E402
-
-# A line per registered version ("Created version '12' ...") drowns the terminal in a backfill.
-logging.getLogger("mlflow").setLevel(logging.WARNING)
-
-import mlplatform  # noqa: E402
-from mlplatform.lib.aliases import CHALLENGER, CHAMPION  # noqa: E402,F401  (re-exported)
-from mlplatform.lib.settings import REPO_DIR  # noqa: E402
+import mlplatform
+from mlplatform.lib.aliases import CHALLENGER, CHAMPION  # noqa: F401  (re-exported)
+from mlplatform.lib.settings import REPO_DIR, Settings
 
 TRACKED_LIBRARIES = ("scikit-learn", "pandas", "numpy", "mlflow", "dagster", "pandera", "duckdb")
 
@@ -111,12 +103,11 @@ class Tracker:
         self._models: dict[tuple[str, str], Any] = {}
 
     @classmethod
-    def configured(cls, mlflow_dir: Path) -> Tracker:
-        """The store the platform is configured for: MLPLATFORM_MLFLOW_TRACKING_URI if set, else SQLite under mlflow_dir."""
-        uri = os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI")
-        if uri:
-            return cls(uri, os.environ.get("MLPLATFORM_MLFLOW_ARTIFACTS") or None)
-        return cls.under(mlflow_dir)
+    def for_settings(cls, settings: Settings) -> Tracker:
+        """The store the platform is configured for (see :class:`~mlplatform.lib.settings.Settings`)."""
+        if settings.embedded_mlflow:
+            return cls.under(settings.mlflow_dir)
+        return cls(settings.tracking_uri, settings.artifact_root)
 
     @classmethod
     def under(cls, mlflow_dir: Path) -> Tracker:
@@ -204,7 +195,11 @@ class Tracker:
             return None
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        """Only :mod:`mlplatform.lib.promotion` moves aliases (with their audit row)."""
         self.client.set_registered_model_alias(model_name, alias, version)
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        self.client.delete_registered_model_alias(model_name, alias)
 
     def version_tags(self, model_name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(model_name, version).tags)

@@ -37,8 +37,11 @@ def connect_when_free(path: Path, wait_seconds: float, read_only: bool = False) 
 
 
 def replace_week_rows(connection: duckdb.DuckDBPyConnection, schema: str, table: str, frame: pd.DataFrame,
-                      week_column: str, weeks: list) -> None:
-    """Replace the given weeks' rows on an open connection, in one transaction: readers never see a week missing."""
+                      week_column: str, weeks: list, transaction: bool = True) -> None:
+    """Replace the given weeks' rows on an open connection, in one transaction: readers never see a week missing.
+
+    ``transaction=False`` when the caller already holds a transaction that must include this write.
+    """
     connection.execute(f'create schema if not exists "{schema}"')
     connection.register("incoming", frame)
     try:
@@ -50,14 +53,17 @@ def replace_week_rows(connection: duckdb.DuckDBPyConnection, schema: str, table:
         for name, kind in connection.execute("select column_name, column_type from (describe incoming)").fetchall():
             if name not in existing:
                 connection.execute(f'alter table "{schema}"."{table}" add column "{name}" {kind}')
-        connection.begin()
+        if transaction:
+            connection.begin()
         try:
             connection.execute(f'delete from "{schema}"."{table}" where "{week_column}" in (select unnest(?))',
                                [weeks])
             connection.execute(f'insert into "{schema}"."{table}" by name select * from incoming')
-            connection.commit()
+            if transaction:
+                connection.commit()
         except Exception:
-            connection.rollback()
+            if transaction:
+                connection.rollback()
             raise
     finally:
         connection.unregister("incoming")

@@ -1,0 +1,178 @@
+"""Every alias move has one owner: decide which aliases move, move them, and write the audit row, as one unit.
+
+Callers (the weekly runs, ``mlplatform promote``, and later rollback and UI jobs) never set an
+alias themselves: they ask this module. The unit is an open warehouse transaction: the audit
+rows are inserted, then the aliases move in the registry, then the transaction commits. If an
+alias move fails, the aliases already moved are put back and the transaction rolls back; if
+the warehouse cannot be opened (another process holds its lock past the wait) nothing moves.
+So no alias ever moves without its audit row, and no audit row describes a move that did not
+happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import duckdb
+
+from mlplatform.lib.aliases import CHALLENGER, CHAMPION
+from mlplatform.lib.audit import champion_history, record_alias_changes
+
+SET, REMOVE = "set", "remove"
+
+
+class AliasRegistry(Protocol):
+    """What promotion needs of a model registry (the MLflow :class:`~mlplatform.lib.tracking.Tracker`)."""
+
+    def alias_version(self, model_name: str, alias: str) -> str | None: ...
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None: ...
+
+    def delete_alias(self, model_name: str, alias: str) -> None: ...
+
+    def version_tags(self, model_name: str, version: str) -> dict[str, str]: ...
+
+
+@dataclass
+class AliasChange:
+    """One alias move and why: exactly one audit row."""
+
+    model: str
+    alias: str
+    version: str | None  # None when the alias is removed
+    previous_version: str | None
+    actor: str
+    reason: str
+    week: str | None
+    action: str = SET
+    changed_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+
+    def as_row(self) -> dict[str, Any]:
+        return {"changed_at": self.changed_at, "model": self.model, "alias": self.alias, "version": self.version,
+                "previous_version": self.previous_version, "actor": self.actor, "reason": self.reason,
+                "week": self.week, "action": self.action}
+
+
+class PromotionRefused(ValueError):
+    """A requested alias move breaks a rule (gates failed, no such version, no actor); nothing changed."""
+
+
+def gate_changes(model: str, version: str, passed: bool, week: str, actor: str, approval: str,
+                 current: dict[str, str | None], current_weeks: dict[str, str | None]) -> tuple[list[AliasChange], str]:
+    """The aliases a freshly trained version earns from its gates, and a sentence saying why.
+
+    Only a version that passed every gate moves an alias: ``challenger`` always, ``champion`` too
+    when approval is auto. A version for an earlier week than the one an alias already holds (a
+    re-run of history) does not take that alias: re-running last spring must not demote today's
+    champion.
+    """
+    if not passed:
+        return [], "a gate failed: no alias moves"
+    wanted = [(CHALLENGER, f"passed every gate on week {week}")]
+    if approval == "auto":
+        wanted.append((CHAMPION, f"approval: auto; passed every gate on week {week}"))
+    changes, kept = [], []
+    for alias, reason in wanted:
+        holder_week = current_weeks.get(alias)
+        if holder_week is not None and holder_week > week:
+            kept.append(f"{alias} stays v{current[alias]} (trained for the later week {holder_week})")
+            continue
+        changes.append(AliasChange(model, alias, version, current.get(alias), actor, reason, week))
+    moved = ", ".join(c.alias for c in changes)
+    return changes, "; ".join(([f"-> {moved}"] if moved else []) + kept) or "no alias moves"
+
+
+def approval_change(registry: AliasRegistry, model: str, version: str | None, actor: str, reason: str | None,
+                    force: bool = False) -> AliasChange | None:
+    """A person makes ``version`` (default: the challenger) champion; None when it already is.
+
+    Refused (:class:`PromotionRefused`) without a named actor, for an unknown version, and for a
+    version whose gates did not pass unless ``force`` (then the reason says it was forced).
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not actor or not actor.strip():
+        raise PromotionRefused("an approval needs the name of the person who approves (--by NAME); got an empty name")
+    version = version or registry.alias_version(model, CHALLENGER)
+    if version is None:
+        raise PromotionRefused(f"{model} has no challenger to promote; give --version")
+    try:
+        tags = registry.version_tags(model, str(version))
+    except MlflowException:
+        raise PromotionRefused(f"{model} v{version}: no such registered model version") from None
+    if tags.get("gates") != "passed" and not force:
+        raise PromotionRefused(f"{model} v{version} did not pass every gate (gates={tags.get('gates')}); "
+                               "refusing to promote without --force")
+    previous = registry.alias_version(model, CHAMPION)
+    if previous == str(version):
+        return None
+    text = reason or "manual approval"
+    if tags.get("gates") != "passed":  # forced: the audit says so, whatever the person wrote
+        text += f" [forced with --force: gates={tags.get('gates')}]"
+    return AliasChange(model, CHAMPION, str(version), previous, actor.strip(), text, tags.get("week"))
+
+
+def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry,
+                  changes: Sequence[AliasChange]) -> None:
+    """Audit rows, then the registry moves, inside the caller's open transaction on ``connection``.
+
+    The caller commits (after its own writes of the same unit) or rolls back; on any failure
+    here the aliases already moved are restored before the error propagates, so the caller's
+    rollback leaves registry and audit as they were.
+    """
+    if not changes:
+        return
+    record_alias_changes(connection, [change.as_row() for change in changes])
+    moved: list[AliasChange] = []
+    try:
+        for change in changes:
+            _move(registry, change.model, change.alias, change.version)
+            moved.append(change)
+    except Exception:
+        restore(registry, moved)
+        raise
+
+
+def restore(registry: AliasRegistry, moved: Iterable[AliasChange]) -> None:
+    """Undo alias moves (newest first): each alias goes back to its previous version, or away."""
+    for change in reversed(list(moved)):
+        _move(registry, change.model, change.alias, change.previous_version)
+
+
+def commit_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry,
+                   changes: Sequence[AliasChange]) -> None:
+    """One self-contained unit: begin, audit + move, commit; on failure nothing changed (``promote`` uses this)."""
+    connection.begin()
+    try:
+        apply_changes(connection, registry, changes)
+        connection.commit()
+    except Exception:
+        connection.rollback()
+        raise
+
+
+def champion_as_of(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,
+                   week: str) -> str | None:
+    """The champion a week W should be compared with: the newest champion whose training window ended by W.
+
+    For the newest week that is the current champion. A re-run of an earlier week must not be
+    judged against a champion trained on the very rows being scored, so it gets the champion
+    of its time: the last version that held ``champion`` (per the audit) trained for W or an earlier week.
+    """
+    current = registry.alias_version(model, CHAMPION)
+    candidates = ([current] if current else []) + [v for v in champion_history(connection, model) if v != current]
+    for version in candidates:
+        own_week = registry.version_tags(model, version).get("week")
+        if own_week is not None and own_week <= week:
+            return version
+    return None
+
+
+def _move(registry: AliasRegistry, model: str, alias: str, version: str | None) -> None:
+    if version is None:
+        registry.delete_alias(model, alias)
+    else:
+        registry.set_alias(model, alias, version)

@@ -1,0 +1,77 @@
+"""Every name the platform gives things, in one place: asset keys, checks, tables, jobs, schedules, sensors.
+
+Plain strings (no Dagster import), so the Dagster wiring, the runner, the CLI and ``lib/``
+spell each name the same way. A model's assets are ``<model>/<stage>``; its tables live in
+the warehouse schema named after the model.
+"""
+
+from __future__ import annotations
+
+# Asset stages: the key of a model's asset is [model, stage].
+RAW = "raw"
+STAGED = "staged"
+FEATURES = "features"
+MODEL = "model"
+EVALUATION = "evaluation"
+BACKTEST = "backtest"
+DRIFT = "drift"
+
+# Checks, by the asset they are on.
+RAW_CHECK = "source_contract"  # on raw
+FEATURES_CHECK = "schema"  # on features
+DRIFT_CHECK = "drifted_share"  # on drift: what the retrain sensor reacts to
+
+# Warehouse tables in the model's schema (besides the assets' own tables raw, staged, features).
+PREDICTIONS_TABLE = "predictions"
+EVALUATIONS_TABLE = "evaluations"
+DRIFT_TABLE = "drift"
+
+# The audit trail (warehouse schema "audit").
+AUDIT_SCHEMA = "audit"
+ALIAS_CHANGES_TABLE = "alias_changes"
+
+# Run tags the automation writes.
+TRIGGER_TAG = "mlplatform/trigger"
+DRIFT_WEEK_TAG = "mlplatform/drift_week"
+DRIFT_CHECK_RECORD_TAG = "mlplatform/drift_check_record"
+DRIFT_CHECK_TIME_TAG = "mlplatform/drift_check_timestamp"
+
+
+def asset_path(model: str, stage: str) -> list[str]:
+    """The asset key of a model's stage, as a path: ``["bike_demand", "features"]``."""
+    return [model, stage]
+
+
+def pipeline_job(model: str) -> str:
+    """Every asset of the model: what `mlplatform demo` and a UI backfill of the group run."""
+    return f"{model}_pipeline"
+
+
+def retrain_job(model: str) -> str:
+    """Model, evaluation and backtest for one week: what the retrain sensor requests."""
+    return f"{model}_retrain"
+
+
+def weekly_job(model: str) -> str:
+    """The week that just ended: what the weekly schedule runs."""
+    return f"{model}_weekly"
+
+
+def weekly_schedule(model: str) -> str:
+    """Dagster names a schedule built from a partitioned job after the job."""
+    return f"{weekly_job(model)}_schedule"
+
+
+def retrain_sensor(model: str) -> str:
+    return f"{model}_retrain_on_drift"
+
+
+def model_from_pipeline_job(job_name: str) -> str | None:
+    """The model a pipeline job belongs to, or None for any other job."""
+    suffix = pipeline_job("")
+    return job_name[: -len(suffix)] if job_name.endswith(suffix) and len(job_name) > len(suffix) else None
+
+
+def multi_asset_op(model: str, step: str) -> str:
+    """Op names of a model's multi-assets (``<model>_drift``, ``<model>_model_and_evaluation``, ``<model>_staged``)."""
+    return f"{model}_{step}"
