@@ -1,0 +1,155 @@
+"""Promotion owns every alias move: audit row and move are one unit, in runs as in `promote`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pytest
+from dagster import AssetCheckKey, AssetKey
+
+from mlplatform.lib import promotion
+from mlplatform.lib.audit import alias_history
+from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
+from mlplatform_tests.conftest import TOY_SPEC, toy_rows
+from mlplatform_tests.helpers import load_definitions, run_weeks, warehouse_query
+
+MODEL_SPEC = TOY_SPEC.replace("end: 2024-01-22", "end: 2024-01-29") + """
+estimator:
+  class: sklearn.linear_model.Ridge
+gates:
+  threshold: 1.0
+  training_data: {enabled: false}
+rollout:
+  approval: auto
+"""
+
+
+def _register(tracker: Tracker, weeks: list[str]) -> None:
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+
+    rows = toy_rows()
+    x, y = rows[["x1", "x2"]], rows["y"]
+    for week in weeks:
+        pipeline = Pipeline([("estimator", LinearRegression())]).fit(x, y)
+        tracker.log_trained_model("toy", f"toy-{week}", pipeline, x.head(5), {"seed": 0}, {"rmse": 0.1}, {}, {},
+                                  {"gates": "passed", "week": week})
+
+
+def test_a_failed_alias_move_puts_back_the_aliases_already_moved_and_writes_no_audit_row(home):
+    tracker = Tracker.under(home / "mlflow")
+    _register(tracker, ["2024-01-08"])
+    changes, _ = promotion.gate_changes("toy", "1", True, "2024-01-08", "test", "auto", {}, {})
+    changes[1].version = "99"  # the registry refuses the champion move: no such version
+    home.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+        with pytest.raises(Exception, match="99"):
+            promotion.commit_changes(connection, tracker, changes)
+        assert alias_history(connection, "toy").empty
+    assert tracker.alias_version("toy", CHALLENGER) is None  # moved first, then put back
+    assert tracker.alias_version("toy", CHAMPION) is None
+
+
+def test_champion_of_a_week_is_the_last_champion_trained_for_that_week_or_before(home):
+    tracker = Tracker.under(home / "mlflow")
+    _register(tracker, ["2024-01-08", "2024-01-15", "2024-01-22"])
+    home.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+        for version in ("1", "2", "3"):
+            change = promotion.approval_change(tracker, "toy", version, "alice", "step by step")
+            promotion.commit_changes(connection, tracker, [change])
+        assert promotion.champion_as_of(connection, tracker, "toy", "2024-01-29") == "3"  # the current one
+        assert promotion.champion_as_of(connection, tracker, "toy", "2024-01-15") == "2"  # a re-run of history
+        assert promotion.champion_as_of(connection, tracker, "toy", "2024-01-01") is None  # none trained before
+
+
+HOLDER = textwrap.dedent("""
+    import duckdb, sqlite3, sys, time
+    warehouse, mlflow_db, versions, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    while True:  # wait until the run has registered `versions` versions: its week is being recorded
+        try:
+            if sqlite3.connect(mlflow_db).execute("select count(*) from model_versions").fetchone()[0] >= versions:
+                break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.02)
+    while True:  # then take the warehouse as a reader would, as soon as the run lets go of it
+        try:
+            connection = duckdb.connect(warehouse, read_only=True)
+            break
+        except duckdb.IOException:
+            time.sleep(0.01)
+    print("holding", flush=True)
+    time.sleep(seconds)
+""")
+
+
+def _aliases_match_their_last_audit_rows(home: Path, tracker: Tracker) -> None:
+    audit = warehouse_query(home, "select alias, version from audit.alias_changes where model = 'toy' "
+                                  "order by changed_at")
+    for alias in (CHALLENGER, CHAMPION):
+        audited = audit[audit["alias"] == alias]["version"].tolist()
+        assert tracker.alias_version("toy", alias) == (audited[-1] if audited else None), alias
+
+
+@pytest.mark.slow
+def test_a_reader_holding_the_warehouse_during_a_run_never_leaves_an_alias_move_unaudited(
+        home, spec_dir, instance, monkeypatch):
+    spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows(weeks=4)})
+    monkeypatch.setenv("MLPLATFORM_WAREHOUSE_WAIT_SECONDS", "1")
+    defs = load_definitions()
+    assert run_weeks(defs, "toy", instance, "2024-01-01", "2024-01-15", assets=["raw", "features"]).success
+    assert run_weeks(defs, "toy", instance, "2024-01-22", assets=["raw", "features"]).success
+    tracker = Tracker.under(home / "mlflow")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "warehouse.duckdb"),
+                               str(home / "mlflow" / "mlflow.db"), "1", "30"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ})
+    try:
+        # Week 2024-01-08 is recorded; the reader then holds the file longer than the run waits (1 s):
+        # recording 2024-01-15 fails before anything of that week moves.
+        failed = run_weeks(defs, "toy", instance, "2024-01-08", "2024-01-15", assets=["model", "evaluation"])
+        assert holder.stdout.readline().strip() == "holding"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not failed.success
+    assert "stayed locked by another process" in str(failed.all_events)
+    assert tracker.alias_version("toy", CHAMPION) == "1"
+    _aliases_match_their_last_audit_rows(home, tracker)
+
+    # With a run willing to wait longer than the reader holds, the run waits and succeeds.
+    monkeypatch.setenv("MLPLATFORM_WAREHOUSE_WAIT_SECONDS", "120")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "warehouse.duckdb"),
+                               str(home / "mlflow" / "mlflow.db"), "2", "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert run_weeks(load_definitions(), "toy", instance, "2024-01-15", "2024-01-22",
+                         assets=["model", "evaluation"]).success
+    finally:
+        holder.kill()
+        holder.wait()
+    assert tracker.alias_version("toy", CHAMPION) == "3"
+    _aliases_match_their_last_audit_rows(home, tracker)
+    evaluated = warehouse_query(home, "select strftime(week, '%Y-%m-%d') as week from toy.evaluations order by week")
+    assert evaluated["week"].tolist() == ["2024-01-08", "2024-01-15", "2024-01-22"]
+
+
+def test_check_history_adapter_reads_every_weeks_drift_check_from_a_real_instance(home, spec_dir, instance):
+    """The one non-public Dagster read the sensor relies on: a Dagster upgrade that breaks it fails here."""
+    from mlplatform.defs.check_history import check_executions
+
+    spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows(weeks=3)})
+    assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-15",
+                     assets=["raw", "features", "drift"]).success
+    key = AssetCheckKey(AssetKey(["toy", "drift"]), "drifted_share")
+    records = check_executions(instance, key, after=0)
+    assert [r.week for r in records] == ["2024-01-08", "2024-01-15"]  # the first week has no reference
+    assert all(r.passed is not None for r in records)
+    assert [r.record_id for r in records] == sorted(r.record_id for r in records)
+    latest = instance.get_latest_asset_check_evaluation_record(key)
+    assert records[-1].passed == latest.evaluation.passed
+    assert check_executions(instance, key, after=records[0].record_id) == records[1:]
