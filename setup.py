@@ -43,5 +43,9 @@ setup(
         "dagster-dg-cli==1.13.27",
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "hypothesis>=6"]},
-    entry_points={"console_scripts": ["mlplatform=mlplatform.cli:main"]},
+    entry_points={
+        "console_scripts": ["mlplatform=mlplatform.cli:main"],
+        # `dg` finds the ModelLifecycle component here (dg list components / scaffold defs mlplatform.ModelLifecycle).
+        "dagster_dg_cli.registry_modules": ["mlplatform = mlplatform"],
+    },
 )

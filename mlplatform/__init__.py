@@ -1,3 +1,16 @@
 """mlplatform: declarative tabular-model lifecycles as Dagster software-defined assets."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``mlplatform.ModelLifecycle`` (the Dagster component) without importing Dagster for ``import mlplatform``."""
+    if name == "ModelLifecycle":
+        from mlplatform.component import ModelLifecycle
+
+        return ModelLifecycle
+    raise AttributeError(f"module 'mlplatform' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "ModelLifecycle"])

@@ -242,3 +242,9 @@ def _literal_choices(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     field = model.model_fields.get(str(loc[-1]))
     return get_args(field.annotation) if field is not None else ()
 
+
+
+def check_spec(spec: ModelSpec, dbt_model_columns: DbtColumns | None = None) -> list[SpecProblem]:
+    """The checks that need more than the YAML, for a spec validated elsewhere (a component's ``defs.yaml``)."""
+    return [SpecProblem(file=str(spec.spec_file), key=key, message=message)
+            for key, message in _check_against_world(spec, dbt_model_columns)]
