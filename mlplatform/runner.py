@@ -157,13 +157,13 @@ def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.Da
         return pd.DataFrame()
     with connect_when_free(warehouse_path, READ_WAIT_SECONDS, read_only=True) as connection:
         found = connection.execute(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = 'evaluations'",
-            [model],
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+            [model, names.EVALUATIONS_TABLE],
         ).fetchall()[0][0]
         if not found:
             return pd.DataFrame()
         return connection.execute(
-            f'select * from "{model}".evaluations where week between ? and ? order by week', [first, last]
+            f'select * from "{model}"."{names.EVALUATIONS_TABLE}" where week between ? and ? order by week', [first, last]
         ).fetchdf()
 
 
@@ -173,12 +173,14 @@ def drift_weeks(warehouse_path: Path, model: str, first: str, last: str) -> list
         return None
     with connect_when_free(warehouse_path, READ_WAIT_SECONDS, read_only=True) as connection:
         found = connection.execute(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = 'drift'", [model]
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+            [model, names.DRIFT_TABLE]
         ).fetchall()[0][0]
         if not found:
             return None
         rows = connection.execute(
-            f'select distinct week from "{model}".drift where week between ? and ? and not check_passed order by week',
+            f'select distinct week from "{model}"."{names.DRIFT_TABLE}" where week between ? and ? and not check_passed '
+            'order by week',
             [first, last],
         ).fetchall()
     return [f"{week:%Y-%m-%d}" for (week,) in rows]
@@ -188,6 +190,7 @@ def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions
                   max_weeks: int = 8) -> str:
     """What happened, in a terminal: data gates per model, then the last weeks' metric, gates and aliases."""
     from mlplatform.lib.gates import GATES
+    from mlplatform.lib.lifecycle import gate_column
 
     lines = []
     for r in results:
@@ -214,7 +217,7 @@ def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions
             lines.append("   no week trained")
             continue
         metric = weeks["metric"].iloc[0]
-        passed_all = weeks[[f"gate_{g}" for g in GATES]].all(axis=1)
+        passed_all = weeks[[gate_column(g) for g in GATES]].all(axis=1)
         lines.append(f"   {len(weeks)} weeks trained; {int(passed_all.sum())} passed every gate; "
                      f"champion now: {'v' + champions[r.model] if champions.get(r.model) else 'none'}")
         shown = weeks.tail(max_weeks)
@@ -223,7 +226,7 @@ def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions
         header = f"   {'week':<10} {'rows':>6} {'version':>7} {metric:>9}  " + " ".join(f"{g:<18}" for g in GATES) + " aliases"
         lines.append(header)
         for row in shown.itertuples():
-            gates = " ".join(f"{'PASS' if getattr(row, f'gate_{g}') else 'FAIL':<18}" for g in GATES)
+            gates = " ".join(f"{'PASS' if getattr(row, gate_column(g)) else 'FAIL':<18}" for g in GATES)
             lines.append(f"   {row.week:%Y-%m-%d} {row.eval_rows:>6} {'v' + row.model_version:>7} {row.value:>9.4g}  "
                          f"{gates} {row.aliases_set or '-'}")
     return "\n".join(lines)
