@@ -16,7 +16,6 @@ setup(
         "dagster==1.13.27",
         "dagster-webserver==1.13.27",
         "dagster-dbt==0.29.27",
-        "dagster-mlflow==0.29.27",
         "dagster-pandera==0.29.27",
         "dagster-duckdb==0.29.27",
         "dagster-duckdb-pandas==0.29.27",
@@ -27,7 +26,7 @@ setup(
         "mlflow==3.17.2",
         "evidently==0.7.23",
         "pandera==0.35.0",
-        # evidently 0.7.23 does not import on pandas 3; dagster-pandera and dagster-mlflow declare pandas<3.
+        # evidently 0.7.23 does not import on pandas 3; dagster-pandera declares pandas<3.
         "pandas>=2.3,<3",
         "numpy>=2,<2.5",
         "scikit-learn==1.9.1",

@@ -123,6 +123,9 @@ def test_training_is_reproducible_and_the_mlflow_run_holds_everything(home, spec
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True)
     if git.returncode == 0:
         assert tags["git.commit"] == git.stdout.strip()
+    parent = registry.run(tags["mlflow.parentRunId"])  # the weeks of one Dagster run nest under one parent run
+    assert parent.data.tags["dagster.run_id"] == tags["dagster.run_id"] and parent.info.status == "FINISHED"
+    assert registry.run(second.run_id).data.tags["mlflow.parentRunId"] != parent.info.run_id  # a later run: its own
     artifacts = {a.path for a in registry.client.list_artifacts(run_a.info.run_id)}
     assert {"gates.json", "predicted_vs_actual_and_residuals.png"} <= artifacts
     model = registry.load_version("toy", "2")

@@ -113,7 +113,9 @@ def build_model_assets(spec: ModelSpec):
         if workers > 1:
             context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")
         recorded = 0
-        with deciding_threads(workers):
+        weeks_text = f"weeks {week_starts[0]:%Y-%m-%d}..{week_starts[-1]:%Y-%m-%d}"
+        with deciding_threads(workers), tracker.parent_run(spec.name, context.run.run_id,
+                                                           f"Dagster run {context.run.run_id}: {weeks_text}"):
             for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers), strict=True):
                 week = week_start.date().isoformat()
                 if isinstance(trained, str):

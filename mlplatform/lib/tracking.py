@@ -1,8 +1,8 @@
 """MLflow: runs, registered versions and aliases for the models of the specs.
 
-A small wrapper rather than dagster-mlflow's legacy ``mlflow_tracking`` resource: runs are
-opened and closed here, the store is SQLite under MLPLATFORM_HOME, and artifacts get an
-explicit location so nothing lands in ``./mlruns``.
+A small wrapper rather than dagster-mlflow's ``mlflow_tracking`` resource (see docs/configuration.md): runs
+are opened and closed here, one parent run per Dagster run with the weeks nested, the store is resolved
+by the platform's settings, and artifacts get an explicit location so nothing lands in ``./mlruns``.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ class Tracker:
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._models: dict[tuple[str, str], Any] = {}
+        self._parents: dict[str, str] = {}  # model -> the open parent run of this Dagster run (see parent_run)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Tracker:
@@ -132,8 +133,28 @@ class Tracker:
     def _active(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> Iterator[Any]:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        with mlflow.start_run(experiment_id=self.experiment_id(experiment), run_name=run_name, tags=dict(tags)) as run:
+        with mlflow.start_run(experiment_id=self.experiment_id(experiment), run_name=run_name, tags=dict(tags),
+                              parent_run_id=self._parents.get(experiment)) as run:
             yield run
+
+    @contextmanager
+    def parent_run(self, model_name: str, dagster_run_id: str, description: str) -> Iterator[str]:
+        """One MLflow run per Dagster run and model; the weeks it logs meanwhile are nested under it.
+
+        In the MLflow UI a backfill's weeks then sit under one row named after the Dagster run, tagged
+        with its id (``dagster.run_id``), and the parent ends FINISHED or FAILED with the Dagster step.
+        """
+        run = self.client.create_run(self.experiment_id(model_name), run_name=f"dagster-{dagster_run_id[:8]}",
+                                     tags={"dagster.run_id": dagster_run_id, "mlplatform.model": model_name,
+                                           "mlflow.note.content": description})
+        self._parents[model_name] = run.info.run_id
+        status = "FAILED"
+        try:
+            yield run.info.run_id
+            status = "FINISHED"
+        finally:
+            self._parents.pop(model_name, None)
+            self.client.set_terminated(run.info.run_id, status=status)
 
     def log_trained_model(
         self,
