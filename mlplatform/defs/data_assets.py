@@ -37,6 +37,7 @@ from mlplatform.lib.validation import (
     to_features_frame,
     validate_features,
 )
+from mlplatform.lib.warehouse import quote_identifier
 from mlplatform.specs import ModelSpec
 
 RAW_CHECK = "source_contract"
@@ -53,6 +54,11 @@ def staged_key(spec: ModelSpec) -> AssetKey:
 
 def features_key(spec: ModelSpec) -> AssetKey:
     return AssetKey([spec.name, "features"])
+
+
+def partition_expr(spec: ModelSpec) -> str:
+    """The time column as the DuckDB IO manager pastes it into ``DELETE/SELECT ... WHERE {expr} >= ...``: quoted."""
+    return quote_identifier(spec.time_column)
 
 
 def owners(spec: ModelSpec) -> list[str]:
@@ -104,7 +110,7 @@ def build_raw_asset(spec: ModelSpec):
         kinds={"duckdb", "pandas"},
         description=f"Rows of `{path.name}` whose event time (`{spec.time_column}`, UTC) falls in the week. "
         "Re-materializing a week replaces its rows.",
-        metadata={"partition_expr": spec.time_column, "source": MetadataValue.path(str(path))},
+        metadata={"partition_expr": partition_expr(spec), "source": MetadataValue.path(str(path))},
         check_specs=[
             AssetCheckSpec(
                 RAW_CHECK,
@@ -182,7 +188,7 @@ def build_features_asset(spec: ModelSpec):
         dagster_type=pandera_schema_to_dagster_type(schema),
         description=f"Modelling table of {spec.name}: event time, key, features and target `{spec.target}`, "
         "validated against the Pandera schema generated from the spec.",
-        metadata={"partition_expr": spec.time_column, "dagster/column_schema": _column_schema(spec)},
+        metadata={"partition_expr": partition_expr(spec), "dagster/column_schema": _column_schema(spec)},
         check_specs=[
             AssetCheckSpec(
                 FEATURES_CHECK,

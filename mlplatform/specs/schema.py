@@ -8,6 +8,7 @@ every mistake in one pass instead of one per reload.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from datetime import date, timedelta
 from pathlib import Path
@@ -19,6 +20,19 @@ from mlplatform.specs.files import SNAPSHOT_TIME_COLUMN
 from mlplatform.specs.tasks import DEFAULT_ESTIMATOR, DEFAULT_METRIC, METRICS_BY_TASK
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+COLUMN_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_ .-]*$"
+"""Column names a spec may use: they reach SQL (quoted everywhere too; this is the first line of defence)."""
+
+COLUMN_NAME_RULE = ("letters A-Z/a-z, digits, '_', ' ', '.' and '-', starting with a letter or '_', not ending in a "
+                    "space, at most 128 characters")
+
+
+def check_column_name(name: str) -> str:
+    """Refuse a column name that could carry SQL or shell text; the rule is stated in the error."""
+    if not isinstance(name, str) or len(name) > 128 or name.endswith(" ") or not re.match(COLUMN_NAME_PATTERN, name):
+        raise ValueError(f"found column name {str(name)[:80]!r}; allowed: {COLUMN_NAME_RULE}")
+    return name
 
 
 class _Strict(BaseModel):
@@ -40,6 +54,16 @@ class SourceSpec(_Strict):
     )
     key: list[str] = Field(default_factory=list, description="Columns that identify a row; duplicates fail the gate.")
 
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_column_name(value)
+
+    @field_validator("key")
+    @classmethod
+    def _key_names(cls, value: list[str]) -> list[str]:
+        return [check_column_name(v) for v in value]
+
 
 class StagingSpec(_Strict):
     """Optional dbt staging between raw and features."""
@@ -50,6 +74,11 @@ class StagingSpec(_Strict):
 class FeaturesSpec(_Strict):
     numeric: list[str] = Field(default_factory=list, description="Numeric feature columns.")
     categorical: list[str] = Field(default_factory=list, description="Categorical feature columns (any values, compared as text).")
+
+    @field_validator("numeric", "categorical")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return [check_column_name(v) for v in value]
 
     @model_validator(mode="after")
     def _at_least_one(self) -> FeaturesSpec:
@@ -124,6 +153,11 @@ class GatesSpec(_Strict):
 
 class FairnessSpec(_Strict):
     sensitive: str = Field(description="Sensitive attribute column (kept out of the features).")
+
+    @field_validator("sensitive")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_column_name(value)
     max_demographic_parity_difference: float = Field(default=0.1, ge=0, le=1, description="Largest allowed gap in "
                                                      "positive-prediction rate between groups.")
 
@@ -185,6 +219,18 @@ class ModelSpec(_Strict):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Promotion; serving settings for a later issue.")
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
+
+    @field_validator("target")
+    @classmethod
+    def _target_name(cls, value: str) -> str:
+        return check_column_name(value)
+
+    @field_validator("columns")
+    @classmethod
+    def _rule_names(cls, value: dict[str, ColumnRules]) -> dict[str, ColumnRules]:
+        for name in value:
+            check_column_name(name)
+        return value
 
     @model_validator(mode="after")
     def _task_defaults(self) -> ModelSpec:
