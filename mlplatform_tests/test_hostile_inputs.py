@@ -76,3 +76,98 @@ def test_a_time_column_with_a_space_runs_end_to_end(home, spec_dir, instance):
     assert run_weeks(defs, "toy", instance, "2024-01-01", assets=["raw", "features"]).success  # replaces the week
     stored = warehouse_query(home, 'select count(*) as n from toy.features where "event time" >= \'2024-01-01\'')
     assert stored["n"].item() == len(frame)
+
+
+# 2. A spec that reads any file and shows it
+
+SECRET = "root:$6$SECRET-HASH-NEVER-ECHOED:19000:0:99999:7:::"
+
+
+def secret_file(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "shadow"
+    target.write_text(SECRET + "\ndaemon:*:19000:0:99999:7:::\n")
+    return target
+
+
+def load_in_thread(folder: Path, seconds: float) -> list[str]:
+    """Load specs in a daemon thread: a regression that hangs fails the test instead of hanging the suite."""
+    import threading
+
+    found: list[str] = []
+
+    def work() -> None:
+        try:
+            load_specs(folder)
+            found.append("(loaded)")
+        except SpecError as error:
+            found.extend(str(p) for p in error.problems)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"loading the specs took more than {seconds} s"
+    return found
+
+
+def test_a_file_outside_the_spec_folder_is_refused_without_showing_its_content(spec_dir, tmp_path):
+    secret = secret_file(tmp_path / "etc")
+    relative = "../" * 8 + str(secret).lstrip("/")
+    for path in (relative, str(secret)):
+        [problem] = problems_for(spec_dir, TOY_SPEC.replace("path: toy.csv", f"path: {path}"))
+        assert "toy.yaml: source.path: file" in problem and "is outside the spec's folder and the data roots" in problem
+        assert "MLPLATFORM_DATA_ROOTS" in problem
+        assert "SECRET" not in problem and "root:" not in problem
+
+
+def test_a_file_inside_an_allowed_root_is_never_echoed_either(spec_dir, tmp_path, monkeypatch):
+    secret = secret_file(tmp_path / "etc")
+    monkeypatch.setenv("MLPLATFORM_DATA_ROOTS", str(secret.parent))
+    problems = problems_for(spec_dir, TOY_SPEC.replace("path: toy.csv", f"path: {secret}"))
+    assert problems and all("SECRET" not in p for p in problems), problems
+
+
+def test_a_device_is_refused_quickly_even_inside_a_data_root(spec_dir, monkeypatch):
+    folder = spec_dir({"toy.yaml": TOY_SPEC.replace("path: toy.csv", "path: /dev/zero")}, {})
+    assert load_in_thread(folder, 10) == [f"{folder / 'toy.yaml'}: source.path: file /dev/zero is outside the spec's "
+                                          f"folder and the data roots; allowed: files under {folder}. Move the file "
+                                          "there or add its folder to MLPLATFORM_DATA_ROOTS (folders separated by ':')"]
+    monkeypatch.setenv("MLPLATFORM_DATA_ROOTS", "/dev")
+    [problem] = load_in_thread(folder, 10)
+    assert "source.path: /dev/zero is not a regular file (a folder, device or pipe); allowed: a CSV or Parquet file" \
+        in problem
+
+
+def test_a_file_without_line_breaks_is_refused_after_a_bounded_read(spec_dir):
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {})
+    (folder / "toy.csv").write_bytes(b"a" * (3 << 20))
+    [problem] = load_in_thread(folder, 10)
+    assert "source.path: toy.csv has no line break in its first 1048576 bytes; expected a CSV header line" in problem
+    assert "aaaa" not in problem
+
+
+def test_a_symlink_inside_the_folder_pointing_outside_is_refused(spec_dir, tmp_path):
+    secret = secret_file(tmp_path / "etc")
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {})
+    (folder / "toy.csv").symlink_to(secret)
+    [problem] = problems_for(spec_dir, TOY_SPEC, {})
+    assert f"source.path: file {folder / 'toy.csv'} (it resolves to {secret}) is outside the spec's folder" in problem
+    assert "SECRET" not in problem
+
+
+def test_data_in_a_configured_root_loads(spec_dir, tmp_path, monkeypatch):
+    shared = tmp_path / "shared data"
+    shared.mkdir()
+    toy_rows().to_csv(shared / "toy.csv", index=False)
+    monkeypatch.setenv("MLPLATFORM_DATA_ROOTS", f"/nonexistent:{shared}")
+    folder = spec_dir({"toy.yaml": TOY_SPEC.replace("path: toy.csv", f"path: {shared / 'toy.csv'}")}, {})
+    [spec] = load_specs(folder)
+    assert spec.source_path == shared / "toy.csv"
+
+
+def test_a_semicolon_separated_file_gets_a_hint(spec_dir):
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {})
+    toy_rows().to_csv(folder / "toy.csv", index=False, sep=";")
+    [problem] = problems_for(spec_dir, TOY_SPEC, {})
+    assert "source.path: toy.csv has a single column (the header looks ';'-separated; a CSV source must be " \
+           "comma-separated)" in problem

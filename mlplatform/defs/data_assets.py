@@ -27,7 +27,7 @@ from dagster_pandera import pandera_schema_to_dagster_type
 
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
 from mlplatform.defs.resources import Warehouse
-from mlplatform.lib.source import read_source, rows_in_window, source_columns, to_utc_naive
+from mlplatform.lib.source import checked_data_path, read_source, rows_in_window, source_columns, to_utc_naive
 from mlplatform.lib.validation import (
     GateReport,
     check_source_week,
@@ -96,9 +96,9 @@ def _rows_per_week_table(counts: dict[str, int]) -> MetadataValue:
 def build_raw_asset(spec: ModelSpec):
     """``<model>/raw``: the source rows whose event time falls in the week, stored in DuckDB."""
     key = raw_key(spec)
-    header = set(source_columns(spec.source_path))
+    path = checked_data_path(spec.source_path, spec.spec_file.parent)  # inside the allowed roots, symlinks resolved
+    header = set(source_columns(path))
     required_columns = [c for c in dict.fromkeys([spec.time_column, *spec.modelling_columns]) if c in header]
-    path = spec.source_path
 
     @asset(
         key=key,

@@ -12,10 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from stat import S_ISREG
 
 import pandas as pd
 
-from mlplatform.specs.files import SNAPSHOT_TIME_COLUMN, is_parquet, source_columns  # noqa: F401 (re-exported)
+from mlplatform.specs.files import (  # noqa: F401 (re-exported)
+    SNAPSHOT_TIME_COLUMN,
+    SourceFileError,
+    checked_data_path,
+    is_parquet,
+    source_columns,
+)
 
 _SOURCE_CACHE: dict[tuple[str, int, int], pd.DataFrame] = {}
 
@@ -23,6 +30,8 @@ _SOURCE_CACHE: dict[tuple[str, int, int], pd.DataFrame] = {}
 def read_source(path: Path) -> pd.DataFrame:
     """The whole source file, cached per (path, mtime, size) so a backfill of many weeks reads it once."""
     stat = path.stat()
+    if not S_ISREG(stat.st_mode):  # checked at spec load too; the file may have been replaced since
+        raise SourceFileError(f"{path} is not a regular file; allowed: a CSV or Parquet file")
     cache_key = (str(path), stat.st_mtime_ns, stat.st_size)
     if cache_key not in _SOURCE_CACHE:
         _SOURCE_CACHE.clear()

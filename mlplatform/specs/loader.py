@@ -16,8 +16,8 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mlplatform.specs.files import source_columns
-from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest
+from mlplatform.specs.files import SourceFileError, checked_data_path, source_columns
+from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest, check_column_name
 
 DbtColumns = Callable[[str], list[str] | None]
 """Looks up the declared columns of a dbt model by name; None when there is no such model."""
@@ -84,13 +84,14 @@ def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) 
     except RuntimeError as error:  # "~user/..." naming a user this machine does not have
         yield "source.path", f"found {spec.source.path!r}; {error}"
         return
-    if not path.exists():
-        yield "source.path", f"file {path} does not exist"
-        return
     try:
+        path = checked_data_path(path, spec.spec_file.parent)
         available = source_columns(path)
-    except Exception as error:  # noqa: BLE001 - any reader error is reported as a spec problem
-        yield "source.path", f"cannot read the header of {path}: {error}"
+    except SourceFileError as error:
+        yield "source.path", str(error)
+        return
+    except Exception as error:  # noqa: BLE001 - any other reader error: its kind only, its text may quote the file
+        yield "source.path", f"cannot read the header of {path} ({type(error).__name__})"
         return
     if spec.source.timestamp and spec.source.timestamp not in available:
         yield "source.timestamp", _not_a_column(spec.source.timestamp, available, f"source {path.name}")
@@ -166,8 +167,22 @@ def dbt_manifest_columns(manifest_path: Path) -> DbtColumns:
 
 
 def _not_a_column(found: str, available: list[str], where: str) -> str:
-    shown = ", ".join(available[:40]) + (" ..." if len(available) > 40 else "")
-    return f"found {found!r}, which is not a column of {where}" + _suggest(found, available) + f"; columns: {shown}"
+    """Name the columns there are, but only header entries that look like column names: a header is file content,
+    and a file that is not really a table (a key, a password file) must not be echoed through this message."""
+    names = [c for c in available if _is_column_like(c)]
+    hidden = len(available) - len(names)
+    shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+    if hidden:
+        shown += f"{'; ' if names else ''}{hidden} header entries that are not column names (not shown)"
+    return f"found {found!r}, which is not a column of {where}" + _suggest(found, names) + f"; columns: {shown}"
+
+
+def _is_column_like(name: str) -> bool:
+    try:
+        check_column_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _explain(error: ValidationError) -> Iterable[tuple[str, str]]:

@@ -8,6 +8,7 @@ every mistake in one pass instead of one per reload.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterable
 from datetime import date, timedelta
@@ -257,8 +258,9 @@ class ModelSpec(_Strict):
 
     @property
     def source_path(self) -> Path:
+        """The data file as written (made absolute, symlinks NOT resolved: ``files.checked_data_path`` does that)."""
         path = Path(self.source.path).expanduser()
-        return path if path.is_absolute() else (self.spec_file.parent / path).resolve()
+        return Path(os.path.normpath(path if path.is_absolute() else self.spec_file.parent / path))
 
     @property
     def modelling_columns(self) -> list[str]:
