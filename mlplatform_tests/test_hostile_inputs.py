@@ -171,3 +171,43 @@ def test_a_semicolon_separated_file_gets_a_hint(spec_dir):
     [problem] = problems_for(spec_dir, TOY_SPEC, {})
     assert "source.path: toy.csv has a single column (the header looks ';'-separated; a CSV source must be " \
            "comma-separated)" in problem
+
+
+# 3. A spec that imports code
+
+EVIL = """
+from pathlib import Path
+Path({marker!r}).write_text("ran")
+class Model:
+    def fit(self, X, y): return self
+    def predict(self, X): return X
+"""
+
+
+def test_a_module_beside_a_spec_is_never_imported(spec_dir, tmp_path, monkeypatch):
+    marker = tmp_path / "marker"
+    folder = spec_dir({"toy.yaml": TOY_SPEC + "estimator: {class: evil.Model}\n"}, {"toy.csv": toy_rows()})
+    (folder / "evil.py").write_text(EVIL.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(folder))  # as if Dagster or `python -m` were started from the spec folder
+    [problem] = problems_for(spec_dir, TOY_SPEC + "estimator: {class: evil.Model}\n")
+    assert "estimator.class: found 'evil.Model'; estimator classes may only come from the modules sklearn.* " \
+           "(nothing was imported)" in problem
+    assert "MLPLATFORM_ESTIMATOR_MODULES" in problem
+    assert not marker.exists()
+    # Even a prefix a team allowed is not imported from the spec's folder.
+    monkeypatch.setenv("MLPLATFORM_ESTIMATOR_MODULES", "evil")
+    [problem] = problems_for(spec_dir, TOY_SPEC + "estimator: {class: evil.Model}\n")
+    assert "estimator.class: found 'evil.Model'; module 'evil' would be imported from the spec's folder" in problem
+    assert not marker.exists()
+
+
+def test_a_team_allows_its_own_estimator_package(spec_dir, tmp_path, monkeypatch):
+    package = tmp_path / "site" / "team_models"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("from sklearn.linear_model import Ridge as TeamRidge\n")
+    monkeypatch.syspath_prepend(str(package.parent))
+    text = TOY_SPEC + "estimator: {class: team_models.TeamRidge, params: {alpha: 2.0}}\n"
+    assert "estimator classes may only come from" in problems_for(spec_dir, text)[0]
+    monkeypatch.setenv("MLPLATFORM_ESTIMATOR_MODULES", "xgboost, team_models")
+    [spec] = load_specs(spec_dir({"toy.yaml": text}, {"toy.csv": toy_rows()}))
+    assert spec.estimator.class_name == "team_models.TeamRidge"

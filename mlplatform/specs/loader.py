@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -16,6 +17,7 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mlplatform.specs.estimators import EstimatorNotAllowed, check_allowed
 from mlplatform.specs.files import SourceFileError, checked_data_path, source_columns
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest, check_column_name
 
@@ -136,6 +138,11 @@ def _check_estimator(spec: ModelSpec) -> Iterable[tuple[str, str]]:
         yield "estimator.class", f"found {dotted!r}; give the full import path, e.g. sklearn.ensemble.RandomForestRegressor"
         return
     try:
+        check_allowed(dotted, spec.spec_file.parent)  # before any import: importing runs a module's code
+    except EstimatorNotAllowed as refused:
+        yield "estimator.class", str(refused)
+        return
+    try:
         module = importlib.import_module(module_name)
     except (ImportError, TypeError, ValueError) as error:  # TypeError: a relative name such as ".sklearn"
         yield "estimator.class", f"found {dotted!r}; module {module_name!r} cannot be imported ({error})"
@@ -145,14 +152,50 @@ def _check_estimator(spec: ModelSpec) -> Iterable[tuple[str, str]]:
         candidates = [name for name in dir(module) if name[:1].isupper()]
         yield "estimator.class", f"found {dotted!r}; {module_name} has no class {class_name!r}" + _suggest(class_name, candidates)
         return
-    if not (hasattr(estimator_class, "fit") and hasattr(estimator_class, "predict")):
+    if not (isinstance(estimator_class, type) and hasattr(estimator_class, "fit") and hasattr(estimator_class, "predict")):
         yield "estimator.class", f"found {dotted!r}; it is not an estimator (needs fit and predict)"
         return
     if hasattr(estimator_class, "_get_param_names"):
         accepted = estimator_class._get_param_names()
-        for param in spec.estimator.params:
-            if param not in accepted:
-                yield f"estimator.params.{param}", f"{class_name} has no parameter {param!r}" + _suggest(param, accepted)
+        unknown = [param for param in spec.estimator.params if param not in accepted]
+        for param in unknown:
+            yield f"estimator.params.{param}", f"{class_name} has no parameter {param!r}" + _suggest(param, accepted)
+        if unknown:
+            return
+    yield from _check_estimator_instance(spec, estimator_class, class_name)
+
+
+def _check_estimator_instance(spec: ModelSpec, estimator_class: type, class_name: str) -> Iterable[tuple[str, str]]:
+    """Build the estimator with its params, as training will: wrong types and the wrong kind of model show now,
+    not after the data steps of a run."""
+    try:
+        estimator = estimator_class(**spec.estimator.params)
+    except Exception as error:  # noqa: BLE001 - a constructor's own refusal, reported with the class
+        yield "estimator.params", f"{class_name}({_params_text(spec)}) cannot be built: {error}"
+        return
+    validate = getattr(estimator, "_validate_params", None)  # scikit-learn >= 1.2: the declared parameter constraints
+    if callable(validate):
+        try:
+            validate()
+        except (TypeError, ValueError) as error:
+            named = re.search(r"The '(\w+)' parameter", str(error))
+            key = f"estimator.params.{named.group(1)}" if named else "estimator.params"
+            yield key, str(error).replace("\n", " ")
+            return
+    try:
+        from sklearn.base import is_classifier, is_regressor
+    except ImportError:  # a non-scikit-learn package without scikit-learn installed: nothing to compare with
+        return
+    if spec.task == "regression" and is_classifier(estimator):
+        yield "estimator.class", (f"found {spec.estimator.class_name!r}, a classifier, for task regression; "
+                                  "use a regressor, e.g. sklearn.ensemble.HistGradientBoostingRegressor")
+    elif spec.task != "regression" and is_regressor(estimator):
+        yield "estimator.class", (f"found {spec.estimator.class_name!r}, a regressor, for task {spec.task}; "
+                                  "use a classifier, e.g. sklearn.ensemble.HistGradientBoostingClassifier")
+
+
+def _params_text(spec: ModelSpec) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in spec.estimator.params.items())
 
 
 def dbt_manifest_columns(manifest_path: Path) -> DbtColumns:
