@@ -13,6 +13,17 @@ from collections.abc import Sequence
 
 from mlplatform.lib.settings import Settings, ensure_home, load_settings
 
+PREVIOUS_DAGSTER_YAML = ("""\
+# Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    # DuckDB allows one writer per file: queue runs instead of letting them collide.
+    max_concurrent_runs: 1
+""",)
+"""Instance configs earlier releases wrote unchanged: replaced by the current one (an edited file is kept)."""
+
 DAGSTER_YAML = """\
 # Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
 telemetry:
@@ -21,6 +32,16 @@ concurrency:
   runs:
     # DuckDB allows one writer per file: queue runs instead of letting them collide.
     max_concurrent_runs: 1
+run_monitoring:
+  # A run whose worker never started, or that hangs while canceling, is marked failed instead of
+  # holding the only run slot forever. (A worker killed mid-run is caught by `mlplatform demo`,
+  # see runner.fail_dead_runs, and docs/operations.md.)
+  enabled: true
+  start_timeout_seconds: 600
+  cancel_timeout_seconds: 300
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 60
+  free_slots_after_run_end_seconds: 60
 """
 
 
@@ -29,7 +50,7 @@ def prepare_dagster_home(settings: Settings) -> None:
     ensure_home(settings)
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
+    if not config.exists() or config.read_text() in PREVIOUS_DAGSTER_YAML:
         config.write_text(DAGSTER_YAML)
 
 

@@ -5,11 +5,13 @@ Used by ``mlplatform demo``; the same range as ``dagster asset materialize --par
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from dagster import AssetCheckEvaluation, DagsterInstance
+from dagster import AssetCheckEvaluation, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from mlplatform.lib.gates import TRAINING_DATA
@@ -34,6 +36,66 @@ class ModelRunResult:
     check_summaries: dict[str, str] = field(default_factory=dict)
     retrains: list[tuple[str, str, bool]] = field(default_factory=list)  # (drift week, retrained week, success)
     halted: list[str] = field(default_factory=list)  # weeks whose training-data gate stopped training
+
+
+STUCK_STARTING_SECONDS = 600.0
+"""A run still STARTING after this long, with no process recorded, never got a worker (same as run monitoring)."""
+
+_UNFINISHED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _run_worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
+    """The process that executes the run: the pid its RUN_START event records (events before it, such as the
+    planned materializations, come from whoever launched the run)."""
+    from dagster import DagsterEventType
+
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.RUN_START):
+        event = record.dagster_event
+        if event is not None and event.pid is not None:
+            return int(event.pid)
+    return None
+
+
+def fail_dead_runs(instance: DagsterInstance, log=print) -> list[str]:
+    """Mark runs FAILURE whose worker process is gone (killed, machine slept), and return their ids.
+
+    With ``max_concurrent_runs: 1`` one such run, left STARTED forever, blocks every later run.
+    Dagster's run monitoring (enabled in the instance config the platform writes) cannot see a dead
+    worker of the default run launcher, nor in-process runs: this looks up the worker's pid in the
+    run's events. Only for a local (SQLite) instance, where every run ran on this machine.
+    """
+    if "sqlite" not in type(instance.run_storage).__name__.lower():
+        return []
+    failed = []
+    for run in instance.get_runs(RunsFilter(statuses=_UNFINISHED)):
+        pid = _run_worker_pid(instance, run.run_id)
+        if pid == os.getpid():
+            continue
+        if pid is None:
+            record = instance.get_run_record_by_id(run.run_id)
+            updated = record.update_timestamp.timestamp() if record and record.update_timestamp else time.time()
+            if run.status != DagsterRunStatus.STARTING or time.time() - updated < STUCK_STARTING_SECONDS:
+                continue
+            reason = f"it has been STARTING for more than {STUCK_STARTING_SECONDS:g} s with no process"
+        elif _pid_alive(pid):
+            continue
+        else:
+            reason = f"its process {pid} is gone (killed or crashed)"
+        message = f"run {run.run_id} ({run.job_name}) was {run.status.value} but {reason}; marked as failed"
+        instance.report_run_failed(run, message=message)
+        log(message)
+        failed.append(run.run_id)
+    return failed
 
 
 class RunRequestError(ValueError):
@@ -73,6 +135,7 @@ def run_models(
 
     defs = build_definitions()
     instance = DagsterInstance.get()
+    fail_dead_runs(instance)  # a killed earlier run must not block this one (max_concurrent_runs: 1)
     jobs = {j.name.removesuffix("_pipeline"): j.name for j in defs.resolve_all_job_defs() if j.name.endswith("_pipeline")}
     unknown = sorted(set(models or []) - set(jobs))
     if unknown:

@@ -211,3 +211,73 @@ def test_a_team_allows_its_own_estimator_package(spec_dir, tmp_path, monkeypatch
     monkeypatch.setenv("MLPLATFORM_ESTIMATOR_MODULES", "xgboost, team_models")
     [spec] = load_specs(spec_dir({"toy.yaml": text}, {"toy.csv": toy_rows()}))
     assert spec.estimator.class_name == "team_models.TeamRidge"
+
+
+# 7. A killed run blocks every later run
+
+HANGING_RUN = """
+import time
+from pathlib import Path
+from dagster import DagsterInstance, job, op
+
+@op
+def wait():
+    Path({started!r}).write_text("started")
+    time.sleep(120)
+
+@job
+def hangs():
+    wait()
+
+hangs.execute_in_process(instance=DagsterInstance.get())
+"""
+
+
+def test_a_run_whose_process_was_killed_is_marked_failed_before_the_next_run(instance, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dagster import DagsterRunStatus
+
+    from mlplatform.runner import fail_dead_runs
+
+    started = tmp_path / "started"
+    script = tmp_path / "hang.py"
+    script.write_text(HANGING_RUN.format(started=str(started)))
+    worker = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "DAGSTER_HOME": str(instance.root_directory)})
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.2)
+        assert started.exists(), "the run never started"
+        [run] = instance.get_runs()
+        assert run.status == DagsterRunStatus.STARTED
+        assert fail_dead_runs(instance, log=lambda _: None) == []  # alive: left alone
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    logged: list[str] = []
+    assert fail_dead_runs(instance, log=logged.append) == [run.run_id]
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+    assert f"its process {worker.pid} is gone" in logged[0]
+    assert fail_dead_runs(instance, log=logged.append) == []  # once
+
+
+def test_the_instance_config_enables_run_monitoring(home, monkeypatch):
+    from dagster import DagsterInstance
+
+    from mlplatform.cli import DAGSTER_YAML, PREVIOUS_DAGSTER_YAML, prepare_dagster_home
+    from mlplatform.lib.settings import load_settings
+
+    settings = load_settings()
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))  # prepare_dagster_home sets it: restore after
+    settings.dagster_home.mkdir(parents=True)
+    (settings.dagster_home / "dagster.yaml").write_text(PREVIOUS_DAGSTER_YAML[0])  # an older platform's config
+    prepare_dagster_home(settings)
+    assert (settings.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
+    configured = DagsterInstance.from_config(str(settings.dagster_home))
+    assert configured.run_monitoring_enabled
+    assert configured.run_monitoring_settings["max_resume_run_attempts"] == 0
