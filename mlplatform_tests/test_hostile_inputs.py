@@ -281,3 +281,35 @@ def test_the_instance_config_enables_run_monitoring(home, monkeypatch):
     configured = DagsterInstance.from_config(str(settings.dagster_home))
     assert configured.run_monitoring_enabled
     assert configured.run_monitoring_settings["max_resume_run_attempts"] == 0
+
+
+# 6. Clear errors at validate, not halfway through a run
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("estimator: {class: sklearn.linear_model.Ridge, params: {alpha: lots}}",
+     "toy.yaml: estimator.params.alpha: The 'alpha' parameter of Ridge must be"),
+    ("estimator: {class: sklearn.ensemble.RandomForestClassifier}",
+     "toy.yaml: estimator.class: found 'sklearn.ensemble.RandomForestClassifier', a classifier, for task regression; "
+     "use a regressor"),
+    ("source: {path: toy.csv, timestamp: ts, key: [id], timezone: Europe/Berln}",
+     "toy.yaml: source.timezone: found 'Europe/Berln', which is not an IANA time zone; allowed: names such as UTC, "
+     "Europe/Berlin, America/New_York (did you mean 'Europe/Berlin'?)"),
+    ("source: {path: toy.csv, timestamp: ts, key: [id], timezone: ../../etc/passwd}",
+     "toy.yaml: source.timezone: found '../../etc/passwd', which is not an IANA time zone"),
+    ("gates: {metric: roc_auc}", "toy.yaml: gates.metric: found 'roc_auc'; allowed for task regression: rmse, mae, r2"),
+])
+def test_spec_mistakes_that_used_to_fail_at_run_time_are_named_at_validate(spec_dir, extra, expected):
+    text = TOY_SPEC
+    if extra.startswith("source:"):
+        text = text.replace("source:\n  path: toy.csv\n  timestamp: ts\n  key: [id]\n", extra + "\n")
+    else:
+        text += extra + "\n"
+    problems = problems_for(spec_dir, text)
+    assert any(p.endswith(expected) or expected in p for p in problems), problems
+
+
+def test_a_regressor_for_a_classification_task_is_named(spec_dir):
+    text = TOY_SPEC.replace("task: regression", "task: binary") + "estimator: {class: sklearn.linear_model.Ridge}\n"
+    problems = problems_for(spec_dir, text)
+    assert any("estimator.class: found 'sklearn.linear_model.Ridge', a regressor, for task binary; use a classifier"
+               in p for p in problems), problems

@@ -249,7 +249,12 @@ def _explain(error: ValidationError) -> Iterable[tuple[str, str]]:
         elif kind in ("float_parsing", "float_type", "int_parsing", "int_type"):
             yield key, f"found {found!r}; expected a number"
         elif kind == "value_error":
-            yield key, str(item["msg"]).removeprefix("Value error, ")
+            message = str(item["msg"]).removeprefix("Value error, ")
+            # A check across sections (model_validator) has no location of its own: it names its key first.
+            named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message, re.DOTALL)
+            if named and key == "(top level)":
+                key, message = named.groups()
+            yield key, message
         else:
             yield key, f"{item['msg']}; found {found!r}"
 

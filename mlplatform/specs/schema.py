@@ -55,6 +55,18 @@ class SourceSpec(_Strict):
     )
     key: list[str] = Field(default_factory=list, description="Columns that identify a row; duplicates fail the gate.")
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ValueError(f"found {value!r}, which is not an IANA time zone; allowed: names such as UTC, "
+                             "Europe/Berlin, America/New_York" + _suggest(value, zoneinfo.available_timezones())) from None
+        return value
+
     @field_validator("timestamp")
     @classmethod
     def _timestamp_name(cls, value: str | None) -> str | None:
