@@ -313,3 +313,106 @@ def test_a_regressor_for_a_classification_task_is_named(spec_dir):
     problems = problems_for(spec_dir, text)
     assert any("estimator.class: found 'sklearn.linear_model.Ridge', a regressor, for task binary; use a classifier"
                in p for p in problems), problems
+
+
+# 4. Silent wrong results in data
+
+def rows_with_times(fmt: str | None = None, epoch_unit: str | None = None) -> pd.DataFrame:
+    frame = toy_rows()
+    ts = pd.to_datetime(frame["ts"])
+    if fmt:
+        frame["ts"] = ts.dt.strftime(fmt)
+    if epoch_unit:
+        frame["ts"] = (ts - pd.Timestamp("1970-01-01")) // pd.Timedelta(1, unit=epoch_unit)
+    return frame
+
+
+def source_with(**keys: str) -> str:
+    extra = "".join(f"\n  {k}: '{v}'" for k, v in keys.items())
+    return TOY_SPEC.replace("  key: [id]\n", "  key: [id]" + extra + "\n")
+
+
+def test_day_first_or_month_first_dates_are_refused_until_a_format_is_given(spec_dir):
+    data = {"toy.csv": rows_with_times("%d/%m/%Y %H:%M")}
+    [problem] = problems_for(spec_dir, TOY_SPEC, data)
+    assert "toy.yaml: source.timestamp: column 'ts' has dates that read differently day-first and month-first " \
+           "('02/01/2024 " in problem
+    assert "set source.timestamp_format, e.g. '%d/%m/%Y %H:%M'" in problem
+    [spec] = load_specs(spec_dir({"toy.yaml": source_with(timestamp_format="%d/%m/%Y %H:%M")}, data))
+    from mlplatform.lib.source import read_source, to_utc_naive
+
+    frame = read_source(spec.source_path)
+    parsed = to_utc_naive(frame["ts"], fmt=spec.source.timestamp_format)
+    assert parsed.iloc[len(parsed) // 2].month == 1 and parsed.max() < pd.Timestamp("2024-01-22")  # January, not June
+
+
+def test_epoch_numbers_need_a_unit_and_a_wrong_unit_is_named(spec_dir):
+    data = {"toy.csv": rows_with_times(epoch_unit="s")}
+    [problem] = problems_for(spec_dir, TOY_SPEC, data)
+    assert "source.timestamp: column 'ts' holds numbers ('1704067200', " in problem
+    assert "set source.timestamp_unit: s (seconds) or ms (milliseconds)" in problem
+    [problem] = problems_for(spec_dir, source_with(timestamp_unit="ms"), data)
+    assert "source.timestamp_unit: column 'ts' has values that land outside 1971..2200 ('1704067200', " \
+           in problem and "-> 1970-01-20 " in problem
+    [spec] = load_specs(spec_dir({"toy.yaml": source_with(timestamp_unit="s")}, data))
+    assert spec.source.timestamp_unit == "s"
+
+
+def test_unparseable_times_are_refused_above_the_allowed_share(spec_dir):
+    frame = toy_rows()
+    frame.loc[[3, 7], "ts"] = "yesterday-ish"
+    [problem] = problems_for(spec_dir, TOY_SPEC, {"toy.csv": frame})
+    assert "source.timestamp: 2 of the first 120 values of column 'ts' do not parse as times (e.g. 'yesterday-ish'); " \
+           "allowed: a share up to source.max_unparsed_share (0)" in problem
+    assert load_specs(spec_dir({"toy.yaml": source_with(max_unparsed_share="0.05")}, {"toy.csv": frame}))
+
+
+def test_the_raw_gate_counts_unparsed_times_and_null_tokens_and_refuses_other_text(spec_dir):
+    from datetime import datetime
+
+    from mlplatform.lib.source import Window, read_source, rows_in_window
+    from mlplatform.lib.validation import check_source_week, parse_source_times
+
+    frame = toy_rows()
+    frame["x2"] = frame["x2"].astype(object)
+    frame.loc[1, "ts"] = "31/31/2024"
+    frame.loc[[2, 3, 4], "x2"] = ["NA", "null", ""]
+    folder = spec_dir({"toy.yaml": source_with(max_unparsed_share="0.5")}, {"toy.csv": frame})
+    [spec] = load_specs(folder)
+    window = Window(datetime(2024, 1, 1), datetime(2024, 1, 22))
+    columns = ["ts", "id", "x1", "x2", "color", "y"]
+
+    def gate(data: pd.DataFrame):
+        times = parse_source_times(data, spec)
+        return check_source_week(rows_in_window(data, "ts", window), spec, window, columns, times)
+
+    report = gate(read_source(spec.source_path, spec.source.null_values))
+    assert report.passed, report.summary
+    assert report.facts["unparsed_timestamps"] == 1 and report.facts["null_cells"] == {"x2": 3}
+    frame.loc[5, "x2"] = "None"  # not a null token by default: not a number either
+    frame.to_csv(folder / "toy.csv", index=False)
+    report = gate(read_source(spec.source_path, spec.source.null_values))
+    assert not report.passed
+    assert report.problems[0]["column"] == "x2" and report.problems[0]["examples"] == "'None'"
+    strict = spec.model_copy(update={"source": spec.source.model_copy(update={"max_unparsed_share": 0.0})})
+    times = parse_source_times(read_source(spec.source_path, spec.source.null_values), strict)
+    assert times.unparsed == 1 and times.unparsed_examples == ["31/31/2024"]
+
+
+def test_the_features_gate_refuses_infinite_numbers_naming_column_and_week(spec_dir):
+    from datetime import datetime
+
+    from mlplatform.lib.source import Window
+    from mlplatform.lib.validation import to_features_frame, validate_features
+
+    [spec] = load_specs(spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()}))
+    frame = toy_rows()
+    frame["ts"] = pd.to_datetime(frame["ts"])
+    frame.loc[50, "x2"] = float("inf")
+    frame.loc[51, "x2"] = float("-inf")
+    validated, report = validate_features(to_features_frame(frame, spec), spec,
+                                          Window(datetime(2024, 1, 1), datetime(2024, 1, 22)))
+    assert validated is None
+    [problem] = [p for p in report.problems if p["check"] == "finite numbers"]
+    assert problem == {"column": "x2", "check": "finite numbers", "failures": 2,
+                       "examples": "-inf, inf in weeks 2024-01-08 (2)"}

@@ -27,12 +27,13 @@ from dagster_pandera import pandera_schema_to_dagster_type
 
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
 from mlplatform.defs.resources import Warehouse
-from mlplatform.lib.source import checked_data_path, read_source, rows_in_window, source_columns, to_utc_naive
+from mlplatform.lib.source import checked_data_path, read_source, rows_in_window, source_columns
 from mlplatform.lib.validation import (
     GateReport,
     check_source_week,
     coerce_numeric_columns,
     features_schema,
+    parse_source_times,
     schema_columns,
     to_features_frame,
     validate_features,
@@ -122,14 +123,15 @@ def build_raw_asset(spec: ModelSpec):
     )
     def raw(context: AssetExecutionContext) -> Iterator[Output | AssetCheckResult]:
         window = run_window(context)
-        frame = read_source(path)
+        frame = read_source(path, spec.source.null_values)
+        times = None
         if spec.source.timestamp:
-            frame[spec.time_column] = to_utc_naive(frame[spec.time_column], spec.source.timezone)
+            times = parse_source_times(frame, spec)
         else:
             frame[spec.time_column] = pd.Timestamp(spec.partitions.start)
         unplaced = int(frame[spec.time_column].isna().sum())
         rows = rows_in_window(frame, spec.time_column, window)
-        report = check_source_week(rows, spec, window, required_columns)
+        report = check_source_week(rows, spec, window, required_columns, times)
         if unplaced:
             context.log.warning(f"{unplaced} source rows have no valid event time and belong to no week")
         if not report.passed:

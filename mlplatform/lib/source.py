@@ -21,40 +21,40 @@ from mlplatform.specs.files import (  # noqa: F401 (re-exported)
     SourceFileError,
     checked_data_path,
     is_parquet,
+    read_options,
     source_columns,
 )
+from mlplatform.specs.schema import DEFAULT_NULL_VALUES
+from mlplatform.specs.timestamps import parse_event_times, timestamp_problems  # noqa: F401 (re-exported)
 
-_SOURCE_CACHE: dict[tuple[str, int, int], pd.DataFrame] = {}
+_SOURCE_CACHE: dict[tuple, pd.DataFrame] = {}
 
 
-def read_source(path: Path) -> pd.DataFrame:
-    """The whole source file, cached per (path, mtime, size) so a backfill of many weeks reads it once."""
+def read_source(path: Path, null_values: list[str] | tuple[str, ...] = DEFAULT_NULL_VALUES) -> pd.DataFrame:
+    """The whole source file, cached per (path, mtime, size, null tokens) so a backfill of many weeks reads it once.
+
+    A CSV cell is missing only when it is exactly one of ``null_values`` (the spec's ``source.null_values``).
+    """
     stat = path.stat()
     if not S_ISREG(stat.st_mode):  # checked at spec load too; the file may have been replaced since
         raise SourceFileError(f"{path} is not a regular file; allowed: a CSV or Parquet file")
-    cache_key = (str(path), stat.st_mtime_ns, stat.st_size)
+    cache_key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(null_values))
     if cache_key not in _SOURCE_CACHE:
         _SOURCE_CACHE.clear()
-        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, low_memory=False)
+        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, low_memory=False,
+                                                                              **read_options(null_values))
         _SOURCE_CACHE[cache_key] = frame
     return _SOURCE_CACHE[cache_key].copy()
 
 
-def to_utc_naive(values: pd.Series, timezone: str = "UTC") -> pd.Series:
+def to_utc_naive(values: pd.Series, timezone: str = "UTC", fmt: str | None = None, unit: str | None = None) -> pd.Series:
     """Parse event times to naive UTC; unparseable values become NaT (reported, never guessed).
 
     Values with an offset (``+02:00``, ``Z``) are converted to UTC; naive values are read in
-    ``timezone``. In a column that mixes both, naive values are read as UTC.
+    ``timezone``. In a column that mixes both, naive values are read as UTC. ``fmt`` (strftime) and
+    ``unit`` (epoch ``s``/``ms``) come from the spec; see :mod:`mlplatform.specs.timestamps`.
     """
-    if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:
-        text = values.astype("string")
-        has_offset = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True, na=False).any()
-        parsed = pd.to_datetime(values, errors="coerce", utc=bool(has_offset), format="mixed")
-    if getattr(parsed.dt, "tz", None) is None:
-        parsed = parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
-    return parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+    return parse_event_times(values, timezone, fmt, unit)
 
 
 def week_start(day: date | datetime) -> date:

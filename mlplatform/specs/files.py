@@ -122,3 +122,18 @@ def source_columns(path: Path) -> list[str]:
         if hint:
             raise SourceFileError(f"{path.name} has a single column{hint}")
     return columns
+
+
+def read_options(null_values: list[str] | tuple[str, ...]) -> dict:
+    """How every CSV read treats missing values: exactly the spec's null tokens, not pandas' longer list."""
+    return {"keep_default_na": False, "na_values": list(null_values)}
+
+
+def sample_column(path: Path, column: str, null_values: list[str] | tuple[str, ...], rows: int) -> pd.Series:
+    """The first ``rows`` values of one column, read as a full read would read them (for checks at validate)."""
+    if is_parquet(path):
+        import pyarrow.parquet as pq
+
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows, columns=[column]), None)
+        return batch.to_pandas()[column] if batch is not None else pd.Series([], dtype=object)
+    return pd.read_csv(path, usecols=[column], nrows=rows, low_memory=False, **read_options(null_values))[column]

@@ -18,8 +18,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mlplatform.specs.estimators import EstimatorNotAllowed, check_allowed
-from mlplatform.specs.files import SourceFileError, checked_data_path, source_columns
+from mlplatform.specs.files import SourceFileError, checked_data_path, sample_column, source_columns
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest, check_column_name
+from mlplatform.specs.timestamps import SAMPLE_VALUES, parse_event_times, timestamp_problems
 
 DbtColumns = Callable[[str], list[str] | None]
 """Looks up the declared columns of a dbt model by name; None when there is no such model."""
@@ -97,6 +98,8 @@ def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) 
         return
     if spec.source.timestamp and spec.source.timestamp not in available:
         yield "source.timestamp", _not_a_column(spec.source.timestamp, available, f"source {path.name}")
+    elif spec.source.timestamp:
+        yield from _check_event_times(spec, path)
     for key_column in spec.source.key:
         if key_column not in available:
             yield "source.key", _not_a_column(key_column, available, f"source {path.name}")
@@ -129,6 +132,35 @@ def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) 
         if rules.min is not None and rules.max is not None and rules.min > rules.max:
             yield f"columns.{column}", f"min {rules.min} is greater than max {rules.max}"
     yield from _check_estimator(spec)
+
+
+def _check_event_times(spec: ModelSpec, path: Path) -> Iterable[tuple[str, str]]:
+    """A bounded sample of the time column, parsed as the raw asset will: ambiguous, numeric or implausible
+    values and too many unparseable ones are named now, not found as silently wrong weeks later."""
+    source = spec.source
+    assert source.timestamp is not None
+    try:
+        values = sample_column(path, source.timestamp, source.null_values, SAMPLE_VALUES)
+    except Exception as error:  # noqa: BLE001 - the kind only: reader messages may quote the file
+        yield "source.path", f"cannot read column {source.timestamp!r} of {path.name} ({type(error).__name__})"
+        return
+    key = "source.timestamp_unit" if source.timestamp_unit else (
+        "source.timestamp_format" if source.timestamp_format else "source.timestamp")
+    problems = timestamp_problems(values, source.timestamp, source.timezone, source.timestamp_format,
+                                  source.timestamp_unit)
+    for problem in problems:
+        yield key, f"{problem} (checked the first {len(values)} rows of {path.name})"
+    if problems:
+        return
+    present = values.dropna()
+    parsed = parse_event_times(present, source.timezone, source.timestamp_format, source.timestamp_unit)
+    unparsed = parsed.isna()
+    if len(present) and unparsed.mean() > source.max_unparsed_share:
+        shown = ", ".join(repr(str(v)) for v in present[unparsed.to_numpy()].drop_duplicates().head(3))
+        yield key, (f"{int(unparsed.sum())} of the first {len(present)} values of column {source.timestamp!r} do not "
+                    f"parse as times (e.g. {shown}); allowed: a share up to source.max_unparsed_share "
+                    f"({source.max_unparsed_share:g}). Set source.timestamp_format, or add the text to "
+                    "source.null_values if it means 'unknown'")
 
 
 def _check_estimator(spec: ModelSpec) -> Iterable[tuple[str, str]]:
@@ -252,7 +284,7 @@ def _explain(error: ValidationError) -> Iterable[tuple[str, str]]:
             message = str(item["msg"]).removeprefix("Value error, ")
             # A check across sections (model_validator) has no location of its own: it names its key first.
             named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message, re.DOTALL)
-            if named and key == "(top level)":
+            if named and (key == "(top level)" or named.group(1).startswith(key + ".")):
                 key, message = named.groups()
             yield key, message
         else:

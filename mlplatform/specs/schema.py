@@ -22,6 +22,9 @@ from mlplatform.specs.tasks import DEFAULT_ESTIMATOR, DEFAULT_METRIC, METRICS_BY
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
+DEFAULT_NULL_VALUES = ("", "NA", "N/A", "n/a", "null", "NULL", "NaN", "nan")
+"""Cell texts read as missing by default (pandas' longer default list, e.g. 'None', '#N/A', is not used)."""
+
 COLUMN_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_ .-]*$"
 """Column names a spec may use: they reach SQL (quoted everywhere too; this is the first line of defence)."""
 
@@ -54,6 +57,36 @@ class SourceSpec(_Strict):
         description="Time zone of naive timestamps in the source. Everything is stored and cut in UTC.",
     )
     key: list[str] = Field(default_factory=list, description="Columns that identify a row; duplicates fail the gate.")
+    timestamp_format: str | None = Field(
+        default=None,
+        description="strftime format of the event time (e.g. `%d/%m/%Y %H:%M`). Without it each value is parsed by "
+        "guessing, and a column whose values read differently day-first and month-first is refused.",
+    )
+    timestamp_unit: Literal["s", "ms"] | None = Field(
+        default=None, description="The event time is an epoch number in seconds (`s`) or milliseconds (`ms`)."
+    )
+    max_unparsed_share: float = Field(
+        default=0, ge=0, le=1, description="The raw gate fails when more than this share of the source's rows has an "
+        "event time that does not parse (those rows belong to no week).",
+    )
+    null_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NULL_VALUES),
+        description="CSV cell texts read as missing (the whole cell). Anything else that is not a number in a "
+        "numeric column fails the raw gate.",
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_read_time(self) -> SourceSpec:
+        if self.timestamp_format is not None and self.timestamp_unit is not None:
+            raise ValueError("source.timestamp_format: give timestamp_format (text dates) or timestamp_unit (epoch "
+                             "numbers), not both")
+        if (self.timestamp_format or self.timestamp_unit) and not self.timestamp:
+            raise ValueError("source.timestamp: timestamp_format/timestamp_unit need source.timestamp, the column "
+                             "they describe")
+        if self.timestamp_format is not None and "%" not in self.timestamp_format:
+            raise ValueError(f"source.timestamp_format: found {self.timestamp_format!r}; expected a strftime format "
+                             "such as '%Y-%m-%d %H:%M:%S' or '%d/%m/%Y'")
+        return self
 
     @field_validator("timezone")
     @classmethod
