@@ -416,3 +416,57 @@ def test_the_features_gate_refuses_infinite_numbers_naming_column_and_week(spec_
     [problem] = [p for p in report.problems if p["check"] == "finite numbers"]
     assert problem == {"column": "x2", "check": "finite numbers", "failures": 2,
                        "examples": "-inf, inf in weeks 2024-01-08 (2)"}
+
+
+# 5. Weeks without data
+
+def test_an_empty_week_in_a_range_fails_alone_and_the_weeks_with_rows_proceed(home, spec_dir, instance):
+    from mlplatform_tests.helpers import check_record
+
+    frame = toy_rows()
+    frame = frame.loc[~pd.to_datetime(frame["ts"]).between("2024-01-08", "2024-01-14 23:59:59")]
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": frame})
+    result = run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-15", assets=["raw", "features"])
+    assert result.success
+    stored = warehouse_query(home, "select count(*) as n from toy.features")["n"].item()
+    assert stored == len(frame) == 80
+    notes = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+             and e.event_specific_data.partition == "2024-01-08"]
+    assert {(n.asset_key.path[-1], n.passed) for n in notes} == {("raw", False), ("features", False)}
+    [raw_note] = [n for n in notes if n.asset_key.path[-1] == "raw"]
+    assert raw_note.metadata["summary"].value == ("week 2024-01-08 has no rows in the source (its event times run "
+                                                  "from 2024-01-01 00:00 to 2024-01-21 19:48)")
+    assert check_record(instance, ["toy", "features"], "schema").evaluation.passed
+    [output] = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "raw"][:1]
+    assert output.materialization.metadata["empty_weeks"].value == ["2024-01-08"]
+
+
+def test_a_run_of_only_empty_weeks_fails_and_names_the_fix_when_the_data_ended(spec_dir):
+    from datetime import datetime
+
+    from mlplatform.lib.source import Window, read_source, rows_in_window
+    from mlplatform.lib.validation import check_source_week, parse_source_times
+
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows(weeks=2)})
+    [spec] = load_specs(folder)
+    frame = read_source(spec.source_path)
+    times = parse_source_times(frame, spec)
+    window = Window(datetime(2024, 1, 15), datetime(2024, 1, 22))
+    report = check_source_week(rows_in_window(frame, "ts", window), spec, window, ["ts", "id"], times)
+    assert not report.passed
+    assert report.problems[0]["examples"] == (
+        "week 2024-01-15 has no rows in the source (its event times run from 2024-01-01 00:00 to 2024-01-14 19:48); "
+        "if the data ended, set partitions.end: 2024-01-15 in toy.yaml")
+
+
+def test_demo_plans_only_the_weeks_with_rows(spec_dir):
+    from mlplatform.lib.source import contiguous_ranges, weeks_with_rows
+
+    frame = toy_rows()
+    frame = frame.loc[~pd.to_datetime(frame["ts"]).between("2024-01-08", "2024-01-14 23:59:59")]
+    [spec] = load_specs(spec_dir({"toy.yaml": TOY_SPEC.replace("end: 2024-01-22", "end: 2024-02-05")},
+                                 {"toy.csv": frame}))
+    weeks = ["2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22", "2024-01-29"]
+    with_rows = weeks_with_rows(spec, weeks)
+    assert with_rows == ["2024-01-01", "2024-01-15"]
+    assert contiguous_ranges(weeks, with_rows) == [("2024-01-01", "2024-01-01"), ("2024-01-15", "2024-01-15")]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -117,7 +118,8 @@ def build_raw_asset(spec: ModelSpec):
                 RAW_CHECK,
                 asset=key,
                 blocking=True,
-                description="Every week has rows, every column the spec needs is present, numeric columns hold numbers.",
+                description="Every column the spec needs is present, numeric columns hold numbers, event times parse one "
+                "way; a week without rows fails alone (a warning on that week) unless no week of the run has rows.",
             )
         ],
     )
@@ -141,19 +143,39 @@ def build_raw_asset(spec: ModelSpec):
             )
             return
         rows = coerce_numeric_columns(rows, spec)
+        empty_weeks = report.facts["empty_weeks"]
         yield Output(
             rows,
             metadata={
                 "rows": len(rows),
+                "empty_weeks": MetadataValue.json(empty_weeks),
                 "window": f"{window.start:%Y-%m-%d} .. {window.end:%Y-%m-%d} (end excluded, UTC)",
                 "rows_per_week": _rows_per_week_table(report.facts["rows_per_week"]),
                 "source_rows_without_event_time": unplaced,
                 "preview": MetadataValue.md(_markdown_table(rows.head(5))),
             },
         )
+        _report_empty_weeks(context, key, report, RAW_CHECK)
         yield AssetCheckResult(check_name=RAW_CHECK, passed=True, metadata=gate_metadata(report))
 
     return raw
+
+
+def _report_empty_weeks(context: AssetExecutionContext, key: AssetKey, report: GateReport, check: str) -> None:
+    """Weeks without rows in a range that has data: a warning and a failed check evaluation on that week alone.
+
+    One run over a range yields one output for every week (Dagster marks them all materialized, with
+    ``rows_per_week`` and ``empty_weeks`` saying which hold nothing); the failed evaluation on each empty
+    week's own partition keeps the UI from showing it as a good week. The weeks with rows proceed.
+    """
+    notes = report.facts.get("empty_week_notes", [])
+    for week, note in zip(report.facts["empty_weeks"], notes or report.facts["empty_weeks"], strict=False):
+        context.log.warning(f"{'/'.join(key.path)}: {note}")
+        context.log_event(AssetCheckEvaluation(
+            asset_key=key, check_name=check, passed=False, partition=week, blocking=False,
+            severity=AssetCheckSeverity.WARN, description=note,
+            metadata={"week": week, "summary": MetadataValue.text(note), "rows": 0},
+        ))
 
 
 def _column_schema(spec: ModelSpec) -> TableSchema:
@@ -218,12 +240,14 @@ def build_features_asset(spec: ModelSpec):
             validated,
             metadata={
                 "rows": len(validated),
+                "empty_weeks": MetadataValue.json(report.facts["empty_weeks"]),
                 "window": f"{window.start:%Y-%m-%d} .. {window.end:%Y-%m-%d} (end excluded, UTC)",
                 "target_null_share": report.facts["target_null_share"] or 0.0,
                 "rows_per_week": _rows_per_week_table(report.facts["rows_per_week"]),
                 "preview": MetadataValue.md(_markdown_table(validated.head(5))),
             },
         )
+        _report_empty_weeks(context, key, report, FEATURES_CHECK)
         yield AssetCheckResult(check_name=FEATURES_CHECK, passed=True, metadata=gate_metadata(report))
 
     return features

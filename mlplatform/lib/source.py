@@ -16,6 +16,7 @@ from stat import S_ISREG
 
 import pandas as pd
 
+from mlplatform.specs import ModelSpec
 from mlplatform.specs.files import (  # noqa: F401 (re-exported)
     SNAPSHOT_TIME_COLUMN,
     SourceFileError,
@@ -94,3 +95,34 @@ def rows_per_week(frame: pd.DataFrame, time_column: str, window: Window) -> dict
             if key in counts:
                 counts[key] = int(count)
     return counts
+
+
+def weeks_with_rows(spec: ModelSpec, weeks: list[str]) -> list[str]:
+    """The weeks (Monday ISO dates) among ``weeks`` that hold at least one source row, for running only those.
+
+    Reads the source through the same cache as the raw asset, so an in-process run that follows reads it once.
+    """
+    if not spec.source.timestamp:
+        return list(weeks)
+    frame = read_source(checked_data_path(spec.source_path, spec.spec_file.parent), spec.source.null_values)
+    times = to_utc_naive(frame[spec.source.timestamp], spec.source.timezone, spec.source.timestamp_format,
+                         spec.source.timestamp_unit).dropna()
+    mondays = set((times.dt.normalize() - pd.to_timedelta(times.dt.weekday, unit="D")).dt.strftime("%Y-%m-%d"))
+    return [week for week in weeks if week in mondays]
+
+
+def contiguous_ranges(weeks: list[str], keep: list[str]) -> list[tuple[str, str]]:
+    """The runs of consecutive ``weeks`` that are in ``keep``, as (first, last): one run each."""
+    ranges: list[tuple[str, str]] = []
+    kept = set(keep)
+    start = previous = None
+    for week in weeks:
+        if week in kept:
+            start = start or week
+            previous = week
+        elif start is not None:
+            ranges.append((start, previous))
+            start = None
+    if start is not None:
+        ranges.append((start, previous))
+    return ranges

@@ -132,13 +132,15 @@ def check_source_week(frame: pd.DataFrame, spec: ModelSpec, window: Window, requ
                                  "examples": ", ".join(repr(e) for e in examples)})
     counts = rows_per_week(frame, spec.time_column, window)
     empty_weeks = [week for week, count in counts.items() if count == 0]
-    for week in empty_weeks:
-        problems.append({"column": "(rows)", "check": "week has rows", "failures": 1,
-                         "examples": f"week {week} has no rows in the source"})
+    notes = [empty_week_note(week, spec, times) for week in empty_weeks]
+    if empty_weeks and len(empty_weeks) == len(counts):  # nothing at all to store: the run fails these weeks
+        problems += [{"column": "(rows)", "check": "week has rows", "failures": 1, "examples": note} for note in notes]
     summary = "source rows are complete and readable" if not problems else "; ".join(
         f"{p['column']}: {p['check']} failed ({p['failures']})" for p in problems[:6]
     )
     facts: dict[str, Any] = {"rows_per_week": counts, "missing_columns": missing, "empty_weeks": empty_weeks}
+    if notes:
+        facts["empty_week_notes"] = notes
     present = [c for c in required_columns if c in frame.columns and c != spec.time_column]
     facts["null_cells"] = {c: int(frame[c].isna().sum()) for c in present if frame[c].isna().any()}
     if times is not None:
@@ -151,6 +153,19 @@ def check_source_week(frame: pd.DataFrame, spec: ModelSpec, window: Window, requ
         sample_rows=frame.loc[bad_rows].head(SAMPLE_ROWS) if bad_rows.any() else None,
         facts=facts,
     )
+
+
+def empty_week_note(week: str, spec: ModelSpec, times: EventTimeReport | None) -> str:
+    """Why a week has no rows, as far as the source tells: its event-time span, and the fix when the data ended."""
+    note = f"week {week} has no rows in the source"
+    if times is not None and times.first is not None and times.last is not None:
+        note += f" (its event times run from {times.first:%Y-%m-%d %H:%M} to {times.last:%Y-%m-%d %H:%M})"
+        if pd.Timestamp(week) > times.last:
+            end = (times.last.normalize() - pd.Timedelta(days=times.last.weekday()) + pd.Timedelta(days=7)).date()
+            note += f"; if the data ended, set partitions.end: {end} in {spec.spec_file.name}"
+    elif times is not None:
+        note += " (no event time in the source parses)"
+    return note
 
 
 def coerce_numeric_columns(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
@@ -228,11 +243,16 @@ def validate_features(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> t
         "target_null_share": float(frame[spec.target].isna().mean()) if spec.target in frame.columns and len(frame) else None,
         "rows_per_week": counts,
     }
+    empty_weeks = [week for week, count in counts.items() if count == 0]
+    facts["empty_weeks"] = empty_weeks
+    if empty_weeks:
+        facts["empty_week_notes"] = [f"week {week} has no rows (none upstream); the other weeks proceed"
+                                     for week in empty_weeks]
+    # A week without rows fails only a run that has no week with rows: the weeks that have data proceed.
     problems: list[dict[str, Any]] = [
         {"column": "(rows)", "check": "week has rows", "failures": 1, "examples": f"week {week} has no rows"}
-        for week, count in counts.items()
-        if count == 0
-    ]
+        for week in empty_weeks
+    ] if empty_weeks and len(empty_weeks) == len(counts) else []
     infinite = _non_finite_problems(frame, spec)
     problems += infinite
     sample = None
