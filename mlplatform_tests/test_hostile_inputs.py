@@ -470,3 +470,20 @@ def test_demo_plans_only_the_weeks_with_rows(spec_dir):
     with_rows = weeks_with_rows(spec, weeks)
     assert with_rows == ["2024-01-01", "2024-01-15"]
     assert contiguous_ranges(weeks, with_rows) == [("2024-01-01", "2024-01-01"), ("2024-01-15", "2024-01-15")]
+
+
+def test_demo_skips_the_weeks_without_rows_and_says_which(home, spec_dir, capsys, monkeypatch):
+    from mlplatform.cli import prepare_dagster_home
+    from mlplatform.lib.settings import load_settings
+    from mlplatform.runner import run_models
+
+    frame = toy_rows()
+    frame = frame.loc[~pd.to_datetime(frame["ts"]).between("2024-01-08", "2024-01-14 23:59:59")]
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": frame})
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))  # prepare_dagster_home sets it: restore after
+    prepare_dagster_home(load_settings())
+    [result] = run_models(models=["toy"])
+    assert "--> toy: weeks 2024-01-01 .. 2024-01-15 (skipping 1 weeks without rows in the source: 2024-01-08)" \
+        in capsys.readouterr().out
+    assert result.skipped_weeks == ["2024-01-08"]
+    assert result.success and result.rows["raw"] == 80
