@@ -209,6 +209,25 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of the warehouse, the MLflow store and the Dagster instance (restore: docs/operations.md)."""
+    from pathlib import Path
+
+    from mlplatform.lib.stores import backup_stores, describe
+    from mlplatform.lib.warehouse import WarehouseBusy
+
+    settings = load_settings()
+    ensure_home(settings)
+    try:
+        report = backup_stores(settings.home, Path(args.to).expanduser().resolve() if args.to else None,
+                               os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI") or None, args.wait)
+    except (FileExistsError, WarehouseBusy) as error:
+        print(f"no backup made: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(describe(report)))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """``dagster dev`` on this code location with the instance under MLPLATFORM_HOME."""
     settings = load_settings()
@@ -252,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--wait", type=float, default=120.0,
                          help="seconds to wait while a run holds the warehouse's lock (default 120)")
     promote.set_defaults(func=cmd_promote)
+
+    backup = commands.add_parser("backup", help="copy the warehouse, MLflow store and Dagster instance, consistently")
+    backup.add_argument("--to", help="an empty or new folder; default: MLPLATFORM_HOME/backups/<UTC time>")
+    backup.add_argument("--wait", type=float, default=120.0,
+                        help="seconds to wait while a run holds the warehouse's lock (default 120)")
+    backup.set_defaults(func=cmd_backup)
 
     validate = commands.add_parser("validate", help="check the model specs and list every problem")
     validate.set_defaults(func=cmd_validate)

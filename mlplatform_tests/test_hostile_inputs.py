@@ -487,3 +487,89 @@ def test_demo_skips_the_weeks_without_rows_and_says_which(home, spec_dir, capsys
         in capsys.readouterr().out
     assert result.skipped_weeks == ["2024-01-08"]
     assert result.success and result.rows["raw"] == 80
+
+
+# 8. Damaged stores
+
+def stores_with_a_champion(home: Path):
+    """A warehouse with data and an audit row, and a real MLflow SQLite registry whose champion is v1."""
+    from mlplatform.lib.audit import record_alias_changes
+    from mlplatform.lib.tracking import Tracker
+
+    home.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker.under(home / "mlflow")
+    tracker.client.create_registered_model("toy")
+    tracker.client.create_model_version("toy", source=(home / "model").as_uri(), tags={"gates": "passed"})
+    tracker.set_alias("toy", "champion", "1")
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+        connection.execute("create schema toy; create table toy.features as select range as id, range * 0.5 as x "
+                           "from range(200000)")
+        record_alias_changes(connection, [{"changed_at": pd.Timestamp("2024-01-08"), "model": "toy",
+                                           "alias": "champion", "version": "1", "previous_version": None,
+                                           "actor": "ann", "reason": "ok", "week": "2024-01-01"}])
+    return tracker
+
+
+def test_a_champion_the_registry_forgot_is_named(home):
+    from mlplatform.lib.stores import check_stores
+    from mlplatform.lib.tracking import Tracker
+
+    tracker = stores_with_a_champion(home)
+    assert check_stores(home, tracker) == []
+    # mlflow.db deleted and recreated empty: a fresh store (MLflow keeps a deleted file open in this process,
+    # so the recreated store is made under another folder, as a new process would see it).
+    [problem] = check_stores(home, Tracker.under(home.parent / "recreated" / "mlflow"))
+    assert problem.startswith("toy: the audit says v1 became champion at 2024-01-08 00:00:00, but the registry at "
+                              "sqlite:///")
+    assert "has no such version: the MLflow store was replaced or lost; restore it from a backup" in problem
+
+
+def test_a_warehouse_that_fails_an_integrity_read_is_named(home):
+    from mlplatform.lib.stores import check_stores
+
+    tracker = stores_with_a_champion(home)
+    path = home / "warehouse.duckdb"
+    with path.open("r+b") as handle:  # damage the table's data blocks, not the file header
+        for offset in range(12288, path.stat().st_size - 4096, 65536):
+            handle.seek(offset + 100)
+            handle.write(b"\xff" * 2048)
+    [problem] = check_stores(home, tracker)
+    assert problem.startswith(f"warehouse {path} fails an integrity read (")
+    assert problem.endswith("restore it from a backup (docs/operations.md)")
+
+
+def test_backup_copies_the_three_stores_into_files_that_open_with_the_same_rows(home, capsys):
+    from dagster import DagsterInstance, job, op
+    from dagster._core.instance.ref import InstanceRef
+
+    from mlplatform.cli import main
+    from mlplatform.lib.tracking import Tracker
+
+    stores_with_a_champion(home)
+    (home / "mlflow" / "artifacts" / "toy").mkdir(parents=True)
+    (home / "mlflow" / "artifacts" / "toy" / "card.md").write_text("model card")
+
+    @op
+    def nothing() -> None:
+        pass
+
+    @job
+    def tiny():
+        nothing()
+
+    (home / "dagster").mkdir()
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home / "dagster"))) as instance:
+        assert tiny.execute_in_process(instance=instance).success
+        runs = len(instance.get_runs())
+    target = home.parent / "backup"
+    assert main(["backup", "--to", str(target)]) == 0
+    assert f"backup in {target}" in capsys.readouterr().out
+    with duckdb.connect(str(target / "warehouse.duckdb"), read_only=True) as copy:
+        assert copy.execute("select count(*), sum(x) from toy.features").fetchone() == (200000, 0.5 * 199999 * 100000)
+        assert copy.execute("select actor from audit.alias_changes").fetchone() == ("ann",)
+    assert Tracker.under(target / "mlflow").alias_version("toy", "champion") == "1"
+    assert (target / "mlflow" / "artifacts" / "toy" / "card.md").read_text() == "model card"
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(target / "dagster"))) as restored:
+        assert len(restored.get_runs()) == runs == 1
+    assert main(["backup", "--to", str(target)]) == 1  # never over an earlier backup
+    assert "is not empty; give a new folder" in capsys.readouterr().err
