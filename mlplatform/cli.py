@@ -63,7 +63,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         specs = load_specs(settings.specs_dir, dbt_manifest_columns(prepare_manifest()))
     except SpecError as error:
-        print(error, file=sys.stderr)
+        print(f"{len(error.problems)} problem(s) in model specs:", file=sys.stderr)
+        print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
         return 1
     for spec in specs:
         print(f"ok  {spec.name:<20} {spec.task:<11} {spec.spec_file}")

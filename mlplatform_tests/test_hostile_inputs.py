@@ -573,3 +573,21 @@ def test_backup_copies_the_three_stores_into_files_that_open_with_the_same_rows(
         assert len(restored.get_runs()) == runs == 1
     assert main(["backup", "--to", str(target)]) == 1  # never over an earlier backup
     assert "is not empty; give a new folder" in capsys.readouterr().err
+
+
+def test_the_spec_error_a_code_location_raises_is_short_and_keeps_every_problem(spec_dir, home, capsys):
+    import pickle
+
+    from mlplatform.cli import main
+
+    specs = {f"m{i}.yaml": TOY_SPEC.replace("name: toy", f"name: m{i}").replace("task: regression", "task: nope")
+             for i in range(30)}
+    folder = spec_dir(specs, {"toy.csv": toy_rows()})
+    with pytest.raises(SpecError) as caught:
+        load_specs(folder)
+    text = str(caught.value)
+    assert text.splitlines()[0] == "30 problem(s) in model specs:"
+    assert len(text.splitlines()) == 27 and text.endswith("... and 5 more: run `mlplatform validate`")
+    assert len(pickle.loads(pickle.dumps(caught.value)).problems) == 30
+    assert main(["validate"]) == 1
+    assert capsys.readouterr().err.count("task: found 'nope'") == 30

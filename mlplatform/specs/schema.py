@@ -338,10 +338,17 @@ class SpecProblem(BaseModel):
 class SpecError(ValueError):
     """Every problem found in the specs, one line each."""
 
+    SHOWN = 25
+    """Problems in the message; all of them stay in ``problems`` (and ``mlplatform validate`` prints all)."""
+
     def __init__(self, problems: list[SpecProblem]):
         self.problems = problems
-        lines = "\n".join(f"  - {problem}" for problem in problems)
-        super().__init__(f"{len(problems)} problem(s) in model specs:\n{lines}")
+        lines = "\n".join(f"  - {problem}" for problem in problems[:self.SHOWN])
+        more = f"\n  ... and {len(problems) - self.SHOWN} more: run `mlplatform validate`" if len(problems) > self.SHOWN else ""
+        super().__init__(f"{len(problems)} problem(s) in model specs:\n{lines}{more}")
+
+    def __reduce__(self):  # picklable across Dagster's code-server boundary with its problems intact
+        return (type(self), (self.problems,))
 
 
 def _suggest(found: str, allowed: Iterable[str]) -> str:
