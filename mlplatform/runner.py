@@ -16,7 +16,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from mlplatform.lib.gates import TRAINING_DATA
 from mlplatform.lib.source import contiguous_ranges, weeks_with_rows
-from mlplatform.lib.warehouse import connect_when_free
+from mlplatform.lib.warehouse import connect_when_free, table_name
 
 READ_WAIT_SECONDS = 120.0
 """How long the summary waits while another process (a run started from the UI) writes to the warehouse."""
@@ -265,7 +265,7 @@ def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.Da
         if not found:
             return pd.DataFrame()
         return connection.execute(
-            f'select * from "{model}".evaluations where week between ? and ? order by week', [first, last]
+            f"select * from {table_name(model, 'evaluations')} where week between ? and ? order by week", [first, last]
         ).fetchdf()
 
 
@@ -280,7 +280,8 @@ def drift_weeks(warehouse_path: Path, model: str, first: str, last: str) -> list
         if not found:
             return None
         rows = connection.execute(
-            f'select distinct week from "{model}".drift where week between ? and ? and not check_passed order by week',
+            f"select distinct week from {table_name(model, 'drift')} where week between ? and ? and not check_passed "
+            "order by week",
             [first, last],
         ).fetchall()
     return [f"{week:%Y-%m-%d}" for (week,) in rows]
