@@ -13,6 +13,17 @@ from collections.abc import Sequence
 
 from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, Settings, configure_process, ensure_home, load_settings
 
+PREVIOUS_DAGSTER_YAML = ("""\
+# Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    # DuckDB allows one writer per file: queue runs instead of letting them collide.
+    max_concurrent_runs: 1
+""",)
+"""Instance configs earlier releases wrote unchanged: replaced by the current one (an edited file is kept)."""
+
 DAGSTER_YAML = """\
 # Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
 telemetry:
@@ -21,6 +32,16 @@ concurrency:
   runs:
     # DuckDB allows one writer per file: queue runs instead of letting them collide.
     max_concurrent_runs: 1
+run_monitoring:
+  # A run whose worker never started, or that hangs while canceling, is marked failed instead of
+  # holding the only run slot forever. (A worker killed mid-run is caught by `mlplatform demo`,
+  # see runner.fail_dead_runs, and docs/operations.md.)
+  enabled: true
+  start_timeout_seconds: 600
+  cancel_timeout_seconds: 300
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 60
+  free_slots_after_run_end_seconds: 60
 """
 
 
@@ -29,7 +50,7 @@ def prepare_dagster_home(settings: Settings) -> None:
     ensure_home(settings)
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
+    if not config.exists() or config.read_text() in PREVIOUS_DAGSTER_YAML:
         config.write_text(DAGSTER_YAML)
 
 
@@ -42,7 +63,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         specs = load_specs(settings.specs_dir, dbt_manifest_columns(prepare_manifest()))
     except SpecError as error:
-        print(error, file=sys.stderr)
+        print(f"{len(error.problems)} problem(s) in model specs:", file=sys.stderr)
+        print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
         return 1
     for spec in specs:
         print(f"ok  {spec.name:<20} {spec.task:<11} {spec.spec_file}")
@@ -198,6 +220,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of the warehouse, the MLflow store and the Dagster instance (restore: docs/operations.md)."""
+    from pathlib import Path
+
+    from mlplatform.lib.stores import backup_stores, describe
+    from mlplatform.lib.warehouse import WarehouseBusy
+
+    settings = load_settings()
+    ensure_home(settings)
+    try:
+        report = backup_stores(settings.home, Path(args.to).expanduser().resolve() if args.to else None,
+                               os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI") or None, args.wait)
+    except (FileExistsError, WarehouseBusy) as error:
+        print(f"no backup made: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(describe(report)))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """``dagster dev`` on this code location with the instance under MLPLATFORM_HOME."""
     settings = load_settings()
@@ -249,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--wait", type=float, default=120.0,
                        help="seconds to wait while a run writes to the warehouse (default 120)")
     audit.set_defaults(func=cmd_audit)
+
+    backup = commands.add_parser("backup", help="copy the warehouse, MLflow store and Dagster instance, consistently")
+    backup.add_argument("--to", help="an empty or new folder; default: MLPLATFORM_HOME/backups/<UTC time>")
+    backup.add_argument("--wait", type=float, default=120.0,
+                        help="seconds to wait while a run holds the warehouse's lock (default 120)")
+    backup.set_defaults(func=cmd_backup)
 
     validate = commands.add_parser("validate", help="check the model specs and list every problem")
     validate.set_defaults(func=cmd_validate)

@@ -5,16 +5,19 @@ Used by ``mlplatform demo``; the same range as ``dagster asset materialize --par
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from dagster import AssetCheckEvaluation, DagsterInstance
+from dagster import AssetCheckEvaluation, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from mlplatform import names
 from mlplatform.lib.gates import TRAINING_DATA
-from mlplatform.lib.warehouse import connect_when_free
+from mlplatform.lib.source import contiguous_ranges, weeks_with_rows
+from mlplatform.lib.warehouse import connect_when_free, table_name
 
 READ_WAIT_SECONDS = 120.0
 """How long the summary waits while another process (a run started from the UI) writes to the warehouse."""
@@ -35,6 +38,67 @@ class ModelRunResult:
     check_summaries: dict[str, str] = field(default_factory=dict)
     retrains: list[tuple[str, str, bool]] = field(default_factory=list)  # (drift week, retrained week, success)
     halted: list[str] = field(default_factory=list)  # weeks whose training-data gate stopped training
+    skipped_weeks: list[str] = field(default_factory=list)  # weeks without source rows, not run
+
+
+STUCK_STARTING_SECONDS = 600.0
+"""A run still STARTING after this long, with no process recorded, never got a worker (same as run monitoring)."""
+
+_UNFINISHED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _run_worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
+    """The process that executes the run: the pid its RUN_START event records (events before it, such as the
+    planned materializations, come from whoever launched the run)."""
+    from dagster import DagsterEventType
+
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.RUN_START):
+        event = record.dagster_event
+        if event is not None and event.pid is not None:
+            return int(event.pid)
+    return None
+
+
+def fail_dead_runs(instance: DagsterInstance, log=print) -> list[str]:
+    """Mark runs FAILURE whose worker process is gone (killed, machine slept), and return their ids.
+
+    With ``max_concurrent_runs: 1`` one such run, left STARTED forever, blocks every later run.
+    Dagster's run monitoring (enabled in the instance config the platform writes) cannot see a dead
+    worker of the default run launcher, nor in-process runs: this looks up the worker's pid in the
+    run's events. Only for a local (SQLite) instance, where every run ran on this machine.
+    """
+    if "sqlite" not in type(instance.run_storage).__name__.lower():
+        return []
+    failed = []
+    for run in instance.get_runs(RunsFilter(statuses=_UNFINISHED)):
+        pid = _run_worker_pid(instance, run.run_id)
+        if pid == os.getpid():
+            continue
+        if pid is None:
+            record = instance.get_run_record_by_id(run.run_id)
+            updated = record.update_timestamp.timestamp() if record and record.update_timestamp else time.time()
+            if run.status != DagsterRunStatus.STARTING or time.time() - updated < STUCK_STARTING_SECONDS:
+                continue
+            reason = f"it has been STARTING for more than {STUCK_STARTING_SECONDS:g} s with no process"
+        elif _pid_alive(pid):
+            continue
+        else:
+            reason = f"its process {pid} is gone (killed or crashed)"
+        message = f"run {run.run_id} ({run.job_name}) was {run.status.value} but {reason}; marked as failed"
+        instance.report_run_failed(run, message=message)
+        log(message)
+        failed.append(run.run_id)
+    return failed
 
 
 class RunRequestError(ValueError):
@@ -67,53 +131,91 @@ def week_range(model: str, weeks_of_model: list[str], first: str | None, last: s
 
 
 def run_models(
-    models: list[str] | None = None, first: str | None = None, last: str | None = None, weeks: int | None = None
+    models: list[str] | None = None, first: str | None = None, last: str | None = None, weeks: int | None = None,
+    skip_empty_weeks: bool = True,
 ) -> list[ModelRunResult]:
-    """Run each model's pipeline over its weeks; every request is checked before anything runs."""
+    """Run each model's pipeline over its weeks; every request is checked before anything runs.
+
+    Weeks whose source holds no rows are skipped by default (and named): the range is cut into runs of
+    consecutive weeks with data, so an empty week neither fails the weeks around it nor shows as done.
+    """
     from mlplatform.definitions import build_definitions
 
     defs = build_definitions()
     instance = DagsterInstance.get()
+    fail_dead_runs(instance)  # a killed earlier run must not block this one (max_concurrent_runs: 1)
     jobs = {names.model_from_pipeline_job(j.name): j.name for j in defs.resolve_all_job_defs()
             if names.model_from_pipeline_job(j.name)}
     unknown = sorted(set(models or []) - set(jobs))
     if unknown:
         raise RunRequestError(f"no model named {', '.join(unknown)}; the specs define {', '.join(sorted(jobs)) or 'none'}")
+    specs = _specs_by_name() if skip_empty_weeks else {}
     planned = []
     for model in sorted(jobs):
         if models and model not in models:
             continue
         job = defs.resolve_job_def(jobs[model])
         keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
-        planned.append((model, job, *week_range(model, keys, first, last, weeks)))
+        start, end = week_range(model, keys, first, last, weeks)
+        in_range = keys[keys.index(start):keys.index(end) + 1]
+        with_rows = weeks_with_rows(specs[model], in_range) if model in specs else in_range
+        planned.append((model, job, start, end, contiguous_ranges(in_range, with_rows),
+                        [w for w in in_range if w not in with_rows]))
     results = []
-    for model, job, start, end in planned:
-        print(f"--> {model}: weeks {start} .. {end}", flush=True)
-        result = job.execute_in_process(
-            instance=instance,
-            tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
-            raise_on_error=False,
-            run_config=QUIET_RUN_CONFIG,
-        )
-        outcome = ModelRunResult(model=model, first_week=start, last_week=end, success=result.success, run_id=result.run_id)
-        for event in result.all_events:
-            if event.is_step_materialization:
-                materialization = event.step_materialization_data.materialization
-                rows = materialization.metadata.get("rows")
-                if rows is not None:
-                    outcome.rows[materialization.asset_key.path[-1]] = int(rows.value)
-            elif event.event_type_value == "ASSET_CHECK_EVALUATION":
-                evaluation: AssetCheckEvaluation = event.event_specific_data
-                name = f"{evaluation.asset_key.path[-1]}.{evaluation.check_name}"
-                outcome.checks[name] = outcome.checks.get(name, True) and evaluation.passed
-                if evaluation.check_name == TRAINING_DATA and not evaluation.passed:
-                    outcome.halted.append(str(evaluation.partition))
-                summary = evaluation.metadata.get("summary")
-                if summary is not None:
-                    outcome.check_summaries[name] = str(summary.value)
+    for model, job, start, end, ranges, skipped in planned:
+        note = f" (skipping {len(skipped)} weeks without rows in the source: {_weeks_text(skipped)})" if skipped else ""
+        print(f"--> {model}: weeks {start} .. {end}{note}", flush=True)
+        outcome = ModelRunResult(model=model, first_week=start, last_week=end, success=bool(ranges), run_id="",
+                                 skipped_weeks=skipped)
+        for first_week, last_week in ranges:
+            _execute_range(job, instance, first_week, last_week, outcome)
+        if not ranges:
+            print(f"    {model}: no week in {start} .. {end} has rows in the source; nothing was run", flush=True)
         outcome.retrains = run_retrain_sensor(defs, instance, model)
         results.append(outcome)
     return results
+
+
+def _specs_by_name() -> dict:
+    from mlplatform.defs.dbt_project import prepare_manifest
+    from mlplatform.lib.settings import load_settings
+    from mlplatform.specs import dbt_manifest_columns, load_specs
+
+    return {spec.name: spec for spec in load_specs(load_settings().specs_dir, dbt_manifest_columns(prepare_manifest()))}
+
+
+def _weeks_text(weeks: list[str], shown: int = 12) -> str:
+    return ", ".join(weeks[:shown]) + (f" ... ({len(weeks)} in all)" if len(weeks) > shown else "")
+
+
+def _execute_range(job, instance: DagsterInstance, start: str, end: str, outcome: ModelRunResult) -> None:
+    """One run over [start, end]; its rows, checks and halted weeks are added to ``outcome``."""
+    result = job.execute_in_process(
+        instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
+        raise_on_error=False,
+        run_config=QUIET_RUN_CONFIG,
+    )
+    outcome.success = outcome.success and result.success
+    outcome.run_id = result.run_id
+    for event in result.all_events:
+        if event.is_step_materialization:
+            materialization = event.step_materialization_data.materialization
+            rows = materialization.metadata.get("rows")
+            if rows is not None:
+                name = materialization.asset_key.path[-1]
+                outcome.rows[name] = outcome.rows.get(name, 0) + int(rows.value)
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation: AssetCheckEvaluation = event.event_specific_data
+            name = f"{evaluation.asset_key.path[-1]}.{evaluation.check_name}"
+            if evaluation.partition is not None and name in ("raw.source_contract", "features.schema"):
+                continue  # an empty week's own note (skipped weeks are reported separately)
+            outcome.checks[name] = outcome.checks.get(name, True) and evaluation.passed
+            if evaluation.check_name == TRAINING_DATA and not evaluation.passed:
+                outcome.halted.append(str(evaluation.partition))
+            summary = evaluation.metadata.get("summary")
+            if summary is not None:
+                outcome.check_summaries[name] = str(summary.value)
 
 
 def run_retrain_sensor(defs, instance: DagsterInstance, model: str) -> list[tuple[str, str, bool]]:
@@ -163,7 +265,8 @@ def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.Da
         if not found:
             return pd.DataFrame()
         return connection.execute(
-            f'select * from "{model}"."{names.EVALUATIONS_TABLE}" where week between ? and ? order by week', [first, last]
+            f"select * from {table_name(model, names.EVALUATIONS_TABLE)} where week between ? and ? order by week",
+            [first, last]
         ).fetchdf()
 
 
@@ -179,8 +282,8 @@ def drift_weeks(warehouse_path: Path, model: str, first: str, last: str) -> list
         if not found:
             return None
         rows = connection.execute(
-            f'select distinct week from "{model}"."{names.DRIFT_TABLE}" where week between ? and ? and not check_passed '
-            'order by week',
+            f"select distinct week from {table_name(model, names.DRIFT_TABLE)} where week between ? and ? "
+            "and not check_passed order by week",
             [first, last],
         ).fetchall()
     return [f"{week:%Y-%m-%d}" for (week,) in rows]
@@ -197,6 +300,9 @@ def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions
         data_checks = ", ".join(f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in r.checks.items()
                                 if not name.startswith(("model.", "drift."))) or "none ran"
         lines.append(f"== {r.model}: weeks {r.first_week}..{r.last_week}, run {'succeeded' if r.success else 'FAILED'}")
+        if r.skipped_weeks:
+            lines.append(f"   skipped {len(r.skipped_weeks)} weeks without rows in the source: "
+                         f"{_weeks_text(r.skipped_weeks)}")
         lines.append(f"   data: {r.rows.get('raw', 0)} raw rows, {r.rows.get('features', 0)} feature rows; {data_checks}")
         for name, ok in r.checks.items():
             if not ok and not name.startswith(("model.", "drift.")):

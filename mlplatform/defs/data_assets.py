@@ -11,10 +11,12 @@ from typing import Any
 
 import pandas as pd
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     MetadataValue,
     Output,
     TableColumn,
@@ -29,20 +31,27 @@ from mlplatform.defs.keys import features_key, raw_key, staged_key
 from mlplatform.defs.metadata import markdown_table
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
 from mlplatform.defs.resources import Warehouse
-from mlplatform.lib.source import read_source, rows_in_window, source_columns, to_utc_naive
+from mlplatform.lib.source import checked_data_path, read_source, rows_in_window, source_columns
 from mlplatform.lib.validation import (
     GateReport,
     check_source_week,
     coerce_numeric_columns,
     features_schema,
+    parse_source_times,
     schema_columns,
     to_features_frame,
     validate_features,
 )
+from mlplatform.lib.warehouse import quote_identifier
 from mlplatform.specs import ModelSpec
 
 RAW_CHECK = names.RAW_CHECK
 FEATURES_CHECK = names.FEATURES_CHECK
+
+
+def partition_expr(spec: ModelSpec) -> str:
+    """The time column as the DuckDB IO manager pastes it into ``DELETE/SELECT ... WHERE {expr} >= ...``: quoted."""
+    return quote_identifier(spec.time_column)
 
 
 def owners(spec: ModelSpec) -> list[str]:
@@ -73,9 +82,9 @@ def _rows_per_week_table(counts: dict[str, int]) -> MetadataValue:
 def build_raw_asset(spec: ModelSpec):
     """``<model>/raw``: the source rows whose event time falls in the week, stored in DuckDB."""
     key = raw_key(spec)
-    header = set(source_columns(spec.source_path))
+    path = checked_data_path(spec.source_path, spec.spec_file.parent)  # inside the allowed roots, symlinks resolved
+    header = set(source_columns(path))
     required_columns = [c for c in dict.fromkeys([spec.time_column, *spec.modelling_columns]) if c in header]
-    path = spec.source_path
 
     @asset(
         key=key,
@@ -87,26 +96,28 @@ def build_raw_asset(spec: ModelSpec):
         kinds={"duckdb", "pandas"},
         description=f"Rows of `{path.name}` whose event time (`{spec.time_column}`, UTC) falls in the week. "
         "Re-materializing a week replaces its rows.",
-        metadata={"partition_expr": spec.time_column, "source": MetadataValue.path(str(path))},
+        metadata={"partition_expr": partition_expr(spec), "source": MetadataValue.path(str(path))},
         check_specs=[
             AssetCheckSpec(
                 RAW_CHECK,
                 asset=key,
                 blocking=True,
-                description="Every week has rows, every column the spec needs is present, numeric columns hold numbers.",
+                description="Every column the spec needs is present, numeric columns hold numbers, event times parse one "
+                "way; a week without rows fails alone (a warning on that week) unless no week of the run has rows.",
             )
         ],
     )
     def raw(context: AssetExecutionContext) -> Iterator[Output | AssetCheckResult]:
         window = run_window(context)
-        frame = read_source(path)
+        frame = read_source(path, spec.source.null_values)
+        times = None
         if spec.source.timestamp:
-            frame[spec.time_column] = to_utc_naive(frame[spec.time_column], spec.source.timezone)
+            times = parse_source_times(frame, spec)
         else:
             frame[spec.time_column] = pd.Timestamp(spec.partitions.start)
         unplaced = int(frame[spec.time_column].isna().sum())
         rows = rows_in_window(frame, spec.time_column, window)
-        report = check_source_week(rows, spec, window, required_columns)
+        report = check_source_week(rows, spec, window, required_columns, times)
         if unplaced:
             context.log.warning(f"{unplaced} source rows have no valid event time and belong to no week")
         if not report.passed:
@@ -116,19 +127,39 @@ def build_raw_asset(spec: ModelSpec):
             )
             return
         rows = coerce_numeric_columns(rows, spec)
+        empty_weeks = report.facts["empty_weeks"]
         yield Output(
             rows,
             metadata={
                 "rows": len(rows),
+                "empty_weeks": MetadataValue.json(empty_weeks),
                 "window": f"{window.start:%Y-%m-%d} .. {window.end:%Y-%m-%d} (end excluded, UTC)",
                 "rows_per_week": _rows_per_week_table(report.facts["rows_per_week"]),
                 "source_rows_without_event_time": unplaced,
                 "preview": MetadataValue.md(markdown_table(rows.head(5))),
             },
         )
+        _report_empty_weeks(context, key, report, RAW_CHECK)
         yield AssetCheckResult(check_name=RAW_CHECK, passed=True, metadata=gate_metadata(report))
 
     return raw
+
+
+def _report_empty_weeks(context: AssetExecutionContext, key: AssetKey, report: GateReport, check: str) -> None:
+    """Weeks without rows in a range that has data: a warning and a failed check evaluation on that week alone.
+
+    One run over a range yields one output for every week (Dagster marks them all materialized, with
+    ``rows_per_week`` and ``empty_weeks`` saying which hold nothing); the failed evaluation on each empty
+    week's own partition keeps the UI from showing it as a good week. The weeks with rows proceed.
+    """
+    notes = report.facts.get("empty_week_notes", [])
+    for week, note in zip(report.facts["empty_weeks"], notes or report.facts["empty_weeks"], strict=False):
+        context.log.warning(f"{'/'.join(key.path)}: {note}")
+        context.log_event(AssetCheckEvaluation(
+            asset_key=key, check_name=check, passed=False, partition=week, blocking=False,
+            severity=AssetCheckSeverity.WARN, description=note,
+            metadata={"week": week, "summary": MetadataValue.text(note), "rows": 0},
+        ))
 
 
 def _column_schema(spec: ModelSpec) -> TableSchema:
@@ -165,7 +196,7 @@ def build_features_asset(spec: ModelSpec):
         dagster_type=pandera_schema_to_dagster_type(schema),
         description=f"Modelling table of {spec.name}: event time, key, features and target `{spec.target}`, "
         "validated against the Pandera schema generated from the spec.",
-        metadata={"partition_expr": spec.time_column, "dagster/column_schema": _column_schema(spec)},
+        metadata={"partition_expr": partition_expr(spec), "dagster/column_schema": _column_schema(spec)},
         check_specs=[
             AssetCheckSpec(
                 FEATURES_CHECK,
@@ -193,12 +224,14 @@ def build_features_asset(spec: ModelSpec):
             validated,
             metadata={
                 "rows": len(validated),
+                "empty_weeks": MetadataValue.json(report.facts["empty_weeks"]),
                 "window": f"{window.start:%Y-%m-%d} .. {window.end:%Y-%m-%d} (end excluded, UTC)",
                 "target_null_share": report.facts["target_null_share"] or 0.0,
                 "rows_per_week": _rows_per_week_table(report.facts["rows_per_week"]),
                 "preview": MetadataValue.md(markdown_table(validated.head(5))),
             },
         )
+        _report_empty_weeks(context, key, report, FEATURES_CHECK)
         yield AssetCheckResult(check_name=FEATURES_CHECK, passed=True, metadata=gate_metadata(report))
 
     return features

@@ -12,40 +12,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from stat import S_ISREG
 
 import pandas as pd
 
-from mlplatform.specs.files import SNAPSHOT_TIME_COLUMN, is_parquet, source_columns  # noqa: F401 (re-exported)
+from mlplatform.specs import ModelSpec
+from mlplatform.specs.files import (  # noqa: F401 (re-exported)
+    SNAPSHOT_TIME_COLUMN,
+    SourceFileError,
+    checked_data_path,
+    is_parquet,
+    read_options,
+    source_columns,
+)
+from mlplatform.specs.schema import DEFAULT_NULL_VALUES
+from mlplatform.specs.timestamps import parse_event_times, timestamp_problems  # noqa: F401 (re-exported)
 
-_SOURCE_CACHE: dict[tuple[str, int, int], pd.DataFrame] = {}
+_SOURCE_CACHE: dict[tuple, pd.DataFrame] = {}
 
 
-def read_source(path: Path) -> pd.DataFrame:
-    """The whole source file, cached per (path, mtime, size) so a backfill of many weeks reads it once."""
+def read_source(path: Path, null_values: list[str] | tuple[str, ...] = DEFAULT_NULL_VALUES) -> pd.DataFrame:
+    """The whole source file, cached per (path, mtime, size, null tokens) so a backfill of many weeks reads it once.
+
+    A CSV cell is missing only when it is exactly one of ``null_values`` (the spec's ``source.null_values``).
+    """
     stat = path.stat()
-    cache_key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if not S_ISREG(stat.st_mode):  # checked at spec load too; the file may have been replaced since
+        raise SourceFileError(f"{path} is not a regular file; allowed: a CSV or Parquet file")
+    cache_key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(null_values))
     if cache_key not in _SOURCE_CACHE:
         _SOURCE_CACHE.clear()
-        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, low_memory=False)
+        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, low_memory=False,
+                                                                              **read_options(null_values))
         _SOURCE_CACHE[cache_key] = frame
     return _SOURCE_CACHE[cache_key].copy()
 
 
-def to_utc_naive(values: pd.Series, timezone: str = "UTC") -> pd.Series:
+def to_utc_naive(values: pd.Series, timezone: str = "UTC", fmt: str | None = None, unit: str | None = None) -> pd.Series:
     """Parse event times to naive UTC; unparseable values become NaT (reported, never guessed).
 
     Values with an offset (``+02:00``, ``Z``) are converted to UTC; naive values are read in
-    ``timezone``. In a column that mixes both, naive values are read as UTC.
+    ``timezone``. In a column that mixes both, naive values are read as UTC. ``fmt`` (strftime) and
+    ``unit`` (epoch ``s``/``ms``) come from the spec; see :mod:`mlplatform.specs.timestamps`.
     """
-    if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:
-        text = values.astype("string")
-        has_offset = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True, na=False).any()
-        parsed = pd.to_datetime(values, errors="coerce", utc=bool(has_offset), format="mixed")
-    if getattr(parsed.dt, "tz", None) is None:
-        parsed = parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
-    return parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+    return parse_event_times(values, timezone, fmt, unit)
 
 
 @dataclass(frozen=True)
@@ -79,3 +89,34 @@ def rows_per_week(frame: pd.DataFrame, time_column: str, window: Window) -> dict
             if key in counts:
                 counts[key] = int(count)
     return counts
+
+
+def weeks_with_rows(spec: ModelSpec, weeks: list[str]) -> list[str]:
+    """The weeks (Monday ISO dates) among ``weeks`` that hold at least one source row, for running only those.
+
+    Reads the source through the same cache as the raw asset, so an in-process run that follows reads it once.
+    """
+    if not spec.source.timestamp:
+        return list(weeks)
+    frame = read_source(checked_data_path(spec.source_path, spec.spec_file.parent), spec.source.null_values)
+    times = to_utc_naive(frame[spec.source.timestamp], spec.source.timezone, spec.source.timestamp_format,
+                         spec.source.timestamp_unit).dropna()
+    mondays = set((times.dt.normalize() - pd.to_timedelta(times.dt.weekday, unit="D")).dt.strftime("%Y-%m-%d"))
+    return [week for week in weeks if week in mondays]
+
+
+def contiguous_ranges(weeks: list[str], keep: list[str]) -> list[tuple[str, str]]:
+    """The runs of consecutive ``weeks`` that are in ``keep``, as (first, last): one run each."""
+    ranges: list[tuple[str, str]] = []
+    kept = set(keep)
+    start = previous = None
+    for week in weeks:
+        if week in kept:
+            start = start or week
+            previous = week
+        elif start is not None:
+            ranges.append((start, previous))
+            start = None
+    if start is not None:
+        ranges.append((start, previous))
+    return ranges

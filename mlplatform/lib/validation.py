@@ -14,8 +14,9 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from mlplatform.lib.source import Window, rows_per_week
+from mlplatform.lib.source import Window, rows_per_week, timestamp_problems, to_utc_naive
 from mlplatform.specs import ModelSpec
+from mlplatform.specs.timestamps import SAMPLE_VALUES
 
 SAMPLE_ROWS = 5
 
@@ -57,12 +58,64 @@ def category_text(value: Any) -> str:
     return str(value)
 
 
-def check_source_week(frame: pd.DataFrame, spec: ModelSpec, window: Window, required_columns: list[str]) -> GateReport:
-    """Does the raw data for this window have rows every week, the columns the spec needs, and numbers where numbers are due?
+@dataclass
+class EventTimeReport:
+    """How the source's event times parsed, over the whole file: what the raw gate needs beyond one window."""
+
+    rows: int
+    unparsed: int
+    unparsed_examples: list[str]
+    problems: list[str]
+    first: pd.Timestamp | None
+    last: pd.Timestamp | None
+
+    @property
+    def unparsed_share(self) -> float:
+        return self.unparsed / self.rows if self.rows else 0.0
+
+
+def parse_source_times(frame: pd.DataFrame, spec: ModelSpec) -> EventTimeReport:
+    """Parse the event time column in place (naive UTC) and report what did not parse or looks wrong.
+
+    The silent-wrong-answer checks (day-first/month-first ambiguity, epoch numbers) run on up to
+    ``SAMPLE_VALUES`` rows spread over the whole file, so a late change of format is seen too.
+    """
+    source, column = spec.source, spec.time_column
+    raw = frame[column]
+    present = raw.dropna()
+    step = max(1, len(present) // SAMPLE_VALUES)
+    problems = timestamp_problems(present.iloc[::step], column, source.timezone, source.timestamp_format,
+                                  source.timestamp_unit)
+    frame[column] = to_utc_naive(raw, source.timezone, source.timestamp_format, source.timestamp_unit)
+    unparsed = frame[column].isna()
+    placed = frame.loc[~unparsed, column]
+    return EventTimeReport(
+        rows=len(frame),
+        unparsed=int(unparsed.sum()),
+        unparsed_examples=[str(v) for v in raw[unparsed].drop_duplicates().head(SAMPLE_ROWS)],
+        problems=problems,
+        first=placed.min() if len(placed) else None,
+        last=placed.max() if len(placed) else None,
+    )
+
+
+def check_source_week(frame: pd.DataFrame, spec: ModelSpec, window: Window, required_columns: list[str],
+                      times: EventTimeReport | None = None) -> GateReport:
+    """Does the raw data for this window have the columns the spec needs, numbers where numbers are due,
+    and event times that parse (``times``: over the whole file)?
 
     ``frame`` is the window's rows as read, with the event time already parsed.
     """
     problems: list[dict[str, Any]] = []
+    if times is not None:
+        for problem in times.problems:
+            problems.append({"column": spec.time_column, "check": "event times parse one way", "failures": 1,
+                             "examples": problem})
+        if times.unparsed_share > spec.source.max_unparsed_share:
+            problems.append({"column": spec.time_column, "check": "event times parse", "failures": times.unparsed,
+                             "examples": ", ".join(repr(e) for e in times.unparsed_examples)
+                             + f" ({times.unparsed} of {times.rows} source rows, share {times.unparsed_share:.3g} "
+                             f"> source.max_unparsed_share {spec.source.max_unparsed_share:g})"})
     bad_rows = pd.Series(False, index=frame.index)
     missing = [c for c in required_columns if c not in frame.columns]
     for column in missing:
@@ -79,19 +132,40 @@ def check_source_week(frame: pd.DataFrame, spec: ModelSpec, window: Window, requ
                                  "examples": ", ".join(repr(e) for e in examples)})
     counts = rows_per_week(frame, spec.time_column, window)
     empty_weeks = [week for week, count in counts.items() if count == 0]
-    for week in empty_weeks:
-        problems.append({"column": "(rows)", "check": "week has rows", "failures": 1,
-                         "examples": f"week {week} has no rows in the source"})
+    notes = [empty_week_note(week, spec, times) for week in empty_weeks]
+    if empty_weeks and len(empty_weeks) == len(counts):  # nothing at all to store: the run fails these weeks
+        problems += [{"column": "(rows)", "check": "week has rows", "failures": 1, "examples": note} for note in notes]
     summary = "source rows are complete and readable" if not problems else "; ".join(
         f"{p['column']}: {p['check']} failed ({p['failures']})" for p in problems[:6]
     )
+    facts: dict[str, Any] = {"rows_per_week": counts, "missing_columns": missing, "empty_weeks": empty_weeks}
+    if notes:
+        facts["empty_week_notes"] = notes
+    present = [c for c in required_columns if c in frame.columns and c != spec.time_column]
+    facts["null_cells"] = {c: int(frame[c].isna().sum()) for c in present if frame[c].isna().any()}
+    if times is not None:
+        facts["unparsed_timestamps"] = times.unparsed
+        facts["unparsed_timestamp_share"] = round(times.unparsed_share, 6)
     return GateReport(
         passed=not problems,
         summary=summary,
         problems=problems,
         sample_rows=frame.loc[bad_rows].head(SAMPLE_ROWS) if bad_rows.any() else None,
-        facts={"rows_per_week": counts, "missing_columns": missing, "empty_weeks": empty_weeks},
+        facts=facts,
     )
+
+
+def empty_week_note(week: str, spec: ModelSpec, times: EventTimeReport | None) -> str:
+    """Why a week has no rows, as far as the source tells: its event-time span, and the fix when the data ended."""
+    note = f"week {week} has no rows in the source"
+    if times is not None and times.first is not None and times.last is not None:
+        note += f" (its event times run from {times.first:%Y-%m-%d %H:%M} to {times.last:%Y-%m-%d %H:%M})"
+        if pd.Timestamp(week) > times.last:
+            end = (times.last.normalize() - pd.Timedelta(days=times.last.weekday()) + pd.Timedelta(days=7)).date()
+            note += f"; if the data ended, set partitions.end: {end} in {spec.spec_file.name}"
+    elif times is not None:
+        note += " (no event time in the source parses)"
+    return note
 
 
 def coerce_numeric_columns(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
@@ -169,11 +243,18 @@ def validate_features(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> t
         "target_null_share": float(frame[spec.target].isna().mean()) if spec.target in frame.columns and len(frame) else None,
         "rows_per_week": counts,
     }
+    empty_weeks = [week for week, count in counts.items() if count == 0]
+    facts["empty_weeks"] = empty_weeks
+    if empty_weeks:
+        facts["empty_week_notes"] = [f"week {week} has no rows (none upstream); the other weeks proceed"
+                                     for week in empty_weeks]
+    # A week without rows fails only a run that has no week with rows: the weeks that have data proceed.
     problems: list[dict[str, Any]] = [
         {"column": "(rows)", "check": "week has rows", "failures": 1, "examples": f"week {week} has no rows"}
-        for week, count in counts.items()
-        if count == 0
-    ]
+        for week in empty_weeks
+    ] if empty_weeks and len(empty_weeks) == len(counts) else []
+    infinite = _non_finite_problems(frame, spec)
+    problems += infinite
     sample = None
     validated = None
     try:
@@ -195,6 +276,30 @@ def validate_features(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> t
         return None, GateReport(passed=False, summary=summary, problems=problems,
                                 sample_rows=sample if sample is not None and len(sample) else None, facts=facts)
     return validated, GateReport(passed=True, summary=f"{len(frame)} rows match the schema", facts=facts)
+
+
+def _non_finite_problems(frame: pd.DataFrame, spec: ModelSpec) -> list[dict[str, Any]]:
+    """inf/-inf in a numeric column ('inf' in a CSV parses as a number): named with the weeks they fall in.
+
+    Pandera's float checks let them through, and one infinity turns a model's metrics into NaN.
+    """
+    problems = []
+    for column in spec.numeric_columns:
+        if column not in frame.columns:
+            continue
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        infinite = np.isinf(numbers.to_numpy(dtype="float64", na_value=np.nan))
+        if not infinite.any():
+            continue
+        weeks = ""
+        if spec.time_column in frame.columns:
+            times = frame.loc[infinite, spec.time_column]
+            mondays = (times.dt.normalize() - pd.to_timedelta(times.dt.weekday, unit="D")).dt.strftime("%Y-%m-%d")
+            weeks = " in weeks " + ", ".join(f"{week} ({count})" for week, count in mondays.value_counts().sort_index().items())
+        values = ", ".join(sorted({str(v) for v in numbers[infinite]}))
+        problems.append({"column": column, "check": "finite numbers", "failures": int(infinite.sum()),
+                         "examples": f"{values}{weeks}"})
+    return problems
 
 
 def schema_columns(spec: ModelSpec) -> list[dict[str, Any]]:

@@ -9,6 +9,20 @@ import duckdb
 import pandas as pd
 
 
+def quote_identifier(name: str) -> str:
+    """A DuckDB identifier as SQL text: double-quoted, inner quotes doubled, so no name can end the identifier.
+
+    Spec column names are also restricted at load (``specs.schema.check_column_name``); this is the
+    second line of defence for every name that comes from a spec or a data file.
+    """
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def table_name(schema: str, table: str) -> str:
+    """``"schema"."table"``, both parts quoted."""
+    return f"{quote_identifier(schema)}.{quote_identifier(table)}"
+
+
 class WarehouseBusy(RuntimeError):
     """Another process kept the warehouse's write lock for longer than we were willing to wait."""
 
@@ -42,23 +56,24 @@ def replace_week_rows(connection: duckdb.DuckDBPyConnection, schema: str, table:
 
     ``transaction=False`` when the caller already holds a transaction that must include this write.
     """
-    connection.execute(f'create schema if not exists "{schema}"')
+    target = table_name(schema, table)
+    connection.execute(f"create schema if not exists {quote_identifier(schema)}")
     connection.register("incoming", frame)
     try:
-        connection.execute(f'create table if not exists "{schema}"."{table}" as select * from incoming limit 0')
+        connection.execute(f"create table if not exists {target} as select * from incoming limit 0")
         # A newer version may write more columns (a new gate): add them, keep the old rows.
         existing = {row[0] for row in connection.execute(
             "select column_name from information_schema.columns where table_schema = ? and table_name = ?",
             [schema, table]).fetchall()}
         for name, kind in connection.execute("select column_name, column_type from (describe incoming)").fetchall():
             if name not in existing:
-                connection.execute(f'alter table "{schema}"."{table}" add column "{name}" {kind}')
+                connection.execute(f"alter table {target} add column {quote_identifier(name)} {kind}")
         if transaction:
             connection.begin()
         try:
-            connection.execute(f'delete from "{schema}"."{table}" where "{week_column}" in (select unnest(?))',
+            connection.execute(f"delete from {target} where {quote_identifier(week_column)} in (select unnest(?))",
                                [weeks])
-            connection.execute(f'insert into "{schema}"."{table}" by name select * from incoming')
+            connection.execute(f"insert into {target} by name select * from incoming")
             if transaction:
                 connection.commit()
         except Exception:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -16,8 +17,10 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mlplatform.specs.files import source_columns
-from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest
+from mlplatform.specs.estimators import EstimatorNotAllowed, check_allowed
+from mlplatform.specs.files import SourceFileError, checked_data_path, sample_column, source_columns
+from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest, check_column_name
+from mlplatform.specs.timestamps import SAMPLE_VALUES, parse_event_times, timestamp_problems
 
 DbtColumns = Callable[[str], list[str] | None]
 """Looks up the declared columns of a dbt model by name; None when there is no such model."""
@@ -84,16 +87,19 @@ def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) 
     except RuntimeError as error:  # "~user/..." naming a user this machine does not have
         yield "source.path", f"found {spec.source.path!r}; {error}"
         return
-    if not path.exists():
-        yield "source.path", f"file {path} does not exist"
-        return
     try:
+        path = checked_data_path(path, spec.spec_file.parent)
         available = source_columns(path)
-    except Exception as error:  # noqa: BLE001 - any reader error is reported as a spec problem
-        yield "source.path", f"cannot read the header of {path}: {error}"
+    except SourceFileError as error:
+        yield "source.path", str(error)
+        return
+    except Exception as error:  # noqa: BLE001 - any other reader error: its kind only, its text may quote the file
+        yield "source.path", f"cannot read the header of {path} ({type(error).__name__})"
         return
     if spec.source.timestamp and spec.source.timestamp not in available:
         yield "source.timestamp", _not_a_column(spec.source.timestamp, available, f"source {path.name}")
+    elif spec.source.timestamp:
+        yield from _check_event_times(spec, path)
     for key_column in spec.source.key:
         if key_column not in available:
             yield "source.key", _not_a_column(key_column, available, f"source {path.name}")
@@ -128,11 +134,45 @@ def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) 
     yield from _check_estimator(spec)
 
 
+def _check_event_times(spec: ModelSpec, path: Path) -> Iterable[tuple[str, str]]:
+    """A bounded sample of the time column, parsed as the raw asset will: ambiguous, numeric or implausible
+    values and too many unparseable ones are named now, not found as silently wrong weeks later."""
+    source = spec.source
+    assert source.timestamp is not None
+    try:
+        values = sample_column(path, source.timestamp, source.null_values, SAMPLE_VALUES)
+    except Exception as error:  # noqa: BLE001 - the kind only: reader messages may quote the file
+        yield "source.path", f"cannot read column {source.timestamp!r} of {path.name} ({type(error).__name__})"
+        return
+    key = "source.timestamp_unit" if source.timestamp_unit else (
+        "source.timestamp_format" if source.timestamp_format else "source.timestamp")
+    problems = timestamp_problems(values, source.timestamp, source.timezone, source.timestamp_format,
+                                  source.timestamp_unit)
+    for problem in problems:
+        yield key, f"{problem} (checked the first {len(values)} rows of {path.name})"
+    if problems:
+        return
+    present = values.dropna()
+    parsed = parse_event_times(present, source.timezone, source.timestamp_format, source.timestamp_unit)
+    unparsed = parsed.isna()
+    if len(present) and unparsed.mean() > source.max_unparsed_share:
+        shown = ", ".join(repr(str(v)) for v in present[unparsed.to_numpy()].drop_duplicates().head(3))
+        yield key, (f"{int(unparsed.sum())} of the first {len(present)} values of column {source.timestamp!r} do not "
+                    f"parse as times (e.g. {shown}); allowed: a share up to source.max_unparsed_share "
+                    f"({source.max_unparsed_share:g}). Set source.timestamp_format, or add the text to "
+                    "source.null_values if it means 'unknown'")
+
+
 def _check_estimator(spec: ModelSpec) -> Iterable[tuple[str, str]]:
     dotted = spec.estimator.class_name or ""
     module_name, _, class_name = dotted.rpartition(".")
     if not module_name:
         yield "estimator.class", f"found {dotted!r}; give the full import path, e.g. sklearn.ensemble.RandomForestRegressor"
+        return
+    try:
+        check_allowed(dotted, spec.spec_file.parent)  # before any import: importing runs a module's code
+    except EstimatorNotAllowed as refused:
+        yield "estimator.class", str(refused)
         return
     try:
         module = importlib.import_module(module_name)
@@ -144,14 +184,50 @@ def _check_estimator(spec: ModelSpec) -> Iterable[tuple[str, str]]:
         candidates = [name for name in dir(module) if name[:1].isupper()]
         yield "estimator.class", f"found {dotted!r}; {module_name} has no class {class_name!r}" + _suggest(class_name, candidates)
         return
-    if not (hasattr(estimator_class, "fit") and hasattr(estimator_class, "predict")):
+    if not (isinstance(estimator_class, type) and hasattr(estimator_class, "fit") and hasattr(estimator_class, "predict")):
         yield "estimator.class", f"found {dotted!r}; it is not an estimator (needs fit and predict)"
         return
     if hasattr(estimator_class, "_get_param_names"):
         accepted = estimator_class._get_param_names()
-        for param in spec.estimator.params:
-            if param not in accepted:
-                yield f"estimator.params.{param}", f"{class_name} has no parameter {param!r}" + _suggest(param, accepted)
+        unknown = [param for param in spec.estimator.params if param not in accepted]
+        for param in unknown:
+            yield f"estimator.params.{param}", f"{class_name} has no parameter {param!r}" + _suggest(param, accepted)
+        if unknown:
+            return
+    yield from _check_estimator_instance(spec, estimator_class, class_name)
+
+
+def _check_estimator_instance(spec: ModelSpec, estimator_class: type, class_name: str) -> Iterable[tuple[str, str]]:
+    """Build the estimator with its params, as training will: wrong types and the wrong kind of model show now,
+    not after the data steps of a run."""
+    try:
+        estimator = estimator_class(**spec.estimator.params)
+    except Exception as error:  # noqa: BLE001 - a constructor's own refusal, reported with the class
+        yield "estimator.params", f"{class_name}({_params_text(spec)}) cannot be built: {error}"
+        return
+    validate = getattr(estimator, "_validate_params", None)  # scikit-learn >= 1.2: the declared parameter constraints
+    if callable(validate):
+        try:
+            validate()
+        except (TypeError, ValueError) as error:
+            named = re.search(r"The '(\w+)' parameter", str(error))
+            key = f"estimator.params.{named.group(1)}" if named else "estimator.params"
+            yield key, str(error).replace("\n", " ")
+            return
+    try:
+        from sklearn.base import is_classifier, is_regressor
+    except ImportError:  # a non-scikit-learn package without scikit-learn installed: nothing to compare with
+        return
+    if spec.task == "regression" and is_classifier(estimator):
+        yield "estimator.class", (f"found {spec.estimator.class_name!r}, a classifier, for task regression; "
+                                  "use a regressor, e.g. sklearn.ensemble.HistGradientBoostingRegressor")
+    elif spec.task != "regression" and is_regressor(estimator):
+        yield "estimator.class", (f"found {spec.estimator.class_name!r}, a regressor, for task {spec.task}; "
+                                  "use a classifier, e.g. sklearn.ensemble.HistGradientBoostingClassifier")
+
+
+def _params_text(spec: ModelSpec) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in spec.estimator.params.items())
 
 
 def dbt_manifest_columns(manifest_path: Path) -> DbtColumns:
@@ -166,8 +242,22 @@ def dbt_manifest_columns(manifest_path: Path) -> DbtColumns:
 
 
 def _not_a_column(found: str, available: list[str], where: str) -> str:
-    shown = ", ".join(available[:40]) + (" ..." if len(available) > 40 else "")
-    return f"found {found!r}, which is not a column of {where}" + _suggest(found, available) + f"; columns: {shown}"
+    """Name the columns there are, but only header entries that look like column names: a header is file content,
+    and a file that is not really a table (a key, a password file) must not be echoed through this message."""
+    names = [c for c in available if _is_column_like(c)]
+    hidden = len(available) - len(names)
+    shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+    if hidden:
+        shown += f"{'; ' if names else ''}{hidden} header entries that are not column names (not shown)"
+    return f"found {found!r}, which is not a column of {where}" + _suggest(found, names) + f"; columns: {shown}"
+
+
+def _is_column_like(name: str) -> bool:
+    try:
+        check_column_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _explain(error: ValidationError) -> Iterable[tuple[str, str]]:
@@ -191,7 +281,12 @@ def _explain(error: ValidationError) -> Iterable[tuple[str, str]]:
         elif kind in ("float_parsing", "float_type", "int_parsing", "int_type"):
             yield key, f"found {found!r}; expected a number"
         elif kind == "value_error":
-            yield key, str(item["msg"]).removeprefix("Value error, ")
+            message = str(item["msg"]).removeprefix("Value error, ")
+            # A check across sections (model_validator) has no location of its own: it names its key first.
+            named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message, re.DOTALL)
+            if named and (key == "(top level)" or named.group(1).startswith(key + ".")):
+                key, message = named.groups()
+            yield key, message
         else:
             yield key, f"{item['msg']}; found {found!r}"
 

@@ -8,6 +8,8 @@ every mistake in one pass instead of one per reload.
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from collections.abc import Iterable
 from datetime import date, timedelta
 from pathlib import Path
@@ -19,6 +21,22 @@ from mlplatform.specs.files import SNAPSHOT_TIME_COLUMN
 from mlplatform.specs.tasks import DEFAULT_ESTIMATOR, DEFAULT_METRIC, METRICS_BY_TASK
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+DEFAULT_NULL_VALUES = ("", "NA", "N/A", "n/a", "null", "NULL", "NaN", "nan")
+"""Cell texts read as missing by default (pandas' longer default list, e.g. 'None', '#N/A', is not used)."""
+
+COLUMN_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_ .-]*$"
+"""Column names a spec may use: they reach SQL (quoted everywhere too; this is the first line of defence)."""
+
+COLUMN_NAME_RULE = ("letters A-Z/a-z, digits, '_', ' ', '.' and '-', starting with a letter or '_', not ending in a "
+                    "space, at most 128 characters")
+
+
+def check_column_name(name: str) -> str:
+    """Refuse a column name that could carry SQL or shell text; the rule is stated in the error."""
+    if not isinstance(name, str) or len(name) > 128 or name.endswith(" ") or not re.match(COLUMN_NAME_PATTERN, name):
+        raise ValueError(f"found column name {str(name)[:80]!r}; allowed: {COLUMN_NAME_RULE}")
+    return name
 
 
 class _Strict(BaseModel):
@@ -39,6 +57,58 @@ class SourceSpec(_Strict):
         description="Time zone of naive timestamps in the source. Everything is stored and cut in UTC.",
     )
     key: list[str] = Field(default_factory=list, description="Columns that identify a row; duplicates fail the gate.")
+    timestamp_format: str | None = Field(
+        default=None,
+        description="strftime format of the event time (e.g. `%d/%m/%Y %H:%M`). Without it each value is parsed by "
+        "guessing, and a column whose values read differently day-first and month-first is refused.",
+    )
+    timestamp_unit: Literal["s", "ms"] | None = Field(
+        default=None, description="The event time is an epoch number in seconds (`s`) or milliseconds (`ms`)."
+    )
+    max_unparsed_share: float = Field(
+        default=0, ge=0, le=1, description="The raw gate fails when more than this share of the source's rows has an "
+        "event time that does not parse (those rows belong to no week).",
+    )
+    null_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NULL_VALUES),
+        description="CSV cell texts read as missing (the whole cell). Anything else that is not a number in a "
+        "numeric column fails the raw gate.",
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_read_time(self) -> SourceSpec:
+        if self.timestamp_format is not None and self.timestamp_unit is not None:
+            raise ValueError("source.timestamp_format: give timestamp_format (text dates) or timestamp_unit (epoch "
+                             "numbers), not both")
+        if (self.timestamp_format or self.timestamp_unit) and not self.timestamp:
+            raise ValueError("source.timestamp: timestamp_format/timestamp_unit need source.timestamp, the column "
+                             "they describe")
+        if self.timestamp_format is not None and "%" not in self.timestamp_format:
+            raise ValueError(f"source.timestamp_format: found {self.timestamp_format!r}; expected a strftime format "
+                             "such as '%Y-%m-%d %H:%M:%S' or '%d/%m/%Y'")
+        return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ValueError(f"found {value!r}, which is not an IANA time zone; allowed: names such as UTC, "
+                             "Europe/Berlin, America/New_York" + _suggest(value, zoneinfo.available_timezones())) from None
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_column_name(value)
+
+    @field_validator("key")
+    @classmethod
+    def _key_names(cls, value: list[str]) -> list[str]:
+        return [check_column_name(v) for v in value]
 
 
 class StagingSpec(_Strict):
@@ -50,6 +120,11 @@ class StagingSpec(_Strict):
 class FeaturesSpec(_Strict):
     numeric: list[str] = Field(default_factory=list, description="Numeric feature columns.")
     categorical: list[str] = Field(default_factory=list, description="Categorical feature columns (any values, compared as text).")
+
+    @field_validator("numeric", "categorical")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        return [check_column_name(v) for v in value]
 
     @model_validator(mode="after")
     def _at_least_one(self) -> FeaturesSpec:
@@ -124,6 +199,11 @@ class GatesSpec(_Strict):
 
 class FairnessSpec(_Strict):
     sensitive: str = Field(description="Sensitive attribute column (kept out of the features).")
+
+    @field_validator("sensitive")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_column_name(value)
     max_demographic_parity_difference: float = Field(default=0.1, ge=0, le=1, description="Largest allowed gap in "
                                                      "positive-prediction rate between groups.")
 
@@ -186,6 +266,18 @@ class ModelSpec(_Strict):
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
 
+    @field_validator("target")
+    @classmethod
+    def _target_name(cls, value: str) -> str:
+        return check_column_name(value)
+
+    @field_validator("columns")
+    @classmethod
+    def _rule_names(cls, value: dict[str, ColumnRules]) -> dict[str, ColumnRules]:
+        for name in value:
+            check_column_name(name)
+        return value
+
     @model_validator(mode="after")
     def _task_defaults(self) -> ModelSpec:
         if self.gates.metric is None:
@@ -211,8 +303,9 @@ class ModelSpec(_Strict):
 
     @property
     def source_path(self) -> Path:
+        """The data file as written (made absolute, symlinks NOT resolved: ``files.checked_data_path`` does that)."""
         path = Path(self.source.path).expanduser()
-        return path if path.is_absolute() else (self.spec_file.parent / path).resolve()
+        return Path(os.path.normpath(path if path.is_absolute() else self.spec_file.parent / path))
 
     @property
     def modelling_columns(self) -> list[str]:
@@ -245,10 +338,17 @@ class SpecProblem(BaseModel):
 class SpecError(ValueError):
     """Every problem found in the specs, one line each."""
 
+    SHOWN = 25
+    """Problems in the message; all of them stay in ``problems`` (and ``mlplatform validate`` prints all)."""
+
     def __init__(self, problems: list[SpecProblem]):
         self.problems = problems
-        lines = "\n".join(f"  - {problem}" for problem in problems)
-        super().__init__(f"{len(problems)} problem(s) in model specs:\n{lines}")
+        lines = "\n".join(f"  - {problem}" for problem in problems[:self.SHOWN])
+        more = f"\n  ... and {len(problems) - self.SHOWN} more: run `mlplatform validate`" if len(problems) > self.SHOWN else ""
+        super().__init__(f"{len(problems)} problem(s) in model specs:\n{lines}{more}")
+
+    def __reduce__(self):  # picklable across Dagster's code-server boundary with its problems intact
+        return (type(self), (self.problems,))
 
 
 def _suggest(found: str, allowed: Iterable[str]) -> str:

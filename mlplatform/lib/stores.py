@@ -1,0 +1,192 @@
+"""The three stores (DuckDB warehouse, MLflow store, Dagster instance): are they whole, and a consistent copy of them.
+
+Losing one store silently is worse than losing it loudly: a recreated ``mlflow.db`` has no champion while
+the audit still names one, and serving or promotion would act on a registry that forgot everything.
+:func:`check_stores` names such damage; :func:`backup_stores` makes the copy that repairs it
+(restore: ``docs/operations.md``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+
+from mlplatform.lib.warehouse import connect_when_free, quote_identifier
+
+CHAMPION = "champion"
+WAIT_SECONDS = 60.0
+
+
+class Registry(Protocol):
+    """What the check needs from :class:`mlplatform.lib.tracking.Tracker`."""
+
+    tracking_uri: str
+
+    def alias_version(self, model_name: str, alias: str) -> str | None: ...
+
+    def version_tags(self, model_name: str, version: str) -> dict[str, str]: ...
+
+
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
+def _sqlite_problem(path: Path, what: str) -> str | None:
+    """``PRAGMA quick_check`` on a SQLite file, read-only; None when it is whole."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            verdict = connection.execute("pragma quick_check").fetchone()
+    except sqlite3.DatabaseError as error:
+        return f"{what} {path} cannot be read ({error}); restore it from a backup (docs/operations.md)"
+    if verdict and verdict[0] != "ok":
+        return f"{what} {path} fails its integrity check ({verdict[0]}); restore it from a backup (docs/operations.md)"
+    return None
+
+
+def check_warehouse(warehouse_path: Path) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """Problems reading every table of the warehouse, and the audit's latest champion per model (model, version, when)."""
+    if not warehouse_path.exists():
+        return [], []
+    champions: list[tuple[str, str, str]] = []
+    try:
+        with connect_when_free(warehouse_path, WAIT_SECONDS, read_only=True) as connection:
+            tables = connection.execute(
+                "select table_schema, table_name from information_schema.tables where table_type = 'BASE TABLE'"
+            ).fetchall()
+            for schema, table in tables:  # reads every column: a damaged block fails here, not in a run
+                name = f"{quote_identifier(schema)}.{quote_identifier(table)}"
+                connection.execute(f"select count(*), max(hash(t)) from {name} as t").fetchall()
+            if ("audit", "alias_changes") in tables:
+                champions = [tuple(str(v) for v in row) for row in connection.execute(
+                    "select model, version, changed_at from (select *, row_number() over (partition by model "
+                    "order by changed_at desc) as n from audit.alias_changes where alias = ?) where n = 1 "
+                    "order by model", [CHAMPION]).fetchall()]
+    except duckdb.Error as error:
+        return [f"warehouse {warehouse_path} fails an integrity read ({type(error).__name__}: {error}); restore it "
+                "from a backup (docs/operations.md)"], []
+    return [], champions
+
+
+def check_stores(home: Path, tracker: Registry) -> list[str]:
+    """Every sign that a store was damaged, replaced or lost, one sentence each; empty when all agree.
+
+    Checks: each warehouse table reads whole; the MLflow SQLite file and the Dagster instance's SQLite
+    files pass ``quick_check``; each model's champion in the audit trail is still the champion in the registry.
+    Call it before promoting and at the start of a run (it reads, never writes).
+    """
+    problems, champions = check_warehouse(home / "warehouse.duckdb")
+    mlflow_db = _sqlite_file(tracker.tracking_uri)
+    if mlflow_db is not None and mlflow_db.exists():
+        problem = _sqlite_problem(mlflow_db, "MLflow store")
+        if problem:
+            return [*problems, problem]
+    for db in sorted((home / "dagster").rglob("*.db")):
+        problem = _sqlite_problem(db, "Dagster instance file")
+        if problem:
+            problems.append(problem)
+    for model, version, changed_at in champions:
+        where = f"the registry at {tracker.tracking_uri}"
+        try:
+            tracker.version_tags(model, version)
+        except Exception:  # noqa: BLE001 - MLflow raises its own error for a missing model or version
+            problems.append(f"{model}: the audit says v{version} became champion at {changed_at}, but {where} has no "
+                            f"such version: the MLflow store was replaced or lost; restore it from a backup "
+                            "(docs/operations.md) before promoting or serving")
+            continue
+        current = tracker.alias_version(model, CHAMPION)
+        if current != version:
+            problems.append(f"{model}: the audit says v{version} became champion at {changed_at}, but {where} names "
+                            f"{'v' + current if current else 'no champion'}: the alias was moved outside the platform "
+                            "or the store was restored from an older copy")
+    return problems
+
+
+@dataclass
+class BackupReport:
+    folder: Path
+    copied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _sqlite_copy(source: Path, target: Path) -> None:
+    """A consistent copy of a live SQLite file (the backup API copies a snapshot while others write)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        with closing(sqlite3.connect(target)) as dst:
+            src.backup(dst)
+    finally:
+        src.close()
+
+
+def _copy_tree_with_sqlite(source: Path, target: Path) -> int:
+    """A folder copied file by file; SQLite files through the backup API, their -wal/-shm/-journal left out."""
+    count = 0
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if path.is_dir() or path.name.endswith(("-wal", "-shm", "-journal")):
+            continue
+        if path.suffix == ".db":
+            _sqlite_copy(path, target / relative)
+        else:
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / relative)
+        count += 1
+    return count
+
+
+def backup_stores(home: Path, target: Path | None = None, tracking_uri: str | None = None,
+                  wait_seconds: float = WAIT_SECONDS) -> BackupReport:
+    """Copy the warehouse, the MLflow store (SQLite + artifacts) and the Dagster instance into ``target``.
+
+    The warehouse is copied while this process holds a read-only connection, so no run can write to it
+    meanwhile (a run waits, see ``connect_when_free``); the SQLite files go through SQLite's backup API.
+    A remote MLflow tracking server is not copied: back up its own database and artifact store.
+    """
+    folder = target or home / "backups" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} is not empty; give a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    report = BackupReport(folder=folder)
+    warehouse = home / "warehouse.duckdb"
+    if warehouse.exists():
+        with connect_when_free(warehouse, wait_seconds, read_only=True):
+            shutil.copy2(warehouse, folder / warehouse.name)
+            wal = warehouse.with_name(warehouse.name + ".wal")
+            if wal.exists():
+                shutil.copy2(wal, folder / wal.name)
+        report.copied.append(f"warehouse {warehouse}")
+    else:
+        report.skipped.append(f"warehouse {warehouse} (does not exist yet)")
+    mlflow_dir = home / "mlflow"
+    mlflow_db = _sqlite_file(tracking_uri) if tracking_uri else mlflow_dir / "mlflow.db"
+    if mlflow_db is None:
+        report.skipped.append(f"MLflow tracking server {tracking_uri} (back up its database and artifact store)")
+    elif mlflow_db.exists():
+        _sqlite_copy(mlflow_db, folder / "mlflow" / "mlflow.db")
+        report.copied.append(f"MLflow store {mlflow_db}")
+        artifacts = mlflow_dir / "artifacts"
+        if artifacts.exists():
+            shutil.copytree(artifacts, folder / "mlflow" / "artifacts")
+            report.copied.append(f"MLflow artifacts {artifacts}")
+    else:
+        report.skipped.append(f"MLflow store {mlflow_db} (does not exist yet)")
+    dagster_home = home / "dagster"
+    if dagster_home.exists():
+        files = _copy_tree_with_sqlite(dagster_home, folder / "dagster")
+        report.copied.append(f"Dagster instance {dagster_home} ({files} files)")
+    return report
+
+
+def describe(report: BackupReport) -> list[str]:
+    lines: list[Any] = [f"backup in {report.folder}"]
+    lines += [f"  copied  {item}" for item in report.copied]
+    lines += [f"  skipped {item}" for item in report.skipped]
+    return lines

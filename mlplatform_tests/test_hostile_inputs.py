@@ -1,0 +1,593 @@
+"""Hostile and careless inputs: specs and data files that try to escape, inject or silently mislead.
+
+Each test names the attack or mistake it keeps out; most are pure (spec loading, source parsing),
+and a Dagster run is used only where the behaviour lives in the wiring.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from mlplatform.lib.warehouse import quote_identifier, replace_week_rows
+from mlplatform.specs import SpecError, load_specs
+from mlplatform_tests.conftest import TOY_SPEC, toy_rows
+from mlplatform_tests.helpers import load_definitions, run_weeks, warehouse_query
+
+
+def injection(marker: Path) -> str:
+    return f"true; DROP TABLE IF EXISTS victim.raw; COPY (SELECT 42 AS pwned) TO '{marker}'; SELECT 1 WHERE 'a'"
+
+
+def problems_for(spec_dir, spec_text: str, data: dict[str, pd.DataFrame] | None = None) -> list[str]:
+    folder = spec_dir({"toy.yaml": spec_text}, {"toy.csv": toy_rows()} if data is None else data)
+    with pytest.raises(SpecError) as caught:
+        load_specs(folder)
+    return [str(p) for p in caught.value.problems]
+
+
+# 1. SQL injection through a column name
+
+def test_sql_in_a_timestamp_column_name_is_refused_at_load_with_the_rule(spec_dir, tmp_path):
+    name = injection(tmp_path / "x.csv")
+    frame = toy_rows().rename(columns={"ts": name})
+    problems = problems_for(spec_dir, TOY_SPEC.replace("timestamp: ts", f'timestamp: "{name}"'), {"toy.csv": frame})
+    assert len(problems) == 1, problems
+    assert "toy.yaml: source.timestamp: found column name \"true; DROP TABLE" in problems[0]
+    assert "allowed: letters A-Z/a-z, digits, '_', ' ', '.' and '-'" in problems[0]
+
+
+@pytest.mark.parametrize("key", ["target", "features.numeric", "columns"])
+def test_sql_in_other_column_names_is_refused(spec_dir, key):
+    bad = 'x1"; drop table toy.raw; --'
+    text = {
+        "target": TOY_SPEC.replace("target: y", f"target: '{bad}'"),
+        "features.numeric": TOY_SPEC.replace("numeric: [x1, x2]", f"numeric: ['{bad}', x2]"),
+        "columns": TOY_SPEC.replace("x1: {min: 0, max: 10}", f"'{bad}': {{min: 0}}"),
+    }[key]
+    problems = problems_for(spec_dir, text)
+    assert any(f"toy.yaml: {key}" in p and "found column name" in p for p in problems), problems
+
+
+def test_quoted_identifiers_keep_an_injection_string_a_mere_name(tmp_path):
+    marker = tmp_path / "pwned.csv"
+    name = injection(marker) + '"; DROP TABLE victim.raw; --'
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
+        connection.execute("create schema victim; create table victim.raw as select 1 as a")
+        frame = pd.DataFrame({name: [pd.Timestamp("2024-01-01")], "v": [1.0]})
+        replace_week_rows(connection, "toy", "evaluations", frame, name, [pd.Timestamp("2024-01-01")])
+        replace_week_rows(connection, "toy", "evaluations", frame, name, [pd.Timestamp("2024-01-01")])
+        assert connection.execute("select count(*) from victim.raw").fetchone() == (1,)
+        assert connection.execute(f"select count(*) from toy.evaluations where {quote_identifier(name)} "
+                                  "is not null").fetchone() == (1,)
+    assert not marker.exists()
+
+
+def test_a_time_column_with_a_space_runs_end_to_end(home, spec_dir, instance):
+    frame = toy_rows(weeks=1).rename(columns={"ts": "event time"})
+    spec_dir({"toy.yaml": TOY_SPEC.replace("timestamp: ts", "timestamp: event time").replace("end: 2024-01-22",
+                                                                                             "end: 2024-01-08")},
+             {"toy.csv": frame})
+    defs = load_definitions()
+    assert run_weeks(defs, "toy", instance, "2024-01-01", assets=["raw", "features"]).success
+    assert run_weeks(defs, "toy", instance, "2024-01-01", assets=["raw", "features"]).success  # replaces the week
+    stored = warehouse_query(home, 'select count(*) as n from toy.features where "event time" >= \'2024-01-01\'')
+    assert stored["n"].item() == len(frame)
+
+
+# 2. A spec that reads any file and shows it
+
+SECRET = "root:$6$SECRET-HASH-NEVER-ECHOED:19000:0:99999:7:::"
+
+
+def secret_file(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "shadow"
+    target.write_text(SECRET + "\ndaemon:*:19000:0:99999:7:::\n")
+    return target
+
+
+def load_in_thread(folder: Path, seconds: float) -> list[str]:
+    """Load specs in a daemon thread: a regression that hangs fails the test instead of hanging the suite."""
+    import threading
+
+    found: list[str] = []
+
+    def work() -> None:
+        try:
+            load_specs(folder)
+            found.append("(loaded)")
+        except SpecError as error:
+            found.extend(str(p) for p in error.problems)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"loading the specs took more than {seconds} s"
+    return found
+
+
+def test_a_file_outside_the_spec_folder_is_refused_without_showing_its_content(spec_dir, tmp_path):
+    secret = secret_file(tmp_path / "etc")
+    relative = "../" * 8 + str(secret).lstrip("/")
+    for path in (relative, str(secret)):
+        [problem] = problems_for(spec_dir, TOY_SPEC.replace("path: toy.csv", f"path: {path}"))
+        assert "toy.yaml: source.path: file" in problem and "is outside the spec's folder and the data roots" in problem
+        assert "MLPLATFORM_DATA_ROOTS" in problem
+        assert "SECRET" not in problem and "root:" not in problem
+
+
+def test_a_file_inside_an_allowed_root_is_never_echoed_either(spec_dir, tmp_path, monkeypatch):
+    secret = secret_file(tmp_path / "etc")
+    monkeypatch.setenv("MLPLATFORM_DATA_ROOTS", str(secret.parent))
+    problems = problems_for(spec_dir, TOY_SPEC.replace("path: toy.csv", f"path: {secret}"))
+    assert problems and all("SECRET" not in p for p in problems), problems
+
+
+def test_a_device_is_refused_quickly_even_inside_a_data_root(spec_dir, monkeypatch):
+    folder = spec_dir({"toy.yaml": TOY_SPEC.replace("path: toy.csv", "path: /dev/zero")}, {})
+    assert load_in_thread(folder, 10) == [f"{folder / 'toy.yaml'}: source.path: file /dev/zero is outside the spec's "
+                                          f"folder and the data roots; allowed: files under {folder}. Move the file "
+                                          "there or add its folder to MLPLATFORM_DATA_ROOTS (folders separated by ':')"]
+    monkeypatch.setenv("MLPLATFORM_DATA_ROOTS", "/dev")
+    [problem] = load_in_thread(folder, 10)
+    assert "source.path: /dev/zero is not a regular file (a folder, device or pipe); allowed: a CSV or Parquet file" \
+        in problem
+
+
+def test_a_file_without_line_breaks_is_refused_after_a_bounded_read(spec_dir):
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {})
+    (folder / "toy.csv").write_bytes(b"a" * (3 << 20))
+    [problem] = load_in_thread(folder, 10)
+    assert "source.path: toy.csv has no line break in its first 1048576 bytes; expected a CSV header line" in problem
+    assert "aaaa" not in problem
+
+
+def test_a_symlink_inside_the_folder_pointing_outside_is_refused(spec_dir, tmp_path):
+    secret = secret_file(tmp_path / "etc")
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {})
+    (folder / "toy.csv").symlink_to(secret)
+    [problem] = problems_for(spec_dir, TOY_SPEC, {})
+    assert f"source.path: file {folder / 'toy.csv'} (it resolves to {secret}) is outside the spec's folder" in problem
+    assert "SECRET" not in problem
+
+
+def test_data_in_a_configured_root_loads(spec_dir, tmp_path, monkeypatch):
+    shared = tmp_path / "shared data"
+    shared.mkdir()
+    toy_rows().to_csv(shared / "toy.csv", index=False)
+    monkeypatch.setenv("MLPLATFORM_DATA_ROOTS", f"/nonexistent:{shared}")
+    folder = spec_dir({"toy.yaml": TOY_SPEC.replace("path: toy.csv", f"path: {shared / 'toy.csv'}")}, {})
+    [spec] = load_specs(folder)
+    assert spec.source_path == shared / "toy.csv"
+
+
+def test_a_semicolon_separated_file_gets_a_hint(spec_dir):
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {})
+    toy_rows().to_csv(folder / "toy.csv", index=False, sep=";")
+    [problem] = problems_for(spec_dir, TOY_SPEC, {})
+    assert "source.path: toy.csv has a single column (the header looks ';'-separated; a CSV source must be " \
+           "comma-separated)" in problem
+
+
+# 3. A spec that imports code
+
+EVIL = """
+from pathlib import Path
+Path({marker!r}).write_text("ran")
+class Model:
+    def fit(self, X, y): return self
+    def predict(self, X): return X
+"""
+
+
+def test_a_module_beside_a_spec_is_never_imported(spec_dir, tmp_path, monkeypatch):
+    marker = tmp_path / "marker"
+    folder = spec_dir({"toy.yaml": TOY_SPEC + "estimator: {class: evil.Model}\n"}, {"toy.csv": toy_rows()})
+    (folder / "evil.py").write_text(EVIL.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(folder))  # as if Dagster or `python -m` were started from the spec folder
+    [problem] = problems_for(spec_dir, TOY_SPEC + "estimator: {class: evil.Model}\n")
+    assert "estimator.class: found 'evil.Model'; estimator classes may only come from the modules sklearn.* " \
+           "(nothing was imported)" in problem
+    assert "MLPLATFORM_ESTIMATOR_MODULES" in problem
+    assert not marker.exists()
+    # Even a prefix a team allowed is not imported from the spec's folder.
+    monkeypatch.setenv("MLPLATFORM_ESTIMATOR_MODULES", "evil")
+    [problem] = problems_for(spec_dir, TOY_SPEC + "estimator: {class: evil.Model}\n")
+    assert "estimator.class: found 'evil.Model'; module 'evil' would be imported from the spec's folder" in problem
+    assert not marker.exists()
+
+
+def test_a_team_allows_its_own_estimator_package(spec_dir, tmp_path, monkeypatch):
+    package = tmp_path / "site" / "team_models"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("from sklearn.linear_model import Ridge as TeamRidge\n")
+    monkeypatch.syspath_prepend(str(package.parent))
+    text = TOY_SPEC + "estimator: {class: team_models.TeamRidge, params: {alpha: 2.0}}\n"
+    assert "estimator classes may only come from" in problems_for(spec_dir, text)[0]
+    monkeypatch.setenv("MLPLATFORM_ESTIMATOR_MODULES", "xgboost, team_models")
+    [spec] = load_specs(spec_dir({"toy.yaml": text}, {"toy.csv": toy_rows()}))
+    assert spec.estimator.class_name == "team_models.TeamRidge"
+
+
+# 7. A killed run blocks every later run
+
+HANGING_RUN = """
+import time
+from pathlib import Path
+from dagster import DagsterInstance, job, op
+
+@op
+def wait():
+    Path({started!r}).write_text("started")
+    time.sleep(120)
+
+@job
+def hangs():
+    wait()
+
+hangs.execute_in_process(instance=DagsterInstance.get())
+"""
+
+
+def test_a_run_whose_process_was_killed_is_marked_failed_before_the_next_run(instance, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dagster import DagsterRunStatus
+
+    from mlplatform.runner import fail_dead_runs
+
+    started = tmp_path / "started"
+    script = tmp_path / "hang.py"
+    script.write_text(HANGING_RUN.format(started=str(started)))
+    worker = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "DAGSTER_HOME": str(instance.root_directory)})
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.2)
+        assert started.exists(), "the run never started"
+        [run] = instance.get_runs()
+        assert run.status == DagsterRunStatus.STARTED
+        assert fail_dead_runs(instance, log=lambda _: None) == []  # alive: left alone
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    logged: list[str] = []
+    assert fail_dead_runs(instance, log=logged.append) == [run.run_id]
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+    assert f"its process {worker.pid} is gone" in logged[0]
+    assert fail_dead_runs(instance, log=logged.append) == []  # once
+
+
+def test_the_instance_config_enables_run_monitoring(home, monkeypatch):
+    from dagster import DagsterInstance
+
+    from mlplatform.cli import DAGSTER_YAML, PREVIOUS_DAGSTER_YAML, prepare_dagster_home
+    from mlplatform.lib.settings import load_settings
+
+    settings = load_settings()
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))  # prepare_dagster_home sets it: restore after
+    settings.dagster_home.mkdir(parents=True)
+    (settings.dagster_home / "dagster.yaml").write_text(PREVIOUS_DAGSTER_YAML[0])  # an older platform's config
+    prepare_dagster_home(settings)
+    assert (settings.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
+    configured = DagsterInstance.from_config(str(settings.dagster_home))
+    assert configured.run_monitoring_enabled
+    assert configured.run_monitoring_settings["max_resume_run_attempts"] == 0
+
+
+# 6. Clear errors at validate, not halfway through a run
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("estimator: {class: sklearn.linear_model.Ridge, params: {alpha: lots}}",
+     "toy.yaml: estimator.params.alpha: The 'alpha' parameter of Ridge must be"),
+    ("estimator: {class: sklearn.ensemble.RandomForestClassifier}",
+     "toy.yaml: estimator.class: found 'sklearn.ensemble.RandomForestClassifier', a classifier, for task regression; "
+     "use a regressor"),
+    ("source: {path: toy.csv, timestamp: ts, key: [id], timezone: Europe/Berln}",
+     "toy.yaml: source.timezone: found 'Europe/Berln', which is not an IANA time zone; allowed: names such as UTC, "
+     "Europe/Berlin, America/New_York (did you mean 'Europe/Berlin'?)"),
+    ("source: {path: toy.csv, timestamp: ts, key: [id], timezone: ../../etc/passwd}",
+     "toy.yaml: source.timezone: found '../../etc/passwd', which is not an IANA time zone"),
+    ("gates: {metric: roc_auc}", "toy.yaml: gates.metric: found 'roc_auc'; allowed for task regression: rmse, mae, r2"),
+])
+def test_spec_mistakes_that_used_to_fail_at_run_time_are_named_at_validate(spec_dir, extra, expected):
+    text = TOY_SPEC
+    if extra.startswith("source:"):
+        text = text.replace("source:\n  path: toy.csv\n  timestamp: ts\n  key: [id]\n", extra + "\n")
+    else:
+        text += extra + "\n"
+    problems = problems_for(spec_dir, text)
+    assert any(p.endswith(expected) or expected in p for p in problems), problems
+
+
+def test_a_regressor_for_a_classification_task_is_named(spec_dir):
+    text = TOY_SPEC.replace("task: regression", "task: binary") + "estimator: {class: sklearn.linear_model.Ridge}\n"
+    problems = problems_for(spec_dir, text)
+    assert any("estimator.class: found 'sklearn.linear_model.Ridge', a regressor, for task binary; use a classifier"
+               in p for p in problems), problems
+
+
+# 4. Silent wrong results in data
+
+def rows_with_times(fmt: str | None = None, epoch_unit: str | None = None) -> pd.DataFrame:
+    frame = toy_rows()
+    ts = pd.to_datetime(frame["ts"])
+    if fmt:
+        frame["ts"] = ts.dt.strftime(fmt)
+    if epoch_unit:
+        frame["ts"] = (ts - pd.Timestamp("1970-01-01")) // pd.Timedelta(1, unit=epoch_unit)
+    return frame
+
+
+def source_with(**keys: str) -> str:
+    extra = "".join(f"\n  {k}: '{v}'" for k, v in keys.items())
+    return TOY_SPEC.replace("  key: [id]\n", "  key: [id]" + extra + "\n")
+
+
+def test_day_first_or_month_first_dates_are_refused_until_a_format_is_given(spec_dir):
+    data = {"toy.csv": rows_with_times("%d/%m/%Y %H:%M")}
+    [problem] = problems_for(spec_dir, TOY_SPEC, data)
+    assert "toy.yaml: source.timestamp: column 'ts' has dates that read differently day-first and month-first " \
+           "('02/01/2024 " in problem
+    assert "set source.timestamp_format, e.g. '%d/%m/%Y %H:%M'" in problem
+    [spec] = load_specs(spec_dir({"toy.yaml": source_with(timestamp_format="%d/%m/%Y %H:%M")}, data))
+    from mlplatform.lib.source import read_source, to_utc_naive
+
+    frame = read_source(spec.source_path)
+    parsed = to_utc_naive(frame["ts"], fmt=spec.source.timestamp_format)
+    assert parsed.iloc[len(parsed) // 2].month == 1 and parsed.max() < pd.Timestamp("2024-01-22")  # January, not June
+
+
+def test_epoch_numbers_need_a_unit_and_a_wrong_unit_is_named(spec_dir):
+    data = {"toy.csv": rows_with_times(epoch_unit="s")}
+    [problem] = problems_for(spec_dir, TOY_SPEC, data)
+    assert "source.timestamp: column 'ts' holds numbers ('1704067200', " in problem
+    assert "set source.timestamp_unit: s (seconds) or ms (milliseconds)" in problem
+    [problem] = problems_for(spec_dir, source_with(timestamp_unit="ms"), data)
+    assert "source.timestamp_unit: column 'ts' has values that land outside 1971..2200 ('1704067200', " \
+           in problem and "-> 1970-01-20 " in problem
+    [spec] = load_specs(spec_dir({"toy.yaml": source_with(timestamp_unit="s")}, data))
+    assert spec.source.timestamp_unit == "s"
+
+
+def test_unparseable_times_are_refused_above_the_allowed_share(spec_dir):
+    frame = toy_rows()
+    frame.loc[[3, 7], "ts"] = "yesterday-ish"
+    [problem] = problems_for(spec_dir, TOY_SPEC, {"toy.csv": frame})
+    assert "source.timestamp: 2 of the first 120 values of column 'ts' do not parse as times (e.g. 'yesterday-ish'); " \
+           "allowed: a share up to source.max_unparsed_share (0)" in problem
+    assert load_specs(spec_dir({"toy.yaml": source_with(max_unparsed_share="0.05")}, {"toy.csv": frame}))
+
+
+def test_the_raw_gate_counts_unparsed_times_and_null_tokens_and_refuses_other_text(spec_dir):
+    from datetime import datetime
+
+    from mlplatform.lib.source import Window, read_source, rows_in_window
+    from mlplatform.lib.validation import check_source_week, parse_source_times
+
+    frame = toy_rows()
+    frame["x2"] = frame["x2"].astype(object)
+    frame.loc[1, "ts"] = "31/31/2024"
+    frame.loc[[2, 3, 4], "x2"] = ["NA", "null", ""]
+    folder = spec_dir({"toy.yaml": source_with(max_unparsed_share="0.5")}, {"toy.csv": frame})
+    [spec] = load_specs(folder)
+    window = Window(datetime(2024, 1, 1), datetime(2024, 1, 22))
+    columns = ["ts", "id", "x1", "x2", "color", "y"]
+
+    def gate(data: pd.DataFrame):
+        times = parse_source_times(data, spec)
+        return check_source_week(rows_in_window(data, "ts", window), spec, window, columns, times)
+
+    report = gate(read_source(spec.source_path, spec.source.null_values))
+    assert report.passed, report.summary
+    assert report.facts["unparsed_timestamps"] == 1 and report.facts["null_cells"] == {"x2": 3}
+    frame.loc[5, "x2"] = "None"  # not a null token by default: not a number either
+    frame.to_csv(folder / "toy.csv", index=False)
+    report = gate(read_source(spec.source_path, spec.source.null_values))
+    assert not report.passed
+    assert report.problems[0]["column"] == "x2" and report.problems[0]["examples"] == "'None'"
+    strict = spec.model_copy(update={"source": spec.source.model_copy(update={"max_unparsed_share": 0.0})})
+    times = parse_source_times(read_source(spec.source_path, spec.source.null_values), strict)
+    assert times.unparsed == 1 and times.unparsed_examples == ["31/31/2024"]
+
+
+def test_the_features_gate_refuses_infinite_numbers_naming_column_and_week(spec_dir):
+    from datetime import datetime
+
+    from mlplatform.lib.source import Window
+    from mlplatform.lib.validation import to_features_frame, validate_features
+
+    [spec] = load_specs(spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()}))
+    frame = toy_rows()
+    frame["ts"] = pd.to_datetime(frame["ts"])
+    frame.loc[50, "x2"] = float("inf")
+    frame.loc[51, "x2"] = float("-inf")
+    validated, report = validate_features(to_features_frame(frame, spec), spec,
+                                          Window(datetime(2024, 1, 1), datetime(2024, 1, 22)))
+    assert validated is None
+    [problem] = [p for p in report.problems if p["check"] == "finite numbers"]
+    assert problem == {"column": "x2", "check": "finite numbers", "failures": 2,
+                       "examples": "-inf, inf in weeks 2024-01-08 (2)"}
+
+
+# 5. Weeks without data
+
+def test_an_empty_week_in_a_range_fails_alone_and_the_weeks_with_rows_proceed(home, spec_dir, instance):
+    from mlplatform_tests.helpers import check_record
+
+    frame = toy_rows()
+    frame = frame.loc[~pd.to_datetime(frame["ts"]).between("2024-01-08", "2024-01-14 23:59:59")]
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": frame})
+    result = run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-15", assets=["raw", "features"])
+    assert result.success
+    stored = warehouse_query(home, "select count(*) as n from toy.features")["n"].item()
+    assert stored == len(frame) == 80
+    notes = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+             and e.event_specific_data.partition == "2024-01-08"]
+    assert {(n.asset_key.path[-1], n.passed) for n in notes} == {("raw", False), ("features", False)}
+    [raw_note] = [n for n in notes if n.asset_key.path[-1] == "raw"]
+    assert raw_note.metadata["summary"].value == ("week 2024-01-08 has no rows in the source (its event times run "
+                                                  "from 2024-01-01 00:00 to 2024-01-21 19:48)")
+    assert check_record(instance, ["toy", "features"], "schema").evaluation.passed
+    [output] = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "raw"][:1]
+    assert output.materialization.metadata["empty_weeks"].value == ["2024-01-08"]
+
+
+def test_a_run_of_only_empty_weeks_fails_and_names_the_fix_when_the_data_ended(spec_dir):
+    from datetime import datetime
+
+    from mlplatform.lib.source import Window, read_source, rows_in_window
+    from mlplatform.lib.validation import check_source_week, parse_source_times
+
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows(weeks=2)})
+    [spec] = load_specs(folder)
+    frame = read_source(spec.source_path)
+    times = parse_source_times(frame, spec)
+    window = Window(datetime(2024, 1, 15), datetime(2024, 1, 22))
+    report = check_source_week(rows_in_window(frame, "ts", window), spec, window, ["ts", "id"], times)
+    assert not report.passed
+    assert report.problems[0]["examples"] == (
+        "week 2024-01-15 has no rows in the source (its event times run from 2024-01-01 00:00 to 2024-01-14 19:48); "
+        "if the data ended, set partitions.end: 2024-01-15 in toy.yaml")
+
+
+def test_demo_plans_only_the_weeks_with_rows(spec_dir):
+    from mlplatform.lib.source import contiguous_ranges, weeks_with_rows
+
+    frame = toy_rows()
+    frame = frame.loc[~pd.to_datetime(frame["ts"]).between("2024-01-08", "2024-01-14 23:59:59")]
+    [spec] = load_specs(spec_dir({"toy.yaml": TOY_SPEC.replace("end: 2024-01-22", "end: 2024-02-05")},
+                                 {"toy.csv": frame}))
+    weeks = ["2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22", "2024-01-29"]
+    with_rows = weeks_with_rows(spec, weeks)
+    assert with_rows == ["2024-01-01", "2024-01-15"]
+    assert contiguous_ranges(weeks, with_rows) == [("2024-01-01", "2024-01-01"), ("2024-01-15", "2024-01-15")]
+
+
+def test_demo_skips_the_weeks_without_rows_and_says_which(home, spec_dir, capsys, monkeypatch):
+    from mlplatform.cli import prepare_dagster_home
+    from mlplatform.lib.settings import load_settings
+    from mlplatform.runner import run_models
+
+    frame = toy_rows()
+    frame = frame.loc[~pd.to_datetime(frame["ts"]).between("2024-01-08", "2024-01-14 23:59:59")]
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": frame})
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))  # prepare_dagster_home sets it: restore after
+    prepare_dagster_home(load_settings())
+    [result] = run_models(models=["toy"])
+    assert "--> toy: weeks 2024-01-01 .. 2024-01-15 (skipping 1 weeks without rows in the source: 2024-01-08)" \
+        in capsys.readouterr().out
+    assert result.skipped_weeks == ["2024-01-08"]
+    assert result.success and result.rows["raw"] == 80
+
+
+# 8. Damaged stores
+
+def stores_with_a_champion(home: Path):
+    """A warehouse with data and an audit row, and a real MLflow SQLite registry whose champion is v1."""
+    from mlplatform.lib.audit import record_alias_changes
+    from mlplatform.lib.tracking import Tracker
+
+    home.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker.under(home / "mlflow")
+    tracker.client.create_registered_model("toy")
+    tracker.client.create_model_version("toy", source=(home / "model").as_uri(), tags={"gates": "passed"})
+    tracker.set_alias("toy", "champion", "1")
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+        connection.execute("create schema toy; create table toy.features as select range as id, range * 0.5 as x "
+                           "from range(200000)")
+        record_alias_changes(connection, [{"changed_at": pd.Timestamp("2024-01-08"), "model": "toy",
+                                           "alias": "champion", "version": "1", "previous_version": None,
+                                           "actor": "ann", "reason": "ok", "week": "2024-01-01"}])
+    return tracker
+
+
+def test_a_champion_the_registry_forgot_is_named(home):
+    from mlplatform.lib.stores import check_stores
+    from mlplatform.lib.tracking import Tracker
+
+    tracker = stores_with_a_champion(home)
+    assert check_stores(home, tracker) == []
+    # mlflow.db deleted and recreated empty: a fresh store (MLflow keeps a deleted file open in this process,
+    # so the recreated store is made under another folder, as a new process would see it).
+    [problem] = check_stores(home, Tracker.under(home.parent / "recreated" / "mlflow"))
+    assert problem.startswith("toy: the audit says v1 became champion at 2024-01-08 00:00:00, but the registry at "
+                              "sqlite:///")
+    assert "has no such version: the MLflow store was replaced or lost; restore it from a backup" in problem
+
+
+def test_a_warehouse_that_fails_an_integrity_read_is_named(home):
+    from mlplatform.lib.stores import check_stores
+
+    tracker = stores_with_a_champion(home)
+    path = home / "warehouse.duckdb"
+    with path.open("r+b") as handle:  # damage the table's data blocks, not the file header
+        for offset in range(12288, path.stat().st_size - 4096, 65536):
+            handle.seek(offset + 100)
+            handle.write(b"\xff" * 2048)
+    [problem] = check_stores(home, tracker)
+    assert problem.startswith(f"warehouse {path} fails an integrity read (")
+    assert problem.endswith("restore it from a backup (docs/operations.md)")
+
+
+def test_backup_copies_the_three_stores_into_files_that_open_with_the_same_rows(home, capsys):
+    from dagster import DagsterInstance, job, op
+    from dagster._core.instance.ref import InstanceRef
+
+    from mlplatform.cli import main
+    from mlplatform.lib.tracking import Tracker
+
+    stores_with_a_champion(home)
+    (home / "mlflow" / "artifacts" / "toy").mkdir(parents=True)
+    (home / "mlflow" / "artifacts" / "toy" / "card.md").write_text("model card")
+
+    @op
+    def nothing() -> None:
+        pass
+
+    @job
+    def tiny():
+        nothing()
+
+    (home / "dagster").mkdir()
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home / "dagster"))) as instance:
+        assert tiny.execute_in_process(instance=instance).success
+        runs = len(instance.get_runs())
+    target = home.parent / "backup"
+    assert main(["backup", "--to", str(target)]) == 0
+    assert f"backup in {target}" in capsys.readouterr().out
+    with duckdb.connect(str(target / "warehouse.duckdb"), read_only=True) as copy:
+        assert copy.execute("select count(*), sum(x) from toy.features").fetchone() == (200000, 0.5 * 199999 * 100000)
+        assert copy.execute("select actor from audit.alias_changes").fetchone() == ("ann",)
+    assert Tracker.under(target / "mlflow").alias_version("toy", "champion") == "1"
+    assert (target / "mlflow" / "artifacts" / "toy" / "card.md").read_text() == "model card"
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(target / "dagster"))) as restored:
+        assert len(restored.get_runs()) == runs == 1
+    assert main(["backup", "--to", str(target)]) == 1  # never over an earlier backup
+    assert "is not empty; give a new folder" in capsys.readouterr().err
+
+
+def test_the_spec_error_a_code_location_raises_is_short_and_keeps_every_problem(spec_dir, home, capsys):
+    import pickle
+
+    from mlplatform.cli import main
+
+    specs = {f"m{i}.yaml": TOY_SPEC.replace("name: toy", f"name: m{i}").replace("task: regression", "task: nope")
+             for i in range(30)}
+    folder = spec_dir(specs, {"toy.csv": toy_rows()})
+    with pytest.raises(SpecError) as caught:
+        load_specs(folder)
+    text = str(caught.value)
+    assert text.splitlines()[0] == "30 problem(s) in model specs:"
+    assert len(text.splitlines()) == 27 and text.endswith("... and 5 more: run `mlplatform validate`")
+    assert len(pickle.loads(pickle.dumps(caught.value)).problems) == 30
+    assert main(["validate"]) == 1
+    assert capsys.readouterr().err.count("task: found 'nope'") == 30
