@@ -154,11 +154,17 @@ def cmd_promote(args: argparse.Namespace) -> int:
     :mod:`mlplatform.lib.promotion` owns the rules and makes the audit row and the alias move one unit.
     """
     from mlplatform.lib import promotion
+    from mlplatform.lib.stores import check_stores
     from mlplatform.lib.tracking import Tracker
     from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
 
     settings = load_settings()
     tracker = Tracker.for_settings(settings)
+    damage = check_stores(settings.home, tracker)
+    if damage:
+        print("not promoted, nothing changed: a store looks damaged or replaced:\n  - " + "\n  - ".join(damage),
+              file=sys.stderr)
+        return 1
     try:
         change = promotion.approval_change(tracker, args.model, args.version, args.by, args.reason, args.force)
     except promotion.PromotionRefused as refused:
@@ -243,6 +249,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """``dagster dev`` on this code location with the instance under MLPLATFORM_HOME."""
     settings = load_settings()
     prepare_dagster_home(settings)
+    from dagster import DagsterInstance
+
+    from mlplatform.runner import fail_dead_runs
+
+    with DagsterInstance.get() as instance:  # a run killed earlier must not hold the queue (max_concurrent_runs: 1)
+        fail_dead_runs(instance)
     command = [sys.executable, "-m", "dagster", "dev", "-m", "mlplatform.definitions",
                "--host", args.host, "--port", str(args.port)]
     # `dagster dev` still works and is what workspace.yaml users run; its "use dg dev" notice is not for our users.

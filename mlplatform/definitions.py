@@ -7,16 +7,22 @@ every problem, one line each.
 
 from __future__ import annotations
 
+import sys
+
 from dagster import Definitions
 
 from mlplatform.component import ModelLifecycle, platform_settings
 from mlplatform.defs.dbt_project import prepare_manifest
-from mlplatform.specs import dbt_manifest_columns, load_specs
+from mlplatform.specs import SpecError, dbt_manifest_columns, load_specs
 
 
 def build_definitions() -> Definitions:
     settings = platform_settings()
-    specs = load_specs(settings.specs_dir, dbt_manifest_columns(prepare_manifest()))
+    try:
+        specs = load_specs(settings.specs_dir, dbt_manifest_columns(prepare_manifest()))
+    except SpecError as error:  # the list first and briefly: Dagster prints its traceback before the message
+        print(error, file=sys.stderr, flush=True)
+        raise
     return Definitions.merge(*(ModelLifecycle(spec).build_defs() for spec in specs))
 
 

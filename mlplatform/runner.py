@@ -144,6 +144,9 @@ def run_models(
     defs = build_definitions()
     instance = DagsterInstance.get()
     fail_dead_runs(instance)  # a killed earlier run must not block this one (max_concurrent_runs: 1)
+    damage = _damaged_stores()
+    if damage:
+        raise RunRequestError("a store looks damaged or replaced; nothing was written:\n  - " + "\n  - ".join(damage))
     jobs = {names.model_from_pipeline_job(j.name): j.name for j in defs.resolve_all_job_defs()
             if names.model_from_pipeline_job(j.name)}
     unknown = sorted(set(models or []) - set(jobs))
@@ -216,6 +219,16 @@ def _execute_range(job, instance: DagsterInstance, start: str, end: str, outcome
             summary = evaluation.metadata.get("summary")
             if summary is not None:
                 outcome.check_summaries[name] = str(summary.value)
+
+
+def _damaged_stores() -> list[str]:
+    """What :func:`mlplatform.lib.stores.check_stores` finds wrong with this home's stores (empty when whole)."""
+    from mlplatform.lib.settings import load_settings
+    from mlplatform.lib.stores import check_stores
+    from mlplatform.lib.tracking import Tracker
+
+    settings = load_settings()
+    return check_stores(settings.home, Tracker.for_settings(settings))
 
 
 def run_retrain_sensor(defs, instance: DagsterInstance, model: str) -> list[tuple[str, str, bool]]:

@@ -18,7 +18,7 @@ from dagster_duckdb_pandas import DuckDBPandasIOManager
 
 from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, DEFAULT_WAREHOUSE_WAIT_SECONDS, Settings
 from mlplatform.lib.source import Window
-from mlplatform.lib.warehouse import connect_when_free, replace_week_rows
+from mlplatform.lib.warehouse import connect_when_free, quote_identifier, replace_week_rows, table_name
 
 if TYPE_CHECKING:  # mlflow costs ~1.5 s to import: only runs that train pay for it
     from mlplatform.lib.tracking import Tracker
@@ -48,10 +48,10 @@ class Warehouse(DuckDBResource):
 
     def read_window(self, schema: str, table: str, time_column: str, window: Window) -> pd.DataFrame:
         """Rows of ``schema.table`` whose event time falls in the window, in time order."""
-        column = time_column.replace('"', '""')
+        column = quote_identifier(time_column)
         with self.get_connection() as connection:
             return connection.execute(
-                f'select * from "{schema}"."{table}" where "{column}" >= ? and "{column}" < ? order by "{column}"',
+                f"select * from {table_name(schema, table)} where {column} >= ? and {column} < ? order by {column}",
                 [window.start, window.end],
             ).fetchdf()
 

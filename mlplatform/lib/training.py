@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,14 +13,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from mlplatform.specs import ModelSpec
+from mlplatform.specs.estimators import import_estimator_class
 
 SEED = 0
 """One seed for estimators and bootstraps: the same rows and code give the same model and metrics."""
 
 
 def estimator_class(spec: ModelSpec) -> type:
-    module_name, _, class_name = (spec.estimator.class_name or "").rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)
+    """The spec's estimator class, imported only when its module is on the allow-list (never from the spec folder)."""
+    return import_estimator_class(spec.estimator.class_name or "", spec.spec_file.parent)
 
 
 def build_pipeline(spec: ModelSpec) -> Pipeline:
