@@ -160,7 +160,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     tracker = Tracker.for_settings(settings)
-    damage = check_stores(settings.home, tracker)
+    try:
+        damage = check_stores(settings.home, tracker, args.wait)
+    except WarehouseBusy as busy:
+        print(f"{args.model}: not promoted, nothing changed: {busy}. A run is probably writing to it; "
+              "try again when it ends, or give --wait SECONDS", file=sys.stderr)
+        return 1
     if damage:
         print("not promoted, nothing changed: a store looks damaged or replaced:\n  - " + "\n  - ".join(damage),
               file=sys.stderr)

@@ -50,13 +50,13 @@ def _sqlite_problem(path: Path, what: str) -> str | None:
     return None
 
 
-def check_warehouse(warehouse_path: Path) -> tuple[list[str], list[tuple[str, str, str]]]:
+def check_warehouse(warehouse_path: Path, wait_seconds: float = WAIT_SECONDS) -> tuple[list[str], list[tuple[str, str, str]]]:
     """Problems reading every table of the warehouse, and the audit's latest champion per model (model, version, when)."""
     if not warehouse_path.exists():
         return [], []
     champions: list[tuple[str, str, str]] = []
     try:
-        with connect_when_free(warehouse_path, WAIT_SECONDS, read_only=True) as connection:
+        with connect_when_free(warehouse_path, wait_seconds, read_only=True) as connection:
             tables = connection.execute(
                 "select table_schema, table_name from information_schema.tables where table_type = 'BASE TABLE'"
             ).fetchall()
@@ -74,14 +74,14 @@ def check_warehouse(warehouse_path: Path) -> tuple[list[str], list[tuple[str, st
     return [], champions
 
 
-def check_stores(home: Path, tracker: Registry) -> list[str]:
+def check_stores(home: Path, tracker: Registry, wait_seconds: float = WAIT_SECONDS) -> list[str]:
     """Every sign that a store was damaged, replaced or lost, one sentence each; empty when all agree.
 
     Checks: each warehouse table reads whole; the MLflow SQLite file and the Dagster instance's SQLite
     files pass ``quick_check``; each model's champion in the audit trail is still the champion in the registry.
     Call it before promoting and at the start of a run (it reads, never writes).
     """
-    problems, champions = check_warehouse(home / "warehouse.duckdb")
+    problems, champions = check_warehouse(home / "warehouse.duckdb", wait_seconds)
     mlflow_db = _sqlite_file(tracker.tracking_uri)
     if mlflow_db is not None and mlflow_db.exists():
         problem = _sqlite_problem(mlflow_db, "MLflow store")
