@@ -271,6 +271,10 @@ def validate_features(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> t
             })
         row_index = pd.to_numeric(cases["index"], errors="coerce").dropna().astype(int).unique()
         sample = frame.loc[frame.index.intersection(row_index)].head(SAMPLE_ROWS)
+    if infinite and sample is None:  # the rows holding the infinities, so a person sees them
+        numeric = [c for c in spec.numeric_columns if c in frame.columns]
+        as_numbers = frame[numeric].apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        sample = frame.loc[np.isinf(as_numbers).any(axis=1)].head(SAMPLE_ROWS)
     if problems:
         summary = "; ".join(f"{p['column']}: {p['check']} ({p['failures']} failures)" for p in problems[:6])
         return None, GateReport(passed=False, summary=summary, problems=problems,
