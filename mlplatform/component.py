@@ -104,7 +104,7 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=assets, jobs=[pipeline, retrain, weekly], schedules=[build_schedule(spec, weekly)], sensors=sensors,
         resources=platform_resources(settings),
-        # One process: DuckDB allows one writer per file, and in-process steps skip ~2 s of process start each.
+        # One process: DuckDB allows one writer per file, and in-process steps skip a process start each.
         executor=in_process_executor,
     )
 

@@ -23,7 +23,7 @@ def manifest_is_stale(project: DbtProject = dbt_project) -> bool:
 
 
 def prepare_manifest(project: DbtProject = dbt_project) -> Path:
-    """``dbt parse`` (~4 s), only when the manifest is missing or stale: never on every import."""
+    """``dbt parse`` (seconds), only when the manifest is missing or stale: never on every import."""
     if manifest_is_stale(project):
         project.preparer.prepare(project)
     return Path(project.manifest_path)

@@ -20,7 +20,7 @@ from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, DEFAULT_WAREHOUSE_WAI
 from mlplatform.lib.source import Window
 from mlplatform.lib.warehouse import connect_when_free, quote_identifier, replace_week_rows, table_name
 
-if TYPE_CHECKING:  # mlflow costs ~1.5 s to import: only runs that train pay for it
+if TYPE_CHECKING:  # importing mlflow is slow (docs/benchmarks.md): only runs that train pay for it
     from mlplatform.lib.tracking import Tracker
 
 
@@ -57,7 +57,7 @@ class Warehouse(DuckDBResource):
 
 
 class _PatientDuckDbClient(DuckDbClient):
-    """dagster-duckdb's client, connecting with :func:`connect_when_free` instead of ~100 s of backoff."""
+    """dagster-duckdb's client, connecting with :func:`connect_when_free` instead of its fixed ten retries."""
 
     @staticmethod
     @contextmanager

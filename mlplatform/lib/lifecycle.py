@@ -307,7 +307,7 @@ def evaluation_row(spec: ModelSpec, result: WeekResult) -> pd.DataFrame:
 WORKERS_ENV = "MLPLATFORM_TRAINING_WORKERS"
 MIN_ROWS_FOR_WORKERS = 50_000
 """Below this many rows per training window a fit takes well under a second: starting worker
-processes (~3 s) would cost more than training weeks side by side saves."""
+processes would cost more than training weeks side by side saves (docs/benchmarks.md)."""
 
 
 def training_workers(n_weeks: int, window_rows: int) -> int:
@@ -330,7 +330,7 @@ def deciding_threads(workers: int) -> Iterator[None]:
     """While ``workers`` processes train on every core, the deciding process runs single-threaded.
 
     Its OpenMP/BLAS threads would spin against the busy workers: scoring the champion took
-    ~10x longer (0.5 s instead of 0.05 s a week at 12,500 rows).
+    an order of magnitude longer (docs/benchmarks.md).
     """
     if workers <= 1:
         yield

@@ -117,7 +117,7 @@ def _sum_columns(metric: str, y: np.ndarray, s: np.ndarray) -> np.ndarray | None
     """Per-row columns whose sums over a resample determine the metric; None when it needs the rows' order (AUCs).
 
     A bootstrap then counts how often each row was drawn and multiplies, instead of gathering
-    every resampled row of y and score for every metric (that gather cost ~0.2 s a week).
+    every resampled row of y and score for every metric (measured in docs/benchmarks.md).
     """
     if metric in ("rmse", "brier"):
         return ((y - s) ** 2)[:, None]

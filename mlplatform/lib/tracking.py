@@ -46,7 +46,7 @@ def _installed_versions(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 def pip_requirements() -> list[str]:
-    """Exact pins of what the pickled pipeline needs; explicit, because inferring them costs ~2.5 s per model."""
+    """Exact pins of what the pickled pipeline needs; explicit, because inferring them costs seconds per model."""
     return [f"{name}=={version}"
             for name, version in _installed_versions(("scikit-learn", "pandas", "numpy", "scipy", "cloudpickle"))]
 
@@ -59,7 +59,7 @@ def own_types(pipeline: Any) -> list[str]:
 
     MLflow saves sklearn models with skops, which refuses unknown types (e.g. HistGradientBoosting's
     TreePredictor) unless they are listed; the list is stored with the model for every later load.
-    Cached per pipeline structure: serialising only to list the types costs ~0.2 s a model.
+    Cached per pipeline structure: serialising a model only to list its types is not free.
     """
     import skops.io
 

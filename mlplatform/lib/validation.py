@@ -43,7 +43,7 @@ def as_category_text(values: pd.Series) -> pd.Series:
             text[present.index] = present.astype("int64").astype(str).to_numpy(dtype=object)
         else:
             text[present.index] = [repr(float(v)) for v in present]
-    else:  # vectorised str(): a Python call per row cost ~0.1 s a week of features
+    else:  # vectorised str(): a Python call per row was a measurable share of a week (docs/benchmarks.md)
         present = values.notna()
         text[present] = values[present].astype(str).to_numpy(dtype=object)
     return text

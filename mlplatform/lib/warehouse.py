@@ -30,7 +30,7 @@ class WarehouseBusy(RuntimeError):
 def connect_when_free(path: Path, wait_seconds: float, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A connection to the warehouse, waiting while another process holds its lock.
 
-    DuckDB lets one process at a time open the file: a Dagster run holds it ~0.1 s per week it
+    DuckDB lets one process at a time open the file: a Dagster run holds it briefly for each week it
     records, but a data step or dbt may hold it for minutes. Waiting, then failing with a clear
     error, beats a traceback halfway through a change.
     """
