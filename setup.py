@@ -37,6 +37,7 @@ setup(
         "fastapi==0.165.0",
         "uvicorn==0.54.0",
         "prometheus-client==0.26.0",
+        "fairlearn==0.15.0",
         "httpx==0.28.1",
         # `dg` for the ModelLifecycle component (scaffold, check yaml, list defs).
         "dagster-dg-cli==1.13.27",
