@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mlplatform.lib.prediction_log import PredictionLogWriter, utc_now
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE, entity_key, role_for, routing_key
-from mlplatform.serving.batching import MicroBatcher
+from mlplatform.serving.batching import MicroBatcher, single_threaded
 from mlplatform.serving.metrics import ServingMetrics
 from mlplatform.serving.models import LoadedModel, ModelState, ModelWatcher, Registry, ServingState
 from mlplatform.serving.schema import RecordProblems, RecordSchema
@@ -102,6 +102,7 @@ class ShadowScorer:
         self._thread.join(timeout=60)
 
     def _run(self) -> None:
+        single_threaded()
         while True:
             item = self._queue.get()
             if item is None:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
+from mlplatform.serving.fastpath import FastPreprocess, compile_preprocess
 from mlplatform.serving.schema import RecordSchema
 from mlplatform.specs import ModelSpec
 
@@ -38,15 +39,17 @@ class LoadedModel:
     numeric: tuple[str, ...]
     categorical: tuple[str, ...]
     classes: tuple[Any, ...] | None
+    fast: FastPreprocess | None = None  # the numpy twin of the preprocessing, when it reproduces it exactly
 
     @classmethod
     def of(cls, spec: ModelSpec, version: str, pipeline: Any) -> LoadedModel:
         classes = None if spec.task == "regression" else tuple(_plain(c) for c in pipeline.classes_)
+        fast = compile_preprocess(pipeline, spec.features.numeric, spec.features.categorical)
         return cls(spec.name, str(version), spec.task, pipeline, tuple(spec.features.numeric),
-                   tuple(spec.features.categorical), classes)
+                   tuple(spec.features.categorical), classes, fast)
 
     def frame(self, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-        """The model's input frame, shaped like ``split_xy``: float64 numerics, object text categoricals with None."""
+        """The pipeline's input frame (when there is no fast twin), shaped like ``split_xy``: float64 numerics, object text categoricals with None."""
         count = len(rows)
         data: dict[str, Any] = {}
         for column in self.numeric:
@@ -63,10 +66,13 @@ class LoadedModel:
         ``score`` follows ``lib.training.predict``: the value (regression), P(second class) (binary), the label's
         class index (multiclass). Labels are ``classes_[argmax(proba)]``, what the pipeline's own ``predict`` says.
         """
-        x = self.frame(rows)
+        if self.fast is not None:
+            x, model = self.fast.transform(rows), self.pipeline.named_steps["estimator"]
+        else:
+            x, model = self.frame(rows), self.pipeline
         if self.task == "regression":
-            return [{"prediction": v, "score": v} for v in np.asarray(self.pipeline.predict(x), "float64").tolist()]
-        proba = np.asarray(self.pipeline.predict_proba(x), "float64")
+            return [{"prediction": v, "score": v} for v in np.asarray(model.predict(x), "float64").tolist()]
+        proba = np.asarray(model.predict_proba(x), "float64")
         best = proba.argmax(axis=1).tolist()
         classes = self.classes or ()
         names = [str(c) for c in classes]
