@@ -571,3 +571,36 @@ def test_sigterm_in_the_middle_of_the_load_loses_no_logged_prediction(world):
     assert len(answered) >= 400
     assert answered <= logged  # every answer is in the log
     assert logged <= answered | failed  # and nothing else
+
+
+def test_the_fast_preprocessing_twin_matches_the_pipeline_or_is_not_used(world):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mlplatform.serving.fastpath import compile_preprocess
+    from mlplatform.serving.models import LoadedModel
+    from mlplatform.serving.schema import RecordSchema
+
+    spec = world.spec("toy_bin")
+    spec.estimator.class_name = "sklearn.ensemble.HistGradientBoostingClassifier"
+    spec.estimator.params = {"max_iter": 10}
+    x, y = split_xy(world.rows, spec)
+    pipeline = build_pipeline(spec).fit(x, y)
+    rows = feature_rows(300, seed=9)
+    rows.loc[::7, "x2"] = None
+    rows.loc[::5, "color"] = None
+    rows.loc[::11, "color"] = "purple"  # unknown to the encoder (toy_bin's schema would refuse it; the twin must not)
+    checked = [{"x1": r["x1"], "x2": None if pd.isna(r["x2"]) else r["x2"], "color": r["color"]}
+               for r in records(rows, ["x1", "x2", "color"])]
+    loaded = LoadedModel.of(spec, "t", pipeline)
+    assert loaded.fast is not None
+    frame = loaded.frame(checked)
+    np.testing.assert_array_equal(loaded.fast.transform(checked), pipeline.named_steps["preprocess"].transform(frame))
+    np.testing.assert_array_equal([o["probabilities"]["yes"] for o in loaded.predict(checked)],
+                                  pipeline.predict_proba(frame)[:, 1])
+
+    scaled = Pipeline([("preprocess", pipeline.named_steps["preprocess"]), ("scale", StandardScaler()),
+                       ("estimator", pipeline.named_steps["estimator"])])
+    assert compile_preprocess(scaled, spec.features.numeric, spec.features.categorical) is None
+    assert compile_preprocess(pipeline, ["x2", "x1"], spec.features.categorical) is None  # other column order
+    assert RecordSchema(spec).feature_names == ["x1", "x2", "color"]
