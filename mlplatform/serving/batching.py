@@ -39,14 +39,15 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict", initializer=single_threaded)
         self.batches = 0
         self.jobs = 0
+        self._busy = False
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
     async def stop(self) -> None:
-        """Finish the queued jobs, then stop."""
-        while self._queue:
+        """Finish the queued jobs and the batch being scored, then stop."""
+        while self._queue or self._busy:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -78,10 +79,13 @@ class MicroBatcher:
                     rows += len(job.rows)
                 self.batches += 1
                 self.jobs += len(jobs)
+                self._busy = True
                 try:
                     results = await loop.run_in_executor(self._executor, score_jobs, jobs)
                 except Exception as error:  # noqa: BLE001 - score_jobs isolates failures; this is a last resort
                     results = [error] * len(jobs)
+                finally:
+                    self._busy = False
                 for job, result in zip(jobs, results, strict=True):
                     if job.future.done():  # the client went away
                         continue
