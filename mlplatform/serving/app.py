@@ -7,6 +7,7 @@ Handlers read the raw body and check records with :class:`RecordSchema` instead 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import queue
@@ -315,10 +316,20 @@ def mlflow_records(payload: Any) -> list[Any]:
     raise HttpProblem(422, f"unsupported MLflow payload: this service accepts {supported}", found=found)
 
 
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count()
+
+
+def new_request_id() -> str:
+    """A random per-process prefix and a counter: unique across processes and restarts, and cheaper than a uuid4
+    per request (its system call showed as ~5 % of the event loop's samples at 1-row requests)."""
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER)}"
+
+
 def request_id_of(request: Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is None:
-        return uuid.uuid4().hex
+        return new_request_id()
     if not REQUEST_ID_PATTERN.match(given):
         raise HttpProblem(422, f"{REQUEST_ID_HEADER} must be 1-128 characters of letters, digits and . _ : -")
     return given
