@@ -269,6 +269,77 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+def _served_specs(settings: Settings, names: Sequence[str] | None) -> list:
+    """The specs of the models to serve or replay, loaded as `validate` loads them.
+
+    An existing dbt manifest is read as it is (serving runs no dbt; it only checks staged column names), which
+    saves importing dagster-dbt (~2-7 s) at every start; without one it is prepared as `validate` does.
+    """
+    from mlplatform.lib.settings import DBT_PROJECT_DIR
+    from mlplatform.serving.server import select_specs
+    from mlplatform.specs import dbt_manifest_columns, load_specs
+
+    manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
+    if not manifest.exists():
+        from mlplatform.defs.dbt_project import prepare_manifest
+
+        manifest = prepare_manifest()
+    return select_specs(load_specs(settings.specs_dir, dbt_manifest_columns(manifest)), names)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve every spec'd model's champion over HTTP (canary, shadow, prediction log, hot swap)."""
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.serving.app import ServingConfig
+    from mlplatform.serving.server import ServerOptions, serve
+    from mlplatform.specs import SpecError
+
+    settings = load_settings()
+    ensure_home(settings)
+    try:
+        specs = _served_specs(settings, args.model)
+    except (SpecError, ValueError) as error:
+        print(f"{error}\nnothing is served", file=sys.stderr)
+        return 1
+    config = ServingConfig(home=settings.home, specs=specs, tracker=Tracker.configured(settings.mlflow_dir),
+                           poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds,
+                           max_batch=args.max_batch, log_predictions=not args.no_log)
+    print(f"serving {', '.join(s.name for s in specs)} on http://{args.host}:{args.port} (API docs at /docs; "
+          f"prediction log {'off' if args.no_log else settings.home / 'prediction_log'}); Ctrl-C stops it",
+          flush=True)
+    serve(config, ServerOptions(host=args.host, port=args.port, log_level=args.log_level))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Send a model's feature rows for some weeks to a running service, as production traffic."""
+    from datetime import date
+
+    from mlplatform.serving.replay import feature_rows, records_of, replay_window, send
+    from mlplatform.specs import SpecError
+
+    settings = load_settings()
+    ensure_home(settings)
+    try:
+        spec = _served_specs(settings, [args.model])[0]
+        start = date.fromisoformat(args.start)
+    except (SpecError, ValueError) as error:
+        print(f"{error}\nnothing was sent", file=sys.stderr)
+        return 1
+    window = replay_window(start, args.weeks)
+    try:
+        frame = feature_rows(spec, window, settings.warehouse_path)
+    except (FileNotFoundError, OSError) as error:
+        print(f"{error}\nnothing was sent", file=sys.stderr)
+        return 1
+    result = send(records_of(frame, spec), args.url, spec.name, batch=args.batch)
+    for line in result.errors[:10]:
+        print(f"  error: {line}", file=sys.stderr)
+    print(f"{spec.name}: {result.rows} rows from {window.start:%Y-%m-%d} to {window.end:%Y-%m-%d} (exclusive); "
+          f"sent {result.sent}, answered {result.answered}, failed requests {result.failed_requests}")
+    return 0 if result.answered == result.rows else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlplatform", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -324,6 +395,26 @@ def build_parser() -> argparse.ArgumentParser:
     reference = commands.add_parser("spec-reference", help="write docs/spec-reference.md from the spec model")
     reference.add_argument("--check", action="store_true", help="only check that the file is up to date")
     reference.set_defaults(func=cmd_spec_reference)
+
+    serve = commands.add_parser("serve", help="serve every model's champion over HTTP (docs/serving.md)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", action="append", help="only this model (repeatable); default: every spec")
+    serve.add_argument("--max-batch", type=int, default=1000, help="most records in one request (default 1000)")
+    serve.add_argument("--poll-seconds", type=float, default=2.0, help="how often aliases are read (default 2)")
+    serve.add_argument("--flush-seconds", type=float, default=1.0,
+                       help="how often the prediction log is written (default 1; at most this much is lost on SIGKILL)")
+    serve.add_argument("--no-log", action="store_true", help="do not write the prediction log")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    replay = commands.add_parser("replay", help="send a model's feature rows for some weeks to a running service")
+    replay.add_argument("model")
+    replay.add_argument("--start", required=True, help="first week (Monday, YYYY-MM-DD)")
+    replay.add_argument("--weeks", type=int, default=1, help="how many weeks (default 1)")
+    replay.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
+    replay.add_argument("--batch", type=int, default=100, help="records per request (default 100)")
+    replay.set_defaults(func=cmd_replay)
     return parser
 
 

@@ -1,0 +1,261 @@
+"""The prediction log: every prediction the service answers, in append-only Parquet segments the service owns.
+
+Why files and not the warehouse: DuckDB allows one writer process per database file and Dagster runs need it, so a
+long-running service must never hold the warehouse lock. Segments are written to a temporary name, fsynced and
+published with an atomic ``os.replace``: a reader sees a whole segment or none, never half of one.
+
+Layout (a contract; docs/serving.md describes every column)::
+
+    <home>/prediction_log/<model>/date=YYYY-MM-DD/hour=HH/<uuid>.parquet
+
+Read it with :func:`read_prediction_log`, or with DuckDB:
+``read_parquet('<home>/prediction_log/<model>/**/*.parquet', hive_partitioning=true, union_by_name=true)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+LOG_DIR_NAME = "prediction_log"
+SEGMENT_SUFFIX = ".parquet"
+PARTIAL_SUFFIX = ".partial"
+
+SCHEMA = pa.schema([
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("record_index", pa.int32(), nullable=False),
+    pa.field("record_id", pa.string()),
+    pa.field("time", pa.timestamp("us"), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("version", pa.string(), nullable=False),
+    pa.field("role", pa.string(), nullable=False),
+    pa.field("entity_key", pa.string()),
+    pa.field("inputs", pa.string(), nullable=False),
+    pa.field("outputs", pa.string(), nullable=False),
+    pa.field("score", pa.float64()),
+    pa.field("label", pa.string()),
+    pa.field("latency_ms", pa.float64()),
+])
+"""One row per record per scoring model (a shadow score is its own row). ``time`` is naive UTC, as everywhere."""
+
+COLUMNS = [f.name for f in SCHEMA]
+
+
+def log_root(home: Path) -> Path:
+    return Path(home) / LOG_DIR_NAME
+
+
+def model_log_dir(home: Path, model: str) -> Path:
+    return log_root(home) / model
+
+
+def utc_now() -> datetime:
+    """Now as naive UTC (the platform's time convention)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class PredictionLogWriter:
+    """Collects rows in memory and writes them as Parquet segments every ``flush_seconds`` on its own thread.
+
+    ``write`` only appends to a list under a lock, so the response path never waits for the disk. ``close`` flushes
+    everything (call it on shutdown); a process killed with SIGKILL loses at most the rows of the last interval.
+    A failed write (disk full) keeps the rows and retries at the next interval.
+    """
+
+    def __init__(self, home: Path, flush_seconds: float = 1.0):
+        self.root = log_root(home)
+        self.flush_seconds = flush_seconds
+        self._pending: list[Mapping[str, Any]] = []
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.written_rows = 0
+        self.segments = 0
+        self.failed_flushes = 0
+
+    def start(self) -> PredictionLogWriter:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
+            self._thread.start()
+        return self
+
+    def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Queue rows (dicts with the keys of :data:`COLUMNS`; ``inputs``/``outputs`` may be dicts)."""
+        with self._lock:
+            self._pending.extend(rows)
+
+    @property
+    def backlog(self) -> int:
+        """Rows accepted but not yet in a published segment."""
+        return len(self._pending)
+
+    def flush(self) -> int:
+        """Write every pending row now; returns how many were written."""
+        with self._flush_lock:
+            with self._lock:
+                rows, self._pending = self._pending, []
+            if not rows:
+                return 0
+            try:
+                written = write_segments(self.root, rows)
+            except Exception:  # noqa: BLE001 - keep the rows and retry: losing predictions is worse than a late write
+                self.failed_flushes += 1
+                log.exception("prediction log: writing %d rows under %s failed; retrying", len(rows), self.root)
+                with self._lock:
+                    self._pending[:0] = rows
+                return 0
+            self.written_rows += len(rows)
+            self.segments += written
+            return len(rows)
+
+    def close(self) -> None:
+        """Stop the thread and flush what is left (retrying a failing disk a few times)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        for _ in range(3):
+            self.flush()
+            if not self._pending:
+                return
+        log.error("prediction log: %d rows could not be written at shutdown", len(self._pending))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            self.flush()
+
+
+def write_segments(root: Path, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Publish rows as one segment per (model, date, hour); returns the number of segments."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        when: datetime = row["time"]
+        groups[(row["model"], when.strftime("%Y-%m-%d"), when.strftime("%H"))].append(row)
+    for (model, day, hour), group in groups.items():
+        folder = root / model / f"date={day}" / f"hour={hour}"
+        folder.mkdir(parents=True, exist_ok=True)
+        _publish(folder, _table(group))
+    return len(groups)
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+    for row in rows:
+        for name in COLUMNS:
+            value = row.get(name)
+            if name in ("inputs", "outputs") and not isinstance(value, str):
+                value = json.dumps(value, separators=(",", ":"), default=_json_default)
+            columns[name].append(value)
+    return pa.table(columns, schema=SCHEMA)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+def _publish(folder: Path, table: pa.Table) -> Path:
+    """Write to a temporary name, fsync, then rename: readers see the whole segment or nothing."""
+    name = uuid.uuid4().hex
+    partial = folder / f".{name}{SEGMENT_SUFFIX}{PARTIAL_SUFFIX}"
+    final = folder / f"{name}{SEGMENT_SUFFIX}"
+    with open(partial, "wb") as handle:
+        pq.write_table(table, handle, compression="zstd")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, final)
+    try:  # the rename itself survives a power cut only once the folder is synced
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        pass
+    return final
+
+
+def _as_naive_utc(value: datetime | date | str | None) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return stamp
+
+
+def read_prediction_log(
+    home: Path,
+    model: str,
+    start: datetime | date | str | None = None,
+    end: datetime | date | str | None = None,
+    roles: Sequence[str] | None = None,
+    expand_inputs: bool = True,
+) -> pd.DataFrame:
+    """The logged predictions of ``model`` with ``start <= time < end`` (naive UTC; tz-aware bounds are converted).
+
+    Ordered by time, request and record. ``roles`` keeps only those roles (e.g. ``["champion", "canary"]`` for what
+    clients were answered). With ``expand_inputs`` every input feature becomes a column of its own (numbers as float,
+    categories as text, nulls as NaN/None), ready for drift statistics; a feature whose name is also a log column is
+    named ``input.<name>``. An empty frame with the log's columns when nothing was logged.
+    """
+    import duckdb
+
+    folder = model_log_dir(home, model)
+    if not folder.is_dir() or next(folder.rglob(f"*{SEGMENT_SUFFIX}"), None) is None:
+        frame = pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(field.type)) for name, field in
+                              zip(COLUMNS, SCHEMA, strict=True)})
+        return frame
+    conditions, params = [], []
+    low, high = _as_naive_utc(start), _as_naive_utc(end)
+    if low is not None:
+        conditions.append("time >= ? and date >= ?")
+        params += [low.to_pydatetime(), low.date()]
+    if high is not None:
+        conditions.append("time < ? and date <= ?")
+        params += [high.to_pydatetime(), high.date()]
+    if roles:
+        conditions.append("role in (" + ", ".join("?" for _ in roles) + ")")
+        params += list(roles)
+    where = ("where " + " and ".join(conditions)) if conditions else ""
+    pattern = str(folder / "**" / f"*{SEGMENT_SUFFIX}")
+    sql = (f"select {', '.join(_quoted(c) for c in COLUMNS)} from read_parquet(?, hive_partitioning=true, "
+           f"union_by_name=true) {where} order by time, request_id, record_index, role")
+    with duckdb.connect() as connection:
+        frame = connection.execute(sql, [pattern, *params]).fetchdf()
+    frame["record_index"] = frame["record_index"].astype("int32")
+    if expand_inputs and len(frame):
+        inputs = pd.DataFrame([json.loads(text) for text in frame["inputs"]], index=frame.index)
+        inputs.columns = [f"input.{c}" if c in COLUMNS else c for c in inputs.columns]
+        frame = pd.concat([frame, inputs], axis=1)
+    return frame
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _pandas_dtype(arrow_type: pa.DataType) -> str:
+    if pa.types.is_timestamp(arrow_type):
+        return "datetime64[us]"
+    if pa.types.is_integer(arrow_type):
+        return "int32"
+    if pa.types.is_floating(arrow_type):
+        return "float64"
+    return "object"

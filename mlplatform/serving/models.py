@@ -1,0 +1,273 @@
+"""Loaded model versions, the immutable routing state, and the poller that swaps it when an alias moves.
+
+Hot swap is one reference assignment: the poller builds a complete new :class:`ServingState` (loading any new
+version first, off the request path) and assigns it; a request reads the reference once and uses that snapshot
+from start to end, so it never sees half a swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplatform.lib.aliases import CHALLENGER, CHAMPION
+from mlplatform.serving.fastpath import FastPreprocess, compile_preprocess
+from mlplatform.serving.schema import RecordSchema
+from mlplatform.specs import ModelSpec
+
+log = logging.getLogger(__name__)
+
+GATES_TAG = "gates"
+GATES_PASSED = "passed"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One registered version, ready to predict on checked records (see :class:`RecordSchema`)."""
+
+    name: str
+    version: str
+    task: str
+    pipeline: Any
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    classes: tuple[Any, ...] | None
+    fast: FastPreprocess | None = None  # the numpy twin of the preprocessing, when it reproduces it exactly
+
+    @classmethod
+    def of(cls, spec: ModelSpec, version: str, pipeline: Any) -> LoadedModel:
+        classes = None if spec.task == "regression" else tuple(_plain(c) for c in pipeline.classes_)
+        fast = compile_preprocess(pipeline, spec.features.numeric, spec.features.categorical)
+        return cls(spec.name, str(version), spec.task, pipeline, tuple(spec.features.numeric),
+                   tuple(spec.features.categorical), classes, fast)
+
+    def frame(self, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+        """The pipeline's input frame (when there is no fast twin), shaped like ``split_xy``: float64 numerics, object text categoricals with None."""
+        count = len(rows)
+        data: dict[str, Any] = {}
+        for column in self.numeric:
+            data[column] = np.fromiter((np.nan if r[column] is None else r[column] for r in rows), "float64", count)
+        for column in self.categorical:
+            values = np.empty(count, dtype=object)
+            values[:] = [r[column] for r in rows]
+            data[column] = values
+        return pd.DataFrame(data, copy=False)
+
+    def predict(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Per row: ``prediction`` (+ ``probabilities`` by class for classifiers) and ``score`` for the log.
+
+        ``score`` follows ``lib.training.predict``: the value (regression), P(second class) (binary), the label's
+        class index (multiclass). Labels are ``classes_[argmax(proba)]``, what the pipeline's own ``predict`` says.
+        """
+        if self.fast is not None:
+            x, model = self.fast.transform(rows), self.pipeline.named_steps["estimator"]
+        else:
+            x, model = self.frame(rows), self.pipeline
+        if self.task == "regression":
+            return [{"prediction": v, "score": v} for v in np.asarray(model.predict(x), "float64").tolist()]
+        proba = np.asarray(model.predict_proba(x), "float64")
+        best = proba.argmax(axis=1).tolist()
+        classes = self.classes or ()
+        names = [str(c) for c in classes]
+        outputs = []
+        for row_proba, index in zip(proba.tolist(), best, strict=True):
+            score = row_proba[1] if self.task == "binary" else float(index)
+            outputs.append({"prediction": classes[index], "probabilities": dict(zip(names, row_proba, strict=True)),
+                            "score": score})
+        return outputs
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What is served for one model, and why (shown by GET /v1/models)."""
+
+    spec: ModelSpec
+    schema: RecordSchema
+    champion: LoadedModel | None = None
+    challenger: LoadedModel | None = None
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    refused: Mapping[str, str] = field(default_factory=dict)  # version -> why it is not loaded
+    registry_error: str | None = None
+    checked_at: float | None = None
+
+    @property
+    def rollout_challenger(self) -> LoadedModel | None:
+        """The challenger when it differs from the champion (else there is nothing to canary or shadow)."""
+        if self.challenger is None or self.champion is None or self.challenger.version == self.champion.version:
+            return None
+        return self.challenger
+
+    @property
+    def canary_percent(self) -> float:
+        return float(self.spec.rollout.canary_percent) if self.rollout_challenger is not None else 0.0
+
+    @property
+    def shadow(self) -> bool:
+        return bool(self.spec.rollout.shadow) and self.rollout_challenger is not None
+
+
+@dataclass(frozen=True)
+class ServingState:
+    models: Mapping[str, ModelState]
+
+    @property
+    def ready(self) -> bool:
+        return all(m.champion is not None for m in self.models.values())
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry could not be read (as opposed to: it says there is no such model or alias)."""
+
+
+class Registry:
+    """The few registry reads serving needs, over the platform's :class:`Tracker`."""
+
+    def __init__(self, tracker: Any):
+        self.tracker = tracker
+
+    def aliases(self, model: str) -> dict[str, str]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            registered = self.tracker.client.get_registered_model(model)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return {}
+            raise RegistryUnavailable(str(error)) from error
+        except Exception as error:  # noqa: BLE001 - any failure to read means: keep serving what we have
+            raise RegistryUnavailable(f"{type(error).__name__}: {error}") from error
+        return {alias: str(version) for alias, version in dict(registered.aliases).items()}
+
+    def gates(self, model: str, version: str) -> str | None:
+        try:
+            return self.tracker.version_tags(model, version).get(GATES_TAG)
+        except Exception as error:  # noqa: BLE001
+            raise RegistryUnavailable(f"{type(error).__name__}: {error}") from error
+
+    def load(self, model: str, version: str) -> Any:
+        """The sklearn pipeline of a version (not cached here: the watcher keeps the versions in use)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracker.tracking_uri)
+        mlflow.set_registry_uri(self.tracker.tracking_uri)
+        return mlflow.sklearn.load_model(f"models:/{model}/{version}")
+
+
+class ModelWatcher:
+    """Polls the aliases of every served model and swaps in a new :class:`ServingState` when they move.
+
+    A version whose ``gates`` tag is not ``passed`` is never loaded, whatever alias points at it: the model keeps
+    the version it served for that role before (the refusal is shown in /v1/models and logged). When the registry
+    cannot be read the state is kept as it is (with the error shown).
+    """
+
+    def __init__(self, specs: Sequence[ModelSpec], registry: Registry, poll_seconds: float = 2.0,
+                 on_swap: Callable[[ServingState], None] | None = None, keep_versions: int = 4):
+        self.registry = registry
+        self.poll_seconds = poll_seconds
+        self.on_swap = on_swap
+        self.keep_versions = keep_versions
+        self.state = ServingState({s.name: ModelState(spec=s, schema=RecordSchema(s)) for s in specs})
+        self._loaded: dict[tuple[str, str], LoadedModel] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.swaps = 0
+
+    def start(self) -> ModelWatcher:
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the poller must survive anything and keep the old state
+                log.exception("serving: refreshing the models failed; keeping the current ones")
+            self._stop.wait(self.poll_seconds)
+
+    def refresh(self) -> ServingState:
+        """Read every model's aliases once; load what moved; assign the new state if anything changed."""
+        current = self.state
+        models = {name: self._refresh_model(state) for name, state in current.models.items()}
+        if any(_served(models[n]) != _served(s) for n, s in current.models.items()):
+            self.swaps += 1
+        new = ServingState(models)
+        self.state = new  # the swap: one reference assignment
+        self._forget_unused(new)
+        if self.on_swap is not None:
+            self.on_swap(new)
+        return new
+
+    def _refresh_model(self, state: ModelState) -> ModelState:
+        name = state.spec.name
+        try:
+            aliases = self.registry.aliases(name)
+            refused: dict[str, str] = {}
+            champion = self._resolve(state, aliases.get(CHAMPION), state.champion, refused)
+            challenger = self._resolve(state, aliases.get(CHALLENGER), state.challenger, refused)
+        except RegistryUnavailable as error:
+            if state.registry_error != str(error):
+                log.warning("serving %s: registry unavailable (%s); keeping versions %s", name, error, _served(state))
+            return replace(state, registry_error=str(error), checked_at=time.time())
+        return replace(state, champion=champion, challenger=challenger, aliases=aliases, refused=refused,
+                       registry_error=None, checked_at=time.time())
+
+    def _resolve(self, state: ModelState, version: str | None, serving: LoadedModel | None,
+                 refused: dict[str, str]) -> LoadedModel | None:
+        """The model to serve for an alias pointing at ``version`` (None: the alias is not set)."""
+        name = state.spec.name
+        if version is None:
+            return None
+        if serving is not None and serving.version == version:
+            return serving
+        cached = self._loaded.get((name, version))
+        if cached is not None:
+            return cached
+        gates = self.registry.gates(name, version)
+        if gates != GATES_PASSED:
+            refused[version] = f"gates tag is {gates!r}, not {GATES_PASSED!r}: never served"
+            if (name, version) not in self._warned:
+                self._warned.add((name, version))
+                log.warning("serving %s: refusing v%s (gates=%s) although an alias points at it; serving %s",
+                            name, version, gates, f"v{serving.version}" if serving else "nothing for that role")
+            return serving
+        try:
+            pipeline = self.registry.load(name, version)
+        except Exception as error:  # noqa: BLE001 - a broken artifact must not take down what is served
+            refused[version] = f"could not be loaded: {type(error).__name__}: {error}"
+            log.exception("serving %s: loading v%s failed; keeping %s", name, version, serving and serving.version)
+            return serving
+        loaded = LoadedModel.of(state.spec, version, pipeline)
+        self._loaded[(name, version)] = loaded
+        log.info("serving %s: loaded v%s", name, version)
+        return loaded
+
+    def _forget_unused(self, state: ServingState) -> None:
+        """Keep the versions in use plus a few recent ones (an alias moved back is then instant)."""
+        in_use = {(m.spec.name, v.version) for m in state.models.values() for v in (m.champion, m.challenger) if v}
+        spare = [k for k in self._loaded if k not in in_use]
+        for key in spare[: max(0, len(spare) - self.keep_versions)]:
+            del self._loaded[key]
+
+
+def _served(state: ModelState) -> tuple[str | None, str | None]:
+    return (state.champion.version if state.champion else None,
+            state.challenger.version if state.challenger else None)

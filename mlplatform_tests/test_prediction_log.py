@@ -1,0 +1,100 @@
+"""The prediction log writer/reader and the canary hash: pure, fast, on real files."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+from datetime import datetime, timedelta
+
+import duckdb
+import pytest
+
+from mlplatform.lib.prediction_log import PredictionLogWriter, read_prediction_log, write_segments
+from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, bucket, entity_key, role_for, routing_key
+
+
+def row(i: int, when: datetime, role: str = "champion", model: str = "toy") -> dict:
+    return {"request_id": f"req{i // 2}", "record_index": i % 2, "record_id": None, "time": when, "model": model,
+            "version": "3", "role": role, "entity_key": str(i), "inputs": {"x1": float(i), "color": "red", "x2": None},
+            "outputs": {"prediction": i * 2.0}, "score": i * 2.0, "label": str(i * 2.0), "latency_ms": 1.5}
+
+
+def test_rows_written_by_the_thread_come_back_in_order_with_inputs_as_columns(tmp_path):
+    start = datetime(2026, 11, 30, 9, 59, 58)
+    writer = PredictionLogWriter(tmp_path, flush_seconds=0.05).start()
+    writer.write([row(i, start + timedelta(seconds=i)) for i in range(6)])  # crosses the 10:00 hour boundary
+    writer.close()
+    assert writer.backlog == 0 and writer.written_rows == 6
+    hours = sorted(p.parent.name for p in (tmp_path / "prediction_log" / "toy").rglob("*.parquet"))
+    assert hours == ["hour=09", "hour=10"]
+    frame = read_prediction_log(tmp_path, "toy")
+    assert list(frame["entity_key"]) == [str(i) for i in range(6)]
+    assert list(frame["x1"]) == [float(i) for i in range(6)]
+    assert frame["x2"].isna().all() and set(frame["color"]) == {"red"}
+    assert frame["time"].iloc[0] == start and frame["time"].dt.tz is None
+    assert not list((tmp_path / "prediction_log").rglob("*.partial"))
+
+
+def test_time_and_role_filters_and_duckdb_reads_the_same_files(tmp_path):
+    start = datetime(2026, 1, 1, 23, 0)
+    rows = [row(i, start + timedelta(minutes=30 * i), role="shadow" if i % 3 == 0 else "champion") for i in range(10)]
+    write_segments(tmp_path / "prediction_log", rows)
+    window = read_prediction_log(tmp_path, "toy", start="2026-01-02 00:00", end=datetime(2026, 1, 2, 2, 0))
+    assert list(window["entity_key"]) == ["2", "3", "4", "5"]
+    served = read_prediction_log(tmp_path, "toy", roles=["champion", "canary"], expand_inputs=False)
+    assert len(served) == 6 and "x1" not in served.columns
+    aware = read_prediction_log(tmp_path, "toy", start="2026-01-02T01:00:00+01:00")
+    assert aware["time"].min() == datetime(2026, 1, 2, 0, 0)
+    pattern = str(tmp_path / "prediction_log" / "toy" / "**" / "*.parquet")
+    with duckdb.connect() as connection:
+        count = connection.execute("select count(*) from read_parquet(?, hive_partitioning=true)", [pattern]).fetchone()[0]
+    assert count == 10
+
+
+def test_an_unknown_model_reads_as_an_empty_frame_with_the_log_columns(tmp_path):
+    frame = read_prediction_log(tmp_path, "nothing")
+    assert frame.empty and {"request_id", "time", "version", "role", "inputs"} <= set(frame.columns)
+
+
+def test_a_feature_named_like_a_log_column_is_prefixed(tmp_path):
+    record = row(0, datetime(2026, 1, 1))
+    record["inputs"] = {"version": 2.0, "x1": 1.0}
+    write_segments(tmp_path / "prediction_log", [record])
+    frame = read_prediction_log(tmp_path, "toy")
+    assert frame["version"].iloc[0] == "3" and frame["input.version"].iloc[0] == 2.0
+
+
+def test_a_failing_disk_keeps_the_rows_for_the_next_flush(tmp_path):
+    blocker = tmp_path / "prediction_log"
+    blocker.write_text("a file where the folder should be")
+    writer = PredictionLogWriter(tmp_path)
+    writer.write([row(0, datetime(2026, 1, 1))])
+    assert writer.flush() == 0 and writer.backlog == 1 and writer.failed_flushes == 1
+    blocker.unlink()
+    assert writer.flush() == 1 and writer.backlog == 0
+    assert len(read_prediction_log(tmp_path, "toy")) == 1
+
+
+def test_the_bucket_is_stable_across_processes_and_roughly_uniform():
+    keys = [f"k:{i}" for i in range(20_000)]
+    here = [bucket(k) for k in keys[:5]]
+    code = "from mlplatform.lib.routing import bucket; print([bucket(f'k:{i}') for i in range(5)])"
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert str(here) == there.strip()
+    share = sum(role_for(k, 10) == CANARY_ROLE for k in keys) / len(keys)
+    assert share == pytest.approx(0.10, abs=0.01)
+    assert all(role_for(k, 0) == CHAMPION_ROLE for k in keys[:1000])
+    assert all(role_for(k, 100) == CANARY_ROLE for k in keys[:1000])
+    deciles = collections.Counter(bucket(k) * 10 // 10_000 for k in keys)
+    assert min(deciles.values()) > 1800
+
+
+def test_entity_keys_are_canonical_and_routing_falls_back_to_record_then_request():
+    assert entity_key({"id": 7.0}, ["id"]) == entity_key({"id": 7}, ["id"]) == "7"
+    assert entity_key({"a": "x", "b": 1}, ["a", "b"]) == '["x",1]'
+    assert entity_key({"a": "x"}, ["a", "b"]) is None
+    assert entity_key({"id": 1}, []) is None
+    assert routing_key("7", "r1", "q", 0) == "k:7"
+    assert routing_key(None, "r1", "q", 0) == "r:r1"
+    assert routing_key(None, None, "q", 3) == "q:q:3"
