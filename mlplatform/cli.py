@@ -242,7 +242,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     ensure_home(settings)
     try:
         report = backup_stores(settings.home, Path(args.to).expanduser().resolve() if args.to else None,
-                               os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI") or None, args.wait)
+                               settings.mlflow_tracking_uri or None, args.wait)
     except (FileExistsError, WarehouseBusy) as error:
         print(f"no backup made: {error}", file=sys.stderr)
         return 1
@@ -301,7 +301,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing is served", file=sys.stderr)
         return 1
-    config = ServingConfig(home=settings.home, specs=specs, tracker=Tracker.configured(settings.mlflow_dir),
+    config = ServingConfig(home=settings.home, specs=specs, tracker=Tracker.for_settings(settings),
                            poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds,
                            max_batch=args.max_batch, log_predictions=not args.no_log)
     print(f"serving {', '.join(s.name for s in specs)} on http://{args.host}:{args.port} (API docs at /docs; "
