@@ -112,17 +112,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     champions = {r.model: tracker.alias_version(r.model, CHAMPION) for r in results}
     print()
     print(summary_table(results, settings.warehouse_path, champions))
+    production_ok = True
+    if not args.no_serve:
+        from mlplatform.production import replay_last_weeks, summary_lines
+        from mlplatform.runner import specs_by_name
+
+        specs = specs_by_name()
+        try:
+            summaries = replay_last_weeks(settings, [specs[r.model] for r in results if r.model in specs], champions,
+                                          {r.model: r.last_week for r in results})
+        except RuntimeError as error:
+            production_ok = False
+            print(f"== production: the REST service failed: {error}")
+        else:
+            print("\n".join(summary_lines(summaries)))
+            production_ok = all(s.answered == s.sent for s in summaries)
     print()
     print(f"State is in {settings.home}. Explore it:")
     print("  Dagster UI:  python3 dev.py ui         (http://127.0.0.1:3000)")
     print("  MLflow UI:   python3 dev.py mlflow-ui  (http://127.0.0.1:5000)")
+    print("  REST API:    python3 dev.py serve      (http://127.0.0.1:8000/docs; prediction log under "
+          f"{settings.home / 'prediction_log'})")
     for r in results:
         if champions.get(r.model) is None and tracker.alias_version(r.model, CHALLENGER) is not None:
             print(f"  {r.model} waits for a person (rollout.approval: manual): "
                   f"python3 dev.py promote {r.model} --by <your name> --reason <why>")
         elif champions.get(r.model) is None:
             print(f"  {r.model} has no champion: no version passed every gate")
-    return 0 if all(r.success for r in results) else 1
+    return 0 if all(r.success for r in results) and production_ok else 1
 
 
 def mlflow_ui_command(settings: Settings, host: str, port: int) -> list[str] | str:
@@ -349,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--start", help="first week (Monday, YYYY-MM-DD); default: the spec's first week")
     demo.add_argument("--end", help="last week (Monday, YYYY-MM-DD); default: the spec's last week")
     demo.add_argument("--weeks", type=int, help="only N weeks, from --start (default: the spec's first week)")
+    demo.add_argument("--no-serve", action="store_true", help="skip serving the champions and replaying the last "
+                      "two weeks as production traffic")
     demo.set_defaults(func=cmd_demo)
 
     ui = commands.add_parser("ui", help="start the Dagster UI on this state")

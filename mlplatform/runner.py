@@ -152,7 +152,7 @@ def run_models(
     unknown = sorted(set(models or []) - set(jobs))
     if unknown:
         raise RunRequestError(f"no model named {', '.join(unknown)}; the specs define {', '.join(sorted(jobs)) or 'none'}")
-    specs = _specs_by_name() if skip_empty_weeks else {}
+    specs = specs_by_name() if skip_empty_weeks else {}
     planned = []
     for model in sorted(jobs):
         if models and model not in models:
@@ -179,7 +179,8 @@ def run_models(
     return results
 
 
-def _specs_by_name() -> dict:
+def specs_by_name() -> dict:
+    """Every spec in MLPLATFORM_SPECS by model name."""
     from mlplatform.defs.dbt_project import prepare_manifest
     from mlplatform.lib.settings import load_settings
     from mlplatform.specs import dbt_manifest_columns, load_specs
@@ -201,13 +202,13 @@ def _execute_range(job, instance: DagsterInstance, start: str, end: str, outcome
     )
     outcome.success = outcome.success and result.success
     outcome.run_id = result.run_id
+    run_rows: dict[str, int] = {}  # a range's output is one materialization per week, each with the range's rows
     for event in result.all_events:
         if event.is_step_materialization:
             materialization = event.step_materialization_data.materialization
             rows = materialization.metadata.get("rows")
             if rows is not None:
-                name = materialization.asset_key.path[-1]
-                outcome.rows[name] = outcome.rows.get(name, 0) + int(rows.value)
+                run_rows[materialization.asset_key.path[-1]] = int(rows.value)
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation: AssetCheckEvaluation = event.event_specific_data
             name = f"{evaluation.asset_key.path[-1]}.{evaluation.check_name}"
@@ -219,6 +220,8 @@ def _execute_range(job, instance: DagsterInstance, start: str, end: str, outcome
             summary = evaluation.metadata.get("summary")
             if summary is not None:
                 outcome.check_summaries[name] = str(summary.value)
+    for name, rows in run_rows.items():  # runs over separate ranges add up
+        outcome.rows[name] = outcome.rows.get(name, 0) + rows
 
 
 def _damaged_stores() -> list[str]:
