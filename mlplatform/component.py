@@ -86,6 +86,7 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
     from mlplatform.defs.data_assets import build_features_asset, build_raw_asset
     from mlplatform.defs.drift_assets import build_drift_assets
     from mlplatform.defs.model_assets import build_model_assets
+    from mlplatform.defs.serving_assets import build_prediction_log_asset
 
     with warnings.catch_warnings():
         # Single-run backfills (what makes `--partition-range` one run) and the Pandera Dagster type are
@@ -97,7 +98,8 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
             from mlplatform.defs.staging import build_staged_assets
 
             assets.append(build_staged_assets(spec))
-        assets += [build_features_asset(spec), build_model_assets(spec), build_drift_assets(spec)]
+        assets += [build_features_asset(spec), build_model_assets(spec), build_prediction_log_asset(spec),
+                   build_drift_assets(spec)]
     pipeline, retrain, weekly = build_jobs(spec)
     # Weekly-retrained models are retrained by the schedule; the sensor serves `retrain: on_drift`.
     sensors = [build_retrain_sensor(spec, retrain)] if spec.automation.retrain == "on_drift" else []

@@ -15,6 +15,7 @@ MODEL = "model"
 EVALUATION = "evaluation"
 BACKTEST = "backtest"
 DRIFT = "drift"
+PREDICTION_LOG = "prediction_log"  # what the REST service answered, read from its Parquet log
 
 # Checks, by the asset they are on.
 RAW_CHECK = "source_contract"  # on raw

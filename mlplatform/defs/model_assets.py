@@ -15,7 +15,7 @@ other weeks, and nothing downstream in the run consumes the version.
 """
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from dagster import (
     AssetCheckEvaluation,
@@ -108,6 +108,7 @@ def build_model_assets(spec: ModelSpec):
         needed = Window(rows_needed(spec, week_starts[0]).start, window.end)
         features = warehouse.read_window(spec.name, names.FEATURES, spec.time_column, needed)
         tracker = registry.tracker()
+        logged = _logged_production_inputs(spec, context.resources.platform, week_starts)
         actor = f"dagster run {context.run.run_id}"
         workers = workers_for_run(spec, features, week_starts)
         if workers > 1:
@@ -116,7 +117,8 @@ def build_model_assets(spec: ModelSpec):
         weeks_text = f"weeks {week_starts[0]:%Y-%m-%d}..{week_starts[-1]:%Y-%m-%d}"
         with deciding_threads(workers), tracker.parent_run(spec.name, context.run.run_id,
                                                            f"Dagster run {context.run.run_id}: {weeks_text}"):
-            for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers), strict=True):
+            for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers, logged),
+                                           strict=True):
                 week = week_start.date().isoformat()
                 if isinstance(trained, str):
                     context.log.warning(f"skipped {trained}")
@@ -135,6 +137,16 @@ def build_model_assets(spec: ModelSpec):
             yield _backtest_result(spec, warehouse)
 
     return model_and_evaluation
+
+
+def _logged_production_inputs(spec: ModelSpec, platform, week_starts: list[datetime]):
+    """What the service answered (champion and canary traffic) in the recent days before the run's weeks, if logged."""
+    from mlplatform.lib.prediction_log import read_prediction_log
+    from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE
+
+    start = week_starts[0] - timedelta(days=spec.gates.training_data.recent_days)
+    logged = read_prediction_log(platform.home_path, spec.name, start, week_starts[-1], roles=[CHAMPION_ROLE, CANARY_ROLE])
+    return logged if len(logged) else None
 
 
 def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRegistry, result) -> None:

@@ -19,7 +19,7 @@ def weekly_multi_asset_options(spec: ModelSpec) -> dict:
     can_subset makes their per-week check evaluations optional outputs (see model_assets.py).
     """
     return {"partitions_def": weekly_partitions(spec), "backfill_policy": SINGLE_RUN, "can_subset": True,
-            "required_resource_keys": {"warehouse", "model_registry"}}
+            "required_resource_keys": {"warehouse", "model_registry", "platform"}}
 
 
 def weekly_partitions(spec: ModelSpec) -> WeeklyPartitionsDefinition:

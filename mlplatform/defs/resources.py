@@ -111,6 +111,10 @@ class PlatformState(ConfigurableResource):
 
     home: str
 
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home)
+
     def reports_dir(self, model: str) -> Path:
         folder = Path(self.home) / "reports" / model
         folder.mkdir(parents=True, exist_ok=True)

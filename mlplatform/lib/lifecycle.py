@@ -348,24 +348,42 @@ def workers_for_run(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequen
 
 
 def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime],
-                workers: int = 1) -> Iterator[TrainedWeek | TrainingHalted | str]:
+                workers: int = 1, logged_inputs: pd.DataFrame | None = None) -> Iterator[TrainedWeek | TrainingHalted | str]:
     """:func:`train_week` for each week, yielded in week order.
 
+    ``logged_inputs``: the prediction log's production inputs (a ``time`` column and the features); each week's
+    training-data gate then compares with the ones of its own recent days, when there are any.
     With ``workers`` > 1 the weeks train side by side in worker processes (joblib/loky; each
     fit gets cores / workers threads) while the caller decides the weeks already done: a
     backfill's fits overlap its MLflow and Dagster bookkeeping. Results are identical either way.
     """
+    def production(week: datetime) -> pd.DataFrame | None:
+        return production_inputs_before(spec, logged_inputs, week)
+
     if workers <= 1 or len(week_starts) < 2:
         for week_start in week_starts:
-            yield train_week(spec, features, week_start)
+            yield train_week(spec, features, week_start, production(week_start))
         return
     from joblib import Parallel, delayed
 
     # max_nbytes=None: send plain copies (no read-only memory maps); pre_dispatch bounds the weeks in flight.
     parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator", max_nbytes=None,
                         pre_dispatch=f"{2 * workers}")
-    yield from parallel(delayed(train_week)(spec, rows_in_window(features, spec.time_column, rows_needed(spec, week)), week)
+    yield from parallel(delayed(train_week)(spec, rows_in_window(features, spec.time_column, rows_needed(spec, week)),
+                                            week, production(week))
                         for week in week_starts)
+
+
+def production_inputs_before(spec: ModelSpec, logged_inputs: pd.DataFrame | None, week_start: datetime) -> pd.DataFrame | None:
+    """The logged production inputs of the ``gates.training_data.recent_days`` before week W; None when there are none."""
+    if logged_inputs is None or logged_inputs.empty:
+        return None
+    start = week_start - pd.Timedelta(days=spec.gates.training_data.recent_days)
+    recent = logged_inputs[(logged_inputs["time"] >= start) & (logged_inputs["time"] < week_start)]
+    present = [c for c in spec.feature_columns if c in recent.columns]
+    if recent.empty or len(present) < len(spec.feature_columns):
+        return None
+    return recent[present].reset_index(drop=True)
 
 
 def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:

@@ -259,3 +259,20 @@ def _pandas_dtype(arrow_type: pa.DataType) -> str:
     if pa.types.is_floating(arrow_type):
         return "float64"
     return "object"
+
+
+def weekly_summary(logged: pd.DataFrame) -> dict[str, Any]:
+    """Rows, requests, versions, roles and latency percentiles of some logged predictions (one week's, say)."""
+    if logged.empty:
+        return {"rows": 0, "requests": 0, "versions": [], "roles": [], "p50_ms": 0.0, "p99_ms": 0.0,
+                "by_version_role": []}
+    latency = logged["latency_ms"].astype("float64")
+    groups = []
+    for (version, role), group in logged.groupby(["version", "role"], sort=True):
+        lat = group["latency_ms"].astype("float64")
+        groups.append({"version": str(version), "role": str(role), "rows": int(len(group)),
+                       "p50_ms": float(lat.quantile(0.5)), "p99_ms": float(lat.quantile(0.99))})
+    return {"rows": int(len(logged)), "requests": int(logged["request_id"].nunique()),
+            "versions": sorted({str(v) for v in logged["version"]}), "roles": sorted({str(r) for r in logged["role"]}),
+            "p50_ms": float(latency.quantile(0.5)), "p99_ms": float(latency.quantile(0.99)),
+            "by_version_role": groups}
