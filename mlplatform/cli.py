@@ -214,6 +214,43 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """A person puts an earlier champion back; the same rules and audit as every alias move (lib/promotion.py)."""
+    from mlflow.exceptions import MlflowException
+
+    from mlplatform.lib import promotion
+    from mlplatform.lib.stores import check_stores
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
+
+    settings = load_settings()
+    tracker = Tracker.for_settings(settings)
+    try:
+        damage = check_stores(settings.home, tracker, args.wait)
+        if damage:
+            print("not rolled back, nothing changed: a store looks damaged or replaced:\n  - " + "\n  - ".join(damage),
+                  file=sys.stderr)
+            return 1
+        connection = connect_when_free(settings.warehouse_path, args.wait)
+    except WarehouseBusy as busy:
+        print(f"{args.model}: not rolled back, nothing changed: {busy}; try again when the run ends, or give "
+              "--wait SECONDS", file=sys.stderr)
+        return 1
+    with connection:
+        try:
+            change = promotion.rollback_change(connection, tracker, args.model, args.to, args.by, args.reason)
+            promotion.commit_changes(connection, tracker, [change])
+        except promotion.PromotionRefused as refused:
+            print(f"not rolled back, nothing changed: {refused}", file=sys.stderr)
+            return 1
+        except MlflowException as error:
+            print(f"{args.model}: not rolled back, nothing changed: the registry refused the alias: {error}",
+                  file=sys.stderr)
+            return 1
+    print(f"{args.model}: champion v{change.previous_version} -> v{change.version} (rolled back by {change.actor})")
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Print a model's alias changes: opens the warehouse read-only and lets go at once, so runs never wait long."""
     import json
@@ -389,6 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--wait", type=float, default=120.0,
                          help="seconds to wait while a run holds the warehouse's lock (default 120)")
     promote.set_defaults(func=cmd_promote)
+
+    rollback = commands.add_parser("rollback", help="put an earlier champion back (default: the previous one)")
+    rollback.add_argument("model")
+    rollback.add_argument("--to", help="registered version; default: the champion before the current one (audit)")
+    rollback.add_argument("--by", required=True, help="who decides (audit; required)")
+    rollback.add_argument("--reason", help="why (audit)")
+    rollback.add_argument("--wait", type=float, default=120.0,
+                          help="seconds to wait while a run holds the warehouse's lock (default 120)")
+    rollback.set_defaults(func=cmd_rollback)
 
     audit = commands.add_parser("audit", help="print a model's alias changes (reads the warehouse and releases it)")
     audit.add_argument("model")

@@ -153,3 +153,34 @@ def test_check_history_adapter_reads_every_weeks_drift_check_from_a_real_instanc
     latest = instance.get_latest_asset_check_evaluation_record(key)
     assert records[-1].passed == latest.evaluation.passed
     assert check_executions(instance, key, after=records[0].record_id) == records[1:]
+
+
+def test_rollback_puts_the_previous_champion_back_audited_and_refuses_a_gate_failing_version(home, capsys):
+    from mlplatform.cli import main
+
+    tracker = Tracker.under(home / "mlflow")
+    _register(tracker, ["2024-01-08", "2024-01-15"])
+    tracker.log_trained_model("toy", "toy-bad", *_fitted(), {"seed": 0}, {"rmse": 9.9}, {}, {},
+                              {"gates": "failed", "week": "2024-01-22"})
+    assert main(["promote", "toy", "--version", "1", "--by", "alice"]) == 0
+    assert main(["promote", "toy", "--version", "2", "--by", "alice"]) == 0
+    assert main(["rollback", "toy", "--to", "3", "--by", "bob"]) == 1
+    assert "v3 did not pass every gate" in capsys.readouterr().err
+    assert main(["rollback", "toy", "--by", "", "--reason", "x"]) == 1
+    assert main(["rollback", "toy", "--by", "bob", "--reason", "live metric fell"]) == 0  # the champion before v2
+    assert "champion v2 -> v1 (rolled back by bob)" in capsys.readouterr().out
+    assert tracker.alias_version("toy", CHAMPION) == "1"
+    audit = warehouse_query(home, "select alias, version, previous_version, actor, reason from audit.alias_changes "
+                                  "order by changed_at")
+    assert audit.iloc[-1].tolist() == ["champion", "1", "2", "bob", "rollback from v2: live metric fell"]
+    assert main(["rollback", "toy", "--by", "bob"]) == 0  # and back again: the previous champion is now v2
+    assert tracker.alias_version("toy", CHAMPION) == "2"
+
+
+def _fitted():
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+
+    rows = toy_rows()
+    x = rows[["x1", "x2"]]
+    return Pipeline([("estimator", LinearRegression())]).fit(x, rows["y"]), x.head(5)

@@ -115,6 +115,39 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     return AliasChange(model, CHAMPION, str(version), previous, actor.strip(), text, tags.get("week"))
 
 
+def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,
+                    to_version: str | None, actor: str, reason: str | None) -> AliasChange:
+    """``champion`` goes back to ``to_version`` (default: the champion before the current one, from the audit).
+
+    Refused (:class:`PromotionRefused`) without a named actor, without a current champion, without an earlier
+    champion to go back to, and for a version whose gates did not pass: a rollback never restores a version
+    the gates kept away from production.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not actor or not actor.strip():
+        raise PromotionRefused("a rollback needs the name of the person who decides it (--by NAME); got an empty name")
+    current = registry.alias_version(model, CHAMPION)
+    if current is None:
+        raise PromotionRefused(f"{model} has no champion to roll back")
+    if to_version is None:
+        earlier = [v for v in champion_history(connection, model) if v != current]
+        if not earlier:
+            raise PromotionRefused(f"{model}: the audit names no champion before v{current}; give --to VERSION")
+        to_version = earlier[0]
+    if str(to_version) == current:
+        raise PromotionRefused(f"{model}: v{current} is already the champion")
+    try:
+        tags = registry.version_tags(model, str(to_version))
+    except MlflowException:
+        raise PromotionRefused(f"{model} v{to_version}: no such registered model version") from None
+    if tags.get("gates") != "passed":
+        raise PromotionRefused(f"{model} v{to_version} did not pass every gate (gates={tags.get('gates')}); a rollback "
+                               "never puts such a version in production")
+    return AliasChange(model, CHAMPION, str(to_version), current, actor.strip(),
+                       f"rollback from v{current}: {reason or 'no reason given'}", tags.get("week"))
+
+
 def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry,
                   changes: Sequence[AliasChange]) -> None:
     """Audit rows, then the registry moves, inside the caller's open transaction on ``connection``.
