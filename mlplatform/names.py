@@ -58,6 +58,16 @@ def weekly_job(model: str) -> str:
     return f"{model}_weekly"
 
 
+def approve_job(model: str) -> str:
+    """A person approves a version as champion from the UI (as `mlplatform promote`)."""
+    return f"{model}_approve"
+
+
+def rollback_job(model: str) -> str:
+    """A person rolls the champion back from the UI (as `mlplatform rollback`)."""
+    return f"{model}_rollback"
+
+
 def weekly_schedule(model: str) -> str:
     """Dagster names a schedule built from a partitioned job after the job."""
     return f"{weekly_job(model)}_schedule"

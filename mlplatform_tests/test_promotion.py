@@ -184,3 +184,37 @@ def _fitted():
     rows = toy_rows()
     x = rows[["x1", "x2"]]
     return Pipeline([("estimator", LinearRegression())]).fit(x, rows["y"]), x.head(5)
+
+
+def test_approve_and_rollback_from_the_ui_jobs_write_the_same_audit_rows_as_the_cli(home, spec_dir, instance, capsys):
+    from mlplatform.cli import main
+
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    tracker = Tracker.under(home / "mlflow")
+    _register(tracker, ["2024-01-08", "2024-01-15"])
+    tracker.log_trained_model("toy", "toy-bad", *_fitted(), {"seed": 0}, {"rmse": 9.9}, {}, {},
+                              {"gates": "failed", "week": "2024-01-22"})
+    defs = load_definitions()
+    approve, rollback = defs.resolve_job_def("toy_approve"), defs.resolve_job_def("toy_rollback")
+
+    def run(job, op: str, **config):
+        return job.execute_in_process(instance=instance, raise_on_error=False,
+                                      run_config={"ops": {op: {"config": config}}})
+
+    assert run(approve, "toy_approve_champion", approved_by="alice", reason="reviewed", version="1").success
+    refused = run(approve, "toy_approve_champion", approved_by="alice", reason="x", version="3")
+    assert not refused.success
+    assert "v3 did not pass every gate" in str(refused.all_events)
+    assert main(["promote", "toy", "--version", "2", "--by", "alice", "--reason", "reviewed"]) == 0
+    assert run(rollback, "toy_rollback_champion", decided_by="bob", reason="live metric fell").success
+    assert tracker.alias_version("toy", CHAMPION) == "1"
+    assert not run(rollback, "toy_rollback_champion", decided_by="bob", reason="x", to_version="3").success
+    assert main(["rollback", "toy", "--by", "bob", "--reason", "live metric fell"]) == 0
+    audit = warehouse_query(home, "select alias, version, previous_version, actor, reason from audit.alias_changes "
+                                  "order by changed_at")
+    assert [tuple(row) for row in audit.itertuples(index=False)] == [
+        ("champion", "1", None, "alice", "reviewed"),
+        ("champion", "2", "1", "alice", "reviewed"),
+        ("champion", "1", "2", "bob", "rollback from v2: live metric fell"),
+        ("champion", "2", "1", "bob", "rollback from v1: live metric fell"),
+    ]

@@ -1,0 +1,83 @@
+"""Approve and roll back from the Dagster UI: per-model jobs launched from the launchpad with config.
+
+They call exactly what ``mlplatform promote`` and ``mlplatform rollback`` call
+(:mod:`mlplatform.lib.promotion`), so the rules and the audit rows are the same: a version whose
+gates failed is refused, a rollback never restores one, and every move has its audit row.
+"""
+
+from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
+
+from mlplatform import names
+from mlplatform.defs.resources import ModelRegistry, Warehouse
+from mlplatform.specs import ModelSpec
+
+
+class ApprovalConfig(Config):
+    """Who approves which version, and why (all three go to the audit trail)."""
+
+    approved_by: str
+    reason: str
+    version: str = ""  # empty: the current challenger
+    force: bool = False  # promote even though a gate failed (the audit row says so)
+
+
+class RollbackConfig(Config):
+    """Who rolls back, to which version, and why."""
+
+    decided_by: str
+    reason: str
+    to_version: str = ""  # empty: the champion before the current one (from the audit)
+
+
+def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
+    """Check the stores, decide (refusal -> a failed run with the reason), then audit + move as one unit."""
+    from mlplatform.lib import promotion
+    from mlplatform.lib.stores import check_stores
+
+    warehouse: Warehouse = context.resources.warehouse
+    registry: ModelRegistry = context.resources.model_registry
+    tracker = registry.tracker()
+    damage = check_stores(context.resources.platform.home_path, tracker, warehouse.wait_seconds)
+    if damage:
+        raise Failure("a store looks damaged or replaced; nothing changed", metadata={
+            "problems": MetadataValue.json(damage)})
+    with warehouse.get_connection() as connection:
+        try:
+            change = decide(connection, tracker)
+        except promotion.PromotionRefused as refused:
+            raise Failure(f"nothing changed: {refused}") from None
+        if change is None:
+            context.log.info(f"{spec.name}: already the champion; nothing changed")
+            return
+        promotion.commit_changes(connection, tracker, [change])
+    context.log.info(f"{spec.name}: champion v{change.previous_version or '-'} -> v{change.version} by {change.actor}: "
+                     f"{change.reason}")
+
+
+def build_approval_jobs(spec: ModelSpec) -> list:
+    """``<model>_approve`` and ``<model>_rollback``, for the launchpad."""
+    from mlplatform.lib import promotion
+
+    resources = {"warehouse", "model_registry", "platform"}
+
+    @op(name=f"{spec.name}_approve_champion", required_resource_keys=resources)
+    def approve(context: OpExecutionContext, config: ApprovalConfig) -> None:
+        _apply(context, spec, lambda connection, tracker: promotion.approval_change(
+            tracker, spec.name, config.version or None, config.approved_by, config.reason, config.force))
+
+    @op(name=f"{spec.name}_rollback_champion", required_resource_keys=resources)
+    def rollback(context: OpExecutionContext, config: RollbackConfig) -> None:
+        _apply(context, spec, lambda connection, tracker: promotion.rollback_change(
+            connection, tracker, spec.name, config.to_version or None, config.decided_by, config.reason))
+
+    @job(name=names.approve_job(spec.name),
+         description=f"A person approves a {spec.name} version as champion (what `mlplatform promote` does).")
+    def approve_job():
+        approve()
+
+    @job(name=names.rollback_job(spec.name),
+         description=f"A person puts an earlier {spec.name} champion back (what `mlplatform rollback` does).")
+    def rollback_job():
+        rollback()
+
+    return [approve_job, rollback_job]
