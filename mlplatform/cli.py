@@ -252,10 +252,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """Print a model's alias changes: opens the warehouse read-only and lets go at once, so runs never wait long."""
+    """Print a model's audit trail, or check its hash chain; opens the warehouse read-only and lets go at once."""
     import json
 
-    from mlplatform.lib.audit import AUDIT_TABLE
+    from mlplatform.lib.audit import AUDIT_TABLE, read_events, verify_chain
     from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
 
     settings = load_settings()
@@ -264,24 +264,36 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 1
     try:
         with connect_when_free(settings.warehouse_path, args.wait, read_only=True) as connection:
-            exists = connection.execute(
-                "select count(*) from information_schema.tables where table_schema = 'audit' "
-                "and table_name = 'alias_changes'").fetchone()[0]
-            if not exists:
-                print("no alias has moved yet")
-                return 0
-            rows = connection.execute(
-                f"select * from {AUDIT_TABLE} where model = ? and changed_at >= ? order by changed_at",
-                [args.model, args.since or "1900-01-01"]).fetchdf()
+            if args.aliases:
+                exists = connection.execute(
+                    "select count(*) from information_schema.tables where table_schema = 'audit' "
+                    "and table_name = 'alias_changes'").fetchone()[0]
+                rows = connection.execute(
+                    f"select * from {AUDIT_TABLE} where model = ? and changed_at >= ? order by changed_at",
+                    [args.model, args.since or "1900-01-01"]).fetchdf() if exists else None
+            else:
+                rows = read_events(connection, args.model, None if args.verify else args.since)
     except WarehouseBusy as busy:
         print(f"{busy}; try again when the run ends, or give --wait SECONDS", file=sys.stderr)
         return 1
+    if args.verify:
+        problems = verify_chain(rows)
+        if problems:
+            print(f"{args.model}: the audit trail was tampered with:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+            return 1
+        print(f"{args.model}: the audit trail is intact ({len(rows)} events, hash chain verified)")
+        return 0
+    if rows is None or rows.empty:
+        print(f"no audit events for {args.model}")
+        return 0
     if args.json:
-        print(json.dumps(rows.astype({"changed_at": "string"}).to_dict(orient="records"), indent=2, default=str))
-    elif rows.empty:
-        print(f"no alias changes for {args.model}")
-    else:
+        print(json.dumps(rows.astype(str).to_dict(orient="records"), indent=2))
+    elif args.aliases:
         print(rows.to_string(index=False))
+    else:
+        shown = rows[["seq", "occurred_at", "event", "actor", "version", "week", "passed", "summary"]].copy()
+        shown["summary"] = shown["summary"].str.slice(0, 100)
+        print(shown.to_string(index=False))
     return 0
 
 
@@ -436,8 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="seconds to wait while a run holds the warehouse's lock (default 120)")
     rollback.set_defaults(func=cmd_rollback)
 
-    audit = commands.add_parser("audit", help="print a model's alias changes (reads the warehouse and releases it)")
+    audit = commands.add_parser("audit", help="print a model's audit trail, or --verify its hash chain (reads the "
+                                "warehouse and releases it)")
     audit.add_argument("model")
+    audit.add_argument("--verify", action="store_true", help="check the hash chain: a changed or deleted row is named")
+    audit.add_argument("--aliases", action="store_true", help="the alias-change table instead of the event trail")
     audit.add_argument("--since", help="only changes at or after this date (YYYY-MM-DD)")
     audit.add_argument("--json", action="store_true", help="JSON records instead of a table")
     audit.add_argument("--wait", type=float, default=120.0,

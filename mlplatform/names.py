@@ -30,6 +30,7 @@ DRIFT_TABLE = "drift"
 # The audit trail (warehouse schema "audit").
 AUDIT_SCHEMA = "audit"
 ALIAS_CHANGES_TABLE = "alias_changes"
+AUDIT_EVENTS_TABLE = "events"  # every lifecycle event, hash-chained per model
 
 # Run tags the automation writes.
 TRIGGER_TAG = "mlplatform/trigger"

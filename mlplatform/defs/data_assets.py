@@ -31,6 +31,7 @@ from mlplatform.defs.keys import features_key, raw_key, staged_key
 from mlplatform.defs.metadata import markdown_table
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
 from mlplatform.defs.resources import Warehouse
+from mlplatform.lib.audit import AuditEvent, append_events
 from mlplatform.lib.source import checked_data_path, read_source, rows_in_window, source_columns
 from mlplatform.lib.validation import (
     GateReport,
@@ -107,7 +108,7 @@ def build_raw_asset(spec: ModelSpec):
             )
         ],
     )
-    def raw(context: AssetExecutionContext) -> Iterator[Output | AssetCheckResult]:
+    def raw(context: AssetExecutionContext, warehouse: Warehouse) -> Iterator[Output | AssetCheckResult]:
         window = run_window(context)
         frame = read_source(path, spec.source.null_values)
         times = None
@@ -122,6 +123,7 @@ def build_raw_asset(spec: ModelSpec):
             context.log.warning(f"{unplaced} source rows have no valid event time and belong to no week")
         if not report.passed:
             context.log.error(f"source contract failed for {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {report.summary}")
+            _audit_gate(context, warehouse, spec, RAW_CHECK, report)
             yield AssetCheckResult(
                 check_name=RAW_CHECK, passed=False, severity=AssetCheckSeverity.ERROR, metadata=gate_metadata(report)
             )
@@ -140,9 +142,22 @@ def build_raw_asset(spec: ModelSpec):
             },
         )
         _report_empty_weeks(context, key, report, RAW_CHECK)
+        _audit_gate(context, warehouse, spec, RAW_CHECK, report)
         yield AssetCheckResult(check_name=RAW_CHECK, passed=True, metadata=gate_metadata(report))
 
     return raw
+
+
+def _audit_gate(context: AssetExecutionContext, warehouse: Warehouse, spec: ModelSpec, check: str,
+                report: GateReport) -> None:
+    """The data gate's verdict in the audit trail (one event per run, naming its weeks)."""
+    window = run_window(context)
+    weeks = f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}"
+    with warehouse.get_connection() as connection:
+        append_events(connection, [AuditEvent(
+            spec.name, "data_gate", f"dagster run {context.run.run_id}", f"{check} on {weeks}: {report.summary}",
+            week=f"{window.start:%Y-%m-%d}", passed=report.passed, dagster_run_id=context.run.run_id,
+            details={"check": check, "weeks": weeks, "failing_columns": sorted({p["column"] for p in report.problems})})])
 
 
 def _report_empty_weeks(context: AssetExecutionContext, key: AssetKey, report: GateReport, check: str) -> None:
@@ -216,6 +231,7 @@ def build_features_asset(spec: ModelSpec):
         validated, report = validate_features(table, spec, window)
         if validated is None:
             context.log.error(f"features schema failed for {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}: {report.summary}")
+            _audit_gate(context, warehouse, spec, FEATURES_CHECK, report)
             yield AssetCheckResult(
                 check_name=FEATURES_CHECK, passed=False, severity=AssetCheckSeverity.ERROR, metadata=gate_metadata(report)
             )
@@ -232,6 +248,7 @@ def build_features_asset(spec: ModelSpec):
             },
         )
         _report_empty_weeks(context, key, report, FEATURES_CHECK)
+        _audit_gate(context, warehouse, spec, FEATURES_CHECK, report)
         yield AssetCheckResult(check_name=FEATURES_CHECK, passed=True, metadata=gate_metadata(report))
 
     return features

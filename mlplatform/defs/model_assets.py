@@ -38,6 +38,7 @@ from mlplatform.defs.metadata import image, plot, rows_table, scalar_or_json
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.lib import gates as gate_lib
+from mlplatform.lib.audit import AuditEvent, append_events
 from mlplatform.lib.source import Window
 from mlplatform.specs import ModelSpec
 
@@ -110,6 +111,15 @@ def build_model_assets(spec: ModelSpec):
         tracker = registry.tracker()
         logged = _logged_production_inputs(spec, context.resources.platform, week_starts)
         actor = f"dagster run {context.run.run_id}"
+        if context.run.tags.get(names.TRIGGER_TAG) == "drift":  # this run is a retrain the drift sensor requested
+            sensor = context.run.tags.get("dagster/sensor_name", names.retrain_sensor(spec.name))
+            drift_week = context.run.tags.get(names.DRIFT_WEEK_TAG)
+            with warehouse.get_connection() as connection:
+                append_events(connection, [AuditEvent(
+                    spec.name, "retrain_requested", sensor,
+                    f"drift check failed on week {drift_week}: retrain for {window.start:%Y-%m-%d}", week=drift_week,
+                    dagster_run_id=context.run.run_id,
+                    details={"check_record": context.run.tags.get(names.DRIFT_CHECK_RECORD_TAG)})])
         workers = workers_for_run(spec, features, week_starts)
         if workers > 1:
             context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")
@@ -126,6 +136,10 @@ def build_model_assets(spec: ModelSpec):
                 if isinstance(trained, TrainingHalted):
                     context.log.warning(f"{spec.name} week {week}: {trained.gate.reason}")
                     _log_gate(context, spec, week, None, trained.gate)
+                    with warehouse.get_connection() as connection:
+                        append_events(connection, [AuditEvent(
+                            spec.name, "training_halted", actor, trained.gate.reason, week=week, passed=False,
+                            dagster_run_id=context.run.run_id, details={"gate": trained.gate.name})])
                     continue
                 with warehouse.get_connection() as connection:  # waits while another process holds the lock
                     result = record_week(connection, spec, trained, tracker, actor, context.run.run_id)

@@ -6,7 +6,12 @@ Rows are only ever inserted: no platform code path updates or deletes them. Writ
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -48,3 +53,123 @@ def champion_history(connection: duckdb.DuckDBPyConnection, model: str) -> list[
         f"select version, max(changed_at) as latest from {AUDIT_TABLE} where model = ? and alias = 'champion' "
         "and version is not null group by version order by latest desc", [model]).fetchall()
     return [str(version) for version, _ in rows]
+
+
+# --- The event trail: every lifecycle event, hash-chained per model ---------------------------------------------
+
+EVENTS_TABLE = f"{names.AUDIT_SCHEMA}.{names.AUDIT_EVENTS_TABLE}"
+EVENTS_DDL = f"""
+create schema if not exists {names.AUDIT_SCHEMA};
+create table if not exists {EVENTS_TABLE} (
+    model varchar, seq bigint, occurred_at timestamp, event varchar, actor varchar, version varchar, week varchar,
+    passed boolean, summary varchar, dagster_run_id varchar, mlflow_run_id varchar, data_fingerprint varchar,
+    code_version varchar, details varchar, prev_hash varchar, hash varchar
+)
+"""
+EVENT_COLUMNS = ["model", "seq", "occurred_at", "event", "actor", "version", "week", "passed", "summary", "dagster_run_id",
+                 "mlflow_run_id", "data_fingerprint", "code_version", "details", "prev_hash", "hash"]
+GENESIS = "0" * 64
+"""The ``prev_hash`` of a model's first event."""
+
+EVENT_TYPES = ("data_gate", "model_trained", "gate", "training_halted", "alias_change", "approval", "rollback",
+               "drift_alert", "retrain_requested")
+
+
+@dataclass
+class AuditEvent:
+    """One lifecycle event as a person or regulator reads it: what happened, to which version, decided by whom."""
+
+    model: str
+    event: str  # one of EVENT_TYPES
+    actor: str  # a person's name, or the run / sensor / schedule that acted
+    summary: str
+    version: str | None = None
+    week: str | None = None
+    passed: bool | None = None
+    dagster_run_id: str | None = None
+    mlflow_run_id: str | None = None
+    data_fingerprint: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+
+
+def _row_hash(row: dict[str, Any]) -> str:
+    """SHA-256 over the previous row's hash and every field of this row (a canonical JSON text)."""
+    content = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def append_events(connection: duckdb.DuckDBPyConnection, events: Iterable[AuditEvent]) -> int:
+    """Append events to their models' chains (inside the caller's transaction, if any). Rows are never updated."""
+    from mlplatform.lib.settings import code_version
+
+    events = list(events)
+    if not events:
+        return 0
+    connection.execute(EVENTS_DDL)
+    heads: dict[str, tuple[int, str]] = {}
+    rows = []
+    for event in events:
+        if event.event not in EVENT_TYPES:
+            raise ValueError(f"unknown audit event {event.event!r}; allowed: {', '.join(EVENT_TYPES)}")
+        if event.model not in heads:
+            found = connection.execute(f"select seq, hash from {EVENTS_TABLE} where model = ? order by seq desc limit 1",
+                                       [event.model]).fetchall()  # fetchall: DuckDB 2 refuses work after a half-read
+            last = found[0] if found else None
+            heads[event.model] = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+        seq, prev = heads[event.model]
+        row = {"model": event.model, "seq": seq + 1, "occurred_at": event.at, "event": event.event, "actor": event.actor,
+               "version": event.version, "week": event.week, "passed": event.passed, "summary": event.summary,
+               "dagster_run_id": event.dagster_run_id, "mlflow_run_id": event.mlflow_run_id,
+               "data_fingerprint": event.data_fingerprint, "code_version": code_version(),
+               "details": json.dumps(event.details, sort_keys=True, default=str), "prev_hash": prev}
+        row["hash"] = _row_hash(row)
+        heads[event.model] = (seq + 1, row["hash"])
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=EVENT_COLUMNS).astype({"passed": "boolean"})
+    connection.register("event_rows", frame)
+    try:
+        connection.execute(f"insert into {EVENTS_TABLE} by name select * from event_rows")
+    finally:
+        connection.unregister("event_rows")
+    return len(rows)
+
+
+def read_events(connection: duckdb.DuckDBPyConnection, model: str, since: str | None = None) -> pd.DataFrame:
+    exists = connection.execute("select count(*) from information_schema.tables where table_schema = ? and "
+                                "table_name = ?", [names.AUDIT_SCHEMA, names.AUDIT_EVENTS_TABLE]).fetchall()[0][0]
+    if not exists:
+        return pd.DataFrame(columns=EVENT_COLUMNS)
+    return connection.execute(f"select * from {EVENTS_TABLE} where model = ? and occurred_at >= ? order by seq",
+                              [model, since or "1900-01-01"]).fetchdf()
+
+
+def verify_chain(rows: pd.DataFrame) -> list[str]:
+    """Every break in a model's chain, one sentence each: a row changed (its hash), deleted (a gap), or reordered."""
+    problems = []
+    previous_hash, expected_seq = GENESIS, 1
+    for record in rows.sort_values("seq").to_dict("records"):
+        seq = int(record["seq"])
+        if seq != expected_seq:
+            problems.append(f"event {expected_seq}" + (f"..{seq - 1}" if seq - 1 > expected_seq else "")
+                            + " is missing: deleted behind the platform's back")
+        if record["prev_hash"] != previous_hash:
+            problems.append(f"event {seq} does not follow the event before it (prev_hash differs): a row before it "
+                            "was changed or deleted")
+        row = {k: (None if _missing(v) else v) for k, v in record.items()}
+        row["seq"] = seq
+        row["occurred_at"] = pd.Timestamp(row["occurred_at"]).to_pydatetime()
+        if row.get("passed") is not None:
+            row["passed"] = bool(row["passed"])
+        if _row_hash(row) != record["hash"]:
+            problems.append(f"event {seq} ({record['event']}, {record['occurred_at']}) was changed after it was written "
+                            "(its hash no longer matches its content)")
+        previous_hash, expected_seq = record["hash"], seq + 1
+    return problems
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False

@@ -22,6 +22,7 @@ from mlplatform import names
 from mlplatform.lib import gates as gate_lib
 from mlplatform.lib import promotion
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
+from mlplatform.lib.audit import AuditEvent, append_events
 from mlplatform.lib.metrics import MetricEstimate, evaluate, paired_bootstrap
 from mlplatform.lib.plots import classification_plots, regression_plots
 from mlplatform.lib.promotion import AliasChange
@@ -263,6 +264,9 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
                           transaction=False)
         replace_week_rows(connection, spec.name, names.EVALUATIONS_TABLE, evaluation_row(spec, result), "week", weeks,
                           transaction=False)
+        append_events(connection, week_events(spec, result, actor, dagster_run_id))
+        for change in result.alias_changes:
+            change.dagster_run_id = dagster_run_id
         promotion.apply_changes(connection, tracker, result.alias_changes)
     except Exception:
         connection.rollback()
@@ -273,6 +277,21 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
         promotion.restore(tracker, result.alias_changes)
         raise
     return result
+
+
+def week_events(spec: ModelSpec, result: WeekResult, actor: str, dagster_run_id: str | None) -> list[AuditEvent]:
+    """The audit trail's record of week W: the version trained (window, fingerprint, metric) and each gate's verdict."""
+    primary = result.metrics[spec.primary_metric]
+    common = {"version": result.version, "week": result.week, "dagster_run_id": dagster_run_id,
+              "mlflow_run_id": result.run_id, "data_fingerprint": result.fingerprint}
+    trained = AuditEvent(spec.name, "model_trained", actor,
+                         f"v{result.version} trained on {result.train_window.start:%Y-%m-%d}..{result.train_window.end:%Y-%m-%d} "
+                         f"({result.train_rows} rows); {spec.primary_metric} {primary.value:.4g} on week {result.week}",
+                         details={"train_rows": result.train_rows, "eval_rows": result.eval_rows,
+                                  spec.primary_metric: primary.value, "ci": [primary.low, primary.high]}, **common)
+    gates = [AuditEvent(spec.name, "gate", actor, f"{g.name}: {g.reason}", passed=g.passed,
+                        details={"gate": g.name}, **common) for g in result.gates]
+    return [trained, *gates]
 
 
 def gate_column(gate: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import duckdb
 
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
-from mlplatform.lib.audit import champion_history, record_alias_changes
+from mlplatform.lib.audit import AuditEvent, append_events, champion_history, record_alias_changes
 
 SET, REMOVE = "set", "remove"
 
@@ -49,6 +49,8 @@ class AliasChange:
     week: str | None
     action: str = SET
     changed_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+    kind: str = "alias_change"  # the audit event: alias_change (gates), approval or rollback (a person)
+    dagster_run_id: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         return {"changed_at": self.changed_at, "model": self.model, "alias": self.alias, "version": self.version,
@@ -112,7 +114,7 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     text = reason or "manual approval"
     if tags.get("gates") != "passed":  # forced: the audit says so, whatever the person wrote
         text += f" [forced with --force: gates={tags.get('gates')}]"
-    return AliasChange(model, CHAMPION, str(version), previous, actor.strip(), text, tags.get("week"))
+    return AliasChange(model, CHAMPION, str(version), previous, actor.strip(), text, tags.get("week"), kind="approval")
 
 
 def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,
@@ -145,7 +147,7 @@ def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegist
         raise PromotionRefused(f"{model} v{to_version} did not pass every gate (gates={tags.get('gates')}); a rollback "
                                "never puts such a version in production")
     return AliasChange(model, CHAMPION, str(to_version), current, actor.strip(),
-                       f"rollback from v{current}: {reason or 'no reason given'}", tags.get("week"))
+                       f"rollback from v{current}: {reason or 'no reason given'}", tags.get("week"), kind="rollback")
 
 
 def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry,
@@ -159,6 +161,12 @@ def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry
     if not changes:
         return
     record_alias_changes(connection, [change.as_row() for change in changes])
+    append_events(connection, [AuditEvent(
+        change.model, change.kind, change.actor,
+        f"{change.alias}: v{change.previous_version or '-'} -> v{change.version or '-'}; {change.reason}",
+        version=change.version, week=change.week, dagster_run_id=change.dagster_run_id,
+        details={"alias": change.alias, "previous_version": change.previous_version, "action": change.action},
+        at=change.changed_at) for change in changes])
     moved: list[AliasChange] = []
     try:
         for change in changes:

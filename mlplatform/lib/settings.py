@@ -9,8 +9,10 @@ Dagster code location).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +117,21 @@ def configure_process(settings: Settings) -> None:
     scripts = str(Path(sys.executable).parent)
     if scripts not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the checkout the package runs from, when it is a git checkout (read once per process)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_version() -> str:
+    """What the audit trail records as the code that acted: the package version and the commit when known."""
+    import mlplatform
+
+    commit = git_commit()
+    return f"mlplatform {mlplatform.__version__}" + (f" @ {commit[:12]}" if commit else "")

@@ -8,7 +8,6 @@ by the platform's settings, and artifacts get an explicit location so nothing la
 from __future__ import annotations
 
 import functools
-import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from mlflow.models import infer_signature
 
 import mlplatform
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION  # noqa: F401  (re-exported)
-from mlplatform.lib.settings import REPO_DIR, Settings
+from mlplatform.lib.settings import Settings, git_commit
 
 TRACKED_LIBRARIES = ("scikit-learn", "pandas", "numpy", "mlflow", "dagster", "pandera", "duckdb")
 
@@ -67,20 +66,6 @@ def own_types(pipeline: Any) -> list[str]:
     if structure not in _OWN_TYPES:
         _OWN_TYPES[structure] = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
     return _OWN_TYPES[structure]
-
-
-_GIT_COMMIT: list[str | None] = []
-
-
-def git_commit() -> str | None:
-    """The commit of the checkout the package runs from, when it is a git checkout (cached per process)."""
-    if not _GIT_COMMIT:
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=5)
-            _GIT_COMMIT.append(out.stdout.strip() if out.returncode == 0 else None)
-        except (OSError, subprocess.SubprocessError):
-            _GIT_COMMIT.append(None)
-    return _GIT_COMMIT[0]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,53 @@
+"""One audit trail of every lifecycle event, hash-chained per model: a changed or deleted row is caught."""
+
+from __future__ import annotations
+
+import duckdb
+
+from mlplatform.cli import main
+from mlplatform.lib.audit import AuditEvent, append_events, read_events, verify_chain
+from mlplatform_tests.conftest import TOY_SPEC, toy_rows
+from mlplatform_tests.helpers import load_definitions, run_weeks
+
+MODEL_SPEC = TOY_SPEC + """
+estimator:
+  class: sklearn.linear_model.Ridge
+gates:
+  threshold: 1.0
+rollout:
+  approval: auto
+"""
+
+
+def test_a_changed_or_deleted_row_breaks_the_chain(tmp_path):
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
+        append_events(connection, [AuditEvent("m", "gate", "run", f"gate {i}", passed=i % 2 == 0, version="1")
+                                   for i in range(5)])
+        append_events(connection, [AuditEvent("other", "approval", "alice", "champion -> v1", version="1")])
+        assert verify_chain(read_events(connection, "m")) == []
+        connection.execute("update audit.events set summary = 'gate 2 (edited)' where model = 'm' and seq = 3")
+        assert any("event 3 (gate" in p and "was changed" in p for p in verify_chain(read_events(connection, "m")))
+        connection.execute("update audit.events set summary = 'gate 2' where model = 'm' and seq = 3")
+        connection.execute("delete from audit.events where model = 'm' and seq = 2")
+        problems = verify_chain(read_events(connection, "m"))
+        assert any("event 2 is missing" in p for p in problems)
+        assert verify_chain(read_events(connection, "other")) == []  # one chain per model
+
+
+def test_a_run_leaves_every_event_type_it_causes_and_verify_catches_an_edit(home, spec_dir, instance, capsys):
+    spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-15").success
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        events = read_events(connection, "toy")
+    assert {"data_gate", "model_trained", "gate", "alias_change"} <= set(events["event"])
+    trained = events[events["event"] == "model_trained"].iloc[0]
+    assert trained["mlflow_run_id"] and len(trained["data_fingerprint"]) == 64 and trained["dagster_run_id"]
+    assert trained["code_version"].startswith("mlplatform ")
+    assert main(["audit", "toy", "--verify"]) == 0
+    assert f"intact ({len(events)} events" in capsys.readouterr().out
+
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:  # someone edits a gate verdict by hand
+        connection.execute("update audit.events set passed = not passed where model = 'toy' and event = 'gate' "
+                           "and seq = (select min(seq) from audit.events where event = 'gate')")
+    assert main(["audit", "toy", "--verify"]) == 1
+    assert "was changed after it was written" in capsys.readouterr().err
