@@ -112,7 +112,8 @@ def test_a_negligible_shift_on_a_huge_week_is_significant_but_below_the_effect_f
 
 def test_permutation_p_values_agree_with_exact_and_asymptotic_tests_where_those_are_valid():
     rng = np.random.default_rng(3)
-    settings = CalibratedSettings(permutations=4000, asymptotic_rows=10**9)  # force permutation
+    # force permutation; alpha 0.25 puts the early stop (p >= 4 x alpha after 200 permutations) out of reach
+    settings = CalibratedSettings(permutations=4000, asymptotic_rows=10**9, alpha=0.25)
     for shift in (0.0, 0.15, 0.3):
         reference, current = rng.normal(0, 1, 300), rng.normal(shift, 1, 250)
         exact = stats.ks_2samp(reference, current, method="exact")
@@ -127,9 +128,24 @@ def test_permutation_p_values_agree_with_exact_and_asymptotic_tests_where_those_
     expected = stats.chi2_contingency(np.vstack([reference_counts, current_counts]), correction=False)
     assert asymptotic.statistic == pytest.approx(expected.statistic) and asymptotic.p_value == pytest.approx(expected.pvalue)
     counts_with_a_rare_value = np.append(reference_counts, 1), np.append(current_counts, 0)
-    permuted = categorical_test(*counts_with_a_rare_value, CalibratedSettings(permutations=4000), "c")
+    permuted = categorical_test(*counts_with_a_rare_value, CalibratedSettings(permutations=4000, alpha=0.25), "c")
     assert permuted.test == CHI_SQUARE_PERMUTATION
     assert permuted.p_value == pytest.approx(asymptotic.p_value, abs=0.04)
+
+
+def test_the_permutation_stops_early_only_where_the_feature_cannot_be_flagged():
+    rng = np.random.default_rng(8)
+    reference = np.sort(rng.normal(0, 1, 400))
+    for shift, full in ((0.0, False), (0.35, True)):
+        current = rng.normal(shift, 1, 60)
+        early = numerical_test(reference, current, CalibratedSettings(asymptotic_rows=10**9), "x")
+        every = numerical_test(reference, current, CalibratedSettings(asymptotic_rows=10**9, alpha=0.25), "x")
+        # p-values on the 1/(B+1) grid: 200 permutations when stopped early, all 2000 otherwise
+        assert (abs(early.p_value * 201 - round(early.p_value * 201)) < 1e-9) == (not full)
+        if full:
+            assert early.p_value < 0.2 and early.p_value == every.p_value
+        else:
+            assert early.p_value >= 0.2 and every.p_value > 0.1
 
 
 def test_results_are_reproducible_and_seeded():

@@ -114,6 +114,8 @@ def build_drift_assets(spec: ModelSpec):
             rows = pd.DataFrame([{**c.as_dict(), "week": pd.Timestamp(r.week), "drifted_share": r.report.share,
                                   "check_passed": r.report.passed, "decided_by": r.report.method}
                                  for r in results for c in r.report.columns])
+            rows = rows.astype({"statistic": "float64", "p_value": "float64", "p_adjusted": "float64",
+                                "effect": "float64"})  # typed even when evidently leaves them empty
             write_week_rows(warehouse, spec.name, "drift", rows, "week", [pd.Timestamp(r.week) for r in results])
         for result in results:
             week, report = result.week, result.report
