@@ -76,7 +76,7 @@ def test_week_alarms_stay_rare_where_evidentlys_rule_alarms_on_noise():
         for method in alarms:
             alarms[method] += not drift_report(method, profile, current, 0.3, CalibratedSettings(seed=seed)).passed
     assert alarms[CALIBRATED] <= 2  # <= 5% of 40 weeks
-    assert alarms[EVIDENTLY] >= 20  # the fixed 0.1 distance at 30 rows: sampling noise alone crosses it
+    assert alarms[EVIDENTLY] >= 36  # the fixed 0.1 distance at 30 rows: sampling noise alone crosses it (40/40 seen)
 
 
 def shifted_week(reference_rows: int, current_rows: int, seed: int, shift: float) -> tuple[pd.DataFrame, pd.DataFrame]:
