@@ -273,3 +273,24 @@ def test_weeks_before_the_champions_window_ended_get_no_prediction_row_and_empty
     assert "inside or before champion v1" in results["2024-02-05"].report.skipped[PREDICTION]
     assert PREDICTION in {c.role for c in results["2024-02-19"].report.columns}
     assert "2024-02-26" not in results and any("2024-02-26" in n and "skipped" in n for n in notes)
+
+
+def test_the_training_data_gate_uses_drift_method_unless_it_names_its_own():
+    from mlplatform.lib.lifecycle import training_data_check
+
+    rows = weekly_rows(weeks=5, per_week=300, seed=3)
+    train, recent = rows.iloc[:1200], rows.iloc[1200:1230]  # 30 recent rows, nothing drifted
+
+    def gate(drift: dict, training_data: dict | None = None):
+        model_spec = spec(**drift)
+        if training_data:
+            model_spec = model_spec.model_copy(update={"gates": model_spec.gates.model_copy(
+                update={"training_data": model_spec.gates.training_data.model_copy(update=training_data)})})
+        return training_data_check(model_spec, train, recent, "the 30 recent rows")
+
+    calibrated, evidently = gate({}), gate({"method": "evidently"})
+    assert calibrated.passed and calibrated.facts["method"] == "calibrated"
+    assert not evidently.passed and evidently.facts["method"] == "evidently"  # noise at 30 rows halts training
+    assert "training halted" in evidently.reason and "method evidently" in evidently.reason
+    own = gate({"method": "evidently"}, {"method": "calibrated"})
+    assert own.passed and own.facts["method"] == "calibrated"
