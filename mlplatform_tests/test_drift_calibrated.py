@@ -294,3 +294,17 @@ def test_the_training_data_gate_uses_drift_method_unless_it_names_its_own():
     assert "training halted" in evidently.reason and "method evidently" in evidently.reason
     own = gate({"method": "evidently"}, {"method": "calibrated"})
     assert own.passed and own.facts["method"] == "calibrated"
+
+
+def test_html_reports_go_to_the_newest_failing_weeks_and_the_last_week():
+    from mlplatform.lib.drift import ColumnDrift, DriftReport, WeekDrift
+
+    def week(name: str, failing: bool) -> WeekDrift:
+        column = ColumnDrift("x", "K-S permutation", 0.01, 0.05, failing)
+        return WeekDrift(name, DriftReport([column], 100, 10, 0.3), pd.DataFrame(), pd.DataFrame(), "")
+
+    results = [week("w1", True), week("w2", False), week("w3", True), week("w4", True), week("w5", False)]
+    assert weeks_with_html(results, 2) == {"w3", "w4", "w5"}
+    assert weeks_with_html(results, 0) == {"w5"}
+    assert weeks_with_html(results, 10) == {"w1", "w3", "w4", "w5"}
+    assert weeks_with_html([], 4) == set()
