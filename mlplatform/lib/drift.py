@@ -437,7 +437,8 @@ def weekly_drift(spec: ModelSpec, week_starts: list[date], run_rows: pd.DataFram
                     method, prediction_reference, _prediction_values(spec, champion.model, current), settings,
                     PREDICTION, drift_spec.prediction_counts))
         labels = current[spec.target] if spec.target in current.columns else None
-        if target_profile is None or labels is None or labels.dropna().empty or target_profile.rows == 0:
+        if (target_profile is None or labels is None or labels.dropna().empty
+                or target_profile.columns[spec.target].rows == 0):
             report.skipped[LABEL] = "labels not known for this week or its reference"
         else:
             if spec.task != "regression":
