@@ -121,6 +121,13 @@ def test_permutation_p_values_agree_with_exact_and_asymptotic_tests_where_those_
         assert ours.test == KS_PERMUTATION
         assert ours.statistic == pytest.approx(exact.statistic)
         assert ours.p_value == pytest.approx(exact.pvalue, abs=0.02)
+    # large samples: scipy's asymptotic K-S (and, from 10,000 effective rows, its limit, within 2% and above it)
+    for rows, tolerance in ((2000, 1e-9), (30_000, 0.02)):
+        reference, current = rng.normal(0, 1, rows), rng.normal(0.02 * 2000 / rows, 1, rows)
+        asymp = stats.ks_2samp(reference, current, method="asymp")
+        ours = numerical_test(np.sort(reference), current, CalibratedSettings(), "x")
+        assert ours.test == KS_ASYMPTOTIC and ours.statistic == pytest.approx(asymp.statistic)
+        assert ours.p_value == pytest.approx(asymp.pvalue, rel=tolerance) and ours.p_value >= asymp.pvalue * (1 - 1e-9)
     # a categorical table with large counts: the asymptotic chi-square and its permutation agree
     reference_counts, current_counts = np.array([50, 30, 20]) * 4, np.array([45, 30, 25]) * 3
     asymptotic = categorical_test(reference_counts, current_counts, CalibratedSettings(), "c")
