@@ -6,7 +6,9 @@ one moved just under the threshold) it times:
   ours:      profile_reference(reference) + dataset_drift(profile, current)  (a cold start);
   ours warm: dataset_drift(profile, current) with the reference profiled already, which is what
              every week after the first costs (the reference is fixed per champion);
-and prints both times, the ratios and how many per-feature verdicts (and methods) agree.
+  calibrated: calibrated_drift(profile, current) (drift.method: calibrated, the default), cold and warm;
+and prints the times, the ratios against Evidently measured in the same run, how many per-feature
+verdicts (and methods) of our Evidently rule agree with Evidently's, and what the calibrated method flags.
 
     python3 dev.py install && .venv/bin/python benchmarks/drift.py [--rows 100000 1000000]
 """
@@ -23,7 +25,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlplatform.lib.drift import dataset_drift, profile_reference  # noqa: E402
+from mlplatform.lib.drift import calibrated_drift, dataset_drift, profile_reference  # noqa: E402
 from mlplatform_tests.evidently_reference import evidently_columns, evidently_drifted  # noqa: E402
 
 NUMERICAL = [f"n{i:02d}" for i in range(14)]
@@ -74,6 +76,11 @@ def measure(rows: int) -> None:
     warm_seconds = time.perf_counter() - started
     cold_seconds = profile_seconds + warm_seconds
 
+    started = time.perf_counter()
+    calibrated = calibrated_drift(profile, current, max_drifted_share=0.5)
+    calibrated_warm = time.perf_counter() - started
+    calibrated_cold = profile_seconds + calibrated_warm
+
     from mlplatform.lib.drift import THRESHOLDS
 
     agree_verdict = agree_method = 0
@@ -91,6 +98,13 @@ def measure(rows: int) -> None:
     print(f"evidently DataDriftPreset:            {evidently_seconds:8.2f} s")
     print(f"ours, cold (profile + compare):       {cold_seconds:8.2f} s   ratio evidently/ours {evidently_seconds / cold_seconds:6.1f}x")
     print(f"ours, warm (reference profiled once): {warm_seconds:8.2f} s   ratio evidently/ours {evidently_seconds / warm_seconds:6.1f}x")
+    print(f"calibrated, cold (profile + compare): {calibrated_cold:8.2f} s   ratio evidently/calibrated "
+          f"{evidently_seconds / calibrated_cold:6.1f}x")
+    print(f"calibrated, warm:                     {calibrated_warm:8.2f} s   ratio evidently/calibrated "
+          f"{evidently_seconds / calibrated_warm:6.1f}x")
+    print(f"calibrated drifted: {', '.join(c.column for c in calibrated.drifted)} (tests: "
+          f"{', '.join(sorted({c.method for c in calibrated.columns}))}; n02's shift has effect "
+          f"{next(c.effect for c in calibrated.columns if c.column == 'n02'):.3f})")
     print(f"per-feature verdicts equal: {agree_verdict}/{len(ours.columns)}; methods equal: {agree_method}/{len(ours.columns)}; "
           f"drifted: {', '.join(c.column for c in ours.drifted)}")
     for line in disagreements:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from dagster import AssetCheckKey, AssetKey, SensorResult, build_sensor_context
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
@@ -44,8 +45,14 @@ def tick(defs, instance, cursor: str | None) -> SensorResult:
     return result
 
 
-def test_drift_check_fails_on_the_shifted_week_and_names_the_features(home: Path, spec_dir, instance):
-    spec_dir({"toy.yaml": DRIFT_SPEC}, {"toy.csv": shifted_rows()})
+CALIBRATED_TESTS = {"K-S permutation", "K-S asymptotic", "chi-square permutation", "chi-square asymptotic"}
+EVIDENTLY_TESTS = {"K-S p_value", "chi-square p_value", "Z-test p_value"}
+
+
+@pytest.mark.parametrize("method", ["calibrated", "evidently"])
+def test_drift_check_fails_on_the_shifted_week_and_names_the_features(home: Path, spec_dir, instance, method):
+    spec = DRIFT_SPEC if method == "calibrated" else DRIFT_SPEC + "drift:\n  method: evidently\n"  # default: calibrated
+    spec_dir({"toy.yaml": spec}, {"toy.csv": shifted_rows()})
     defs = load_definitions()
     assert run_weeks(defs, "toy", instance, FIRST, LAST, assets=["raw", "features", "drift"]).success
 
@@ -58,10 +65,18 @@ def test_drift_check_fails_on_the_shifted_week_and_names_the_features(home: Path
     assert failed.passed is False
     assert set(failed.metadata["drifted"].value) >= {"x1", "x2"}
     assert failed.metadata["drifted_share"].value > 0.3
+    assert failed.metadata["method"].value == method and f"method {method}" in failed.description
+    per_feature = failed.metadata["per_feature"].value
+    assert per_feature["x1"]["drifted"] and per_feature["y"]["role"] == "label" and not per_feature["y"]["counts"]
+    if method == "calibrated":
+        assert set(per_feature["x1"]) >= {"statistic", "p_value", "p_adjusted", "effect", "method"}
+        assert per_feature["x1"]["p_adjusted"] < 0.05 and per_feature["x1"]["effect"] >= 0.1
+    assert failed.metadata["not_compared"].value == {"prediction": "no champion"}
 
     table = warehouse_query(home, f"select * from toy.drift where week = '{SHIFTED}'")
     assert set(table.loc[table["drifted"], "column"]) >= {"x1", "x2"}
-    assert set(table["method"]) <= {"K-S p_value", "chi-square p_value", "Z-test p_value"}
+    assert set(table["method"]) <= (CALIBRATED_TESTS if method == "calibrated" else EVIDENTLY_TESTS)
+    assert set(table["decided_by"]) == {method} and set(table["role"]) == {"feature", "label"}
     assert (home / "reports" / "toy" / f"drift_{SHIFTED}.html").stat().st_size > 10_000
     materialization = instance.get_latest_materialization_event(AssetKey(["toy", "drift"])).asset_materialization
     assert "evidently_report" in materialization.metadata and "per_feature" in materialization.metadata
@@ -108,6 +123,16 @@ def test_sensor_requests_one_retrain_per_failed_check_and_the_request_retrains(h
     passed = tick(defs, instance, first.cursor)
     assert passed.run_requests == [] and int(passed.cursor) > int(first.cursor)
     assert "passed" in passed.skip_reason.skip_message
+    check = AssetCheckKey(AssetKey(["toy", "drift"]), "drifted_share")
+    before = instance.get_latest_asset_check_evaluation_record(check).evaluation.metadata
+    assert "inside or before champion v1" in before["not_compared"].value["prediction"]
+
+    # The week the champion's training window ends with: its predictions there vs on its training window.
+    assert run_weeks(defs, "toy", instance, LAST, assets=["drift"]).success
+    record = instance.get_latest_asset_check_evaluation_record(check).evaluation
+    prediction = record.metadata["per_feature"].value["prediction"]
+    assert prediction["role"] == "prediction" and not prediction["counts"] and "prediction" not in record.metadata["not_compared"].value
+    assert 0 <= prediction["p_adjusted"] <= 1 and prediction["effect"] >= 0
 
 
 def test_training_data_gate_halts_training_on_a_drifted_window(home: Path, spec_dir, instance):

@@ -1,13 +1,15 @@
 """``<model>/drift``: each week's features against the champion's training reference, and the check retraining reacts to.
 
-The statistics are :mod:`mlplatform.lib.drift` (Evidently's tests, computed fast) for every
-week; the HTML report is Evidently's own, rendered from a bounded sample for the newest
-drifted weeks and the last week of each run.
+The week loop, the statistics and the choice of weeks with an HTML report are
+:func:`mlplatform.lib.drift.weekly_drift` / :func:`~mlplatform.lib.drift.weeks_with_html` (pure);
+this module reads, calls them, writes the ``<model>.drift`` table and logs the events. The
+HTML report is Evidently's own, rendered from a bounded sample.
 """
 
 import base64
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from dagster import (
@@ -24,39 +26,63 @@ from dagster import (
 
 from mlplatform import names
 from mlplatform.defs.data_assets import owners
-from mlplatform.defs.keys import drift_key, features_key
+from mlplatform.defs.keys import asset_key, drift_key, features_key
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
-from mlplatform.defs.resources import ModelRegistry, Warehouse, write_week_rows
+from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, write_week_rows
 from mlplatform.lib.aliases import CHAMPION
-from mlplatform.lib.settings import load_settings
-from mlplatform.lib.source import Window, rows_in_window
+from mlplatform.lib.audit import AuditEvent, append_events
+from mlplatform.lib.source import Window
 from mlplatform.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from mlplatform.lib.drift import Champion, DriftReport
 
 DRIFT_CHECK = names.DRIFT_CHECK
 
 
-def champion_training_window(spec: ModelSpec, registry: ModelRegistry) -> tuple[tuple[datetime, datetime] | None, str | None]:
-    """The current champion's training window (from its MLflow params), read once per run."""
+def champion_for_drift(spec: ModelSpec, registry: ModelRegistry) -> "Champion | None":
+    """The current champion: its version, its training window (from its MLflow params) and its pipeline, once per run."""
+    from mlplatform.lib.drift import Champion
+
     tracker = registry.tracker()
     version = tracker.alias_version(spec.name, CHAMPION)
     if version is None:
-        return None, None
+        return None
     params = tracker.run(tracker.client.get_model_version(spec.name, version).run_id).data.params
-    return (datetime.fromisoformat(params["train_start"]), datetime.fromisoformat(params["train_end"])), version
+    window = (datetime.fromisoformat(params["train_start"]), datetime.fromisoformat(params["train_end"]))
+    return Champion(version, window, tracker.load_version(spec.name, version))
+
+
+def _table(report: "DriftReport") -> str:
+    if report.method == "evidently":
+        header = "| feature | role | method | score | threshold | drifted |\n| --- | --- | --- | --- | --- | --- |\n"
+        return header + "\n".join(
+            f"| {c.column} | {c.role} | {c.method} | {c.score:.4g} | {c.threshold:g} | {'yes' if c.drifted else 'no'} |"
+            for c in report.columns)
+    header = ("| feature | role | test | statistic | p-value | adjusted p | effect | drifted | counts |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    return header + "\n".join(
+        f"| {c.column} | {c.role} | {c.method} | {c.statistic:.4g} | {c.p_value:.3g} | {c.p_adjusted:.3g} | "
+        f"{c.effect:.3f} | {'yes' if c.drifted else 'no'} | {'yes' if c.counts else 'no'} |" for c in report.columns)
 
 
 def build_drift_assets(spec: ModelSpec):
     numerical, categorical = spec.features.numeric, spec.features.categorical
     key = drift_key(spec)
+    decides = ("a calibrated two-sample test per feature (p-values for both sample sizes, Benjamini-Hochberg, an "
+               "effect-size floor)" if spec.drift.method == "calibrated" else
+               "the test, score and verdict Evidently's DataDriftPreset gives")
 
     @multi_asset(
         name=names.multi_asset_op(spec.name, names.DRIFT),
         specs=[AssetSpec(
             key, group_name=spec.name, owners=owners(spec), kinds={"evidently", "duckdb"}, skippable=True,
-            deps=[AssetDep(features_key(spec))],
+            deps=[AssetDep(features_key(spec)), AssetDep(asset_key(spec.name, names.PREDICTION_LOG))],
             description="Feature drift of week W against the champion's training reference (or the N weeks before W "
-            "when there is none): per-feature test, score and verdict as Evidently's DataDriftPreset decides them, "
-            "the drifted share, and Evidently's HTML report (newest drifted weeks and the last week of a run).",
+            f"when there is none), decided by {decides} (drift.method: {spec.drift.method}); the champion's prediction "
+            "drift and the label drift as their own rows; the drifted share, and Evidently's HTML report (newest "
+            "drifted weeks and the last week of a run). Week W's inputs are what production sent (the prediction "
+            "log) when the service logged any that week, else the week's features; the metadata says which.",
         )],
         check_specs=[AssetCheckSpec(
             DRIFT_CHECK, asset=key,
@@ -66,67 +92,60 @@ def build_drift_assets(spec: ModelSpec):
         **weekly_multi_asset_options(spec),
     )
     def drift(context: AssetExecutionContext) -> Iterator:
-        from mlplatform.lib.drift import dataset_drift, profile_reference, reference_span, render_evidently_report
+        from mlplatform.lib.drift import render_evidently_report, weekly_drift, weeks_with_html
         from mlplatform.lib.plots import drift_plot
+        from mlplatform.lib.prediction_log import read_prediction_log
+        from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE
 
         warehouse: Warehouse = context.resources.warehouse
         registry: ModelRegistry = context.resources.model_registry
         window = run_window(context)
-        weeks = window.week_starts()
-        profiles: dict[tuple, object] = {}
-        reports_dir = load_settings().home / "reports" / spec.name
-        reports_dir.mkdir(parents=True, exist_ok=True)
-        champion_window, champion_version = champion_training_window(spec, registry)
-        reports = []
-        run_rows = warehouse.read_window(spec.name, "features", spec.time_column, window)  # one read, sliced per week
-        for week_start in weeks:
-            start = datetime.combine(week_start, datetime.min.time())
-            week = week_start.isoformat()
-            current = rows_in_window(run_rows, spec.time_column, Window(start, start + timedelta(weeks=1)))
-            reference_start, reference_end, reference_kind = reference_span(
-                start, spec.partitions.training_window_weeks, champion_window, champion_version)
-            cache_key = (reference_start, reference_end)
-            if cache_key not in profiles:
-                reference_rows = warehouse.read_window(spec.name, "features", spec.time_column,
-                                                       Window(reference_start, reference_end))
-                profiles[cache_key] = (profile_reference(reference_rows, numerical, categorical), reference_rows)
-            profile, reference_rows = profiles[cache_key]
-            if current.empty or profile.rows == 0:
-                context.log.warning(f"drift week {week}: no current rows or no reference rows ({reference_kind}); skipped")
-                continue
-            report = dataset_drift(profile, current, spec.drift.max_drifted_share)
-            reports.append((week, report, current, reference_rows,
-                            f"{reference_kind}: {reference_start:%Y-%m-%d} .. {reference_end:%Y-%m-%d}"))
-        # Evidently's HTML costs ~1-2 s a week: the newest failing weeks and the run's last week get one.
-        newest_failing = spec.drift.html_reports_per_run
-        failing = [week for week, report, *_ in reports if not report.passed]
-        failing = failing[-newest_failing:] if newest_failing else []  # ([-0:] would be every week)
-        with_html = set(failing) | ({reports[-1][0]} if reports else set())
-        if reports:  # every week's rows in one transaction
-            rows = pd.DataFrame([{**c.as_dict(), "week": pd.Timestamp(week), "drifted_share": report.share,
-                                  "check_passed": report.passed} for week, report, *_ in reports for c in report.columns])
-            write_week_rows(warehouse, spec.name, "drift", rows, "week", [pd.Timestamp(week) for week, *_ in reports])
-        for week, report, current, reference_rows, reference_text in reports:
-            table = "| feature | method | score | threshold | drifted |\n| --- | --- | --- | --- | --- |\n" + "\n".join(
-                f"| {c.column} | {c.method} | {c.score:.4g} | {c.threshold:g} | {'yes' if c.drifted else 'no'} |"
-                for c in report.columns
-            )
+        platform: PlatformState = context.resources.platform
+        reports_dir = platform.reports_dir(spec.name)
+        run_rows = warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)  # one read, sliced per week
+        logged = read_prediction_log(platform.home_path, spec.name, window.start, window.end,
+                                     roles=[CHAMPION_ROLE, CANARY_ROLE])
+        results, notes = weekly_drift(
+            spec, window.week_starts(), run_rows,
+            lambda start, end: warehouse.read_window(spec.name, names.FEATURES, spec.time_column, Window(start, end)),
+            champion_for_drift(spec, registry), production_inputs=logged if len(logged) else None)
+        for note in notes:
+            context.log.warning(note) if "skipped" in note else context.log.info(note)
+        with_html = weeks_with_html(results, spec.drift.html_reports_per_run)
+        if results:  # every week's rows in one transaction
+            rows = pd.DataFrame([{**c.as_dict(), "week": pd.Timestamp(r.week), "drifted_share": r.report.share,
+                                  "check_passed": r.report.passed, "decided_by": r.report.method}
+                                 for r in results for c in r.report.columns])
+            rows = rows.astype({"statistic": "float64", "p_value": "float64", "p_adjusted": "float64",
+                                "effect": "float64"})  # typed even when evidently leaves them empty
+            write_week_rows(warehouse, spec.name, names.DRIFT_TABLE, rows, "week", [pd.Timestamp(r.week) for r in results])
+            with warehouse.get_connection() as connection:  # a failed check is an alert in the audit trail
+                append_events(connection, [AuditEvent(
+                    spec.name, "drift_alert", f"dagster run {context.run.run_id}", r.report.summary(), week=r.week,
+                    passed=False, dagster_run_id=context.run.run_id,
+                    details={"method": r.report.method, "drifted": [c.column for c in r.report.drifted]})
+                    for r in results if not r.report.passed])
+        for result in results:
+            week, report = result.week, result.report
             metadata = {
                 "drifted_share": report.share,
                 "drifted_features": len(report.drifted),
-                "features": len(report.columns),
+                "features": len(report.counted),
                 "current_rows": report.current_rows,
                 "reference_rows": report.reference_rows,
-                "reference": MetadataValue.text(reference_text),
-                "per_feature": MetadataValue.md(table),
+                "reference": MetadataValue.text(result.reference_text),
+                "current": MetadataValue.text(result.inputs_from),
+                "method": report.method,
+                "per_feature": MetadataValue.md(_table(report)),
                 "methods": MetadataValue.json(sorted({c.method for c in report.columns})),
+                "not_compared": MetadataValue.json(report.skipped),
             }
             if week in with_html:
                 png = drift_plot([c.column for c in report.columns], [c.score for c in report.columns],
                                  [c.method for c in report.columns], [c.drifted for c in report.columns],
                                  f"{spec.name} drift, week {week}")
                 metadata["plot"] = MetadataValue.md(f"![drift](data:image/png;base64,{base64.b64encode(png).decode()})")
-                path = render_evidently_report(reference_rows, current, numerical, categorical,
+                path = render_evidently_report(result.reference_rows, result.current, numerical, categorical,
                                                str(reports_dir / f"drift_{week}.html"), spec.drift.report_rows)
                 metadata["evidently_report"] = MetadataValue.path(path)
                 metadata["evidently_report_url"] = MetadataValue.url(f"file://{path}")
@@ -135,10 +154,12 @@ def build_drift_assets(spec: ModelSpec):
                 asset_key=key, check_name=DRIFT_CHECK, passed=report.passed, partition=week,
                 severity=AssetCheckSeverity.WARN, description=report.summary(),
                 metadata={
-                    "week": week, "summary": MetadataValue.text(report.summary()),
+                    "week": week, "summary": MetadataValue.text(report.summary()), "method": report.method,
                     "drifted_share": report.share, "max_drifted_share": spec.drift.max_drifted_share,
-                    "drifted": MetadataValue.json({c.column: {"method": c.method, "score": c.score}
-                                                   for c in report.drifted}),
+                    "drifted": MetadataValue.json({c.column: c.brief() for c in report.drifted}),
+                    "per_feature": MetadataValue.json({c.column: {**c.brief(), "role": c.role, "drifted": c.drifted,
+                                                                  "counts": c.counts} for c in report.columns}),
+                    "not_compared": MetadataValue.json(report.skipped),
                 },
             ))
             context.log.info(f"{spec.name} drift week {week}: {report.summary()}")

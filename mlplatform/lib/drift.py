@@ -1,4 +1,8 @@
-"""Per-feature drift with the same tests and thresholds as Evidently's ``DataDriftPreset``, but fast.
+"""Per-feature drift of a week against a reference, by one of two methods (the spec's ``drift.method``):
+
+- ``calibrated`` (default, :mod:`mlplatform.lib.drift_calibrated`): p-values that account for both sample
+  sizes, Benjamini-Hochberg across the week's features, and an effect-size floor;
+- ``evidently``: the same tests and thresholds as Evidently's ``DataDriftPreset``, but fast (below).
 
 Evidently 0.7's default test per column (legacy/calculations/stattests/registry.py,
 ``_get_default_stattest``), with n = distinct values of reference and current together:
@@ -15,14 +19,21 @@ what makes this cheap: the reference is fixed per champion.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
+
+from mlplatform.lib.drift_calibrated import CalibratedSettings, benjamini_hochberg, categorical_test, numerical_test
+from mlplatform.lib.source import Window, rows_in_window
+
+if TYPE_CHECKING:
+    from mlplatform.specs import ModelSpec
 
 KS = "K-S p_value"
 CHI_SQUARE = "chi-square p_value"
@@ -31,6 +42,8 @@ WASSERSTEIN = "Wasserstein distance (normed)"
 JENSEN_SHANNON = "Jensen-Shannon distance"
 THRESHOLDS = {KS: 0.05, CHI_SQUARE: 0.05, Z_TEST: 0.05, WASSERSTEIN: 0.1, JENSEN_SHANNON: 0.1}
 P_VALUE_METHODS = {KS, CHI_SQUARE, Z_TEST}
+EVIDENTLY, CALIBRATED = "evidently", "calibrated"
+FEATURE, PREDICTION, LABEL = "feature", "prediction", "label"
 
 
 @dataclass
@@ -54,15 +67,31 @@ class ReferenceProfile:
 
 @dataclass
 class ColumnDrift:
+    """One row of a week's drift table: an input feature, the champion's predictions, or the labels."""
+
     column: str
-    method: str
-    score: float
-    threshold: float
+    method: str  # the test that decided (Evidently's name, or e.g. "K-S permutation")
+    score: float  # evidently: the test's p-value or distance; calibrated: the adjusted p-value
+    threshold: float  # evidently: the test's threshold; calibrated: alpha
     drifted: bool
+    role: str = FEATURE  # feature | prediction | label
+    counts: bool = True  # whether its verdict counts toward the week's drifted share
+    statistic: float | None = None  # calibrated: K-S D or chi-square
+    p_value: float | None = None  # calibrated: the unadjusted p-value
+    p_adjusted: float | None = None  # calibrated: Benjamini-Hochberg adjusted within its family
+    effect: float | None = None  # calibrated: K-S D or total variation distance (0..1)
 
     def as_dict(self) -> dict[str, Any]:
         return {"column": self.column, "method": self.method, "score": self.score, "threshold": self.threshold,
-                "drifted": self.drifted}
+                "drifted": self.drifted, "role": self.role, "counts": self.counts, "statistic": self.statistic,
+                "p_value": self.p_value, "p_adjusted": self.p_adjusted, "effect": self.effect}
+
+    def brief(self) -> dict[str, Any]:
+        """What a person needs to judge the verdict: the test and its numbers (rounded for metadata)."""
+        if self.p_adjusted is None:
+            return {"method": self.method, "score": round(float(self.score), 6)}
+        return {"method": self.method, "statistic": round(float(self.statistic), 6), "p_value": float(f"{self.p_value:.4g}"),
+                "p_adjusted": float(f"{self.p_adjusted:.4g}"), "effect": round(float(self.effect), 4)}
 
 
 @dataclass
@@ -72,14 +101,21 @@ class DriftReport:
     current_rows: int
     max_drifted_share: float
     skipped: dict[str, str] = field(default_factory=dict)
+    method: str = EVIDENTLY
+
+    @property
+    def counted(self) -> list[ColumnDrift]:
+        return [c for c in self.columns if c.counts]
 
     @property
     def drifted(self) -> list[ColumnDrift]:
-        return [c for c in self.columns if c.drifted]
+        """Drifted rows that count toward the share (input features, plus predictions/labels when the spec says)."""
+        return [c for c in self.counted if c.drifted]
 
     @property
     def share(self) -> float:
-        return len(self.drifted) / len(self.columns) if self.columns else 0.0
+        counted = self.counted
+        return len(self.drifted) / len(counted) if counted else 0.0
 
     @property
     def passed(self) -> bool:
@@ -88,8 +124,11 @@ class DriftReport:
     def summary(self) -> str:
         names = ", ".join(c.column for c in self.drifted) or "none"
         verdict = "within" if self.passed else "above"
-        return (f"{len(self.drifted)} of {len(self.columns)} features drifted (share {self.share:.2f}, "
-                f"{verdict} the limit {self.max_drifted_share:g}): {names}")
+        text = (f"{len(self.drifted)} of {len(self.counted)} features drifted (share {self.share:.2f}, "
+                f"{verdict} the limit {self.max_drifted_share:g}; method {self.method}): {names}")
+        others = [f"{c.role} {'drifted' if c.drifted else 'steady'} (not counted)"
+                  for c in self.columns if not c.counts]
+        return text + ("; " + ", ".join(others) if others else "")
 
 
 def _clean(values: pd.Series) -> pd.Series:
@@ -197,17 +236,83 @@ def _jensen_shannon(reference_counts: pd.Series, reference_rows: int, current: p
 
 
 def dataset_drift(reference: ReferenceProfile, current: pd.DataFrame, max_drifted_share: float) -> DriftReport:
-    """Every profiled column of ``current`` against the reference; the share decides the check."""
-    results, skipped = [], {}
+    """Evidently's rule: every profiled column of ``current`` against the reference; the share decides the check."""
+    names, skipped = _columns_to_test(reference, current)
+    results = [column_drift(reference.columns[name], current[name]) for name in names]
+    return DriftReport(results, reference.rows, len(current), max_drifted_share, skipped, EVIDENTLY)
+
+
+def calibrated_column(reference: ColumnProfile, current: pd.Series, settings: CalibratedSettings,
+                      role: str = FEATURE, counts: bool = True) -> ColumnDrift:
+    """The calibrated test of one column; the verdict waits for the family's adjustment (:func:`decide`)."""
+    current = _clean(current)
+    if reference.kind == "numerical":
+        result = numerical_test(reference.sorted_values, current.astype("float64").to_numpy(), settings, reference.name)
+    else:
+        current_counts = current.value_counts(sort=False)
+        keys = list(dict.fromkeys([*reference.counts.index, *current_counts.index]))
+        result = categorical_test(reference.counts.reindex(keys, fill_value=0).to_numpy(),
+                                  current_counts.reindex(keys, fill_value=0).to_numpy(), settings, reference.name)
+    return ColumnDrift(reference.name, result.test, result.p_value, settings.alpha, False, role, counts,
+                       statistic=result.statistic, p_value=result.p_value, p_adjusted=result.p_value,
+                       effect=result.effect)
+
+
+def decide(family: list[ColumnDrift], settings: CalibratedSettings) -> list[ColumnDrift]:
+    """Benjamini-Hochberg across one family of tests, then: drifted = adjusted p < alpha and effect >= min_effect."""
+    for column, adjusted in zip(family, benjamini_hochberg([c.p_value for c in family]), strict=True):
+        column.p_adjusted = float(adjusted)
+        column.score = float(adjusted)
+        column.drifted = bool(adjusted < settings.alpha and column.effect >= settings.min_effect)
+    return family
+
+
+def _columns_to_test(reference: ReferenceProfile, current: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    names, skipped = [], {}
     for name, profile in reference.columns.items():
         if name not in current.columns:
             skipped[name] = "missing in current data"
-            continue
-        if profile.rows == 0 or current[name].dropna().empty:
+        elif profile.rows == 0 or _clean(current[name]).empty:
             skipped[name] = "no values in reference or current data"
-            continue
-        results.append(column_drift(profile, current[name]))
-    return DriftReport(results, reference.rows, len(current), max_drifted_share, skipped)
+        else:
+            names.append(name)
+    return names, skipped
+
+
+def calibrated_drift(reference: ReferenceProfile, current: pd.DataFrame, max_drifted_share: float,
+                     settings: CalibratedSettings | None = None) -> DriftReport:
+    """Every profiled column, tested with p-values that account for both sizes, BH across the features."""
+    settings = settings or CalibratedSettings()
+    names, skipped = _columns_to_test(reference, current)
+    family = decide([calibrated_column(reference.columns[n], current[n], settings) for n in names], settings)
+    return DriftReport(family, reference.rows, len(current), max_drifted_share, skipped, CALIBRATED)
+
+
+def drift_report(method: str, reference: ReferenceProfile, current: pd.DataFrame, max_drifted_share: float,
+                 settings: CalibratedSettings | None = None) -> DriftReport:
+    """The week's input drift by the spec's method: ``evidently`` (its exact rule) or ``calibrated``."""
+    if method == EVIDENTLY:
+        return dataset_drift(reference, current, max_drifted_share)
+    if method == CALIBRATED:
+        return calibrated_drift(reference, current, max_drifted_share, settings)
+    raise ValueError(f"unknown drift method {method!r}: evidently or calibrated")
+
+
+def single_column_drift(method: str, reference: ColumnProfile, current: pd.Series, settings: CalibratedSettings,
+                        role: str, counts: bool) -> ColumnDrift:
+    """A prediction or label row: its own family of one (its adjusted p-value is its p-value)."""
+    if method == EVIDENTLY:
+        column = column_drift(reference, current)
+        column.role, column.counts = role, counts
+        return column
+    return decide([calibrated_column(reference, current, settings, role, counts)], settings)[0]
+
+
+def settings_from_spec(drift_spec: Any) -> CalibratedSettings:
+    """The calibrated method's knobs from a spec's ``drift`` section."""
+    return CalibratedSettings(alpha=drift_spec.alpha, min_effect=drift_spec.min_effect,
+                              permutations=drift_spec.permutations, permutation_rows=drift_spec.permutation_rows,
+                              asymptotic_rows=drift_spec.asymptotic_rows, seed=drift_spec.seed)
 
 
 def render_evidently_report(reference: pd.DataFrame, current: pd.DataFrame, numerical: list[str],
@@ -242,3 +347,134 @@ def reference_span(week_start: datetime, window_weeks: int, champion_window: tup
         return champion_window[0], champion_window[1], f"training window of champion v{champion_version}"
     return (week_start - timedelta(weeks=window_weeks), week_start,
             f"the {window_weeks} weeks before (no earlier champion)")
+
+
+@dataclass
+class Champion:
+    """The production model whose predictions are watched: scored once on its training window per version."""
+
+    version: str
+    window: tuple[datetime, datetime]
+    model: Any  # a fitted sklearn pipeline
+
+
+@dataclass
+class WeekDrift:
+    """One week's verdict, with the rows it came from (Evidently's HTML report needs them)."""
+
+    week: str
+    report: DriftReport
+    current: pd.DataFrame
+    reference_rows: pd.DataFrame
+    reference_text: str
+    inputs_from: str = "the features of the week"  # or the prediction log's production inputs
+
+
+def _prediction_values(spec: ModelSpec, model: Any, rows: pd.DataFrame) -> pd.Series:
+    """What is compared: the score (regression value, binary probability) or, for multiclass, the predicted class."""
+    from mlplatform.lib.training import predict, split_xy
+
+    x, _ = split_xy(rows, spec)
+    predicted = predict(model, x, spec.task)
+    values = predicted.label if spec.task == "multiclass" else predicted.score
+    return pd.Series(np.asarray(values), name=PREDICTION)
+
+
+def _target_profile(spec: ModelSpec, rows: pd.DataFrame) -> ReferenceProfile | None:
+    if spec.target not in rows.columns:
+        return None
+    frame = rows[[spec.target]]
+    if spec.task == "regression":
+        return profile_reference(frame, [spec.target], [])
+    return profile_reference(frame.astype({spec.target: str}).where(frame.notna()), [], [spec.target])
+
+
+def weekly_drift(spec: ModelSpec, week_starts: list[date], run_rows: pd.DataFrame,
+                 read_window: Callable[[datetime, datetime], pd.DataFrame], champion: Champion | None,
+                 method: str | None = None,
+                 production_inputs: pd.DataFrame | None = None) -> tuple[list[WeekDrift], list[str]]:
+    """Every week of a run against its reference: input features, champion predictions and labels.
+
+    ``run_rows`` are the features rows of the run's weeks (read once, sliced per week); ``read_window(start, end)``
+    reads a reference window, called once per distinct window (the profile is reused for every week it serves).
+    ``production_inputs`` (the prediction log's inputs, with a ``time`` column): a week that has logged inputs is
+    judged on what production actually sent; its labels still come from the features rows.
+    Returns the weeks' results and notes for the log (weeks skipped, prediction drift not computed and why).
+    """
+    drift_spec = spec.drift
+    method = method or drift_spec.method
+    settings = settings_from_spec(drift_spec)
+    numerical, categorical = spec.features.numeric, spec.features.categorical
+    references: dict[tuple[datetime, datetime], tuple[ReferenceProfile, pd.DataFrame, ReferenceProfile | None]] = {}
+    prediction_reference: ColumnProfile | str | None = None
+    results, notes = [], []
+    if champion is None:
+        notes.append("no champion: no prediction-drift row")
+    for week_start in week_starts:
+        start = datetime.combine(week_start, datetime.min.time())
+        week = week_start.isoformat()
+        current = rows_in_window(run_rows, spec.time_column, Window(start, start + timedelta(weeks=1)))
+        labelled, inputs_from = current, "the features of the week"
+        if production_inputs is not None and not production_inputs.empty:
+            logged = rows_in_window(production_inputs, "time", Window(start, start + timedelta(weeks=1)))
+            if not logged.empty and all(c in logged.columns for c in spec.feature_columns):
+                current, inputs_from = logged, f"{len(logged)} logged production inputs of the week"
+        reference_start, reference_end, reference_kind = reference_span(
+            start, spec.partitions.training_window_weeks, champion.window if champion else None,
+            champion.version if champion else None)
+        if (reference_start, reference_end) not in references:
+            rows = read_window(reference_start, reference_end)
+            references[(reference_start, reference_end)] = (
+                profile_reference(rows, numerical, categorical), rows, _target_profile(spec, rows))
+        profile, reference_rows, target_profile = references[(reference_start, reference_end)]
+        if current.empty or profile.rows == 0:
+            notes.append(f"drift week {week}: no current rows or no reference rows ({reference_kind}); skipped")
+            continue
+        report = drift_report(method, profile, current, drift_spec.max_drifted_share, settings)
+        if champion is None:
+            report.skipped[PREDICTION] = "no champion"
+        elif start < champion.window[1]:
+            report.skipped[PREDICTION] = (f"week is inside or before champion v{champion.version}'s training window "
+                                          f"(ends {champion.window[1]:%Y-%m-%d})")
+        else:
+            if prediction_reference is None:
+                prediction_reference = _champion_reference(spec, champion, references, read_window)
+            if isinstance(prediction_reference, str):
+                report.skipped[PREDICTION] = prediction_reference
+            else:
+                report.columns.append(single_column_drift(
+                    method, prediction_reference, _prediction_values(spec, champion.model, current), settings,
+                    PREDICTION, drift_spec.prediction_counts))
+        labels = labelled[spec.target] if spec.target in labelled.columns else None
+        if (target_profile is None or labels is None or labels.dropna().empty
+                or target_profile.columns[spec.target].rows == 0):
+            report.skipped[LABEL] = "labels not known for this week or its reference"
+        else:
+            if spec.task != "regression":
+                labels = labels.astype(str).where(labels.notna())
+            row = single_column_drift(method, target_profile.columns[spec.target], labels, settings, LABEL,
+                                      drift_spec.label_counts)
+            report.columns.append(row)
+        results.append(WeekDrift(week, report, current, reference_rows,
+                                 f"{reference_kind}: {reference_start:%Y-%m-%d} .. {reference_end:%Y-%m-%d}", inputs_from))
+    return results, notes
+
+
+def _champion_reference(spec: ModelSpec, champion: Champion, references: dict,
+                        read_window: Callable[[datetime, datetime], pd.DataFrame]) -> ColumnProfile | str:
+    """The champion's predictions on its own training window, profiled once per champion version."""
+    cached = references.get(champion.window)
+    rows = cached[1] if cached else read_window(*champion.window)
+    if rows.empty:
+        return f"no rows in champion v{champion.version}'s training window"
+    frame = _prediction_values(spec, champion.model, rows).to_frame()
+    if spec.task == "multiclass":
+        return profile_reference(frame, [], [PREDICTION]).columns[PREDICTION]
+    return profile_reference(frame, [PREDICTION], []).columns[PREDICTION]
+
+
+def weeks_with_html(results: list[WeekDrift], newest_failing: int) -> set[str]:
+    """Evidently's HTML costs ~1-2 s a week: the newest ``newest_failing`` failing weeks and the run's last week."""
+    failing = [r.week for r in results if not r.report.passed]
+    failing = failing[-newest_failing:] if newest_failing else []  # ([-0:] would be every week)
+    return set(failing) | ({results[-1].week} if results else set())

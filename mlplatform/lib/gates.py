@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlplatform.lib.drift import DriftReport
 from mlplatform.lib.metrics import PairedComparison
 from mlplatform.specs.tasks import is_lower_better
+
+if TYPE_CHECKING:  # importing lib.drift pulls scipy into every code-location load (~1.6 s)
+    from mlplatform.lib.drift import DriftReport
 
 THRESHOLD = "absolute_threshold"
 CHAMPION = "beat_champion"
@@ -108,12 +110,13 @@ def training_data_gate(report: DriftReport | None, recent_label: str) -> GateOut
     if report is None:
         return GateOutcome(TRAINING_DATA, True, f"no recent production inputs to compare with ({recent_label})",
                            {"recent": recent_label})
-    drifted = {c.column: {"method": c.method, "score": round(float(c.score), 6)} for c in report.drifted}
+    drifted = {c.column: c.brief() for c in report.drifted}
     verdict = "within" if report.passed else "above"
-    reason = (f"{len(report.drifted)} of {len(report.columns)} features drifted between the training window and "
-              f"{recent_label} (share {report.share:.2f}, {verdict} the limit {report.max_drifted_share:g})"
-              + ("" if report.passed else f": {', '.join(drifted)}; training halted"))
+    reason = (f"{len(report.drifted)} of {len(report.counted)} features drifted between the training window and "
+              f"{recent_label} (share {report.share:.2f}, {verdict} the limit {report.max_drifted_share:g}; "
+              f"method {report.method})" + ("" if report.passed else f": {', '.join(drifted)}; training halted"))
     return GateOutcome(TRAINING_DATA, report.passed, reason, {
         "drifted_share": report.share, "max_drifted_share": report.max_drifted_share, "drifted": drifted,
-        "recent": recent_label, "training_rows": report.reference_rows, "recent_rows": report.current_rows,
+        "method": report.method, "recent": recent_label, "training_rows": report.reference_rows,
+        "recent_rows": report.current_rows,
     })

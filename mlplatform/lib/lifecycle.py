@@ -89,13 +89,18 @@ def recent_inputs(features: pd.DataFrame, spec: ModelSpec, week_start: datetime,
 
 def training_data_check(spec: ModelSpec, train: pd.DataFrame, recent: pd.DataFrame,
                         recent_label: str) -> gate_lib.GateOutcome:
-    """The training-data gate: the training window against recent production inputs, with the drift tests."""
-    from mlplatform.lib.drift import dataset_drift, profile_reference
+    """The training-data gate: the training window against recent production inputs, with the drift tests.
+
+    Its method is ``gates.training_data.method``, else ``drift.method`` (with drift's alpha and effect floor).
+    """
+    from mlplatform.lib.drift import drift_report, profile_reference, settings_from_spec
 
     if recent.empty:
         return gate_lib.training_data_gate(None, recent_label)
+    gate = spec.gates.training_data
     profile = profile_reference(train, spec.features.numeric, spec.features.categorical)
-    report = dataset_drift(profile, recent, spec.gates.training_data.max_drifted_share)
+    report = drift_report(gate.method or spec.drift.method, profile, recent, gate.max_drifted_share,
+                          settings_from_spec(spec.drift))
     return gate_lib.training_data_gate(report, recent_label)
 
 

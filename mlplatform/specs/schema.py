@@ -186,6 +186,8 @@ class TrainingDataGateSpec(_Strict):
                                      "features drifted between the training window and recent production inputs.")
     recent_days: int = Field(default=30, ge=1, description="Days of recent production inputs to compare with "
                              "(the days just before week W until a prediction log exists).")
+    method: Literal["calibrated", "evidently"] | None = Field(default=None, description="The drift test of this gate; "
+                                                             "None: the same as drift.method (and drift's alpha and min_effect).")
 
 
 class GatesSpec(_Strict):
@@ -209,7 +211,30 @@ class FairnessSpec(_Strict):
 
 
 class DriftSpec(_Strict):
+    method: Literal["calibrated", "evidently"] = Field(
+        default="calibrated", description="How a feature's drift is decided. calibrated: a two-sample p-value that "
+        "accounts for both sample sizes (K-S for numerical, chi-square for categorical; asymptotic where valid, else a "
+        "seeded permutation test), Benjamini-Hochberg across the week's features, and an effect-size floor. "
+        "evidently: Evidently DataDriftPreset's own rule (distances vs a fixed 0.1 above 1000 reference rows).")
     max_drifted_share: float = Field(default=0.3, ge=0, le=1, description="Drift check fails above this share of drifted features.")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="calibrated: a feature can drift only when its "
+                         "Benjamini-Hochberg adjusted p-value is below this (false-discovery rate across the week's features).")
+    min_effect: float = Field(default=0.1, ge=0, le=1, description="calibrated: ... and its effect is at least this: "
+                              "K-S D (numerical) or total variation distance (categorical), both the largest difference in "
+                              "the probability of some event between reference and week (0.1 = 10 percentage points).")
+    permutations: int = Field(default=2000, ge=100, description="calibrated: permutations when the asymptotic p-value is "
+                              "doubtful (numerical with fewer than asymptotic_rows on a side; categorical with an expected "
+                              "count below 5). Smallest p-value 1/(permutations+1).")
+    permutation_rows: int = Field(default=4000, ge=100, description="calibrated: pooled rows permuted at most (all current "
+                                  "rows up to half, the rest a random reference sample); bounds the cost.")
+    asymptotic_rows: int = Field(default=1000, ge=10, description="calibrated: numerical features use the asymptotic K-S "
+                                 "p-value when both sides have at least this many rows, else a permutation test.")
+    seed: int = Field(default=0, description="calibrated: seed of the permutation tests (results are reproducible).")
+    prediction_counts: bool = Field(default=False, description="Whether the champion's prediction drift (its predictions "
+                                    "on week W vs on its training window) counts toward the drifted share; it is always "
+                                    "reported as its own row.")
+    label_counts: bool = Field(default=False, description="Whether label drift (the week's target vs the reference "
+                               "window's, where labels are known) counts toward the drifted share; always reported.")
     report_rows: int = Field(default=5000, ge=100, description="Rows per side sampled into the Evidently HTML report.")
     html_reports_per_run: int = Field(default=4, ge=0, description="Evidently HTML reports per run: the newest failing "
                                       "weeks (plus always the run's last week); the statistics cover every week.")
