@@ -21,7 +21,8 @@ SEED = 0
 
 def estimator_class(spec: ModelSpec) -> type:
     """The spec's estimator class, imported only when its module is on the allow-list (never from the spec folder)."""
-    return import_estimator_class(spec.estimator.class_name or "", spec.spec_file.parent)
+    folder = spec.spec_file.parent if spec.spec_file.is_file() else None  # a spec built in code has no folder
+    return import_estimator_class(spec.estimator.class_name or "", folder)
 
 
 def build_pipeline(spec: ModelSpec) -> Pipeline:
