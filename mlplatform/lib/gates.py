@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlplatform.lib.metrics import PairedComparison
 from mlplatform.specs.tasks import is_lower_better
 
-if TYPE_CHECKING:  # importing lib.drift pulls scipy into every code-location load (~1.6 s)
+if TYPE_CHECKING:  # type hints only: lib.drift and lib.metrics pull scipy into every code-location load
     from mlplatform.lib.drift import DriftReport
+    from mlplatform.lib.metrics import PairedComparison
 
 THRESHOLD = "absolute_threshold"
 CHAMPION = "beat_champion"
