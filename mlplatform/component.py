@@ -87,7 +87,7 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
     from mlplatform.defs.data_assets import build_features_asset, build_raw_asset
     from mlplatform.defs.drift_assets import build_drift_assets
     from mlplatform.defs.model_assets import build_model_assets
-    from mlplatform.defs.serving_assets import build_prediction_log_asset
+    from mlplatform.defs.serving_assets import build_prediction_log_spec
 
     with warnings.catch_warnings():
         # Single-run backfills (what makes `--partition-range` one run) and the Pandera Dagster type are
@@ -99,7 +99,7 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
             from mlplatform.defs.staging import build_staged_assets
 
             assets.append(build_staged_assets(spec))
-        assets += [build_features_asset(spec), build_model_assets(spec), build_prediction_log_asset(spec),
+        assets += [build_features_asset(spec), build_model_assets(spec), build_prediction_log_spec(spec),
                    build_drift_assets(spec)]
     pipeline, retrain, weekly = build_jobs(spec)
     approve, rollback = build_approval_jobs(spec)

@@ -21,7 +21,6 @@ from dagster import (
 from mlplatform import names
 from mlplatform.defs.check_history import check_executions
 from mlplatform.defs.keys import (
-    asset_key,
     backtest_key,
     drift_check_key,
     drift_key,
@@ -39,8 +38,7 @@ from mlplatform.specs import ModelSpec
 def build_jobs(spec: ModelSpec) -> list:
     """The whole lifecycle, the retrain (model, evaluation, backtest) and the weekly job."""
     training = AssetSelection.assets(model_key(spec), evaluation_key(spec), backtest_key(spec))
-    data = AssetSelection.assets(raw_key(spec), features_key(spec), drift_key(spec),
-                                 asset_key(spec.name, names.PREDICTION_LOG))
+    data = AssetSelection.assets(raw_key(spec), features_key(spec), drift_key(spec))
     if spec.staging is not None:
         data = data | AssetSelection.assets(staged_key(spec))
     weekly = data | training if spec.automation.retrain == "weekly" else data
@@ -50,7 +48,8 @@ def build_jobs(spec: ModelSpec) -> list:
         define_asset_job(names.retrain_job(spec.name), selection=training, partitions_def=weekly_partitions(spec),
                          description=f"Retrain {spec.name} for one week (what the drift sensor requests)"),
         define_asset_job(names.weekly_job(spec.name), selection=weekly, partitions_def=weekly_partitions(spec),
-                         description=f"The week that just ended for {spec.name}: data, served predictions and drift"
+                         description=f"The week that just ended for {spec.name}: data and drift (with the week's "
+                         "served predictions)"
                          + (", model" if spec.automation.retrain == "weekly" else "")),
     ]
 

@@ -8,7 +8,7 @@ HTML report is Evidently's own, rendered from a bounded sample.
 
 import base64
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -26,9 +26,10 @@ from dagster import (
 
 from mlplatform import names
 from mlplatform.defs.data_assets import owners
-from mlplatform.defs.keys import asset_key, drift_key, features_key
+from mlplatform.defs.keys import drift_key, features_key
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, write_week_rows
+from mlplatform.defs.serving_assets import prediction_log_key, prediction_log_materialization
 from mlplatform.lib.aliases import CHAMPION
 from mlplatform.lib.audit import AuditEvent, append_events
 from mlplatform.lib.source import Window
@@ -77,7 +78,7 @@ def build_drift_assets(spec: ModelSpec):
         name=names.multi_asset_op(spec.name, names.DRIFT),
         specs=[AssetSpec(
             key, group_name=spec.name, owners=owners(spec), kinds={"evidently", "duckdb"}, skippable=True,
-            deps=[AssetDep(features_key(spec)), AssetDep(asset_key(spec.name, names.PREDICTION_LOG))],
+            deps=[AssetDep(features_key(spec)), AssetDep(prediction_log_key(spec))],
             description="Feature drift of week W against the champion's training reference (or the N weeks before W "
             f"when there is none), decided by {decides} (drift.method: {spec.drift.method}); the champion's prediction "
             "drift and the label drift as their own rows; the drifted share, and Evidently's HTML report (newest "
@@ -103,12 +104,12 @@ def build_drift_assets(spec: ModelSpec):
         platform: PlatformState = context.resources.platform
         reports_dir = platform.reports_dir(spec.name)
         run_rows = warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)  # one read, sliced per week
-        logged = read_prediction_log(platform.home_path, spec.name, window.start, window.end,
-                                     roles=[CHAMPION_ROLE, CANARY_ROLE])
+        logged = read_prediction_log(platform.home_path, spec.name, window.start, window.end)
+        answered = logged[logged["role"].isin([CHAMPION_ROLE, CANARY_ROLE])]  # what clients got, not shadow scores
         results, notes = weekly_drift(
             spec, window.week_starts(), run_rows,
             lambda start, end: warehouse.read_window(spec.name, names.FEATURES, spec.time_column, Window(start, end)),
-            champion_for_drift(spec, registry), production_inputs=logged if len(logged) else None)
+            champion_for_drift(spec, registry), production_inputs=answered if len(answered) else None)
         for note in notes:
             context.log.warning(note) if "skipped" in note else context.log.info(note)
         with_html = weeks_with_html(results, spec.drift.html_reports_per_run)
@@ -125,6 +126,11 @@ def build_drift_assets(spec: ModelSpec):
                     passed=False, dagster_run_id=context.run.run_id,
                     details={"method": r.report.method, "drifted": [c.column for c in r.report.drifted]})
                     for r in results if not r.report.passed])
+        for week_start in window.week_starts():  # what the service answered, week by week (an external asset)
+            start = datetime.combine(week_start, datetime.min.time())
+            served = logged[(logged["time"] >= start) & (logged["time"] < start + timedelta(weeks=1))]
+            if len(served):
+                context.log_event(prediction_log_materialization(spec, week_start.isoformat(), served))
         for result in results:
             week, report = result.week, result.report
             metadata = {

@@ -1,59 +1,52 @@
 """``<model>/prediction_log``: what the REST service answered each week, read from its Parquet log.
 
-The service owns the log (it must never hold the warehouse lock); this asset makes each week of it
-visible in the lineage model -> served predictions -> drift, with rows, versions, roles and latency.
+The service (``mlplatform serve``) writes the log, outside Dagster: it must never hold the warehouse
+lock. So the asset is external (not executed by a job); the drift step, which reads the log anyway,
+reports each week of it as a materialization: rows, versions, roles and latency. The lineage then
+reads model -> served predictions -> drift, and no run step waits on the service.
 """
 
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from typing import Any
 
-from dagster import AssetDep, AssetExecutionContext, AssetMaterialization, AssetSpec, MetadataValue, multi_asset
+import pandas as pd
+from dagster import AssetDep, AssetMaterialization, AssetSpec, MetadataValue
 
 from mlplatform import names
 from mlplatform.defs.data_assets import owners
 from mlplatform.defs.keys import asset_key, model_key
 from mlplatform.defs.metadata import rows_table
-from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
-from mlplatform.defs.resources import PlatformState
+from mlplatform.defs.partitions import weekly_partitions
 from mlplatform.specs import ModelSpec
 
 
-def build_prediction_log_asset(spec: ModelSpec):
-    key = asset_key(spec.name, names.PREDICTION_LOG)
+def prediction_log_key(spec: ModelSpec):
+    return asset_key(spec.name, names.PREDICTION_LOG)
 
-    @multi_asset(
-        name=names.multi_asset_op(spec.name, names.PREDICTION_LOG),
-        specs=[AssetSpec(
-            key, group_name=spec.name, owners=owners(spec), kinds={"fastapi", "parquet"}, skippable=True,
-            deps=[AssetDep(model_key(spec))],
-            description="Predictions the REST service (`mlplatform serve`) answered in week W, read from its "
-            "append-only Parquet log: rows, versions, roles (champion, canary, shadow) and latency. The log's "
-            "format is a contract: docs/serving.md.",
-        )],
-        **{**weekly_multi_asset_options(spec), "required_resource_keys": {"platform"}},
+
+def build_prediction_log_spec(spec: ModelSpec) -> AssetSpec:
+    return AssetSpec(
+        prediction_log_key(spec), group_name=spec.name, owners=owners(spec), kinds={"fastapi", "parquet"},
+        deps=[AssetDep(model_key(spec))], partitions_def=weekly_partitions(spec),
+        description="Predictions the REST service (`mlplatform serve`) answered in week W, from its append-only "
+        "Parquet log: rows, versions, roles (champion, canary, shadow) and latency. Written by the service; reported "
+        "here by the drift step for every week it checks. The log's format is a contract: docs/serving.md.",
     )
-    def prediction_log(context: AssetExecutionContext) -> Iterator:
-        from mlplatform.lib.prediction_log import read_prediction_log, weekly_summary
 
-        platform: PlatformState = context.resources.platform
-        window = run_window(context)
-        logged = read_prediction_log(platform.home_path, spec.name, window.start, window.end, expand_inputs=False)
-        for week_start in window.week_starts():
-            start = datetime.combine(week_start, datetime.min.time())
-            week = logged[(logged["time"] >= start) & (logged["time"] < start + timedelta(weeks=1))]
-            summary = weekly_summary(week)
-            table = rows_table(["version", "role", "rows", "p50 ms", "p99 ms"], [
-                (f"v{r['version']}", r["role"], r["rows"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}")
-                for r in summary["by_version_role"]])
-            context.log_event(AssetMaterialization(asset_key=key, partition=week_start.isoformat(), metadata={
-                "rows": summary["rows"],
-                "requests": summary["requests"],
-                "versions": MetadataValue.json(summary["versions"]),
-                "roles": MetadataValue.json(summary["roles"]),
-                "latency_p50_ms": summary["p50_ms"],
-                "latency_p99_ms": summary["p99_ms"],
-                "by_version_and_role": MetadataValue.md(table if summary["rows"] else "nothing logged this week"),
-            }))
-        yield from ()
 
-    return prediction_log
+def prediction_log_materialization(spec: ModelSpec, week: str, logged_week: pd.DataFrame) -> AssetMaterialization:
+    """Week W of the log as the UI shows it."""
+    from mlplatform.lib.prediction_log import weekly_summary
+
+    summary: dict[str, Any] = weekly_summary(logged_week)
+    table = rows_table(["version", "role", "rows", "p50 ms", "p99 ms"], [
+        (f"v{r['version']}", r["role"], r["rows"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}")
+        for r in summary["by_version_role"]])
+    return AssetMaterialization(asset_key=prediction_log_key(spec), partition=week, metadata={
+        "rows": summary["rows"],
+        "requests": summary["requests"],
+        "versions": MetadataValue.json(summary["versions"]),
+        "roles": MetadataValue.json(summary["roles"]),
+        "latency_p50_ms": summary["p50_ms"],
+        "latency_p99_ms": summary["p99_ms"],
+        "by_version_and_role": MetadataValue.md(table if summary["rows"] else "nothing logged this week"),
+    })
