@@ -7,6 +7,7 @@ from start to end, so it never sees half a swap.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -206,12 +207,17 @@ class ModelWatcher:
     def refresh(self) -> ServingState:
         """Read every model's aliases once; load what moved; assign the new state if anything changed."""
         current = self.state
+        loaded_before = set(self._loaded)
         models = {name: self._refresh_model(state) for name, state in current.models.items()}
         if any(_served(models[n]) != _served(s) for n, s in current.models.items()):
             self.swaps += 1
         new = ServingState(models)
         self.state = new  # the swap: one reference assignment
         self._forget_unused(new)
+        if self._loaded.keys() != loaded_before:
+            # Everything alive now (libraries, models) lives as long as the service: keep it out of the garbage
+            # collector's full passes, which otherwise walk millions of such objects (~100 ms pauses: the p99).
+            gc.freeze()
         if self.on_swap is not None:
             self.on_swap(new)
         return new
