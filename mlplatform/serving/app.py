@@ -7,6 +7,7 @@ Handlers read the raw body and check records with :class:`RecordSchema` instead 
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import logging
@@ -178,6 +179,7 @@ class ServingRuntime:
         await self.batcher.stop()
         await asyncio.to_thread(self.shadow.stop)
         await asyncio.to_thread(self.watcher.stop)
+        gc.unfreeze()  # let the collector see everything again (the watcher froze the long-lived objects)
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
             log.info("prediction log: %d rows in %d segments", self.writer.written_rows, self.writer.segments)
