@@ -6,6 +6,7 @@ then each test starts its own server on it. Tests that move aliases put them bac
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -222,13 +223,20 @@ def test_predictions_equal_the_registered_models_own_predict_by_batch_one_by_one
         classifier = world.pipeline("toy_bin", "1")
         x_bin = split_xy(rows, world.spec("toy_bin"))[0]
         x_bin["color"] = x_bin["color"].fillna("red")  # toy_bin's color may be null; x1 may not
-        binary = server.predict("toy_bin", records(x_bin, ["x1", "x2", "color"])).json()["predictions"]
+        binary_body = server.predict("toy_bin", records(x_bin, ["x1", "x2", "color"])).json()
+        binary = binary_body["predictions"]
         assert [a["prediction"] for a in binary] == list(classifier.predict(x_bin))
         np.testing.assert_allclose([[a["probabilities"]["no"], a["probabilities"]["yes"]] for a in binary],
                                    classifier.predict_proba(x_bin), rtol=1e-12)
         mlflow_labels = server.client.post("/v1/models/toy_bin/invocations",
                                            json={"dataframe_records": records(x_bin, ["x1", "x2", "color"])})
         assert mlflow_labels.json() == {"predictions": list(classifier.predict(x_bin))}
+    logged = read_prediction_log(world.home, "toy_bin")
+    logged = logged[logged["request_id"] == binary_body["request_id"]].sort_values("record_index")
+    assert [json.loads(p) for p in logged["probabilities"]] == [a["probabilities"] for a in binary]
+    assert list(logged["label"]) == [a["prediction"] for a in binary]
+    np.testing.assert_array_equal(logged["x1"], x_bin["x1"])
+    assert list(logged["color"]) == list(x_bin["color"])
 
 
 def feature_rows(n: int, seed: int = 1) -> pd.DataFrame:
@@ -430,8 +438,6 @@ PAYLOAD = st.one_of(
 
 
 def test_fuzzed_requests_never_get_a_500(world):
-    import json
-
     with serve(world, ["toy", "toy_bin"]) as server:
 
         @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)

@@ -145,8 +145,9 @@ class ShadowScorer:
             self.metrics.latency.labels(model.name, model.version, SHADOW_ROLE).observe(elapsed)
             if self.writer is not None:
                 for log_row, output in zip(log_rows, outputs, strict=True):
-                    log_row.update(version=model.version, role=SHADOW_ROLE, outputs=_public(output),
-                                   score=output["score"], label=_label(output), latency_ms=elapsed * 1000)
+                    log_row.update(version=model.version, role=SHADOW_ROLE, score=output["score"],
+                                   label=_label(output), probabilities=output.get("probabilities"),
+                                   latency_ms=elapsed * 1000)
                 self.writer.write(log_rows)
 
 
@@ -155,7 +156,10 @@ class ServingRuntime:
 
     def __init__(self, config: ServingConfig):
         self.config = config
-        self.writer = PredictionLogWriter(config.home, config.flush_seconds) if config.log_predictions else None
+        input_types = {spec.name: {**{c: "float64" for c in spec.features.numeric},
+                                   **{c: "string" for c in spec.features.categorical}} for spec in config.specs}
+        self.writer = (PredictionLogWriter(config.home, config.flush_seconds, input_types)
+                       if config.log_predictions else None)
         self.metrics = ServingMetrics(lambda: self.writer.backlog if self.writer else 0,
                                       lambda: self.writer.written_rows if self.writer else 0)
         self.watcher = ModelWatcher(config.specs, Registry(config.tracker), config.poll_seconds,
@@ -244,8 +248,9 @@ class ServingRuntime:
         if self.writer is not None or model.shadow:
             log_rows = [{"request_id": request_id, "record_index": i, "record_id": record_ids[i], "time": when,
                          "model": model.spec.name, "version": versions[i], "role": roles[i],
-                         "entity_key": entities[i], "inputs": rows[i], "outputs": _public(outputs_by_index[i]),
-                         "score": outputs_by_index[i]["score"], "label": _label(outputs_by_index[i]),
+                         "entity_key": entities[i], "inputs": rows[i], "score": outputs_by_index[i]["score"],
+                         "label": _label(outputs_by_index[i]),
+                         "probabilities": outputs_by_index[i].get("probabilities"),
                          "latency_ms": latency * 1000} for i in range(len(rows))]
             if self.writer is not None:
                 self.writer.write(log_rows)
