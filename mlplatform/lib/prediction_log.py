@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -140,8 +141,12 @@ class PredictionLogWriter:
         log.error("prediction log: %d rows could not be written at shutdown", len(self._pending))
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
+        """Flush on a fixed schedule (not ``flush_seconds`` after the previous write ended), so a row waits at most
+        one interval plus the time one write takes; a late flush does not push the next one back."""
+        deadline = time.monotonic() + self.flush_seconds
+        while not self._stop.wait(max(0.0, deadline - time.monotonic())):
             self.flush()
+            deadline = max(deadline + self.flush_seconds, time.monotonic())
 
 
 def write_segments(root: Path, rows: Sequence[Mapping[str, Any]],
