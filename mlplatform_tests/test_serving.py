@@ -604,6 +604,19 @@ def test_the_fast_preprocessing_twin_matches_the_pipeline_or_is_not_used(world):
     np.testing.assert_array_equal(loaded.fast.transform(checked), pipeline.named_steps["preprocess"].transform(frame))
     np.testing.assert_array_equal([o["probabilities"]["yes"] for o in loaded.predict(checked)],
                                   pipeline.predict_proba(frame)[:, 1])
+    assert loaded.trees is not None  # the flat tree twin answers small requests: the same numbers, bit for bit
+    small = [o["probabilities"]["yes"] for start in range(0, 300, 5) for o in loaded.predict(checked[start:start + 5])]
+    np.testing.assert_array_equal(small, pipeline.predict_proba(frame)[:, 1])
+
+    regression = world.spec("toy")
+    regression.estimator.class_name = "sklearn.ensemble.HistGradientBoostingRegressor"
+    regression.estimator.params = {"max_iter": 15}
+    x_reg, y_reg = split_xy(world.rows, regression)
+    regressor = build_pipeline(regression).fit(x_reg, y_reg)
+    loaded_regressor = LoadedModel.of(regression, "r", regressor)
+    assert loaded_regressor.trees is not None
+    one_by_one = [loaded_regressor.predict([row])[0]["prediction"] for row in checked[:40]]
+    np.testing.assert_array_equal(one_by_one, regressor.predict(loaded_regressor.frame(checked[:40])))
 
     scaled = Pipeline([("preprocess", pipeline.named_steps["preprocess"]), ("scale", StandardScaler()),
                        ("estimator", pipeline.named_steps["estimator"])])
