@@ -379,6 +379,9 @@ def test_bad_requests_get_a_4xx_naming_the_problem(world):
         assert post("/v1/models/toy/predict", content=b"\xff\xfe\x00").status_code == 400
         too_many = post("/v1/models/toy/predict", json={"records": [good] * 11})
         assert too_many.status_code == 413 and too_many.json()["max_batch"] == 10
+        huge = post("/v1/models/toy/predict", content=b'{"records": [' + b" " * 200_000 + b"]}")
+        assert huge.status_code == 413 and "request body above" in huge.json()["error"]
+        assert server.client.get("/v1/models/toy/predict").status_code == 405
         assert post("/v1/models/toy/predict", json=[good]).status_code == 422
         assert post("/v1/models/toy/predict", json={"records": []}).status_code == 422
 
