@@ -13,7 +13,7 @@ load that same registered version:
 Bodies carry the 7 features only (no key), for every side.
 Load: wrk (``apt-get install wrk``; not a Python dependency, not run by CI) with a Lua POST script, one wrk thread
 pinned to CPU 1 with taskset; the servers are not pinned (they share both cores with wrk: on 2 cores the generator
-always competes, and it competes the same way for both). Scenarios: 1-row requests at concurrency 1, 8 and 32;
+always competes, and it competes the same way for both). Each scenario gets a freshly started server. Scenarios: 1-row requests at concurrency 1, 8 and 32;
 100-row requests at concurrency 8. Each scenario: a 2 s warm-up, then ``--seconds`` measured. Prints rps, p50,
 p99 (wrk's --latency, timeout 5 s) for each side, the rps ratio of mlplatform to the better mlflow, and the CPU time
 the server's processes used per request (from /proc: robust to other load on the machine, unlike rps).
@@ -190,28 +190,26 @@ def benchmark(seconds: int) -> None:
         records = [{k: v for k, v in r.items() if k != "id"} for r in build_home(home)]  # the features only
         results: dict[str, dict[str, dict[str, float]]] = {}
         for side, (server, extra_env) in SIDES.items():
-            port = free_port()
-            start = start_mlflow if server == "mlflow" else start_mlplatform
-            process = start(home, port, extra_env=extra_env)
-            base = f"http://127.0.0.1:{port}"
-            url = f"{base}/invocations" if server == "mlflow" else f"{base}/v1/models/car_loan/predict"
-            key = "dataframe_records" if server == "mlflow" else "records"
-            try:
-                for name, rows, connections in SCENARIOS:
-                    body = json.dumps({key: records[:rows]})
-                    try:
-                        check = httpx.post(url, content=body, headers={"content-type": "application/json"},
-                                           timeout=60)
-                        assert check.status_code == 200, check.text
-                        wrk(url, body, connections, 2, Path(folder), process.pid)  # warm-up
-                        result = wrk(url, body, connections, seconds, Path(folder), process.pid)
-                    except (httpx.HTTPError, subprocess.CalledProcessError, AttributeError) as error:
-                        result = {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "cpu_ms": float("nan"),
-                                  "error": f"{type(error).__name__}: {error}"}
-                    results.setdefault(name, {})[side] = result
-                    print(f"{side:<13} {name:<14} {result}", flush=True)
-            finally:
-                stop(process)
+            for name, rows, connections in SCENARIOS:
+                # A fresh server per scenario: an overloaded one may still be working off the previous backlog.
+                port = free_port()
+                start = start_mlflow if server == "mlflow" else start_mlplatform
+                process = start(home, port, extra_env=extra_env)
+                base = f"http://127.0.0.1:{port}"
+                url = f"{base}/invocations" if server == "mlflow" else f"{base}/v1/models/car_loan/predict"
+                body = json.dumps({"dataframe_records" if server == "mlflow" else "records": records[:rows]})
+                try:
+                    check = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=60)
+                    assert check.status_code == 200, check.text
+                    wrk(url, body, connections, 2, Path(folder), process.pid)  # warm-up
+                    result = wrk(url, body, connections, seconds, Path(folder), process.pid)
+                except (httpx.HTTPError, subprocess.CalledProcessError, AttributeError) as error:
+                    result = {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "cpu_ms": float("nan"),
+                              "error": f"{type(error).__name__}: {error}"}
+                finally:
+                    stop(process)
+                results.setdefault(name, {})[side] = result
+                print(f"{side:<13} {name:<14} {result}", flush=True)
         print()
         print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, load average "
               f"{os.getloadavg()[0]:.1f}; wrk -t1 --timeout 5s pinned to CPU 1, {seconds} s per scenario")

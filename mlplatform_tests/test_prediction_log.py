@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -17,12 +18,14 @@ from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, bucket, entity_ke
 def row(i: int, when: datetime, role: str = "champion", model: str = "toy") -> dict:
     return {"request_id": f"req{i // 2}", "record_index": i % 2, "record_id": None, "time": when, "model": model,
             "version": "3", "role": role, "entity_key": str(i), "inputs": {"x1": float(i), "color": "red", "x2": None},
-            "outputs": {"prediction": i * 2.0}, "score": i * 2.0, "label": str(i * 2.0), "latency_ms": 1.5}
+            "score": i * 2.0, "label": str(i * 2.0), "probabilities": None, "latency_ms": 1.5}
+
+TYPES = {"toy": {"x1": "float64", "x2": "float64", "color": "string"}}
 
 
 def test_rows_written_by_the_thread_come_back_in_order_with_inputs_as_columns(tmp_path):
     start = datetime(2026, 11, 30, 9, 59, 58)
-    writer = PredictionLogWriter(tmp_path, flush_seconds=0.05).start()
+    writer = PredictionLogWriter(tmp_path, flush_seconds=0.05, input_types=TYPES).start()
     writer.write([row(i, start + timedelta(seconds=i)) for i in range(6)])  # crosses the 10:00 hour boundary
     writer.close()
     assert writer.backlog == 0 and writer.written_rows == 6
@@ -31,7 +34,7 @@ def test_rows_written_by_the_thread_come_back_in_order_with_inputs_as_columns(tm
     frame = read_prediction_log(tmp_path, "toy")
     assert list(frame["entity_key"]) == [str(i) for i in range(6)]
     assert list(frame["x1"]) == [float(i) for i in range(6)]
-    assert frame["x2"].isna().all() and set(frame["color"]) == {"red"}
+    assert frame["x2"].isna().all() and frame["x2"].dtype == "float64" and set(frame["color"]) == {"red"}
     assert frame["time"].iloc[0] == start and frame["time"].dt.tz is None
     assert not list((tmp_path / "prediction_log").rglob("*.partial"))
 
@@ -54,7 +57,7 @@ def test_time_and_role_filters_and_duckdb_reads_the_same_files(tmp_path):
 
 def test_an_unknown_model_reads_as_an_empty_frame_with_the_log_columns(tmp_path):
     frame = read_prediction_log(tmp_path, "nothing")
-    assert frame.empty and {"request_id", "time", "version", "role", "inputs"} <= set(frame.columns)
+    assert frame.empty and {"request_id", "time", "version", "role", "label", "score"} <= set(frame.columns)
 
 
 def test_a_feature_named_like_a_log_column_is_prefixed(tmp_path):
@@ -62,7 +65,19 @@ def test_a_feature_named_like_a_log_column_is_prefixed(tmp_path):
     record["inputs"] = {"version": 2.0, "x1": 1.0}
     write_segments(tmp_path / "prediction_log", [record])
     frame = read_prediction_log(tmp_path, "toy")
-    assert frame["version"].iloc[0] == "3" and frame["input.version"].iloc[0] == 2.0
+    assert frame["version"].iloc[0] == "3" and frame["input.version"].iloc[0] == 2.0 and frame["x1"].iloc[0] == 1.0
+
+
+def test_probabilities_are_json_text_and_a_null_only_segment_keeps_the_declared_types(tmp_path):
+    first = row(0, datetime(2026, 1, 1, 1))
+    first["probabilities"] = {"no": 0.25, "100%": 0.75, 'say "yes"': 1e-05}
+    second = row(1, datetime(2026, 1, 1, 2))
+    second["inputs"] = {"x1": None, "x2": None, "color": None}
+    write_segments(tmp_path / "prediction_log", [first, second], TYPES)
+    frame = read_prediction_log(tmp_path, "toy")
+    assert json.loads(frame["probabilities"].iloc[0]) == first["probabilities"]
+    assert frame["probabilities"].iloc[1] is None
+    assert frame["x1"].dtype == "float64" and frame["color"].iloc[1] is None
 
 
 def test_a_failing_disk_keeps_the_rows_for_the_next_flush(tmp_path):

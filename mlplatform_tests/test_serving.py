@@ -6,6 +6,7 @@ then each test starts its own server on it. Tests that move aliases put them bac
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -222,13 +223,20 @@ def test_predictions_equal_the_registered_models_own_predict_by_batch_one_by_one
         classifier = world.pipeline("toy_bin", "1")
         x_bin = split_xy(rows, world.spec("toy_bin"))[0]
         x_bin["color"] = x_bin["color"].fillna("red")  # toy_bin's color may be null; x1 may not
-        binary = server.predict("toy_bin", records(x_bin, ["x1", "x2", "color"])).json()["predictions"]
+        binary_body = server.predict("toy_bin", records(x_bin, ["x1", "x2", "color"])).json()
+        binary = binary_body["predictions"]
         assert [a["prediction"] for a in binary] == list(classifier.predict(x_bin))
         np.testing.assert_allclose([[a["probabilities"]["no"], a["probabilities"]["yes"]] for a in binary],
                                    classifier.predict_proba(x_bin), rtol=1e-12)
         mlflow_labels = server.client.post("/v1/models/toy_bin/invocations",
                                            json={"dataframe_records": records(x_bin, ["x1", "x2", "color"])})
         assert mlflow_labels.json() == {"predictions": list(classifier.predict(x_bin))}
+    logged = read_prediction_log(world.home, "toy_bin")
+    logged = logged[logged["request_id"] == binary_body["request_id"]].sort_values("record_index")
+    assert [json.loads(p) for p in logged["probabilities"]] == [a["probabilities"] for a in binary]
+    assert list(logged["label"]) == [a["prediction"] for a in binary]
+    np.testing.assert_array_equal(logged["x1"], x_bin["x1"])
+    assert list(logged["color"]) == list(x_bin["color"])
 
 
 def feature_rows(n: int, seed: int = 1) -> pd.DataFrame:
@@ -371,6 +379,9 @@ def test_bad_requests_get_a_4xx_naming_the_problem(world):
         assert post("/v1/models/toy/predict", content=b"\xff\xfe\x00").status_code == 400
         too_many = post("/v1/models/toy/predict", json={"records": [good] * 11})
         assert too_many.status_code == 413 and too_many.json()["max_batch"] == 10
+        huge = post("/v1/models/toy/predict", content=b'{"records": [' + b" " * 200_000 + b"]}")
+        assert huge.status_code == 413 and "request body above" in huge.json()["error"]
+        assert server.client.get("/v1/models/toy/predict").status_code == 405
         assert post("/v1/models/toy/predict", json=[good]).status_code == 422
         assert post("/v1/models/toy/predict", json={"records": []}).status_code == 422
 
@@ -430,8 +441,6 @@ PAYLOAD = st.one_of(
 
 
 def test_fuzzed_requests_never_get_a_500(world):
-    import json
-
     with serve(world, ["toy", "toy_bin"]) as server:
 
         @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -598,6 +607,19 @@ def test_the_fast_preprocessing_twin_matches_the_pipeline_or_is_not_used(world):
     np.testing.assert_array_equal(loaded.fast.transform(checked), pipeline.named_steps["preprocess"].transform(frame))
     np.testing.assert_array_equal([o["probabilities"]["yes"] for o in loaded.predict(checked)],
                                   pipeline.predict_proba(frame)[:, 1])
+    assert loaded.trees is not None  # the flat tree twin answers small requests: the same numbers, bit for bit
+    small = [o["probabilities"]["yes"] for start in range(0, 300, 5) for o in loaded.predict(checked[start:start + 5])]
+    np.testing.assert_array_equal(small, pipeline.predict_proba(frame)[:, 1])
+
+    regression = world.spec("toy")
+    regression.estimator.class_name = "sklearn.ensemble.HistGradientBoostingRegressor"
+    regression.estimator.params = {"max_iter": 15}
+    x_reg, y_reg = split_xy(world.rows, regression)
+    regressor = build_pipeline(regression).fit(x_reg, y_reg)
+    loaded_regressor = LoadedModel.of(regression, "r", regressor)
+    assert loaded_regressor.trees is not None
+    one_by_one = [loaded_regressor.predict([row])[0]["prediction"] for row in checked[:40]]
+    np.testing.assert_array_equal(one_by_one, regressor.predict(loaded_regressor.frame(checked[:40])))
 
     scaled = Pipeline([("preprocess", pipeline.named_steps["preprocess"]), ("scale", StandardScaler()),
                        ("estimator", pipeline.named_steps["estimator"])])

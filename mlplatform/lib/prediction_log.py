@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,16 +45,17 @@ SCHEMA = pa.schema([
     pa.field("version", pa.string(), nullable=False),
     pa.field("role", pa.string(), nullable=False),
     pa.field("entity_key", pa.string()),
-    pa.field("inputs", pa.string(), nullable=False),
-    pa.field("outputs", pa.string(), nullable=False),
-    pa.field("score", pa.float64()),
     pa.field("label", pa.string()),
+    pa.field("score", pa.float64()),
+    pa.field("probabilities", pa.string()),
     pa.field("latency_ms", pa.float64()),
 ])
-"""One row per record per scoring model (a shadow score is its own row). ``time`` is naive UTC, as everywhere."""
+"""The fixed columns: one row per record per scoring model (a shadow score is its own row). ``time`` is naive UTC,
+as everywhere. The inputs follow as one typed column per feature, ``input.<feature>`` (see :data:`INPUT_PREFIX`)."""
 
 COLUMNS = [f.name for f in SCHEMA]
-
+INPUT_PREFIX = "input."
+"""Prefix of the input columns in the files: a feature may be named like a fixed column (``version``, ``time``)."""
 
 def log_root(home: Path) -> Path:
     return Path(home) / LOG_DIR_NAME
@@ -76,9 +78,11 @@ class PredictionLogWriter:
     A failed write (disk full) keeps the rows and retries at the next interval.
     """
 
-    def __init__(self, home: Path, flush_seconds: float = 1.0):
+    def __init__(self, home: Path, flush_seconds: float = 1.0,
+                 input_types: Mapping[str, Mapping[str, str]] | None = None):
         self.root = log_root(home)
         self.flush_seconds = flush_seconds
+        self.input_types = {model: dict(types) for model, types in (input_types or {}).items()}
         self._pending: list[Mapping[str, Any]] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -95,7 +99,8 @@ class PredictionLogWriter:
         return self
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Queue rows (dicts with the keys of :data:`COLUMNS`; ``inputs``/``outputs`` may be dicts)."""
+        """Queue rows: dicts with the keys of :data:`COLUMNS`, ``inputs`` (feature -> float/text/None) and
+        ``probabilities`` as a dict of class text -> probability (or None)."""
         with self._lock:
             self._pending.extend(rows)
 
@@ -112,7 +117,7 @@ class PredictionLogWriter:
             if not rows:
                 return 0
             try:
-                written = write_segments(self.root, rows)
+                written = write_segments(self.root, rows, self.input_types)
             except Exception:  # noqa: BLE001 - keep the rows and retry: losing predictions is worse than a late write
                 self.failed_flushes += 1
                 log.exception("prediction log: writing %d rows under %s failed; retrying", len(rows), self.root)
@@ -136,12 +141,21 @@ class PredictionLogWriter:
         log.error("prediction log: %d rows could not be written at shutdown", len(self._pending))
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
+        """Flush on a fixed schedule (not ``flush_seconds`` after the previous write ended), so a row waits at most
+        one interval plus the time one write takes; a late flush does not push the next one back."""
+        deadline = time.monotonic() + self.flush_seconds
+        while not self._stop.wait(max(0.0, deadline - time.monotonic())):
             self.flush()
+            deadline = max(deadline + self.flush_seconds, time.monotonic())
 
 
-def write_segments(root: Path, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Publish rows as one segment per (model, date, hour); returns the number of segments."""
+def write_segments(root: Path, rows: Sequence[Mapping[str, Any]],
+                   input_types: Mapping[str, Mapping[str, str]] | None = None) -> int:
+    """Publish rows as one segment per (model, date, hour); returns the number of segments.
+
+    ``input_types`` gives per model the Parquet type of each input (``"float64"`` or ``"string"``), so every
+    segment of a model has the same schema even when a column is all null in it; without it types are inferred.
+    """
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         when: datetime = row["time"]
@@ -149,25 +163,43 @@ def write_segments(root: Path, rows: Sequence[Mapping[str, Any]]) -> int:
     for (model, day, hour), group in groups.items():
         folder = root / model / f"date={day}" / f"hour={hour}"
         folder.mkdir(parents=True, exist_ok=True)
-        _publish(folder, _table(group))
+        _publish(folder, _table(group, (input_types or {}).get(model, {})))
     return len(groups)
 
 
-def _table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
-    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
-    for row in rows:
-        for name in COLUMNS:
-            value = row.get(name)
-            if name in ("inputs", "outputs") and not isinstance(value, str):
-                value = json.dumps(value, separators=(",", ":"), default=_json_default)
-            columns[name].append(value)
-    return pa.table(columns, schema=SCHEMA)
+_ARROW_TYPES = {"float64": pa.float64(), "string": pa.string()}
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return str(value)
+def _table(rows: Sequence[Mapping[str, Any]], input_types: Mapping[str, str]) -> pa.Table:
+    """Column by column (no JSON per row: encoding inputs as JSON was most of the log's cost)."""
+    arrays = [pa.array([row.get(name) for row in rows], type=field.type) for name, field in
+              zip(COLUMNS, SCHEMA, strict=True) if name != "probabilities"]
+    names = [name for name in COLUMNS if name != "probabilities"]
+    arrays.insert(COLUMNS.index("probabilities"), pa.array([_probabilities_text(row.get("probabilities"))
+                                                            for row in rows], type=pa.string()))
+    names.insert(COLUMNS.index("probabilities"), "probabilities")
+    features = list(input_types) or list(dict.fromkeys(k for row in rows for k in row["inputs"]))
+    for feature in features:
+        values = [row["inputs"].get(feature) for row in rows]
+        kind = _ARROW_TYPES.get(input_types.get(feature, ""))
+        arrays.append(pa.array(values, type=kind) if kind is not None else pa.array(values))
+        names.append(INPUT_PREFIX + feature)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+_PROBABILITY_TEMPLATES: dict[tuple[str, ...], str] = {}
+
+
+def _probabilities_text(probabilities: Mapping[str, float] | None) -> str | None:
+    """JSON of class -> probability, by a %-template per class set: ~10x cheaper than json.dumps per row."""
+    if probabilities is None:
+        return None
+    classes = tuple(probabilities)
+    template = _PROBABILITY_TEMPLATES.get(classes)
+    if template is None:
+        template = "{" + ",".join(json.dumps(str(c)).replace("%", "%%") + ":%r" for c in classes) + "}"
+        _PROBABILITY_TEMPLATES[classes] = template
+    return template % tuple(float(p) for p in probabilities.values())
 
 
 def _publish(folder: Path, table: pa.Table) -> Path:
@@ -210,18 +242,18 @@ def read_prediction_log(
 ) -> pd.DataFrame:
     """The logged predictions of ``model`` with ``start <= time < end`` (naive UTC; tz-aware bounds are converted).
 
-    Ordered by time, request and record. ``roles`` keeps only those roles (e.g. ``["champion", "canary"]`` for what
-    clients were answered). With ``expand_inputs`` every input feature becomes a column of its own (numbers as float,
-    categories as text, nulls as NaN/None), ready for drift statistics; a feature whose name is also a log column is
-    named ``input.<name>``. An empty frame with the log's columns when nothing was logged.
+    Ordered by time, request, record and role. ``roles`` keeps only those roles (e.g. ``["champion", "canary"]``
+    for what clients were answered). With ``expand_inputs`` every input feature follows as a column named after the
+    feature (numbers float64, categories text, nulls NaN/None), ready for drift statistics; a feature named like a
+    fixed column keeps its file name ``input.<name>``. Without it only the fixed columns are returned. An empty
+    frame with the fixed columns when nothing was logged.
     """
     import duckdb
 
     folder = model_log_dir(home, model)
     if not folder.is_dir() or next(folder.rglob(f"*{SEGMENT_SUFFIX}"), None) is None:
-        frame = pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(field.type)) for name, field in
-                              zip(COLUMNS, SCHEMA, strict=True)})
-        return frame
+        return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(field.type)) for name, field in
+                             zip(COLUMNS, SCHEMA, strict=True)})
     conditions, params = [], []
     low, high = _as_naive_utc(start), _as_naive_utc(end)
     if low is not None:
@@ -235,16 +267,23 @@ def read_prediction_log(
         params += list(roles)
     where = ("where " + " and ".join(conditions)) if conditions else ""
     pattern = str(folder / "**" / f"*{SEGMENT_SUFFIX}")
-    sql = (f"select {', '.join(_quoted(c) for c in COLUMNS)} from read_parquet(?, hive_partitioning=true, "
-           f"union_by_name=true) {where} order by time, request_id, record_index, role")
+    source = "read_parquet(?, hive_partitioning=true, union_by_name=true)"
     with duckdb.connect() as connection:
-        frame = connection.execute(sql, [pattern, *params]).fetchdf()
+        available = [row[0] for row in connection.execute(f"describe select * from {source}", [pattern]).fetchall()]
+        inputs = [c for c in available if c.startswith(INPUT_PREFIX)] if expand_inputs else []
+        selected = ", ".join(_quoted(c) for c in [*COLUMNS, *inputs])
+        frame = connection.execute(f"select {selected} from {source} {where} "
+                                   "order by time, request_id, record_index, role", [pattern, *params]).fetchdf()
     frame["record_index"] = frame["record_index"].astype("int32")
-    if expand_inputs and len(frame):
-        inputs = pd.DataFrame([json.loads(text) for text in frame["inputs"]], index=frame.index)
-        inputs.columns = [f"input.{c}" if c in COLUMNS else c for c in inputs.columns]
-        frame = pd.concat([frame, inputs], axis=1)
+    frame.columns = [_feature_name(c) for c in frame.columns]
     return frame
+
+
+def _feature_name(column: str) -> str:
+    if not column.startswith(INPUT_PREFIX):
+        return column
+    feature = column[len(INPUT_PREFIX):]
+    return column if feature in COLUMNS else feature
 
 
 def _quoted(name: str) -> str:
