@@ -59,18 +59,22 @@ def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path, monkeyp
     assert "data: 54913 raw rows, 54913 feature rows" in out
     assert "47 weeks trained" in out
     # car_loan drifts from 2019-04: each failed drift check led to exactly one retrain, recorded in the instance.
-    drifted = ["2019-04-01", "2019-04-08", "2019-04-15", "2019-04-22", "2019-04-29"]
-    assert f"drift check failed on 5 weeks: {', '.join(drifted)}" in out
-    assert "retrain sensor: 5 retrain runs requested, 5 succeeded" in out
+    drifted = ["2019-04-01", "2019-04-08", "2019-04-15", "2019-04-22"]
+    assert f"drift check failed on 4 weeks: {', '.join(drifted)}" in out
+    assert "retrain sensor: 4 retrain runs requested, 4 succeeded" in out
     assert "week         rows version      rmse  absolute_threshold beat_champion      prediction_sanity  aliases" in out
     assert "2011-12-26    142" in out
     assert "python3 dev.py ui" in out and "python3 dev.py mlflow-ui" in out
-    assert "training halted by the training-data gate on 8 weeks: 2011-04-04, 2011-04-11" in out
-    assert "44 weeks trained; 38 passed every gate; champion now: v44" in out
+    assert "training halted by the training-data gate on 1 weeks: 2011-10-03" in out
+    assert "51 weeks trained; 43 passed every gate; champion now: v51" in out
     assert "47 weeks trained; 47 passed every gate; champion now: none" in out
     assert ("car_loan waits for a person (rollout.approval: manual): python3 dev.py promote car_loan "
             "--by <your name> --reason <why>") in out
     assert "bike_demand waits for a person" not in out and "has no champion" not in out
+    # Production: the champion served over HTTP, the last two weeks replayed, every answer in the prediction log.
+    assert ("== bike_demand in production: replayed weeks 2011-12-19..2011-12-26 through the REST service: "
+            "309 rows sent, 309 answered; prediction log: v51 champion 309") in out
+    assert "== car_loan in production: not served: no champion yet" in out
     state = tmp_path / "state"
     assert (state / "warehouse.duckdb").exists() and (state / "mlflow" / "mlflow.db").exists()
     assert (state / "dagster" / "dagster.yaml").exists()
