@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from mlplatform.lib.drift import DriftReport
+from mlplatform.lib.fairness import FairnessReport, markdown
 from mlplatform.lib.metrics import PairedComparison
 from mlplatform.specs.tasks import is_lower_better
 
@@ -15,7 +16,9 @@ THRESHOLD = "absolute_threshold"
 CHAMPION = "beat_champion"
 SANITY = "prediction_sanity"
 TRAINING_DATA = "training_data_drift"
+FAIRNESS = "fairness"
 GATES = (THRESHOLD, CHAMPION, SANITY)
+"""The gates every model has; ``fairness`` joins them for a model whose spec has a ``fairness`` section."""
 
 
 @dataclass
@@ -117,3 +120,27 @@ def training_data_gate(report: DriftReport | None, recent_label: str) -> GateOut
         "drifted_share": report.share, "max_drifted_share": report.max_drifted_share, "drifted": drifted,
         "recent": recent_label, "training_rows": report.reference_rows, "recent_rows": report.current_rows,
     })
+
+
+def fairness_gate(report: FairnessReport) -> GateOutcome:
+    """Groups of a sensitive attribute must get the model's outcome at rates within the spec's limits."""
+    limits = f"limit {report.max_parity_difference:g}" + (
+        f", equalized odds {report.max_equalized_odds_difference:g}"
+        if report.max_equalized_odds_difference is not None else "")
+    if report.problems:
+        reason = "; ".join(report.problems)
+    else:
+        measured = ", ".join(
+            f"{a.attribute} {a.parity_difference:.3f}" if a.parity_difference is not None
+            else f"{a.attribute} not compared (fewer than two groups of {report.min_group_rows}+ rows)"
+            for a in report.attributes)
+        reason = f"within the {limits}: {measured}"
+    facts: dict[str, Any] = {"max_parity_difference": report.max_parity_difference,
+                             "max_equalized_odds_difference": report.max_equalized_odds_difference,
+                             "min_group_rows": report.min_group_rows}
+    for item in report.attributes:
+        facts[f"parity_difference[{item.attribute}]"] = item.parity_difference
+        if report.task == "binary":
+            facts[f"equalized_odds_difference[{item.attribute}]"] = item.equalized_odds_difference
+    facts["per_group"] = markdown(report)
+    return GateOutcome(FAIRNESS, report.passed, reason, facts)
