@@ -159,3 +159,113 @@ def test_multiclass_takes_the_largest_selection_rate_gap_over_classes():
     table = item.table.set_index("group")
     assert table.loc["A", "selection_rate[2]"] == 1 and table.loc["B", "selection_rate[2]"] == pytest.approx(0.2)
     assert item.parity_difference == pytest.approx(0.8) and not report.passed
+
+
+# --- the spec keys --------------------------------------------------------------------------------------------
+
+LENDING_SPEC = """
+name: lending
+task: binary
+source:
+  path: lending.csv
+  timestamp: ts
+  key: [id]
+target: label
+features:
+  numeric: [income, district]
+columns:
+  label: {categories: [0, 1]}
+partitions:
+  start: 2024-01-01
+  end: 2024-01-15
+  training_window_weeks: 1
+fairness:
+  sensitive: group
+rollout:
+  approval: auto
+"""
+
+
+def lending_rows(biased: bool, per_week: int = 400) -> pd.DataFrame:
+    rows = credit_rows(2 * per_week, biased)
+    rows.insert(0, "id", np.arange(len(rows)))
+    seconds = np.arange(len(rows)) * (7 * 24 * 3600 / per_week)
+    rows.insert(1, "ts", (pd.Timestamp("2024-01-01") + pd.to_timedelta(seconds, unit="s")).strftime("%Y-%m-%d %H:%M:%S"))
+    return rows
+
+
+def spec_problems(spec_dir, text: str) -> list[str]:
+    from mlplatform.specs import SpecError, load_specs
+
+    folder = spec_dir({"lending.yaml": text}, {"lending.csv": lending_rows(False, per_week=30)})
+    with pytest.raises(SpecError) as raised:
+        load_specs(folder)
+    return [str(p) for p in raised.value.problems]
+
+
+def test_sensitive_may_be_a_list_and_every_one_travels_with_the_rows(spec_dir):
+    from mlplatform.lib.validation import features_schema
+    from mlplatform.specs import load_specs
+
+    rows = lending_rows(False, per_week=30).assign(age=40)
+    text = LENDING_SPEC.replace("sensitive: group", "sensitive: [group, age]\n  bands: {age: [30, 50]}")
+    folder = spec_dir({"lending.yaml": text}, {"lending.csv": rows})
+    [spec] = load_specs(folder)
+    assert spec.fairness.sensitive == ["group", "age"] and spec.fairness.max_demographic_parity_difference == 0.1
+    assert spec.fairness.max_equalized_odds_difference is None and spec.fairness.min_group_rows == 20
+    assert spec.modelling_columns == ["ts", "id", "group", "age", "income", "district", "label"]
+    assert {"group", "age"} <= set(features_schema(spec).columns)
+    assert "group" not in spec.feature_columns
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("sensitive: group", "sensitive: [group, income]"), "fairness.sensitive: 'income' is also a feature"),
+    (("sensitive: group", "sensitive: gender"), "fairness.sensitive: found 'gender', which is not a column"),
+    (("sensitive: group", "sensitive: group\n  bands: {income: [10]}"),
+     "fairness.bands: 'income' is not a sensitive column; allowed: group"),
+    (("sensitive: group", "sensitive: group\n  bands: {group: [50, 25]}"),
+     "fairness.bands: group: found [50.0, 25.0]; expected band edges in increasing order"),
+])
+def test_fairness_spec_mistakes_are_named(spec_dir, change, expected):
+    problems = spec_problems(spec_dir, LENDING_SPEC.replace(*change))
+    assert any(expected in p for p in problems), problems
+
+
+def test_equalized_odds_limit_is_refused_for_a_regression(spec_dir):
+    from mlplatform.specs import load_specs
+
+    regression = LENDING_SPEC.replace("task: binary", "task: regression").replace("{categories: [0, 1]}", "{min: 0}")
+    folder = spec_dir({"lending.yaml": regression}, {"lending.csv": lending_rows(False, per_week=30)})
+    assert load_specs(folder)[0].fairness is not None  # the gate itself is fine for a regression
+    problems = spec_problems(spec_dir, regression.replace(
+        "sensitive: group", "sensitive: group\n  max_equalized_odds_difference: 0.1"))
+    assert any("fairness.max_equalized_odds_difference: found 0.1 for task regression" in p for p in problems), problems
+
+
+# --- end to end -----------------------------------------------------------------------------------------------
+
+
+def test_unfair_model_fails_the_fairness_check_and_gets_no_alias(home, spec_dir, instance):
+    from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
+    from mlplatform_tests.helpers import check_record, load_definitions, run_weeks, warehouse_query
+
+    spec_dir({"lending.yaml": LENDING_SPEC}, {"lending.csv": lending_rows(biased=True)})
+    assert run_weeks(load_definitions(), "lending", instance, "2024-01-01", "2024-01-08").success
+
+    record = check_record(instance, ["lending", "model"], "fairness")
+    evaluation = record.evaluation
+    assert evaluation.partition == "2024-01-08" and evaluation.passed is False
+    assert "group: demographic parity difference" in evaluation.metadata["reason"].value
+    table = evaluation.metadata["per_group"].value
+    assert "| group | rows | decides | selection_rate |" in table and "| A |" in table and "| B |" in table
+    assert evaluation.metadata["parity_difference[group]"].value > 0.25
+    for other in ("absolute_threshold", "beat_champion", "prediction_sanity"):  # fairness alone stops it
+        assert check_record(instance, ["lending", "model"], other).evaluation.passed is True
+
+    registry = Tracker.under(home / "mlflow")
+    tags = registry.version_tags("lending", "1")
+    assert tags["gates"] == "failed" and tags["gate.fairness"] == "failed"
+    assert registry.alias_version("lending", CHALLENGER) is None
+    assert registry.alias_version("lending", CHAMPION) is None
+    row = warehouse_query(home, "select gate_fairness, aliases_set from lending.evaluations")
+    assert row["gate_fairness"].tolist() == [False] and row["aliases_set"].tolist() == [""]
