@@ -269,3 +269,54 @@ def test_unfair_model_fails_the_fairness_check_and_gets_no_alias(home, spec_dir,
     assert registry.alias_version("lending", CHAMPION) is None
     row = warehouse_query(home, "select gate_fairness, aliases_set from lending.evaluations")
     assert row["gate_fairness"].tolist() == [False] and row["aliases_set"].tolist() == [""]
+
+
+# --- a snapshot dataset and the credit example --------------------------------------------------------------
+
+
+def test_snapshot_holdout_is_the_same_whatever_the_row_order_and_never_overlaps():
+    import yaml
+
+    from mlplatform.lib.lifecycle import SNAPSHOT_EVALUATION_SHARE, snapshot_holdout
+    from mlplatform.specs import ModelSpec
+
+    raw = yaml.safe_load(LENDING_SPEC)
+    raw["source"] = {"path": "lending.csv"}  # no timestamp: a snapshot
+    spec = ModelSpec.model_validate(raw)
+    rows = lending_rows(False, per_week=500).drop(columns=["ts"]).assign(_event_time=pd.Timestamp("2024-01-01"))
+    train, held_out = snapshot_holdout(rows, spec)
+    _, shuffled_held_out = snapshot_holdout(rows.sample(frac=1, random_state=7), spec)
+    assert len(train) + len(held_out) == len(rows) and not set(train.index) & set(held_out.index)
+    assert abs(len(held_out) / len(rows) - SNAPSHOT_EVALUATION_SHARE) < 0.05
+    assert set(held_out.index) == set(shuffled_held_out.index)
+
+
+def test_german_credit_example_trains_through_dbt_with_the_fairness_gate(home, bundled_specs, instance):
+    from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
+    from mlplatform_tests.helpers import check_record, load_definitions, run_weeks, warehouse_query
+
+    defs = load_definitions()  # loads every bundled spec, german_credit's dbt model included
+    assert defs.resolve_job_def("german_credit_pipeline").partitions_def.get_partition_keys() == ["2024-01-01"]
+    assert run_weeks(defs, "german_credit", instance, "2024-01-01").success
+
+    staged = warehouse_query(home, "select sex, personal_status, checking_account, count(*) as n from "
+                                   "german_credit.staged group by all")
+    assert staged["n"].sum() == 1000 and set(staged["sex"]) == {"male", "female"}
+    assert set(staged["checking_account"]) == {"none", "negative", "0-200 DM", "200+ DM or salary"}
+    features = warehouse_query(home, "select * from german_credit.features")
+    assert len(features) == 1000 and {"sex", "age_years"} <= set(features.columns)
+    assert "personal_status" not in features.columns and "foreign_worker" not in features.columns
+
+    week = warehouse_query(home, "select train_rows, eval_rows, gate_fairness, value from german_credit.evaluations")
+    assert week["train_rows"].item() + week["eval_rows"].item() == 1000 and 250 < week["eval_rows"].item() < 350
+    fairness = check_record(instance, ["german_credit", "model"], "fairness").evaluation
+    assert fairness.partition == "2024-01-01" and fairness.passed == week["gate_fairness"].item()
+    table = fairness.metadata["per_group"].value
+    assert "**sex**" in table and "| female |" in table and "**age_years (banded)**" in table
+    assert table.index("| <25 |") < table.index("| 25-35 |") < table.index("| 35-50 |") < table.index("| >=50 |")
+    assert fairness.passed is True and "within the limit 0.1: sex 0." in fairness.metadata["reason"].value
+    registry = Tracker.under(home / "mlflow")
+    assert registry.version_tags("german_credit", "1")["gates"] == "passed"
+    # approval: manual: a version that passed every gate is challenger; a credit officer makes it champion
+    assert registry.alias_version("german_credit", CHALLENGER) == "1"
+    assert registry.alias_version("german_credit", CHAMPION) is None

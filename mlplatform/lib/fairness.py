@@ -168,6 +168,8 @@ def _attribute(task: str, y_true: np.ndarray, score: np.ndarray, labels: np.ndar
     if len(deciding) < 2:
         notes.append(f"fewer than two groups with at least {min_group_rows} rows: nothing to compare")
     table = frame.reset_index(names="group")
+    table = table.iloc[sorted(range(len(table)), key=lambda i: _group_order(str(table["group"].iloc[i])))]
+    table = table.reset_index(drop=True)
     table["rows"] = table["rows"].astype(int)
     table[metric] = [per_group_metric[g] for g in table["group"]]
     table.insert(2, "decides", [g in deciding for g in table["group"]])
@@ -191,6 +193,27 @@ def _mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def _parity_name(task: str) -> str:
     return {"binary": "demographic parity difference", "multiclass": "largest selection-rate gap over classes",
             "regression": "relative gap of group mean predictions"}[task]
+
+
+def _group_order(group: str) -> tuple[float, str]:
+    """Bands in numeric order (<25, 25-35, ..., >=50); other groups by name; the missing group last."""
+    if group == MISSING_GROUP:
+        return (float("inf"), group)
+    for prefix, offset in (("<", -0.5), (">=", 0.5)):
+        if group.startswith(prefix) and _is_number(group[len(prefix):]):
+            return (float(group[len(prefix):]) + offset, "")
+    low, dash, _ = group.partition("-")
+    if dash and _is_number(low):
+        return (float(low), "")
+    return (float("-inf"), group)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _num(value: float) -> str:

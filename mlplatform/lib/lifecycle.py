@@ -78,7 +78,7 @@ def snapshot_holdout(rows: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame,
     run whatever order the warehouse returns the rows in, and identical rows never sit on both sides.
     """
     columns = [c for c in spec.modelling_columns if c in rows.columns and c != spec.time_column]
-    hashed = pd.util.hash_pandas_object(rows[columns], index=False, hash_key=f"mlplatform{SEED:08d}").to_numpy()
+    hashed = pd.util.hash_pandas_object(rows[columns], index=False, hash_key=f"mlplatform{SEED:06d}").to_numpy()
     held_out = (hashed % 1000) < SNAPSHOT_EVALUATION_SHARE * 1000
     return rows[~held_out], rows[held_out]
 
