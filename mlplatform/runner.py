@@ -308,7 +308,7 @@ def drift_weeks(warehouse_path: Path, model: str, first: str, last: str) -> list
 def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions: dict[str, str | None],
                   max_weeks: int = 8) -> str:
     """What happened, in a terminal: data gates per model, then the last weeks' metric, gates and aliases."""
-    from mlplatform.lib.gates import GATES
+    from mlplatform.lib.gates import FAIRNESS, GATES
     from mlplatform.lib.lifecycle import gate_column
 
     lines = []
@@ -339,16 +339,23 @@ def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions
             lines.append("   no week trained")
             continue
         metric = weeks["metric"].iloc[0]
-        passed_all = weeks[[gate_column(g) for g in GATES]].all(axis=1)
+        # fairness shows for a model whose spec has the gate (its evaluations table then has the column)
+        shown_gates = [*GATES, *([FAIRNESS] if gate_column(FAIRNESS) in weeks.columns else [])]
+        passed_all = weeks[[gate_column(g) for g in shown_gates]].fillna(True).astype(bool).all(axis=1)
         lines.append(f"   {len(weeks)} weeks trained; {int(passed_all.sum())} passed every gate; "
                      f"champion now: {'v' + champions[r.model] if champions.get(r.model) else 'none'}")
         shown = weeks.tail(max_weeks)
         if len(weeks) > max_weeks:
             lines.append(f"   (last {max_weeks} weeks; all weeks: {r.model}/backtest in the UI)")
-        header = f"   {'week':<10} {'rows':>6} {'version':>7} {metric:>9}  " + " ".join(f"{g:<18}" for g in GATES) + " aliases"
+        header = f"   {'week':<10} {'rows':>6} {'version':>7} {metric:>9}  " + " ".join(f"{g:<18}" for g in shown_gates) + " aliases"
         lines.append(header)
         for row in shown.itertuples():
-            gates = " ".join(f"{'PASS' if getattr(row, gate_column(g)) else 'FAIL':<18}" for g in GATES)
+            gates = " ".join(f"{_verdict(getattr(row, gate_column(g))):<18}" for g in shown_gates)
             lines.append(f"   {row.week:%Y-%m-%d} {row.eval_rows:>6} {'v' + row.model_version:>7} {row.value:>9.4g}  "
                          f"{gates} {row.aliases_set or '-'}")
     return "\n".join(lines)
+
+
+def _verdict(passed: object) -> str:
+    """PASS/FAIL; '-' for a week evaluated before the model had that gate (the column is null there)."""
+    return "-" if pd.isna(passed) else ("PASS" if passed else "FAIL")

@@ -140,12 +140,12 @@ def test_bad_data_fails_the_gate_and_changes_nothing_downstream(home, spec_dir, 
 
 def test_dataset_without_timestamp_is_one_snapshot_week(home, spec_dir, instance, shared_dataset, tmp_path):
     folder = spec_dir({}, {})
-    copy_file(shared_dataset("german_credit_raw.csv.gz"), folder)
+    copy_file(shared_dataset("german_credit.csv.gz"), folder)  # the bundled copy of the shared file
     (folder / "credit.yaml").write_text(
         """
 name: german_credit
 task: binary
-source: {path: german_credit_raw.csv.gz}
+source: {path: german_credit.csv.gz}
 target: creditability
 features:
   numeric: [duration_in_month, credit_amount, age_in_years]
@@ -160,6 +160,9 @@ partitions: {start: 2024-01-01}
     assert job.partitions_def.get_partition_keys() == ["2024-01-01"]
     assert run_weeks(defs, "german_credit", instance, "2024-01-01").success
     assert warehouse_query(home, "select count(*) as n from german_credit.features")["n"].item() == 1000
+    # its one week has no earlier week to train on: a fixed 30% of its rows is held out for evaluation
+    week = warehouse_query(home, "select train_rows, eval_rows from german_credit.evaluations")
+    assert week["train_rows"].item() + week["eval_rows"].item() == 1000 and 250 < week["eval_rows"].item() < 350
 
 
 def test_parquet_source_with_timezone_aware_times(home, spec_dir, instance):

@@ -49,10 +49,17 @@ GATE_DESCRIPTIONS = {
     gate_lib.CHAMPION: "Challenger not significantly worse than the champion of week W on the same rows "
     "(paired bootstrap of the metric difference, one-sided, at gates.beat_champion.alpha)." + AT_PROMOTION,
     gate_lib.SANITY: "Predictions are finite, inside the target's range or classes, and not constant." + AT_PROMOTION,
+    gate_lib.FAIRNESS: "Groups of each sensitive attribute (fairness.sensitive) get the model's outcome at rates "
+    "within fairness.max_demographic_parity_difference (and max_equalized_odds_difference when set), on week W's "
+    "evaluation rows; groups under fairness.min_group_rows rows are shown but do not decide. Metadata: the per-group "
+    "table." + AT_PROMOTION,
     gate_lib.TRAINING_DATA: "Before training: the training window is not drifted from recent production inputs "
     "(more than gates.training_data.max_drifted_share of the features drifted). A failure halts training for "
     "the week: no version is created, the champion stays.",
 }
+
+MARKDOWN_FACTS = {"per_group"}
+"""Gate facts that are markdown tables (the fairness gate's per-group table): shown as tables in the UI."""
 
 
 def build_model_assets(spec: ModelSpec):
@@ -86,7 +93,8 @@ def build_model_assets(spec: ModelSpec):
             ),
         ],
         check_specs=[AssetCheckSpec(name, asset=model_key(spec), blocking=False, description=text)
-                     for name, text in GATE_DESCRIPTIONS.items()],
+                     for name, text in GATE_DESCRIPTIONS.items()
+                     if name != gate_lib.FAIRNESS or spec.fairness is not None],
         **weekly_multi_asset_options(spec),
     )
     def model_and_evaluation(context: AssetExecutionContext) -> Iterator:
@@ -214,7 +222,8 @@ def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRe
 
 def _log_gate(context: AssetExecutionContext, spec: ModelSpec, week: str, version: str | None, outcome) -> None:
     """One gate verdict as the week's check evaluation on the model, with its reason and facts."""
-    facts = {k: scalar_or_json(v) for k, v in outcome.facts.items() if v is not None}
+    facts = {k: MetadataValue.md(v) if k in MARKDOWN_FACTS else scalar_or_json(v)
+             for k, v in outcome.facts.items() if v is not None}
     context.log_event(AssetCheckEvaluation(
         asset_key=model_key(spec), check_name=outcome.name, passed=outcome.passed, partition=week,
         blocking=False, severity=AssetCheckSeverity.ERROR, description=outcome.reason,

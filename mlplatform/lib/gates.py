@@ -9,15 +9,18 @@ import numpy as np
 
 from mlplatform.specs.tasks import is_lower_better
 
-if TYPE_CHECKING:  # type hints only: lib.drift and lib.metrics pull scipy into every code-location load
+if TYPE_CHECKING:  # type hints only: lib.drift, lib.metrics and lib.fairness pull scipy into every code-location load
     from mlplatform.lib.drift import DriftReport
+    from mlplatform.lib.fairness import FairnessReport
     from mlplatform.lib.metrics import PairedComparison
 
 THRESHOLD = "absolute_threshold"
 CHAMPION = "beat_champion"
 SANITY = "prediction_sanity"
 TRAINING_DATA = "training_data_drift"
+FAIRNESS = "fairness"
 GATES = (THRESHOLD, CHAMPION, SANITY)
+"""The gates every model has; ``fairness`` joins them for a model whose spec has a ``fairness`` section."""
 
 
 @dataclass
@@ -120,3 +123,29 @@ def training_data_gate(report: DriftReport | None, recent_label: str) -> GateOut
         "method": report.method, "recent": recent_label, "training_rows": report.reference_rows,
         "recent_rows": report.current_rows,
     })
+
+
+def fairness_gate(report: FairnessReport) -> GateOutcome:
+    """Groups of a sensitive attribute must get the model's outcome at rates within the spec's limits."""
+    limits = f"limit {report.max_parity_difference:g}" + (
+        f", equalized odds {report.max_equalized_odds_difference:g}"
+        if report.max_equalized_odds_difference is not None else "")
+    if report.problems:
+        reason = "; ".join(report.problems)
+    else:
+        measured = ", ".join(
+            f"{a.attribute} {a.parity_difference:.3f}" if a.parity_difference is not None
+            else f"{a.attribute} not compared (fewer than two groups of {report.min_group_rows}+ rows)"
+            for a in report.attributes)
+        reason = f"within the {limits}: {measured}"
+    facts: dict[str, Any] = {"max_parity_difference": report.max_parity_difference,
+                             "max_equalized_odds_difference": report.max_equalized_odds_difference,
+                             "min_group_rows": report.min_group_rows}
+    for item in report.attributes:
+        facts[f"parity_difference[{item.attribute}]"] = item.parity_difference
+        if report.task == "binary":
+            facts[f"equalized_odds_difference[{item.attribute}]"] = item.equalized_odds_difference
+    from mlplatform.lib.fairness import markdown
+
+    facts["per_group"] = markdown(report)
+    return GateOutcome(FAIRNESS, report.passed, reason, facts)

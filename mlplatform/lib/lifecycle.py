@@ -68,6 +68,22 @@ def split_train_eval(features: pd.DataFrame, spec: ModelSpec, week_start: dateti
     return train, evaluation, train_window
 
 
+SNAPSHOT_EVALUATION_SHARE = 0.3
+"""Share of a snapshot's rows held out for evaluation (docs/fairness.md: how a snapshot dataset is handled)."""
+
+
+def snapshot_holdout(rows: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A snapshot (no event time) has one week and no earlier week to train on: hold out a fixed share of its rows.
+
+    Each row's side is decided by a hash of its content, not by its position: the split is the same on every
+    run whatever order the warehouse returns the rows in, and identical rows never sit on both sides.
+    """
+    columns = [c for c in spec.modelling_columns if c in rows.columns and c != spec.time_column]
+    hashed = pd.util.hash_pandas_object(rows[columns], index=False, hash_key=f"mlplatform{SEED:06d}").to_numpy()
+    held_out = (hashed % 1000) < SNAPSHOT_EVALUATION_SHARE * 1000
+    return rows[~held_out], rows[held_out]
+
+
 @dataclass
 class TrainingHalted:
     """Week W was not trained: the training-data gate failed (its outcome says why)."""
@@ -136,6 +152,7 @@ class TrainedWeek:
     data_gate: gate_lib.GateOutcome | None
     params: dict[str, Any]
     predictions: pd.DataFrame  # per evaluation row; the version column is added once registered
+    fairness_gate: gate_lib.GateOutcome | None = None  # only for a spec with a fairness section
 
 
 def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
@@ -147,6 +164,9 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
     """
     week = week_start.date().isoformat()
     train, evaluation, train_window = split_train_eval(features, spec, week_start)
+    if spec.source.timestamp is None:  # a snapshot: its one week is split into training and held-out rows
+        train, evaluation = snapshot_holdout(evaluation, spec)
+        train_window = Window(week_start, week_start + pd.Timedelta(weeks=1))
     if train.empty:
         return f"week {week}: no features rows in the {spec.partitions.training_window_weeks} weeks before it to train on"
     if evaluation.empty:
@@ -190,11 +210,27 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
         **{key: evaluation[key].to_numpy() for key in spec.source.key if key != spec.time_column},
         "actual": y_metric, "prediction": challenger.score, "predicted_label": [str(v) for v in challenger.label],
     })
+    if spec.source.timestamp is None:
+        params["snapshot_evaluation_share"] = SNAPSHOT_EVALUATION_SHARE
     return TrainedWeek(
         week, train_window, len(train), len(evaluation), fingerprint(train, spec), pipeline, x_train.head(5), x_eval,
         y_metric, challenger, metrics, plots, gate_lib.threshold_gate(metric, metrics[metric].value, spec.gates.threshold),
-        sanity, data_gate, params, predictions,
+        sanity, data_gate, params, predictions, fairness_check(spec, evaluation, y_metric, challenger.score),
     )
+
+
+def fairness_check(spec: ModelSpec, evaluation: pd.DataFrame, y_metric: np.ndarray,
+                   score: np.ndarray) -> gate_lib.GateOutcome | None:
+    """The fairness gate on week W's evaluation rows: the sensitive columns travel with them, never into the model."""
+    if spec.fairness is None:
+        return None
+    from mlplatform.lib.fairness import fairness_report, group_labels
+
+    fair = spec.fairness
+    report = fairness_report(spec.task, y_metric, score, group_labels(evaluation, fair.sensitive, fair.bands),
+                             spec.primary_metric, fair.max_demographic_parity_difference,
+                             fair.max_equalized_odds_difference, fair.min_group_rows)
+    return gate_lib.fairness_gate(report)
 
 
 def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champion_version: str | None,
@@ -219,7 +255,8 @@ def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champio
         trained.threshold_gate,
         gate_lib.champion_gate(comparison, spec.gates.beat_champion.alpha, champion_version, week),
         trained.sanity_gate,
-    ] + ([trained.data_gate] if trained.data_gate is not None else [])
+    ] + ([trained.fairness_gate] if trained.fairness_gate is not None else []) \
+        + ([trained.data_gate] if trained.data_gate is not None else [])
     metrics = trained.metrics
     metric_values = {name: estimate.value for name, estimate in metrics.items() if np.isfinite(estimate.value)}
     metric_values |= {f"{name}_ci_low": e.low for name, e in metrics.items() if np.isfinite(e.low)}

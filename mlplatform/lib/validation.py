@@ -185,8 +185,8 @@ def features_schema(spec: ModelSpec) -> pa.DataFrameSchema:
     for key in spec.source.key:
         if key != spec.time_column:
             columns[key] = pa.Column(nullable=False, description="Row key.")
-    if spec.fairness is not None:
-        columns[spec.fairness.sensitive] = _column(spec, spec.fairness.sensitive, "sensitive", default_nullable=False)
+    for name in spec.fairness.sensitive if spec.fairness is not None else []:
+        columns[name] = _column(spec, name, "sensitive", default_nullable=False)
     for name in spec.features.numeric:
         columns[name] = _column(spec, name, "numeric", default_nullable=True)
     for name in spec.features.categorical:

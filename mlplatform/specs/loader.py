@@ -119,10 +119,7 @@ def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) 
     if spec.target in spec.feature_columns:
         yield "features", f"target {spec.target!r} is also listed as a feature; remove it from features"
     if spec.fairness is not None:
-        if spec.fairness.sensitive not in modelling_columns:
-            yield "fairness.sensitive", _not_a_column(spec.fairness.sensitive, modelling_columns, where)
-        if spec.fairness.sensitive in spec.feature_columns:
-            yield "fairness.sensitive", f"{spec.fairness.sensitive!r} is also a feature; a sensitive attribute is kept out of the features"
+        yield from _check_fairness(spec, modelling_columns, where)
     for column, rules in spec.columns.items():
         if column not in spec.modelling_columns:
             yield f"columns.{column}", (
@@ -132,6 +129,22 @@ def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) 
         if rules.min is not None and rules.max is not None and rules.min > rules.max:
             yield f"columns.{column}", f"min {rules.min} is greater than max {rules.max}"
     yield from _check_estimator(spec)
+
+
+def _check_fairness(spec: ModelSpec, modelling_columns: list[str], where: str) -> Iterable[tuple[str, str]]:
+    """Sensitive columns exist, stay out of the features and are not the target; equalized odds needs two classes."""
+    assert spec.fairness is not None
+    for column in spec.fairness.sensitive:
+        if column not in modelling_columns:
+            yield "fairness.sensitive", _not_a_column(column, modelling_columns, where)
+        if column in spec.feature_columns:
+            yield "fairness.sensitive", f"{column!r} is also a feature; a sensitive attribute is kept out of the features"
+        if column == spec.target:
+            yield "fairness.sensitive", f"{column!r} is the target; a sensitive attribute is a column of its own"
+    if spec.fairness.max_equalized_odds_difference is not None and spec.task != "binary":
+        yield "fairness.max_equalized_odds_difference", (
+            f"found {spec.fairness.max_equalized_odds_difference:g} for task {spec.task}; equalized odds (true and "
+            "false positive rates) is defined for task binary only: remove the key")
 
 
 def _check_event_times(spec: ModelSpec, path: Path) -> Iterable[tuple[str, str]]:

@@ -200,14 +200,44 @@ class GatesSpec(_Strict):
 
 
 class FairnessSpec(_Strict):
-    sensitive: str = Field(description="Sensitive attribute column (kept out of the features).")
+    """The fairness gate: the model's outcome must not differ too much between groups of a sensitive attribute."""
+
+    sensitive: list[str] = Field(description="Sensitive attribute column, or a list of them (each judged on its own). "
+                                 "Kept out of the features; it travels with the rows to the evaluation.")
+    max_demographic_parity_difference: float = Field(
+        default=0.1, ge=0, description="Largest allowed gap between groups in positive-prediction rate (binary), in "
+        "any class's prediction rate (multiclass), or in mean prediction relative to the overall mean (regression).")
+    max_equalized_odds_difference: float | None = Field(
+        default=None, ge=0, le=1, description="Largest allowed gap between groups in true or false positive rate "
+        "(binary only). None: reported, not enforced.")
+    bands: dict[str, list[float]] = Field(
+        default_factory=dict, description="Numeric sensitive columns cut into bands at these edges, e.g. "
+        "`{age_in_years: [25, 35, 50]}` gives groups <25, 25-35 (25 included), 35-50, >=50.")
+    min_group_rows: int = Field(default=20, ge=1, description="Groups with fewer evaluation rows are shown but left "
+                                "out of the differences: a rate on a handful of rows decides by chance.")
+
+    @field_validator("sensitive", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("sensitive")
     @classmethod
-    def _name(cls, value: str) -> str:
-        return check_column_name(value)
-    max_demographic_parity_difference: float = Field(default=0.1, ge=0, le=1, description="Largest allowed gap in "
-                                                     "positive-prediction rate between groups.")
+    def _names(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one sensitive column")
+        return [check_column_name(v) for v in dict.fromkeys(value)]
+
+    @model_validator(mode="after")
+    def _bands(self) -> FairnessSpec:
+        for column, edges in self.bands.items():
+            if column not in self.sensitive:
+                raise ValueError(f"fairness.bands: {column!r} is not a sensitive column; allowed: "
+                                 f"{', '.join(self.sensitive)}")
+            if not edges or any(a >= b for a, b in zip(edges, edges[1:], strict=False)):
+                raise ValueError(f"fairness.bands: {column}: found {edges}; expected band edges in increasing order, "
+                                 "e.g. [25, 35, 50]")
+        return self
 
 
 class DriftSpec(_Strict):
@@ -283,8 +313,8 @@ class ModelSpec(_Strict):
     partitions: PartitionsSpec = Field(description="The weekly partitions and the training window.")
     estimator: EstimatorSpec = Field(default_factory=EstimatorSpec, description="The model.")
     gates: GatesSpec = Field(default_factory=GatesSpec, description="What a new version must pass.")
-    fairness: FairnessSpec | None = Field(default=None, description="Fairness gate settings (declared, not enforced "
-                                          "yet: a later issue).")
+    fairness: FairnessSpec | None = Field(default=None, description="The fairness gate, one of the model gates: a "
+                                          "version failing it gets no alias. None: no fairness gate.")
     drift: DriftSpec = Field(default_factory=DriftSpec, description="The weekly drift check.")
     automation: AutomationSpec = Field(default_factory=AutomationSpec, description="Schedules and sensors.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Promotion; serving settings for a later issue.")
@@ -337,7 +367,7 @@ class ModelSpec(_Strict):
         """Columns of the features table, in order: time, key, sensitive, features, target."""
         ordered = [self.time_column, *self.source.key]
         if self.fairness:
-            ordered.append(self.fairness.sensitive)
+            ordered += self.fairness.sensitive
         ordered += [*self.feature_columns, self.target]
         return list(dict.fromkeys(ordered))
 
