@@ -165,11 +165,14 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
-    """A person approves a version: it becomes champion, and the audit table says who, when and why.
+def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple[int, object]:
+    """What promote and rollback share: stores checked, the warehouse opened (waiting for a run), the rule decided
+    by ``decide(connection, tracker)`` (:mod:`mlplatform.lib.promotion`), then audit row and alias move as one unit.
 
-    :mod:`mlplatform.lib.promotion` owns the rules and makes the audit row and the alias move one unit.
+    Returns (exit code, the change made or None).
     """
+    from mlflow.exceptions import MlflowException
+
     from mlplatform.lib import promotion
     from mlplatform.lib.stores import check_stores
     from mlplatform.lib.tracking import Tracker
@@ -177,78 +180,54 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     tracker = Tracker.for_settings(settings)
+    refused = f"not {verb}, nothing changed"
     try:
         damage = check_stores(settings.home, tracker, args.wait)
-    except WarehouseBusy as busy:
-        print(f"{args.model}: not promoted, nothing changed: {busy}. A run is probably writing to it; "
-              "try again when it ends, or give --wait SECONDS", file=sys.stderr)
-        return 1
-    if damage:
-        print("not promoted, nothing changed: a store looks damaged or replaced:\n  - " + "\n  - ".join(damage),
-              file=sys.stderr)
-        return 1
-    try:
-        change = promotion.approval_change(tracker, args.model, args.version, args.by, args.reason, args.force)
-    except promotion.PromotionRefused as refused:
-        print(f"not promoted, nothing changed: {refused}", file=sys.stderr)
-        return 1
-    if change is None:
-        print(f"{args.model}: v{args.version or 'the challenger'} is already the champion; nothing changed")
-        return 0
-    try:
+        if damage:
+            print(f"{refused}: a store looks damaged or replaced:\n  - " + "\n  - ".join(damage), file=sys.stderr)
+            return 1, None
         connection = connect_when_free(settings.warehouse_path, args.wait)
     except WarehouseBusy as busy:
-        print(f"{args.model}: not promoted, nothing changed: {busy}. A run is probably writing to it; "
-              "try again when it ends, or give --wait SECONDS", file=sys.stderr)
-        return 1
-    from mlflow.exceptions import MlflowException
-
+        print(f"{args.model}: {refused}: {busy}. A run is probably writing to it; try again when it ends, or give "
+              "--wait SECONDS", file=sys.stderr)
+        return 1, None
     with connection:
         try:
-            promotion.commit_changes(connection, tracker, [change])
+            change = decide(connection, tracker)
+            if change is not None:
+                promotion.commit_changes(connection, tracker, [change])
+        except promotion.PromotionRefused as error:
+            print(f"{refused}: {error}", file=sys.stderr)
+            return 1, None
         except MlflowException as error:
-            print(f"{args.model}: not promoted, nothing changed: the registry refused the alias: {error}",
-                  file=sys.stderr)
-            return 1
-    print(f"{args.model}: champion v{change.previous_version or '-'} -> v{change.version} (approved by {change.actor})")
-    return 0
+            print(f"{args.model}: {refused}: the registry refused the alias: {error}", file=sys.stderr)
+            return 1, None
+    return 0, change
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """A person approves a version: it becomes champion, and the audit table says who, when and why."""
+    from mlplatform.lib import promotion
+
+    code, change = _person_moves_champion(args, "promoted", lambda connection, tracker: promotion.approval_change(
+        tracker, args.model, args.version, args.by, args.reason, args.force))
+    if code == 0 and change is None:
+        print(f"{args.model}: v{args.version or 'the challenger'} is already the champion; nothing changed")
+    elif code == 0:
+        print(f"{args.model}: champion v{change.previous_version or '-'} -> v{change.version} "
+              f"(approved by {change.actor})")
+    return code
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """A person puts an earlier champion back; the same rules and audit as every alias move (lib/promotion.py)."""
-    from mlflow.exceptions import MlflowException
-
     from mlplatform.lib import promotion
-    from mlplatform.lib.stores import check_stores
-    from mlplatform.lib.tracking import Tracker
-    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
 
-    settings = load_settings()
-    tracker = Tracker.for_settings(settings)
-    try:
-        damage = check_stores(settings.home, tracker, args.wait)
-        if damage:
-            print("not rolled back, nothing changed: a store looks damaged or replaced:\n  - " + "\n  - ".join(damage),
-                  file=sys.stderr)
-            return 1
-        connection = connect_when_free(settings.warehouse_path, args.wait)
-    except WarehouseBusy as busy:
-        print(f"{args.model}: not rolled back, nothing changed: {busy}; try again when the run ends, or give "
-              "--wait SECONDS", file=sys.stderr)
-        return 1
-    with connection:
-        try:
-            change = promotion.rollback_change(connection, tracker, args.model, args.to, args.by, args.reason)
-            promotion.commit_changes(connection, tracker, [change])
-        except promotion.PromotionRefused as refused:
-            print(f"not rolled back, nothing changed: {refused}", file=sys.stderr)
-            return 1
-        except MlflowException as error:
-            print(f"{args.model}: not rolled back, nothing changed: the registry refused the alias: {error}",
-                  file=sys.stderr)
-            return 1
-    print(f"{args.model}: champion v{change.previous_version} -> v{change.version} (rolled back by {change.actor})")
-    return 0
+    code, change = _person_moves_champion(args, "rolled back", lambda connection, tracker: promotion.rollback_change(
+        connection, tracker, args.model, args.to, args.by, args.reason))
+    if code == 0:
+        print(f"{args.model}: champion v{change.previous_version} -> v{change.version} (rolled back by {change.actor})")
+    return code
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
