@@ -27,6 +27,7 @@ class RollbackConfig(Config):
     decided_by: str
     reason: str
     to_version: str = ""  # empty: the champion before the current one (from the audit)
+    only_if_champion: str = ""  # the rollback sensor's guard: act only while this version is still champion
 
 
 def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
@@ -47,7 +48,8 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
         except promotion.PromotionRefused as refused:
             raise Failure(f"nothing changed: {refused}") from None
         if change is None:
-            context.log.info(f"{spec.name}: already the champion; nothing changed")
+            context.log.info(f"{spec.name}: nothing changed (the version asked for is already the champion, or the "
+                             "champion has moved since the decision was made)")
             return
         promotion.commit_changes(connection, tracker, [change])
     context.log.info(f"{spec.name}: champion v{change.previous_version or '-'} -> v{change.version} by {change.actor}: "
@@ -68,7 +70,8 @@ def build_approval_jobs(spec: ModelSpec) -> list:
     @op(name=f"{spec.name}_rollback_champion", required_resource_keys=resources)
     def rollback(context: OpExecutionContext, config: RollbackConfig) -> None:
         _apply(context, spec, lambda connection, tracker: promotion.rollback_change(
-            connection, tracker, spec.name, config.to_version or None, config.decided_by, config.reason))
+            connection, tracker, spec.name, config.to_version or None, config.decided_by, config.reason,
+            only_if_champion=config.only_if_champion or None))
 
     @job(name=names.approve_job(spec.name),
          description=f"A person approves a {spec.name} version as champion (what `mlplatform promote` does).")
