@@ -145,8 +145,10 @@ def live_weeks(spec: ModelSpec, last_run_week: str, count: int) -> list[str]:
 
 
 def run_production(settings: Settings, specs: list[ModelSpec], champions: dict[str, str | None],
-                   last_weeks: dict[str, str]) -> list[ProductionSummary]:
-    """Serve the models that have a champion; replay or live their production weeks; summarise what happened."""
+                   last_weeks: dict[str, str], live: dict[str, int] | None = None) -> list[ProductionSummary]:
+    """Serve the models that have a champion; replay or live (``live``: model -> weeks, default :data:`LIVE_WEEKS`)
+    their production weeks after ``last_weeks``; summarise what happened."""
+    live = LIVE_WEEKS if live is None else live
     from dagster import DagsterInstance
 
     from mlplatform.definitions import build_definitions
@@ -163,8 +165,8 @@ def run_production(settings: Settings, specs: list[ModelSpec], champions: dict[s
     with Service(settings, [spec.name for spec in served]) as service:
         for spec in served:
             summary = summaries[spec.name]
-            if spec.name in LIVE_WEEKS:
-                weeks = live_weeks(spec, last_weeks[spec.name], LIVE_WEEKS[spec.name])
+            if spec.name in live:
+                weeks = live_weeks(spec, last_weeks[spec.name], live[spec.name])
                 for week in weeks:
                     summary.story.append(_live_week(settings, defs, instance, service, spec, week, summary))
                 if weeks:
