@@ -253,8 +253,8 @@ def test_flipped_outcomes_for_a_week_roll_the_champion_back_once_never_to_a_gate
         import httpx
 
         assert service.champion("toy") == "2"
-        record = {c: v for c, v in churn_weeks(date(2024, 1, 1), ["A"], 1).iloc[0].items()
-                  if c in spec.feature_columns}
+        record = {c: (v.item() if hasattr(v, "item") else v)
+                  for c, v in churn_weeks(date(2024, 1, 1), ["A"], 1).iloc[0].items() if c in spec.feature_columns}
         answer = httpx.post(f"{service.url}/v1/models/toy/predict", json={"records": [record]}).json()
         assert answer["predictions"][0]["version"] == "2"
 
