@@ -302,3 +302,22 @@ def test_a_worse_canary_is_stopped_and_audited_and_a_good_one_keeps_running(home
     out = capsys.readouterr().out
     assert "champion v1 -> v3" in out and "production evidence for v3:" in out
     assert f"canary week {weeks[4]}: live roc_auc" in out and "vs champion v1" in out
+
+
+def test_outcomes_from_a_teams_labels_file_land_in_the_week_of_their_rows_and_missing_columns_are_named(
+        home, spec_dir):
+    from mlplatform.lib.source import Window
+    from mlplatform.runner import specs_by_name
+
+    outcomes = pd.DataFrame({"signup_time": ["2024-01-02 10:00:00", "2024-01-09 10:00:00", "2024-01-03 11:00:00"],
+                             "_id": [17, 18, 19], "churned": [1, 0, 0]})
+    folder = spec_dir({"toy.yaml": churn_spec("2024-02-05", extra="labels:\n  path: outcomes.csv\n")},
+                      {"churn.csv": churn_weeks(date(2024, 1, 1), ["A", "A"], rows_per_week=50),
+                       "outcomes.csv": outcomes})
+    spec = specs_by_name()["toy"]
+    week = live.file_outcomes(spec, Window(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08")))
+    assert sorted(week[live.JOIN_KEY]) == ["r:17", "r:19"] and sorted(week[live.LABEL]) == [0, 1]
+
+    outcomes.drop(columns=["_id"]).to_csv(folder / "outcomes.csv", index=False)
+    with pytest.raises(ValueError, match="missing column.*_id.*the record id clients sent"):
+        live.file_outcomes(spec, Window(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08")))
