@@ -57,18 +57,22 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
 def build_approval_jobs(spec: ModelSpec) -> list:
     """``<model>_approve`` and ``<model>_rollback``, for the launchpad."""
     from mlplatform.lib import promotion
+    from mlplatform.lib.spec_hash import spec_tags
 
     resources = {"warehouse", "model_registry", "platform"}
+    current_spec = spec_tags(spec)  # a version whose gates ran under an older spec is refused
 
     @op(name=f"{spec.name}_approve_champion", required_resource_keys=resources)
     def approve(context: OpExecutionContext, config: ApprovalConfig) -> None:
         _apply(context, spec, lambda connection, tracker: promotion.approval_change(
-            tracker, spec.name, config.version or None, config.approved_by, config.reason, config.force))
+            tracker, spec.name, config.version or None, config.approved_by, config.reason, config.force,
+            current_spec=current_spec))
 
     @op(name=f"{spec.name}_rollback_champion", required_resource_keys=resources)
     def rollback(context: OpExecutionContext, config: RollbackConfig) -> None:
         _apply(context, spec, lambda connection, tracker: promotion.rollback_change(
-            connection, tracker, spec.name, config.to_version or None, config.decided_by, config.reason))
+            connection, tracker, spec.name, config.to_version or None, config.decided_by, config.reason,
+            current_spec=current_spec))
 
     @job(name=names.approve_job(spec.name),
          description=f"A person approves a {spec.name} version as champion (what `mlplatform promote` does).")
