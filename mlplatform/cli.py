@@ -205,6 +205,38 @@ def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple
     return 0, change
 
 
+def _spec_named(settings: Settings, model: str):
+    """The current spec of one model, loaded and checked as `validate` does, without loading the other specs
+    (a broken neighbour must not block this model; checking every data file costs seconds).
+
+    Raises SpecError for that spec's problems, ValueError when no spec in MLPLATFORM_SPECS names the model.
+    """
+    import yaml
+
+    from mlplatform.lib.settings import DBT_PROJECT_DIR
+    from mlplatform.specs import SpecError, dbt_manifest_columns, load_spec_file
+
+    folder = settings.specs_dir
+    files = sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
+    for file in files:
+        try:
+            named = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get("name")
+        except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
+            continue
+        if named != model:
+            continue
+        manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
+        if not manifest.exists():
+            from mlplatform.defs.dbt_project import prepare_manifest
+
+            manifest = prepare_manifest()
+        spec, problems = load_spec_file(file, dbt_manifest_columns(manifest))
+        if problems or spec is None:
+            raise SpecError(problems)
+        return spec
+    raise ValueError(f"no model spec named {model!r} in {folder}")
+
+
 def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | None]:
     """The current spec's hashes (:func:`mlplatform.lib.spec_hash.spec_tags`), for refusing a version whose gates
     ran under an older spec. (False, None) when the specs do not load (said on stderr: nothing may change then);
@@ -213,9 +245,9 @@ def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | No
     from mlplatform.specs import SpecError
 
     try:
-        spec = _served_specs(load_settings(), [model])[0]
+        spec = _spec_named(load_settings(), model)
     except SpecError as error:
-        print(f"{model}: not {verb}, nothing changed: the model specs do not load, so the spec this version's gates "
+        print(f"{model}: not {verb}, nothing changed: its model spec does not load, so the spec this version's gates "
               f"ran under cannot be compared with the current one:\n{error}", file=sys.stderr)
         return False, None
     except ValueError as error:
@@ -311,7 +343,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     try:
-        spec = _served_specs(settings, [args.model])[0]
+        spec = _spec_named(settings, args.model)
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing was reproduced", file=sys.stderr)
         return 1
