@@ -16,6 +16,7 @@ EVALUATION = "evaluation"
 BACKTEST = "backtest"
 DRIFT = "drift"
 PREDICTION_LOG = "prediction_log"  # what the REST service answered, read from its Parquet log
+AUDIT_TRAIL = "audit_trail"  # the model's audit events, reported by the steps and jobs that write them
 
 # Checks, by the asset they are on.
 RAW_CHECK = "source_contract"  # on raw

@@ -8,6 +8,7 @@ gates failed is refused, a rollback never restores one, and every move has its a
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
 
 from mlplatform import names
+from mlplatform.defs.audit_assets import audit_trail_materialization
 from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.specs import ModelSpec
 
@@ -50,6 +51,7 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
             context.log.info(f"{spec.name}: already the champion; nothing changed")
             return
         promotion.commit_changes(connection, tracker, [change])
+        context.log_event(audit_trail_materialization(spec, connection))
     context.log.info(f"{spec.name}: champion v{change.previous_version or '-'} -> v{change.version} by {change.actor}: "
                      f"{change.reason}")
 
