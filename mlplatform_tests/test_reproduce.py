@@ -4,6 +4,7 @@ source row is refused loudly, before anything is trained."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from mlplatform.cli import main
 from mlplatform.lib.spec_hash import GATES_HASH_TAG, SPEC_HASH_TAG
@@ -61,3 +62,43 @@ def test_reproduce_gives_identical_metrics_then_refuses_after_a_source_row_chang
     assert main(["reproduce", "toy", "2"]) == 2  # no such version: refused too, never a traceback
     assert "no such registered model version" in capsys.readouterr().err
     assert _stores(home, tracker) == before
+
+
+def test_with_dbt_staging_the_source_is_checked_against_the_stored_raw_rows(home, spec_dir, instance):
+    """A staged spec's features are dbt's output, read from the warehouse; a changed source row is still caught."""
+    import pytest
+
+    from mlplatform.lib.reproduce import ReproductionRefused, current_rows
+    from mlplatform.lib.source import Window
+    from mlplatform.lib.training import fingerprint
+    from mlplatform.runner import specs_by_name
+    from mlplatform.specs.schema import StagingSpec
+
+    folder = spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-15", assets=["raw", "features"]).success
+    staged = specs_by_name()["toy"].model_copy(update={"staging": StagingSpec(dbt_model="stg_toy")})
+    window = Window(datetime(2024, 1, 1), datetime(2024, 1, 15))
+    rows, source = current_rows(staged, window, home / "warehouse.duckdb")
+    stored = warehouse_query(home, "select * from toy.features where ts < '2024-01-15' order by ts")
+    assert "features rows from the warehouse" in source and fingerprint(rows, staged) == fingerprint(stored, staged)
+
+    changed = toy_rows()
+    changed.loc[5, "color"] = "blue" if changed.loc[5, "color"] != "blue" else "red"
+    changed.to_csv(folder / "toy.csv", index=False)
+    with pytest.raises(ReproductionRefused, match="source rows of 2024-01-01..2024-01-15 .* differ from the raw rows"):
+        current_rows(staged, window, home / "warehouse.duckdb")
+
+
+def test_library_python_and_seed_versions_that_differ_from_the_recorded_ones_are_listed():
+    from mlplatform.lib.reproduce import Recorded, environment_differences
+    from mlplatform.lib.source import Window
+    from mlplatform.lib.tracking import library_versions
+
+    now = library_versions()
+    recorded = Recorded("toy", "1", "run", "2024-01-08", Window(datetime(2024, 1, 1), datetime(2024, 1, 8)), "f", None,
+                        {"seed": "7"}, {}, {**{f"library.{k}": v for k, v in now.items()},
+                                            "library.scikit-learn": "0.0.1", "python.version": "2.7.18"}, {}, None)
+    found = {d.what: (d.recorded, d.now) for d in environment_differences(recorded)}
+    assert found["library scikit-learn"] == ("0.0.1", now["scikit-learn"])
+    assert found["python"][0] == "2.7.18" and found["seed"] == ("7", "0")
+    assert not any(name.startswith("library ") and name != "library scikit-learn" for name in found)

@@ -263,8 +263,9 @@ def current_rows(spec: ModelSpec, window: Window, warehouse: Path) -> tuple[pd.D
     columns = [c for c in raw_now.columns if c in raw_stored.columns]
     if _frame_digest(raw_now[columns], spec) != _frame_digest(raw_stored[columns], spec):
         raise ReproductionRefused(
-            f"{spec.name}: the source rows of {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d} differ from the raw rows "
-            f"the warehouse stored from them ({len(raw_now)} source rows, {len(raw_stored)} stored; source "
+            f"{spec.name}: the source rows of {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d} (the training window, the "
+            f"evaluated week and the days before it) differ from the raw rows the warehouse stored from them and dbt "
+            f"staged for training ({len(raw_now)} source rows, {len(raw_stored)} stored; digest of the source "
             f"{_frame_digest(raw_now[columns], spec)[:16]}, stored {_frame_digest(raw_stored[columns], spec)[:16]}): "
             "the source changed, so the version cannot be reproduced")
     features = warehouse_rows(warehouse, spec.name, names.FEATURES, spec.time_column, window)
