@@ -55,3 +55,14 @@ def test_the_audit_trail_asset_follows_runs_and_approvals_and_shows_a_broken_cha
     assert shown["chain_intact"] is False
     assert any(problem.startswith("event 2 ") and "was changed" in problem for problem in shown["chain_problems"])
     assert shown["chain_verification"].startswith("BROKEN")
+
+
+def test_a_data_gate_that_stops_the_run_still_reports_the_trail(home, spec_dir, instance):
+    rows = toy_rows()
+    rows["x1"] = rows["x1"].astype(str)
+    rows.loc[3, "x1"] = "not a number"
+    spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": rows})
+    assert not run_weeks(load_definitions(), "toy", instance, "2024-01-01").success  # source_contract fails
+    shown = _latest(instance)
+    assert shown["events"] == 1 and shown["chain_intact"] is True
+    assert "| data_gate | 1 |" in shown["counts_per_event"] and "source_contract" in shown["latest_events"]
