@@ -103,8 +103,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     prepare_dagster_home(settings)
+    from mlplatform.production import LIVE_WEEKS
+
+    hold_back = {} if args.no_serve or args.end or args.weeks else LIVE_WEEKS  # weeks lived later as production
     try:
-        results = run_models(models=args.model or None, first=args.start, last=args.end, weeks=args.weeks)
+        results = run_models(models=args.model or None, first=args.start, last=args.end, weeks=args.weeks,
+                             hold_back=hold_back)
     except (SpecError, RunRequestError) as error:
         print(f"{error}\nnothing was run", file=sys.stderr)
         return 1
@@ -114,13 +118,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(summary_table(results, settings.warehouse_path, champions))
     production_ok = True
     if not args.no_serve:
-        from mlplatform.production import replay_last_weeks, summary_lines
+        from mlplatform.production import run_production, summary_lines
         from mlplatform.runner import specs_by_name
 
         specs = specs_by_name()
         try:
-            summaries = replay_last_weeks(settings, [specs[r.model] for r in results if r.model in specs], champions,
-                                          {r.model: r.last_week for r in results})
+            summaries = run_production(settings, [specs[r.model] for r in results if r.model in specs], champions,
+                                       {r.model: r.last_week for r in results})
         except RuntimeError as error:
             production_ok = False
             print(f"== production: the REST service failed: {error}")

@@ -84,10 +84,11 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
     """Every asset, job, schedule and sensor of one model, with the platform's shared resources."""
     from mlplatform.defs.approval import build_approval_jobs
     from mlplatform.defs.audit_assets import build_audit_trail_spec
-    from mlplatform.defs.automation import build_jobs, build_retrain_sensor, build_schedule
+    from mlplatform.defs.automation import build_decay_sensor, build_jobs, build_retrain_sensor, build_schedule
     from mlplatform.defs.data_assets import build_features_asset, build_raw_asset
     from mlplatform.defs.drift_assets import build_drift_assets
     from mlplatform.defs.model_assets import build_model_assets
+    from mlplatform.defs.production_assets import build_production_assets
     from mlplatform.defs.serving_assets import build_prediction_log_spec
 
     with warnings.catch_warnings():
@@ -101,13 +102,16 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
 
             assets.append(build_staged_assets(spec))
         assets += [build_features_asset(spec), build_model_assets(spec), build_prediction_log_spec(spec),
-                   build_drift_assets(spec), build_audit_trail_spec(spec)]
-    pipeline, retrain, weekly = build_jobs(spec)
-    approve, rollback = build_approval_jobs(spec)
-    # Weekly-retrained models are retrained by the schedule; the sensor serves `retrain: on_drift`.
-    sensors = [build_retrain_sensor(spec, retrain)] if spec.automation.retrain == "on_drift" else []
+                   build_drift_assets(spec), build_production_assets(spec),
+                   build_audit_trail_spec(spec)]
+        pipeline, retrain, weekly, production = build_jobs(spec)
+        approve, rollback = build_approval_jobs(spec)
+        # Weekly-retrained models are retrained by the schedule; the drift sensor serves `retrain: on_drift`.
+        sensors = [build_retrain_sensor(spec, retrain)] if spec.automation.retrain == "on_drift" else []
+        sensors.append(build_decay_sensor(spec, retrain, rollback))
     return dg.Definitions(
-        assets=assets, jobs=[pipeline, retrain, weekly, approve, rollback], schedules=[build_schedule(spec, weekly)], sensors=sensors,
+        assets=assets, jobs=[pipeline, retrain, weekly, production, approve, rollback],
+        schedules=[build_schedule(spec, weekly)], sensors=sensors,
         resources=platform_resources(settings),
         # One process: DuckDB allows one writer per file, and in-process steps skip a process start each.
         executor=in_process_executor,

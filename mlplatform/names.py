@@ -17,16 +17,24 @@ BACKTEST = "backtest"
 DRIFT = "drift"
 PREDICTION_LOG = "prediction_log"  # what the REST service answered, read from its Parquet log
 AUDIT_TRAIL = "audit_trail"  # the model's audit events, reported by the steps and jobs that write them
+LABELS = "labels"  # outcomes known for week W's rows (they arrive after the predictions)
+LIVE_PERFORMANCE = "live_performance"  # logged predictions joined with their labels, per version and role
+SHADOW_REPORT = "shadow_report"  # challenger vs champion on the same requests
 
 # Checks, by the asset they are on.
 RAW_CHECK = "source_contract"  # on raw
 FEATURES_CHECK = "schema"  # on features
 DRIFT_CHECK = "drifted_share"  # on drift: what the retrain sensor reacts to
+LIVE_DEGRADATION_CHECK = "live_degradation"  # on live_performance: what the rollback sensor reacts to
+CANARY_CHECK = "canary"  # on live_performance: a canary worse than the champion is stopped
 
 # Warehouse tables in the model's schema (besides the assets' own tables raw, staged, features).
 PREDICTIONS_TABLE = "predictions"
 EVALUATIONS_TABLE = "evaluations"
 DRIFT_TABLE = "drift"
+LABELS_TABLE = "labels"
+LIVE_TABLE = "live_performance"
+SHADOW_TABLE = "shadow"
 
 # The audit trail (warehouse schema "audit").
 AUDIT_SCHEMA = "audit"
@@ -38,6 +46,10 @@ TRIGGER_TAG = "mlplatform/trigger"
 DRIFT_WEEK_TAG = "mlplatform/drift_week"
 DRIFT_CHECK_RECORD_TAG = "mlplatform/drift_check_record"
 DRIFT_CHECK_TIME_TAG = "mlplatform/drift_check_timestamp"
+DRIFT_TRIGGER = "drift"  # TRIGGER_TAG values: why a retrain run was requested
+DECAY_TRIGGER = "performance_decay"
+DECAY_WEEK_TAG = "mlplatform/decay_week"  # the week whose live performance failed
+DECAY_CHECK_RECORD_TAG = "mlplatform/decay_check_record"
 
 
 def asset_path(model: str, stage: str) -> list[str]:
@@ -70,6 +82,11 @@ def rollback_job(model: str) -> str:
     return f"{model}_rollback"
 
 
+def production_job(model: str) -> str:
+    """Labels, live performance and the shadow report for some weeks: run when a week's outcomes have arrived."""
+    return f"{model}_production"
+
+
 def weekly_schedule(model: str) -> str:
     """Dagster names a schedule built from a partitioned job after the job."""
     return f"{weekly_job(model)}_schedule"
@@ -77,6 +94,11 @@ def weekly_schedule(model: str) -> str:
 
 def retrain_sensor(model: str) -> str:
     return f"{model}_retrain_on_drift"
+
+
+def decay_sensor(model: str) -> str:
+    """Rolls back and retrains when the live_degradation check fails."""
+    return f"{model}_rollback_on_decay"
 
 
 def model_from_pipeline_job(job_name: str) -> str | None:

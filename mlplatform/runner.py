@@ -132,12 +132,13 @@ def week_range(model: str, weeks_of_model: list[str], first: str | None, last: s
 
 def run_models(
     models: list[str] | None = None, first: str | None = None, last: str | None = None, weeks: int | None = None,
-    skip_empty_weeks: bool = True,
+    skip_empty_weeks: bool = True, hold_back: dict[str, int] | None = None,
 ) -> list[ModelRunResult]:
     """Run each model's pipeline over its weeks; every request is checked before anything runs.
 
     Weeks whose source holds no rows are skipped by default (and named): the range is cut into runs of
     consecutive weeks with data, so an empty week neither fails the weeks around it nor shows as done.
+    ``hold_back`` leaves a model's last N weeks of the range to be run later as production weeks (the demo).
     """
     from mlplatform.definitions import build_definitions
 
@@ -160,6 +161,9 @@ def run_models(
         job = defs.resolve_job_def(jobs[model])
         keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
         start, end = week_range(model, keys, first, last, weeks)
+        held = (hold_back or {}).get(model, 0)
+        if held:
+            end = keys[max(keys.index(start), keys.index(end) - held)]
         in_range = keys[keys.index(start):keys.index(end) + 1]
         with_rows = weeks_with_rows(specs[model], in_range) if model in specs else in_range
         planned.append((model, job, start, end, contiguous_ranges(in_range, with_rows),
@@ -186,6 +190,19 @@ def specs_by_name() -> dict:
     from mlplatform.specs import dbt_manifest_columns, load_specs
 
     return {spec.name: spec for spec in load_specs(load_settings().specs_dir, dbt_manifest_columns(prepare_manifest()))}
+
+
+def run_job(defs, instance: DagsterInstance, job_name: str, first: str, last: str | None = None):
+    """One run of a partitioned job over the weeks [first, last] (one week without ``last``), in this process."""
+    job = defs.resolve_job_def(job_name)
+    tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last or first}
+    return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=QUIET_RUN_CONFIG)
+
+
+def check_results(result) -> list[AssetCheckEvaluation]:
+    """The asset check evaluations a run logged."""
+    return [event.event_specific_data for event in result.all_events
+            if event.event_type_value == "ASSET_CHECK_EVALUATION"]
 
 
 def _weeks_text(weeks: list[str], shown: int = 12) -> str:
@@ -234,39 +251,59 @@ def _damaged_stores() -> list[str]:
     return check_stores(settings.home, Tracker.for_settings(settings))
 
 
-def run_retrain_sensor(defs, instance: DagsterInstance, model: str) -> list[tuple[str, str, bool]]:
-    """Tick the model's retrain-on-drift sensor once, as the daemon would, and execute what it requests.
+@dataclass
+class SensorRun:
+    """One run a sensor requested, as executed in this process."""
 
-    Runs carry the sensor's name and run key, so a daemon started later (``dagster dev``) sees
-    them as already launched and does not retrain the same failures again.
+    job: str
+    partition: str | None
+    tags: dict[str, str]
+    success: bool
+    run_id: str
+
+
+def tick_sensor(defs, instance: DagsterInstance, sensor_name: str) -> list[SensorRun]:
+    """Tick a sensor once, as the daemon would, and execute what it requests (in this process, in order).
+
+    Runs carry the sensor's name and run key, so a request already launched (by an earlier tick or a daemon) is not
+    run again, and a daemon started later (``dagster dev``) sees them as launched.
     """
     import json
 
     from dagster import SensorResult, build_sensor_context
     from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
-    name = names.retrain_sensor(model)
     try:
-        sensor_def = defs.resolve_sensor_def(name)
-    except Exception:  # noqa: BLE001 - models retrained weekly have no sensor
+        sensor_def = defs.resolve_sensor_def(sensor_name)
+    except Exception:  # noqa: BLE001 - e.g. models retrained weekly have no drift sensor
         return []
     cursor_file = Path(instance.root_directory) / "demo_sensor_cursors.json"
     cursors = json.loads(cursor_file.read_text()) if cursor_file.exists() else {}
-    context = build_sensor_context(instance=instance, cursor=cursors.get(name), definitions=defs)
+    context = build_sensor_context(instance=instance, cursor=cursors.get(sensor_name), definitions=defs)
     result = sensor_def(context)
     if not isinstance(result, SensorResult):
         return []
     if result.cursor is not None:
-        cursors[name] = result.cursor
+        cursors[sensor_name] = result.cursor
         cursor_file.write_text(json.dumps(cursors))
-    job = defs.resolve_job_def(names.retrain_job(model))
     done = []
     for request in result.run_requests or []:
-        tags = {**request.tags, SENSOR_NAME_TAG: name, RUN_KEY_TAG: request.run_key}
+        tags = {**request.tags, SENSOR_NAME_TAG: sensor_name, RUN_KEY_TAG: request.run_key}
+        if request.run_key and instance.get_runs(RunsFilter(tags={SENSOR_NAME_TAG: sensor_name,
+                                                                  RUN_KEY_TAG: request.run_key}), limit=1):
+            continue
+        job = defs.resolve_job_def(request.job_name or sensor_def.job_name)
+        run_config = {**QUIET_RUN_CONFIG, **(request.run_config or {})}
         run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=tags,
-                                     raise_on_error=False, run_config=QUIET_RUN_CONFIG)
-        done.append((request.tags[names.DRIFT_WEEK_TAG], request.partition_key, run.success))
+                                     raise_on_error=False, run_config=run_config)
+        done.append(SensorRun(job.name, request.partition_key, dict(request.tags), run.success, run.run_id))
     return done
+
+
+def run_retrain_sensor(defs, instance: DagsterInstance, model: str) -> list[tuple[str, str, bool]]:
+    """Tick the model's retrain-on-drift sensor once and run its requests: (drift week, retrained week, success)."""
+    return [(run.tags[names.DRIFT_WEEK_TAG], run.partition or "", run.success)
+            for run in tick_sensor(defs, instance, names.retrain_sensor(model))]
 
 
 def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.DataFrame:
@@ -305,6 +342,10 @@ def drift_weeks(warehouse_path: Path, model: str, first: str, last: str) -> list
     return [f"{week:%Y-%m-%d}" for (week,) in rows]
 
 
+NOT_DATA_CHECKS = ("model.", "drift.", f"{names.LIVE_PERFORMANCE}.")
+"""Checks the summary shows elsewhere than on its data line."""
+
+
 def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions: dict[str, str | None],
                   max_weeks: int = 8) -> str:
     """What happened, in a terminal: data gates per model, then the last weeks' metric, gates and aliases."""
@@ -314,19 +355,19 @@ def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions
     lines = []
     for r in results:
         data_checks = ", ".join(f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in r.checks.items()
-                                if not name.startswith(("model.", "drift."))) or "none ran"
+                                if not name.startswith(NOT_DATA_CHECKS)) or "none ran"
         lines.append(f"== {r.model}: weeks {r.first_week}..{r.last_week}, run {'succeeded' if r.success else 'FAILED'}")
         if r.skipped_weeks:
             lines.append(f"   skipped {len(r.skipped_weeks)} weeks without rows in the source: "
                          f"{_weeks_text(r.skipped_weeks)}")
         lines.append(f"   data: {r.rows.get('raw', 0)} raw rows, {r.rows.get('features', 0)} feature rows; {data_checks}")
         for name, ok in r.checks.items():
-            if not ok and not name.startswith(("model.", "drift.")):
+            if not ok and not name.startswith(NOT_DATA_CHECKS):
                 lines.append(f"   {name} failed: {r.check_summaries.get(name, '')}")
         drifted = drift_weeks(warehouse_path, r.model, r.first_week, r.last_week)
         if drifted is not None:
             lines.append(f"   drift check failed on {len(drifted)} weeks: {', '.join(drifted[:12])}"
-                         + (" ..." if len(drifted) > 12 else ""))
+                         + (" ..." if len(drifted) > 12 else "") if drifted else "   drift check passed every week")
         if r.halted:
             lines.append(f"   training halted by the training-data gate on {len(r.halted)} weeks: {', '.join(r.halted[:12])}"
                          + (" ..." if len(r.halted) > 12 else ""))

@@ -28,6 +28,7 @@ class RollbackConfig(Config):
     decided_by: str
     reason: str
     to_version: str = ""  # empty: the champion before the current one (from the audit)
+    only_if_champion: str = ""  # the rollback sensor's guard: act only while this version is still champion
 
 
 def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
@@ -48,7 +49,8 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
         except promotion.PromotionRefused as refused:
             raise Failure(f"nothing changed: {refused}") from None
         if change is None:
-            context.log.info(f"{spec.name}: already the champion; nothing changed")
+            context.log.info(f"{spec.name}: nothing changed (the version asked for is already the champion, or the "
+                             "champion has moved since the decision was made)")
             return
         promotion.commit_changes(connection, tracker, [change])
         context.log_event(audit_trail_materialization(spec, connection))
@@ -74,7 +76,7 @@ def build_approval_jobs(spec: ModelSpec) -> list:
     def rollback(context: OpExecutionContext, config: RollbackConfig) -> None:
         _apply(context, spec, lambda connection, tracker: promotion.rollback_change(
             connection, tracker, spec.name, config.to_version or None, config.decided_by, config.reason,
-            current_spec=current_spec))
+            only_if_champion=config.only_if_champion or None, current_spec=current_spec))
 
     @job(name=names.approve_job(spec.name),
          description=f"A person approves a {spec.name} version as champion (what `mlplatform promote` does).")

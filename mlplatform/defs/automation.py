@@ -1,11 +1,16 @@
-"""What runs without anyone clicking: the weekly schedule and the sensor that retrains on drift.
+"""What runs without anyone clicking: the weekly schedule, the sensor that retrains on drift, and the sensor that
+rolls back and retrains when live performance decays.
 
-The decision of which drift failures deserve a retrain is :func:`retrain_requests`, a
-plain function over check records; the sensor only reads the instance and wraps it.
+The decisions are plain functions over check records (:func:`~mlplatform.lib.retraining.retrain_requests`,
+:func:`~mlplatform.lib.live.decay_requests`); the sensors only read the instance and wrap them.
 """
 
+import warnings
+
 from dagster import (
+    AssetCheckKey,
     AssetSelection,
+    BetaWarning,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -21,6 +26,7 @@ from dagster import (
 from mlplatform import names
 from mlplatform.defs.check_history import check_executions
 from mlplatform.defs.keys import (
+    asset_key,
     backtest_key,
     drift_check_key,
     drift_key,
@@ -34,23 +40,37 @@ from mlplatform.defs.partitions import weekly_partitions
 from mlplatform.lib.retraining import retrain_requests
 from mlplatform.specs import ModelSpec
 
+# A sensor with several jobs is re-created by Dagster when the definitions resolve its jobs, passing `owners` along,
+# which warns at every load that a parameter we never set is beta. Nothing to act on: silenced for that message only.
+warnings.filterwarnings("ignore", category=BetaWarning, message=".*`owners` of initializer `SensorDefinition.*")
+
 
 def build_jobs(spec: ModelSpec) -> list:
-    """The whole lifecycle, the retrain (model, evaluation, backtest) and the weekly job."""
+    """The whole lifecycle, the retrain (the week's data, then model, evaluation, backtest), the weekly job (data,
+    drift and live performance of the week that just ended) and the production job (live performance of any weeks,
+    for outcomes that arrive later)."""
     training = AssetSelection.assets(model_key(spec), evaluation_key(spec), backtest_key(spec))
-    data = AssetSelection.assets(raw_key(spec), features_key(spec), drift_key(spec))
+    week_data = AssetSelection.assets(raw_key(spec), features_key(spec))
     if spec.staging is not None:
-        data = data | AssetSelection.assets(staged_key(spec))
+        week_data = week_data | AssetSelection.assets(staged_key(spec))
+    production = AssetSelection.assets(*(asset_key(spec.name, stage) for stage in
+                                         (names.LABELS, names.LIVE_PERFORMANCE, names.SHADOW_REPORT)))
+    data = week_data | AssetSelection.assets(drift_key(spec)) | production
     weekly = data | training if spec.automation.retrain == "weekly" else data
     return [
         define_asset_job(names.pipeline_job(spec.name), selection=AssetSelection.groups(spec.name),
                          description=f"Lifecycle of {spec.name}: data, gates, model per week, evaluation, drift"),
-        define_asset_job(names.retrain_job(spec.name), selection=training, partitions_def=weekly_partitions(spec),
-                         description=f"Retrain {spec.name} for one week (what the drift sensor requests)"),
+        define_asset_job(names.retrain_job(spec.name), selection=week_data | training,
+                         partitions_def=weekly_partitions(spec),
+                         description=f"Retrain {spec.name} for one week: its data (if not in yet), then model, evaluation "
+                         "and backtest (what the drift and decay sensors request)"),
         define_asset_job(names.weekly_job(spec.name), selection=weekly, partitions_def=weekly_partitions(spec),
-                         description=f"The week that just ended for {spec.name}: data and drift (with the week's "
-                         "served predictions)"
+                         description=f"The week that just ended for {spec.name}: data, drift (with the week's "
+                         "served predictions), live performance"
                          + (", model" if spec.automation.retrain == "weekly" else "")),
+        define_asset_job(names.production_job(spec.name), selection=production, partitions_def=weekly_partitions(spec),
+                         description=f"Live performance of {spec.name} for weeks whose outcomes have arrived: labels, "
+                         "live metric per version and role, shadow report, the degradation and canary checks"),
     ]
 
 
@@ -77,7 +97,8 @@ def build_retrain_sensor(spec: ModelSpec, retrain_job):
         if not records:
             return SensorResult(skip_reason=SkipReason(f"no new {spec.name} drift check result since record {cursor}"),
                                 cursor=str(cursor))
-        last = context.instance.get_runs(filters=RunsFilter(job_name=retrain_job.name, tags={names.TRIGGER_TAG: "drift"}),
+        last = context.instance.get_runs(filters=RunsFilter(job_name=retrain_job.name,
+                                                            tags={names.TRIGGER_TAG: names.DRIFT_TRIGGER}),
                                          limit=1)
         last_retrain_at = float(last[0].tags[names.DRIFT_CHECK_TIME_TAG]) if last and names.DRIFT_CHECK_TIME_TAG in last[0].tags else None
         decision = retrain_requests(records, cursor, last_retrain_at, spec.automation.retrain_cooldown_minutes,
@@ -86,7 +107,7 @@ def build_retrain_sensor(spec: ModelSpec, retrain_job):
             RunRequest(
                 run_key=f"{spec.name}-drift-{record.record_id}",
                 partition_key=partition,
-                tags={names.TRIGGER_TAG: "drift", names.DRIFT_WEEK_TAG: record.week,
+                tags={names.TRIGGER_TAG: names.DRIFT_TRIGGER, names.DRIFT_WEEK_TAG: record.week,
                       names.DRIFT_CHECK_RECORD_TAG: str(record.record_id), names.DRIFT_CHECK_TIME_TAG: str(record.timestamp)},
             )
             for record, partition in decision.requests
@@ -96,3 +117,48 @@ def build_retrain_sensor(spec: ModelSpec, retrain_job):
         return SensorResult(run_requests=run_requests, cursor=str(decision.cursor))
 
     return retrain_on_drift
+
+
+def build_decay_sensor(spec: ModelSpec, retrain_job, rollback_job):
+    """One failed live_degradation check -> one rollback run (when the check named a better earlier champion and
+    ``rollout.rollback.automatic``) and one retrain run; run keys make a second tick request nothing new."""
+    from mlplatform.lib.live import decay_requests
+
+    check_key = AssetCheckKey(asset_key(spec.name, names.LIVE_PERFORMANCE), names.LIVE_DEGRADATION_CHECK)
+    partitions = weekly_partitions(spec)
+    sensor_name = names.decay_sensor(spec.name)
+
+    @sensor(
+        name=sensor_name, jobs=[retrain_job, rollback_job], minimum_interval_seconds=30,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"When {spec.name}'s live_degradation check fails: moves champion back to the previous champion if "
+        "that version scored significantly better on the same labelled rows (never to a version whose gates failed), "
+        "and requests a retrain for the next week either way. One failure, one rollback, one retrain.",
+    )
+    def rollback_on_decay(context: SensorEvaluationContext):
+        cursor = int(context.cursor) if context.cursor else 0
+        decision = decay_requests(check_executions(context.instance, check_key, cursor), cursor,
+                                  partitions.get_partition_keys())
+        run_requests = []
+        for request in decision.requests:
+            record = request.record
+            if request.rollback_to and spec.rollout.rollback.automatic:
+                run_requests.append(RunRequest(
+                    job_name=rollback_job.name, run_key=f"{spec.name}-rollback-{record.record_id}",
+                    run_config={"ops": {f"{spec.name}_rollback_champion": {"config": {
+                        "decided_by": f"sensor {sensor_name}", "to_version": request.rollback_to,
+                        "only_if_champion": request.degraded_version or "",
+                        "reason": f"live_degradation failed on week {record.week}: {request.reason}"}}}},
+                    tags={names.TRIGGER_TAG: names.DECAY_TRIGGER, names.DECAY_WEEK_TAG: record.week,
+                          names.DECAY_CHECK_RECORD_TAG: str(record.record_id)}))
+            run_requests.append(RunRequest(
+                job_name=retrain_job.name, run_key=f"{spec.name}-decay-{record.record_id}",
+                partition_key=request.retrain_partition,
+                tags={names.TRIGGER_TAG: names.DECAY_TRIGGER, names.DECAY_WEEK_TAG: record.week,
+                      names.DECAY_CHECK_RECORD_TAG: str(record.record_id)}))
+        if not run_requests:
+            reason = "; ".join(decision.skipped) or f"no failed {spec.name} live_degradation check since record {cursor}"
+            return SensorResult(skip_reason=SkipReason(reason[:1000]), cursor=str(decision.cursor))
+        return SensorResult(run_requests=run_requests, cursor=str(decision.cursor))
+
+    return rollback_on_decay

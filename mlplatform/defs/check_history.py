@@ -35,6 +35,7 @@ def check_executions(instance: DagsterInstance, check_key: AssetCheckKey, after:
             continue
         evaluation = execution.evaluation
         timestamp = execution.event.timestamp if execution.event else execution.create_timestamp
+        details = {name: getattr(value, "value", value) for name, value in (evaluation.metadata if evaluation else {}).items()}
         records.append(CheckRecord(execution.id, execution.status == AssetCheckExecutionRecordStatus.SUCCEEDED,
-                                   evaluation.partition if evaluation else execution.partition, timestamp))
+                                   evaluation.partition if evaluation else execution.partition, timestamp, details))
     return sorted(records, key=lambda record: record.record_id)

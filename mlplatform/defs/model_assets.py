@@ -120,15 +120,21 @@ def build_model_assets(spec: ModelSpec):
         tracker = registry.tracker()
         logged = _logged_production_inputs(spec, context.resources.platform, week_starts)
         actor = f"dagster run {context.run.run_id}"
-        if context.run.tags.get(names.TRIGGER_TAG) == "drift":  # this run is a retrain the drift sensor requested
+        trigger = context.run.tags.get(names.TRIGGER_TAG)
+        if trigger in (names.DRIFT_TRIGGER, names.DECAY_TRIGGER):  # a retrain one of the sensors requested
             sensor = context.run.tags.get("dagster/sensor_name", names.retrain_sensor(spec.name))
-            drift_week = context.run.tags.get(names.DRIFT_WEEK_TAG)
+            if trigger == names.DRIFT_TRIGGER:
+                week_seen = context.run.tags.get(names.DRIFT_WEEK_TAG)
+                why, record = f"drift check failed on week {week_seen}", context.run.tags.get(names.DRIFT_CHECK_RECORD_TAG)
+            else:
+                week_seen = context.run.tags.get(names.DECAY_WEEK_TAG)
+                why = f"live performance decayed on week {week_seen} (live_degradation failed)"
+                record = context.run.tags.get(names.DECAY_CHECK_RECORD_TAG)
             with warehouse.get_connection() as connection:
                 append_events(connection, [AuditEvent(
-                    spec.name, "retrain_requested", sensor,
-                    f"drift check failed on week {drift_week}: retrain for {window.start:%Y-%m-%d}", week=drift_week,
-                    dagster_run_id=context.run.run_id,
-                    details={"check_record": context.run.tags.get(names.DRIFT_CHECK_RECORD_TAG)})])
+                    spec.name, "retrain_requested", sensor, f"{why}: retrain for {window.start:%Y-%m-%d}",
+                    week=week_seen, dagster_run_id=context.run.run_id,
+                    details={"trigger": trigger, "check_record": record})])
         workers = workers_for_run(spec, features, week_starts)
         if workers > 1:
             context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")

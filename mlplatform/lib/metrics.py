@@ -219,6 +219,14 @@ def evaluate(task: str, y: np.ndarray, score: np.ndarray, n_resamples: int = 300
     return estimates
 
 
+def bootstrap_values(metric: str, y: np.ndarray, score: np.ndarray, n_resamples: int = 1000,
+                     seed: int = 0) -> np.ndarray:
+    """The metric on ``n_resamples`` bootstrap resamples of the rows (for intervals of differences between groups)."""
+    columns = _sum_columns(metric, y, score)
+    return np.concatenate([resampled_metric(metric, y, score, idx, None, columns)
+                           for idx in resample_batches(len(y), n_resamples, seed)])
+
+
 @dataclass(frozen=True)
 class PairedComparison:
     """Challenger vs champion on the same rows; ``worse_by`` > 0 means the challenger is worse."""

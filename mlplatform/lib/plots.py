@@ -113,3 +113,19 @@ def drift_plot(columns: Sequence[str], scores: Sequence[float], methods: Sequenc
     axis.set_yticks(y, [f"{c} ({m})" for c, m in zip(columns, methods, strict=True)], fontsize=7)
     axis.set(xlabel="score (p-value or distance)", title=title)
     return _png(figure)
+
+
+def live_plot(weeks: Sequence[str], values: Sequence[float], lows: Sequence[float], highs: Sequence[float],
+              references: Sequence[float], limits: Sequence[float], metric: str, title: str) -> bytes:
+    """The champion's live metric per week with its interval, against its own evaluation and the rollback limit."""
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    x = np.arange(len(weeks))
+    axis.plot(x, values, marker="o", label=f"live {metric}")
+    axis.fill_between(x, lows, highs, alpha=0.2, label="95% CI")
+    axis.plot(x, references, color="gray", linestyle=":", marker=".", label="its evaluation")
+    axis.plot(x, limits, color="red", linewidth=1, linestyle="--", label="rollback limit")
+    step = max(1, len(weeks) // 8)
+    axis.set_xticks(x[::step], [w[:10] for w in weeks][::step], rotation=30, ha="right", fontsize=7)
+    axis.set(ylabel=metric, title=f"{title}: live performance of the champion")
+    axis.legend(fontsize=7)
+    return _png(figure)

@@ -126,12 +126,15 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
 
 def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,
                     to_version: str | None, actor: str, reason: str | None,
-                    current_spec: Mapping[str, str] | None = None) -> AliasChange:
+                    only_if_champion: str | None = None,
+                    current_spec: Mapping[str, str] | None = None) -> AliasChange | None:
     """``champion`` goes back to ``to_version`` (default: the champion before the current one, from the audit).
 
     Refused (:class:`PromotionRefused`) without a named actor, without a current champion, without an earlier
     champion to go back to, and for a version whose gates did not pass or ran under an older spec
-    (:func:`spec_refusal`): a rollback never restores a version the gates kept away from production.
+    (:func:`spec_refusal`): a rollback never restores a version the gates kept away from production. With
+    ``only_if_champion`` (the automatic rollback: the version its check judged), None when the champion has
+    moved since: a later decision must not be undone by an older one.
     """
     from mlflow.exceptions import MlflowException
 
@@ -140,6 +143,8 @@ def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegist
     current = registry.alias_version(model, CHAMPION)
     if current is None:
         raise PromotionRefused(f"{model} has no champion to roll back")
+    if only_if_champion is not None and current != str(only_if_champion):
+        return None
     if to_version is None:
         earlier = [v for v in champion_history(connection, model) if v != current]
         if not earlier:
@@ -177,6 +182,31 @@ def spec_refusal(model: str, version: str, tags: Mapping[str, str],
     return (f"{model} v{version}: its gates ran under an older spec ({', '.join(changed)} changed since; gate spec "
             f"hash {tags[GATES_HASH_TAG][:12]} when trained, {current_spec.get(GATES_HASH_TAG, '-')[:12]} now): "
             "retrain it under the current spec")
+
+
+def previous_champion(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,
+                      current: str | None) -> str | None:
+    """The champion before ``current`` that a rollback may restore: the newest earlier champion whose gates passed."""
+    from mlflow.exceptions import MlflowException
+
+    for version in champion_history(connection, model):
+        if version == current:
+            continue
+        try:
+            if registry.version_tags(model, version).get("gates") == "passed":
+                return version
+        except MlflowException:
+            continue
+    return None
+
+
+def canary_stop_change(registry: AliasRegistry, model: str, version: str, actor: str, reason: str) -> AliasChange | None:
+    """Remove ``challenger`` from ``version`` (serving then sends it no traffic); None when it has moved already."""
+    if registry.alias_version(model, CHALLENGER) != str(version):
+        return None
+    week = registry.version_tags(model, str(version)).get("week")
+    return AliasChange(model, CHALLENGER, None, str(version), actor, f"canary stopped: {reason}", week,
+                       action=REMOVE, kind="canary_stopped")
 
 
 def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry,

@@ -7,18 +7,21 @@ lives here, where it is tested without Dagster.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any
 
 
 @dataclass(frozen=True)
 class CheckRecord:
-    """One drift check execution: ``passed`` is None while its run has not evaluated it yet."""
+    """One check execution: ``passed`` is None while its run has not evaluated it yet."""
 
     record_id: int
     passed: bool | None
     week: str | None
     timestamp: float
+    details: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the evaluation's metadata, plain values
 
 
 @dataclass(frozen=True)

@@ -282,17 +282,48 @@ class AutomationSpec(_Strict):
 
 
 class RollbackSpec(_Strict):
-    max_degradation: float = Field(default=0.10, ge=0, description="Relative drop in the live primary metric that "
-                                   "triggers rollback (serving: not built yet).")
+    """When production performance sends the champion back (the live_degradation check and its sensor)."""
+
+    max_degradation: float = Field(default=0.10, ge=0, description="Relative drop of the champion's live primary metric "
+                                   "below its own evaluation (the week it was trained for) that fails the "
+                                   "live_degradation check, when the bootstrap interval of the live metric excludes "
+                                   "that limit too (a drop inside the noise passes).")
+    min_rows: int = Field(default=50, ge=10, description="Labelled predictions a version needs in a week before its "
+                          "live metric is judged (fewer: reported, not judged).")
+    automatic: bool = Field(default=True, description="Whether the sensor moves `champion` back to the previous "
+                            "champion (when that version scores significantly better on the same labelled rows). The "
+                            "retrain it requests happens either way.")
 
 
 class RolloutSpec(_Strict):
     approval: Literal["manual", "auto"] = Field(default="manual", description="Who promotes challenger to champion.")
-    canary_percent: int = Field(default=10, ge=0, le=100, description="Share of requests the challenger serves in a "
-                                "canary (serving: not built yet).")
-    shadow: bool = Field(default=False, description="Score the challenger in the shadow of the champion (serving: not "
-                         "built yet).")
+    canary_percent: int = Field(default=10, ge=0, le=100, description="Share of requests the challenger serves while it "
+                                "differs from the champion (chosen from the entity key, else the record id, else the "
+                                "request id). A canary significantly worse than the champion on live labels is stopped.")
+    shadow: bool = Field(default=False, description="Also score every request with the challenger, off the response "
+                         "path; logged with role `shadow` and compared in the weekly shadow report.")
     rollback: RollbackSpec = Field(default_factory=RollbackSpec, description="When to roll back to the previous champion.")
+
+
+class LabelsSpec(_Strict):
+    """Where the outcomes of served predictions come from, when not from the model's own source rows."""
+
+    path: str | None = Field(default=None, description="CSV (optionally .gz) or Parquet file of outcomes, relative to "
+                             "the spec file: the key columns (`source.key`; else `_id`, the record id clients sent), the "
+                             "target column, and the time column (`timestamp`) that puts each outcome in its week.")
+    table: str | None = Field(default=None, description="A warehouse table (`schema.table`, e.g. one a dbt model builds) "
+                              "with the same columns as `path`.")
+    timestamp: str | None = Field(default=None, description="Column of `path`/`table` holding the event time of the "
+                                  "predicted row (default: the spec's `source.timestamp`).")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> LabelsSpec:
+        if self.path is not None and self.table is not None:
+            raise ValueError("give labels.path or labels.table, not both")
+        if self.path is None and self.table is None:
+            raise ValueError("give labels.path (a file) or labels.table (a warehouse table); leave `labels` out to "
+                             "take outcomes from the source rows")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -317,7 +348,9 @@ class ModelSpec(_Strict):
                                           "version failing it gets no alias. None: no fairness gate.")
     drift: DriftSpec = Field(default_factory=DriftSpec, description="The weekly drift check.")
     automation: AutomationSpec = Field(default_factory=AutomationSpec, description="Schedules and sensors.")
-    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Promotion; serving settings for a later issue.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Promotion, serving rollout and rollback.")
+    labels: LabelsSpec | None = Field(default=None, description="Where outcomes of served predictions come from (for "
+                                      "live performance). None: the target column of the model's own rows.")
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
 

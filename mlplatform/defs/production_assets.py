@@ -1,0 +1,341 @@
+"""``<model>/labels``, ``<model>/live_performance`` and ``<model>/shadow_report``: production judged by its outcomes.
+
+One weekly step (``<model>_production``): it reads week W's outcomes (the target of the week's rows, or the team's
+``labels`` file or table), joins them with what the service logged, and measures each version in each role. Its
+checks are what production acts on: ``live_degradation`` (the rollback sensor reacts to it) and ``canary`` (a canary
+significantly worse than the champion is stopped here, its ``challenger`` alias removed through
+:mod:`mlplatform.lib.promotion`, audited). The decisions are :mod:`mlplatform.lib.live`'s; this module reads,
+calls, writes and logs.
+"""
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pandas as pd
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetDep,
+    AssetExecutionContext,
+    AssetMaterialization,
+    AssetSpec,
+    MetadataValue,
+    multi_asset,
+)
+
+from mlplatform import names
+from mlplatform.defs.audit_assets import audit_trail_materialization
+from mlplatform.defs.data_assets import owners
+from mlplatform.defs.keys import asset_key, features_key
+from mlplatform.defs.metadata import image, rows_table
+from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
+from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, write_week_rows
+from mlplatform.defs.serving_assets import prediction_log_key
+from mlplatform.lib.source import Window
+from mlplatform.specs import ModelSpec
+
+
+def labels_key(spec: ModelSpec):
+    return asset_key(spec.name, names.LABELS)
+
+
+def live_key(spec: ModelSpec):
+    return asset_key(spec.name, names.LIVE_PERFORMANCE)
+
+
+def shadow_key(spec: ModelSpec):
+    return asset_key(spec.name, names.SHADOW_REPORT)
+
+
+def _labels_origin(spec: ModelSpec) -> str:
+    if spec.labels is not None:
+        return f"labels.path {spec.labels.path}" if spec.labels.path else f"labels.table {spec.labels.table}"
+    if spec.source.key:
+        return f"the target of the week's feature rows, matched on source.key ({', '.join(spec.source.key)})"
+    if spec.staging is None:
+        return "the target of the week's source rows, matched on the row number `mlplatform replay` sends as `_id`"
+    return "nothing: a dbt-staged spec without source.key has no row identity to match on (add source.key or labels)"
+
+
+def build_production_assets(spec: ModelSpec):
+    rollback = spec.rollout.rollback
+    metric = spec.primary_metric
+
+    @multi_asset(
+        name=names.multi_asset_op(spec.name, "labels_and_live_performance"),
+        specs=[
+            AssetSpec(labels_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb"}, skippable=True,
+                      deps=[AssetDep(features_key(spec))] if spec.labels is None else [],
+                      description=f"Outcomes known for week W's rows (they arrive after the predictions), from "
+                      f"{_labels_origin(spec)}. Table `{spec.name}.{names.LABELS_TABLE}`."),
+            AssetSpec(live_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb"}, skippable=True,
+                      deps=[AssetDep(labels_key(spec)), AssetDep(prediction_log_key(spec))],
+                      description=f"Week W's logged predictions joined with their outcomes: {metric} with a 95% "
+                      "bootstrap interval per version and role (champion, canary, shadow), rows matched and unmatched; "
+                      "the champion against its own evaluation. Table "
+                      f"`{spec.name}.{names.LIVE_TABLE}`."),
+            AssetSpec(shadow_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb"}, skippable=True,
+                      deps=[AssetDep(prediction_log_key(spec)), AssetDep(labels_key(spec))],
+                      description="The challenger scored in the shadow of the champion on the very same requests: "
+                      f"agreement, and the {metric} difference with its interval once outcomes are in. Evidence for "
+                      f"`mlplatform promote`. Table `{spec.name}.{names.SHADOW_TABLE}`."),
+        ],
+        check_specs=[
+            AssetCheckSpec(names.LIVE_DEGRADATION_CHECK, asset=live_key(spec), description=(
+                f"Fails when the champion's live {metric} is worse than its own evaluation by more than "
+                f"rollout.rollback.max_degradation ({rollback.max_degradation:g}, relative) and the live interval "
+                "excludes that limit. A failure makes the rollback sensor move champion back to the previous "
+                "champion (when that version scores significantly better on the same rows) and request a retrain.")),
+            AssetCheckSpec(names.CANARY_CHECK, asset=live_key(spec), description=(
+                f"Fails when the canary's live {metric} is significantly worse than the champion's on the same "
+                "week's traffic; the canary is then stopped (challenger alias removed, audited).")),
+        ],
+        **weekly_multi_asset_options(spec),
+    )
+    def production(context: AssetExecutionContext) -> Iterator:
+        warehouse: Warehouse = context.resources.warehouse
+        registry: ModelRegistry = context.resources.model_registry
+        platform: PlatformState = context.resources.platform
+        window = run_window(context)
+        step = ProductionStep(spec, context, warehouse, registry, platform)
+        outcomes = step.read_outcomes(window)
+        weeks = window.week_starts()
+        for week_start in weeks:
+            step.week(week_start.isoformat(), outcomes, with_history=week_start == weeks[-1])
+        with warehouse.get_connection() as connection:  # the trail after the run's alerts and canary stops
+            context.log_event(audit_trail_materialization(spec, connection))
+        yield from ()
+
+    return production
+
+
+class ProductionStep:
+    """One run of the production step: the shared reads, then week by week."""
+
+    def __init__(self, spec: ModelSpec, context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry,
+                 platform: PlatformState):
+        from mlplatform.lib.prediction_log import read_prediction_log
+
+        self.spec, self.context, self.warehouse, self.platform = spec, context, warehouse, platform
+        self.tracker = registry.tracker()
+        self.actor = f"dagster run {context.run.run_id}"
+        window = run_window(context)
+        # Predictions of week W's rows can only have been made from W on; a replay of history logs them later.
+        self.logged = read_prediction_log(platform.home_path, spec.name, window.start)
+        self.references = self._evaluations()
+
+    def _evaluations(self) -> dict[str, float]:
+        """Each version's primary metric at its own evaluation (the week it was trained for)."""
+        if not self.warehouse.table_exists(self.spec.name, names.EVALUATIONS_TABLE):
+            return {}
+        from mlplatform.lib.warehouse import table_name
+
+        with self.warehouse.get_connection() as connection:
+            rows = connection.execute(f"select model_version, value from "
+                                      f"{table_name(self.spec.name, names.EVALUATIONS_TABLE)}").fetchall()
+        return {str(version): float(value) for version, value in rows}
+
+    def read_outcomes(self, window: Window) -> pd.DataFrame:
+        from mlplatform.lib import live
+        from mlplatform.lib.source import rows_in_window
+        from mlplatform.lib.warehouse import table_name
+
+        spec = self.spec
+        if spec.labels is not None and spec.labels.path:
+            return live.file_outcomes(spec, window)
+        if spec.labels is not None:
+            schema, _, table = spec.labels.table.partition(".")
+            with self.warehouse.get_connection() as connection:
+                frame = connection.execute(f"select * from {table_name(schema, table) if table else schema}").fetchdf()
+            return live.outcomes_in_window(spec, frame, window, pd.to_datetime, rows_in_window)
+        if spec.source.key:
+            frame = self.warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)
+            return live.outcome_rows(frame, spec.source.key, spec.target, spec.time_column)
+        if spec.staging is None:
+            return live.source_outcomes(spec, window)
+        self.context.log.warning(f"{spec.name}: {_labels_origin(spec)}")
+        return live.outcome_rows(pd.DataFrame(), [], spec.target, spec.time_column)
+
+    def week(self, week: str, outcomes: pd.DataFrame, with_history: bool = False) -> None:
+        from mlplatform.lib import live
+        from mlplatform.lib.aliases import CHALLENGER, CHAMPION
+
+        spec, context = self.spec, self.context
+        start = datetime.fromisoformat(week)
+        week_outcomes = outcomes[(outcomes["time"] >= start) & (outcomes["time"] < start + timedelta(weeks=1))]
+        matched = live.match_labels(self.logged, week_outcomes)
+        metric, task = spec.primary_metric, spec.task
+        estimates = live.live_estimates(task, metric, matched.rows)
+        champion_now = self.tracker.alias_version(spec.name, CHAMPION)
+        judged = live.judged_champion(estimates, champion_now)
+        min_rows = spec.rollout.rollback.min_rows
+        verdict = live.judge_degradation(
+            metric, judged.version if judged else None, judged.estimate if judged else None,
+            judged.rows if judged else 0, self.references.get(judged.version) if judged else None,
+            spec.rollout.rollback.max_degradation, min_rows)
+        rollback_to, evidence = None, None
+        if not verdict.passed:
+            rollback_to, evidence, previous_row = self._rollback_evidence(matched.rows, verdict.version, champion_now)
+            if previous_row is not None:
+                estimates.append(previous_row)
+        canary = live.judge_canary(task, metric, matched.rows, self.tracker.alias_version(spec.name, CHALLENGER),
+                                   min_rows)
+        shadows = live.shadow_comparison(task, metric, self._week_log(week_outcomes, start), week_outcomes)
+
+        rows = pd.DataFrame([{**e.row(week), "evaluation_value": self.references.get(e.version),
+                              "judged": judged is not None and e is judged and verdict.judged,
+                              "passed": verdict.passed if (judged is not None and e is judged) else None}
+                             for e in estimates])
+        self._write(week, week_outcomes, rows, shadows)
+        self._act(week, verdict, canary, rollback_to, evidence)
+
+        context.log_event(AssetMaterialization(asset_key=labels_key(spec), partition=week, metadata={
+            "rows": len(week_outcomes), "from": MetadataValue.text(_labels_origin(spec)),
+            "matched_to_predictions": len(week_outcomes) - matched.unmatched_labels,
+            "without_prediction": matched.unmatched_labels,
+        }))
+        table = rows_table(["version", "role", "rows", metric, "95% CI", "its evaluation"], [
+            (f"v{e.version}", e.role, e.rows, f"{e.estimate.value:.4g}" if e.estimate else "-",
+             f"[{e.estimate.low:.4g}, {e.estimate.high:.4g}]" if e.estimate else "-",
+             f"{self.references[e.version]:.4g}" if e.version in self.references else "-") for e in estimates])
+        context.log_event(AssetMaterialization(asset_key=live_key(spec), partition=week, metadata={
+            "metric": metric,
+            "champion_version": verdict.version or "-",
+            "champion_live": verdict.live.value if verdict.live else float("nan"),
+            "champion_evaluation": verdict.reference if verdict.reference is not None else float("nan"),
+            "labelled_predictions": len(matched.rows),
+            "labels_without_prediction": matched.unmatched_labels,
+            "predictions_without_key": matched.predictions_without_key,
+            "by_version_and_role": MetadataValue.md(table if estimates else "no labelled predictions this week"),
+            "verdict": MetadataValue.text(verdict.reason),
+            **(self.history_metadata() if with_history else {}),
+        }))
+        if shadows:
+            context.log_event(AssetMaterialization(asset_key=shadow_key(spec), partition=week, metadata={
+                "comparisons": MetadataValue.md(rows_table(
+                    ["champion", "shadow", "pairs", "agreement", f"{metric} shadow - champion", "95% CI"],
+                    [(f"v{s.champion}", f"v{s.shadow}", s.pairs, f"{s.agreement:.1%}",
+                      f"{s.labelled.difference:+.4g}" if s.labelled else "(no outcomes yet)",
+                      f"[{s.labelled.low:+.4g}, {s.labelled.high:+.4g}]" if s.labelled else "-") for s in shadows])),
+                "pairs": sum(s.pairs for s in shadows),
+            }))
+        context.log_event(AssetCheckEvaluation(
+            asset_key=live_key(spec), check_name=names.LIVE_DEGRADATION_CHECK, passed=verdict.passed, partition=week,
+            severity=AssetCheckSeverity.WARN, description=verdict.reason,
+            metadata={
+                "week": week, "summary": MetadataValue.text(verdict.reason), "judged": verdict.judged,
+                "version": verdict.version or "", "metric": metric,
+                "live": verdict.live.value if verdict.live else float("nan"),
+                "live_ci_low": verdict.live.low if verdict.live else float("nan"),
+                "live_ci_high": verdict.live.high if verdict.live else float("nan"),
+                "evaluation": verdict.reference if verdict.reference is not None else float("nan"),
+                "limit": verdict.limit if verdict.limit is not None else float("nan"),
+                "max_degradation": spec.rollout.rollback.max_degradation,
+                "rollback_to": rollback_to or "",
+                "rollback_evidence": MetadataValue.text(evidence or "-"),
+            }))
+        context.log_event(AssetCheckEvaluation(
+            asset_key=live_key(spec), check_name=names.CANARY_CHECK, passed=canary.passed, partition=week,
+            severity=AssetCheckSeverity.WARN, description=canary.reason,
+            metadata={"week": week, "summary": MetadataValue.text(canary.reason), "judged": canary.judged,
+                      "version": canary.version or "",
+                      "difference": canary.difference.difference if canary.difference else float("nan"),
+                      "ci_low": canary.difference.low if canary.difference else float("nan"),
+                      "ci_high": canary.difference.high if canary.difference else float("nan")}))
+        context.log.info(f"{spec.name} week {week}: {verdict.reason}; canary: {canary.reason}")
+
+    def _week_log(self, week_outcomes: pd.DataFrame, start: datetime) -> pd.DataFrame:
+        """The log rows of week W: those of its labelled rows, and those logged during the week."""
+        from mlplatform.lib import live
+
+        if self.logged.empty:
+            return self.logged
+        keys = live.log_join_keys(self.logged)
+        in_week = (self.logged["time"] >= start) & (self.logged["time"] < start + timedelta(weeks=1))
+        return self.logged[keys.isin(set(week_outcomes[live.JOIN_KEY].dropna())) | in_week]
+
+    def _rollback_evidence(self, matched: pd.DataFrame, degraded: str | None, champion_now: str | None):
+        """The previous champion on the rows the degraded champion answered: rollback only if significantly better."""
+        from mlplatform.lib import live
+        from mlplatform.lib.metrics import paired_bootstrap
+        from mlplatform.lib.promotion import previous_champion
+        from mlplatform.lib.routing import CHAMPION_ROLE
+        from mlplatform.lib.training import predict
+
+        spec = self.spec
+        if degraded is None or degraded != champion_now:
+            return None, f"v{degraded} is no longer the champion (v{champion_now}); no rollback", None
+        with self.warehouse.get_connection() as connection:
+            previous = previous_champion(connection, self.tracker, spec.name, degraded)
+        if previous is None:
+            return None, "no earlier champion whose gates passed; no rollback", None
+        rows = matched[(matched["role"] == CHAMPION_ROLE) & (matched["version"] == degraded)]
+        missing = [c for c in spec.feature_columns if c not in rows.columns]
+        if missing:
+            return None, f"the log lacks inputs {missing}; cannot rescore v{previous}; no rollback", None
+        classes = live.classes_of(rows["probabilities"]) if spec.task != "regression" else None
+        y, current_score = live.encoded(spec.task, rows, classes)
+        scored = predict(self.tracker.load_version(spec.name, previous), rows[spec.feature_columns], spec.task)
+        comparison = live.from_paired(paired_bootstrap(spec.primary_metric, y, scored.score, current_score))
+        text = comparison.text(f"previous champion v{previous}", f"v{degraded}") + " on the same rows"
+        previous_row = live.LiveEstimate(previous, live.PREVIOUS_CHAMPION_ROLE, len(rows), spec.primary_metric,
+                                         live.estimate(spec.task, spec.primary_metric, y, scored.score))
+        if comparison.a_better:
+            return previous, f"roll back: {text}", previous_row
+        return None, f"no rollback, not significantly better: {text}", previous_row
+
+    def _write(self, week: str, outcomes: pd.DataFrame, rows: pd.DataFrame, shadows: list) -> None:
+        stamp = [pd.Timestamp(week)]
+        labels = outcomes.assign(week=pd.Timestamp(week), y=outcomes["y"].astype(str))
+        write_week_rows(self.warehouse, self.spec.name, names.LABELS_TABLE, labels, "week", stamp)
+        if len(rows):
+            rows = rows.astype({"evaluation_value": "float64", "judged": "bool", "passed": "boolean"})
+            write_week_rows(self.warehouse, self.spec.name, names.LIVE_TABLE, rows, "week", stamp)
+        if shadows:
+            write_week_rows(self.warehouse, self.spec.name, names.SHADOW_TABLE,
+                            pd.DataFrame([s.row(week) for s in shadows]), "week", stamp)
+
+    def _act(self, week: str, verdict, canary, rollback_to: str | None, evidence: str | None) -> None:
+        """The audit of a failed check, and the canary stop (an alias move: through promotion, one unit)."""
+        from mlplatform.lib import promotion
+        from mlplatform.lib.audit import AuditEvent, append_events
+
+        spec, run_id = self.spec, self.context.run.run_id
+        with self.warehouse.get_connection() as connection:
+            if not verdict.passed:
+                append_events(connection, [AuditEvent(
+                    spec.name, "performance_alert", self.actor, f"{verdict.reason}; {evidence}", version=verdict.version,
+                    week=week, passed=False, dagster_run_id=run_id,
+                    details={"check": names.LIVE_DEGRADATION_CHECK, "rollback_to": rollback_to})])
+            if not canary.passed and canary.version is not None:
+                change = promotion.canary_stop_change(self.tracker, spec.name, canary.version, self.actor, canary.reason)
+                if change is not None:
+                    change.dagster_run_id = run_id
+                    promotion.commit_changes(connection, self.tracker, [change])
+                    self.context.log.warning(f"{spec.name}: canary v{canary.version} stopped: {canary.reason}")
+
+    def history_metadata(self) -> dict:
+        """The champion's live metric over every judged week, as a plot (on the run's last week)."""
+        from mlplatform.lib.plots import live_plot
+        from mlplatform.lib.warehouse import table_name
+
+        if not self.warehouse.table_exists(self.spec.name, names.LIVE_TABLE):
+            return {}
+        with self.warehouse.get_connection() as connection:
+            history = connection.execute(
+                f"select week, version, value, ci_low, ci_high, evaluation_value from "
+                f"{table_name(self.spec.name, names.LIVE_TABLE)} where role = 'champion' and judged order by week"
+            ).fetchdf()
+        if len(history) < 2:
+            return {}
+        weeks = [f"{w:%Y-%m-%d}" for w in history["week"]]
+        m = self.spec.rollout.rollback.max_degradation
+        from mlplatform.specs.tasks import is_lower_better
+
+        sign = 1 if is_lower_better(self.spec.primary_metric) else -1
+        limits = [r + sign * m * abs(r) for r in history["evaluation_value"]]
+        png = live_plot(weeks, history["value"], history["ci_low"], history["ci_high"], history["evaluation_value"],
+                        limits, self.spec.primary_metric, self.spec.name)
+        return {"history": MetadataValue.md(image(png, "live performance")), "weeks_judged": len(history),
+                "champions_judged": MetadataValue.json(sorted({f"v{v}" for v in history["version"].astype(str)}))}

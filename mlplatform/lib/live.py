@@ -1,0 +1,489 @@
+"""Production performance: the predictions the service logged, joined with the outcomes that arrived later.
+
+Pure functions, no Dagster: the ``<model>_production`` step (``defs/production_assets.py``) reads the log, the
+labels and the registry, then asks this module what the week says:
+
+- :func:`match_labels`: each logged prediction of week W's rows with its outcome (on the entity key, else the record
+  id the client sent), the latest prediction per row, version and role;
+- :func:`live_estimates`: the primary metric per version and role, with a bootstrap interval;
+- :func:`judge_degradation`: did the champion fall below its own evaluation by more than the allowed share, beyond
+  noise;
+- :func:`judge_canary`: is the canary significantly worse than the champion on the same week's traffic;
+- :func:`shadow_comparison`: challenger vs champion on the very same requests;
+- :func:`decay_requests`: what the rollback sensor asks for, one rollback and one retrain per failed check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplatform.lib.metrics import (
+    MetricEstimate,
+    PairedComparison,
+    bootstrap_values,
+    evaluate,
+    metric_value,
+    paired_bootstrap,
+)
+from mlplatform.lib.retraining import CheckRecord, retrain_partition
+from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE, entity_key
+from mlplatform.specs.tasks import is_lower_better
+
+JOIN_KEY = "join_key"
+LABEL = "y"
+RECORD_ID = "_id"
+"""The column of a labels file that holds the record id clients sent (specs without ``source.key``)."""
+PREVIOUS_CHAMPION_ROLE = "previous_champion"
+"""Live-table rows of the previous champion, scored offline on the rows the degraded champion answered."""
+SEED = 0
+
+
+# --- joining predictions and outcomes --------------------------------------------------------------------------
+
+def _json_ready(value: Any) -> Any:
+    """A value as the replay client sends it in JSON (timestamps as ISO text, numpy scalars as Python values)."""
+    if isinstance(value, pd.Timestamp | datetime):
+        return pd.Timestamp(value).isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def label_join_keys(frame: pd.DataFrame, key_columns: Sequence[str], record_ids: pd.Series | None = None) -> pd.Series:
+    """What each outcome row is matched on: ``k:<entity key>`` (as the service computes it), else ``r:<record id>``."""
+    if key_columns:
+        records = frame[list(key_columns)].astype(object).where(frame[list(key_columns)].notna(), None)
+        keys = [entity_key({c: _json_ready(v) for c, v in zip(key_columns, row, strict=True)}, key_columns)
+                for row in records.itertuples(index=False, name=None)]
+        return pd.Series(["k:" + k if k is not None else None for k in keys], index=frame.index, dtype=object)
+    if record_ids is None:
+        return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    return pd.Series(["r:" + _id_text(v) if v is not None and not pd.isna(v) else None for v in record_ids],
+                     index=frame.index, dtype=object)
+
+
+def _id_text(value: Any) -> str:
+    """A record id as the service logs it (``str`` of the JSON value; integral floats as integers)."""
+    value = _json_ready(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def log_join_keys(logged: pd.DataFrame) -> pd.Series:
+    """The same key for logged predictions: the entity key when the client sent the key columns, else its record id."""
+    entity = logged["entity_key"].astype(object)
+    record = logged["record_id"].astype(object)
+    keys = np.where(entity.notna(), "k:" + entity.fillna("").astype(str),
+                    np.where(record.notna(), "r:" + record.fillna("").astype(str), None))
+    return pd.Series(keys, index=logged.index, dtype=object)
+
+
+@dataclass
+class Matched:
+    """Week W's labelled predictions (one row per row, version and role) and what could not be matched."""
+
+    rows: pd.DataFrame
+    labels: int
+    unmatched_labels: int  # outcomes no answered prediction (champion or canary) was found for
+    predictions_without_key: int  # logged rows with neither entity key nor record id: never matchable
+
+
+def match_labels(logged: pd.DataFrame, labels: pd.DataFrame) -> Matched:
+    """Join logged predictions to outcomes on :data:`JOIN_KEY`; a row predicted twice keeps its latest prediction.
+
+    ``labels`` has columns ``join_key`` and ``y``; ``logged`` is :func:`~mlplatform.lib.prediction_log.read_prediction_log`'s
+    frame (inputs included when the caller wants to rescore the rows).
+    """
+    labels = labels.dropna(subset=[JOIN_KEY]).drop_duplicates(JOIN_KEY, keep="last")
+    keys = log_join_keys(logged)
+    keyed = logged.assign(**{JOIN_KEY: keys})
+    without_key = int(keyed[JOIN_KEY].isna().sum())
+    keyed = keyed.dropna(subset=[JOIN_KEY])
+    latest = keyed.sort_values("time", kind="stable").drop_duplicates([JOIN_KEY, "version", "role"], keep="last")
+    rows = latest.merge(labels[[JOIN_KEY, LABEL]], on=JOIN_KEY, how="inner")
+    answered = set(rows.loc[rows["role"].isin([CHAMPION_ROLE, CANARY_ROLE]), JOIN_KEY])
+    return Matched(rows.reset_index(drop=True), len(labels), int((~labels[JOIN_KEY].isin(answered)).sum()), without_key)
+
+
+# --- scoring logged rows -----------------------------------------------------------------------------------------
+
+def class_text(values: pd.Series | np.ndarray) -> np.ndarray:
+    """Classes as the service logs them (``str`` of the value; integral floats written as integers)."""
+    out = []
+    for value in np.asarray(values, dtype=object):
+        if isinstance(value, float | np.floating) and float(value).is_integer():
+            value = int(value)
+        out.append(str(_json_ready(value)))
+    return np.asarray(out, dtype=object)
+
+
+def classes_of(probabilities: pd.Series) -> list[str] | None:
+    """A classifier's classes in its own order, from a logged ``probabilities`` JSON object."""
+    for text in probabilities.dropna():
+        return list(json.loads(text))
+    return None
+
+
+def encoded(task: str, rows: pd.DataFrame, classes: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Outcome and score in the metric's encoding (as ``lib.training.encode_target`` / ``predict`` define it)."""
+    score = rows["score"].to_numpy(dtype="float64")
+    if task == "regression":
+        return pd.to_numeric(rows[LABEL], errors="coerce").to_numpy(dtype="float64"), score
+    classes = list(classes) if classes is not None else classes_of(rows["probabilities"])
+    y_text = class_text(rows[LABEL])
+    if not classes:
+        raise ValueError("no class probabilities were logged for these predictions")
+    if task == "binary":
+        return (y_text == classes[1]).astype("float64"), score
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(c, -1) for c in y_text], dtype="float64"), score
+
+
+# --- live metrics and verdicts -----------------------------------------------------------------------------------
+
+@dataclass
+class LiveEstimate:
+    """One version in one role, in one week: its primary metric on the labelled rows it scored."""
+
+    version: str
+    role: str
+    rows: int
+    metric: str
+    estimate: MetricEstimate | None  # None: too few rows, or one class only (a metric like ROC AUC is undefined)
+
+    def row(self, week: str) -> dict[str, Any]:
+        e = self.estimate
+        return {"week": pd.Timestamp(week), "version": self.version, "role": self.role, "rows": self.rows,
+                "metric": self.metric, "value": e.value if e else math.nan, "ci_low": e.low if e else math.nan,
+                "ci_high": e.high if e else math.nan}
+
+
+def estimate(task: str, metric: str, y: np.ndarray, score: np.ndarray, seed: int = SEED) -> MetricEstimate | None:
+    """The metric with a 95 % percentile bootstrap interval; None where it is undefined on these rows."""
+    if len(y) == 0:
+        return None
+    found = evaluate(task, y, score, seed=seed)[metric]
+    return found if np.isfinite(found.value) else None
+
+
+def live_estimates(task: str, metric: str, matched: pd.DataFrame, seed: int = SEED) -> list[LiveEstimate]:
+    """Per version and role (champion, canary, shadow), the metric on that version's labelled predictions."""
+    out = []
+    for (version, role), rows in matched.groupby(["version", "role"], sort=True):
+        y, score = encoded(task, rows)
+        out.append(LiveEstimate(str(version), str(role), len(rows), metric, estimate(task, metric, y, score, seed)))
+    return out
+
+
+def judged_champion(estimates: Sequence[LiveEstimate], current_champion: str | None) -> LiveEstimate | None:
+    """The champion the week is judged on: the current champion if it answered that week, else the busiest one."""
+    champions = [e for e in estimates if e.role == CHAMPION_ROLE]
+    if not champions:
+        return None
+    for e in champions:
+        if e.version == current_champion:
+            return e
+    return max(champions, key=lambda e: (e.rows, int(e.version) if e.version.isdigit() else 0))
+
+
+@dataclass
+class DegradationVerdict:
+    passed: bool
+    judged: bool
+    version: str | None
+    live: MetricEstimate | None
+    reference: float | None  # the version's own evaluation metric
+    limit: float | None
+    relative_drop: float | None
+    reason: str
+
+
+def relative_drop(metric: str, reference: float, live: float) -> float:
+    """How much worse live is than the reference, as a share of the reference (> 0: worse)."""
+    worse = (live - reference) if is_lower_better(metric) else (reference - live)
+    return worse / abs(reference) if reference else math.inf * np.sign(worse)
+
+
+def judge_degradation(metric: str, version: str | None, live: MetricEstimate | None, rows: int,
+                      reference: float | None, max_degradation: float, min_rows: int) -> DegradationVerdict:
+    """Fails only when the live metric is past the limit *and* its interval excludes the limit: noise never fails it.
+
+    The limit is the version's own evaluation moved by ``max_degradation`` of itself (down for a metric where higher
+    is better, up otherwise).
+    """
+    if version is None:
+        return DegradationVerdict(True, False, None, None, reference, None, None, "no labelled champion predictions")
+    if reference is None or not np.isfinite(reference):
+        return DegradationVerdict(True, False, version, live, None, None, None,
+                                  f"v{version} has no evaluation to compare with; not judged")
+    if live is None or rows < min_rows:
+        return DegradationVerdict(True, False, version, live, reference, None, None,
+                                  f"v{version}: {rows} labelled predictions (at least {min_rows} are judged); not judged")
+    lower = is_lower_better(metric)
+    limit = reference + max_degradation * abs(reference) if lower else reference - max_degradation * abs(reference)
+    drop = relative_drop(metric, reference, live.value)
+    beyond = (live.value > limit and live.low > limit) if lower else (live.value < limit and live.high < limit)
+    interval = f"[{live.low:.4g}, {live.high:.4g}]"
+    facts = (f"v{version} live {metric} {live.value:.4g} {interval} on {rows} labelled rows vs {reference:.4g} at its "
+             f"evaluation ({drop:+.1%}); limit {limit:.4g} (max_degradation {max_degradation:g})")
+    if beyond:
+        return DegradationVerdict(False, True, version, live, reference, limit, drop, f"degraded: {facts}")
+    why = "within the limit" if (live.value <= limit if lower else live.value >= limit) else "the interval reaches the limit (noise)"
+    return DegradationVerdict(True, True, version, live, reference, limit, drop, f"{why}: {facts}")
+
+
+@dataclass
+class Difference:
+    """``a - b`` of one metric with a 95 % bootstrap interval, and whether ``a`` is significantly worse or better."""
+
+    metric: str
+    a: float
+    b: float
+    difference: float
+    low: float
+    high: float
+    rows_a: int
+    rows_b: int
+
+    @property
+    def a_worse(self) -> bool:
+        return self.low > 0 if is_lower_better(self.metric) else self.high < 0
+
+    @property
+    def a_better(self) -> bool:
+        return self.high < 0 if is_lower_better(self.metric) else self.low > 0
+
+    def text(self, a: str, b: str) -> str:
+        return (f"{a} {self.metric} {self.a:.4g} ({self.rows_a} rows) vs {b} {self.b:.4g} ({self.rows_b} rows): "
+                f"difference {self.difference:+.4g} [{self.low:+.4g}, {self.high:+.4g}]")
+
+
+def from_paired(comparison: PairedComparison) -> Difference:
+    return Difference(comparison.metric, comparison.challenger, comparison.champion, comparison.difference,
+                      comparison.difference_low, comparison.difference_high, comparison.n_rows, comparison.n_rows)
+
+
+def unpaired_difference(metric: str, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
+                        n_resamples: int = 1000, seed: int = SEED) -> Difference:
+    """Two groups of different rows (canary and champion traffic): each resampled on its own, the differences paired
+    resample by resample."""
+    values_a = bootstrap_values(metric, a[0], a[1], n_resamples, seed)
+    values_b = bootstrap_values(metric, b[0], b[1], n_resamples, seed + 1)
+    differences = values_a - values_b
+    differences = differences[np.isfinite(differences)]
+    point_a, point_b = metric_value(metric, *a), metric_value(metric, *b)
+    low, high = np.percentile(differences, [2.5, 97.5]) if len(differences) else (math.nan, math.nan)
+    return Difference(metric, float(point_a), float(point_b), float(point_a - point_b), float(low), float(high),
+                      len(a[0]), len(b[0]))
+
+
+@dataclass
+class CanaryVerdict:
+    passed: bool
+    judged: bool
+    version: str | None
+    difference: Difference | None
+    reason: str
+
+
+def judge_canary(task: str, metric: str, matched: pd.DataFrame, challenger: str | None, min_rows: int,
+                 seed: int = SEED) -> CanaryVerdict:
+    """The canary (role ``canary``, the challenger) against the champion on the same week's labelled traffic."""
+    canary = matched[matched["role"] == CANARY_ROLE]
+    if challenger is not None:
+        canary = canary[canary["version"] == challenger]
+    if canary.empty:
+        return CanaryVerdict(True, False, None, None, "no labelled canary traffic this week")
+    version = str(canary["version"].iloc[-1])
+    canary = canary[canary["version"] == version]
+    champion = matched[matched["role"] == CHAMPION_ROLE]
+    if len(canary) < min_rows or len(champion) < min_rows:
+        return CanaryVerdict(True, False, version, None, f"canary v{version}: {len(canary)} labelled rows, champion "
+                             f"{len(champion)} (at least {min_rows} each are judged); not judged")
+    classes = classes_of(champion["probabilities"]) if task != "regression" else None
+    difference = unpaired_difference(metric, encoded(task, canary, classes), encoded(task, champion, classes), seed=seed)
+    text = difference.text(f"canary v{version}", "champion")
+    if difference.a_worse:
+        return CanaryVerdict(False, True, version, difference, f"significantly worse: {text}")
+    return CanaryVerdict(True, True, version, difference, f"{'better' if difference.a_better else 'not worse'}: {text}")
+
+
+@dataclass
+class ShadowComparison:
+    """The challenger scored in the shadow of the champion, request by request."""
+
+    champion: str
+    shadow: str
+    pairs: int
+    agreement: float  # classification: same class; regression: within 10 % of the champion's value
+    mean_abs_difference: float
+    labelled: Difference | None  # shadow - champion on the pairs whose outcome is known
+
+    def row(self, week: str) -> dict[str, Any]:
+        d = self.labelled
+        return {"week": pd.Timestamp(week), "champion_version": self.champion, "shadow_version": self.shadow,
+                "pairs": self.pairs, "agreement": self.agreement, "mean_abs_difference": self.mean_abs_difference,
+                "labelled_pairs": d.rows_a if d else 0, "metric": d.metric if d else None,
+                "shadow_value": d.a if d else math.nan, "champion_value": d.b if d else math.nan,
+                "difference": d.difference if d else math.nan, "ci_low": d.low if d else math.nan,
+                "ci_high": d.high if d else math.nan}
+
+
+REGRESSION_AGREEMENT = 0.10
+
+
+def shadow_comparison(task: str, metric: str, logged: pd.DataFrame, labels: pd.DataFrame | None,
+                      seed: int = SEED) -> list[ShadowComparison]:
+    """Shadow rows paired with the champion's answer to the same record of the same request."""
+    shadow = logged[logged["role"] == SHADOW_ROLE]
+    champion = logged[logged["role"] == CHAMPION_ROLE]
+    if shadow.empty or champion.empty:
+        return []
+    pairs = shadow.merge(champion, on=["request_id", "record_index"], suffixes=("_shadow", "_champion"))
+    out = []
+    for (shadow_version, champion_version), group in pairs.groupby(["version_shadow", "version_champion"], sort=True):
+        if task == "regression":
+            base = group["score_champion"].abs().clip(lower=1e-9)
+            agree = float(((group["score_shadow"] - group["score_champion"]).abs() <= REGRESSION_AGREEMENT * base).mean())
+        else:
+            agree = float((group["label_shadow"].astype(str) == group["label_champion"].astype(str)).mean())
+        labelled = None
+        if labels is not None and len(labels):
+            keyed = group.assign(**{JOIN_KEY: log_join_keys(group.rename(columns={
+                "entity_key_champion": "entity_key", "record_id_champion": "record_id"}))})
+            known = keyed.merge(labels.drop_duplicates(JOIN_KEY, keep="last")[[JOIN_KEY, LABEL]], on=JOIN_KEY)
+            if len(known) >= 2:
+                champ_rows = known.rename(columns={"score_champion": "score", "probabilities_champion": "probabilities"})
+                shadow_rows = known.rename(columns={"score_shadow": "score", "probabilities_shadow": "probabilities"})
+                classes = classes_of(champ_rows["probabilities"]) if task != "regression" else None
+                y, champion_score = encoded(task, champ_rows, classes)
+                _, shadow_score = encoded(task, shadow_rows, classes)
+                labelled = from_paired(paired_bootstrap(metric, y, shadow_score, champion_score, seed=seed))
+        out.append(ShadowComparison(str(champion_version), str(shadow_version), len(group), agree,
+                                    float((group["score_shadow"] - group["score_champion"]).abs().mean()), labelled))
+    return out
+
+
+# --- what the rollback sensor asks for ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DecayRequest:
+    """One failed live_degradation check: a retrain of ``retrain_partition``, and a rollback when one is warranted."""
+
+    record: CheckRecord
+    retrain_partition: str
+    rollback_to: str | None
+    degraded_version: str | None
+    reason: str
+
+
+@dataclass
+class DecayDecision:
+    requests: list[DecayRequest] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    cursor: int = 0
+
+
+def decay_requests(records: Sequence[CheckRecord], cursor: int, partition_keys: list[str]) -> DecayDecision:
+    """One request per failed check newer than ``cursor``; the cursor never passes a check not evaluated yet.
+
+    The check's metadata names the degraded version and, when the step found one, the earlier champion that scored
+    significantly better on the same labelled rows (``rollback_to``); the sensor never picks a version itself.
+    """
+    decision = DecayDecision(cursor=cursor)
+    blocked = False
+    for record in sorted(records, key=lambda r: r.record_id):
+        if record.record_id <= cursor:
+            continue
+        if record.passed is None:
+            blocked = True
+            decision.skipped.append(f"live_degradation check {record.record_id} (week {record.week}) not evaluated yet")
+            continue
+        if not blocked:
+            decision.cursor = record.record_id
+        if record.passed:
+            continue
+        if record.week is None:
+            decision.skipped.append(f"live_degradation check {record.record_id} failed but names no week")
+            continue
+        details: Mapping[str, Any] = record.details
+        decision.requests.append(DecayRequest(
+            record, retrain_partition(record.week, partition_keys), str(details.get("rollback_to") or "") or None,
+            str(details.get("version") or "") or None, str(details.get("summary") or "live performance degraded")))
+    return decision
+
+
+# --- where outcomes come from ------------------------------------------------------------------------------------
+
+SOURCE_ROW = "_source_row"
+
+
+def outcome_rows(frame: pd.DataFrame, key_columns: Sequence[str], target: str, time_column: str,
+                 record_ids: pd.Series | None = None) -> pd.DataFrame:
+    """Outcomes as the join needs them: ``join_key``, ``y`` (the target as found) and ``time`` (the row's event time)."""
+    if frame.empty:
+        return pd.DataFrame({JOIN_KEY: pd.Series(dtype=object), LABEL: pd.Series(dtype=object),
+                             "time": pd.Series(dtype="datetime64[us]")})
+    return pd.DataFrame({JOIN_KEY: label_join_keys(frame, key_columns, record_ids).to_numpy(),
+                         LABEL: frame[target].to_numpy(), "time": pd.to_datetime(frame[time_column]).to_numpy()})
+
+
+def source_outcomes(spec: Any, window: Any) -> pd.DataFrame:
+    """The target of the source file's rows in the window, each with its row number as the record id.
+
+    What ``mlplatform replay`` sends as ``_id`` for a spec without ``source.key``: the row's position in the file.
+    """
+    from mlplatform.lib.source import checked_data_path, read_source, rows_in_window, to_utc_naive
+
+    frame = read_source(checked_data_path(spec.source_path, spec.spec_file.parent), spec.source.null_values)
+    frame[SOURCE_ROW] = np.arange(len(frame))
+    if spec.source.timestamp:
+        frame[spec.source.timestamp] = to_utc_naive(frame[spec.source.timestamp], spec.source.timezone,
+                                                    spec.source.timestamp_format, spec.source.timestamp_unit)
+        frame = rows_in_window(frame, spec.source.timestamp, window)
+        time_column = spec.source.timestamp
+    else:
+        from mlplatform.specs.files import SNAPSHOT_TIME_COLUMN
+
+        frame[SNAPSHOT_TIME_COLUMN] = pd.Timestamp(window.start)
+        time_column = SNAPSHOT_TIME_COLUMN
+    frame = frame[frame[spec.target].notna()]
+    return outcome_rows(frame, [], spec.target, time_column, frame[SOURCE_ROW])
+
+
+def file_outcomes(spec: Any, window: Any) -> pd.DataFrame:
+    """Outcomes from ``labels.path``: key columns (or ``_id``), the target and the event-time column."""
+    from pathlib import Path
+
+    from mlplatform.lib.source import checked_data_path, read_source, rows_in_window, to_utc_naive
+
+    path = Path(spec.labels.path).expanduser()
+    path = checked_data_path(path if path.is_absolute() else spec.spec_file.parent / path, spec.spec_file.parent)
+    return outcomes_in_window(spec, read_source(path, spec.source.null_values), window,
+                              lambda values: to_utc_naive(values, spec.source.timezone), rows_in_window)
+
+
+def outcomes_in_window(spec: Any, frame: pd.DataFrame, window: Any, parse_times, in_window) -> pd.DataFrame:
+    """A labels file's or table's rows in the window, checked for the columns the join needs."""
+    time_column = spec.labels.timestamp or spec.source.timestamp
+    wanted = [time_column, spec.target, *(spec.source.key or [RECORD_ID])]
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        where = spec.labels.path or spec.labels.table
+        raise ValueError(f"labels {where}: missing column(s) {', '.join(missing)}; it needs {', '.join(wanted)} "
+                         f"(the event time, the target, and {'the key columns' if spec.source.key else '`_id`, the record id clients sent'})")
+    frame = frame.copy()
+    frame[time_column] = parse_times(frame[time_column])
+    frame = in_window(frame, time_column, window)
+    frame = frame[frame[spec.target].notna()]
+    return outcome_rows(frame, spec.source.key, spec.target, time_column,
+                        None if spec.source.key else frame[RECORD_ID])

@@ -1,0 +1,292 @@
+"""Production closes the loop: outcomes join the prediction log, live performance is judged, and the platform acts.
+
+Pure decisions are tested directly (fast); each behaviour the issue names has one end-to-end test with the real
+service (``mlplatform serve`` in a subprocess, real HTTP), real Dagster runs and sensor ticks, a real MLflow
+registry and DuckDB warehouse in a temp home. The data are :mod:`mlplatform.lib.synthetic`'s: inputs with one
+distribution every week, outcomes by rule A or its reverse B.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import DagsterInstance, RunsFilter
+
+from mlplatform import names
+from mlplatform.lib import live
+from mlplatform.lib.metrics import MetricEstimate
+from mlplatform.lib.retraining import CheckRecord
+from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE
+from mlplatform.lib.synthetic import churn_weeks
+from mlplatform_tests.helpers import warehouse_query
+
+# --- pure decisions -------------------------------------------------------------------------------------------------
+
+
+def _log(rows: list[dict]) -> pd.DataFrame:
+    base = {"request_id": "q", "record_index": 0, "record_id": None, "time": pd.Timestamp("2026-01-01"), "model": "m",
+            "version": "1", "role": CHAMPION_ROLE, "entity_key": None, "label": "1", "score": 0.9,
+            "probabilities": '{"0": 0.1, "1": 0.9}', "latency_ms": 1.0}
+    return pd.DataFrame([{**base, **row} for row in rows])
+
+
+def test_outcomes_join_predictions_on_the_entity_key_or_the_record_id_and_the_latest_prediction_wins():
+    keyed = pd.DataFrame({"id": [7, 8, 9], "y": [1, 0, 1]})
+    labels = pd.DataFrame({live.JOIN_KEY: live.label_join_keys(keyed, ["id"]), live.LABEL: keyed["y"]})
+    logged = _log([
+        {"entity_key": "7", "score": 0.2, "time": pd.Timestamp("2026-01-01")},
+        {"entity_key": "7", "score": 0.8, "time": pd.Timestamp("2026-01-02")},  # predicted again: this one counts
+        {"entity_key": "8", "score": 0.3},
+        {"entity_key": "8", "score": 0.35, "role": SHADOW_ROLE, "version": "2"},
+        {"entity_key": None, "record_id": None},  # nothing to match on
+    ])
+    matched = live.match_labels(logged, labels)
+    champion = matched.rows[matched.rows["role"] == CHAMPION_ROLE].set_index(live.JOIN_KEY)
+    assert champion.loc["k:7", "score"] == 0.8 and champion.loc["k:8", "score"] == 0.3
+    assert len(matched.rows[matched.rows["role"] == SHADOW_ROLE]) == 1
+    assert matched.unmatched_labels == 1 and matched.predictions_without_key == 1  # id 9 was never predicted
+
+    rows = pd.DataFrame({"_source_row": [0, 1], "y": [0, 1]})  # no key: the row number replay sends as `_id`
+    labels = pd.DataFrame({live.JOIN_KEY: live.label_join_keys(rows, [], rows["_source_row"]), live.LABEL: rows["y"]})
+    matched = live.match_labels(_log([{"record_id": "1"}, {"record_id": "5"}]), labels)
+    assert list(matched.rows[live.JOIN_KEY]) == ["r:1"] and matched.unmatched_labels == 1
+
+
+def _scores(n: int, auc_signal: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(float)
+    return y, 1 / (1 + np.exp(-(auc_signal * (y - 0.5) + rng.normal(0, 1, n))))
+
+
+def test_a_drop_inside_the_noise_passes_and_the_same_drop_on_many_rows_fails():
+    reference = 0.80
+    small_y, small_s = _scores(80, 0.74, seed=3)  # a true ROC AUC of about 0.70: 12% below the evaluation
+    small = live.estimate("binary", "roc_auc", small_y, small_s)
+    big_y, big_s = _scores(20_000, 0.74, seed=1)
+    big = live.estimate("binary", "roc_auc", big_y, big_s)
+    limit = reference * 0.9
+    assert small.value < limit and big.value < limit  # both below the limit: a 10% drop or more
+
+    noisy = live.judge_degradation("roc_auc", "3", small, 80, reference, 0.10, min_rows=50)
+    assert noisy.passed and noisy.judged and "noise" in noisy.reason and small.high >= limit
+    certain = live.judge_degradation("roc_auc", "3", big, 20_000, reference, 0.10, min_rows=50)
+    assert not certain.passed and "degraded" in certain.reason and certain.limit == pytest.approx(limit)
+
+    few = live.judge_degradation("roc_auc", "3", small, 20, reference, 0.10, min_rows=50)
+    assert few.passed and not few.judged  # too few labelled rows: reported, not judged
+    lower = live.judge_degradation("rmse", "3", MetricEstimate(130.0, 120.0, 140.0), 500, 100.0, 0.10, 50)
+    assert not lower.passed and lower.relative_drop == pytest.approx(0.30)  # errors: worse means higher
+
+
+def test_the_decay_decision_requests_once_per_failure_and_waits_for_a_pending_check():
+    failed = CheckRecord(2, False, "2024-03-18", 0.0, {"version": "9", "rollback_to": "8", "summary": "degraded"})
+    records = [CheckRecord(1, True, "2024-03-11", 0.0), failed, CheckRecord(3, None, "2024-03-25", 0.0),
+               CheckRecord(4, False, "2024-03-25", 0.0, {"version": "9", "rollback_to": ""})]
+    keys = ["2024-03-11", "2024-03-18", "2024-03-25"]
+    decision = live.decay_requests(records, 0, keys)
+    assert [(r.record.record_id, r.retrain_partition, r.rollback_to, r.degraded_version) for r in decision.requests] == [
+        (2, "2024-03-25", "8", "9"), (4, "2024-03-25", None, "9")]
+    assert decision.cursor == 2  # never past check 3, still pending: the next tick looks at it again
+    again = live.decay_requests(records[2:], decision.cursor, keys)
+    assert [r.record.record_id for r in again.requests] == [4]  # and 2 is not requested a second time
+
+
+def _canary_rows(champion_signal: float, canary_signal: float, n: int = 400) -> pd.DataFrame:
+    y1, s1 = _scores(n, champion_signal, seed=3)
+    y2, s2 = _scores(n, canary_signal, seed=4)
+    return pd.DataFrame({
+        "version": ["1"] * n + ["3"] * n, "role": [CHAMPION_ROLE] * n + [CANARY_ROLE] * n,
+        "score": np.concatenate([s1, s2]), live.LABEL: np.concatenate([y1, y2]).astype(int),
+        "probabilities": ['{"0": 0.5, "1": 0.5}'] * (2 * n)})
+
+
+def test_a_canary_significantly_worse_fails_and_one_as_good_passes():
+    worse = live.judge_canary("binary", "roc_auc", _canary_rows(3.0, 0.5), "3", min_rows=50)
+    assert not worse.passed and worse.difference.a_worse and "significantly worse" in worse.reason
+    good = live.judge_canary("binary", "roc_auc", _canary_rows(3.0, 3.0), "3", min_rows=50)
+    assert good.passed and good.judged and not good.difference.a_worse
+
+
+def test_the_shadow_report_pairs_each_shadow_score_with_the_champions_answer_to_the_same_record():
+    logged = _log([
+        {"request_id": "a", "role": CHAMPION_ROLE, "version": "1", "label": "1", "score": 0.9, "record_id": "0"},
+        {"request_id": "a", "role": SHADOW_ROLE, "version": "2", "label": "1", "score": 0.8, "record_id": "0"},
+        {"request_id": "b", "role": CHAMPION_ROLE, "version": "1", "label": "1", "score": 0.7, "record_id": "1"},
+        {"request_id": "b", "role": SHADOW_ROLE, "version": "2", "label": "0", "score": 0.2, "record_id": "1"},
+        {"request_id": "c", "role": CHAMPION_ROLE, "version": "1", "label": "0", "score": 0.1, "record_id": "2"},
+    ])
+    labels = pd.DataFrame({live.JOIN_KEY: ["r:0", "r:1"], live.LABEL: [1, 0]})
+    [report] = live.shadow_comparison("binary", "roc_auc", logged, labels)
+    assert (report.champion, report.shadow, report.pairs, report.agreement) == ("1", "2", 2, 0.5)
+    assert report.labelled is not None and report.labelled.rows_a == 2
+
+
+# --- end to end -----------------------------------------------------------------------------------------------------
+
+def churn_spec(end: str, approval: str = "auto", extra: str = "") -> str:
+    return f"""
+name: toy
+task: binary
+source:
+  path: churn.csv
+  timestamp: signup_time
+target: churned
+features:
+  numeric: [tenure_months, monthly_charges, support_calls, usage_hours]
+  categorical: [contract]
+columns:
+  churned: {{categories: [0, 1]}}
+  contract: {{categories: [month-to-month, one-year, two-year]}}
+partitions:
+  start: 2024-01-01
+  end: {end}
+  training_window_weeks: 1
+estimator:
+  class: sklearn.linear_model.LogisticRegression
+  params: {{max_iter: 1000}}
+gates:
+  metric: roc_auc
+  threshold: 0.7
+automation:
+  retrain: on_drift
+  weekly_schedule: false
+rollout:
+  approval: {approval}
+{extra}"""
+
+
+def weeks_from(start: str, count: int) -> list[str]:
+    return [(pd.Timestamp(start) + pd.Timedelta(weeks=i)).date().isoformat() for i in range(count)]
+
+
+def setup_model(home: Path, spec_dir, rules: list[str], end: str, approval: str = "auto", extra: str = ""):
+    """A churn model over ``rules`` weeks from 2024-01-01: spec, data, definitions, instance, settings, tracker."""
+    from mlplatform.cli import prepare_dagster_home
+    from mlplatform.definitions import build_definitions
+    from mlplatform.lib.settings import load_settings
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.runner import specs_by_name
+
+    spec_dir({"toy.yaml": churn_spec(end, approval, extra)},
+             {"churn.csv": churn_weeks(date(2024, 1, 1), rules, rows_per_week=300)})
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    return build_definitions(), settings, Tracker.for_settings(settings), specs_by_name()["toy"]
+
+
+def audit_events(home: Path, event: str) -> pd.DataFrame:
+    return warehouse_query(home, f"select * from audit.events where model = 'toy' and event = '{event}' order by seq")
+
+
+@pytest.mark.slow
+def test_concept_drift_keeps_the_drift_check_green_fails_live_performance_and_one_retrain_recovers(
+        home, spec_dir, monkeypatch):
+    from mlplatform.production import run_production
+    from mlplatform.runner import run_job, tick_sensor
+
+    rules = ["A", "A", "A", "B", "B"]  # the outcome rule flips in week 3; inputs never change
+    weeks = weeks_from("2024-01-01", len(rules))
+    defs, settings, tracker, spec = setup_model(home, spec_dir, rules, end="2024-02-05")
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    instance = DagsterInstance.get()
+    assert run_job(defs, instance, names.pipeline_job("toy"), weeks[0], weeks[2]).success
+    assert tracker.alias_version("toy", "champion") == "2"
+
+    [summary] = run_production(settings, [spec], {"toy": "2024-01-15"}, {"toy": weeks[2]}, live={"toy": 2})
+    flipped, after = summary.story
+    assert (flipped.week, flipped.served_by, flipped.drift_passed, flipped.degradation_passed) == (
+        weeks[3], "2", True, False)  # the inputs look the same; the outcomes do not
+    retrains = instance.get_runs(RunsFilter(job_name=names.retrain_job("toy"),
+                                            tags={names.TRIGGER_TAG: names.DECAY_TRIGGER}))
+    assert [run.tags[names.DECAY_WEEK_TAG] for run in retrains] == [weeks[3]]  # exactly one retrain
+    assert not instance.get_runs(RunsFilter(job_name=names.rollback_job("toy")))  # v1 is no better: no rollback
+    assert after.served_by == "3" and after.degradation_passed is True  # the retrained version, through the service
+    live_rows = warehouse_query(home, "select * from toy.live_performance where role = 'champion' order by week")
+    by_week = dict(zip(live_rows["week"].dt.strftime("%Y-%m-%d"), live_rows["value"], strict=True))
+    assert by_week[weeks[3]] < 0.5 and by_week[weeks[4]] > 0.8  # fell, then recovered
+
+    assert not tick_sensor(defs, instance, names.decay_sensor("toy"))  # a second tick requests nothing more
+    requested = audit_events(home, "retrain_requested")
+    assert len(requested) == 1 and '"trigger": "performance_decay"' in requested["details"].iloc[0]
+    assert len(audit_events(home, "performance_alert")) == 1
+
+
+@pytest.mark.slow
+def test_flipped_outcomes_for_a_week_roll_the_champion_back_once_never_to_a_gate_failing_version(home, spec_dir,
+                                                                                                  monkeypatch):
+    from mlplatform.lib import promotion
+    from mlplatform.lib.warehouse import connect_when_free
+    from mlplatform.production import Service, run_production
+    from mlplatform.runner import run_job, tick_sensor
+
+    # v1, v2 learn rule A; v3 (trained on A, judged on B) fails its gates; v4 learns B and beats v2 on B: champion.
+    # Week 5 follows rule A again: v4 is far worse live than at its evaluation, and v2 is better on the same rows.
+    rules = ["A", "A", "A", "B", "B", "A"]
+    weeks = weeks_from("2024-01-01", len(rules))
+    defs, settings, tracker, spec = setup_model(home, spec_dir, rules, end="2024-02-12")
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    instance = DagsterInstance.get()
+    assert run_job(defs, instance, names.pipeline_job("toy"), weeks[0], weeks[3]).success
+    assert tracker.version_tags("toy", "3")["gates"] == "failed"
+    # a person once forced the gate-failing v3 into production, then v4 replaced it: v3 is in the champion history
+    with connect_when_free(settings.warehouse_path, 60) as connection:
+        promotion.commit_changes(connection, tracker, [promotion.approval_change(tracker, "toy", "3", "ana", "test",
+                                                                                  force=True)])
+    assert run_job(defs, instance, names.pipeline_job("toy"), weeks[4]).success
+    assert tracker.alias_version("toy", "champion") == "4"
+
+    [summary] = run_production(settings, [spec], {"toy": "4"}, {"toy": weeks[4]}, live={"toy": 1})
+    [week] = summary.story
+    assert week.degradation_passed is False and "roll back" in " ".join(week.actions)
+    assert tracker.alias_version("toy", "champion") == "2"  # not v3, the forced one whose gates failed
+    rollbacks = audit_events(home, "rollback")
+    assert len(rollbacks) == 1
+    assert rollbacks["actor"].iloc[0] == f"sensor {names.decay_sensor('toy')}" and "v4 -> v2" in rollbacks["summary"].iloc[0]
+    assert "live_degradation failed on week 2024-02-05" in rollbacks["summary"].iloc[0]
+    assert not tick_sensor(defs, instance, names.decay_sensor("toy"))  # one failure, one rollback
+
+    with Service(settings, ["toy"]) as service:  # a service started now serves what the rollback left: v2
+        import httpx
+
+        assert service.champion("toy") == "2"
+        record = {c: (v.item() if hasattr(v, "item") else v)
+                  for c, v in churn_weeks(date(2024, 1, 1), ["A"], 1).iloc[0].items() if c in spec.feature_columns}
+        answer = httpx.post(f"{service.url}/v1/models/toy/predict", json={"records": [record]}).json()
+        assert answer["predictions"][0]["version"] == "2"
+
+    with connect_when_free(settings.warehouse_path, 60) as connection, pytest.raises(promotion.PromotionRefused,
+                                                                                    match="did not pass every gate"):
+        promotion.rollback_change(connection, tracker, "toy", "3", "sensor x", "test")
+
+
+@pytest.mark.slow
+def test_a_worse_canary_is_stopped_and_audited(home, spec_dir, monkeypatch):
+    from mlplatform.lib import promotion
+    from mlplatform.lib.warehouse import connect_when_free
+    from mlplatform.production import run_production
+    from mlplatform.runner import run_job
+
+    # v1 learns rule A and is approved; v3 learns rule B and passes its gates (judged on B): the challenger, a canary.
+    rules = ["A", "A", "B", "B", "A"]
+    weeks = weeks_from("2024-01-01", len(rules))
+    defs, settings, tracker, spec = setup_model(home, spec_dir, rules, end="2024-02-05", approval="manual",
+                                                extra="  canary_percent: 50\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    instance = DagsterInstance.get()
+    assert run_job(defs, instance, names.pipeline_job("toy"), weeks[0], weeks[3]).success
+    with connect_when_free(settings.warehouse_path, 60) as connection:
+        promotion.commit_changes(connection, tracker, [promotion.approval_change(tracker, "toy", "1", "ana", "ok")])
+    assert (tracker.alias_version("toy", "champion"), tracker.alias_version("toy", "challenger")) == ("1", "3")
+
+    [summary] = run_production(settings, [spec], {"toy": "1"}, {"toy": weeks[3]}, live={"toy": 1})
+    assert {role for _, role in summary.log_rows} == {CHAMPION_ROLE, CANARY_ROLE}
+    assert tracker.alias_version("toy", "challenger") is None  # stopped: serving sends it no more traffic
+    assert tracker.alias_version("toy", "champion") == "1"
+    [stopped] = audit_events(home, "canary_stopped").itertuples()
+    assert pd.isna(stopped.version) and "canary stopped: significantly worse: canary v3" in stopped.summary
+    live_rows = warehouse_query(home, "select version, role, value from toy.live_performance order by role")
+    assert set(zip(live_rows["version"], live_rows["role"], strict=True)) == {("1", CHAMPION_ROLE), ("3", CANARY_ROLE)}
