@@ -274,7 +274,24 @@ def cmd_promote(args: argparse.Namespace) -> int:
     elif code == 0:
         print(f"{args.model}: champion v{change.previous_version or '-'} -> v{change.version} "
               f"(approved by {change.actor})")
+        evidence = _rollout_evidence(args.model, change.version)
+        print(f"production evidence for v{change.version}:" if evidence else
+              f"no production evidence for v{change.version} yet (canary or shadow weeks with outcomes)")
+        for line in evidence:
+            print(f"  {line}")
     return code
+
+
+def _rollout_evidence(model: str, version: str) -> list[str]:
+    """The canary and shadow weeks of a version, from the warehouse (read-only; empty before any production)."""
+    from mlplatform.lib.live import rollout_evidence
+    from mlplatform.lib.warehouse import connect_when_free
+
+    settings = load_settings()
+    if not settings.warehouse_path.exists():
+        return []
+    with connect_when_free(settings.warehouse_path, settings.warehouse_wait_seconds, read_only=True) as connection:
+        return rollout_evidence(connection, model, version)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

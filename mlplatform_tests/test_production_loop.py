@@ -264,14 +264,18 @@ def test_flipped_outcomes_for_a_week_roll_the_champion_back_once_never_to_a_gate
 
 
 @pytest.mark.slow
-def test_a_worse_canary_is_stopped_and_audited(home, spec_dir, monkeypatch):
+@pytest.mark.parametrize("canary_rule", ["B", "A"])
+def test_a_worse_canary_is_stopped_and_audited_and_a_good_one_keeps_running(home, spec_dir, monkeypatch, capsys,
+                                                                            canary_rule):
+    from mlplatform.cli import main
     from mlplatform.lib import promotion
     from mlplatform.lib.warehouse import connect_when_free
     from mlplatform.production import run_production
     from mlplatform.runner import run_job
 
-    # v1 learns rule A and is approved; v3 learns rule B and passes its gates (judged on B): the challenger, a canary.
-    rules = ["A", "A", "B", "B", "A"]
+    # v1 learns rule A and is approved; v3 learns `canary_rule` and passes its gates (judged on it): the challenger,
+    # a canary with half the traffic. Week 4 follows rule A: a rule-B canary is far worse than the champion there.
+    rules = ["A", "A", canary_rule, canary_rule, "A"]
     weeks = weeks_from("2024-01-01", len(rules))
     defs, settings, tracker, spec = setup_model(home, spec_dir, rules, end="2024-02-05", approval="manual",
                                                 extra="  canary_percent: 50\n")
@@ -284,9 +288,36 @@ def test_a_worse_canary_is_stopped_and_audited(home, spec_dir, monkeypatch):
 
     [summary] = run_production(settings, [spec], {"toy": "1"}, {"toy": weeks[3]}, live={"toy": 1})
     assert {role for _, role in summary.log_rows} == {CHAMPION_ROLE, CANARY_ROLE}
-    assert tracker.alias_version("toy", "challenger") is None  # stopped: serving sends it no more traffic
-    assert tracker.alias_version("toy", "champion") == "1"
-    [stopped] = audit_events(home, "canary_stopped").itertuples()
-    assert pd.isna(stopped.version) and "canary stopped: significantly worse: canary v3" in stopped.summary
     live_rows = warehouse_query(home, "select version, role, value from toy.live_performance order by role")
     assert set(zip(live_rows["version"], live_rows["role"], strict=True)) == {("1", CHAMPION_ROLE), ("3", CANARY_ROLE)}
+    assert tracker.alias_version("toy", "champion") == "1"
+    if canary_rule == "B":
+        assert tracker.alias_version("toy", "challenger") is None  # stopped: serving sends it no more traffic
+        [stopped] = audit_events(home, "canary_stopped").itertuples()
+        assert pd.isna(stopped.version) and "canary stopped: significantly worse: canary v3" in stopped.summary
+        return
+    assert tracker.alias_version("toy", "challenger") == "3" and audit_events(home, "canary_stopped").empty
+    capsys.readouterr()
+    assert main(["promote", "toy", "--by", "ana", "--reason", "a good canary"]) == 0
+    out = capsys.readouterr().out
+    assert "champion v1 -> v3" in out and "production evidence for v3:" in out
+    assert f"canary week {weeks[4]}: live roc_auc" in out and "vs champion v1" in out
+
+
+def test_outcomes_from_a_teams_labels_file_land_in_the_week_of_their_rows_and_missing_columns_are_named(
+        home, spec_dir):
+    from mlplatform.lib.source import Window
+    from mlplatform.runner import specs_by_name
+
+    outcomes = pd.DataFrame({"signup_time": ["2024-01-02 10:00:00", "2024-01-09 10:00:00", "2024-01-03 11:00:00"],
+                             "_id": [17, 18, 19], "churned": [1, 0, 0]})
+    folder = spec_dir({"toy.yaml": churn_spec("2024-02-05", extra="labels:\n  path: outcomes.csv\n")},
+                      {"churn.csv": churn_weeks(date(2024, 1, 1), ["A", "A"], rows_per_week=50),
+                       "outcomes.csv": outcomes})
+    spec = specs_by_name()["toy"]
+    week = live.file_outcomes(spec, Window(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08")))
+    assert sorted(week[live.JOIN_KEY]) == ["r:17", "r:19"] and sorted(week[live.LABEL]) == [0, 1]
+
+    outcomes.drop(columns=["_id"]).to_csv(folder / "outcomes.csv", index=False)
+    with pytest.raises(ValueError, match="missing column.*_id.*the record id clients sent"):
+        live.file_outcomes(spec, Window(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08")))

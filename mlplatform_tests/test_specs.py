@@ -30,7 +30,7 @@ def test_valid_toy_spec_loads_with_defaults(spec_dir):
 
 def test_bundled_specs_load():
     names = {s.name for s in load_specs(BUNDLED_SPECS_DIR, dbt_manifest_columns(prepare_manifest()))}
-    assert names == {"bike_demand", "car_loan", "german_credit"}
+    assert names == {"bike_demand", "car_loan", "churn_shift", "german_credit"}
 
 
 def test_unknown_task(spec_dir):

@@ -145,9 +145,9 @@ class ProductionStep:
         if spec.labels is not None and spec.labels.path:
             return live.file_outcomes(spec, window)
         if spec.labels is not None:
-            schema, _, table = spec.labels.table.partition(".")
+            schema, _, table = spec.labels.table.partition(".")  # the spec's pattern guarantees schema.table
             with self.warehouse.get_connection() as connection:
-                frame = connection.execute(f"select * from {table_name(schema, table) if table else schema}").fetchdf()
+                frame = connection.execute(f"select * from {table_name(schema, table)}").fetchdf()
             return live.outcomes_in_window(spec, frame, window, pd.to_datetime, rows_in_window)
         if spec.source.key:
             frame = self.warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)

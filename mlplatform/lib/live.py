@@ -487,3 +487,36 @@ def outcomes_in_window(spec: Any, frame: pd.DataFrame, window: Any, parse_times,
     frame = frame[frame[spec.target].notna()]
     return outcome_rows(frame, spec.source.key, spec.target, time_column,
                         None if spec.source.key else frame[RECORD_ID])
+
+
+# --- evidence for a person deciding a promotion ---------------------------------------------------------------------
+
+def rollout_evidence(connection: Any, model: str, version: str) -> list[str]:
+    """What production says of ``version`` as canary and in the shadow, week by week, for ``mlplatform promote``."""
+    from mlplatform.lib.warehouse import table_name
+
+    def exists(table: str) -> bool:
+        return bool(connection.execute("select count(*) from information_schema.tables where table_schema = ? and "
+                                       "table_name = ?", [model, table]).fetchall()[0][0])
+
+    lines = []
+    if exists("live_performance"):
+        rows = connection.execute(
+            f"select c.week, c.metric, c.rows, c.value, c.ci_low, c.ci_high, h.version, h.value "
+            f"from {table_name(model, 'live_performance')} c left join {table_name(model, 'live_performance')} h "
+            "on h.week = c.week and h.role = 'champion' where c.version = ? and c.role = 'canary' order by c.week",
+            [str(version)]).fetchall()
+        for week, metric, n, value, low, high, champion, champion_value in rows:
+            against = f" vs champion v{champion} {champion_value:.4g}" if champion is not None else ""
+            lines.append(f"canary week {week:%Y-%m-%d}: live {metric} {value:.4g} [{low:.4g}, {high:.4g}] on {n} "
+                         f"labelled rows{against}")
+    if exists("shadow"):
+        rows = connection.execute(
+            f"select week, champion_version, pairs, agreement, metric, difference, ci_low, ci_high "
+            f"from {table_name(model, 'shadow')} where shadow_version = ? order by week", [str(version)]).fetchall()
+        for week, champion, pairs, agreement, metric, difference, low, high in rows:
+            labelled = (f"; {metric} shadow - champion {difference:+.4g} [{low:+.4g}, {high:+.4g}]"
+                        if metric is not None and not math.isnan(difference) else "; no outcomes yet")
+            lines.append(f"shadow week {week:%Y-%m-%d}: agrees with champion v{champion} on {agreement:.1%} of "
+                         f"{pairs} requests{labelled}")
+    return lines

@@ -41,7 +41,8 @@ def feature_rows(spec: ModelSpec, window: Window, warehouse: Path | None = None,
         frame = read_source(spec.source_path)
         frame[SOURCE_ROW_COLUMN] = range(len(frame))
         if spec.source.timestamp:
-            frame[spec.source.timestamp] = to_utc_naive(frame[spec.source.timestamp], spec.source.timezone)
+            frame[spec.source.timestamp] = to_utc_naive(frame[spec.source.timestamp], spec.source.timezone,
+                                                        spec.source.timestamp_format, spec.source.timestamp_unit)
             frame = rows_in_window(frame, spec.source.timestamp, window)
     else:
         from mlplatform.lib.warehouse import connect_when_free

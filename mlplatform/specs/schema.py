@@ -311,8 +311,9 @@ class LabelsSpec(_Strict):
     path: str | None = Field(default=None, description="CSV (optionally .gz) or Parquet file of outcomes, relative to "
                              "the spec file: the key columns (`source.key`; else `_id`, the record id clients sent), the "
                              "target column, and the time column (`timestamp`) that puts each outcome in its week.")
-    table: str | None = Field(default=None, description="A warehouse table (`schema.table`, e.g. one a dbt model builds) "
-                              "with the same columns as `path`.")
+    table: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
+                              description="A warehouse table (`schema.table`, e.g. one a dbt model builds) with the "
+                              "same columns as `path`.")
     timestamp: str | None = Field(default=None, description="Column of `path`/`table` holding the event time of the "
                                   "predicted row (default: the spec's `source.timestamp`).")
 
