@@ -1,4 +1,4 @@
-"""The ``mlplatform`` command: run the lifecycle, open the UI, validate specs.
+"""The ``mlplatform`` command: run the lifecycle, open the UI, validate specs, approve, audit and reproduce versions.
 
 Heavy imports (Dagster, dbt) happen inside the commands, so ``mlplatform --help``
 and ``mlplatform validate`` answer quickly.
@@ -209,12 +209,66 @@ def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple
     return 0, change
 
 
+def _spec_named(settings: Settings, model: str):
+    """The current spec of one model, loaded and checked as `validate` does, without loading the other specs
+    (a broken neighbour must not block this model; checking every data file costs seconds).
+
+    Raises SpecError for that spec's problems, ValueError when no spec in MLPLATFORM_SPECS names the model.
+    """
+    import yaml
+
+    from mlplatform.lib.settings import DBT_PROJECT_DIR
+    from mlplatform.specs import SpecError, dbt_manifest_columns, load_spec_file
+
+    folder = settings.specs_dir
+    files = sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
+    for file in files:
+        try:
+            named = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get("name")
+        except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
+            continue
+        if named != model:
+            continue
+        manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
+        if not manifest.exists():
+            from mlplatform.defs.dbt_project import prepare_manifest
+
+            manifest = prepare_manifest()
+        spec, problems = load_spec_file(file, dbt_manifest_columns(manifest))
+        if problems or spec is None:
+            raise SpecError(problems)
+        return spec
+    raise ValueError(f"no model spec named {model!r} in {folder}")
+
+
+def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | None]:
+    """The current spec's hashes (:func:`mlplatform.lib.spec_hash.spec_tags`), for refusing a version whose gates
+    ran under an older spec. (False, None) when the specs do not load (said on stderr: nothing may change then);
+    (True, None) when no spec names the model any more (said on stderr: the check is skipped)."""
+    from mlplatform.lib.spec_hash import spec_tags
+    from mlplatform.specs import SpecError
+
+    try:
+        spec = _spec_named(load_settings(), model)
+    except SpecError as error:
+        print(f"{model}: not {verb}, nothing changed: its model spec does not load, so the spec this version's gates "
+              f"ran under cannot be compared with the current one:\n{error}", file=sys.stderr)
+        return False, None
+    except ValueError as error:
+        print(f"{model}: {error}; the version is not compared with a current spec", file=sys.stderr)
+        return True, None
+    return True, spec_tags(spec)
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     """A person approves a version: it becomes champion, and the audit table says who, when and why."""
     from mlplatform.lib import promotion
 
+    loaded, current_spec = _current_spec_tags(args.model, "promoted")
+    if not loaded:
+        return 1
     code, change = _person_moves_champion(args, "promoted", lambda connection, tracker: promotion.approval_change(
-        tracker, args.model, args.version, args.by, args.reason, args.force))
+        tracker, args.model, args.version, args.by, args.reason, args.force, current_spec=current_spec))
     if code == 0 and change is None:
         print(f"{args.model}: v{args.version or 'the challenger'} is already the champion; nothing changed")
     elif code == 0:
@@ -244,8 +298,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """A person puts an earlier champion back; the same rules and audit as every alias move (lib/promotion.py)."""
     from mlplatform.lib import promotion
 
+    loaded, current_spec = _current_spec_tags(args.model, "rolled back")
+    if not loaded:
+        return 1
     code, change = _person_moves_champion(args, "rolled back", lambda connection, tracker: promotion.rollback_change(
-        connection, tracker, args.model, args.to, args.by, args.reason))
+        connection, tracker, args.model, args.to, args.by, args.reason, current_spec=current_spec))
     if code == 0:
         print(f"{args.model}: champion v{change.previous_version} -> v{change.version} (rolled back by {change.actor})")
     return code
@@ -295,6 +352,34 @@ def cmd_audit(args: argparse.Namespace) -> int:
         shown["summary"] = shown["summary"].str.slice(0, 100)
         print(shown.to_string(index=False))
     return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Retrain a registered version from what it recorded, in a scratch place, and compare (lib/reproduce.py)."""
+    import json
+
+    from mlplatform.lib.reproduce import ReproductionRefused, reproduce
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.specs import SpecError
+
+    settings = load_settings()
+    try:
+        spec = _spec_named(settings, args.model)
+    except (SpecError, ValueError) as error:
+        print(f"{error}\nnothing was reproduced", file=sys.stderr)
+        return 1
+    try:
+        result = reproduce(Tracker.for_settings(settings), spec, args.version, settings.warehouse_path)
+    except ReproductionRefused as refused:
+        print(f"REFUSED: {refused}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        print("\n".join(result.lines()))
+        print(f"{spec.name} v{args.version}: " + ("reproduced: identical metrics" if result.identical
+                                                  else "NOT reproduced: the differences are listed above"))
+    return 0 if result.identical else 1
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -434,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--version", help="registered version; default: the challenger")
     promote.add_argument("--by", required=True, help="who approves (audit; required)")
     promote.add_argument("--reason", help="why (audit)")
-    promote.add_argument("--force", action="store_true", help="promote even if a gate failed")
+    promote.add_argument("--force", action="store_true", help="promote even if a gate failed or the gates ran under an "
+                         "older spec (the audit row says so)")
     promote.add_argument("--wait", type=float, default=120.0,
                          help="seconds to wait while a run holds the warehouse's lock (default 120)")
     promote.set_defaults(func=cmd_promote)
@@ -458,6 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--wait", type=float, default=120.0,
                        help="seconds to wait while a run writes to the warehouse (default 120)")
     audit.set_defaults(func=cmd_audit)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="retrain a version from its recorded window, spec, params and seed in a scratch place "
+        "(nothing registered or moved) and compare fingerprint, metrics and library versions",
+        description="Retrain MODEL's VERSION from what it recorded and compare. Exit 0: identical metrics; 1: "
+        "metrics or gate verdicts differ (listed); 2: refused, the recorded window's rows changed (the window and "
+        "both fingerprints are named) or the version cannot be reproduced.")
+    reproduce.add_argument("model")
+    reproduce.add_argument("version", help="registered version number")
+    reproduce.add_argument("--json", action="store_true", help="the comparison as JSON")
+    reproduce.set_defaults(func=cmd_reproduce)
 
     backup = commands.add_parser("backup", help="copy the warehouse, MLflow store and Dagster instance, consistently")
     backup.add_argument("--to", help="an empty or new folder; default: MLPLATFORM_HOME/backups/<UTC time>")

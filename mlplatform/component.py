@@ -83,6 +83,7 @@ class ModelLifecycle(dg.Component):
 def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
     """Every asset, job, schedule and sensor of one model, with the platform's shared resources."""
     from mlplatform.defs.approval import build_approval_jobs
+    from mlplatform.defs.audit_assets import build_audit_trail_spec
     from mlplatform.defs.automation import build_decay_sensor, build_jobs, build_retrain_sensor, build_schedule
     from mlplatform.defs.data_assets import build_features_asset, build_raw_asset
     from mlplatform.defs.drift_assets import build_drift_assets
@@ -101,7 +102,8 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
 
             assets.append(build_staged_assets(spec))
         assets += [build_features_asset(spec), build_model_assets(spec), build_prediction_log_spec(spec),
-                   build_drift_assets(spec), build_production_assets(spec)]
+                   build_drift_assets(spec), build_production_assets(spec),
+                   build_audit_trail_spec(spec)]
         pipeline, retrain, weekly, production = build_jobs(spec)
         approve, rollback = build_approval_jobs(spec)
         # Weekly-retrained models are retrained by the schedule; the drift sensor serves `retrain: on_drift`.

@@ -16,6 +16,7 @@ EVALUATION = "evaluation"
 BACKTEST = "backtest"
 DRIFT = "drift"
 PREDICTION_LOG = "prediction_log"  # what the REST service answered, read from its Parquet log
+AUDIT_TRAIL = "audit_trail"  # the model's audit events, reported by the steps and jobs that write them
 LABELS = "labels"  # outcomes known for week W's rows (they arrive after the predictions)
 LIVE_PERFORMANCE = "live_performance"  # logged predictions joined with their labels, per version and role
 SHADOW_REPORT = "shadow_report"  # challenger vs champion on the same requests

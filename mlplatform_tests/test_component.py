@@ -83,7 +83,7 @@ def test_a_defs_yaml_in_a_scratch_project_loads_and_materializes_a_week(home, tm
     defs = dg.load_from_defs_folder(path_within_project=project / "src" / "scratch_load")
     assert {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()} == {
         "churn/raw", "churn/features", "churn/model", "churn/evaluation", "churn/backtest", "churn/drift",
-        "churn/prediction_log"}
+        "churn/prediction_log", "churn/labels", "churn/live_performance", "churn/shadow_report", "churn/audit_trail"}
     job = defs.resolve_job_def("churn_pipeline")
     assert job.execute_in_process(instance=instance, tags={"dagster/asset_partition_range_start": "2024-01-01",
                                                            "dagster/asset_partition_range_end": "2024-01-08"},

@@ -8,6 +8,7 @@ gates failed is refused, a rollback never restores one, and every move has its a
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
 
 from mlplatform import names
+from mlplatform.defs.audit_assets import audit_trail_materialization
 from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.specs import ModelSpec
 
@@ -52,6 +53,7 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
                              "champion has moved since the decision was made)")
             return
         promotion.commit_changes(connection, tracker, [change])
+        context.log_event(audit_trail_materialization(spec, connection))
     context.log.info(f"{spec.name}: champion v{change.previous_version or '-'} -> v{change.version} by {change.actor}: "
                      f"{change.reason}")
 
@@ -59,19 +61,22 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
 def build_approval_jobs(spec: ModelSpec) -> list:
     """``<model>_approve`` and ``<model>_rollback``, for the launchpad."""
     from mlplatform.lib import promotion
+    from mlplatform.lib.spec_hash import spec_tags
 
     resources = {"warehouse", "model_registry", "platform"}
+    current_spec = spec_tags(spec)  # a version whose gates ran under an older spec is refused
 
     @op(name=f"{spec.name}_approve_champion", required_resource_keys=resources)
     def approve(context: OpExecutionContext, config: ApprovalConfig) -> None:
         _apply(context, spec, lambda connection, tracker: promotion.approval_change(
-            tracker, spec.name, config.version or None, config.approved_by, config.reason, config.force))
+            tracker, spec.name, config.version or None, config.approved_by, config.reason, config.force,
+            current_spec=current_spec))
 
     @op(name=f"{spec.name}_rollback_champion", required_resource_keys=resources)
     def rollback(context: OpExecutionContext, config: RollbackConfig) -> None:
         _apply(context, spec, lambda connection, tracker: promotion.rollback_change(
             connection, tracker, spec.name, config.to_version or None, config.decided_by, config.reason,
-            only_if_champion=config.only_if_champion or None))
+            only_if_champion=config.only_if_champion or None, current_spec=current_spec))
 
     @job(name=names.approve_job(spec.name),
          description=f"A person approves a {spec.name} version as champion (what `mlplatform promote` does).")

@@ -158,6 +158,10 @@ def _audit_gate(context: AssetExecutionContext, warehouse: Warehouse, spec: Mode
             spec.name, "data_gate", f"dagster run {context.run.run_id}", f"{check} on {weeks}: {report.summary}",
             week=f"{window.start:%Y-%m-%d}", passed=report.passed, dagster_run_id=context.run.run_id,
             details={"check": check, "weeks": weeks, "failing_columns": sorted({p["column"] for p in report.problems})})])
+        if not report.passed:  # the run stops at this gate: the trail is reported here, not by a later step
+            from mlplatform.defs.audit_assets import audit_trail_materialization
+
+            context.log_event(audit_trail_materialization(spec, connection))
 
 
 def _report_empty_weeks(context: AssetExecutionContext, key: AssetKey, report: GateReport, check: str) -> None:

@@ -25,6 +25,7 @@ from dagster import (
 )
 
 from mlplatform import names
+from mlplatform.defs.audit_assets import audit_trail_materialization
 from mlplatform.defs.data_assets import owners
 from mlplatform.defs.keys import drift_key, features_key
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
@@ -169,6 +170,8 @@ def build_drift_assets(spec: ModelSpec):
                 },
             ))
             context.log.info(f"{spec.name} drift week {week}: {report.summary()}")
+        with warehouse.get_connection() as connection:  # the trail after the run's data gates and drift alerts
+            context.log_event(audit_trail_materialization(spec, connection))
         yield from ()
 
     return drift

@@ -40,3 +40,7 @@ def drift_key(spec: ModelSpec) -> AssetKey:
 
 def drift_check_key(spec: ModelSpec) -> AssetCheckKey:
     return AssetCheckKey(drift_key(spec), names.DRIFT_CHECK)
+
+
+def audit_trail_key(spec: ModelSpec) -> AssetKey:
+    return asset_key(spec.name, names.AUDIT_TRAIL)

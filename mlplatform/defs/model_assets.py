@@ -32,6 +32,7 @@ from dagster import (
 )
 
 from mlplatform import names
+from mlplatform.defs.audit_assets import audit_trail_materialization
 from mlplatform.defs.data_assets import owners
 from mlplatform.defs.keys import backtest_key, evaluation_key, features_key, model_key
 from mlplatform.defs.metadata import image, plot, rows_table, scalar_or_json
@@ -161,6 +162,8 @@ def build_model_assets(spec: ModelSpec):
                 recorded += 1
         if not recorded:
             context.log.warning(f"no week in {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d} could be trained")
+        with warehouse.get_connection() as connection:  # the trail as this step left it (a read, same process)
+            context.log_event(audit_trail_materialization(spec, connection))
         if backtest_key(spec) in context.selected_asset_keys:
             yield _backtest_result(spec, warehouse)
 

@@ -25,6 +25,7 @@ from dagster import (
 )
 
 from mlplatform import names
+from mlplatform.defs.audit_assets import audit_trail_materialization
 from mlplatform.defs.data_assets import owners
 from mlplatform.defs.keys import asset_key, features_key
 from mlplatform.defs.metadata import image, rows_table
@@ -102,6 +103,8 @@ def build_production_assets(spec: ModelSpec):
         weeks = window.week_starts()
         for week_start in weeks:
             step.week(week_start.isoformat(), outcomes, with_history=week_start == weeks[-1])
+        with warehouse.get_connection() as connection:  # the trail after the run's alerts and canary stops
+            context.log_event(audit_trail_materialization(spec, connection))
         yield from ()
 
     return production

@@ -173,3 +173,31 @@ def _missing(value: Any) -> bool:
         return value is None or bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
+
+
+@dataclass
+class TrailSummary:
+    """A model's audit trail at a glance: how many events of each type, the newest ones, and whether the chain holds."""
+
+    events: int
+    counts: dict[str, int]
+    latest: pd.DataFrame  # newest first
+    problems: list[str]  # from verify_chain; empty when intact
+    head_hash: str | None
+    last_event_at: datetime | None
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+
+def summarize_trail(rows: pd.DataFrame, latest: int = 20) -> TrailSummary:
+    """What the UI shows of a trail (:func:`read_events` rows): counts per event type, the ``latest`` newest
+    events, and the hash chain's verification over every row."""
+    if rows.empty:
+        return TrailSummary(0, {}, rows, [], None, None)
+    ordered = rows.sort_values("seq")
+    counts = {event: int((ordered["event"] == event).sum()) for event in EVENT_TYPES if (ordered["event"] == event).any()}
+    last = ordered.iloc[-1]
+    return TrailSummary(len(ordered), counts, ordered.tail(latest).iloc[::-1].reset_index(drop=True),
+                        verify_chain(ordered), str(last["hash"]), pd.Timestamp(last["occurred_at"]).to_pydatetime())

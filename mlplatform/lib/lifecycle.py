@@ -27,6 +27,7 @@ from mlplatform.lib.metrics import MetricEstimate, evaluate, paired_bootstrap
 from mlplatform.lib.plots import classification_plots, regression_plots
 from mlplatform.lib.promotion import AliasChange
 from mlplatform.lib.source import Window, rows_in_window
+from mlplatform.lib.spec_hash import GATES_HASH_TAG, SPEC_ARTIFACT, normalized_spec, spec_hash, spec_tags
 from mlplatform.lib.training import SEED, Predictions, build_pipeline, encode_target, fingerprint, predict, split_xy
 from mlplatform.lib.warehouse import replace_week_rows
 from mlplatform.specs import ModelSpec
@@ -153,6 +154,20 @@ class TrainedWeek:
     params: dict[str, Any]
     predictions: pd.DataFrame  # per evaluation row; the version column is added once registered
     fairness_gate: gate_lib.GateOutcome | None = None  # only for a spec with a fairness section
+    eval_fingerprint: str = ""  # of week W's evaluation rows: what `mlplatform reproduce` checks besides training's
+
+
+def training_and_evaluation_rows(spec: ModelSpec, features: pd.DataFrame,
+                                 week_start: datetime) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
+    """The rows week W's model trains on and is evaluated on, and its training window (what the fingerprints cover).
+
+    A snapshot (no event time) splits its one week into training and held-out rows.
+    """
+    train, evaluation, train_window = split_train_eval(features, spec, week_start)
+    if spec.source.timestamp is None:
+        train, evaluation = snapshot_holdout(evaluation, spec)
+        train_window = Window(week_start, week_start + pd.Timedelta(weeks=1))
+    return train, evaluation, train_window
 
 
 def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
@@ -163,10 +178,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
     Pure: no store is touched, so weeks can train in parallel.
     """
     week = week_start.date().isoformat()
-    train, evaluation, train_window = split_train_eval(features, spec, week_start)
-    if spec.source.timestamp is None:  # a snapshot: its one week is split into training and held-out rows
-        train, evaluation = snapshot_holdout(evaluation, spec)
-        train_window = Window(week_start, week_start + pd.Timedelta(weeks=1))
+    train, evaluation, train_window = training_and_evaluation_rows(spec, features, week_start)
     if train.empty:
         return f"week {week}: no features rows in the {spec.partitions.training_window_weeks} weeks before it to train on"
     if evaluation.empty:
@@ -216,6 +228,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
         week, train_window, len(train), len(evaluation), fingerprint(train, spec), pipeline, x_train.head(5), x_eval,
         y_metric, challenger, metrics, plots, gate_lib.threshold_gate(metric, metrics[metric].value, spec.gates.threshold),
         sanity, data_gate, params, predictions, fairness_check(spec, evaluation, y_metric, challenger.score),
+        fingerprint(evaluation, spec),
     )
 
 
@@ -258,28 +271,37 @@ def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champio
     ] + ([trained.fairness_gate] if trained.fairness_gate is not None else []) \
         + ([trained.data_gate] if trained.data_gate is not None else [])
     metrics = trained.metrics
-    metric_values = {name: estimate.value for name, estimate in metrics.items() if np.isfinite(estimate.value)}
-    metric_values |= {f"{name}_ci_low": e.low for name, e in metrics.items() if np.isfinite(e.low)}
-    metric_values |= {f"{name}_ci_high": e.high for name, e in metrics.items() if np.isfinite(e.high)}
+    metric_values = logged_metrics(metrics)
     window = trained.train_window
+    recorded_spec = spec_tags(spec)  # which spec the gates ran under: promotion refuses a version of an older one
     tags = {"mlplatform.model": spec.name, "mlplatform.week": week, "data.fingerprint": trained.fingerprint,
+            "data.eval_fingerprint": trained.eval_fingerprint,
             "data.train_window": f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}",
-            **({"dagster.run_id": dagster_run_id} if dagster_run_id else {})}
+            **recorded_spec, **({"dagster.run_id": dagster_run_id} if dagster_run_id else {})}
     gate_report = {g.name: {"passed": g.passed, "reason": g.reason, **_jsonable(g.facts)} for g in outcomes}
     passed = all(g.passed for g in outcomes)
     version_tags = {
         "week": week, "gates": "passed" if passed else "failed",
         **{f"gate.{g.name}": "passed" if g.passed else "failed" for g in outcomes},
-        "data.fingerprint": trained.fingerprint,
+        "data.fingerprint": trained.fingerprint, **recorded_spec,
     }
     logged = tracker.log_trained_model(
         spec.name, f"{spec.name}-{week}", trained.pipeline, trained.x_example, trained.params, metric_values, tags,
-        {**trained.plots, "gates.json": json.dumps(gate_report, indent=2)}, version_tags,
+        {**trained.plots, "gates.json": json.dumps(gate_report, indent=2),
+         SPEC_ARTIFACT: json.dumps(normalized_spec(spec), indent=2, sort_keys=True)}, version_tags,
     )
     predictions = trained.predictions.assign(model_version=logged.version)
     return WeekResult(week, logged.version, logged.run_id, logged.experiment_id, window, trained.train_rows,
                       trained.eval_rows, trained.fingerprint, metrics, outcomes, predictions, trained.plots,
                       champion_version)
+
+
+def logged_metrics(metrics: dict[str, MetricEstimate]) -> dict[str, float]:
+    """The metrics as logged to MLflow (value and interval ends, finite ones only): what reproduce compares."""
+    values = {name: estimate.value for name, estimate in metrics.items() if np.isfinite(estimate.value)}
+    values |= {f"{name}_ci_low": e.low for name, e in metrics.items() if np.isfinite(e.low)}
+    values |= {f"{name}_ci_high": e.high for name, e in metrics.items() if np.isfinite(e.high)}
+    return values
 
 
 def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained: TrainedWeek, tracker: Tracker,
@@ -330,7 +352,10 @@ def week_events(spec: ModelSpec, result: WeekResult, actor: str, dagster_run_id:
                          f"v{result.version} trained on {result.train_window.start:%Y-%m-%d}..{result.train_window.end:%Y-%m-%d} "
                          f"({result.train_rows} rows); {spec.primary_metric} {primary.value:.4g} on week {result.week}",
                          details={"train_rows": result.train_rows, "eval_rows": result.eval_rows,
-                                  spec.primary_metric: primary.value, "ci": [primary.low, primary.high]}, **common)
+                                  spec.primary_metric: primary.value, "ci": [primary.low, primary.high],
+                                  "spec_hash": spec_hash(spec), "spec_gates_hash": spec_tags(spec)[GATES_HASH_TAG],
+                                  "train_window": f"{result.train_window.start:%Y-%m-%d}..{result.train_window.end:%Y-%m-%d}"},
+                         **common)
     gates = [AuditEvent(spec.name, "gate", actor, f"{g.name}: {g.reason}", passed=g.passed,
                         details={"gate": g.name}, **common) for g in result.gates]
     return [trained, *gates]

@@ -11,7 +11,7 @@ happen.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -20,6 +20,7 @@ import duckdb
 
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.audit import AuditEvent, append_events, champion_history, record_alias_changes
+from mlplatform.lib.spec_hash import GATES_HASH_TAG, changed_gate_sections
 
 SET, REMOVE = "set", "remove"
 
@@ -88,11 +89,12 @@ def gate_changes(model: str, version: str, passed: bool, week: str, actor: str, 
 
 
 def approval_change(registry: AliasRegistry, model: str, version: str | None, actor: str, reason: str | None,
-                    force: bool = False) -> AliasChange | None:
+                    force: bool = False, current_spec: Mapping[str, str] | None = None) -> AliasChange | None:
     """A person makes ``version`` (default: the challenger) champion; None when it already is.
 
     Refused (:class:`PromotionRefused`) without a named actor, for an unknown version, and for a
-    version whose gates did not pass unless ``force`` (then the reason says it was forced).
+    version whose gates did not pass or ran under an older spec (:func:`spec_refusal`; ``current_spec``
+    is :func:`mlplatform.lib.spec_hash.spec_tags` of the spec now) unless ``force`` (then the reason says so).
     """
     from mlflow.exceptions import MlflowException
 
@@ -108,24 +110,31 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     if tags.get("gates") != "passed" and not force:
         raise PromotionRefused(f"{model} v{version} did not pass every gate (gates={tags.get('gates')}); "
                                "refusing to promote without --force")
+    older_spec = spec_refusal(model, str(version), tags, current_spec)
+    if older_spec and not force:
+        raise PromotionRefused(f"{older_spec}; refusing to promote without --force")
     previous = registry.alias_version(model, CHAMPION)
     if previous == str(version):
         return None
     text = reason or "manual approval"
     if tags.get("gates") != "passed":  # forced: the audit says so, whatever the person wrote
         text += f" [forced with --force: gates={tags.get('gates')}]"
+    if older_spec:
+        text += f" [forced with --force: {older_spec}]"
     return AliasChange(model, CHAMPION, str(version), previous, actor.strip(), text, tags.get("week"), kind="approval")
 
 
 def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,
                     to_version: str | None, actor: str, reason: str | None,
-                    only_if_champion: str | None = None) -> AliasChange | None:
+                    only_if_champion: str | None = None,
+                    current_spec: Mapping[str, str] | None = None) -> AliasChange | None:
     """``champion`` goes back to ``to_version`` (default: the champion before the current one, from the audit).
 
     Refused (:class:`PromotionRefused`) without a named actor, without a current champion, without an earlier
-    champion to go back to, and for a version whose gates did not pass: a rollback never restores a version
-    the gates kept away from production. With ``only_if_champion`` (the automatic rollback: the version its check
-    judged), None when the champion has moved since: a later decision must not be undone by an older one.
+    champion to go back to, and for a version whose gates did not pass or ran under an older spec
+    (:func:`spec_refusal`): a rollback never restores a version the gates kept away from production. With
+    ``only_if_champion`` (the automatic rollback: the version its check judged), None when the champion has
+    moved since: a later decision must not be undone by an older one.
     """
     from mlflow.exceptions import MlflowException
 
@@ -150,8 +159,29 @@ def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegist
     if tags.get("gates") != "passed":
         raise PromotionRefused(f"{model} v{to_version} did not pass every gate (gates={tags.get('gates')}); a rollback "
                                "never puts such a version in production")
+    older_spec = spec_refusal(model, str(to_version), tags, current_spec)
+    if older_spec:
+        raise PromotionRefused(f"{older_spec}; a rollback never restores it")
     return AliasChange(model, CHAMPION, str(to_version), current, actor.strip(),
                        f"rollback from v{current}: {reason or 'no reason given'}", tags.get("week"), kind="rollback")
+
+
+def spec_refusal(model: str, version: str, tags: Mapping[str, str],
+                 current_spec: Mapping[str, str] | None) -> str | None:
+    """Why ``version``'s gate verdicts do not vouch for it under the current spec, or None when they do.
+
+    Compares the gate-section hashes the version recorded at training (``spec.gates_hash*`` tags) with the
+    current spec's (:func:`mlplatform.lib.spec_hash.spec_tags`). A version that recorded none (trained before
+    hashes were recorded) and a caller that passes no current spec are not refused here.
+    """
+    if current_spec is None:
+        return None
+    changed = changed_gate_sections(tags, current_spec)
+    if not changed:
+        return None
+    return (f"{model} v{version}: its gates ran under an older spec ({', '.join(changed)} changed since; gate spec "
+            f"hash {tags[GATES_HASH_TAG][:12]} when trained, {current_spec.get(GATES_HASH_TAG, '-')[:12]} now): "
+            "retrain it under the current spec")
 
 
 def previous_champion(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,

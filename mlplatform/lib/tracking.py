@@ -8,6 +8,7 @@ by the platform's settings, and artifacts get an explicit location so nothing la
 from __future__ import annotations
 
 import functools
+import platform
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,7 +26,8 @@ import mlplatform
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION  # noqa: F401  (re-exported)
 from mlplatform.lib.settings import Settings, git_commit
 
-TRACKED_LIBRARIES = ("scikit-learn", "pandas", "numpy", "mlflow", "dagster", "pandera", "duckdb")
+TRACKED_LIBRARIES = ("scikit-learn", "scipy", "pandas", "numpy", "mlflow", "dagster", "pandera", "duckdb")
+"""Recorded with every version as ``library.<name>`` tags: ``mlplatform reproduce`` names the ones that differ now."""
 
 
 def library_versions() -> dict[str, str]:
@@ -157,7 +159,7 @@ class Tracker:
 
         ``version_tags`` are written with the registry version in one transaction (not a call per tag).
         """
-        tags = {**tags, "mlplatform.version": mlplatform.__version__,
+        tags = {**tags, "mlplatform.version": mlplatform.__version__, "python.version": platform.python_version(),
                 **{f"library.{k}": v for k, v in library_versions().items()}}
         commit = git_commit()
         if commit:

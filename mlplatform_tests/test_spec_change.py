@@ -1,0 +1,76 @@
+"""A version whose gates ran under an older spec (in a way that matters to the gates) is refused by
+`mlplatform promote`, `mlplatform rollback` and the UI approve job; editing a description is not such a change."""
+
+from __future__ import annotations
+
+import textwrap
+
+import yaml
+
+from mlplatform.cli import main
+from mlplatform.lib.spec_hash import GATES_HASH_TAG, changed_gate_sections, spec_tags
+from mlplatform.lib.tracking import CHAMPION, Tracker
+from mlplatform.specs import ModelSpec
+from mlplatform_tests.conftest import TOY_SPEC, toy_rows
+from mlplatform_tests.helpers import load_definitions, run_weeks, warehouse_query
+
+MODEL_SPEC = TOY_SPEC + """
+estimator:
+  class: sklearn.linear_model.Ridge
+gates:
+  threshold: 1.0
+  training_data: {enabled: false}
+rollout:
+  approval: manual
+"""
+
+
+def _spec(text: str) -> ModelSpec:
+    return ModelSpec.model_validate(yaml.safe_load(textwrap.dedent(text)))
+
+
+def test_only_sections_that_matter_to_the_gates_count_as_a_change():
+    base = _spec(MODEL_SPEC)
+    same = _spec(MODEL_SPEC.replace("name: toy", "name: toy\ndescription: reworded\nowner: team:risk")
+                 .replace("sklearn.linear_model.Ridge", "sklearn.linear_model.LinearRegression"))
+    reformatted = _spec(MODEL_SPEC.replace("threshold: 1.0", "threshold: 1"))  # normalized, not file bytes
+    stricter = _spec(MODEL_SPEC.replace("threshold: 1.0", "threshold: 0.5"))
+    fewer = _spec(MODEL_SPEC.replace("numeric: [x1, x2]", "numeric: [x1]"))
+    assert changed_gate_sections(spec_tags(base), spec_tags(same)) == []
+    assert changed_gate_sections(spec_tags(base), spec_tags(reformatted)) == []
+    assert changed_gate_sections(spec_tags(base), spec_tags(stricter)) == ["gates"]
+    assert changed_gate_sections(spec_tags(base), spec_tags(fewer)) == ["features"]
+    assert changed_gate_sections({"gates": "passed"}, spec_tags(base)) is None  # recorded nothing: unknown
+
+
+def test_promote_rollback_and_the_ui_job_refuse_a_version_trained_under_an_older_spec(home, spec_dir, instance,
+                                                                                      capsys):
+    folder = spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-15",
+                     assets=["raw", "features", "model", "evaluation"]).success
+    tracker = Tracker.under(home / "mlflow")
+    trained_under = tracker.version_tags("toy", "1")[GATES_HASH_TAG]
+    assert main(["promote", "toy", "--version", "1", "--by", "alice", "--reason", "reviewed"]) == 0
+
+    (folder / "toy.yaml").write_text(textwrap.dedent(MODEL_SPEC).replace("name: toy", "name: toy\nowner: team:risk"))
+    assert main(["promote", "toy", "--version", "2", "--by", "alice", "--reason", "reviewed"]) == 0  # owner only
+
+    (folder / "toy.yaml").write_text(textwrap.dedent(MODEL_SPEC).replace("numeric: [x1, x2]", "numeric: [x1]"))
+    now = spec_tags(_spec(MODEL_SPEC.replace("numeric: [x1, x2]", "numeric: [x1]")))[GATES_HASH_TAG]
+    assert main(["rollback", "toy", "--by", "bob", "--reason", "live metric fell"]) == 1
+    err = capsys.readouterr().err
+    assert "toy v1: its gates ran under an older spec (features changed since" in err
+    assert trained_under[:12] in err and now[:12] in err and "nothing changed" in err
+    assert main(["promote", "toy", "--version", "1", "--by", "alice"]) == 1
+    assert "its gates ran under an older spec (features changed" in capsys.readouterr().err
+
+    approve = load_definitions().resolve_job_def("toy_approve")  # the code location reloaded with the new spec
+    refused = approve.execute_in_process(instance=instance, raise_on_error=False, run_config={
+        "ops": {"toy_approve_champion": {"config": {"approved_by": "alice", "reason": "x", "version": "1"}}}})
+    assert not refused.success
+    assert "its gates ran under an older spec (features changed" in str(refused.all_events)
+    assert tracker.alias_version("toy", CHAMPION) == "2"
+
+    assert main(["promote", "toy", "--version", "1", "--by", "alice", "--reason", "audited", "--force"]) == 0
+    reason = warehouse_query(home, "select reason from audit.alias_changes order by changed_at")["reason"].iloc[-1]
+    assert reason.startswith("audited [forced with --force: toy v1: its gates ran under an older spec (features")
