@@ -266,10 +266,12 @@ class ProductionStep:
         spec = self.spec
         if degraded is None or degraded != champion_now:
             return None, f"v{degraded} is no longer the champion (v{champion_now}); no rollback", None
+        from mlplatform.lib.spec_hash import spec_tags
+
         with self.warehouse.get_connection() as connection:
-            previous = previous_champion(connection, self.tracker, spec.name, degraded)
+            previous = previous_champion(connection, self.tracker, spec.name, degraded, spec_tags(spec))
         if previous is None:
-            return None, "no earlier champion whose gates passed; no rollback", None
+            return None, "no earlier champion whose gates passed (under the current spec); no rollback", None
         rows = matched[(matched["role"] == CHAMPION_ROLE) & (matched["version"] == degraded)]
         missing = [c for c in spec.feature_columns if c not in rows.columns]
         if missing:

@@ -185,18 +185,20 @@ def spec_refusal(model: str, version: str, tags: Mapping[str, str],
 
 
 def previous_champion(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,
-                      current: str | None) -> str | None:
-    """The champion before ``current`` that a rollback may restore: the newest earlier champion whose gates passed."""
+                      current: str | None, current_spec: Mapping[str, str] | None = None) -> str | None:
+    """The champion before ``current`` that a rollback may restore: the newest earlier champion whose gates passed
+    (under the current spec, when ``current_spec`` is given: see :func:`spec_refusal`)."""
     from mlflow.exceptions import MlflowException
 
     for version in champion_history(connection, model):
         if version == current:
             continue
         try:
-            if registry.version_tags(model, version).get("gates") == "passed":
-                return version
+            tags = registry.version_tags(model, version)
         except MlflowException:
             continue
+        if tags.get("gates") == "passed" and spec_refusal(model, version, tags, current_spec) is None:
+            return version
     return None
 
 
