@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,15 @@ def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path, monkeyp
     assert ("== bike_demand in production: replayed weeks 2011-12-19..2011-12-26 through the REST service: "
             "309 rows sent, 309 answered; prediction log: v51 champion 309") in out
     assert "== car_loan in production: not served: no champion yet" in out
+    assert "week 2011-12-26: live_degradation PASS" in out  # the replayed weeks' outcomes came in
+    # churn_shift lives its last four weeks: its outcome rule flips on 2024-03-18 while its inputs stay the same.
+    assert "== churn_shift: weeks 2024-01-01..2024-03-04, run succeeded" in out
+    assert ("== churn_shift in production: lived weeks 2024-03-11..2024-04-01 through the REST service: "
+            "1600 rows sent, 1600 answered") in out
+    assert re.search(r"2024-03-11 +v9 +PASS +0\.[89]\d* \[[^]]+\] +0\.\d+ +PASS +-", out)
+    assert re.search(r"2024-03-18 +v9 +PASS +0\.[0-3]\d* \[[^]]+\] +0\.\d+ +FAIL +no rollback, not significantly "
+                     r"better; retrain \(decay\) for 2024-03-25 done; champion v9 -> v10", out)
+    assert re.search(r"2024-03-25 +v10 +PASS +0\.[89]\d* \[[^]]+\] +0\.\d+ +PASS", out)
     state = tmp_path / "state"
     assert (state / "warehouse.duckdb").exists() and (state / "mlflow" / "mlflow.db").exists()
     assert (state / "dagster" / "dagster.yaml").exists()
