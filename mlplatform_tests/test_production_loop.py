@@ -278,7 +278,7 @@ def test_a_worse_canary_is_stopped_and_audited_and_a_good_one_keeps_running(home
     rules = ["A", "A", canary_rule, canary_rule, "A"]
     weeks = weeks_from("2024-01-01", len(rules))
     defs, settings, tracker, spec = setup_model(home, spec_dir, rules, end="2024-02-05", approval="manual",
-                                                extra="  canary_percent: 50\n")
+                                                extra="  canary_percent: 50\n  shadow: true\n")
     monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
     instance = DagsterInstance.get()
     assert run_job(defs, instance, names.pipeline_job("toy"), weeks[0], weeks[3]).success
@@ -287,9 +287,13 @@ def test_a_worse_canary_is_stopped_and_audited_and_a_good_one_keeps_running(home
     assert (tracker.alias_version("toy", "champion"), tracker.alias_version("toy", "challenger")) == ("1", "3")
 
     [summary] = run_production(settings, [spec], {"toy": "1"}, {"toy": weeks[3]}, live={"toy": 1})
-    assert {role for _, role in summary.log_rows} == {CHAMPION_ROLE, CANARY_ROLE}
+    assert {role for _, role in summary.log_rows} == {CHAMPION_ROLE, CANARY_ROLE, SHADOW_ROLE}
     live_rows = warehouse_query(home, "select version, role, value from toy.live_performance order by role")
-    assert set(zip(live_rows["version"], live_rows["role"], strict=True)) == {("1", CHAMPION_ROLE), ("3", CANARY_ROLE)}
+    assert set(zip(live_rows["version"], live_rows["role"], strict=True)) == {
+        ("1", CHAMPION_ROLE), ("3", CANARY_ROLE), ("3", SHADOW_ROLE)}
+    [shadow] = warehouse_query(home, "select * from toy.shadow").itertuples()  # v3 in the shadow of v1's answers
+    assert (shadow.champion_version, shadow.shadow_version) == ("1", "3") and shadow.labelled_pairs == shadow.pairs > 50
+    assert (shadow.difference < 0 and shadow.ci_high < 0) if canary_rule == "B" else shadow.agreement > 0.7
     assert tracker.alias_version("toy", "champion") == "1"
     if canary_rule == "B":
         assert tracker.alias_version("toy", "challenger") is None  # stopped: serving sends it no more traffic
@@ -302,6 +306,7 @@ def test_a_worse_canary_is_stopped_and_audited_and_a_good_one_keeps_running(home
     out = capsys.readouterr().out
     assert "champion v1 -> v3" in out and "production evidence for v3:" in out
     assert f"canary week {weeks[4]}: live roc_auc" in out and "vs champion v1" in out
+    assert f"shadow week {weeks[4]}: agrees with champion v1 on" in out
 
 
 def test_outcomes_from_a_teams_labels_file_land_in_the_week_of_their_rows_and_missing_columns_are_named(
