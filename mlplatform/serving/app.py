@@ -228,7 +228,12 @@ class ServingRuntime:
         if canary_indexes and challenger is not None:
             groups.append((challenger, CANARY_ROLE, canary_indexes))
         groups = [g for g in groups if g[2]]
-        results = await asyncio.gather(*(self.batcher.predict(m, [rows[i] for i in idx]) for m, _, idx in groups))
+        if len(groups) == 1:  # the usual case: no gather (its future and callbacks were ~2 % of a 1-row request)
+            results = [await self.batcher.predict(groups[0][0], rows if len(groups[0][2]) == len(rows)
+                                                  else [rows[i] for i in groups[0][2]])]
+        else:
+            results = await asyncio.gather(*(self.batcher.predict(m, [rows[i] for i in idx])
+                                             for m, _, idx in groups))
         latency = time.perf_counter() - arrived
         answers: list[dict[str, Any]] = [{}] * len(rows)
         versions: list[str] = [""] * len(rows)
