@@ -9,6 +9,9 @@ load that same registered version:
   mlflow OMP=1: the same with OMP_NUM_THREADS=1 (HistGradientBoosting's OpenMP threads cost more than they give
                 on small requests; mlplatform limits its predict thread the same way, so this is the fair baseline)
   mlplatform:   mlplatform serve --model car_loan, prediction log ON          (POST /v1/models/car_loan/predict)
+  floor:        a trivial ASGI app answering a constant JSON under the same uvicorn settings (httptools, uvloop,
+                no access log): what this machine and wrk allow at best, measured in the same run. If even the
+                floor's p99 were above a target, the target would be out of reach on the machine at that moment.
 
 Bodies carry the 7 features only (no key), for every side.
 Load: wrk (``apt-get install wrk``; not a Python dependency, not run by CI) with a Lua POST script, one wrk thread
@@ -23,7 +26,8 @@ interval ``--flush-seconds``) with 1-row requests carrying their own request ids
 many answered predictions are missing from the log and how long before the kill the oldest of them was answered.
 
     apt-get install wrk
-    /work/venvs/serving/bin/python benchmarks/serving.py [--seconds 10] [--sigkill]
+    uptime   # other load on 2 cores moves p99 a lot: note the load average with the numbers
+    python benchmarks/serving.py [--seconds 10] [--sides floor,mlplatform] [--scenario "1 row, c=8"] [--sigkill]
 """
 
 from __future__ import annotations
