@@ -9,6 +9,9 @@ load that same registered version:
   mlflow OMP=1: the same with OMP_NUM_THREADS=1 (HistGradientBoosting's OpenMP threads cost more than they give
                 on small requests; mlplatform limits its predict thread the same way, so this is the fair baseline)
   mlplatform:   mlplatform serve --model car_loan, prediction log ON          (POST /v1/models/car_loan/predict)
+  floor:        a trivial ASGI app answering a constant JSON under the same uvicorn settings (httptools, uvloop,
+                no access log): what this machine and wrk allow at best, measured in the same run. If even the
+                floor's p99 were above a target, the target would be out of reach on the machine at that moment.
 
 Bodies carry the 7 features only (no key), for every side.
 Load: wrk (``apt-get install wrk``; not a Python dependency, not run by CI) with a Lua POST script, one wrk thread
@@ -23,7 +26,8 @@ interval ``--flush-seconds``) with 1-row requests carrying their own request ids
 many answered predictions are missing from the log and how long before the kill the oldest of them was answered.
 
     apt-get install wrk
-    /work/venvs/serving/bin/python benchmarks/serving.py [--seconds 10] [--sigkill]
+    uptime   # other load on 2 cores moves p99 a lot: note the load average with the numbers
+    python benchmarks/serving.py [--seconds 10] [--sides floor,mlplatform] [--scenario "1 row, c=8"] [--sigkill]
 """
 
 from __future__ import annotations
@@ -173,30 +177,71 @@ def wrk(url: str, body: str, connections: int, seconds: int, folder: Path, proce
             "socket_errors": errors.group(0) if errors else ""}
 
 
+async def floor_app(scope, receive, send) -> None:
+    """The floor: an ASGI app that reads the body and answers a constant JSON, under the same uvicorn settings as
+    `mlplatform serve` (httptools, uvloop, no access log) and the same wrk command. No server can answer faster
+    on this machine with this load generator, so its p99 bounds what any of ours can reach."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body", False):
+        pass
+    body = b'{"predictions":[{"prediction":1.0}]}'
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def start_floor(home: Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    from mlplatform.serving.server import uvicorn_choices
+
+    choices = uvicorn_choices()
+    command = [sys.executable, "-m", "uvicorn", "serving:floor_app", "--app-dir", str(Path(__file__).parent),
+               "--host", "127.0.0.1", "--port", str(port), "--http", choices["http"], "--loop", choices["loop"],
+               "--no-access-log", "--log-level", "warning"]
+    process = subprocess.Popen(command, env={**os.environ, **(extra_env or {})}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_ready(f"http://127.0.0.1:{port}/", process)
+    return process
+
+
 SIDES = {
+    "floor": ("floor", {}),
     "mlflow": ("mlflow", {}),
     "mlflow OMP=1": ("mlflow", {"OMP_NUM_THREADS": "1"}),
     "mlplatform": ("mlplatform", {}),
 }
-"""mlflow as it comes, and with OpenMP limited to one thread (what mlplatform does inside), so the comparison is
-not only about that one setting."""
+"""The floor (a constant answer, no model); mlflow as it comes, and with OpenMP limited to one thread (what
+mlplatform does inside), so the comparison is not only about that one setting; mlplatform."""
+
+STARTERS = {"floor": start_floor, "mlflow": start_mlflow, "mlplatform": start_mlplatform}
 
 
-def benchmark(seconds: int) -> None:
+def benchmark(seconds: int, sides: list[str], scenarios: list[str] | None = None) -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
+    chosen = [s for s in SCENARIOS if not scenarios or s[0] in scenarios]
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder) / "home"
         records = [{k: v for k, v in r.items() if k != "id"} for r in build_home(home)]  # the features only
         results: dict[str, dict[str, dict[str, float]]] = {}
-        for side, (server, extra_env) in SIDES.items():
-            for name, rows, connections in SCENARIOS:
+        print(f"load average at the start: {os.getloadavg()[0]:.1f}", flush=True)
+        for side in sides:
+            server, extra_env = SIDES[side]
+            for name, rows, connections in chosen:
                 # A fresh server per scenario: an overloaded one may still be working off the previous backlog.
                 port = free_port()
-                start = start_mlflow if server == "mlflow" else start_mlplatform
-                process = start(home, port, extra_env=extra_env)
+                process = STARTERS[server](home, port, extra_env=extra_env)
                 base = f"http://127.0.0.1:{port}"
-                url = f"{base}/invocations" if server == "mlflow" else f"{base}/v1/models/car_loan/predict"
+                url = {"mlflow": f"{base}/invocations", "floor": f"{base}/"}.get(server,
+                                                                                  f"{base}/v1/models/car_loan/predict")
                 body = json.dumps({"dataframe_records" if server == "mlflow" else "records": records[:rows]})
                 try:
                     check = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=60)
@@ -209,21 +254,23 @@ def benchmark(seconds: int) -> None:
                 finally:
                     stop(process)
                 results.setdefault(name, {})[side] = result
-                print(f"{side:<13} {name:<14} {result}", flush=True)
+                print(f"{side:<13} {name:<14} {result} (load average {os.getloadavg()[0]:.1f})", flush=True)
         print()
         print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, load average "
               f"{os.getloadavg()[0]:.1f}; wrk -t1 --timeout 5s pinned to CPU 1, {seconds} s per scenario")
-        print("| scenario | mlflow rps | mlflow OMP=1 rps | mlplatform rps | ratio to best mlflow | "
-              "mlflow p50 / p99 ms | mlflow OMP=1 p50 / p99 ms | mlplatform p50 / p99 ms | server CPU ms per request "
-              "(mlflow / OMP=1 / mlplatform) |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for name, _, _ in SCENARIOS:
-            a, b, c = (results[name][side] for side in SIDES)
-            best = max(a["rps"], b["rps"])
-            ratio = f"{c['rps'] / best:.1f}x" if best else "n/a"
-            print(f"| {name} | {a['rps']:.0f} | {b['rps']:.0f} | {c['rps']:.0f} | {ratio} | "
-                  f"{a['p50']:.1f} / {a['p99']:.1f} | {b['p50']:.1f} / {b['p99']:.1f} | {c['p50']:.1f} / {c['p99']:.1f} | "
-                  f"{a['cpu_ms']:.1f} / {b['cpu_ms']:.1f} / {c['cpu_ms']:.1f} |")
+        columns = [s for s in SIDES if s in sides]
+        print("| scenario | " + " | ".join(f"{s} rps" for s in columns) + " | mlplatform / best mlflow | "
+              + " | ".join(f"{s} p50 / p99 ms" for s in columns) + " | server CPU ms per request ("
+              + " / ".join(columns) + ") |")
+        print("|---|" + "---:|" * (2 * len(columns) + 2))
+        missing = {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "cpu_ms": float("nan")}
+        for name, _, _ in chosen:
+            got = {s: results[name].get(s, missing) for s in columns}
+            best = max((got[s]["rps"] for s in columns if s.startswith("mlflow")), default=0.0)
+            ratio = f"{got['mlplatform']['rps'] / best:.1f}x" if best and "mlplatform" in got else "n/a"
+            print(f"| {name} | " + " | ".join(f"{got[s]['rps']:.0f}" for s in columns) + f" | {ratio} | "
+                  + " | ".join(f"{got[s]['p50']:.1f} / {got[s]['p99']:.1f}" for s in columns) + " | "
+                  + " / ".join(f"{got[s]['cpu_ms']:.2f}" for s in columns) + " |")
 
 
 def sigkill_loss(seconds: float, flush_seconds: float) -> None:
@@ -275,11 +322,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per scenario (default 10)")
     parser.add_argument("--sigkill", action="store_true", help="measure the prediction log's loss on SIGKILL instead")
     parser.add_argument("--flush-seconds", type=float, default=1.0)
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help=f"comma-separated, of {', '.join(SIDES)} (default: all)")
+    parser.add_argument("--scenario", action="append", choices=[s[0] for s in SCENARIOS],
+                        help="only this scenario (repeatable; default: all)")
     args = parser.parse_args()
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown:
+        parser.error(f"unknown sides {unknown}; choose from {', '.join(SIDES)}")
     if args.sigkill:
         sigkill_loss(max(args.seconds, 3), args.flush_seconds)
     else:
-        benchmark(args.seconds)
+        benchmark(args.seconds, sides, args.scenario)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,14 @@ from datetime import datetime, timedelta
 import duckdb
 import pytest
 
-from mlplatform.lib.prediction_log import PredictionLogWriter, read_prediction_log, write_segments
+from mlplatform.lib.prediction_log import (
+    ChildProcessLogWriter,
+    PredictionLogWriter,
+    _send,
+    _start_child,
+    read_prediction_log,
+    write_segments,
+)
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, bucket, entity_key, role_for, routing_key
 
 
@@ -88,6 +95,58 @@ def test_a_failing_disk_keeps_the_rows_for_the_next_flush(tmp_path):
     assert writer.flush() == 0 and writer.backlog == 1 and writer.failed_flushes == 1
     blocker.unlink()
     assert writer.flush() == 1 and writer.backlog == 0
+    assert len(read_prediction_log(tmp_path, "toy")) == 1
+
+
+def test_the_child_process_writer_writes_the_same_log_as_the_in_process_one(tmp_path):
+    rows = [row(i, datetime(2026, 1, 1, 9, 59, 57) + timedelta(seconds=i)) for i in range(6)]
+    rows[1]["probabilities"] = {"0": 0.25, "1": 0.75}
+    here = PredictionLogWriter(tmp_path / "here", input_types=TYPES)
+    here.write(rows)
+    here.close()
+    child = ChildProcessLogWriter(tmp_path / "child", flush_seconds=0.05, input_types=TYPES).start()
+    assert child.child_pid is not None
+    child.write(rows[:3])
+    assert child.flush() == 3 and child.backlog == 0  # flush returns once the child published the rows
+    child.write(rows[3:])
+    child.close()
+    assert child.backlog == 0 and child.written_rows == 6 and child.segments == 2  # one per flush and hour
+    expected = read_prediction_log(tmp_path / "here", "toy")
+    assert read_prediction_log(tmp_path / "child", "toy").equals(expected)
+    assert expected.loc[1, "probabilities"] == '{"0":0.25,"1":0.75}'
+
+
+def test_the_child_process_writer_falls_back_to_this_process_when_its_child_dies(tmp_path):
+    writer = ChildProcessLogWriter(tmp_path, flush_seconds=60, input_types=TYPES).start()
+    writer.write([row(0, datetime(2026, 1, 1))])
+    assert writer.flush() == 1
+    writer._child.kill()
+    writer._child.wait()
+    writer.write([row(1, datetime(2026, 1, 1)), row(2, datetime(2026, 1, 1))])
+    writer.flush()  # finds the child gone: the rows stay queued, and are written here from now on
+    writer.close()
+    assert writer.backlog == 0 and writer.child_pid is None
+    assert sorted(read_prediction_log(tmp_path, "toy")["entity_key"]) == ["0", "1", "2"]
+
+
+def test_the_writer_process_writes_what_it_received_when_the_service_goes_away(tmp_path):
+    """A service killed with SIGKILL closes the child's pipe without a commit: the child still writes the rows."""
+    child = _start_child(tmp_path / "prediction_log", TYPES)
+    _send(child.stdin, ("rows", [row(i, datetime(2026, 1, 1)) for i in range(5)]))
+    child.stdin.close()
+    assert child.wait(timeout=60) == 0
+    assert len(read_prediction_log(tmp_path, "toy")) == 5
+
+
+def test_a_failing_disk_in_the_child_keeps_the_rows_for_the_next_flush(tmp_path):
+    blocker = tmp_path / "prediction_log"
+    blocker.write_text("a file where the folder should be")
+    writer = ChildProcessLogWriter(tmp_path, flush_seconds=60).start()
+    writer.write([row(0, datetime(2026, 1, 1))])
+    assert writer.flush() == 0 and writer.backlog == 1 and writer.failed_flushes == 1
+    blocker.unlink()
+    assert writer.flush() == 1 and writer.backlog == 0
+    writer.close()
     assert len(read_prediction_log(tmp_path, "toy")) == 1
 
 

@@ -501,6 +501,28 @@ def test_when_the_registry_becomes_unreachable_the_service_keeps_serving_what_it
         assert answer.status_code == 200 and answer.json()["predictions"][0]["version"] == "1"
 
 
+def test_the_poller_reads_the_registry_only_when_it_changed_and_still_sees_every_move(world):
+    from mlplatform.serving.models import Registry
+
+    world.aliases("toy", "1")
+    registry = Registry(Tracker.under(world.home / "mlflow"))
+    token = registry.change_token()
+    assert token is not None and registry.change_token() == token  # nothing written: the same token
+    world.aliases("toy", "2")
+    assert registry.change_token() != token  # any commit to the store changes it
+    registry.close()
+    assert Registry(Tracker(f"http://127.0.0.1:{free_port()}", None)).change_token() is None  # a server: always read
+
+    with serve(world, ["toy"]) as server:
+        watcher = server.server.config.app.state.runtime.watcher
+        wait_until(lambda: watcher.skipped_polls >= 3)  # polls every 0.05 s, reads only after a write
+        world.aliases("toy", "3")
+        wait_until(lambda: server.champion("toy") == "3")
+        assert server.predict("toy", [{"id": 1, "x1": 1.0, "x2": 1.0, "color": "red"}]).json()[
+            "predictions"][0]["version"] == "3"
+    world.aliases("toy", "1")
+
+
 def test_replay_sends_a_week_of_feature_rows_as_traffic(world, capsys):
     from mlplatform.cli import main
 

@@ -160,18 +160,37 @@ class FlatTrees:
     roots: np.ndarray
     tree_class: np.ndarray
     depth: int
+    # The walk's arrays: a leaf splits on feature 0 and both its children are itself, so rows that reached a leaf
+    # stay there while the others go on (no leaf test per step); children[2 * node + goes_right].
+    split_feature: np.ndarray = None  # type: ignore[assignment]
+    split_threshold: np.ndarray = None  # type: ignore[assignment]
+    missing_right: np.ndarray = None  # type: ignore[assignment]
+    children: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        nodes = np.arange(len(self.is_leaf))
+        leaf = self.is_leaf
+        object.__setattr__(self, "split_feature", np.where(leaf, 0, self.feature))
+        object.__setattr__(self, "split_threshold", np.where(leaf, np.inf, self.threshold))
+        object.__setattr__(self, "missing_right", ~self.missing_left & ~leaf)
+        children = np.empty(2 * len(nodes), dtype=np.intp)
+        children[0::2] = np.where(leaf, nodes, self.left)
+        children[1::2] = np.where(leaf, nodes, self.right)
+        object.__setattr__(self, "children", children)
 
     def raw_predict(self, x: np.ndarray) -> np.ndarray:
-        rows = x.shape[0]
+        rows, width = x.shape
         current = np.tile(self.roots, (rows, 1))
-        row_index = np.arange(rows)[:, None]
-        for _ in range(self.depth):
-            leaf = self.is_leaf[current]
-            if leaf.all():
-                break
-            values = x[row_index, self.feature[current]]
-            go_left = np.where(np.isnan(values), self.missing_left[current], values <= self.threshold[current])
-            current = np.where(leaf, current, np.where(go_left, self.left[current], self.right[current]))
+        flat = np.ascontiguousarray(x, dtype="float64").ravel()
+        offsets = (np.arange(rows) * width)[:, None]
+        with_missing = bool(np.isnan(flat).any())
+        # A leaf's two children are itself (see compile_trees), so every row takes ``depth`` steps, no leaf checks.
+        for _ in range(self.depth - 1):
+            values = flat[offsets + self.split_feature[current]]
+            right = values > self.split_threshold[current]  # NaN compares False: fixed just below
+            if with_missing:
+                right |= np.isnan(values) & self.missing_right[current]
+            current = self.children[2 * current + right]
         leaf_values = self.value[current]
         baseline = self.estimator._baseline_prediction
         raw = np.empty((rows, baseline.shape[1]), dtype=baseline.dtype, order="F")
