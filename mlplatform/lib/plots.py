@@ -113,3 +113,17 @@ def drift_plot(columns: Sequence[str], scores: Sequence[float], methods: Sequenc
     axis.set_yticks(y, [f"{c} ({m})" for c, m in zip(columns, methods, strict=True)], fontsize=7)
     axis.set(xlabel="score (p-value or distance)", title=title)
     return _png(figure)
+
+
+def bar_plot(labels: Sequence[str], values: Sequence[float], xlabel: str, title: str) -> bytes:
+    """One horizontal bar per label, the first at the top (feature importance)."""
+    figure, axis = plt.subplots(figsize=(5.5, 0.28 * len(labels) + 1.1))
+    y = np.arange(len(labels))
+    axis.barh(y, values, color="tab:blue")
+    axis.set_yticks(y, list(labels), fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel(xlabel, fontsize=7)
+    axis.set_title(title, fontsize=9)
+    axis.tick_params(axis="x", labelsize=7)
+    return _png(figure, {"left": 0.3, "right": 0.97, "bottom": 0.6 / (0.28 * len(labels) + 1.1),
+                         "top": 1 - 0.35 / (0.28 * len(labels) + 1.1)})
