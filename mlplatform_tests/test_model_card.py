@@ -16,9 +16,8 @@ def test_german_credit_card_is_stored_with_the_version_and_fresh_from_the_cli(ho
     from dagster import AssetKey, AssetRecordsFilter
 
     from mlplatform.cli import main
-    from mlplatform.lib.lifecycle import IMPORTANCE_JSON, IMPORTANCE_PNG
-    from mlplatform.lib.model_card import CARD_HTML, CARD_MD
     from mlplatform.lib.tracking import Tracker
+    from mlplatform.names import IMPORTANCE_JSON, IMPORTANCE_PNG, MODEL_CARD_HTML, MODEL_CARD_MD
     from mlplatform_tests.helpers import load_definitions, run_weeks
 
     assert run_weeks(load_definitions(), "german_credit", instance, "2024-01-01").success
@@ -34,21 +33,21 @@ def test_german_credit_card_is_stored_with_the_version_and_fresh_from_the_cli(ho
     assert "checking_account" in features and not any(f.startswith("checking_account_") for f in features)
     assert tracker.read_artifact(run_id, IMPORTANCE_PNG).startswith(b"\x89PNG")
 
-    card = tracker.read_artifact(run_id, CARD_MD).decode()
+    card = tracker.read_artifact(run_id, MODEL_CARD_MD).decode()
     for heading in ("## Intended use", "## Performance", "## Gates", "## What drives the score",
                     "## Drift of the training window", "## Known limitations", "## Approvals and alias history"):
         assert heading in card
     assert "team:credit-risk" in card and "probability that an applicant repays" in card
     assert "### Fairness per group (passed)" in card and "| female |" in card and "&lt;25" in card
     assert "snapshot" in card and "aliases: challenger" in card
-    assert "<html" in tracker.read_artifact(run_id, CARD_HTML).decode()
+    assert "<html" in tracker.read_artifact(run_id, MODEL_CARD_HTML).decode()
 
     evaluation = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey(["german_credit", "evaluation"])), limit=1).records[0]
     metadata = evaluation.asset_materialization.metadata
     assert "| checking_account |" in metadata["feature_importance"].value
     assert "data:image/png;base64," in metadata["feature_importance"].value
-    assert metadata["model_card"].value.endswith(CARD_HTML)
+    assert metadata["model_card"].value.endswith(MODEL_CARD_HTML)
 
     assert main(["promote", "german_credit", "--by", "carol", "--reason", "reviewed the card"]) == 0
     capsys.readouterr()

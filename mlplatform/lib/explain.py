@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlplatform.lib.metrics import metric_value
 from mlplatform.specs.tasks import is_lower_better
 
 EXPLAIN_ROWS = 100
@@ -294,6 +293,7 @@ def permutation_importance(pipeline: Any, x: pd.DataFrame, y_metric: np.ndarray,
     """How much ``metric`` worsens when one feature's values are shuffled (raw columns: one-hot groups move together)."""
     from sklearn.inspection import permutation_importance as sklearn_permutation
 
+    from mlplatform.lib.metrics import metric_value
     from mlplatform.lib.training import predict
 
     sign = -1.0 if is_lower_better(metric) else 1.0

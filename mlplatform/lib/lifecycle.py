@@ -301,19 +301,13 @@ def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champio
     explanation = explanation_artifacts(spec, trained)
     logged = tracker.log_trained_model(
         spec.name, f"{spec.name}-{week}", trained.pipeline, trained.x_example, trained.params, metric_values, tags,
-        {**trained.plots, "gates.json": json.dumps(gate_report, indent=2), **explanation}, version_tags,
+        {**trained.plots, names.GATES_ARTIFACT: json.dumps(gate_report, indent=2), **explanation}, version_tags,
     )
     predictions = trained.predictions.assign(model_version=logged.version)
     return WeekResult(week, logged.version, logged.run_id, logged.experiment_id, window, trained.train_rows,
                       trained.eval_rows, trained.fingerprint, metrics, outcomes, predictions, trained.plots,
                       champion_version, importance=trained.importance, explain_note=trained.explain_note,
-                      importance_png=explanation.get(IMPORTANCE_PNG), artifact_uri=logged.artifact_uri)
-
-
-IMPORTANCE_JSON = "feature_importance.json"
-IMPORTANCE_PNG = "feature_importance.png"
-BACKGROUND_PARQUET = "explain_background.parquet"
-"""Artifact names of a version's explanation (read back by `mlplatform card` and the serving /explain route)."""
+                      importance_png=explanation.get(names.IMPORTANCE_PNG), artifact_uri=logged.artifact_uri)
 
 
 def explanation_artifacts(spec: ModelSpec, trained: TrainedWeek) -> dict[str, bytes | str]:
@@ -323,13 +317,13 @@ def explanation_artifacts(spec: ModelSpec, trained: TrainedWeek) -> dict[str, by
     from mlplatform.lib.explain import importance_plot
 
     artifacts: dict[str, bytes | str] = {
-        IMPORTANCE_JSON: json.dumps({**trained.importance.as_dict(), "note": trained.explain_note}, indent=2),
-        IMPORTANCE_PNG: importance_plot(trained.importance, f"{spec.name} week {trained.week}: what drives the model"),
+        names.IMPORTANCE_JSON: json.dumps({**trained.importance.as_dict(), "note": trained.explain_note}, indent=2),
+        names.IMPORTANCE_PNG: importance_plot(trained.importance, f"{spec.name} week {trained.week}: what drives the model"),
     }
     if trained.background is not None:
         buffer = io.BytesIO()
         trained.background.to_parquet(buffer, index=False)
-        artifacts[BACKGROUND_PARQUET] = buffer.getvalue()
+        artifacts[names.BACKGROUND_PARQUET] = buffer.getvalue()
     return artifacts
 
 

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from mlplatform.lib.lifecycle import WeekResult
     from mlplatform.lib.tracking import Tracker
 
-CARD_MD = "model_card.md"
-CARD_HTML = "model_card.html"
+CARD_MD = names.MODEL_CARD_MD
+CARD_HTML = names.MODEL_CARD_HTML
 BACKTEST_WEEKS_SHOWN = 12
 HISTORY_EVENTS = ("alias_change", "approval", "rollback")
 TOP_FEATURES = 10
@@ -101,14 +101,12 @@ def facts_at_training(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, re
 def facts_from_registry(connection: duckdb.DuckDBPyConnection | None, spec: ModelSpec, tracker: Tracker,
                         version: str) -> CardFacts:
     """A version's card from what the registry and the warehouse hold now (approvals since training included)."""
-    from mlplatform.lib.lifecycle import IMPORTANCE_JSON, IMPORTANCE_PNG
-
     model_version = tracker.client.get_model_version(spec.name, version)
     run = tracker.run(model_version.run_id)
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-    gates_json = tracker.read_artifact(run.info.run_id, "gates.json")
+    gates_json = tracker.read_artifact(run.info.run_id, names.GATES_ARTIFACT)
     gate_report = json.loads(gates_json) if gates_json else {}
-    importance_json = tracker.read_artifact(run.info.run_id, IMPORTANCE_JSON)
+    importance_json = tracker.read_artifact(run.info.run_id, names.IMPORTANCE_JSON)
     importance, note = None, "no importance stored with this version (trained before explanations existed)"
     if importance_json:
         stored = json.loads(importance_json)
@@ -128,7 +126,7 @@ def facts_from_registry(connection: duckdb.DuckDBPyConnection | None, spec: Mode
         code_version=tags.get("git.commit", ""),
         aliases=sorted(a for a, v in dict(registered.aliases).items() if str(v) == str(version)),
     )
-    facts.importance_png = tracker.read_artifact(run.info.run_id, IMPORTANCE_PNG)
+    facts.importance_png = tracker.read_artifact(run.info.run_id, names.IMPORTANCE_PNG)
     if connection is not None:
         start = pd.Timestamp(params["train_start"]) if "train_start" in params else None
         _add_warehouse_facts(connection, facts, start, whole_backtest=True)
