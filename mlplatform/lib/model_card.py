@@ -190,6 +190,27 @@ def _image(png: bytes | None, title: str) -> str:
     return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})" if png else ""
 
 
+def _positive_class(spec: ModelSpec) -> str | None:
+    rules = spec.columns.get(spec.target)
+    if spec.task != "binary" or rules is None or not rules.categories:
+        return None
+    return sorted(str(c) for c in rules.categories)[-1]  # the second of the sorted classes, as training orders them
+
+
+def _fairness_reading(spec: ModelSpec) -> str:
+    """How to read the per-group table, in the words of the model's own classes."""
+    if spec.task == "regression":
+        return "Per group: the mean prediction and the mean absolute error; the gap is relative to the overall mean."
+    if spec.task == "multiclass":
+        return "Per group: the share of the group predicted as each class."
+    positive = _positive_class(spec)
+    outcome = f"`{_c(positive)}`" if positive else "the positive class"
+    return (f"Selection rate: the share of the group the model predicts {outcome} for (probability at least 0.5; "
+            f"for a credit score, the approval rate). True positive rate: among those who really were {outcome}, "
+            f"the share predicted so; false positive rate: among those who were not, the share predicted "
+            f"{outcome} all the same. Parity difference: the largest gap in selection rate between groups.")
+
+
 def automatic_limitations(facts: CardFacts) -> list[str]:
     """What the platform knows about every such model, said on every card."""
     spec = facts.spec
@@ -230,9 +251,8 @@ def render_markdown(facts: CardFacts) -> str:
     add("")
     add(f"- **Owner**: {_t(spec.owner or 'not named in the spec')}")
     task = TASK_TEXT[spec.task]
-    if spec.task == "binary" and spec.columns.get(spec.target) and spec.columns[spec.target].categories:
-        classes = sorted(str(c) for c in spec.columns[spec.target].categories)
-        task += f"; the score is the probability of `{_c(classes[-1])}` (the second of {_t(', '.join(classes))})"
+    if _positive_class(spec) is not None:
+        task += f"; the score is the probability of `{_c(_positive_class(spec))}`"
     add(f"- **Predicts**: `{_c(spec.target)}`, {task}")
     add(f"- **Promotion**: {'a person approves every champion' if spec.rollout.approval == 'manual' else 'automatic when every gate passes'} "
         f"(rollout.approval: {spec.rollout.approval})")
@@ -295,8 +315,7 @@ def render_markdown(facts: CardFacts) -> str:
             add("")
             add(f"### Fairness per group ({'passed' if gate.passed else 'failed'})")
             add("")
-            add("Selection rate = the share of each group the model gives the positive outcome; true/false positive "
-                "rates compare it with what actually happened.")
+            add(_fairness_reading(spec))
             add("")
             add(html.escape(gate.per_group, quote=False))  # markdown tables written by lib.fairness
     add("")
