@@ -117,3 +117,17 @@ def test_importance_survives_a_round_trip_through_json_and_draws_a_plot():
     assert again.top(4) == importance.top(4) and again.unit == importance.unit
     assert "| income |" in importance.markdown()
     assert explain.importance_plot(importance, "dominant").startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(("task", "estimator"), [("regression", "sklearn.ensemble.HistGradientBoostingRegressor"),
+                                                 ("binary", "sklearn.ensemble.HistGradientBoostingClassifier")])
+def test_the_fast_histgradientboosting_conversion_gives_shaps_own_values(task, estimator):
+    import shap
+
+    spec, pipeline, x, _ = _fit(task, estimator)
+    model = pipeline.named_steps["estimator"]
+    assert isinstance(explain.shap_tree_model(model), dict)
+    transformed = np.asarray(pipeline[:-1].transform(x.head(50)), dtype="float64")
+    ours, theirs = shap.TreeExplainer(explain.shap_tree_model(model)), shap.TreeExplainer(model)
+    np.testing.assert_allclose(ours.shap_values(transformed), theirs.shap_values(transformed), atol=1e-10)
+    np.testing.assert_allclose(np.ravel(ours.expected_value), np.ravel(theirs.expected_value), atol=1e-10)

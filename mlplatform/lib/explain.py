@@ -109,6 +109,36 @@ def is_tree_model(estimator: Any) -> bool:
         ("AdaBoost", "Bagging", "Voting", "Stacking", "IsolationForest", "RandomTreesEmbedding"))
 
 
+def shap_tree_model(estimator: Any) -> Any:
+    """What TreeExplainer is given: a single-output HistGradientBoosting model as shap's own tree dictionary.
+
+    shap converts such a model node by node in Python (~0.12 s for 200 trees, as long as explaining 100 rows);
+    the same arrays built with numpy take ~5 ms. A test checks the SHAP values are identical. Anything else
+    (multiclass boosting, forests) is passed as it is.
+    """
+    name = type(estimator).__name__
+    if name not in ("HistGradientBoostingRegressor", "HistGradientBoostingClassifier") \
+            or len(estimator._predictors[0]) != 1:
+        return estimator
+    trees = []
+    for (predictor,) in estimator._predictors:
+        nodes = predictor.nodes
+        leaf = nodes["is_leaf"].astype(bool)
+        left, right = nodes["left"].astype(np.int64), nodes["right"].astype(np.int64)
+        trees.append({
+            "children_left": np.where(leaf, -1, left),
+            "children_right": np.where(leaf, -1, right),
+            "children_default": np.where(leaf, -1, np.where(nodes["missing_go_to_left"].astype(bool), left, right)),
+            "features": np.where(leaf, -2, nodes["feature_idx"].astype(np.int64)),
+            "thresholds": nodes["num_threshold"].astype(np.float64),
+            "values": nodes["value"].astype(np.float64)[:, None],
+            "node_sample_weight": nodes["count"].astype(np.float64),
+        })
+    offset = np.asarray(estimator._baseline_prediction, dtype=np.float64).reshape(-1)[0]
+    return {"trees": trees, "base_offset": offset, "input_dtype": np.float64,
+            "tree_output": "raw_value" if name.endswith("Regressor") else "log_odds"}
+
+
 def source_features(pipeline: Any) -> list[str]:
     """The spec feature behind each column the preprocessing step outputs (one-hot columns share their source)."""
     from sklearn.pipeline import Pipeline
@@ -147,7 +177,7 @@ class Explainer:
                 warnings.simplefilter("ignore")
                 import shap  # ~1 s to import: only where a tree model is explained
             try:
-                self._tree = shap.TreeExplainer(estimator)
+                self._tree = shap.TreeExplainer(shap_tree_model(estimator))
             except Exception:  # noqa: BLE001 - a tree model shap does not know: fall back to sampling
                 self._tree = None
         self.method = TREE_SHAP if self._tree is not None else SAMPLED_SHAPLEY
