@@ -55,7 +55,8 @@ def test_german_credit_card_is_stored_with_the_version_and_fresh_from_the_cli(ho
     fresh = capsys.readouterr().out
     assert "# Model card: german\\_credit v1" in fresh and "aliases: challenger, champion" in fresh
     assert "| approval | carol | v1 |" in fresh and "reviewed the card" in fresh
-    assert "![backtest](data:image/png;base64," in fresh
+    assert "| 2024-01-01 | v1 (this version) |" in fresh
+    assert "Deutsche Mark" in fresh  # the spec's own limitations
     output = tmp_path / "card.html"
     assert main(["card", "german_credit", "--version", "1", "--html", "--output", str(output)]) == 0
     page = output.read_text()
@@ -77,7 +78,11 @@ def test_text_from_a_spec_cannot_inject_markup_into_the_html_card():
         gates=[GateRow("absolute_threshold", False, "rmse <script>x</script> misses")],
         importance=Importance("permutation", "mean drop", 5, pd.DataFrame({
             "feature": ["a"], "importance": [1.0], "share": [1.0]})), explain_note="permutation", generated="now")
+    facts.backtest = pd.DataFrame({"week": pd.to_datetime(["2024-01-01", "2024-01-08"]), "model_version": ["2", "3"],
+                                   "value": [1.1, 1.0], "ci_low": [0.9, 0.8], "ci_high": [1.3, 1.2]})
+    facts.backtest_png = b"\x89PNG fake"
     markdown_text = render_markdown(facts)
+    assert "![backtest](data:image/png;base64," in markdown_text and "| 2024-01-08 | v3 (this version) |" in markdown_text
     assert spec.limitations == ["Not for <b>anyone</b> under 18"]
     assert "Not for &lt;b&gt;anyone&lt;/b&gt; under 18" in markdown_text and "**FAIL**" in markdown_text
     page = render_html(markdown_text, "card")

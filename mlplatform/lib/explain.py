@@ -195,11 +195,11 @@ class Explainer:
             return "predicted value"
         probability = self._tree is not None and getattr(self._tree.model, "tree_output", "") == "probability"
         if self.task == "binary":
-            return f"{'probability' if probability else 'log-odds'} of {self.classes[1]!r}"
-        name = self.classes[class_index] if class_index is not None else "the predicted class"
+            return f"{'probability' if probability else 'log-odds'} of '{_class_text(self.classes[1])}'"
+        name = f"'{_class_text(self.classes[class_index])}'" if class_index is not None else "the predicted class"
         if probability:
-            return f"probability of {name!r}"
-        return f"score of {name!r}" if self.method == TREE_SHAP else f"log-probability of {name!r}"
+            return f"probability of {name}"
+        return f"score of {name}" if self.method == TREE_SHAP else f"log-probability of {name}"
 
     def contributions(self, x: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(base value per row, contributions per row x spec feature, explained class index per row or None)."""
@@ -364,6 +364,14 @@ def importance_plot(importance: Importance, title: str, k: int = 15) -> bytes:
 
     shown = importance.table.head(k)
     return bar_plot(list(shown["feature"]), list(shown["importance"]), importance.unit, title)
+
+
+def _class_text(value: Any) -> str:
+    """A class as people write it: ``1`` for a float 1.0 or numpy scalar, text as it is."""
+    value = _plain(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _plain(value: Any) -> Any:

@@ -130,7 +130,7 @@ def facts_from_registry(connection: duckdb.DuckDBPyConnection | None, spec: Mode
     if connection is not None:
         start = pd.Timestamp(params["train_start"]) if "train_start" in params else None
         _add_warehouse_facts(connection, facts, start, whole_backtest=True)
-        if len(facts.backtest):
+        if len(facts.backtest) > 1:  # a curve needs two weeks; a snapshot has one
             from mlplatform.lib.plots import backtest_plot
 
             table = facts.backtest
