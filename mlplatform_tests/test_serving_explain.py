@@ -119,3 +119,29 @@ def test_explain_route_is_in_the_openapi_document(world):
     with serve(world, [TREE]) as server:
         paths = server.client.get("/openapi.json").json()["paths"]
         assert "post" in paths["/v1/models/{name}/explain"]
+
+
+def test_fuzzed_explain_requests_never_get_a_500(world):
+    import json
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from mlplatform_tests.test_serving import PAYLOAD
+
+    with serve(world, [TREE, LINEAR]) as server:
+
+        @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(model=st.sampled_from([TREE, LINEAR, "nope"]), top=st.sampled_from([None, "2", "0", "x"]),
+               body=st.one_of(PAYLOAD.map(lambda p: json.dumps(p).encode()), st.binary(max_size=40)))
+        def check(model: str, top: str | None, body: bytes) -> None:
+            response = server.client.post(f"/v1/models/{model}/explain", content=body,
+                                          params={"top": top} if top is not None else None,
+                                          headers={"content-type": "application/json"})
+            assert response.status_code in (200, 400, 404, 413, 422), (response.status_code, response.text, body)
+            if response.status_code == 200:
+                for answer in response.json()["explanations"]:
+                    assert np.isfinite(answer["output_value"]) and answer["top_contributions"]
+
+        check()
+        assert 'status="500"' not in server.client.get("/metrics").text
