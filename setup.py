@@ -38,6 +38,10 @@ setup(
         "uvicorn==0.54.0",
         "prometheus-client==0.26.0",
         "fairlearn==0.15.0",
+        # 0.51.0 is the last release for Python 3.11 (0.52+ need 3.12); TreeExplainer for tree models.
+        "shap==0.51.0",
+        # renders the model cards' Markdown as HTML (tables extension)
+        "markdown>=3.5,<4",
         "httpx==0.28.1",
         # `dg` for the ModelLifecycle component (scaffold, check yaml, list defs).
         "dagster-dg-cli==1.13.27",

@@ -382,6 +382,57 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0 if result.identical else 1
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    """A version's model card, fresh from the registry and the audit trail: printed, or written to a file."""
+    from pathlib import Path
+
+    from mlflow.exceptions import MlflowException
+
+    from mlplatform.lib.model_card import card_files, facts_from_registry
+    from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
+    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
+    from mlplatform.specs import SpecError
+
+    settings = load_settings()
+    ensure_home(settings)
+    try:
+        spec = _served_specs(settings, [args.model])[0]
+    except (SpecError, ValueError) as error:
+        print(f"{error}\nno card written", file=sys.stderr)
+        return 1
+    tracker = Tracker.for_settings(settings)
+    version = args.version or tracker.alias_version(spec.name, CHAMPION) or tracker.alias_version(spec.name, CHALLENGER)
+    try:
+        if version is None:
+            found = tracker.client.search_model_versions(f"name = '{spec.name}'", max_results=1,
+                                                         order_by=["version_number DESC"])
+            version = str(found[0].version) if found else None
+        if version is None:
+            print(f"{spec.name}: no registered version yet: run `python3 dev.py demo` first", file=sys.stderr)
+            return 1
+        connection = (connect_when_free(settings.warehouse_path, args.wait, read_only=True)
+                      if settings.warehouse_path.exists() else None)
+        try:
+            facts = facts_from_registry(connection, spec, tracker, str(version))
+        finally:
+            if connection is not None:
+                connection.close()
+    except WarehouseBusy as busy:
+        print(f"{busy}; try again when the run ends, or give --wait SECONDS", file=sys.stderr)
+        return 1
+    except MlflowException as error:
+        print(f"{spec.name}: no version {version} in the registry ({error.message.splitlines()[0]})", file=sys.stderr)
+        return 1
+    files = card_files(facts)
+    text = files["model_card.html" if args.html else "model_card.md"]
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"{spec.name} v{facts.version}: model card written to {args.output}")
+    else:
+        print(text)
+    return 0
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     """A consistent copy of the warehouse, the MLflow store and the Dagster instance (restore: docs/operations.md)."""
     from pathlib import Path
@@ -555,6 +606,17 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("version", help="registered version number")
     reproduce.add_argument("--json", action="store_true", help="the comparison as JSON")
     reproduce.set_defaults(func=cmd_reproduce)
+
+    card = commands.add_parser("card", help="a version's model card (Markdown, or --html), fresh from the registry "
+                               "and the audit trail")
+    card.add_argument("model")
+    card.add_argument("--version", help="registered version; default: the champion, else the challenger, else the "
+                      "newest")
+    card.add_argument("--html", action="store_true", help="HTML instead of Markdown")
+    card.add_argument("--output", help="write to this file instead of printing")
+    card.add_argument("--wait", type=float, default=120.0,
+                      help="seconds to wait while a run writes to the warehouse (default 120)")
+    card.set_defaults(func=cmd_card)
 
     backup = commands.add_parser("backup", help="copy the warehouse, MLflow store and Dagster instance, consistently")
     backup.add_argument("--to", help="an empty or new folder; default: MLPLATFORM_HOME/backups/<UTC time>")

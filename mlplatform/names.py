@@ -41,6 +41,14 @@ AUDIT_SCHEMA = "audit"
 ALIAS_CHANGES_TABLE = "alias_changes"
 AUDIT_EVENTS_TABLE = "events"  # every lifecycle event, hash-chained per model
 
+# Artifacts of a version's MLflow run besides the model (read back by `mlplatform card` and serving's /explain).
+GATES_ARTIFACT = "gates.json"
+IMPORTANCE_JSON = "feature_importance.json"
+IMPORTANCE_PNG = "feature_importance.png"
+BACKGROUND_PARQUET = "explain_background.parquet"  # training rows a non-tree version is explained against
+MODEL_CARD_MD = "model_card.md"
+MODEL_CARD_HTML = "model_card.html"
+
 # Run tags the automation writes.
 TRIGGER_TAG = "mlplatform/trigger"
 DRIFT_WEEK_TAG = "mlplatform/drift_week"

@@ -107,6 +107,7 @@ def build_model_assets(spec: ModelSpec):
             train_weeks,
             workers_for_run,
         )
+        from mlplatform.lib.model_card import store_card_at_training
 
         warehouse: Warehouse = context.resources.warehouse
         registry: ModelRegistry = context.resources.model_registry
@@ -158,7 +159,8 @@ def build_model_assets(spec: ModelSpec):
                     continue
                 with warehouse.get_connection() as connection:  # waits while another process holds the lock
                     result = record_week(connection, spec, trained, tracker, actor, context.run.run_id)
-                _log_week(context, spec, registry, result)
+                    card = store_card_at_training(connection, spec, result, tracker)
+                _log_week(context, spec, registry, result, card)
                 recorded += 1
         if not recorded:
             context.log.warning(f"no week in {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d} could be trained")
@@ -180,8 +182,15 @@ def _logged_production_inputs(spec: ModelSpec, platform, week_starts: list[datet
     return logged if len(logged) else None
 
 
-def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRegistry, result) -> None:
+def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRegistry, result,
+              card: tuple[str | None, str]) -> None:
     """The materializations of model and evaluation for week W, and its gates as check evaluations."""
+    card_uri, card_note = card
+    card_metadata = {"model_card_note": MetadataValue.text(card_note)}
+    if card_uri is not None:
+        card_metadata["model_card"] = (MetadataValue.path(card_uri.removeprefix("file://"))
+                                       if card_uri.startswith("file://") else MetadataValue.url(card_uri))
+        card_metadata["model_card_url"] = MetadataValue.url(card_uri)
     metric = spec.primary_metric
     primary = result.metrics[metric]
     run_url = registry.run_url(result.experiment_id, result.run_id)
@@ -201,6 +210,7 @@ def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRe
                                                     else "none"),
             "aliases_set": MetadataValue.text(", ".join(c.alias for c in result.alias_changes) or "none"),
             "aliases": MetadataValue.text(result.alias_note),
+            **card_metadata,
         },
     ))
     metric_table = rows_table(["metric", "value", "95% CI"], [
@@ -218,6 +228,12 @@ def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRe
             "metrics": MetadataValue.md(metric_table),
             "gates": MetadataValue.md(gate_table),
             "plots": MetadataValue.md("\n\n".join(image(png, name) for name, png in result.plots.items())),
+            "feature_importance": MetadataValue.md(
+                f"{result.importance.markdown(15)}\n\n_{result.explain_note}_\n\n"
+                + (image(result.importance_png, "feature importance") if result.importance_png else "")
+                if result.importance is not None else f"_{result.explain_note}_"),
+            "top_features": MetadataValue.text(", ".join(result.importance.top()) if result.importance else "none"),
+            **card_metadata,
             "mlflow_run": MetadataValue.url(run_url),
         },
     ))

@@ -6,6 +6,7 @@ how the challenger is compared with the champion, and when an alias moves.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from mlplatform.lib import gates as gate_lib
 from mlplatform.lib import promotion
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.audit import AuditEvent, append_events
+from mlplatform.lib.explain import Importance
 from mlplatform.lib.metrics import MetricEstimate, evaluate, paired_bootstrap
 from mlplatform.lib.plots import classification_plots, regression_plots
 from mlplatform.lib.promotion import AliasChange
@@ -53,6 +55,10 @@ class WeekResult:
     champion_version: str | None = None  # what the champion gate compared with
     alias_changes: list[AliasChange] = field(default_factory=list)
     alias_note: str = ""  # why aliases moved or not
+    importance: Importance | None = None  # global feature importance (None: see explain_note)
+    explain_note: str = ""
+    importance_png: bytes | None = None
+    artifact_uri: str = ""  # where the run's artifacts (model card, importance) are stored
 
 
 def training_window(spec: ModelSpec, week_start: datetime) -> Window:
@@ -155,6 +161,9 @@ class TrainedWeek:
     predictions: pd.DataFrame  # per evaluation row; the version column is added once registered
     fairness_gate: gate_lib.GateOutcome | None = None  # only for a spec with a fairness section
     eval_fingerprint: str = ""  # of week W's evaluation rows: what `mlplatform reproduce` checks besides training's
+    importance: Importance | None = None
+    explain_note: str = ""  # how the importance was computed, or why it could not be
+    background: pd.DataFrame | None = None  # training rows a non-tree version's predictions are explained against
 
 
 def training_and_evaluation_rows(spec: ModelSpec, features: pd.DataFrame,
@@ -224,12 +233,29 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
     })
     if spec.source.timestamp is None:
         params["snapshot_evaluation_share"] = SNAPSHOT_EVALUATION_SHARE
+    importance, explain_note, background = explain_version(spec, pipeline, x_train, x_eval, y_metric)
     return TrainedWeek(
         week, train_window, len(train), len(evaluation), fingerprint(train, spec), pipeline, x_train.head(5), x_eval,
         y_metric, challenger, metrics, plots, gate_lib.threshold_gate(metric, metrics[metric].value, spec.gates.threshold),
         sanity, data_gate, params, predictions, fairness_check(spec, evaluation, y_metric, challenger.score),
         fingerprint(evaluation, spec),
+        importance, explain_note, background,
     )
+
+
+def explain_version(spec: ModelSpec, pipeline: Any, x_train: pd.DataFrame, x_eval: pd.DataFrame,
+                    y_metric: np.ndarray) -> tuple[Importance | None, str, pd.DataFrame | None]:
+    """Global importance on a capped sample of week W's evaluation rows (and, for a non-tree model, the training
+    rows its single predictions are explained against). An explanation that fails never stops the week."""
+    from mlplatform.lib import explain
+
+    try:
+        importance = explain.global_importance(pipeline, x_eval, y_metric, spec.task, spec.primary_metric, seed=SEED)
+    except Exception as error:  # noqa: BLE001 - explanations inform; they never decide
+        return None, f"not explained: {type(error).__name__}: {error}", None
+    background = None if importance.method == explain.TREE_SHAP else explain.background_rows(x_train, seed=SEED)
+    note = f"{explain.METHOD_TEXT[importance.method]}, on {importance.rows} of the week's {len(x_eval)} evaluation rows"
+    return importance, note, background
 
 
 def fairness_check(spec: ModelSpec, evaluation: pd.DataFrame, y_metric: np.ndarray,
@@ -285,15 +311,34 @@ def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champio
         **{f"gate.{g.name}": "passed" if g.passed else "failed" for g in outcomes},
         "data.fingerprint": trained.fingerprint, **recorded_spec,
     }
+    explanation = explanation_artifacts(spec, trained)
     logged = tracker.log_trained_model(
         spec.name, f"{spec.name}-{week}", trained.pipeline, trained.x_example, trained.params, metric_values, tags,
-        {**trained.plots, "gates.json": json.dumps(gate_report, indent=2),
-         SPEC_ARTIFACT: json.dumps(normalized_spec(spec), indent=2, sort_keys=True)}, version_tags,
+        {**trained.plots, names.GATES_ARTIFACT: json.dumps(gate_report, indent=2),
+         SPEC_ARTIFACT: json.dumps(normalized_spec(spec), indent=2, sort_keys=True), **explanation}, version_tags,
     )
     predictions = trained.predictions.assign(model_version=logged.version)
     return WeekResult(week, logged.version, logged.run_id, logged.experiment_id, window, trained.train_rows,
                       trained.eval_rows, trained.fingerprint, metrics, outcomes, predictions, trained.plots,
-                      champion_version)
+                      champion_version, importance=trained.importance, explain_note=trained.explain_note,
+                      importance_png=explanation.get(names.IMPORTANCE_PNG), artifact_uri=logged.artifact_uri)
+
+
+def explanation_artifacts(spec: ModelSpec, trained: TrainedWeek) -> dict[str, bytes | str]:
+    """The importance table (JSON) and bar plot, and a non-tree version's background rows (Parquet)."""
+    if trained.importance is None:
+        return {}
+    from mlplatform.lib.explain import importance_plot
+
+    artifacts: dict[str, bytes | str] = {
+        names.IMPORTANCE_JSON: json.dumps({**trained.importance.as_dict(), "note": trained.explain_note}, indent=2),
+        names.IMPORTANCE_PNG: importance_plot(trained.importance, f"{spec.name} week {trained.week}: what drives the model"),
+    }
+    if trained.background is not None:
+        buffer = io.BytesIO()
+        trained.background.to_parquet(buffer, index=False)
+        artifacts[names.BACKGROUND_PARQUET] = buffer.getvalue()
+    return artifacts
 
 
 def logged_metrics(metrics: dict[str, MetricEstimate]) -> dict[str, float]:

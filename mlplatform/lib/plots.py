@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -129,3 +130,34 @@ def live_plot(weeks: Sequence[str], values: Sequence[float], lows: Sequence[floa
     axis.set(ylabel=metric, title=f"{title}: live performance of the champion")
     axis.legend(fontsize=7)
     return _png(figure)
+
+def bar_plot(labels: Sequence[str], values: Sequence[float], xlabel: str, title: str) -> bytes:
+    """One horizontal bar per label, the first at the top (feature importance), drawn with Pillow.
+
+    Drawn directly rather than through matplotlib: a matplotlib figure of 15 labelled bars cost ~80 ms of CPU
+    per version, this ~5 ms, and every trained version draws one. Same font (matplotlib's DejaVu Sans).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font_file = str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
+    small, large = ImageFont.truetype(font_file, 11), ImageFont.truetype(font_file, 13)
+    row, top, width = 20, 34, 560
+    label_width = int(max([small.getlength(str(label)) for label in labels] + [40])) + 16
+    bar_area = width - label_width - 70
+    height = top + row * len(labels) + 34
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 8), title, font=large, fill="black")
+    finite = [float(v) for v in values if np.isfinite(v)]
+    biggest = max([abs(v) for v in finite] + [1e-12])
+    for index, (label, value) in enumerate(zip(labels, values, strict=True)):
+        y = top + index * row
+        draw.text((label_width - 8 - small.getlength(str(label)), y + 3), str(label), font=small, fill="black")
+        length = int(bar_area * max(float(value), 0.0) / biggest) if np.isfinite(value) else 0
+        draw.rectangle((label_width, y + 3, label_width + max(length, 1), y + row - 3), fill=(31, 119, 180))
+        draw.text((label_width + length + 5, y + 3), f"{value:.3g}", font=small, fill=(80, 80, 80))
+    draw.line((label_width, top, label_width, top + row * len(labels)), fill=(120, 120, 120))
+    draw.text((label_width, height - 22), xlabel, font=small, fill=(60, 60, 60))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

@@ -75,6 +75,7 @@ class LoggedModel:
     run_id: str
     version: str
     experiment_id: str
+    artifact_uri: str = ""
 
 
 class Tracker:
@@ -179,7 +180,8 @@ class Tracker:
             )
             version = self._register(model_name, info, run.info.run_id, version_tags or {})
             self._models[(model_name, version)] = pipeline  # the next week's champion is often this one
-            return LoggedModel(run_id=run.info.run_id, version=version, experiment_id=run.info.experiment_id)
+            return LoggedModel(run_id=run.info.run_id, version=version, experiment_id=run.info.experiment_id,
+                               artifact_uri=run.info.artifact_uri)
 
     def _register(self, model_name: str, info: Any, run_id: str, tags: Mapping[str, str]) -> str:
         """A new registry version of the logged model (through the client: the fluent API prints to stderr)."""
@@ -223,6 +225,25 @@ class Tracker:
 
     def run(self, run_id: str) -> Any:
         return self.client.get_run(run_id)
+
+    def log_files(self, run_id: str, files: Mapping[str, bytes | str]) -> None:
+        """Add files to a finished run's artifacts (the model card, written once the week's aliases are decided)."""
+        with tempfile.TemporaryDirectory() as folder:
+            for file_name, content in files.items():
+                (Path(folder) / file_name).write_bytes(content if isinstance(content, bytes) else content.encode())
+            self.client.log_artifacts(run_id, folder)
+
+    def read_artifact(self, run_id: str, name: str) -> bytes | None:
+        """One artifact of a run, or None when the run has none of that name."""
+        import mlflow.artifacts
+
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=folder,
+                                                           tracking_uri=self.tracking_uri)
+                return Path(path).read_bytes()
+        except (MlflowException, OSError):
+            return None
 
 
 def _param_text(value: Any) -> str:

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mlplatform.lib.prediction_log import ChildProcessLogWriter, PredictionLogWriter, utc_now
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE, entity_key, role_for, routing_key
 from mlplatform.serving.batching import MicroBatcher, single_threaded
+from mlplatform.serving.explain import add_explain_route
 from mlplatform.serving.metrics import ServingMetrics
 from mlplatform.serving.models import LoadedModel, ModelState, ModelWatcher, Registry, ServingState
 from mlplatform.serving.schema import RecordProblems, RecordSchema
@@ -471,6 +472,7 @@ def create_app(config: ServingConfig) -> ScoringFastPath:
                   "`{\"records\": [...]}`; MLflow clients use `/invocations`. See docs/serving.md.",
                   lifespan=lifespan)
     app.state.runtime = runtime
+    add_explain_route(app, runtime)  # POST /v1/models/{name}/explain (serving/explain.py)
 
     async def handle(name: str, request: Request, route: str) -> Response:
         status, body, headers = await score_request(runtime, name, route, await request.body(),

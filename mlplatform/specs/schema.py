@@ -333,6 +333,8 @@ class ModelSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN, description="Asset key prefix and group name.")
     description: str = Field(default="", description="Shown on every asset of the model in the Dagster UI.")
     owner: str | None = Field(default=None, description="Owner shown in the Dagster UI: an email or `team:name`.")
+    limitations: list[str] = Field(default_factory=list, description="Known limitations, one sentence each: shown "
+                                   "on the model card of every version (with the ones the platform adds itself).")
     task: Literal["regression", "binary", "multiclass"] = Field(description="What the model predicts; sets the "
                                                                  "metrics, the default estimator and the plots.")
     source: SourceSpec = Field(description="The data file.")
@@ -359,6 +361,11 @@ class ModelSpec(_Strict):
     @classmethod
     def _target_name(cls, value: str) -> str:
         return check_column_name(value)
+
+    @field_validator("limitations", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("columns")
     @classmethod
