@@ -56,7 +56,8 @@ def test_automation_follows_the_spec_schedule_monday_0100_utc_and_a_drift_sensor
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 1 * * 1", "UTC")
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
     weekly = {key.path[-1] for key in defs.resolve_job_def("toy_weekly").asset_layer.executable_asset_keys}
-    assert weekly == {"raw", "features", "drift"}  # retrain: on_drift, the default: the model waits for the sensor
+    production = {"labels", "live_performance", "shadow_report"}  # the week's outcomes, joined to what was served
+    assert weekly == {"raw", "features", "drift", *production}  # retrain: on_drift, the default: the model waits for a sensor
     sensor = defs.resolve_sensor_def("toy_retrain_on_drift")
     assert sensor.default_status == DefaultSensorStatus.RUNNING and sensor.minimum_interval_seconds == 30
     model = defs.resolve_assets_def(AssetKey(["toy", "model"])).specs_by_key[AssetKey(["toy", "model"])]
@@ -72,5 +73,5 @@ def test_automation_follows_the_spec_schedule_monday_0100_utc_and_a_drift_sensor
     defs = load_definitions()
     assert defs.resolve_schedule_def("toy_weekly_schedule").default_status == DefaultScheduleStatus.STOPPED
     weekly = {key.path[-1] for key in defs.resolve_job_def("toy_weekly").asset_layer.executable_asset_keys}
-    assert weekly == {"raw", "features", "drift", "model", "evaluation", "backtest"}
+    assert weekly == {"raw", "features", "drift", *production, "model", "evaluation", "backtest"}
     assert not [s for s in defs.sensors or [] if s.name == "toy_retrain_on_drift"]
