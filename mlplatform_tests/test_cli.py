@@ -92,6 +92,24 @@ def test_readme_main_command_runs_end_to_end_from_a_clean_home(tmp_path, monkeyp
     monkeypatch.setenv("MLPLATFORM_HOME", str(state))
     monkeypatch.delenv("MLPLATFORM_SPECS", raising=False)
     assert_one_retrain_per_drift_failure(state, drifted)
+    assert_every_lifecycle_event_is_in_the_audit_trail(state)
+
+
+def assert_every_lifecycle_event_is_in_the_audit_trail(state: Path) -> None:
+    """After the demo and a person's approval and rollback, the trail holds every event type a run can cause,
+    and each model's chain verifies (a canary is stopped only in a canary scenario: test_production_loop.py)."""
+    import duckdb
+
+    from mlplatform.cli import main
+    from mlplatform.lib.audit import EVENT_TYPES
+
+    assert main(["promote", "car_loan", "--by", "ana", "--reason", "backtest reviewed"]) == 0
+    assert main(["rollback", "churn_shift", "--to", "9", "--by", "ana", "--reason", "audit drill"]) == 0
+    with duckdb.connect(str(state / "warehouse.duckdb"), read_only=True) as connection:
+        found = {event for (event,) in connection.execute("select distinct event from audit.events").fetchall()}
+    assert found == set(EVENT_TYPES) - {"canary_stopped"}
+    for model in ("bike_demand", "car_loan", "churn_shift", "german_credit"):
+        assert main(["audit", model, "--verify"]) == 0
 
 
 def assert_one_retrain_per_drift_failure(state: Path, drifted: list[str]) -> None:
