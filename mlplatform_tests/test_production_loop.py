@@ -253,10 +253,14 @@ def test_flipped_outcomes_for_a_week_roll_the_champion_back_once_never_to_a_gate
         import httpx
 
         assert service.champion("toy") == "2"
-        record = {c: (v.item() if hasattr(v, "item") else v)
-                  for c, v in churn_weeks(date(2024, 1, 1), ["A"], 1).iloc[0].items() if c in spec.feature_columns}
-        answer = httpx.post(f"{service.url}/v1/models/toy/predict", json={"records": [record]}).json()
-        assert answer["predictions"][0]["version"] == "2"
+        rows = churn_weeks(date(2024, 1, 1), ["A"], 20)[spec.feature_columns]
+        records = [{c: (v.item() if hasattr(v, "item") else v) for c, v in row.items()} for _, row in rows.iterrows()]
+        answer = httpx.post(f"{service.url}/v1/models/toy/predict", json={"records": records}).json()
+        assert {(p["version"], p["role"]) for p in answer["predictions"]} == {("2", CHAMPION_ROLE)}
+    # the degraded v4 kept `challenger` from its gates: the rollback stopped its canary too, in the same unit
+    assert tracker.alias_version("toy", "challenger") is None
+    [stopped] = audit_events(home, "canary_stopped").itertuples()
+    assert stopped.actor == f"sensor {names.decay_sensor('toy')}" and "v4 was rolled back" in stopped.summary
 
     with connect_when_free(settings.warehouse_path, 60) as connection, pytest.raises(promotion.PromotionRefused,
                                                                                     match="did not pass every gate"):

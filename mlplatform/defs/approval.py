@@ -31,8 +31,11 @@ class RollbackConfig(Config):
     only_if_champion: str = ""  # the rollback sensor's guard: act only while this version is still champion
 
 
-def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
-    """Check the stores, decide (refusal -> a failed run with the reason), then audit + move as one unit."""
+def _apply(context: OpExecutionContext, spec: ModelSpec, decide, follow=None) -> None:
+    """Check the stores, decide (refusal -> a failed run with the reason), then audit + move as one unit.
+
+    ``follow(tracker, change)`` adds alias moves that belong to the same decision (the automatic rollback also
+    stops the degraded version's canary)."""
     from mlplatform.lib import promotion
     from mlplatform.lib.stores import check_stores
 
@@ -52,7 +55,7 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide) -> None:
             context.log.info(f"{spec.name}: nothing changed (the version asked for is already the champion, or the "
                              "champion has moved since the decision was made)")
             return
-        promotion.commit_changes(connection, tracker, [change])
+        promotion.commit_changes(connection, tracker, [change, *(follow(tracker, change) if follow else [])])
         context.log_event(audit_trail_materialization(spec, connection))
     context.log.info(f"{spec.name}: champion v{change.previous_version or '-'} -> v{change.version} by {change.actor}: "
                      f"{change.reason}")
@@ -74,9 +77,16 @@ def build_approval_jobs(spec: ModelSpec) -> list:
 
     @op(name=f"{spec.name}_rollback_champion", required_resource_keys=resources)
     def rollback(context: OpExecutionContext, config: RollbackConfig) -> None:
+        def stop_degraded_canary(tracker, change) -> list:
+            """A version rolled back for degrading in production gets no canary traffic either."""
+            stop = promotion.canary_stop_change(tracker, spec.name, change.previous_version, change.actor,
+                                                f"v{change.previous_version} was rolled back: {config.reason}")
+            return [stop] if stop is not None else []
+
         _apply(context, spec, lambda connection, tracker: promotion.rollback_change(
             connection, tracker, spec.name, config.to_version or None, config.decided_by, config.reason,
-            only_if_champion=config.only_if_champion or None, current_spec=current_spec))
+            only_if_champion=config.only_if_champion or None, current_spec=current_spec),
+            follow=stop_degraded_canary if config.only_if_champion else None)
 
     @job(name=names.approve_job(spec.name),
          description=f"A person approves a {spec.name} version as champion (what `mlplatform promote` does).")
