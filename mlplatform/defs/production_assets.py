@@ -98,7 +98,7 @@ def build_production_assets(spec: ModelSpec):
         registry: ModelRegistry = context.resources.model_registry
         platform: PlatformState = context.resources.platform
         window = run_window(context)
-        step = ProductionStep(spec, context, warehouse, registry, platform)
+        step = ProductionStep(spec, context, warehouse, registry, platform, window)
         outcomes = step.read_outcomes(window)
         weeks = window.week_starts()
         for week_start in weeks:
@@ -114,13 +114,12 @@ class ProductionStep:
     """One run of the production step: the shared reads, then week by week."""
 
     def __init__(self, spec: ModelSpec, context: AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry,
-                 platform: PlatformState):
+                 platform: PlatformState, window: Window):
         from mlplatform.lib.prediction_log import read_prediction_log
 
         self.spec, self.context, self.warehouse, self.platform = spec, context, warehouse, platform
         self.tracker = registry.tracker()
         self.actor = f"dagster run {context.run.run_id}"
-        window = run_window(context)
         # Predictions of week W's rows can only have been made from W on; a replay of history logs them later.
         self.logged = read_prediction_log(platform.home_path, spec.name, window.start)
         self.references = self._evaluations()
@@ -331,12 +330,11 @@ class ProductionStep:
             ).fetchdf()
         if len(history) < 2:
             return {}
-        weeks = [f"{w:%Y-%m-%d}" for w in history["week"]]
-        m = self.spec.rollout.rollback.max_degradation
-        from mlplatform.specs.tasks import is_lower_better
+        from mlplatform.lib.live import degradation_limit
 
-        sign = 1 if is_lower_better(self.spec.primary_metric) else -1
-        limits = [r + sign * m * abs(r) for r in history["evaluation_value"]]
+        weeks = [f"{w:%Y-%m-%d}" for w in history["week"]]
+        limits = [degradation_limit(self.spec.primary_metric, r, self.spec.rollout.rollback.max_degradation)
+                  for r in history["evaluation_value"]]
         png = live_plot(weeks, history["value"], history["ci_low"], history["ci_high"], history["evaluation_value"],
                         limits, self.spec.primary_metric, self.spec.name)
         return {"history": MetadataValue.md(image(png, "live performance")), "weeks_judged": len(history),

@@ -213,6 +213,13 @@ def relative_drop(metric: str, reference: float, live: float) -> float:
     return worse / abs(reference) if reference else math.inf * np.sign(worse)
 
 
+def degradation_limit(metric: str, reference: float, max_degradation: float) -> float:
+    """The live value past which a version has degraded: its evaluation moved by ``max_degradation`` of itself
+    (down for a score, up for an error)."""
+    shift = max_degradation * abs(reference)
+    return reference + shift if is_lower_better(metric) else reference - shift
+
+
 def judge_degradation(metric: str, version: str | None, live: MetricEstimate | None, rows: int,
                       reference: float | None, max_degradation: float, min_rows: int) -> DegradationVerdict:
     """Fails only when the live metric is past the limit *and* its interval excludes the limit: noise never fails it.
@@ -229,7 +236,7 @@ def judge_degradation(metric: str, version: str | None, live: MetricEstimate | N
         return DegradationVerdict(True, False, version, live, reference, None, None,
                                   f"v{version}: {rows} labelled predictions (at least {min_rows} are judged); not judged")
     lower = is_lower_better(metric)
-    limit = reference + max_degradation * abs(reference) if lower else reference - max_degradation * abs(reference)
+    limit = degradation_limit(metric, reference, max_degradation)
     drop = relative_drop(metric, reference, live.value)
     beyond = (live.value > limit and live.low > limit) if lower else (live.value < limit and live.high < limit)
     interval = f"[{live.low:.4g}, {live.high:.4g}]"
