@@ -82,6 +82,33 @@ def test_a_drop_inside_the_noise_passes_and_the_same_drop_on_many_rows_fails():
     assert not lower.passed and lower.relative_drop == pytest.approx(0.30)  # errors: worse means higher
 
 
+def test_the_rollback_decision_needs_a_significantly_better_earlier_champion_and_says_why_as_fields():
+    y, degraded = _scores(400, 0.5, seed=5)
+    _, better = _scores(400, 3.0, seed=6)
+    better = np.where(y == 1, np.maximum(better, degraded), np.minimum(better, degraded))  # never worse, row by row
+    matched = pd.DataFrame({"version": "4", "role": CHAMPION_ROLE, "score": degraded, "x": 0.0,
+                            outcomes.LABEL: y.astype(int), "probabilities": '{"0": 0.5, "1": 0.5}'})
+
+    def judge(rescored, candidate="2", champion_now="4", columns=("x",)):
+        return live.judge_rollback("binary", "roc_auc", matched, "4", champion_now, candidate,
+                                   ["v3 did not pass every gate"], list(columns), lambda version, rows: rescored)
+
+    roll = judge(better)
+    c = roll.comparison
+    assert roll.target == "2" and roll.summary == "roll back to v2" and c.low > 0 and c.a > c.b
+    assert roll.metadata()["rollback_to"] == "2" and roll.metadata()["rollback_ci_low"] == c.low
+    assert roll.candidate_estimate.role == live.PREVIOUS_CHAMPION_ROLE and roll.candidate_estimate.rows == 400
+    same = judge(degraded)  # no better on the same rows: no rollback, the comparison kept as evidence
+    assert same.target is None and same.summary == "no rollback, not significantly better" and same.comparison
+    assert same.metadata()["rollback_to"] == "" and same.metadata()["rollback_candidate"] == "2"
+    moved = judge(better, champion_now="5")  # the champion moved since the check judged v4: never undo that
+    assert moved.target is None and "no longer the champion" in moved.reason
+    none = judge(better, candidate=None)
+    assert none.target is None and "v3 did not pass every gate" in none.reason
+    blind = judge(better, columns=("x", "unlogged"))
+    assert blind.target is None and "lacks inputs" in blind.reason
+
+
 def _canary_rows(champion_signal: float, canary_signal: float, n: int = 400) -> pd.DataFrame:
     y1, s1 = _scores(n, champion_signal, seed=3)
     y2, s2 = _scores(n, canary_signal, seed=4)
