@@ -166,7 +166,8 @@ class ProductionStep:
         week_outcomes = outcomes[(outcomes["time"] >= start) & (outcomes["time"] < start + timedelta(weeks=1))]
         matched = match_labels(self.logged, week_outcomes)
         metric, task = spec.primary_metric, spec.task
-        estimates = live.live_estimates(task, metric, matched.rows)
+        threshold = spec.decision_threshold
+        estimates = live.live_estimates(task, metric, matched.rows, threshold=threshold)
         champion_now = self.tracker.alias_version(spec.name, CHAMPION)
         judged = live.judged_champion(estimates, champion_now)
         min_rows = spec.rollout.rollback.min_rows
@@ -180,8 +181,9 @@ class ProductionStep:
             if rollback.candidate_estimate is not None:
                 estimates.append(rollback.candidate_estimate)
         canary = live.judge_canary(task, metric, matched.rows, self.tracker.alias_version(spec.name, CHALLENGER),
-                                   min_rows)
-        shadows = live.shadow_comparison(task, metric, self._week_log(week_outcomes, start), week_outcomes)
+                                   min_rows, threshold=threshold)
+        shadows = live.shadow_comparison(task, metric, self._week_log(week_outcomes, start), week_outcomes,
+                                         threshold=threshold)
 
         rows = pd.DataFrame([{**e.row(week), "evaluation_value": self.references.get(e.version),
                               "judged": judged is not None and e is judged and verdict.judged,
@@ -269,10 +271,12 @@ class ProductionStep:
                 target = rollback_target(connection, self.tracker, spec.name, degraded, spec_tags(spec))
 
         def rescore(version: str, inputs: pd.DataFrame):
-            return predict(self.tracker.load_version(spec.name, version), inputs, spec.task).score
+            return predict(self.tracker.load_version(spec.name, version), inputs, spec.task,
+                           spec.decision_threshold).score
 
         return live.judge_rollback(spec.task, spec.primary_metric, matched, degraded, champion_now, target.version,
-                                   target.passed_over, spec.feature_columns, rescore)
+                                   target.passed_over, spec.feature_columns, rescore,
+                                   threshold=spec.decision_threshold)
 
     def _write(self, week: str, outcomes: pd.DataFrame, rows: pd.DataFrame, shadows: list) -> None:
         stamp = [pd.Timestamp(week)]

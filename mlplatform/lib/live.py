@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.lib.metrics import (
+    DECISION_THRESHOLD,
     MetricEstimate,
     PairedComparison,
     bootstrap_values,
@@ -94,20 +95,24 @@ class LiveEstimate:
                 "ci_high": e.high if e else math.nan}
 
 
-def estimate(task: str, metric: str, y: np.ndarray, score: np.ndarray, seed: int = SEED) -> MetricEstimate | None:
-    """The metric with a 95 % percentile bootstrap interval; None where it is undefined on these rows."""
+def estimate(task: str, metric: str, y: np.ndarray, score: np.ndarray, seed: int = SEED,
+             threshold: float = DECISION_THRESHOLD) -> MetricEstimate | None:
+    """The metric with a 95 % percentile bootstrap interval (a binary decision at ``threshold``, the spec's
+    ``evaluation.decision_threshold``); None where it is undefined on these rows."""
     if len(y) == 0:
         return None
-    found = evaluate(task, y, score, seed=seed)[metric]
+    found = evaluate(task, y, score, seed=seed, threshold=threshold)[metric]
     return found if np.isfinite(found.value) else None
 
 
-def live_estimates(task: str, metric: str, matched: pd.DataFrame, seed: int = SEED) -> list[LiveEstimate]:
+def live_estimates(task: str, metric: str, matched: pd.DataFrame, seed: int = SEED,
+                   threshold: float = DECISION_THRESHOLD) -> list[LiveEstimate]:
     """Per version and role (champion, canary, shadow), the metric on that version's labelled predictions."""
     out = []
     for (version, role), rows in matched.groupby(["version", "role"], sort=True):
         y, score = encoded(task, rows)
-        out.append(LiveEstimate(str(version), str(role), len(rows), metric, estimate(task, metric, y, score, seed)))
+        out.append(LiveEstimate(str(version), str(role), len(rows), metric,
+                                estimate(task, metric, y, score, seed, threshold)))
     return out
 
 
@@ -207,14 +212,14 @@ def from_paired(comparison: PairedComparison) -> Difference:
 
 
 def unpaired_difference(metric: str, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
-                        n_resamples: int = 1000, seed: int = SEED) -> Difference:
+                        n_resamples: int = 1000, seed: int = SEED, threshold: float = DECISION_THRESHOLD) -> Difference:
     """Two groups of different rows (canary and champion traffic): each resampled on its own, the differences paired
     resample by resample."""
-    values_a = bootstrap_values(metric, a[0], a[1], n_resamples, seed)
-    values_b = bootstrap_values(metric, b[0], b[1], n_resamples, seed + 1)
+    values_a = bootstrap_values(metric, a[0], a[1], n_resamples, seed, threshold)
+    values_b = bootstrap_values(metric, b[0], b[1], n_resamples, seed + 1, threshold)
     differences = values_a - values_b
     differences = differences[np.isfinite(differences)]
-    point_a, point_b = metric_value(metric, *a), metric_value(metric, *b)
+    point_a, point_b = metric_value(metric, *a, threshold), metric_value(metric, *b, threshold)
     low, high = np.percentile(differences, [2.5, 97.5]) if len(differences) else (math.nan, math.nan)
     return Difference(metric, float(point_a), float(point_b), float(point_a - point_b), float(low), float(high),
                       len(a[0]), len(b[0]))
@@ -230,7 +235,7 @@ class CanaryVerdict:
 
 
 def judge_canary(task: str, metric: str, matched: pd.DataFrame, challenger: str | None, min_rows: int,
-                 seed: int = SEED) -> CanaryVerdict:
+                 seed: int = SEED, threshold: float = DECISION_THRESHOLD) -> CanaryVerdict:
     """The canary (role ``canary``, the challenger) against the champion on the same week's labelled traffic."""
     canary = matched[matched["role"] == CANARY_ROLE]
     if challenger is not None:
@@ -244,7 +249,8 @@ def judge_canary(task: str, metric: str, matched: pd.DataFrame, challenger: str 
         return CanaryVerdict(True, False, version, None, f"canary v{version}: {len(canary)} labelled rows, champion "
                              f"{len(champion)} (at least {min_rows} each are judged); not judged")
     classes = classes_of(champion["probabilities"]) if task != "regression" else None
-    difference = unpaired_difference(metric, encoded(task, canary, classes), encoded(task, champion, classes), seed=seed)
+    difference = unpaired_difference(metric, encoded(task, canary, classes), encoded(task, champion, classes),
+                                     seed=seed, threshold=threshold)
     text = difference.text(f"canary v{version}", "champion")
     if difference.a_worse:
         return CanaryVerdict(False, True, version, difference, f"significantly worse: {text}")
@@ -276,7 +282,7 @@ REGRESSION_AGREEMENT = 0.10
 
 
 def shadow_comparison(task: str, metric: str, logged: pd.DataFrame, labels: pd.DataFrame | None,
-                      seed: int = SEED) -> list[ShadowComparison]:
+                      seed: int = SEED, threshold: float = DECISION_THRESHOLD) -> list[ShadowComparison]:
     """Shadow rows paired with the champion's answer to the same record of the same request."""
     shadow = logged[logged["role"] == SHADOW_ROLE]
     champion = logged[logged["role"] == CHAMPION_ROLE]
@@ -301,7 +307,8 @@ def shadow_comparison(task: str, metric: str, logged: pd.DataFrame, labels: pd.D
                 classes = classes_of(champ_rows["probabilities"]) if task != "regression" else None
                 y, champion_score = encoded(task, champ_rows, classes)
                 _, shadow_score = encoded(task, shadow_rows, classes)
-                labelled = from_paired(paired_bootstrap(metric, y, shadow_score, champion_score, seed=seed))
+                labelled = from_paired(paired_bootstrap(metric, y, shadow_score, champion_score, seed=seed,
+                                                        threshold=threshold))
         out.append(ShadowComparison(str(champion_version), str(shadow_version), len(group), agree,
                                     float((group["score_shadow"] - group["score_champion"]).abs().mean()), labelled))
     return out
@@ -336,7 +343,8 @@ NO_DEGRADATION = RollbackDecision(None, None, None, None, "-", "-")
 
 def judge_rollback(task: str, metric: str, matched: pd.DataFrame, degraded: str | None, champion_now: str | None,
                    candidate: str | None, passed_over: Sequence[str], feature_columns: Sequence[str],
-                   rescore: Callable[[str, pd.DataFrame], np.ndarray], seed: int = SEED) -> RollbackDecision:
+                   rescore: Callable[[str, pd.DataFrame], np.ndarray], seed: int = SEED,
+                   threshold: float = DECISION_THRESHOLD) -> RollbackDecision:
     """Roll back to ``candidate`` only when it scores significantly better than the degraded champion on the very
     rows that champion answered this week (paired bootstrap); else no rollback, with the reason.
 
@@ -360,10 +368,10 @@ def judge_rollback(task: str, metric: str, matched: pd.DataFrame, degraded: str 
     classes = classes_of(rows["probabilities"]) if task != "regression" else None
     y, current_score = encoded(task, rows, classes)
     candidate_score = np.asarray(rescore(candidate, rows[list(feature_columns)]), dtype="float64")
-    comparison = from_paired(paired_bootstrap(metric, y, candidate_score, current_score, seed=seed))
+    comparison = from_paired(paired_bootstrap(metric, y, candidate_score, current_score, seed=seed, threshold=threshold))
     text = comparison.text(f"previous champion v{candidate}", f"v{degraded}") + " on the same rows"
     row = LiveEstimate(candidate, PREVIOUS_CHAMPION_ROLE, len(rows), metric,
-                       estimate(task, metric, y, candidate_score, seed))
+                       estimate(task, metric, y, candidate_score, seed, threshold))
     if comparison.a_better:
         return RollbackDecision(candidate, degraded, candidate, comparison, f"roll back to v{candidate}",
                                 f"roll back: {text}", row)
