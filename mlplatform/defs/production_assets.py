@@ -4,8 +4,9 @@ One weekly step (``<model>_production``): it reads week W's outcomes (the target
 ``labels`` file or table), joins them with what the service logged, and measures each version in each role. Its
 checks are what production acts on: ``live_degradation`` (the rollback sensor reacts to it) and ``canary`` (a canary
 significantly worse than the champion is stopped here, its ``challenger`` alias removed through
-:mod:`mlplatform.lib.promotion`, audited). The decisions are :mod:`mlplatform.lib.live`'s; this module reads,
-calls, writes and logs.
+:mod:`mlplatform.lib.promotion`, audited). Outcomes are read and joined by :mod:`mlplatform.lib.outcomes`; the
+decisions are :mod:`mlplatform.lib.live`'s (the rollback's target is :func:`mlplatform.lib.promotion.rollback_target`);
+this module reads, calls, writes and logs.
 """
 
 from collections.abc import Iterator
