@@ -132,8 +132,8 @@ def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegist
 
     Refused (:class:`PromotionRefused`) without a named actor, without a current champion, without an earlier
     champion to go back to, for a version that was never champion (that is a promotion: ``mlplatform promote``),
-    and for a version that is not :func:`servable` under the current spec: a rollback never restores a version
-    the gates kept away from production. With ``only_if_champion`` (the automatic rollback: the version its
+    and for a version :func:`restore_refusal` refuses: a rollback never restores a version the gates kept away
+    from production. With ``only_if_champion`` (the automatic rollback: the version its
     check judged), None when the champion has moved since: a later decision must not be undone by an older one.
     """
     from mlflow.exceptions import MlflowException
@@ -162,29 +162,31 @@ def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegist
     if to_version not in champion_history(connection, model):
         raise PromotionRefused(f"{model}: v{to_version} was never champion; a rollback returns to an earlier champion; "
                                f"to make v{to_version} champion use `mlplatform promote {model} --version {to_version}`")
-    refusal = unservable_reason(model, to_version, tags, current_spec)
+    refusal = restore_refusal(model, to_version, tags, current_spec)
     if refusal:
         raise PromotionRefused(f"{refusal}; a rollback never puts such a version in production")
     return AliasChange(model, CHAMPION, to_version, current, actor.strip(),
                        f"rollback from v{current}: {reason or 'no reason given'}", tags.get("week"), kind="rollback")
 
 
-def unservable_reason(model: str, version: str, tags: Mapping[str, str],
-                      current_spec: Mapping[str, str] | None) -> str | None:
-    """Why ``version`` may not be served as the result of a gate decision or a rollback, or None when it may.
+def restore_refusal(model: str, version: str, tags: Mapping[str, str],
+                    current_spec: Mapping[str, str] | None) -> str | None:
+    """Why a rollback may not put ``version`` back in production, or None when it may.
 
-    The rule: every gate passed (the ``gates`` tag) and, when ``current_spec`` is given, the gates ran under the
-    current spec's gate sections (:func:`spec_refusal`). A person's ``promote --force`` is an audited exception
-    to this rule for that one approval; it does not make the version servable for a later rollback.
+    A rollback restores only a version its gates vouch for: every gate passed (the ``gates`` tag) and, when
+    ``current_spec`` is given, they ran under the current spec's gate sections (:func:`spec_refusal`). A version
+    a person forced in with ``promote --force`` is served while that approval stands, but it is that person's
+    audited exception, not a version a rollback (automatic or by hand) returns to: forcing it again is a new
+    ``promote --force``.
     """
     if tags.get("gates") != "passed":
         return f"{model} v{version} did not pass every gate (gates={tags.get('gates')})"
     return spec_refusal(model, version, tags, current_spec)
 
 
-def servable(model: str, version: str, tags: Mapping[str, str], current_spec: Mapping[str, str] | None = None) -> bool:
-    """Whether ``version`` may be served without a person forcing it: :func:`unservable_reason` finds nothing."""
-    return unservable_reason(model, version, tags, current_spec) is None
+def restorable(model: str, version: str, tags: Mapping[str, str], current_spec: Mapping[str, str] | None = None) -> bool:
+    """Whether a rollback may return to ``version``: :func:`restore_refusal` finds nothing."""
+    return restore_refusal(model, version, tags, current_spec) is None
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ class RollbackTarget:
 
 def rollback_target(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str, current: str | None,
                     current_spec: Mapping[str, str] | None = None) -> RollbackTarget:
-    """The version to roll back to: the newest earlier champion (per the audit) that is :func:`servable` under the
+    """The version to roll back to: the newest earlier champion (per the audit) that is :func:`restorable` under the
     current spec. The one owner of this choice: the live_degradation check (whose verdict the decay sensor
     carries out), ``mlplatform rollback`` and the UI's rollback job all ask here."""
     from mlflow.exceptions import MlflowException
@@ -211,7 +213,7 @@ def rollback_target(connection: duckdb.DuckDBPyConnection, registry: AliasRegist
         except MlflowException:
             passed_over.append(f"{model} v{version}: no such registered model version")
             continue
-        refusal = unservable_reason(model, version, tags, current_spec)
+        refusal = restore_refusal(model, version, tags, current_spec)
         if refusal is None:
             return RollbackTarget(version, tuple(passed_over))
         passed_over.append(refusal)
