@@ -133,8 +133,8 @@ def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegist
     Refused (:class:`PromotionRefused`) without a named actor, without a current champion, without an earlier
     champion to go back to, for a version that was never champion (that is a promotion: ``mlplatform promote``),
     and for a version :func:`restore_refusal` refuses: a rollback never restores a version the gates kept away
-    from production. With ``only_if_champion`` (the automatic rollback: the version its
-    check judged), None when the champion has moved since: a later decision must not be undone by an older one.
+    from production. With ``only_if_champion`` (the automatic rollback: the version its check judged), None when
+    the champion has moved since: a later decision must not be undone by an older one.
     """
     from mlflow.exceptions import MlflowException
 
