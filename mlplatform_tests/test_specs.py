@@ -77,8 +77,9 @@ def test_non_numeric_threshold(spec_dir):
 
 
 @pytest.mark.parametrize(("value", "expected"), [
-    ("1.5", "evaluation.decision_threshold: Input should be less than 1; found 1.5"),
-    ("0", "evaluation.decision_threshold: Input should be greater than 0; found 0"),
+    ("1.5", "evaluation.decision_threshold: found 1.5; a probability strictly between 0 and 1 (default 0.5)"),
+    ("0", "evaluation.decision_threshold: found 0; a probability strictly between 0 and 1"),
+    (".nan", "evaluation.decision_threshold: found nan; a probability strictly between 0 and 1"),
     ("half", "evaluation.decision_threshold: found 'half'; expected a number"),
 ])
 def test_a_decision_threshold_outside_0_to_1_is_named(spec_dir, value, expected):

@@ -207,9 +207,18 @@ class EvaluationSpec(_Strict):
     live performance)."""
 
     decision_threshold: float = Field(
-        default=DEFAULT_DECISION_THRESHOLD, gt=0, lt=1, description="Binary models: a row is predicted as the "
-        "positive class (the second of the sorted classes) when its probability is at least this. Used by the "
-        "metrics that need a decision (f1), the fairness rates, the label the service returns and live performance.")
+        default=DEFAULT_DECISION_THRESHOLD, description="Binary models: a row is predicted as the positive class "
+        "(the second of the sorted classes) when its probability is at least this (strictly between 0 and 1). Used "
+        "by the metrics that need a decision (f1), the fairness rates, the label the service returns and live "
+        "performance.")
+
+    @field_validator("decision_threshold")
+    @classmethod
+    def _a_probability(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"found {value:g}; a probability strictly between 0 and 1 (default "
+                             f"{DEFAULT_DECISION_THRESHOLD:g})")
+        return value
 
 
 class FairnessSpec(_Strict):
