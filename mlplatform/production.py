@@ -247,8 +247,7 @@ def _live_week(settings: Settings, defs, instance, service: Service, spec: Model
             if not math.isnan(reference):
                 story.evaluation = f"{reference:.3f}"
             if not evaluation.passed:
-                evidence = evaluation.metadata["rollback_evidence"].value
-                story.actions.append(evidence.split(":")[0] if evidence else "no rollback")
+                story.actions.append(evaluation.metadata["rollback_summary"].value)
     runs = tick_sensor(defs, instance, names.decay_sensor(spec.name))
     runs += tick_sensor(defs, instance, names.retrain_sensor(spec.name))
     for run in runs:

@@ -181,3 +181,53 @@ def test_training_workers_follow_the_setting_else_cores_for_big_windows_only(mon
     monkeypatch.setenv(WORKERS_ENV, "two")
     with pytest.raises(ValueError, match="MLPLATFORM_TRAINING_WORKERS='two'.*whole number"):
         training_workers(12, 10)
+
+
+def test_a_decision_threshold_moves_training_metrics_fairness_live_performance_and_the_served_label_together():
+    """`evaluation.decision_threshold` is one decision: the label training predicts and the service returns, the
+    f1 of the evaluation and of live performance, and the fairness selection rates all change with it, alike."""
+    import yaml
+
+    from mlplatform.lib import live
+    from mlplatform.lib.fairness import fairness_report
+    from mlplatform.lib.training import build_pipeline, encode_target, predict, split_xy
+    from mlplatform.serving.models import LoadedModel
+    from mlplatform_tests.conftest import TOY_SPEC, toy_rows
+
+    def binary_spec(threshold: float | None) -> ModelSpec:
+        data = yaml.safe_load(TOY_SPEC.replace("task: regression", "task: binary").replace("target: y", "target: big"))
+        if threshold is not None:
+            data["evaluation"] = {"decision_threshold": threshold}
+        return ModelSpec.model_validate(data)
+
+    rows = toy_rows(weeks=4)
+    rows["big"] = np.where(rows["y"] + RNG.normal(0, 4, len(rows)) > 10, "yes", "no")
+    default, strict = binary_spec(None), binary_spec(0.8)
+    assert default.decision_threshold == 0.5 and strict.decision_threshold == 0.8
+    x, y = split_xy(rows, strict)
+    pipeline = build_pipeline(strict).fit(x, y)
+    loose_pred = predict(pipeline, x, "binary", default.decision_threshold)
+    strict_pred = predict(pipeline, x, "binary", strict.decision_threshold)
+    between = (strict_pred.score >= 0.5) & (strict_pred.score < 0.8)
+    assert between.sum() >= 5  # rows the two thresholds decide differently
+    assert set(strict_pred.label[between]) == {"no"} and set(loose_pred.label[between]) == {"yes"}
+    assert list(strict_pred.label) == ["yes" if p >= 0.8 else "no" for p in strict_pred.score]
+
+    records = [{"x1": r.x1, "x2": r.x2, "color": r.color} for r in rows.itertuples()]
+    served = [o["prediction"] for o in LoadedModel.of(strict, "1", pipeline).predict(records)]
+    assert served == list(strict_pred.label)  # the service answers what training predicted, at the same threshold
+    assert [o["prediction"] for o in LoadedModel.of(default, "1", pipeline).predict(records)] == list(loose_pred.label)
+
+    y_metric = encode_target(np.asarray(y), "binary", strict_pred.classes)
+    positive = strict_pred.label == "yes"
+    f1 = evaluate("binary", y_metric, strict_pred.score, n_resamples=20, threshold=0.8)["f1"].value
+    assert f1 == pytest.approx(skm.f1_score(y_metric, positive.astype(float)))
+    assert f1 != pytest.approx(evaluate("binary", y_metric, strict_pred.score, n_resamples=20)["f1"].value)
+    assert live.estimate("binary", "f1", y_metric, strict_pred.score, threshold=0.8).value == pytest.approx(f1)
+
+    groups = {"color": rows["color"]}
+    report = fairness_report("binary", y_metric, strict_pred.score, groups, "f1", 1.0, threshold=0.8)
+    [color] = report.attributes
+    rates = color.table.set_index("group")["selection_rate"].sort_index()
+    expected = pd.Series(positive, index=rows.index).groupby(rows["color"]).mean().sort_index()
+    assert list(rates.index) == list(expected.index) and rates.to_numpy() == pytest.approx(expected.to_numpy())

@@ -17,9 +17,8 @@ import pytest
 from dagster import DagsterInstance, RunsFilter
 
 from mlplatform import names
-from mlplatform.lib import live
+from mlplatform.lib import live, outcomes
 from mlplatform.lib.metrics import MetricEstimate
-from mlplatform.lib.retraining import CheckRecord
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE
 from mlplatform.lib.synthetic import churn_weeks
 from mlplatform_tests.helpers import warehouse_query
@@ -36,7 +35,7 @@ def _log(rows: list[dict]) -> pd.DataFrame:
 
 def test_outcomes_join_predictions_on_the_entity_key_or_the_record_id_and_the_latest_prediction_wins():
     keyed = pd.DataFrame({"id": [7, 8, 9], "y": [1, 0, 1]})
-    labels = pd.DataFrame({live.JOIN_KEY: live.label_join_keys(keyed, ["id"]), live.LABEL: keyed["y"]})
+    labels = pd.DataFrame({outcomes.JOIN_KEY: outcomes.label_join_keys(keyed, ["id"]), outcomes.LABEL: keyed["y"]})
     logged = _log([
         {"entity_key": "7", "score": 0.2, "time": pd.Timestamp("2026-01-01")},
         {"entity_key": "7", "score": 0.8, "time": pd.Timestamp("2026-01-02")},  # predicted again: this one counts
@@ -44,16 +43,17 @@ def test_outcomes_join_predictions_on_the_entity_key_or_the_record_id_and_the_la
         {"entity_key": "8", "score": 0.35, "role": SHADOW_ROLE, "version": "2"},
         {"entity_key": None, "record_id": None},  # nothing to match on
     ])
-    matched = live.match_labels(logged, labels)
-    champion = matched.rows[matched.rows["role"] == CHAMPION_ROLE].set_index(live.JOIN_KEY)
+    matched = outcomes.match_labels(logged, labels)
+    champion = matched.rows[matched.rows["role"] == CHAMPION_ROLE].set_index(outcomes.JOIN_KEY)
     assert champion.loc["k:7", "score"] == 0.8 and champion.loc["k:8", "score"] == 0.3
     assert len(matched.rows[matched.rows["role"] == SHADOW_ROLE]) == 1
     assert matched.unmatched_labels == 1 and matched.predictions_without_key == 1  # id 9 was never predicted
 
     rows = pd.DataFrame({"_source_row": [0, 1], "y": [0, 1]})  # no key: the row number replay sends as `_id`
-    labels = pd.DataFrame({live.JOIN_KEY: live.label_join_keys(rows, [], rows["_source_row"]), live.LABEL: rows["y"]})
-    matched = live.match_labels(_log([{"record_id": "1"}, {"record_id": "5"}]), labels)
-    assert list(matched.rows[live.JOIN_KEY]) == ["r:1"] and matched.unmatched_labels == 1
+    labels = pd.DataFrame({outcomes.JOIN_KEY: outcomes.label_join_keys(rows, [], rows["_source_row"]),
+                           outcomes.LABEL: rows["y"]})
+    matched = outcomes.match_labels(_log([{"record_id": "1"}, {"record_id": "5"}]), labels)
+    assert list(matched.rows[outcomes.JOIN_KEY]) == ["r:1"] and matched.unmatched_labels == 1
 
 
 def _scores(n: int, auc_signal: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,17 +82,31 @@ def test_a_drop_inside_the_noise_passes_and_the_same_drop_on_many_rows_fails():
     assert not lower.passed and lower.relative_drop == pytest.approx(0.30)  # errors: worse means higher
 
 
-def test_the_decay_decision_requests_once_per_failure_and_waits_for_a_pending_check():
-    failed = CheckRecord(2, False, "2024-03-18", 0.0, {"version": "9", "rollback_to": "8", "summary": "degraded"})
-    records = [CheckRecord(1, True, "2024-03-11", 0.0), failed, CheckRecord(3, None, "2024-03-25", 0.0),
-               CheckRecord(4, False, "2024-03-25", 0.0, {"version": "9", "rollback_to": ""})]
-    keys = ["2024-03-11", "2024-03-18", "2024-03-25"]
-    decision = live.decay_requests(records, 0, keys)
-    assert [(r.record.record_id, r.retrain_partition, r.rollback_to, r.degraded_version) for r in decision.requests] == [
-        (2, "2024-03-25", "8", "9"), (4, "2024-03-25", None, "9")]
-    assert decision.cursor == 2  # never past check 3, still pending: the next tick looks at it again
-    again = live.decay_requests(records[2:], decision.cursor, keys)
-    assert [r.record.record_id for r in again.requests] == [4]  # and 2 is not requested a second time
+def test_the_rollback_decision_needs_a_significantly_better_earlier_champion_and_says_why_as_fields():
+    y, degraded = _scores(400, 0.5, seed=5)
+    _, better = _scores(400, 3.0, seed=6)
+    better = np.where(y == 1, np.maximum(better, degraded), np.minimum(better, degraded))  # never worse, row by row
+    matched = pd.DataFrame({"version": "4", "role": CHAMPION_ROLE, "score": degraded, "x": 0.0,
+                            outcomes.LABEL: y.astype(int), "probabilities": '{"0": 0.5, "1": 0.5}'})
+
+    def judge(rescored, candidate="2", champion_now="4", columns=("x",)):
+        return live.judge_rollback("binary", "roc_auc", matched, "4", champion_now, candidate,
+                                   ["v3 did not pass every gate"], list(columns), lambda version, rows: rescored)
+
+    roll = judge(better)
+    c = roll.comparison
+    assert roll.target == "2" and roll.summary == "roll back to v2" and c.low > 0 and c.a > c.b
+    assert roll.metadata()["rollback_to"] == "2" and roll.metadata()["rollback_ci_low"] == c.low
+    assert roll.candidate_estimate.role == live.PREVIOUS_CHAMPION_ROLE and roll.candidate_estimate.rows == 400
+    same = judge(degraded)  # no better on the same rows: no rollback, the comparison kept as evidence
+    assert same.target is None and same.summary == "no rollback, not significantly better" and same.comparison
+    assert same.metadata()["rollback_to"] == "" and same.metadata()["rollback_candidate"] == "2"
+    moved = judge(better, champion_now="5")  # the champion moved since the check judged v4: never undo that
+    assert moved.target is None and "no longer the champion" in moved.reason
+    none = judge(better, candidate=None)
+    assert none.target is None and "v3 did not pass every gate" in none.reason
+    blind = judge(better, columns=("x", "unlogged"))
+    assert blind.target is None and "lacks inputs" in blind.reason
 
 
 def _canary_rows(champion_signal: float, canary_signal: float, n: int = 400) -> pd.DataFrame:
@@ -100,7 +114,7 @@ def _canary_rows(champion_signal: float, canary_signal: float, n: int = 400) -> 
     y2, s2 = _scores(n, canary_signal, seed=4)
     return pd.DataFrame({
         "version": ["1"] * n + ["3"] * n, "role": [CHAMPION_ROLE] * n + [CANARY_ROLE] * n,
-        "score": np.concatenate([s1, s2]), live.LABEL: np.concatenate([y1, y2]).astype(int),
+        "score": np.concatenate([s1, s2]), outcomes.LABEL: np.concatenate([y1, y2]).astype(int),
         "probabilities": ['{"0": 0.5, "1": 0.5}'] * (2 * n)})
 
 
@@ -119,7 +133,7 @@ def test_the_shadow_report_pairs_each_shadow_score_with_the_champions_answer_to_
         {"request_id": "b", "role": SHADOW_ROLE, "version": "2", "label": "0", "score": 0.2, "record_id": "1"},
         {"request_id": "c", "role": CHAMPION_ROLE, "version": "1", "label": "0", "score": 0.1, "record_id": "2"},
     ])
-    labels = pd.DataFrame({live.JOIN_KEY: ["r:0", "r:1"], live.LABEL: [1, 0]})
+    labels = pd.DataFrame({outcomes.JOIN_KEY: ["r:0", "r:1"], outcomes.LABEL: [1, 0]})
     [report] = live.shadow_comparison("binary", "roc_auc", logged, labels)
     assert (report.champion, report.shadow, report.pairs, report.agreement) == ("1", "2", 2, 0.5)
     assert report.labelled is not None and report.labelled.rows_a == 2
@@ -318,15 +332,15 @@ def test_outcomes_from_a_teams_labels_file_land_in_the_week_of_their_rows_and_mi
     from mlplatform.lib.source import Window
     from mlplatform.runner import specs_by_name
 
-    outcomes = pd.DataFrame({"signup_time": ["2024-01-02 10:00:00", "2024-01-09 10:00:00", "2024-01-03 11:00:00"],
+    labels_file = pd.DataFrame({"signup_time": ["2024-01-02 10:00:00", "2024-01-09 10:00:00", "2024-01-03 11:00:00"],
                              "_id": [17, 18, 19], "churned": [1, 0, 0]})
     folder = spec_dir({"toy.yaml": churn_spec("2024-02-05", extra="labels:\n  path: outcomes.csv\n")},
                       {"churn.csv": churn_weeks(date(2024, 1, 1), ["A", "A"], rows_per_week=50),
-                       "outcomes.csv": outcomes})
+                       "outcomes.csv": labels_file})
     spec = specs_by_name()["toy"]
-    week = live.file_outcomes(spec, Window(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08")))
-    assert sorted(week[live.JOIN_KEY]) == ["r:17", "r:19"] and sorted(week[live.LABEL]) == [0, 1]
+    week = outcomes.file_outcomes(spec, Window(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08")))
+    assert sorted(week[outcomes.JOIN_KEY]) == ["r:17", "r:19"] and sorted(week[outcomes.LABEL]) == [0, 1]
 
-    outcomes.drop(columns=["_id"]).to_csv(folder / "outcomes.csv", index=False)
+    labels_file.drop(columns=["_id"]).to_csv(folder / "outcomes.csv", index=False)
     with pytest.raises(ValueError, match="missing column.*_id.*the record id clients sent"):
-        live.file_outcomes(spec, Window(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08")))
+        outcomes.file_outcomes(spec, Window(pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08")))

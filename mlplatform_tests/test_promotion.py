@@ -155,7 +155,7 @@ def test_check_history_adapter_reads_every_weeks_drift_check_from_a_real_instanc
     assert check_executions(instance, key, after=records[0].record_id) == records[1:]
 
 
-def test_rollback_puts_the_previous_champion_back_audited_and_refuses_a_gate_failing_version(home, capsys):
+def test_rollback_puts_the_previous_champion_back_audited_and_refuses_a_version_never_champion(home, capsys):
     from mlplatform.cli import main
 
     tracker = Tracker.under(home / "mlflow")
@@ -164,8 +164,10 @@ def test_rollback_puts_the_previous_champion_back_audited_and_refuses_a_gate_fai
                               {"gates": "failed", "week": "2024-01-22"})
     assert main(["promote", "toy", "--version", "1", "--by", "alice"]) == 0
     assert main(["promote", "toy", "--version", "2", "--by", "alice"]) == 0
-    assert main(["rollback", "toy", "--to", "3", "--by", "bob"]) == 1
-    assert "v3 did not pass every gate" in capsys.readouterr().err
+    assert main(["rollback", "toy", "--to", "3", "--by", "bob"]) == 1  # v3 never held champion: that is a promotion
+    err = capsys.readouterr().err
+    assert "v3 was never champion" in err and "use `mlplatform promote toy --version 3`" in err
+    assert tracker.alias_version("toy", CHAMPION) == "2"
     assert main(["rollback", "toy", "--by", "", "--reason", "x"]) == 1
     assert main(["rollback", "toy", "--by", "bob", "--reason", "live metric fell"]) == 0  # the champion before v2
     assert "champion v2 -> v1 (rolled back by bob)" in capsys.readouterr().out
@@ -175,6 +177,43 @@ def test_rollback_puts_the_previous_champion_back_audited_and_refuses_a_gate_fai
     assert audit.iloc[-1].tolist() == ["champion", "1", "2", "bob", "rollback from v2: live metric fell"]
     assert main(["rollback", "toy", "--by", "bob"]) == 0  # and back again: the previous champion is now v2
     assert tracker.alias_version("toy", CHAMPION) == "2"
+
+
+def test_the_check_and_a_person_roll_back_to_the_same_version_past_a_forced_champion(home, capsys):
+    """v1 a gated champion, v2 forced in with `promote --force`, v3 champion now: the version a rollback returns to
+    is the newest earlier champion that may be served (v1), whether the live_degradation check picks it (what the
+    decay sensor then carries out) or a person runs `mlplatform rollback` without --to."""
+    from mlplatform.cli import main
+    from mlplatform.lib import live
+    from mlplatform.lib.routing import CHAMPION_ROLE
+
+    tracker = Tracker.under(home / "mlflow")
+    _register(tracker, ["2024-01-08"])
+    tracker.log_trained_model("toy", "toy-bad", *_fitted(), {"seed": 0}, {"rmse": 9.9}, {}, {},
+                              {"gates": "failed", "week": "2024-01-15"})
+    _register(tracker, ["2024-01-22"])
+    assert main(["promote", "toy", "--version", "1", "--by", "alice"]) == 0
+    assert main(["promote", "toy", "--version", "2", "--by", "alice", "--force"]) == 0
+    assert main(["promote", "toy", "--version", "3", "--by", "alice"]) == 0
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+        target = promotion.rollback_target(connection, tracker, "toy", "3")
+    assert target.version == "1"
+    assert len(target.passed_over) == 1 and "v2 did not pass every gate" in target.passed_over[0]
+
+    # the check: v3 degraded, and v1 scores better on the rows v3 answered -> its metadata names v1 for the sensor
+    rows = toy_rows().head(60)
+    matched = rows.assign(role=CHAMPION_ROLE, version="3", score=rows["y"] + 5.0, probabilities=None)
+    decision = live.judge_rollback("regression", "rmse", matched, "3", "3", target.version, target.passed_over,
+                                   ["x1", "x2"], lambda version, inputs: rows.loc[inputs.index, "y"].to_numpy())
+    assert decision.metadata()["rollback_to"] == "1"
+
+    capsys.readouterr()
+    assert main(["rollback", "toy", "--by", "bob", "--reason", "live metric fell"]) == 0  # a person: the same v1
+    assert "champion v3 -> v1" in capsys.readouterr().out
+    assert tracker.alias_version("toy", CHAMPION) == decision.target == "1"
+    assert main(["rollback", "toy", "--to", "2", "--by", "bob"]) == 1  # an earlier champion, but forced: refused
+    assert "v2 did not pass every gate" in capsys.readouterr().err
+    assert tracker.alias_version("toy", CHAMPION) == "1"
 
 
 def _fitted():

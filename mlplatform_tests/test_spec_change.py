@@ -43,6 +43,19 @@ def test_only_sections_that_matter_to_the_gates_count_as_a_change():
     assert changed_gate_sections({"gates": "passed"}, spec_tags(base)) is None  # recorded nothing: unknown
 
 
+def test_a_decision_threshold_is_a_gate_change_and_its_default_spelled_out_is_not():
+    binary = MODEL_SPEC.replace("task: regression", "task: binary").replace("sklearn.linear_model.Ridge",
+                                                                            "sklearn.linear_model.LogisticRegression")
+    base = _spec(binary)
+    spelled_out = _spec(binary + "evaluation: {decision_threshold: 0.5}\n")
+    moved = _spec(binary + "evaluation: {decision_threshold: 0.7}\n")
+    assert spec_tags(spelled_out) == spec_tags(base)  # spelling the default out changes nothing
+    # at its default the section adds no hash: versions recorded before the key existed still match
+    assert not any("evaluation" in tag for tag in spec_tags(base)) and "spec.gates_hash.evaluation" in spec_tags(moved)
+    assert changed_gate_sections(spec_tags(base), spec_tags(moved)) == ["evaluation"]
+    assert changed_gate_sections(spec_tags(moved), spec_tags(base)) == ["evaluation"]
+
+
 def test_promote_rollback_and_the_ui_job_refuse_a_version_trained_under_an_older_spec(home, spec_dir, instance,
                                                                                       capsys):
     folder = spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})

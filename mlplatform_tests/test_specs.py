@@ -76,6 +76,23 @@ def test_non_numeric_threshold(spec_dir):
     assert "toy.yaml: gates.threshold: found 'high'; expected a number" in problem
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    ("1.5", "evaluation.decision_threshold: found 1.5; a probability strictly between 0 and 1 (default 0.5)"),
+    ("0", "evaluation.decision_threshold: found 0; a probability strictly between 0 and 1"),
+    (".nan", "evaluation.decision_threshold: found nan; a probability strictly between 0 and 1"),
+    ("half", "evaluation.decision_threshold: found 'half'; expected a number"),
+])
+def test_a_decision_threshold_outside_0_to_1_is_named(spec_dir, value, expected):
+    binary = TOY_SPEC.replace("task: regression", "task: binary")
+    problems = problems_for(spec_dir, binary + f"evaluation:\n  decision_threshold: {value}\n")
+    assert any(f"toy.yaml: {expected}" in p for p in problems), problems
+
+
+def test_a_decision_threshold_on_a_model_that_makes_no_binary_decision_is_refused(spec_dir):
+    [problem] = problems_for(spec_dir, TOY_SPEC + "evaluation:\n  decision_threshold: 0.7\n")
+    assert "evaluation.decision_threshold: found 0.7 for task regression; only a binary model" in problem
+
+
 def test_metric_not_allowed_for_task(spec_dir):
     [problem] = problems_for(spec_dir, TOY_SPEC + "gates:\n  metric: roc_auc\n")
     assert "found 'roc_auc'; allowed for task regression: rmse, mae, r2" in problem

@@ -27,7 +27,7 @@ class RollbackConfig(Config):
 
     decided_by: str
     reason: str
-    to_version: str = ""  # empty: the champion before the current one (from the audit)
+    to_version: str = ""  # empty: promotion.rollback_target (newest earlier champion whose gates passed)
     only_if_champion: str = ""  # the rollback sensor's guard: act only while this version is still champion
 
 

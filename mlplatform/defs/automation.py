@@ -2,7 +2,8 @@
 rolls back and retrains when live performance decays.
 
 The decisions are plain functions over check records (:func:`~mlplatform.lib.retraining.retrain_requests`,
-:func:`~mlplatform.lib.live.decay_requests`); the sensors only read the instance and wrap them.
+:func:`~mlplatform.lib.retraining.decay_requests`, both built on :func:`~mlplatform.lib.retraining.new_failures`);
+the sensors only read the instance and wrap them.
 """
 
 import warnings
@@ -37,7 +38,7 @@ from mlplatform.defs.keys import (
     staged_key,
 )
 from mlplatform.defs.partitions import weekly_partitions
-from mlplatform.lib.retraining import retrain_requests
+from mlplatform.lib.retraining import decay_requests, retrain_requests
 from mlplatform.specs import ModelSpec
 
 # A sensor with several jobs is re-created by Dagster when the definitions resolve its jobs, passing `owners` along,
@@ -122,8 +123,6 @@ def build_retrain_sensor(spec: ModelSpec, retrain_job):
 def build_decay_sensor(spec: ModelSpec, retrain_job, rollback_job):
     """One failed live_degradation check -> one rollback run (when the check named a better earlier champion and
     ``rollout.rollback.automatic``) and one retrain run; run keys make a second tick request nothing new."""
-    from mlplatform.lib.live import decay_requests
-
     check_key = AssetCheckKey(asset_key(spec.name, names.LIVE_PERFORMANCE), names.LIVE_DEGRADATION_CHECK)
     partitions = weekly_partitions(spec)
     sensor_name = names.decay_sensor(spec.name)

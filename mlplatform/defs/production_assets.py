@@ -4,8 +4,9 @@ One weekly step (``<model>_production``): it reads week W's outcomes (the target
 ``labels`` file or table), joins them with what the service logged, and measures each version in each role. Its
 checks are what production acts on: ``live_degradation`` (the rollback sensor reacts to it) and ``canary`` (a canary
 significantly worse than the champion is stopped here, its ``challenger`` alias removed through
-:mod:`mlplatform.lib.promotion`, audited). The decisions are :mod:`mlplatform.lib.live`'s; this module reads,
-calls, writes and logs.
+:mod:`mlplatform.lib.promotion`, audited). Outcomes are read and joined by :mod:`mlplatform.lib.outcomes`; the
+decisions are :mod:`mlplatform.lib.live`'s (the rollback's target is :func:`mlplatform.lib.promotion.rollback_target`);
+this module reads, calls, writes and logs.
 """
 
 from collections.abc import Iterator
@@ -136,36 +137,38 @@ class ProductionStep:
         return {str(version): float(value) for version, value in rows}
 
     def read_outcomes(self, window: Window) -> pd.DataFrame:
-        from mlplatform.lib import live
+        from mlplatform.lib import outcomes
         from mlplatform.lib.source import rows_in_window
         from mlplatform.lib.warehouse import table_name
 
         spec = self.spec
         if spec.labels is not None and spec.labels.path:
-            return live.file_outcomes(spec, window)
+            return outcomes.file_outcomes(spec, window)
         if spec.labels is not None:
             schema, _, table = spec.labels.table.partition(".")  # the spec's pattern guarantees schema.table
             with self.warehouse.get_connection() as connection:
                 frame = connection.execute(f"select * from {table_name(schema, table)}").fetchdf()
-            return live.outcomes_in_window(spec, frame, window, pd.to_datetime, rows_in_window)
+            return outcomes.outcomes_in_window(spec, frame, window, pd.to_datetime, rows_in_window)
         if spec.source.key:
             frame = self.warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)
-            return live.outcome_rows(frame, spec.source.key, spec.target, spec.time_column)
+            return outcomes.outcome_rows(frame, spec.source.key, spec.target, spec.time_column)
         if spec.staging is None:
-            return live.source_outcomes(spec, window)
+            return outcomes.source_outcomes(spec, window)
         self.context.log.warning(f"{spec.name}: {_labels_origin(spec)}")
-        return live.outcome_rows(pd.DataFrame(), [], spec.target, spec.time_column)
+        return outcomes.outcome_rows(pd.DataFrame(), [], spec.target, spec.time_column)
 
     def week(self, week: str, outcomes: pd.DataFrame, with_history: bool = False) -> None:
         from mlplatform.lib import live
         from mlplatform.lib.aliases import CHALLENGER, CHAMPION
+        from mlplatform.lib.outcomes import match_labels
 
         spec, context = self.spec, self.context
         start = datetime.fromisoformat(week)
         week_outcomes = outcomes[(outcomes["time"] >= start) & (outcomes["time"] < start + timedelta(weeks=1))]
-        matched = live.match_labels(self.logged, week_outcomes)
+        matched = match_labels(self.logged, week_outcomes)
         metric, task = spec.primary_metric, spec.task
-        estimates = live.live_estimates(task, metric, matched.rows)
+        threshold = spec.decision_threshold
+        estimates = live.live_estimates(task, metric, matched.rows, threshold=threshold)
         champion_now = self.tracker.alias_version(spec.name, CHAMPION)
         judged = live.judged_champion(estimates, champion_now)
         min_rows = spec.rollout.rollback.min_rows
@@ -173,21 +176,22 @@ class ProductionStep:
             metric, judged.version if judged else None, judged.estimate if judged else None,
             judged.rows if judged else 0, self.references.get(judged.version) if judged else None,
             spec.rollout.rollback.max_degradation, min_rows)
-        rollback_to, evidence = None, None
+        rollback = live.NO_DEGRADATION
         if not verdict.passed:
-            rollback_to, evidence, previous_row = self._rollback_evidence(matched.rows, verdict.version, champion_now)
-            if previous_row is not None:
-                estimates.append(previous_row)
+            rollback = self._rollback_decision(matched.rows, verdict.version, champion_now)
+            if rollback.candidate_estimate is not None:
+                estimates.append(rollback.candidate_estimate)
         canary = live.judge_canary(task, metric, matched.rows, self.tracker.alias_version(spec.name, CHALLENGER),
-                                   min_rows)
-        shadows = live.shadow_comparison(task, metric, self._week_log(week_outcomes, start), week_outcomes)
+                                   min_rows, threshold=threshold)
+        shadows = live.shadow_comparison(task, metric, self._week_log(week_outcomes, start), week_outcomes,
+                                         threshold=threshold)
 
         rows = pd.DataFrame([{**e.row(week), "evaluation_value": self.references.get(e.version),
                               "judged": judged is not None and e is judged and verdict.judged,
                               "passed": verdict.passed if (judged is not None and e is judged) else None}
                              for e in estimates])
         self._write(week, week_outcomes, rows, shadows)
-        self._act(week, verdict, canary, rollback_to, evidence)
+        self._act(week, verdict, canary, rollback)
 
         context.log_event(AssetMaterialization(asset_key=labels_key(spec), partition=week, metadata={
             "rows": len(week_outcomes), "from": MetadataValue.text(_labels_origin(spec)),
@@ -231,8 +235,7 @@ class ProductionStep:
                 "evaluation": verdict.reference if verdict.reference is not None else float("nan"),
                 "limit": verdict.limit if verdict.limit is not None else float("nan"),
                 "max_degradation": spec.rollout.rollback.max_degradation,
-                "rollback_to": rollback_to or "",
-                "rollback_evidence": MetadataValue.text(evidence or "-"),
+                **rollback.metadata(),
             }))
         context.log_event(AssetCheckEvaluation(
             asset_key=live_key(spec), check_name=names.CANARY_CHECK, passed=canary.passed, partition=week,
@@ -246,45 +249,35 @@ class ProductionStep:
 
     def _week_log(self, week_outcomes: pd.DataFrame, start: datetime) -> pd.DataFrame:
         """The log rows of week W: those of its labelled rows, and those logged during the week."""
-        from mlplatform.lib import live
+        from mlplatform.lib.outcomes import JOIN_KEY, log_join_keys
 
         if self.logged.empty:
             return self.logged
-        keys = live.log_join_keys(self.logged)
+        keys = log_join_keys(self.logged)
         in_week = (self.logged["time"] >= start) & (self.logged["time"] < start + timedelta(weeks=1))
-        return self.logged[keys.isin(set(week_outcomes[live.JOIN_KEY].dropna())) | in_week]
+        return self.logged[keys.isin(set(week_outcomes[JOIN_KEY].dropna())) | in_week]
 
-    def _rollback_evidence(self, matched: pd.DataFrame, degraded: str | None, champion_now: str | None):
-        """The previous champion on the rows the degraded champion answered: rollback only if significantly better."""
+    def _rollback_decision(self, matched: pd.DataFrame, degraded: str | None, champion_now: str | None):
+        """Whether to roll back (:func:`mlplatform.lib.live.judge_rollback`) to the version
+        :func:`mlplatform.lib.promotion.rollback_target` names: the reads and the rescoring for it."""
         from mlplatform.lib import live
-        from mlplatform.lib.metrics import paired_bootstrap
-        from mlplatform.lib.promotion import previous_champion
-        from mlplatform.lib.routing import CHAMPION_ROLE
+        from mlplatform.lib.promotion import RollbackTarget, rollback_target
+        from mlplatform.lib.spec_hash import spec_tags
         from mlplatform.lib.training import predict
 
         spec = self.spec
-        if degraded is None or degraded != champion_now:
-            return None, f"v{degraded} is no longer the champion (v{champion_now}); no rollback", None
-        from mlplatform.lib.spec_hash import spec_tags
+        target = RollbackTarget(None)
+        if degraded is not None and degraded == champion_now:
+            with self.warehouse.get_connection() as connection:
+                target = rollback_target(connection, self.tracker, spec.name, degraded, spec_tags(spec))
 
-        with self.warehouse.get_connection() as connection:
-            previous = previous_champion(connection, self.tracker, spec.name, degraded, spec_tags(spec))
-        if previous is None:
-            return None, "no earlier champion whose gates passed (under the current spec); no rollback", None
-        rows = matched[(matched["role"] == CHAMPION_ROLE) & (matched["version"] == degraded)]
-        missing = [c for c in spec.feature_columns if c not in rows.columns]
-        if missing:
-            return None, f"the log lacks inputs {missing}; cannot rescore v{previous}; no rollback", None
-        classes = live.classes_of(rows["probabilities"]) if spec.task != "regression" else None
-        y, current_score = live.encoded(spec.task, rows, classes)
-        scored = predict(self.tracker.load_version(spec.name, previous), rows[spec.feature_columns], spec.task)
-        comparison = live.from_paired(paired_bootstrap(spec.primary_metric, y, scored.score, current_score))
-        text = comparison.text(f"previous champion v{previous}", f"v{degraded}") + " on the same rows"
-        previous_row = live.LiveEstimate(previous, live.PREVIOUS_CHAMPION_ROLE, len(rows), spec.primary_metric,
-                                         live.estimate(spec.task, spec.primary_metric, y, scored.score))
-        if comparison.a_better:
-            return previous, f"roll back: {text}", previous_row
-        return None, f"no rollback, not significantly better: {text}", previous_row
+        def rescore(version: str, inputs: pd.DataFrame):
+            return predict(self.tracker.load_version(spec.name, version), inputs, spec.task,
+                           spec.decision_threshold).score
+
+        return live.judge_rollback(spec.task, spec.primary_metric, matched, degraded, champion_now, target.version,
+                                   target.passed_over, spec.feature_columns, rescore,
+                                   threshold=spec.decision_threshold)
 
     def _write(self, week: str, outcomes: pd.DataFrame, rows: pd.DataFrame, shadows: list) -> None:
         stamp = [pd.Timestamp(week)]
@@ -297,7 +290,7 @@ class ProductionStep:
             write_week_rows(self.warehouse, self.spec.name, names.SHADOW_TABLE,
                             pd.DataFrame([s.row(week) for s in shadows]), "week", stamp)
 
-    def _act(self, week: str, verdict, canary, rollback_to: str | None, evidence: str | None) -> None:
+    def _act(self, week: str, verdict, canary, rollback) -> None:
         """The audit of a failed check, and the canary stop (an alias move: through promotion, one unit)."""
         from mlplatform.lib import promotion
         from mlplatform.lib.audit import AuditEvent, append_events
@@ -306,9 +299,9 @@ class ProductionStep:
         with self.warehouse.get_connection() as connection:
             if not verdict.passed:
                 append_events(connection, [AuditEvent(
-                    spec.name, "performance_alert", self.actor, f"{verdict.reason}; {evidence}", version=verdict.version,
+                    spec.name, "performance_alert", self.actor, f"{verdict.reason}; {rollback.reason}", version=verdict.version,
                     week=week, passed=False, dagster_run_id=run_id,
-                    details={"check": names.LIVE_DEGRADATION_CHECK, "rollback_to": rollback_to})])
+                    details={"check": names.LIVE_DEGRADATION_CHECK, "rollback_to": rollback.target})])
             if not canary.passed and canary.version is not None:
                 change = promotion.canary_stop_change(self.tracker, spec.name, canary.version, self.actor, canary.reason)
                 if change is not None:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlplatform.lib.decision import DECISION_THRESHOLD
 from mlplatform.specs.tasks import is_lower_better
 
 EXPLAIN_ROWS = 100
@@ -298,10 +299,12 @@ def _typed(frame: pd.DataFrame, pipeline: Any) -> pd.DataFrame:
 
 
 def global_importance(pipeline: Any, x: pd.DataFrame, y_metric: np.ndarray, task: str, metric: str,
-                      max_rows: int = EXPLAIN_ROWS, seed: int = 0, method: str | None = None) -> Importance:
+                      max_rows: int = EXPLAIN_ROWS, seed: int = 0, method: str | None = None,
+                      threshold: float = DECISION_THRESHOLD) -> Importance:
     """Importance of each spec feature on (a fixed sample of) evaluation rows: TreeSHAP for trees, else permutation.
 
-    ``method`` forces one (TREE_SHAP or PERMUTATION), for comparisons.
+    ``method`` forces one (TREE_SHAP or PERMUTATION), for comparisons; ``threshold`` is the spec's
+    ``evaluation.decision_threshold`` (a metric like f1 decides at it).
     """
     sample = _sample(len(x), max_rows, seed)
     x, y = x.iloc[sample].reset_index(drop=True), np.asarray(y_metric)[sample]
@@ -315,11 +318,11 @@ def global_importance(pipeline: Any, x: pd.DataFrame, y_metric: np.ndarray, task
             values = np.abs(contributions).mean(axis=0)
             unit = f"mean |SHAP value| on the {explainer.output_name()} scale"
             return Importance(TREE_SHAP, unit, len(x), _table(features, values))
-    return permutation_importance(pipeline, x, y, task, metric, seed)
+    return permutation_importance(pipeline, x, y, task, metric, seed, threshold=threshold)
 
 
 def permutation_importance(pipeline: Any, x: pd.DataFrame, y_metric: np.ndarray, task: str, metric: str,
-                           seed: int = 0, repeats: int = PERMUTATION_REPEATS) -> Importance:
+                           seed: int = 0, repeats: int = PERMUTATION_REPEATS, threshold: float = DECISION_THRESHOLD) -> Importance:
     """How much ``metric`` worsens when one feature's values are shuffled (raw columns: one-hot groups move together)."""
     from sklearn.inspection import permutation_importance as sklearn_permutation
 
@@ -329,7 +332,7 @@ def permutation_importance(pipeline: Any, x: pd.DataFrame, y_metric: np.ndarray,
     sign = -1.0 if is_lower_better(metric) else 1.0
 
     def score(model: Any, frame: pd.DataFrame, y: np.ndarray) -> float:
-        value = metric_value(metric, y, predict(model, frame, task).score)
+        value = metric_value(metric, y, predict(model, frame, task, threshold).score, threshold)
         return sign * value if math.isfinite(value) else 0.0
 
     result = sklearn_permutation(pipeline, x, y_metric, scoring=score, n_repeats=repeats, random_state=seed)

@@ -9,11 +9,11 @@ gate by chance.
 
 Quantities per task (docs/fairness.md):
 
-- binary: "selected" = predicted the positive class (the second of the sorted classes, the one
-  whose probability crosses 0.5). Per group: selection rate, true and false positive rates and the
-  primary metric. Parity = fairlearn's ``demographic_parity_difference`` (largest gap in
-  selection rate); equalized odds = ``equalized_odds_difference`` (largest gap in TPR or FPR),
-  over the groups that hold both classes.
+- binary: "selected" = predicted the positive class (the second of the sorted classes, when its
+  probability is at least the spec's ``evaluation.decision_threshold``, default 0.5). Per group:
+  selection rate, true and false positive rates and the primary metric. Parity = fairlearn's
+  ``demographic_parity_difference`` (largest gap in selection rate); equalized odds =
+  ``equalized_odds_difference`` (largest gap in TPR or FPR), over the groups that hold both classes.
 - multiclass: the selection rate of every class per group; parity = the largest gap over classes.
 - regression: mean prediction and mean absolute error per group; parity = (largest - smallest
   group mean prediction) / |mean prediction of all deciding rows|, a relative gap.
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from mlplatform.lib.decision import DECISION_THRESHOLD, predicted_positive
 from mlplatform.lib.metrics import metric_value
 
 MISSING_GROUP = "(missing)"
@@ -86,18 +87,19 @@ def group_labels(rows: pd.DataFrame, sensitive: Sequence[str],
 
 def fairness_report(task: str, y_true: np.ndarray, score: np.ndarray, groups: Mapping[str, pd.Series], metric: str,
                     max_parity_difference: float, max_equalized_odds_difference: float | None = None,
-                    min_group_rows: int = 20) -> FairnessReport:
+                    min_group_rows: int = 20, threshold: float = DECISION_THRESHOLD) -> FairnessReport:
     """Per-group quantities and differences of one week's predictions; the gate's verdict is ``passed``.
 
     ``y_true`` and ``score`` are in the metric encoding of :mod:`mlplatform.lib.training`: binary 0/1
-    and the positive class's probability; multiclass class indices; regression the values.
+    and the positive class's probability (selected when at least ``threshold``); multiclass class indices;
+    regression the values.
     """
     y_true = np.asarray(y_true, dtype=float)
     score = np.asarray(score, dtype=float)
     attributes, problems = [], []
     for attribute, labels in groups.items():
         labels = np.asarray(labels, dtype=object)
-        result = _attribute(task, y_true, score, labels, attribute, metric, min_group_rows)
+        result = _attribute(task, y_true, score, labels, attribute, metric, min_group_rows, threshold)
         attributes.append(result)
         if result.parity_difference is not None and result.parity_difference > max_parity_difference:
             problems.append(f"{attribute}: {_parity_name(task)} {result.parity_difference:.3f} above "
@@ -110,7 +112,7 @@ def fairness_report(task: str, y_true: np.ndarray, score: np.ndarray, groups: Ma
 
 
 def _attribute(task: str, y_true: np.ndarray, score: np.ndarray, labels: np.ndarray, attribute: str, metric: str,
-               min_group_rows: int) -> AttributeFairness:
+               min_group_rows: int, threshold: float) -> AttributeFairness:
     from fairlearn.metrics import (
         MetricFrame,
         count,
@@ -127,12 +129,12 @@ def _attribute(task: str, y_true: np.ndarray, score: np.ndarray, labels: np.ndar
     small = sorted(set(groups) - deciding)
     notes = [f"groups with fewer than {min_group_rows} rows are shown but do not decide: {', '.join(small)}"] if small else []
     in_deciding = np.isin(labels, sorted(deciding))
-    per_group_metric = {g: metric_value(metric, y_true[labels == g], score[labels == g]) for g in groups}
+    per_group_metric = {g: metric_value(metric, y_true[labels == g], score[labels == g], threshold) for g in groups}
     parity = eo = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rates of a group without positives or negatives: reported as they come
         if task == "binary":
-            y_pred = (score >= 0.5).astype(int)
+            y_pred = predicted_positive(score, threshold).astype(int)
             frame = MetricFrame(metrics={"rows": count, "selection_rate": selection_rate,
                                          "true_positive_rate": true_positive_rate,
                                          "false_positive_rate": false_positive_rate},

@@ -204,12 +204,13 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
     pipeline = build_pipeline(spec)
     pipeline.fit(x_train, y_train)
     x_eval, y_eval = split_xy(evaluation, spec)
-    challenger = predict(pipeline, x_eval, spec.task)
+    threshold = spec.decision_threshold
+    challenger = predict(pipeline, x_eval, spec.task, threshold)
     y_metric = encode_target(y_eval, spec.task, challenger.classes)
-    metrics = evaluate(spec.task, y_metric, challenger.score, seed=SEED)
+    metrics = evaluate(spec.task, y_metric, challenger.score, seed=SEED, threshold=threshold)
     metric = spec.primary_metric
     plots = (regression_plots(y_metric, challenger.score, spec.name) if spec.task == "regression"
-             else classification_plots(y_metric, challenger.score, spec.task, spec.name))
+             else classification_plots(y_metric, challenger.score, spec.task, spec.name, threshold))
     rules = spec.columns.get(spec.target)
     sanity = gate_lib.sanity_gate(
         spec.task, challenger.label,
@@ -250,7 +251,8 @@ def explain_version(spec: ModelSpec, pipeline: Any, x_train: pd.DataFrame, x_eva
     from mlplatform.lib import explain
 
     try:
-        importance = explain.global_importance(pipeline, x_eval, y_metric, spec.task, spec.primary_metric, seed=SEED)
+        importance = explain.global_importance(pipeline, x_eval, y_metric, spec.task, spec.primary_metric, seed=SEED,
+                                               threshold=spec.decision_threshold)
     except Exception as error:  # noqa: BLE001 - explanations inform; they never decide
         return None, f"not explained: {type(error).__name__}: {error}", None
     background = None if importance.method == explain.TREE_SHAP else explain.background_rows(x_train, seed=SEED)
@@ -268,7 +270,7 @@ def fairness_check(spec: ModelSpec, evaluation: pd.DataFrame, y_metric: np.ndarr
     fair = spec.fairness
     report = fairness_report(spec.task, y_metric, score, group_labels(evaluation, fair.sensitive, fair.bands),
                              spec.primary_metric, fair.max_demographic_parity_difference,
-                             fair.max_equalized_odds_difference, fair.min_group_rows)
+                             fair.max_equalized_odds_difference, fair.min_group_rows, spec.decision_threshold)
     return gate_lib.fairness_gate(report)
 
 
@@ -283,12 +285,13 @@ def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champio
     comparison = None
     if champion_version is not None:
         champion_model = tracker.load_version(spec.name, champion_version)
-        champion_pred = predict(champion_model, trained.x_eval, spec.task)
+        champion_pred = predict(champion_model, trained.x_eval, spec.task, spec.decision_threshold)
         champion_score = champion_pred.score
         if spec.task == "multiclass":  # align label indices to the challenger's classes
             index = {c: i for i, c in enumerate(trained.challenger.classes or [])}
             champion_score = np.array([index.get(c, -1) for c in champion_pred.label], dtype=float)
-        comparison = paired_bootstrap(metric, trained.y_metric, trained.challenger.score, champion_score, seed=SEED)
+        comparison = paired_bootstrap(metric, trained.y_metric, trained.challenger.score, champion_score, seed=SEED,
+                                      threshold=spec.decision_threshold)
 
     outcomes = [
         trained.threshold_gate,

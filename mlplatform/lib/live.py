@@ -1,31 +1,31 @@
-"""Production performance: the predictions the service logged, joined with the outcomes that arrived later.
+"""Production performance judged: what the logged predictions, joined with their outcomes, say of each version.
 
 Pure functions, no Dagster: the ``<model>_production`` step (``defs/production_assets.py``) reads the log, the
-labels and the registry, then asks this module what the week says:
+labels (:mod:`mlplatform.lib.outcomes` reads and joins them) and the registry, then asks this module what the
+week says:
 
-- :func:`match_labels`: each logged prediction of week W's rows with its outcome (on the entity key, else the record
-  id the client sent), the latest prediction per row, version and role;
 - :func:`live_estimates`: the primary metric per version and role, with a bootstrap interval;
 - :func:`judge_degradation`: did the champion fall below its own evaluation by more than the allowed share, beyond
   noise;
 - :func:`judge_canary`: is the canary significantly worse than the champion on the same week's traffic;
 - :func:`shadow_comparison`: challenger vs champion on the very same requests;
-- :func:`decay_requests`: what the rollback sensor asks for, one rollback and one retrain per failed check.
+- :func:`judge_rollback`: whether the earlier champion a rollback would restore does significantly better on the
+  rows the degraded champion answered (the decay sensor carries the decision out).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlplatform.lib.metrics import (
+    DECISION_THRESHOLD,
     MetricEstimate,
     PairedComparison,
     bootstrap_values,
@@ -33,85 +33,13 @@ from mlplatform.lib.metrics import (
     metric_value,
     paired_bootstrap,
 )
-from mlplatform.lib.retraining import CheckRecord, retrain_partition
-from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE, entity_key
+from mlplatform.lib.outcomes import JOIN_KEY, LABEL, json_ready, log_join_keys
+from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE
 from mlplatform.specs.tasks import is_lower_better
 
-JOIN_KEY = "join_key"
-LABEL = "y"
-RECORD_ID = "_id"
-"""The column of a labels file that holds the record id clients sent (specs without ``source.key``)."""
 PREVIOUS_CHAMPION_ROLE = "previous_champion"
 """Live-table rows of the previous champion, scored offline on the rows the degraded champion answered."""
 SEED = 0
-
-
-# --- joining predictions and outcomes --------------------------------------------------------------------------
-
-def _json_ready(value: Any) -> Any:
-    """A value as the replay client sends it in JSON (timestamps as ISO text, numpy scalars as Python values)."""
-    if isinstance(value, pd.Timestamp | datetime):
-        return pd.Timestamp(value).isoformat()
-    if hasattr(value, "item"):
-        return value.item()
-    return value
-
-
-def label_join_keys(frame: pd.DataFrame, key_columns: Sequence[str], record_ids: pd.Series | None = None) -> pd.Series:
-    """What each outcome row is matched on: ``k:<entity key>`` (as the service computes it), else ``r:<record id>``."""
-    if key_columns:
-        records = frame[list(key_columns)].astype(object).where(frame[list(key_columns)].notna(), None)
-        keys = [entity_key({c: _json_ready(v) for c, v in zip(key_columns, row, strict=True)}, key_columns)
-                for row in records.itertuples(index=False, name=None)]
-        return pd.Series(["k:" + k if k is not None else None for k in keys], index=frame.index, dtype=object)
-    if record_ids is None:
-        return pd.Series([None] * len(frame), index=frame.index, dtype=object)
-    return pd.Series(["r:" + _id_text(v) if v is not None and not pd.isna(v) else None for v in record_ids],
-                     index=frame.index, dtype=object)
-
-
-def _id_text(value: Any) -> str:
-    """A record id as the service logs it (``str`` of the JSON value; integral floats as integers)."""
-    value = _json_ready(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value)
-
-
-def log_join_keys(logged: pd.DataFrame) -> pd.Series:
-    """The same key for logged predictions: the entity key when the client sent the key columns, else its record id."""
-    entity = logged["entity_key"].astype(object)
-    record = logged["record_id"].astype(object)
-    keys = np.where(entity.notna(), "k:" + entity.fillna("").astype(str),
-                    np.where(record.notna(), "r:" + record.fillna("").astype(str), None))
-    return pd.Series(keys, index=logged.index, dtype=object)
-
-
-@dataclass
-class Matched:
-    """Week W's labelled predictions (one row per row, version and role) and what could not be matched."""
-
-    rows: pd.DataFrame
-    labels: int
-    unmatched_labels: int  # outcomes no answered prediction (champion or canary) was found for
-    predictions_without_key: int  # logged rows with neither entity key nor record id: never matchable
-
-
-def match_labels(logged: pd.DataFrame, labels: pd.DataFrame) -> Matched:
-    """Join logged predictions to outcomes on :data:`JOIN_KEY`; a row predicted twice keeps its latest prediction.
-
-    ``labels`` has columns ``join_key`` and ``y``; ``logged`` is :func:`~mlplatform.lib.prediction_log.read_prediction_log`'s
-    frame (inputs included when the caller wants to rescore the rows).
-    """
-    labels = labels.dropna(subset=[JOIN_KEY]).drop_duplicates(JOIN_KEY, keep="last")
-    keys = log_join_keys(logged)
-    keyed = logged.assign(**{JOIN_KEY: keys})
-    without_key = int(keyed[JOIN_KEY].isna().sum())
-    keyed = keyed.dropna(subset=[JOIN_KEY])
-    latest = keyed.sort_values("time", kind="stable").drop_duplicates([JOIN_KEY, "version", "role"], keep="last")
-    rows = latest.merge(labels[[JOIN_KEY, LABEL]], on=JOIN_KEY, how="inner")
-    answered = set(rows.loc[rows["role"].isin([CHAMPION_ROLE, CANARY_ROLE]), JOIN_KEY])
-    return Matched(rows.reset_index(drop=True), len(labels), int((~labels[JOIN_KEY].isin(answered)).sum()), without_key)
 
 
 # --- scoring logged rows -----------------------------------------------------------------------------------------
@@ -122,7 +50,7 @@ def class_text(values: pd.Series | np.ndarray) -> np.ndarray:
     for value in np.asarray(values, dtype=object):
         if isinstance(value, float | np.floating) and float(value).is_integer():
             value = int(value)
-        out.append(str(_json_ready(value)))
+        out.append(str(json_ready(value)))
     return np.asarray(out, dtype=object)
 
 
@@ -167,20 +95,24 @@ class LiveEstimate:
                 "ci_high": e.high if e else math.nan}
 
 
-def estimate(task: str, metric: str, y: np.ndarray, score: np.ndarray, seed: int = SEED) -> MetricEstimate | None:
-    """The metric with a 95 % percentile bootstrap interval; None where it is undefined on these rows."""
+def estimate(task: str, metric: str, y: np.ndarray, score: np.ndarray, seed: int = SEED,
+             threshold: float = DECISION_THRESHOLD) -> MetricEstimate | None:
+    """The metric with a 95 % percentile bootstrap interval (a binary decision at ``threshold``, the spec's
+    ``evaluation.decision_threshold``); None where it is undefined on these rows."""
     if len(y) == 0:
         return None
-    found = evaluate(task, y, score, seed=seed)[metric]
+    found = evaluate(task, y, score, seed=seed, threshold=threshold)[metric]
     return found if np.isfinite(found.value) else None
 
 
-def live_estimates(task: str, metric: str, matched: pd.DataFrame, seed: int = SEED) -> list[LiveEstimate]:
+def live_estimates(task: str, metric: str, matched: pd.DataFrame, seed: int = SEED,
+                   threshold: float = DECISION_THRESHOLD) -> list[LiveEstimate]:
     """Per version and role (champion, canary, shadow), the metric on that version's labelled predictions."""
     out = []
     for (version, role), rows in matched.groupby(["version", "role"], sort=True):
         y, score = encoded(task, rows)
-        out.append(LiveEstimate(str(version), str(role), len(rows), metric, estimate(task, metric, y, score, seed)))
+        out.append(LiveEstimate(str(version), str(role), len(rows), metric,
+                                estimate(task, metric, y, score, seed, threshold)))
     return out
 
 
@@ -280,14 +212,14 @@ def from_paired(comparison: PairedComparison) -> Difference:
 
 
 def unpaired_difference(metric: str, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
-                        n_resamples: int = 1000, seed: int = SEED) -> Difference:
+                        n_resamples: int = 1000, seed: int = SEED, threshold: float = DECISION_THRESHOLD) -> Difference:
     """Two groups of different rows (canary and champion traffic): each resampled on its own, the differences paired
     resample by resample."""
-    values_a = bootstrap_values(metric, a[0], a[1], n_resamples, seed)
-    values_b = bootstrap_values(metric, b[0], b[1], n_resamples, seed + 1)
+    values_a = bootstrap_values(metric, a[0], a[1], n_resamples, seed, threshold)
+    values_b = bootstrap_values(metric, b[0], b[1], n_resamples, seed + 1, threshold)
     differences = values_a - values_b
     differences = differences[np.isfinite(differences)]
-    point_a, point_b = metric_value(metric, *a), metric_value(metric, *b)
+    point_a, point_b = metric_value(metric, *a, threshold), metric_value(metric, *b, threshold)
     low, high = np.percentile(differences, [2.5, 97.5]) if len(differences) else (math.nan, math.nan)
     return Difference(metric, float(point_a), float(point_b), float(point_a - point_b), float(low), float(high),
                       len(a[0]), len(b[0]))
@@ -303,7 +235,7 @@ class CanaryVerdict:
 
 
 def judge_canary(task: str, metric: str, matched: pd.DataFrame, challenger: str | None, min_rows: int,
-                 seed: int = SEED) -> CanaryVerdict:
+                 seed: int = SEED, threshold: float = DECISION_THRESHOLD) -> CanaryVerdict:
     """The canary (role ``canary``, the challenger) against the champion on the same week's labelled traffic."""
     canary = matched[matched["role"] == CANARY_ROLE]
     if challenger is not None:
@@ -317,7 +249,8 @@ def judge_canary(task: str, metric: str, matched: pd.DataFrame, challenger: str 
         return CanaryVerdict(True, False, version, None, f"canary v{version}: {len(canary)} labelled rows, champion "
                              f"{len(champion)} (at least {min_rows} each are judged); not judged")
     classes = classes_of(champion["probabilities"]) if task != "regression" else None
-    difference = unpaired_difference(metric, encoded(task, canary, classes), encoded(task, champion, classes), seed=seed)
+    difference = unpaired_difference(metric, encoded(task, canary, classes), encoded(task, champion, classes),
+                                     seed=seed, threshold=threshold)
     text = difference.text(f"canary v{version}", "champion")
     if difference.a_worse:
         return CanaryVerdict(False, True, version, difference, f"significantly worse: {text}")
@@ -349,7 +282,7 @@ REGRESSION_AGREEMENT = 0.10
 
 
 def shadow_comparison(task: str, metric: str, logged: pd.DataFrame, labels: pd.DataFrame | None,
-                      seed: int = SEED) -> list[ShadowComparison]:
+                      seed: int = SEED, threshold: float = DECISION_THRESHOLD) -> list[ShadowComparison]:
     """Shadow rows paired with the champion's answer to the same record of the same request."""
     shadow = logged[logged["role"] == SHADOW_ROLE]
     champion = logged[logged["role"] == CHAMPION_ROLE]
@@ -374,126 +307,75 @@ def shadow_comparison(task: str, metric: str, logged: pd.DataFrame, labels: pd.D
                 classes = classes_of(champ_rows["probabilities"]) if task != "regression" else None
                 y, champion_score = encoded(task, champ_rows, classes)
                 _, shadow_score = encoded(task, shadow_rows, classes)
-                labelled = from_paired(paired_bootstrap(metric, y, shadow_score, champion_score, seed=seed))
+                labelled = from_paired(paired_bootstrap(metric, y, shadow_score, champion_score, seed=seed,
+                                                        threshold=threshold))
         out.append(ShadowComparison(str(champion_version), str(shadow_version), len(group), agree,
                                     float((group["score_shadow"] - group["score_champion"]).abs().mean()), labelled))
     return out
 
 
-# --- what the rollback sensor asks for ---------------------------------------------------------------------------
+# --- whether to roll back ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class DecayRequest:
-    """One failed live_degradation check: a retrain of ``retrain_partition``, and a rollback when one is warranted."""
+class RollbackDecision:
+    """What a failed live_degradation check decides about a rollback, as fields: the check's metadata carries them
+    (:meth:`metadata`), the decay sensor acts on ``rollback_to`` and the demo shows ``rollback_summary``."""
 
-    record: CheckRecord
-    retrain_partition: str
-    rollback_to: str | None
-    degraded_version: str | None
-    reason: str
+    target: str | None  # the version to roll back to; None: no rollback
+    degraded: str | None  # the champion the check judged
+    candidate: str | None  # the earlier champion considered (lib.promotion.rollback_target)
+    comparison: Difference | None  # candidate - degraded on the rows the degraded champion answered
+    summary: str  # the decision in a few words
+    reason: str  # the decision with its evidence, in a sentence
+    candidate_estimate: LiveEstimate | None = None  # the candidate's live-table row (role previous_champion)
+
+    def metadata(self) -> dict[str, Any]:
+        c = self.comparison
+        return {"rollback_to": self.target or "", "rollback_candidate": self.candidate or "",
+                "rollback_summary": self.summary, "rollback_evidence": self.reason,
+                "rollback_difference": c.difference if c else math.nan,
+                "rollback_ci_low": c.low if c else math.nan, "rollback_ci_high": c.high if c else math.nan}
 
 
-@dataclass
-class DecayDecision:
-    requests: list[DecayRequest] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    cursor: int = 0
+NO_DEGRADATION = RollbackDecision(None, None, None, None, "-", "-")
+"""The decision of a week whose champion did not degrade: nothing to roll back."""
 
 
-def decay_requests(records: Sequence[CheckRecord], cursor: int, partition_keys: list[str]) -> DecayDecision:
-    """One request per failed check newer than ``cursor``; the cursor never passes a check not evaluated yet.
+def judge_rollback(task: str, metric: str, matched: pd.DataFrame, degraded: str | None, champion_now: str | None,
+                   candidate: str | None, passed_over: Sequence[str], feature_columns: Sequence[str],
+                   rescore: Callable[[str, pd.DataFrame], np.ndarray], seed: int = SEED,
+                   threshold: float = DECISION_THRESHOLD) -> RollbackDecision:
+    """Roll back to ``candidate`` only when it scores significantly better than the degraded champion on the very
+    rows that champion answered this week (paired bootstrap); else no rollback, with the reason.
 
-    The check's metadata names the degraded version and, when the step found one, the earlier champion that scored
-    significantly better on the same labelled rows (``rollback_to``); the sensor never picks a version itself.
+    ``candidate`` is :func:`mlplatform.lib.promotion.rollback_target` of the degraded champion (``passed_over``: the
+    earlier champions it skipped, with why); ``rescore(version, inputs)`` returns that version's scores of the rows.
     """
-    decision = DecayDecision(cursor=cursor)
-    blocked = False
-    for record in sorted(records, key=lambda r: r.record_id):
-        if record.record_id <= cursor:
-            continue
-        if record.passed is None:
-            blocked = True
-            decision.skipped.append(f"live_degradation check {record.record_id} (week {record.week}) not evaluated yet")
-            continue
-        if not blocked:
-            decision.cursor = record.record_id
-        if record.passed:
-            continue
-        if record.week is None:
-            decision.skipped.append(f"live_degradation check {record.record_id} failed but names no week")
-            continue
-        details: Mapping[str, Any] = record.details
-        decision.requests.append(DecayRequest(
-            record, retrain_partition(record.week, partition_keys), str(details.get("rollback_to") or "") or None,
-            str(details.get("version") or "") or None, str(details.get("summary") or "live performance degraded")))
-    return decision
+    def no(summary: str, reason: str, comparison: Difference | None = None,
+           row: LiveEstimate | None = None) -> RollbackDecision:
+        return RollbackDecision(None, degraded, candidate, comparison, f"no rollback, {summary}", reason, row)
 
-
-# --- where outcomes come from ------------------------------------------------------------------------------------
-
-SOURCE_ROW = "_source_row"
-
-
-def outcome_rows(frame: pd.DataFrame, key_columns: Sequence[str], target: str, time_column: str,
-                 record_ids: pd.Series | None = None) -> pd.DataFrame:
-    """Outcomes as the join needs them: ``join_key``, ``y`` (the target as found) and ``time`` (the row's event time)."""
-    if frame.empty:
-        return pd.DataFrame({JOIN_KEY: pd.Series(dtype=object), LABEL: pd.Series(dtype=object),
-                             "time": pd.Series(dtype="datetime64[us]")})
-    return pd.DataFrame({JOIN_KEY: label_join_keys(frame, key_columns, record_ids).to_numpy(),
-                         LABEL: frame[target].to_numpy(), "time": pd.to_datetime(frame[time_column]).to_numpy()})
-
-
-def source_outcomes(spec: Any, window: Any) -> pd.DataFrame:
-    """The target of the source file's rows in the window, each with its row number as the record id.
-
-    What ``mlplatform replay`` sends as ``_id`` for a spec without ``source.key``: the row's position in the file.
-    """
-    from mlplatform.lib.source import checked_data_path, read_source, rows_in_window, to_utc_naive
-
-    frame = read_source(checked_data_path(spec.source_path, spec.spec_file.parent), spec.source.null_values)
-    frame[SOURCE_ROW] = np.arange(len(frame))
-    if spec.source.timestamp:
-        frame[spec.source.timestamp] = to_utc_naive(frame[spec.source.timestamp], spec.source.timezone,
-                                                    spec.source.timestamp_format, spec.source.timestamp_unit)
-        frame = rows_in_window(frame, spec.source.timestamp, window)
-        time_column = spec.source.timestamp
-    else:
-        from mlplatform.specs.files import SNAPSHOT_TIME_COLUMN
-
-        frame[SNAPSHOT_TIME_COLUMN] = pd.Timestamp(window.start)
-        time_column = SNAPSHOT_TIME_COLUMN
-    frame = frame[frame[spec.target].notna()]
-    return outcome_rows(frame, [], spec.target, time_column, frame[SOURCE_ROW])
-
-
-def file_outcomes(spec: Any, window: Any) -> pd.DataFrame:
-    """Outcomes from ``labels.path``: key columns (or ``_id``), the target and the event-time column."""
-    from pathlib import Path
-
-    from mlplatform.lib.source import checked_data_path, read_source, rows_in_window, to_utc_naive
-
-    path = Path(spec.labels.path).expanduser()
-    path = checked_data_path(path if path.is_absolute() else spec.spec_file.parent / path, spec.spec_file.parent)
-    return outcomes_in_window(spec, read_source(path, spec.source.null_values), window,
-                              lambda values: to_utc_naive(values, spec.source.timezone), rows_in_window)
-
-
-def outcomes_in_window(spec: Any, frame: pd.DataFrame, window: Any, parse_times, in_window) -> pd.DataFrame:
-    """A labels file's or table's rows in the window, checked for the columns the join needs."""
-    time_column = spec.labels.timestamp or spec.source.timestamp
-    wanted = [time_column, spec.target, *(spec.source.key or [RECORD_ID])]
-    missing = [c for c in wanted if c not in frame.columns]
+    if degraded is None or degraded != champion_now:
+        return no(f"v{degraded} is no longer the champion",
+                  f"v{degraded} is no longer the champion (v{champion_now}); no rollback")
+    if candidate is None:
+        return no("no earlier champion may be restored",
+                  f"no earlier champion may be restored ({'; '.join(passed_over) or 'none'}); no rollback")
+    rows = matched[(matched["role"] == CHAMPION_ROLE) & (matched["version"] == degraded)]
+    missing = [c for c in feature_columns if c not in rows.columns]
     if missing:
-        where = spec.labels.path or spec.labels.table
-        raise ValueError(f"labels {where}: missing column(s) {', '.join(missing)}; it needs {', '.join(wanted)} "
-                         f"(the event time, the target, and {'the key columns' if spec.source.key else '`_id`, the record id clients sent'})")
-    frame = frame.copy()
-    frame[time_column] = parse_times(frame[time_column])
-    frame = in_window(frame, time_column, window)
-    frame = frame[frame[spec.target].notna()]
-    return outcome_rows(frame, spec.source.key, spec.target, time_column,
-                        None if spec.source.key else frame[RECORD_ID])
+        return no("the log lacks inputs", f"the log lacks inputs {missing}; cannot rescore v{candidate}; no rollback")
+    classes = classes_of(rows["probabilities"]) if task != "regression" else None
+    y, current_score = encoded(task, rows, classes)
+    candidate_score = np.asarray(rescore(candidate, rows[list(feature_columns)]), dtype="float64")
+    comparison = from_paired(paired_bootstrap(metric, y, candidate_score, current_score, seed=seed, threshold=threshold))
+    text = comparison.text(f"previous champion v{candidate}", f"v{degraded}") + " on the same rows"
+    row = LiveEstimate(candidate, PREVIOUS_CHAMPION_ROLE, len(rows), metric,
+                       estimate(task, metric, y, candidate_score, seed, threshold))
+    if comparison.a_better:
+        return RollbackDecision(candidate, degraded, candidate, comparison, f"roll back to v{candidate}",
+                                f"roll back: {text}", row)
+    return no("not significantly better", f"no rollback, not significantly better: {text}", comparison, row)
 
 
 # --- evidence for a person deciding a promotion ---------------------------------------------------------------------

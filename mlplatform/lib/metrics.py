@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy.stats import rankdata
 
+from mlplatform.lib.decision import DECISION_THRESHOLD, predicted_positive
 from mlplatform.specs.tasks import METRICS_BY_TASK, is_lower_better
 
 EPS = 1e-15
@@ -80,8 +82,8 @@ def _pr_auc(y: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.where(positives > 0, ap, np.nan)
 
 
-def _f1(y: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    predicted, labels = (s[idx] >= 0.5).astype(float), y[idx]
+def _f1(y: np.ndarray, s: np.ndarray, idx: np.ndarray, threshold: float = DECISION_THRESHOLD) -> np.ndarray:
+    predicted, labels = predicted_positive(s[idx], threshold).astype(float), y[idx]
     tp = np.sum(predicted * labels, axis=1)
     fp = np.sum(predicted * (1 - labels), axis=1)
     fn = np.sum((1 - predicted) * labels, axis=1)
@@ -113,7 +115,14 @@ METRIC_FUNCTIONS: dict[str, Metric] = {
 }
 
 
-def _sum_columns(metric: str, y: np.ndarray, s: np.ndarray) -> np.ndarray | None:
+def metric_function(metric: str, threshold: float = DECISION_THRESHOLD) -> Metric:
+    """The metric's vectorised function; a metric that needs a decision (f1) decides at ``threshold``."""
+    function = METRIC_FUNCTIONS[metric]
+    return partial(function, threshold=threshold) if metric == "f1" else function
+
+
+def _sum_columns(metric: str, y: np.ndarray, s: np.ndarray,
+                 threshold: float = DECISION_THRESHOLD) -> np.ndarray | None:
     """Per-row columns whose sums over a resample determine the metric; None when it needs the rows' order (AUCs).
 
     A bootstrap then counts how often each row was drawn and multiplies, instead of gathering
@@ -131,7 +140,7 @@ def _sum_columns(metric: str, y: np.ndarray, s: np.ndarray) -> np.ndarray | None
     if metric == "accuracy":
         return (y == s).astype(float)[:, None]
     if metric == "f1":
-        predicted = (s >= 0.5).astype(float)
+        predicted = predicted_positive(s, threshold).astype(float)
         return np.column_stack([predicted * y, predicted * (1 - y), (1 - predicted) * y])
     return None
 
@@ -171,14 +180,14 @@ def draw_counts(idx: np.ndarray, n_rows: int) -> np.ndarray:
 
 
 def resampled_metric(metric: str, y: np.ndarray, s: np.ndarray, idx: np.ndarray, counts: np.ndarray | None,
-                     columns: np.ndarray | None) -> np.ndarray:
+                     columns: np.ndarray | None, threshold: float = DECISION_THRESHOLD) -> np.ndarray:
     """The metric on every resample of ``idx``, from the resamples' column sums when it is a function of sums.
 
     With ``counts`` (resamples x rows, :func:`draw_counts`) the sums are one matrix product, cheapest when several metrics share the
     resamples; without, each column is gathered (cheapest for one or two columns).
     """
     if columns is None:
-        return METRIC_FUNCTIONS[metric](y, s, idx)
+        return metric_function(metric, threshold)(y, s, idx)
     if counts is not None:
         return _from_sums(metric, counts @ columns, len(y))
     sums = np.stack([columns[:, j][idx].sum(axis=1) for j in range(columns.shape[1])], axis=1)
@@ -195,35 +204,36 @@ class MetricEstimate:
         return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
 
 
-def metric_value(metric: str, y: np.ndarray, score: np.ndarray) -> float:
-    return float(METRIC_FUNCTIONS[metric](y, score, np.arange(len(y))[None, :])[0])
+def metric_value(metric: str, y: np.ndarray, score: np.ndarray, threshold: float = DECISION_THRESHOLD) -> float:
+    return float(metric_function(metric, threshold)(y, score, np.arange(len(y))[None, :])[0])
 
 
 def evaluate(task: str, y: np.ndarray, score: np.ndarray, n_resamples: int = 300, seed: int = 0,
-             confidence: float = 0.95) -> dict[str, MetricEstimate]:
-    """Every metric of the task with a percentile bootstrap interval (all metrics on the same resamples)."""
+             confidence: float = 0.95, threshold: float = DECISION_THRESHOLD) -> dict[str, MetricEstimate]:
+    """Every metric of the task with a percentile bootstrap interval (all metrics on the same resamples); a binary
+    decision (f1) is made at ``threshold`` (the spec's ``evaluation.decision_threshold``)."""
     metrics = METRICS_BY_TASK[task]
-    columns = {metric: _sum_columns(metric, y, score) for metric in metrics}
+    columns = {metric: _sum_columns(metric, y, score, threshold) for metric in metrics}
     samples: dict[str, list[np.ndarray]] = {metric: [] for metric in metrics}
     for idx in resample_batches(len(y), n_resamples, seed):
         counts = draw_counts(idx, len(y))
         for metric in metrics:
-            samples[metric].append(resampled_metric(metric, y, score, idx, counts, columns[metric]))
+            samples[metric].append(resampled_metric(metric, y, score, idx, counts, columns[metric], threshold))
     tail = (1 - confidence) / 2 * 100
     estimates = {}
     for metric in metrics:
         values = np.concatenate(samples[metric])
         values = values[np.isfinite(values)]
         low, high = (np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan))
-        estimates[metric] = MetricEstimate(metric_value(metric, y, score), float(low), float(high))
+        estimates[metric] = MetricEstimate(metric_value(metric, y, score, threshold), float(low), float(high))
     return estimates
 
 
 def bootstrap_values(metric: str, y: np.ndarray, score: np.ndarray, n_resamples: int = 1000,
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, threshold: float = DECISION_THRESHOLD) -> np.ndarray:
     """The metric on ``n_resamples`` bootstrap resamples of the rows (for intervals of differences between groups)."""
-    columns = _sum_columns(metric, y, score)
-    return np.concatenate([resampled_metric(metric, y, score, idx, None, columns)
+    columns = _sum_columns(metric, y, score, threshold)
+    return np.concatenate([resampled_metric(metric, y, score, idx, None, columns, threshold)
                            for idx in resample_batches(len(y), n_resamples, seed)])
 
 
@@ -242,21 +252,22 @@ class PairedComparison:
 
 
 def paired_bootstrap(metric: str, y: np.ndarray, challenger_score: np.ndarray, champion_score: np.ndarray,
-                     n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> PairedComparison:
+                     n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
+                     threshold: float = DECISION_THRESHOLD) -> PairedComparison:
     """Paired bootstrap of the metric difference (challenger - champion) on the same resampled rows.
 
     ``p_value`` is the bootstrap probability that the challenger is *not* worse than the champion
     (one-sided): a small value means the challenger is significantly worse.
     """
-    columns = (_sum_columns(metric, y, challenger_score), _sum_columns(metric, y, champion_score))
+    columns = (_sum_columns(metric, y, challenger_score, threshold), _sum_columns(metric, y, champion_score, threshold))
     chunks = []
     for idx in resample_batches(len(y), n_resamples, seed):
-        chunks.append(resampled_metric(metric, y, challenger_score, idx, None, columns[0])
-                      - resampled_metric(metric, y, champion_score, idx, None, columns[1]))
+        chunks.append(resampled_metric(metric, y, challenger_score, idx, None, columns[0], threshold)
+                      - resampled_metric(metric, y, champion_score, idx, None, columns[1], threshold))
     differences = np.concatenate(chunks)
     differences = differences[np.isfinite(differences)]
-    challenger = metric_value(metric, y, challenger_score)
-    champion = metric_value(metric, y, champion_score)
+    challenger = metric_value(metric, y, challenger_score, threshold)
+    champion = metric_value(metric, y, champion_score, threshold)
     sign = 1.0 if is_lower_better(metric) else -1.0
     worse = sign * differences  # > 0: challenger worse
     if len(worse) == 0:

@@ -205,7 +205,8 @@ def _fairness_reading(spec: ModelSpec) -> str:
         return "Per group: the share of the group predicted as each class."
     positive = _positive_class(spec)
     outcome = f"`{_c(positive)}`" if positive else "the positive class"
-    return (f"Selection rate: the share of the group the model predicts {outcome} for (probability at least 0.5; "
+    return (f"Selection rate: the share of the group the model predicts {outcome} for (probability at least "
+            f"{spec.decision_threshold:g}, the spec's evaluation.decision_threshold; "
             f"for a credit score, the approval rate). True positive rate: among those who really were {outcome}, "
             f"the share predicted so; false positive rate: among those who were not, the share predicted "
             f"{outcome} all the same. Parity difference: the largest gap in selection rate between groups.")

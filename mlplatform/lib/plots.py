@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mlplatform.lib.decision import DECISION_THRESHOLD, predicted_positive  # noqa: E402
+
 
 def _png(figure, margins: dict[str, float] | None = None) -> bytes:
     """PNG bytes of the figure; fixed ``margins`` (subplots_adjust) instead of tight_layout for the per-week plots.
@@ -53,7 +55,8 @@ def regression_plots(y: np.ndarray, predicted: np.ndarray, title: str) -> dict[s
 SINGLE_MARGINS = {"left": 0.17, "right": 0.96, "bottom": 0.15, "top": 0.9}
 
 
-def classification_plots(y: np.ndarray, score: np.ndarray, task: str, title: str) -> dict[str, bytes]:
+def classification_plots(y: np.ndarray, score: np.ndarray, task: str, title: str,
+                         threshold: float = DECISION_THRESHOLD) -> dict[str, bytes]:
     plots = {}
     if task == "binary":
         order = np.argsort(-score, kind="mergesort")
@@ -73,7 +76,7 @@ def classification_plots(y: np.ndarray, score: np.ndarray, task: str, title: str
         axis.plot([0, 1], [0, 1], color="grey", linewidth=1)
         axis.set(xlabel="predicted probability", ylabel="observed rate", title=f"{title}: calibration")
         plots["calibration.png"] = _png(figure, SINGLE_MARGINS)
-        predicted = (score >= 0.5).astype(int)
+        predicted = predicted_positive(score, threshold).astype(int)  # the confusion matrix at the spec's threshold
         truth = y.astype(int)
         labels = [0, 1]
     else:

@@ -128,13 +128,13 @@ def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegist
                     to_version: str | None, actor: str, reason: str | None,
                     only_if_champion: str | None = None,
                     current_spec: Mapping[str, str] | None = None) -> AliasChange | None:
-    """``champion`` goes back to ``to_version`` (default: the champion before the current one, from the audit).
+    """``champion`` goes back to ``to_version`` (default: :func:`rollback_target`, what the decay sensor picks too).
 
     Refused (:class:`PromotionRefused`) without a named actor, without a current champion, without an earlier
-    champion to go back to, and for a version whose gates did not pass or ran under an older spec
-    (:func:`spec_refusal`): a rollback never restores a version the gates kept away from production. With
-    ``only_if_champion`` (the automatic rollback: the version its check judged), None when the champion has
-    moved since: a later decision must not be undone by an older one.
+    champion to go back to, for a version that was never champion (that is a promotion: ``mlplatform promote``),
+    and for a version :func:`restore_refusal` refuses: a rollback never restores a version the gates kept away
+    from production. With ``only_if_champion`` (the automatic rollback: the version its check judged), None when
+    the champion has moved since: a later decision must not be undone by an older one.
     """
     from mlflow.exceptions import MlflowException
 
@@ -146,24 +146,80 @@ def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegist
     if only_if_champion is not None and current != str(only_if_champion):
         return None
     if to_version is None:
-        earlier = [v for v in champion_history(connection, model) if v != current]
-        if not earlier:
-            raise PromotionRefused(f"{model}: the audit names no champion before v{current}; give --to VERSION")
-        to_version = earlier[0]
-    if str(to_version) == current:
+        target = rollback_target(connection, registry, model, current, current_spec)
+        if target.version is None:
+            why = f": {'; '.join(target.passed_over)}" if target.passed_over else ""
+            raise PromotionRefused(f"{model}: no champion before v{current} may be restored{why}; "
+                                   "nothing to roll back to")
+        to_version = target.version
+    to_version = str(to_version)
+    if to_version == current:
         raise PromotionRefused(f"{model}: v{current} is already the champion")
     try:
-        tags = registry.version_tags(model, str(to_version))
+        tags = registry.version_tags(model, to_version)
     except MlflowException:
         raise PromotionRefused(f"{model} v{to_version}: no such registered model version") from None
-    if tags.get("gates") != "passed":
-        raise PromotionRefused(f"{model} v{to_version} did not pass every gate (gates={tags.get('gates')}); a rollback "
-                               "never puts such a version in production")
-    older_spec = spec_refusal(model, str(to_version), tags, current_spec)
-    if older_spec:
-        raise PromotionRefused(f"{older_spec}; a rollback never restores it")
-    return AliasChange(model, CHAMPION, str(to_version), current, actor.strip(),
+    if to_version not in champion_history(connection, model):
+        raise PromotionRefused(f"{model}: v{to_version} was never champion; a rollback returns to an earlier champion; "
+                               f"to make v{to_version} champion use `mlplatform promote {model} --version {to_version}`")
+    refusal = restore_refusal(model, to_version, tags, current_spec)
+    if refusal:
+        raise PromotionRefused(f"{refusal}; a rollback never puts such a version in production")
+    return AliasChange(model, CHAMPION, to_version, current, actor.strip(),
                        f"rollback from v{current}: {reason or 'no reason given'}", tags.get("week"), kind="rollback")
+
+
+def restore_refusal(model: str, version: str, tags: Mapping[str, str],
+                    current_spec: Mapping[str, str] | None) -> str | None:
+    """Why a rollback may not put ``version`` back in production, or None when it may.
+
+    A rollback restores only a version its gates vouch for: every gate passed (the ``gates`` tag) and, when
+    ``current_spec`` is given, they ran under the current spec's gate sections (:func:`spec_refusal`). A version
+    a person forced in with ``promote --force`` is served while that approval stands, but it is that person's
+    audited exception, not a version a rollback (automatic or by hand) returns to: forcing it again is a new
+    ``promote --force``.
+    """
+    if tags.get("gates") != "passed":
+        return f"{model} v{version} did not pass every gate (gates={tags.get('gates')})"
+    return spec_refusal(model, version, tags, current_spec)
+
+
+def restorable(model: str, version: str, tags: Mapping[str, str], current_spec: Mapping[str, str] | None = None) -> bool:
+    """Whether a rollback may return to ``version``: :func:`restore_refusal` finds nothing."""
+    return restore_refusal(model, version, tags, current_spec) is None
+
+
+@dataclass(frozen=True)
+class RollbackTarget:
+    """The version a rollback returns to (None: there is none), and the earlier champions passed over, with why."""
+
+    version: str | None
+    passed_over: tuple[str, ...] = ()
+
+
+def rollback_target(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str, current: str | None,
+                    current_spec: Mapping[str, str] | None = None) -> RollbackTarget:
+    """The version to roll back to: the newest earlier champion (per the audit) that is :func:`restorable` under the
+    current spec. The one owner of this choice: the live_degradation check (whose verdict the decay sensor
+    carries out), ``mlplatform rollback`` and the UI's rollback job all ask here."""
+    from mlflow.exceptions import MlflowException
+
+    passed_over = []
+    for version in champion_history(connection, model):
+        if version == current:
+            continue
+        try:
+            tags = registry.version_tags(model, version)
+        except MlflowException:
+            passed_over.append(f"{model} v{version}: no such registered model version")
+            continue
+        refusal = restore_refusal(model, version, tags, current_spec)
+        if refusal is None:
+            return RollbackTarget(version, tuple(passed_over))
+        passed_over.append(refusal)
+    if not passed_over:
+        passed_over.append(f"the audit names no champion before v{current}")
+    return RollbackTarget(None, tuple(passed_over))
 
 
 def spec_refusal(model: str, version: str, tags: Mapping[str, str],
@@ -182,24 +238,6 @@ def spec_refusal(model: str, version: str, tags: Mapping[str, str],
     return (f"{model} v{version}: its gates ran under an older spec ({', '.join(changed)} changed since; gate spec "
             f"hash {tags[GATES_HASH_TAG][:12]} when trained, {current_spec.get(GATES_HASH_TAG, '-')[:12]} now): "
             "retrain it under the current spec")
-
-
-def previous_champion(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,
-                      current: str | None, current_spec: Mapping[str, str] | None = None) -> str | None:
-    """The champion before ``current`` that a rollback may restore: the newest earlier champion whose gates passed
-    (under the current spec, when ``current_spec`` is given: see :func:`spec_refusal`)."""
-    from mlflow.exceptions import MlflowException
-
-    for version in champion_history(connection, model):
-        if version == current:
-            continue
-        try:
-            tags = registry.version_tags(model, version)
-        except MlflowException:
-            continue
-        if tags.get("gates") == "passed" and spec_refusal(model, version, tags, current_spec) is None:
-            return version
-    return None
 
 
 def canary_stop_change(registry: AliasRegistry, model: str, version: str, actor: str, reason: str) -> AliasChange | None:

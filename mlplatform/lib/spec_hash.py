@@ -18,10 +18,14 @@ from typing import Any
 
 from mlplatform.specs import ModelSpec
 
-GATE_SECTIONS = ("task", "target", "features", "columns", "gates", "fairness")
+GATE_SECTIONS = ("task", "target", "features", "columns", "gates", "fairness", "evaluation")
 """Spec sections that decide what the model gates judge: the rows and columns the model sees, the gates'
-own settings and the fairness limits. A version whose gates ran under other values of these is not
-vouched for by its gates under the current spec."""
+own settings, the fairness limits and the decision threshold (f1 and the fairness rates depend on it). A
+version whose gates ran under other values of these is not vouched for by its gates under the current spec."""
+
+SECTIONS_HASHED_WHEN_SET = ("evaluation",)
+"""Gate sections added after versions began recording hashes: hashed only when they differ from their defaults,
+so a version recorded before them still matches a spec that leaves them at their defaults."""
 
 SPEC_HASH_TAG = "spec.hash"
 GATES_HASH_TAG = "spec.gates_hash"
@@ -44,9 +48,16 @@ def spec_hash(spec: ModelSpec) -> str:
 
 
 def section_hashes(spec: ModelSpec) -> dict[str, str]:
-    """One SHA-256 per gate section (:data:`GATE_SECTIONS`)."""
+    """One SHA-256 per gate section (:data:`GATE_SECTIONS`; those of :data:`SECTIONS_HASHED_WHEN_SET` only when set)."""
     data = normalized_spec(spec)
-    return {section: _digest(data.get(section)) for section in GATE_SECTIONS}
+    defaults = ModelSpec.model_fields
+    hashes = {}
+    for section in GATE_SECTIONS:
+        if section in SECTIONS_HASHED_WHEN_SET and getattr(spec, section) == defaults[section].get_default(
+                call_default_factory=True):
+            continue
+        hashes[section] = _digest(data.get(section))
+    return hashes
 
 
 def spec_tags(spec: ModelSpec) -> dict[str, str]:

@@ -12,6 +12,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+from mlplatform.lib.decision import DECISION_THRESHOLD, predicted_positive
 from mlplatform.specs import ModelSpec
 from mlplatform.specs.estimators import import_estimator_class
 
@@ -76,14 +77,17 @@ class Predictions:
     classes: list | None = None
 
 
-def predict(model: Pipeline, x: pd.DataFrame, task: str) -> Predictions:
+def predict(model: Pipeline, x: pd.DataFrame, task: str, threshold: float = DECISION_THRESHOLD) -> Predictions:
+    """What ``model`` says of ``x``; a binary label is the positive class when P(positive) >= ``threshold`` (the
+    spec's ``evaluation.decision_threshold``, :func:`mlplatform.lib.metrics.predicted_positive`)."""
     if task == "regression":
         values = np.asarray(model.predict(x), dtype="float64")
         return Predictions(score=values, label=values)
     classes = list(model.classes_)
     if task == "binary":
         proba = model.predict_proba(x)[:, 1]
-        return Predictions(score=proba, label=np.asarray(classes, dtype=object)[(proba >= 0.5).astype(int)], classes=classes)
+        label = np.asarray(classes, dtype=object)[predicted_positive(proba, threshold).astype(int)]
+        return Predictions(score=proba, label=label, classes=classes)
     labels = model.predict(x)
     index = {c: i for i, c in enumerate(classes)}
     return Predictions(score=np.array([index[c] for c in labels], dtype=float), label=labels, classes=classes)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
+from mlplatform.lib.decision import DECISION_THRESHOLD, predicted_positive
 from mlplatform.serving.fastpath import FastPreprocess, FlatTrees, compile_preprocess, compile_trees
 from mlplatform.serving.schema import RecordSchema
 from mlplatform.specs import ModelSpec
@@ -44,6 +45,7 @@ class LoadedModel:
     numeric: tuple[str, ...]
     categorical: tuple[str, ...]
     classes: tuple[Any, ...] | None
+    threshold: float = DECISION_THRESHOLD  # binary: the positive class from this probability on (the spec's)
     fast: FastPreprocess | None = None  # the numpy twin of the preprocessing, when it reproduces it exactly
     trees: FlatTrees | None = None  # the flat twin of a HistGradientBoosting estimator, likewise
 
@@ -55,7 +57,7 @@ class LoadedModel:
         if fast is not None:
             trees = compile_trees(pipeline.named_steps["estimator"], fast.transform(fast.probe_rows()))
         return cls(spec.name, str(version), spec.task, pipeline, tuple(spec.features.numeric),
-                   tuple(spec.features.categorical), classes, fast, trees)
+                   tuple(spec.features.categorical), classes, spec.decision_threshold, fast, trees)
 
     @property
     def inline_rows(self) -> int:
@@ -79,7 +81,8 @@ class LoadedModel:
         """Per row: ``prediction`` (+ ``probabilities`` by class for classifiers) and ``score`` for the log.
 
         ``score`` follows ``lib.training.predict``: the value (regression), P(second class) (binary), the label's
-        class index (multiclass). Labels are ``classes_[argmax(proba)]``, what the pipeline's own ``predict`` says.
+        class index (multiclass). Labels are what ``lib.training.predict`` says: binary, the second class when its
+        probability is at least the spec's ``evaluation.decision_threshold``; multiclass ``classes_[argmax(proba)]``.
         """
         if self.fast is not None:
             x, model = self.fast.transform(rows), self.pipeline.named_steps["estimator"]
@@ -90,7 +93,8 @@ class LoadedModel:
             values = trees.predict(x) if trees is not None else model.predict(x)
             return [{"prediction": v, "score": v} for v in np.asarray(values, "float64").tolist()]
         proba = np.asarray(trees.predict(x) if trees is not None else model.predict_proba(x), "float64")
-        best = proba.argmax(axis=1).tolist()
+        best = (predicted_positive(proba[:, 1], self.threshold).astype(int) if self.task == "binary"
+                else proba.argmax(axis=1)).tolist()
         classes = self.classes or ()
         names = [str(c) for c in classes]
         outputs = []

@@ -199,6 +199,28 @@ class GatesSpec(_Strict):
                                                 "training: training window vs recent production inputs.")
 
 
+DEFAULT_DECISION_THRESHOLD = 0.5
+
+
+class EvaluationSpec(_Strict):
+    """How a model's scores become decisions, the same in every place that decides (metrics, fairness, serving and
+    live performance)."""
+
+    decision_threshold: float = Field(
+        default=DEFAULT_DECISION_THRESHOLD, description="Binary models: a row is predicted as the positive class "
+        "(the second of the sorted classes) when its probability is at least this (strictly between 0 and 1). Used "
+        "by the metrics that need a decision (f1), the fairness rates, the label the service returns and live "
+        "performance.")
+
+    @field_validator("decision_threshold")
+    @classmethod
+    def _a_probability(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"found {value:g}; a probability strictly between 0 and 1 (default "
+                             f"{DEFAULT_DECISION_THRESHOLD:g})")
+        return value
+
+
 class FairnessSpec(_Strict):
     """The fairness gate: the model's outcome must not differ too much between groups of a sensitive attribute."""
 
@@ -347,6 +369,7 @@ class ModelSpec(_Strict):
     partitions: PartitionsSpec = Field(description="The weekly partitions and the training window.")
     estimator: EstimatorSpec = Field(default_factory=EstimatorSpec, description="The model.")
     gates: GatesSpec = Field(default_factory=GatesSpec, description="What a new version must pass.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="How scores become decisions.")
     fairness: FairnessSpec | None = Field(default=None, description="The fairness gate, one of the model gates: a "
                                           "version failing it gets no alias. None: no fairness gate.")
     drift: DriftSpec = Field(default_factory=DriftSpec, description="The weekly drift check.")
@@ -386,6 +409,10 @@ class ModelSpec(_Strict):
             )
         if self.estimator.class_name is None:
             self.estimator.class_name = DEFAULT_ESTIMATOR[self.task]
+        threshold = self.evaluation.decision_threshold
+        if self.task != "binary" and threshold != DEFAULT_DECISION_THRESHOLD:
+            raise ValueError(f"evaluation.decision_threshold: found {threshold:g} for task {self.task}; only a binary "
+                             "model turns a probability into a decision: remove the key")
         return self
 
     # Derived facts used by the asset factories.
@@ -420,6 +447,11 @@ class ModelSpec(_Strict):
     @property
     def primary_metric(self) -> str:
         return self.gates.metric or DEFAULT_METRIC[self.task]
+
+    @property
+    def decision_threshold(self) -> float:
+        """The probability at or above which a binary model predicts the positive class (``evaluation``)."""
+        return self.evaluation.decision_threshold
 
 
 class SpecProblem(BaseModel):
