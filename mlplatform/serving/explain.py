@@ -105,11 +105,11 @@ def explain_route(tracker: Any, metrics: Any, max_batch: int) -> Route:
 
 
 def _explain(explainers: Explainers, model: LoadedModel, rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
-    explainer = explainers.get(model)
     outputs = model.predict(rows)
     overflowed = [i for i, output in enumerate(outputs) if not finite_output(output)]
     if overflowed:
         raise not_finite(overflowed)
+    explainer = explainers.get(model)
     explained = explainer.explain(model.frame(rows), k)
     overflowed = [i for i, explanation in enumerate(explained) if not _finite_explanation(explanation)]
     if overflowed:
