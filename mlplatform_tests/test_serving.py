@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import httpx
 import mlflow
 import numpy as np
@@ -768,7 +769,6 @@ def test_a_forced_champion_is_what_the_service_answers_with_before_and_after_a_r
     from mlplatform.lib.audit import alias_history
     from mlplatform.lib.servability import FORCED_AT_TAG, FORCED_BY_TAG, FORCED_OVERRIDE_TAG, FORCED_REASON_TAG
     from mlplatform.lib.settings import load_settings
-    from mlplatform.lib.warehouse import connect_when_free
 
     world.aliases("toy", "1")
     world.tracker.set_version_tag("toy", "4", "gate.threshold", "failed")  # v4: gates=failed, the threshold gate
@@ -802,7 +802,7 @@ def test_a_forced_champion_is_what_the_service_answers_with_before_and_after_a_r
         assert answering_version() == "4"
         assert httpx.get(f"{url}/v1/models/toy").json()["champion"]["forced"] is True
 
-        with connect_when_free(load_settings().warehouse_path, 30, read_only=True) as connection:
+        with duckdb.connect(str(load_settings().warehouse_path)) as connection:
             history = alias_history(connection, "toy")
         last = history.iloc[-1]
         assert (last["alias"], last["version"], last["actor"]) == ("champion", "4", "carol")  # what production serves
