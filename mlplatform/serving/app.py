@@ -1,6 +1,7 @@
 """The FastAPI application: predict, MLflow-compatible invocations, model listing, health, readiness, metrics.
 
-Handlers read the raw body and check records with :class:`RecordSchema` instead of declaring pydantic bodies: the
+The scoring routes (predict, invocations, explain) reach their handlers through :mod:`mlplatform.serving.protocol`,
+which reads the raw body and checks records with :class:`RecordSchema` instead of declaring pydantic bodies: the
 1-row path is the one the benchmark measures, and every bad input must become a 4xx that names the problem.
 """
 
@@ -236,10 +237,10 @@ class ServingRuntime:
         else:
             results = await asyncio.gather(*(self.batcher.predict(m, [rows[i] for i in idx])
                                              for m, _, idx in groups))
-        overflowed = sorted(i for (_, _, indexes), outputs in zip(groups, results, strict=True)
-                            for i, output in zip(indexes, outputs, strict=True) if not finite_output(output))
+        overflowed = [i for (_, _, indexes), outputs in zip(groups, results, strict=True)
+                      for i, output in zip(indexes, outputs, strict=True) if not finite_output(output)]
         if overflowed:  # nothing is answered or logged: a non-finite score would reach drift and live performance
-            raise not_finite(overflowed)
+            raise not_finite(sorted(overflowed))
         latency = time.perf_counter() - call.arrived
         answers: list[dict[str, Any]] = [{}] * len(rows)
         versions: list[str] = [""] * len(rows)
