@@ -547,7 +547,7 @@ def test_replay_sends_a_week_of_feature_rows_as_traffic(world, capsys):
 def start_service(world: World, port: int, flush_seconds: float) -> subprocess.Popen:
     """`mlplatform serve` as its own process (what SIGTERM and SIGKILL are sent to)."""
     command = [sys.executable, "-m", "mlplatform.cli", "serve", "--port", str(port), "--model", "toy",
-               "--flush-seconds", str(flush_seconds), "--poll-seconds", "0.2", "--log-level", "warning"]
+               "--flush-seconds", str(flush_seconds), "--poll-seconds", "0.5", "--log-level", "warning"]
     env = {**os.environ, "MLPLATFORM_HOME": str(world.home), "MLPLATFORM_SPECS": str(world.specs_dir)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
