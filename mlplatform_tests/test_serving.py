@@ -798,9 +798,9 @@ def test_a_forced_champion_is_what_the_service_answers_with_before_and_after_a_r
 
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-        process = start_service(world, port, flush_seconds=0.2)  # ready only when a champion is loaded
-        assert answering_version() == "4"
-        assert httpx.get(f"{url}/v1/models/toy").json()["champion"]["forced"] is True
+        with serve(world, ["toy"]) as restarted:  # a fresh service reads the registry from scratch: ready, serving v4
+            assert restarted.predict("toy", [record]).json()["predictions"][0]["version"] == "4"
+            assert restarted.client.get("/v1/models/toy").json()["champion"]["forced"] is True
 
         with duckdb.connect(str(load_settings().warehouse_path)) as connection:
             history = alias_history(connection, "toy")
