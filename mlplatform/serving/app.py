@@ -33,6 +33,7 @@ from mlplatform.serving.models import LoadedModel, ModelState, ModelWatcher, Reg
 from mlplatform.serving.protocol import (
     REQUEST_ID_HEADER,
     Body,
+    BodyDeadlines,
     Route,
     ScoringCall,
     ScoringFront,
@@ -176,6 +177,7 @@ class ServingRuntime:
                                     on_swap=self._served_gauge)
         self.batcher = MicroBatcher(max_rows=max(config.max_batch, 1))
         self.shadow = ShadowScorer(self.writer, self.metrics, config.shadow_queue_rows)
+        self.body_deadlines = BodyDeadlines(config.body_timeout_seconds)
 
     @property
     def state(self) -> ServingState:
@@ -185,12 +187,14 @@ class ServingRuntime:
         if self.writer is not None:
             self.writer.start()
         self.batcher.start()
+        self.body_deadlines.start()
         self.shadow.start()
         self.watcher.start()
 
     async def stop(self) -> None:
         """On shutdown (SIGTERM): finish queued predictions and shadows, then flush the log."""
         await self.batcher.stop()
+        await self.body_deadlines.stop()
         await asyncio.to_thread(self.shadow.stop)
         await asyncio.to_thread(self.watcher.stop)
         gc.unfreeze()  # let the collector see everything again (the watcher froze the long-lived objects)

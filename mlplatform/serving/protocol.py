@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl
 
 from mlplatform.serving.models import ModelState
@@ -134,24 +134,51 @@ def checked_request_id(given: str | None) -> str:
     return given
 
 
-@dataclass(frozen=True)
-class Body:
-    """A request body as read: the bytes kept (up to the limit), whether it was larger, whether it came in time."""
+class Body(NamedTuple):
+    """A request body as read: the bytes kept (up to the limit), whether it was larger, whether it came in time.
+    (A tuple: a frozen dataclass cost ~2 us to build, on every request.)"""
 
     data: bytes
     oversized: bool = False
     timed_out: bool = False
 
 
-async def read_body(receive: Callable[[], Awaitable[dict]], limit: int, timeout: float) -> Body | None:
-    """The whole body within ``timeout`` seconds from the first read (one deadline, not per chunk: a client
-    sending a byte a second must not hold a connection for ever). None when the client disconnected.
+class BodyDeadlines:
+    """Reads request bodies within a deadline: ``timeout`` seconds from the first read for the whole body (not per
+    chunk: a client sending a byte a second must not hold a connection for ever).
 
-    Beyond ``limit`` bytes the rest is read and dropped, so the 413 can be answered."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(timeout):
+    One sweeping task cancels the reads past their deadline, instead of a timer per request: ``asyncio.timeout``
+    around the read cost ~14 us a request (a 1-row request is ~500 us of CPU), registering here ~1 us. A read is
+    cancelled at most ``timeout / 4`` (at most 1 s) after its deadline.
+    """
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self._reading: dict[asyncio.Task, float] = {}
+        self._expired: set[asyncio.Task] = set()
+        self._sweeper: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="body-deadlines")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+
+    async def read(self, receive: Callable[[], Awaitable[dict]], limit: int) -> Body | None:
+        """The whole body, or a :class:`Body` with ``timed_out``; None when the client disconnected.
+
+        Beyond ``limit`` bytes the rest is read and dropped, so the 413 can be answered."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading[task] = time.monotonic() + self.timeout
+        chunks: list[bytes] = []
+        size = 0
+        try:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -162,9 +189,25 @@ async def read_body(receive: Callable[[], Awaitable[dict]], limit: int, timeout:
                     chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
-    except TimeoutError:
-        return Body(b"", oversized=size > limit, timed_out=True)
-    return Body(chunks[0] if len(chunks) == 1 else b"".join(chunks), oversized=size > limit)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            self._expired.discard(task)
+            task.uncancel()
+            return Body(b"", oversized=size > limit, timed_out=True)
+        finally:
+            del self._reading[task]
+        return Body(chunks[0] if len(chunks) == 1 else b"".join(chunks), oversized=size > limit)
+
+    async def _sweep(self) -> None:
+        interval = min(1.0, max(self.timeout / 4, 0.01))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for task, deadline in list(self._reading.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
 
 
 @dataclass
@@ -199,6 +242,9 @@ class ServingRuntimeLike(Protocol):
 
     @property
     def config(self) -> ServingLimits: ...
+
+    @property
+    def body_deadlines(self) -> BodyDeadlines: ...
 
     @property
     def state(self) -> Any: ...  # ServingState: .models
@@ -268,8 +314,7 @@ class ScoringFront:
         route = self.routes.get(match.group(2)) if match is not None else None
         if route is None:
             return await self.app(scope, receive, _closing(send))
-        config = self.runtime.config
-        body = await read_body(receive, config.body_limit, config.body_timeout_seconds)
+        body = await self.runtime.body_deadlines.read(receive, self.runtime.config.body_limit)
         if body is None:
             return None
         given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
