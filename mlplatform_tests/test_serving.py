@@ -106,7 +106,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     (specs_dir / "toy_bin.yaml").write_text(textwrap.dedent(BINARY_SPEC))
     rows["steep"] = rows["x1"] + 4 * rows["x2"]  # x2 has no bound in the spec: x2 = 1e308 overflows the model
     (specs_dir / "toy_steep.yaml").write_text(textwrap.dedent(TOY_SPEC).replace("name: toy", "name: toy_steep")
-                                              .replace("target: y", "target: steep") + ROLLOUT["toy"] + "\n")
+                                              .replace("target: y", "target: steep") + ROLLOUT["toy_shadow"] + "\n")
     rows.to_csv(specs_dir / "toy.csv", index=False)
     saved = {k: os.environ.get(k) for k in ("MLPLATFORM_HOME", "MLPLATFORM_SPECS")}
     os.environ["MLPLATFORM_HOME"], os.environ["MLPLATFORM_SPECS"] = str(home), str(specs_dir)
@@ -126,6 +126,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                                                {}, {}, {}, {"gates": GATES[version]})
             assert logged.version == version
         world.aliases(name, "1", "2" if name in ("toy_canary", "toy_shadow") else None)
+    steep = world.spec("toy_steep")  # its shadow challenger: 40 x2 overflows where the champion's 4 x2 does not
+    steep.estimator.class_name, steep.estimator.params = "sklearn.linear_model.Ridge", {"alpha": 0.1}
+    x_steep = split_xy(rows, steep)[0]
+    steeper = build_pipeline(steep).fit(x_steep, rows["x1"] + 40 * rows["x2"])
+    tracker.log_trained_model("toy_steep", "toy_steep-2", steeper, x_steep.head(5), {}, {}, {}, {}, {"gates": "passed"})
+    world.aliases("toy_steep", "1", "2")
     yield world
     for key, value in saved.items():
         if value is None:
@@ -681,11 +687,17 @@ def test_a_prediction_that_is_not_finite_is_a_422_naming_the_record_on_every_rou
                 assert answer["error"] == "the prediction is not finite"
                 assert [p["record"] for p in answer["problems"]] == [1]  # the overflowing record, not the good one
                 assert "record 1: the prediction is not finite" in answer["problems"][0]["message"]
+        shadowed = server.predict("toy_steep", [{**good, "x2": 1e307}], headers={"X-Request-ID": "shadow-over"})
+        assert shadowed.status_code == 200  # the champion's answer is finite; its shadow's (40 x2) is not
         metrics = server.client.get("/metrics").text
         assert 'mlplatform_request_errors_total{model="toy_steep",route="explain",status="422"} 2.0' in metrics
         assert 'status="500"' not in metrics
+        wait_until(lambda: 'mlplatform_shadow_dropped_records_total{model="toy_steep"} 1.0'
+                   in server.client.get("/metrics").text)
     logged = read_prediction_log(world.home, "toy_steep", expand_inputs=False)
-    assert "finite-1" in set(logged["request_id"])  # the log was written, and holds none of the refused requests
+    roles = set(zip(logged["request_id"], logged["role"], strict=True))
+    assert {("finite-1", "champion"), ("finite-1", "shadow"), ("shadow-over", "champion")} <= roles
+    assert ("shadow-over", "shadow") not in roles  # the log was written, and holds nothing non-finite
     assert not logged["request_id"].str.startswith("over-").any()
     assert np.isfinite(logged["score"].astype(float)).all()
 
