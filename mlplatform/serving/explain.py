@@ -1,8 +1,8 @@
 """``POST /v1/models/{name}/explain``: the champion's prediction for each record and the features behind it.
 
 The same request path as predict (:mod:`mlplatform.serving.protocol`: unknown model 404, no champion 503, body
-size 413, body timeout 408, malformed JSON 400, bad records 422 naming every problem), then per record: the prediction, the version, and its top contributions
-(:mod:`mlplatform.lib.explain`). Explanations are for people reading a decision: they are not routed to a canary
+size 413, body timeout 408, malformed JSON 400, bad records 422 naming every problem, a prediction that is not
+finite 422), then per record: the prediction, the version, and its top contributions (:mod:`mlplatform.lib.explain`). Explanations are for people reading a decision: they are not routed to a canary
 and not written to the prediction log. The explainer of a version is built once (TreeSHAP's setup, or a non-tree
 version's background rows read from its MLflow run) and kept while the version is served.
 """

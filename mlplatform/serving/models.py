@@ -228,8 +228,8 @@ class ModelWatcher:
 
     A version that :func:`mlplatform.lib.servability.servability` refuses (its gates failed and no person forced it)
     is never loaded, whatever alias points at it: the model keeps the version it served for that role before (the
-    refusal is shown in /v1/models and logged). When the registry
-    cannot be read the state is kept as it is (with the error shown).
+    refusal is shown in /v1/models and logged). When the registry cannot be read the state is kept as it is (with
+    the error shown).
     """
 
     def __init__(self, specs: Sequence[ModelSpec], registry: Registry, poll_seconds: float = 2.0,
