@@ -274,6 +274,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
     elif code == 0:
         print(f"{args.model}: champion v{change.previous_version or '-'} -> v{change.version} "
               f"(approved by {change.actor})")
+        if change.forced:
+            print(f"warning: {args.model} v{change.version} is champion by force, overriding {change.forced}; the "
+                  "service serves it and /v1/models shows it as forced (recorded in the audit and on the version)",
+                  file=sys.stderr)
         evidence = _rollout_evidence(args.model, change.version)
         print(f"production evidence for v{change.version}:" if evidence else
               f"no production evidence for v{change.version} yet (canary or shadow weeks with outcomes)")
@@ -496,6 +500,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mlplatform.serving.server import ServerOptions, serve
     from mlplatform.specs import SpecError
 
+    if not args.body_timeout > 0:
+        print(f"--body-timeout must be a number of seconds above 0; got {args.body_timeout}\nnothing is served",
+              file=sys.stderr)
+        return 1
     settings = load_settings()
     ensure_home(settings)
     try:
@@ -505,7 +513,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     config = ServingConfig(home=settings.home, specs=specs, tracker=Tracker.for_settings(settings),
                            poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds,
-                           max_batch=args.max_batch, log_predictions=not args.no_log)
+                           max_batch=args.max_batch, log_predictions=not args.no_log,
+                           body_timeout_seconds=args.body_timeout)
     print(f"serving {', '.join(s.name for s in specs)} on http://{args.host}:{args.port} (API docs at /docs; "
           f"prediction log {'off' if args.no_log else settings.home / 'prediction_log'}); Ctrl-C stops it",
           flush=True)
@@ -643,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-seconds", type=float, default=2.0, help="how often aliases are read (default 2)")
     serve.add_argument("--flush-seconds", type=float, default=1.0,
                        help="how often the prediction log is written (default 1; at most this much is lost on SIGKILL)")
+    serve.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="time a request's body has to arrive in full (then 408; default 30)")
     serve.add_argument("--no-log", action="store_true", help="do not write the prediction log")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)

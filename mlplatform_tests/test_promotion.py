@@ -257,3 +257,39 @@ def test_approve_and_rollback_from_the_ui_jobs_write_the_same_audit_rows_as_the_
         ("champion", "1", "2", "bob", "rollback from v2: live metric fell"),
         ("champion", "2", "1", "bob", "rollback from v1: live metric fell"),
     ]
+
+
+def test_a_forced_approval_tags_the_version_so_the_one_servability_rule_serves_it_and_a_failed_move_leaves_no_tag(
+        home):
+    from mlplatform.lib.servability import FORCED_BY_TAG, servability
+
+    tracker = Tracker.under(home / "mlflow")
+    _register(tracker, ["2024-01-08"])
+    tracker.log_trained_model("toy", "toy-bad", *_fitted(), {"seed": 0}, {"rmse": 9.9}, {}, {},
+                              {"gates": "failed", "gate.threshold": "failed", "gate.sanity": "passed",
+                               "week": "2024-01-15"})
+    assert servability(tracker.version_tags("toy", "1")).servable
+    refused = servability(tracker.version_tags("toy", "2"))
+    assert not refused.servable and refused.failed_gates == ("threshold",) and "no person forced it" in refused.why_not
+    with pytest.raises(promotion.PromotionRefused, match=r"v2 did not pass every gate \(gates=failed \(threshold\)\)"):
+        promotion.approval_change(tracker, "toy", "2", "carol", "incident")
+
+    forced = promotion.approval_change(tracker, "toy", "2", "carol", "incident", force=True)
+    assert forced.forced == "gates=failed (threshold)"
+    assert forced.reason == "incident [forced with --force: gates=failed (threshold)]"
+    home.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+        unmovable = promotion.AliasChange("toy", CHALLENGER, "99", None, "carol", "x", None)  # no such version
+        with pytest.raises(Exception, match="99"):
+            promotion.commit_changes(connection, tracker, [forced, unmovable])
+        assert FORCED_BY_TAG not in tracker.version_tags("toy", "2")  # the unit failed: no tag, no alias, no row
+        assert tracker.alias_version("toy", CHAMPION) is None and alias_history(connection, "toy").empty
+
+        promotion.commit_changes(connection, tracker, [forced])
+        served = servability(tracker.version_tags("toy", "2"))
+        assert served.servable and served.forced_by == "carol" and served.forced_reason == "incident"
+        assert alias_history(connection, "toy")["version"].tolist() == ["2"]
+
+        promotion.commit_changes(connection, tracker, [promotion.approval_change(tracker, "toy", "1", "dan", None)])
+        with pytest.raises(promotion.PromotionRefused, match="without --force"):  # an old force waives nothing
+            promotion.approval_change(tracker, "toy", "2", "dan", "again")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import httpx
 import mlflow
 import numpy as np
@@ -99,19 +100,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     specs_dir.mkdir()
     rows = toy_rows(weeks=3, per_week=40)
     rows["big"] = np.where(rows["y"] > 10, "yes", "no")
-    rows.to_csv(specs_dir / "toy.csv", index=False)
     for name, rollout in ROLLOUT.items():
         text = textwrap.dedent(TOY_SPEC).replace("name: toy", f"name: {name}") + rollout + "\n"
         (specs_dir / f"{name}.yaml").write_text(text)
     (specs_dir / "toy_bin.yaml").write_text(textwrap.dedent(BINARY_SPEC))
+    rows["steep"] = rows["x1"] + 4 * rows["x2"]  # x2 has no bound in the spec: x2 = 1e308 overflows the model
+    (specs_dir / "toy_steep.yaml").write_text(textwrap.dedent(TOY_SPEC).replace("name: toy", "name: toy_steep")
+                                              .replace("target: y", "target: steep") + ROLLOUT["toy_shadow"] + "\n")
+    rows.to_csv(specs_dir / "toy.csv", index=False)
     saved = {k: os.environ.get(k) for k in ("MLPLATFORM_HOME", "MLPLATFORM_SPECS")}
     os.environ["MLPLATFORM_HOME"], os.environ["MLPLATFORM_SPECS"] = str(home), str(specs_dir)
     tracker = Tracker.under(home / "mlflow")
     world = World(home, specs_dir, rows, tracker)
-    for name in ("toy", "toy_canary", "toy_shadow", "toy_bin"):
+    for name in ("toy", "toy_canary", "toy_shadow", "toy_bin", "toy_steep"):
         spec = world.spec(name)
         x, y = split_xy(rows, spec)
-        versions = ALPHAS if name == "toy" else {"1": 0.1, "2": 1000.0} if name != "toy_bin" else {"1": 0.1}
+        versions = ALPHAS if name == "toy" else {"1": 0.1} if name in ("toy_bin", "toy_steep") else {"1": 0.1, "2": 1000.0}
         for version, alpha in versions.items():
             if spec.task == "regression":
                 spec.estimator.class_name, spec.estimator.params = "sklearn.linear_model.Ridge", {"alpha": alpha}
@@ -122,6 +126,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                                                {}, {}, {}, {"gates": GATES[version]})
             assert logged.version == version
         world.aliases(name, "1", "2" if name in ("toy_canary", "toy_shadow") else None)
+    steep = world.spec("toy_steep")  # its shadow challenger: 40 x2 overflows where the champion's 4 x2 does not
+    steep.estimator.class_name, steep.estimator.params = "sklearn.linear_model.Ridge", {"alpha": 0.1}
+    x_steep = split_xy(rows, steep)[0]
+    steeper = build_pipeline(steep).fit(x_steep, rows["x1"] + 40 * rows["x2"])
+    tracker.log_trained_model("toy_steep", "toy_steep-2", steeper, x_steep.head(5), {}, {}, {}, {}, {"gates": "passed"})
+    world.aliases("toy_steep", "1", "2")
     yield world
     for key, value in saved.items():
         if value is None:
@@ -352,7 +362,7 @@ def test_a_version_whose_gates_failed_is_never_served_even_when_an_alias_points_
             world.tracker.set_alias("toy", CHAMPION, "4")
             wait_until(lambda: "4" in server.client.get("/v1/models/toy").json()["refused_versions"])
             listing = server.client.get("/v1/models/toy").json()
-            assert listing["aliases"]["champion"] == "4" and listing["champion"] == {"version": "1"}
+            assert listing["aliases"]["champion"] == "4" and listing["champion"] == {"version": "1", "forced": False}
             assert "gates tag is 'failed'" in listing["refused_versions"]["4"]
             answer = server.predict("toy", [{"id": 1, "x1": 1.0, "x2": 1.0, "color": "red"}]).json()
             assert answer["predictions"][0]["version"] == "1"
@@ -467,7 +477,8 @@ def test_listing_readiness_metrics_and_openapi(world):
         server.predict("toy_canary", records(feature_rows(50), ["id", "x1", "x2", "color"]))
         listing = {m["name"]: m for m in server.client.get("/v1/models").json()["models"]}
         canary = listing["toy_canary"]
-        assert canary["champion"] == {"version": "1"} and canary["challenger"] == {"version": "2"}
+        assert canary["champion"] == {"version": "1", "forced": False}
+        assert canary["challenger"] == {"version": "2", "forced": False}
         assert canary["rollout"] == {"canary_percent": 20, "shadow": False, "active": "canary",
                                      "challenger_version": "2"}
         assert canary["features"]["properties"]["x1"] == {"type": ["number", "null"], "minimum": 0.0, "maximum": 10.0}
@@ -648,3 +659,170 @@ def test_the_fast_preprocessing_twin_matches_the_pipeline_or_is_not_used(world):
     assert compile_preprocess(scaled, spec.features.numeric, spec.features.categorical) is None
     assert compile_preprocess(pipeline, ["x2", "x1"], spec.features.categorical) is None  # other column order
     assert RecordSchema(spec).feature_names == ["x1", "x2", "color"]
+
+
+def strict_json(text: str):
+    """Parse as standard JSON does: Infinity and NaN are not JSON."""
+
+    def refuse(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_prediction_that_is_not_finite_is_a_422_naming_the_record_on_every_route_and_is_never_logged(world):
+    good = {"id": 1, "x1": 1.0, "x2": 0.5, "color": "red"}
+    with serve(world, ["toy_steep"]) as server:
+        post = server.client.post
+        finite = post("/v1/models/toy_steep/predict", json={"records": [good]}, headers={"X-Request-ID": "finite-1"})
+        assert finite.status_code == 200 and np.isfinite(strict_json(finite.text)["predictions"][0]["prediction"])
+        for n, x2 in enumerate([1e308, -1e308]):  # allowed by the spec (x2 has no min/max); 4 * x2 overflows
+            overflowing = {**good, "id": 2, "x2": x2}
+            for route, body in (("predict", {"records": [good, overflowing]}),
+                                ("invocations", {"dataframe_records": [good, overflowing]}),
+                                ("explain", {"records": [good, overflowing]})):
+                response = post(f"/v1/models/toy_steep/{route}", json=body, headers={"X-Request-ID": f"over-{n}-{route}"})
+                assert response.status_code == 422, (route, response.text)
+                answer = strict_json(response.text)
+                assert answer["error"] == "the prediction is not finite"
+                assert [p["record"] for p in answer["problems"]] == [1]  # the overflowing record, not the good one
+                assert "record 1: the prediction is not finite" in answer["problems"][0]["message"]
+        shadowed = server.predict("toy_steep", [{**good, "x2": 1e307}], headers={"X-Request-ID": "shadow-over"})
+        assert shadowed.status_code == 200  # the champion's answer is finite; its shadow's (40 x2) is not
+        metrics = server.client.get("/metrics").text
+        assert 'mlplatform_request_errors_total{model="toy_steep",route="explain",status="422"} 2.0' in metrics
+        assert 'status="500"' not in metrics
+        wait_until(lambda: 'mlplatform_shadow_dropped_records_total{model="toy_steep"} 1.0'
+                   in server.client.get("/metrics").text)
+    logged = read_prediction_log(world.home, "toy_steep", expand_inputs=False)
+    roles = set(zip(logged["request_id"], logged["role"], strict=True))
+    assert {("finite-1", "champion"), ("finite-1", "shadow"), ("shadow-over", "champion")} <= roles
+    assert ("shadow-over", "shadow") not in roles  # the log was written, and holds nothing non-finite
+    assert not logged["request_id"].str.startswith("over-").any()
+    assert np.isfinite(logged["score"].astype(float)).all()
+
+
+def test_an_entity_key_above_the_length_limit_is_a_422_and_is_neither_echoed_nor_logged(world):
+    from mlplatform.serving.schema import MAX_KEY_CHARS
+
+    world.aliases("toy", "1")
+    good = {"x1": 1.0, "x2": 0.5, "color": "red"}
+    with serve(world, ["toy"]) as server:
+        longest = "k" * MAX_KEY_CHARS
+        kept = server.predict("toy", [{**good, "id": longest}], headers={"X-Request-ID": "key-ok"})
+        assert kept.status_code == 200 and kept.json()["predictions"][0]["key"] == {"id": longest}
+        for n, key in enumerate(["k" * 100_000, "k" * (MAX_KEY_CHARS + 1), 10 ** MAX_KEY_CHARS]):
+            response = server.predict("toy", [{**good, "id": 1}, {**good, "id": key}],
+                                      headers={"X-Request-ID": f"key-long-{n}"})
+            assert response.status_code == 422, response.text
+            (problem,) = response.json()["problems"]
+            assert (problem["record"], problem["field"]) == (1, "id")
+            assert f"at most {MAX_KEY_CHARS} characters" in problem["message"]
+            assert len(response.content) < 2000  # the key is not echoed back
+            explained = server.client.post("/v1/models/toy/explain", json={"records": [{**good, "id": key}]})
+            assert explained.status_code == 422 and explained.json()["problems"][0]["field"] == "id"
+    logged = read_prediction_log(world.home, "toy", expand_inputs=False)
+    assert "key-ok" in set(logged["request_id"])
+    assert not logged["request_id"].str.startswith("key-long").any()
+    assert logged["entity_key"].dropna().str.len().max() <= MAX_KEY_CHARS + 2  # JSON quotes around a text key
+
+
+def _answer_until_closed(sock: socket.socket, drip: bytes = b"") -> bytes:
+    """Read what the server answers until it closes the connection (at most ~60 s); meanwhile send ``drip``."""
+    received = b""
+    sock.settimeout(0.1)
+    for _ in range(600):
+        if drip:
+            try:
+                sock.sendall(drip)
+            except OSError:  # the server closed its side
+                drip = b""
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"the connection was not closed; received {received!r}")
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_is_closed(world):
+    world.aliases("toy", "1")
+    head = ("POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+    with serve(world, ["toy"], body_timeout_seconds=0.5) as server:
+        for path in ("/v1/models/toy/predict", "/v1/models/toy/invocations", "/v1/models/toy/explain",
+                     "/v1/models/nope/predict"):
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(head.format(path=path).encode() + b'{"records": [')  # and then nothing
+                answer = _answer_until_closed(sock)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert b"did not arrive within 0.5 s" in answer and b"connection: close" in answer.lower()
+
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:  # a byte at a time, each in time
+            sock.sendall(head.format(path="/v1/models/toy/predict").encode())
+            assert _answer_until_closed(sock, drip=b" ").startswith(b"HTTP/1.1 408 ")
+
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:  # no scoring route: answered and closed
+            sock.sendall(head.format(path="/v1/models/toy/nothing").encode() + b"{")
+            assert _answer_until_closed(sock).startswith((b"HTTP/1.1 404 ", b"HTTP/1.1 405 "))
+
+        assert server.predict("toy", [{"id": 1, "x1": 1.0, "x2": 0.5, "color": "red"}]).status_code == 200
+        metrics = server.client.get("/metrics").text
+        assert 'mlplatform_request_errors_total{model="toy",route="predict",status="408"} 2.0' in metrics
+
+
+@pytest.mark.slow
+def test_a_forced_champion_is_what_the_service_answers_with_before_and_after_a_restart(world, capsys):
+    """`promote --force` onto a gate-failed version: the audit, the registry and the running service agree."""
+    from mlplatform.cli import main
+    from mlplatform.lib.audit import alias_history
+    from mlplatform.lib.servability import FORCED_AT_TAG, FORCED_BY_TAG, FORCED_OVERRIDE_TAG, FORCED_REASON_TAG
+    from mlplatform.lib.settings import load_settings
+
+    world.aliases("toy", "1")
+    world.tracker.set_version_tag("toy", "4", "gate.threshold", "failed")  # v4: gates=failed, the threshold gate
+    record = {"id": 7, "x1": 3.0, "x2": 0.5, "color": "green"}
+    expected = world.pipeline("toy", "4").predict(split_xy(pd.DataFrame([{**record, "y": 0.0}]), world.spec("toy"))[0])
+    port = free_port()
+    process = start_service(world, port, flush_seconds=0.2)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.post(f"{url}/v1/models/toy/predict", json={"records": [record]}).json()[
+            "predictions"][0]["version"] == "1"
+        capsys.readouterr()
+        assert main(["promote", "toy", "--version", "4", "--by", "carol", "--reason", "incident 12", "--force"]) == 0
+        err = capsys.readouterr().err
+        assert "warning: toy v4 is champion by force, overriding gates=failed (threshold)" in err
+
+        def answering_version() -> str:
+            return httpx.post(f"{url}/v1/models/toy/predict", json={"records": [record]}).json()[
+                "predictions"][0]["version"]
+
+        wait_until(lambda: answering_version() == "4")
+        answer = httpx.post(f"{url}/v1/models/toy/predict", json={"records": [record]}).json()["predictions"][0]
+        np.testing.assert_allclose(answer["prediction"], expected[0], rtol=1e-12)
+        shown = httpx.get(f"{url}/v1/models").json()["models"][0]["champion"]
+        assert shown == {"version": "4", "forced": True, "forced_by": "carol", "forced_reason": "incident 12",
+                         "forced_override": "gates=failed (threshold)"}
+
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        with serve(world, ["toy"]) as restarted:  # a fresh service reads the registry from scratch: ready, serving v4
+            assert restarted.predict("toy", [record]).json()["predictions"][0]["version"] == "4"
+            assert restarted.client.get("/v1/models/toy").json()["champion"]["forced"] is True
+
+        with duckdb.connect(str(load_settings().warehouse_path)) as connection:
+            history = alias_history(connection, "toy")
+        last = history.iloc[-1]
+        assert (last["alias"], last["version"], last["actor"]) == ("champion", "4", "carol")  # what production serves
+        assert last["reason"] == "incident 12 [forced with --force: gates=failed (threshold)]"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        world.aliases("toy", "1")
+        for key in ("gate.threshold", FORCED_BY_TAG, FORCED_REASON_TAG, FORCED_OVERRIDE_TAG, FORCED_AT_TAG):
+            if key in world.tracker.version_tags("toy", "4"):
+                world.tracker.delete_version_tag("toy", "4", key)

@@ -19,7 +19,7 @@ class ApprovalConfig(Config):
     approved_by: str
     reason: str
     version: str = ""  # empty: the current challenger
-    force: bool = False  # promote even though a gate failed (the audit row says so)
+    force: bool = False  # promote even though a gate failed (the audit row and a version tag say so; it is served)
 
 
 class RollbackConfig(Config):
@@ -59,6 +59,9 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide, follow=None) ->
         context.log_event(audit_trail_materialization(spec, connection))
     context.log.info(f"{spec.name}: champion v{change.previous_version or '-'} -> v{change.version} by {change.actor}: "
                      f"{change.reason}")
+    if change.forced:
+        context.log.warning(f"{spec.name} v{change.version} is champion by force, overriding {change.forced}; the "
+                            "service serves it and /v1/models shows it as forced")
 
 
 def build_approval_jobs(spec: ModelSpec) -> list:

@@ -20,6 +20,7 @@ import duckdb
 
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.audit import AuditEvent, append_events, champion_history, record_alias_changes
+from mlplatform.lib.servability import forced_tags, gates_text, servability
 from mlplatform.lib.spec_hash import GATES_HASH_TAG, changed_gate_sections
 
 SET, REMOVE = "set", "remove"
@@ -35,6 +36,10 @@ class AliasRegistry(Protocol):
     def delete_alias(self, model_name: str, alias: str) -> None: ...
 
     def version_tags(self, model_name: str, version: str) -> dict[str, str]: ...
+
+    def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None: ...
+
+    def delete_version_tag(self, model_name: str, version: str, key: str) -> None: ...
 
 
 @dataclass
@@ -52,6 +57,8 @@ class AliasChange:
     changed_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
     kind: str = "alias_change"  # the audit event: alias_change (gates), approval or rollback (a person)
     dagster_run_id: str | None = None
+    forced: str | None = None  # what a forced approval overrode (gates that failed, an older spec); None otherwise
+    version_tags: dict[str, str] = field(default_factory=dict)  # written on the version before the alias moves
 
     def as_row(self) -> dict[str, Any]:
         return {"changed_at": self.changed_at, "model": self.model, "alias": self.alias, "version": self.version,
@@ -94,7 +101,9 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
 
     Refused (:class:`PromotionRefused`) without a named actor, for an unknown version, and for a
     version whose gates did not pass or ran under an older spec (:func:`spec_refusal`; ``current_spec``
-    is :func:`mlplatform.lib.spec_hash.spec_tags` of the spec now) unless ``force`` (then the reason says so).
+    is :func:`mlplatform.lib.spec_hash.spec_tags` of the spec now) unless ``force``. A forced approval says so in
+    its reason and ``forced``, and tags the version (:func:`mlplatform.lib.servability.forced_tags`): that tag is
+    what lets the service serve a gate-failed version, so production serves what the audit names.
     """
     from mlflow.exceptions import MlflowException
 
@@ -107,8 +116,9 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
         tags = registry.version_tags(model, str(version))
     except MlflowException:
         raise PromotionRefused(f"{model} v{version}: no such registered model version") from None
-    if tags.get("gates") != "passed" and not force:
-        raise PromotionRefused(f"{model} v{version} did not pass every gate (gates={tags.get('gates')}); "
+    verdict = servability(tags)
+    if not verdict.gates_passed and not force:
+        raise PromotionRefused(f"{model} v{version} did not pass every gate ({gates_text(tags)}); "
                                "refusing to promote without --force")
     older_spec = spec_refusal(model, str(version), tags, current_spec)
     if older_spec and not force:
@@ -116,12 +126,16 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     previous = registry.alias_version(model, CHAMPION)
     if previous == str(version):
         return None
-    text = reason or "manual approval"
-    if tags.get("gates") != "passed":  # forced: the audit says so, whatever the person wrote
-        text += f" [forced with --force: gates={tags.get('gates')}]"
-    if older_spec:
-        text += f" [forced with --force: {older_spec}]"
-    return AliasChange(model, CHAMPION, str(version), previous, actor.strip(), text, tags.get("week"), kind="approval")
+    overridden = [*([gates_text(tags)] if not verdict.gates_passed else []), *([older_spec] if older_spec else [])]
+    text = (reason or "manual approval") + "".join(f" [forced with --force: {o}]" for o in overridden)
+    change = AliasChange(model, CHAMPION, str(version), previous, actor.strip(), text, tags.get("week"),
+                         kind="approval", forced="; ".join(overridden) or None)
+    if change.forced:  # the service serves a gate-failed version only with these tags (lib/servability.py)
+        change.version_tags = forced_tags(change.actor, reason or "manual approval", change.forced,
+                                          change.changed_at.isoformat(timespec="seconds") + "Z")
+    if not servability({**tags, **change.version_tags}).servable:
+        raise PromotionRefused(f"{model} v{version}: production would not serve it; nothing changed")
+    return change
 
 
 def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,
@@ -179,8 +193,8 @@ def restore_refusal(model: str, version: str, tags: Mapping[str, str],
     audited exception, not a version a rollback (automatic or by hand) returns to: forcing it again is a new
     ``promote --force``.
     """
-    if tags.get("gates") != "passed":
-        return f"{model} v{version} did not pass every gate (gates={tags.get('gates')})"
+    if not servability(tags).gates_passed:
+        return f"{model} v{version} did not pass every gate ({gates_text(tags)})"
     return spec_refusal(model, version, tags, current_spec)
 
 
@@ -264,15 +278,22 @@ def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry
         change.model, change.kind, change.actor,
         f"{change.alias}: v{change.previous_version or '-'} -> v{change.version or '-'}; {change.reason}",
         version=change.version, week=change.week, dagster_run_id=change.dagster_run_id,
-        details={"alias": change.alias, "previous_version": change.previous_version, "action": change.action},
+        details={"alias": change.alias, "previous_version": change.previous_version, "action": change.action,
+                 **({"forced": change.forced} if change.forced else {})},
         at=change.changed_at) for change in changes])
     moved: list[AliasChange] = []
+    tagged: list[tuple[AliasChange, dict[str, str]]] = []
     try:
         for change in changes:
+            if change.version_tags and change.version is not None:
+                tagged.append((change, registry.version_tags(change.model, change.version)))
+                for key, value in change.version_tags.items():
+                    registry.set_version_tag(change.model, change.version, key, value)
             _move(registry, change.model, change.alias, change.version)
             moved.append(change)
     except Exception:
         restore(registry, moved)
+        _restore_tags(registry, tagged)
         raise
 
 
@@ -280,6 +301,16 @@ def restore(registry: AliasRegistry, moved: Iterable[AliasChange]) -> None:
     """Undo alias moves (newest first): each alias goes back to its previous version, or away."""
     for change in reversed(list(moved)):
         _move(registry, change.model, change.alias, change.previous_version)
+
+
+def _restore_tags(registry: AliasRegistry, tagged: Sequence[tuple[AliasChange, dict[str, str]]]) -> None:
+    """Put back the version tags a failed unit wrote (a forced approval that did not happen leaves no tag)."""
+    for change, before in reversed(tagged):
+        for key in change.version_tags:
+            if key in before:
+                registry.set_version_tag(change.model, str(change.version), key, before[key])
+            else:
+                registry.delete_version_tag(change.model, str(change.version), key)
 
 
 def commit_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry,

@@ -214,6 +214,13 @@ class Tracker:
     def version_tags(self, model_name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(model_name, version).tags)
 
+    def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None:
+        """Only :mod:`mlplatform.lib.promotion` tags a version after training (a forced approval)."""
+        self.client.set_model_version_tag(model_name, version, key, value)
+
+    def delete_version_tag(self, model_name: str, version: str, key: str) -> None:
+        self.client.delete_model_version_tag(model_name, version, key)
+
     def load_version(self, model_name: str, version: str) -> Any:
         """The sklearn pipeline of a registered version (cached: versions are immutable)."""
         key = (model_name, version)

@@ -1,6 +1,7 @@
 """The FastAPI application: predict, MLflow-compatible invocations, model listing, health, readiness, metrics.
 
-Handlers read the raw body and check records with :class:`RecordSchema` instead of declaring pydantic bodies: the
+The scoring routes (predict, invocations, explain) reach their handlers through :mod:`mlplatform.serving.protocol`,
+which reads the raw body and checks records with :class:`RecordSchema` instead of declaring pydantic bodies: the
 1-row path is the one the benchmark measures, and every bad input must become a 4xx that names the problem.
 """
 
@@ -8,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
-import json
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -29,18 +27,29 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mlplatform.lib.prediction_log import ChildProcessLogWriter, PredictionLogWriter, utc_now
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE, entity_key, role_for, routing_key
 from mlplatform.serving.batching import MicroBatcher, single_threaded
-from mlplatform.serving.explain import add_explain_route
+from mlplatform.serving.explain import add_explain_route, explain_route
 from mlplatform.serving.metrics import ServingMetrics
-from mlplatform.serving.models import LoadedModel, ModelState, ModelWatcher, Registry, ServingState
-from mlplatform.serving.schema import RecordProblems, RecordSchema
+from mlplatform.serving.models import LoadedModel, ModelState, ModelWatcher, Registry, ServingState, finite_output
+from mlplatform.serving.protocol import (
+    REQUEST_ID_HEADER,
+    Body,
+    BodyDeadlines,
+    Route,
+    ScoringCall,
+    ScoringFront,
+    dumps,
+    handle,
+    mlflow_records,
+    not_finite,
+    predict_records,
+)
+from mlplatform.serving.schema import RecordSchema
 from mlplatform.specs import ModelSpec
 
 log = logging.getLogger("mlplatform.serving")
 
-REQUEST_ID_HEADER = "X-Request-ID"
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-UNKNOWN_MODEL_LABEL = "(unknown)"
-"""Metric label for requests naming no served model: a client's typos must not create label sets."""
+BODY_TIMEOUT_SECONDS = 30.0
+"""Default time a scoring request's body has to arrive in full (then 408 and the connection is closed)."""
 
 
 @dataclass
@@ -56,19 +65,11 @@ class ServingConfig:
     log_predictions: bool = True
     shadow_queue_rows: int = 10_000
     max_body_bytes: int | None = None  # default: 4 KiB a record of max_batch, plus 64 KiB
+    body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
 
     @property
     def body_limit(self) -> int:
         return self.max_body_bytes or self.max_batch * 4096 + 65536
-
-
-class HttpProblem(Exception):
-    """A 4xx/503 answer with a reason."""
-
-    def __init__(self, status: int, error: str, **detail: Any):
-        self.status = status
-        self.body = {"error": error, **detail}
-        super().__init__(error)
 
 
 class ShadowScorer:
@@ -145,11 +146,19 @@ class ShadowScorer:
             self.metrics.predictions.labels(model.name, model.version, SHADOW_ROLE).inc(len(rows))
             self.metrics.latency.labels(model.name, model.version, SHADOW_ROLE).observe(elapsed)
             if self.writer is not None:
+                kept = []
                 for log_row, output in zip(log_rows, outputs, strict=True):
+                    if not finite_output(output):  # nothing non-finite reaches the log (drift, live performance)
+                        self.metrics.shadow_dropped.labels(model.name).inc()
+                        continue
                     log_row.update(version=model.version, role=SHADOW_ROLE, score=output["score"],
                                    label=_label(output), probabilities=output.get("probabilities"),
                                    latency_ms=elapsed * 1000)
-                self.writer.write(log_rows)
+                    kept.append(log_row)
+                if len(kept) < len(log_rows):
+                    log.warning("shadow %s v%s: %d predictions were not finite; not logged", model.name,
+                                model.version, len(log_rows) - len(kept))
+                self.writer.write(kept)
 
 
 class ServingRuntime:
@@ -168,6 +177,7 @@ class ServingRuntime:
                                     on_swap=self._served_gauge)
         self.batcher = MicroBatcher(max_rows=max(config.max_batch, 1))
         self.shadow = ShadowScorer(self.writer, self.metrics, config.shadow_queue_rows)
+        self.body_deadlines = BodyDeadlines(config.body_timeout_seconds)
 
     @property
     def state(self) -> ServingState:
@@ -177,12 +187,14 @@ class ServingRuntime:
         if self.writer is not None:
             self.writer.start()
         self.batcher.start()
+        self.body_deadlines.start()
         self.shadow.start()
         self.watcher.start()
 
     async def stop(self) -> None:
         """On shutdown (SIGTERM): finish queued predictions and shadows, then flush the log."""
         await self.batcher.stop()
+        await self.body_deadlines.stop()
         await asyncio.to_thread(self.shadow.stop)
         await asyncio.to_thread(self.watcher.stop)
         gc.unfreeze()  # let the collector see everything again (the watcher froze the long-lived objects)
@@ -197,17 +209,11 @@ class ServingRuntime:
                 if loaded is not None:
                     self.metrics.served.labels(name, role, loaded.version).set(1)
 
-    async def score(self, model: ModelState, records: list[Any], request_id: str, arrived: float,
-                    route: str) -> list[dict[str, Any]]:
-        """Check, route, score and log records; one answer per record, in order."""
+    async def score(self, call: ScoringCall) -> list[dict[str, Any]]:
+        """Route, score and log checked records; one answer per record, in order (a 422 when any is not finite)."""
         when = utc_now()
-        if model.champion is None:
-            raise HttpProblem(503, f"model {model.spec.name!r} has no servable champion yet", model=model.spec.name,
-                              refused_versions=dict(model.refused))
-        try:
-            rows = model.schema.check(records)
-        except RecordProblems as problems:
-            raise HttpProblem(422, "invalid records", problems=problems.problems) from None
+        model, records, rows, request_id = call.model, call.records, call.rows, call.request_id
+        assert model.champion is not None  # protocol.handle answered 503 otherwise
         challenger = model.rollout_challenger
         percent = model.canary_percent
         keys: list[dict[str, Any] | None] = []
@@ -235,7 +241,11 @@ class ServingRuntime:
         else:
             results = await asyncio.gather(*(self.batcher.predict(m, [rows[i] for i in idx])
                                              for m, _, idx in groups))
-        latency = time.perf_counter() - arrived
+        overflowed = [i for (_, _, indexes), outputs in zip(groups, results, strict=True)
+                      for i, output in zip(indexes, outputs, strict=True) if not finite_output(output)]
+        if overflowed:  # nothing is answered or logged: a non-finite score would reach drift and live performance
+            raise not_finite(sorted(overflowed))
+        latency = time.perf_counter() - call.arrived
         answers: list[dict[str, Any]] = [{}] * len(rows)
         versions: list[str] = [""] * len(rows)
         outputs_by_index: list[dict[str, Any]] = [{}] * len(rows)
@@ -276,169 +286,8 @@ def _label(output: Mapping[str, Any]) -> str:
     return str(output["prediction"])
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise HttpProblem(400, "malformed JSON", detail=str(error)[:300]) from None
-
-
-def predict_records(payload: Any) -> list[Any]:
-    """``{"records": [record, ...]}``: the one shape of the predict route."""
-    if not isinstance(payload, dict) or "records" not in payload:
-        raise HttpProblem(422, "expected a JSON object {\"records\": [record, ...]}",
-                          found=type(payload).__name__ if not isinstance(payload, dict) else sorted(payload)[:20])
-    records = payload["records"]
-    if not isinstance(records, list) or not records:
-        raise HttpProblem(422, "\"records\" must be a non-empty list of records",
-                          found=type(records).__name__ if not isinstance(records, list) else "an empty list")
-    return records
-
-
-def mlflow_records(payload: Any) -> list[Any]:
-    """Records of an MLflow scoring payload: ``dataframe_records`` or ``dataframe_split`` (as `mlflow models serve`)."""
-    if not isinstance(payload, dict):
-        raise HttpProblem(422, "expected a JSON object with dataframe_records or dataframe_split",
-                          found=type(payload).__name__)
-    if "dataframe_records" in payload:
-        records = payload["dataframe_records"]
-        if not isinstance(records, list) or not records:
-            raise HttpProblem(422, "dataframe_records must be a non-empty list of records")
-        return records
-    if "dataframe_split" in payload:
-        split = payload["dataframe_split"]
-        if not isinstance(split, dict) or not isinstance(split.get("columns"), list) \
-                or not isinstance(split.get("data"), list) or not split["data"]:
-            raise HttpProblem(422, "dataframe_split must be {\"columns\": [...], \"data\": [[...], ...]} "
-                              "with at least one row")
-        columns = split["columns"]
-        if not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
-            raise HttpProblem(422, "dataframe_split.columns must be distinct texts")
-        records = []
-        for index, row in enumerate(split["data"]):
-            if not isinstance(row, list) or len(row) != len(columns):
-                raise HttpProblem(422, f"dataframe_split.data[{index}] must be a list of {len(columns)} values "
-                                  "(one per column)")
-            records.append(dict(zip(columns, row, strict=True)))
-        return records
-    supported = "dataframe_records, dataframe_split"
-    found = sorted(payload)[:20]
-    raise HttpProblem(422, f"unsupported MLflow payload: this service accepts {supported}", found=found)
-
-
-_ID_PREFIX = uuid.uuid4().hex[:16]
-_ID_COUNTER = itertools.count()
-
-
-def new_request_id() -> str:
-    """A random per-process prefix and a counter: unique across processes and restarts, and cheaper than a uuid4
-    per request (its system call showed as ~5 % of the event loop's samples at 1-row requests)."""
-    return f"{_ID_PREFIX}-{next(_ID_COUNTER)}"
-
-
-def checked_request_id(given: str | None) -> str:
-    if given is None:
-        return new_request_id()
-    if not REQUEST_ID_PATTERN.match(given):
-        raise HttpProblem(422, f"{REQUEST_ID_HEADER} must be 1-128 characters of letters, digits and . _ : -")
-    return given
-
-
-async def score_request(runtime: ServingRuntime, name: str, route: str, body: bytes, given_request_id: str | None,
-                        oversized: bool = False) -> tuple[int, bytes, dict[str, str]]:
-    """One scoring request, whatever serves it (the ASGI fast path or FastAPI): (status, JSON body, headers).
-
-    Every outcome is counted; input problems are 4xx with a reason; anything else is a 500 with an error id.
-    """
-    arrived = time.perf_counter()
-    config = runtime.config
-    model = runtime.state.models.get(name)
-    label = name if model is not None else UNKNOWN_MODEL_LABEL
-    status = 500
-    try:
-        if model is None:
-            raise HttpProblem(404, f"no model named {name!r} is served", served=sorted(runtime.state.models))
-        request_id = checked_request_id(given_request_id)
-        if oversized or len(body) > config.body_limit:
-            raise HttpProblem(413, f"request body above {config.body_limit} bytes")
-        payload = parse_json(body)
-        records = predict_records(payload) if route == "predict" else mlflow_records(payload)
-        if len(records) > config.max_batch:
-            raise HttpProblem(413, f"{len(records)} records in one request; at most {config.max_batch}",
-                              max_batch=config.max_batch)
-        answers = await runtime.score(model, records, request_id, arrived, route)
-        status = 200
-        if route == "predict":
-            answer: Any = {"request_id": request_id, "model": name, "predictions": answers}
-        else:
-            answer = {"predictions": [a["prediction"] for a in answers]}
-        return 200, _dumps(answer), {REQUEST_ID_HEADER: request_id}
-    except HttpProblem as problem:
-        status = problem.status
-        return problem.status, _dumps(problem.body), {}
-    except Exception:  # noqa: BLE001 - a genuine server fault: answer with an id to find the traceback by
-        error_id = uuid.uuid4().hex
-        log.exception("error %s on POST /v1/models/%s/%s", error_id, name, route)
-        return 500, _dumps({"error": "internal error", "error_id": error_id}), {}
-    finally:
-        runtime.metrics.requests.labels(label, route, str(status)).inc()
-        if status >= 400:
-            runtime.metrics.errors.labels(label, route, str(status)).inc()
-
-
-SCORING_PATH = re.compile(r"^/v1/models/([^/]+)/(predict|invocations)$")
-
-
-class ScoringFastPath:
-    """A bare ASGI handler for the two scoring routes, in front of the FastAPI application.
-
-    FastAPI's middleware stack, routing and dependency handling were ~11 % of the event loop's time on a 1-row
-    request; these two routes need none of it (they read raw bytes and answer raw bytes through the same
-    :func:`score_request`). Everything else (and the OpenAPI document, which still lists both routes) is FastAPI's.
-    """
-
-    def __init__(self, app: FastAPI, runtime: ServingRuntime):
-        self.app = app
-        self.runtime = runtime
-        self.state = app.state
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        match = SCORING_PATH.match(scope["path"])
-        if match is None:
-            return await self.app(scope, receive, send)
-        chunks, size, limit = [], 0, self.runtime.config.body_limit
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= limit:  # beyond the limit keep reading (and drop) so the 413 can be answered
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
-        status, payload, headers = await score_request(self.runtime, match.group(1), match.group(2),
-                                                       b"".join(chunks), given, oversized=size > limit)
-        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": payload})
-        return None
-
-
-def _dumps(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), default=str).encode()
-
-
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(_dumps(body), status_code=status, media_type="application/json", headers=dict(headers or {}))
+    return Response(dumps(body), status_code=status, media_type="application/json", headers=dict(headers or {}))
 
 
 def _request_body_doc(specs: Sequence[ModelSpec], mlflow: bool) -> dict[str, Any]:
@@ -455,9 +304,28 @@ def _request_body_doc(specs: Sequence[ModelSpec], mlflow: bool) -> dict[str, Any
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def create_app(config: ServingConfig) -> ScoringFastPath:
-    """The FastAPI application behind :class:`ScoringFastPath` (``.app`` is the FastAPI object)."""
+def scoring_routes(runtime: ServingRuntime) -> dict[str, Route]:
+    """predict, invocations and explain: what each answers once :func:`mlplatform.serving.protocol.handle` has
+    checked the request."""
+    config = runtime.config
+
+    async def predict(call: ScoringCall) -> Any:
+        return {"request_id": call.request_id, "model": call.model.spec.name,
+                "predictions": await runtime.score(call)}
+
+    async def invocations(call: ScoringCall) -> Any:
+        return {"predictions": [a["prediction"] for a in await runtime.score(call)]}
+
+    explain = explain_route(config.tracker, runtime.metrics, config.max_batch)
+    return {"predict": Route("predict", predict_records, config.max_batch, predict),
+            "invocations": Route("invocations", mlflow_records, config.max_batch, invocations),
+            explain.name: explain}
+
+
+def create_app(config: ServingConfig) -> ScoringFront:
+    """The FastAPI application behind :class:`ScoringFront` (``.app`` is the FastAPI object)."""
     runtime = ServingRuntime(config)
+    routes = scoring_routes(runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -472,11 +340,11 @@ def create_app(config: ServingConfig) -> ScoringFastPath:
                   "`{\"records\": [...]}`; MLflow clients use `/invocations`. See docs/serving.md.",
                   lifespan=lifespan)
     app.state.runtime = runtime
-    add_explain_route(app, runtime)  # POST /v1/models/{name}/explain (serving/explain.py)
 
-    async def handle(name: str, request: Request, route: str) -> Response:
-        status, body, headers = await score_request(runtime, name, route, await request.body(),
-                                                    request.headers.get(REQUEST_ID_HEADER))
+    async def through_fastapi(name: str, request: Request, route: str) -> Response:
+        """The same path when the application is called without the front (the front answers these routes)."""
+        status, body, headers = await handle(runtime, routes[route], name, Body(await request.body()),
+                                             request.headers.get(REQUEST_ID_HEADER), dict(request.query_params))
         return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     @app.post("/v1/models/{name}/predict", summary="Predict one or more records",
@@ -484,13 +352,15 @@ def create_app(config: ServingConfig) -> ScoringFastPath:
     async def predict(name: str, request: Request) -> Response:
         """Body: `{"records": [record, ...]}`. Answer per record: prediction (+ probabilities), version, role
         (`champion`/`canary`), request id, the entity key when given. 422 names every bad field."""
-        return await handle(name, request, "predict")
+        return await through_fastapi(name, request, "predict")
 
     @app.post("/v1/models/{name}/invocations", summary="MLflow scoring protocol",
               openapi_extra=_request_body_doc(config.specs, mlflow=True))
     async def invocations(name: str, request: Request) -> Response:
         """`dataframe_records` or `dataframe_split`, answered like `mlflow models serve`: `{"predictions": [...]}`."""
-        return await handle(name, request, "invocations")
+        return await through_fastapi(name, request, "invocations")
+
+    add_explain_route(app, lambda name, request: through_fastapi(name, request, "explain"))
 
     @app.get("/v1/models", summary="Served models, versions, rollout and feature schema")
     async def models() -> Response:
@@ -526,7 +396,7 @@ def create_app(config: ServingConfig) -> ScoringFastPath:
         log.error("error %s on %s %s", error_id, request.method, request.url.path, exc_info=error)
         return JSONResponse({"error": "internal error", "error_id": error_id}, status_code=500)
 
-    return ScoringFastPath(app, runtime)
+    return ScoringFront(app, runtime, routes)
 
 
 def describe(model: ModelState, config: ServingConfig) -> dict[str, Any]:
@@ -537,8 +407,8 @@ def describe(model: ModelState, config: ServingConfig) -> dict[str, Any]:
     return {
         "name": spec.name,
         "task": spec.task,
-        "champion": {"version": model.champion.version} if model.champion else None,
-        "challenger": {"version": model.challenger.version} if model.challenger else None,
+        "champion": served_version(model.champion),
+        "challenger": served_version(model.challenger),
         "aliases": dict(model.aliases),
         "refused_versions": dict(model.refused),
         "rollout": {"canary_percent": spec.rollout.canary_percent, "shadow": spec.rollout.shadow,
@@ -551,3 +421,14 @@ def describe(model: ModelState, config: ServingConfig) -> dict[str, Any]:
         "registry_error": model.registry_error,
         "checked_at": model.checked_at,
     }
+
+
+def served_version(loaded: LoadedModel | None) -> dict[str, Any] | None:
+    """A served version as /v1/models shows it: whether a person forced it into production, and who and why."""
+    if loaded is None:
+        return None
+    verdict = loaded.verdict
+    if verdict is None or not verdict.forced:
+        return {"version": loaded.version, "forced": False}
+    return {"version": loaded.version, "forced": True, "forced_by": verdict.forced_by,
+            "forced_reason": verdict.forced_reason, "forced_override": verdict.forced_override}

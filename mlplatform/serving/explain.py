@@ -1,8 +1,8 @@
 """``POST /v1/models/{name}/explain``: the champion's prediction for each record and the features behind it.
 
-The same checks as predict (unknown model 404, no champion 503, body size 413, malformed JSON 400, bad records 422
-naming every problem), then per record: the prediction, the version, and its top contributions
-(:mod:`mlplatform.lib.explain`). Explanations are for people reading a decision: they are not routed to a canary
+The same request path as predict (:mod:`mlplatform.serving.protocol`: unknown model 404, no champion 503, body
+size 413, body timeout 408, malformed JSON 400, bad records 422 naming every problem, a prediction that is not
+finite 422), then per record: the prediction, the version, and its top contributions (:mod:`mlplatform.lib.explain`). Explanations are for people reading a decision: they are not routed to a canary
 and not written to the prediction log. The explainer of a version is built once (TreeSHAP's setup, or a non-tree
 version's background rows read from its MLflow run) and kept while the version is served.
 """
@@ -10,20 +10,18 @@ version's background rows read from its MLflow run) and kept while the version i
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from mlplatform.lib.explain import TOP_K, Explainer
-from mlplatform.serving.schema import RecordProblems
-
-if TYPE_CHECKING:
-    from mlplatform.serving.app import ServingRuntime
-    from mlplatform.serving.models import LoadedModel
+from mlplatform.lib.explain import TOP_K, Explainer, RowExplanation
+from mlplatform.serving.models import LoadedModel, finite_output
+from mlplatform.serving.protocol import HttpProblem, Route, ScoringCall, not_finite, predict_records
 
 ROUTE = "explain"
 MAX_EXPLAIN_RECORDS = 100
@@ -66,7 +64,6 @@ class Explainers:
         import pandas as pd
 
         from mlplatform import names
-        from mlplatform.serving.app import HttpProblem
 
         run_id = self.tracker.client.get_model_version(model.name, model.version).run_id
         stored = self.tracker.read_artifact(run_id, names.BACKGROUND_PARQUET)
@@ -77,10 +74,8 @@ class Explainers:
         return pd.read_parquet(io.BytesIO(stored))
 
 
-def top_k(request: Request, limit: int) -> int:
-    from mlplatform.serving.app import HttpProblem
-
-    given = request.query_params.get("top")
+def top_k(query: Mapping[str, str], limit: int) -> int:
+    given = query.get("top")
     if given is None:
         return min(TOP_K, limit)
     try:
@@ -92,74 +87,46 @@ def top_k(request: Request, limit: int) -> int:
     return value
 
 
-async def explain_request(runtime: ServingRuntime, explainers: Explainers, name: str,
-                          request: Request) -> tuple[int, bytes, dict[str, str]]:
-    from mlplatform.serving.app import (
-        REQUEST_ID_HEADER,
-        UNKNOWN_MODEL_LABEL,
-        HttpProblem,
-        _dumps,
-        checked_request_id,
-        parse_json,
-        predict_records,
-    )
+def explain_route(tracker: Any, metrics: Any, max_batch: int) -> Route:
+    """The explain route for :func:`mlplatform.serving.protocol.handle`: the champion's explanation of checked rows."""
+    explainers = Explainers(tracker)
 
-    config = runtime.config
-    model = runtime.state.models.get(name)
-    label = name if model is not None else UNKNOWN_MODEL_LABEL
-    status = 500
-    try:
-        if model is None:
-            raise HttpProblem(404, f"no model named {name!r} is served", served=sorted(runtime.state.models))
-        request_id = checked_request_id(request.headers.get(REQUEST_ID_HEADER))
-        body = await request.body()
-        if len(body) > config.body_limit:
-            raise HttpProblem(413, f"request body above {config.body_limit} bytes")
-        records = predict_records(parse_json(body))
-        limit = min(config.max_batch, MAX_EXPLAIN_RECORDS)
-        if len(records) > limit:
-            raise HttpProblem(413, f"{len(records)} records in one explain request; at most {limit}", max_records=limit)
-        champion = model.champion
-        if champion is None:
-            raise HttpProblem(503, f"model {name!r} has no servable champion yet", model=name,
-                              refused_versions=dict(model.refused))
-        try:
-            rows = model.schema.check(records)
-        except RecordProblems as problems:
-            raise HttpProblem(422, "invalid records", problems=problems.problems) from None
-        k = top_k(request, len(model.schema.feature_names))
+    async def answer(call: ScoringCall) -> Any:
+        champion = call.model.champion
+        assert champion is not None  # protocol.handle answered 503 otherwise
+        k = top_k(call.query, len(call.model.schema.feature_names))
         started = time.perf_counter()
-        answers = await asyncio.to_thread(_explain, explainers, champion, rows, k)
-        runtime.metrics.latency.labels(name, champion.version, ROUTE).observe(time.perf_counter() - started)
-        status = 200
-        return 200, _dumps({"request_id": request_id, "model": name, "version": champion.version,
-                            "explanations": answers}), {REQUEST_ID_HEADER: request_id}
-    except HttpProblem as problem:
-        status = problem.status
-        return problem.status, _dumps(problem.body), {}
-    except Exception:  # noqa: BLE001 - a genuine server fault: answer with an id to find the traceback by
-        import logging
+        answers = await asyncio.to_thread(_explain, explainers, champion, call.rows, k)
+        metrics.latency.labels(champion.name, champion.version, ROUTE).observe(time.perf_counter() - started)
+        return {"request_id": call.request_id, "model": champion.name, "version": champion.version,
+                "explanations": answers}
 
-        error_id = uuid.uuid4().hex
-        logging.getLogger("mlplatform.serving").exception("error %s on POST /v1/models/%s/explain", error_id, name)
-        return 500, _dumps({"error": "internal error", "error_id": error_id}), {}
-    finally:
-        runtime.metrics.requests.labels(label, ROUTE, str(status)).inc()
-        if status >= 400:
-            runtime.metrics.errors.labels(label, ROUTE, str(status)).inc()
+    return Route(ROUTE, predict_records, min(max_batch, MAX_EXPLAIN_RECORDS), answer)
 
 
 def _explain(explainers: Explainers, model: LoadedModel, rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
-    explainer = explainers.get(model)
     outputs = model.predict(rows)
+    overflowed = [i for i, output in enumerate(outputs) if not finite_output(output)]
+    if overflowed:
+        raise not_finite(overflowed)
+    explainer = explainers.get(model)
     explained = explainer.explain(model.frame(rows), k)
+    overflowed = [i for i, explanation in enumerate(explained) if not _finite_explanation(explanation)]
+    if overflowed:
+        raise not_finite(overflowed, "explanation")
     return [{"index": i, **{key: v for key, v in output.items() if key != "score"}, "version": model.version,
              **explanation.as_dict()} for i, (output, explanation) in enumerate(zip(outputs, explained, strict=True))]
 
 
-def add_explain_route(app: FastAPI, runtime: ServingRuntime) -> None:
-    """Register ``POST /v1/models/{name}/explain`` on the FastAPI application."""
-    explainers = Explainers(runtime.config.tracker)
+def _finite_explanation(explanation: RowExplanation) -> bool:
+    numbers = [explanation.base_value, explanation.output_value, explanation.rest,
+               *(c.contribution for c in explanation.top)]
+    return all(math.isfinite(n) for n in numbers)
+
+
+def add_explain_route(app: FastAPI, handler: Callable[[str, Request], Awaitable[Response]]) -> None:
+    """Register ``POST /v1/models/{name}/explain`` on the FastAPI application (its OpenAPI entry; requests are
+    answered by the protocol's front, through the same :func:`mlplatform.serving.protocol.handle`)."""
     record = {"type": "object", "description": "a record as for /predict"}
     body_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": ["records"],
@@ -174,5 +141,4 @@ def add_explain_route(app: FastAPI, runtime: ServingRuntime) -> None:
         """Body: `{"records": [record, ...]}` (as predict). Answer per record: prediction (+ probabilities), version,
         the explained output (e.g. log-odds of the positive class), its base value, and the top contributions of
         the spec's features with the record's values (`?top=K`, default 5); the rest summed in `other_features`."""
-        status, body, headers = await explain_request(runtime, explainers, name, request)
-        return Response(body, status_code=status, media_type="application/json", headers=headers)
+        return await handler(name, request)

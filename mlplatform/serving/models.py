@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ import pandas as pd
 
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.decision import DECISION_THRESHOLD, predicted_positive
+from mlplatform.lib.servability import Servability, servability
 from mlplatform.serving.fastpath import FastPreprocess, FlatTrees, compile_preprocess, compile_trees
 from mlplatform.serving.schema import RecordSchema
 from mlplatform.specs import ModelSpec
@@ -29,9 +31,6 @@ log = logging.getLogger(__name__)
 FLAT_TREES_MAX_ROWS = 16
 """Up to this many rows the flat twin of a tree ensemble is faster (car_loan, 1 row: 0.44 ms of CPU instead of 2.5;
 8 rows: 1.0 instead of 1.8); above it scikit-learn's per-row loop wins (100 rows: 3.5 ms instead of 6.0)."""
-
-GATES_TAG = "gates"
-GATES_PASSED = "passed"
 
 
 @dataclass(frozen=True)
@@ -48,16 +47,17 @@ class LoadedModel:
     threshold: float = DECISION_THRESHOLD  # binary: the positive class from this probability on (the spec's)
     fast: FastPreprocess | None = None  # the numpy twin of the preprocessing, when it reproduces it exactly
     trees: FlatTrees | None = None  # the flat twin of a HistGradientBoosting estimator, likewise
+    verdict: Servability | None = None  # why it may be served (a person's forced approval is shown in /v1/models)
 
     @classmethod
-    def of(cls, spec: ModelSpec, version: str, pipeline: Any) -> LoadedModel:
+    def of(cls, spec: ModelSpec, version: str, pipeline: Any, verdict: Servability | None = None) -> LoadedModel:
         classes = None if spec.task == "regression" else tuple(_plain(c) for c in pipeline.classes_)
         fast = compile_preprocess(pipeline, spec.features.numeric, spec.features.categorical)
         trees = None
         if fast is not None:
             trees = compile_trees(pipeline.named_steps["estimator"], fast.transform(fast.probe_rows()))
         return cls(spec.name, str(version), spec.task, pipeline, tuple(spec.features.numeric),
-                   tuple(spec.features.categorical), classes, spec.decision_threshold, fast, trees)
+                   tuple(spec.features.categorical), classes, spec.decision_threshold, fast, trees, verdict)
 
     @property
     def inline_rows(self) -> int:
@@ -107,6 +107,16 @@ class LoadedModel:
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+def finite_output(output: Mapping[str, Any]) -> bool:
+    """Whether an output of :meth:`LoadedModel.predict` is all finite numbers (an input far outside the training
+    data, e.g. 1.7e308 where the spec sets no bound, can overflow a model to inf or NaN)."""
+    score = output["score"]
+    if not math.isfinite(score):
+        return False
+    probabilities = output.get("probabilities")
+    return probabilities is None or all(math.isfinite(p) for p in probabilities.values())
 
 
 @dataclass(frozen=True)
@@ -200,9 +210,11 @@ class Registry:
             raise RegistryUnavailable(f"{type(error).__name__}: {error}") from error
         return {alias: str(version) for alias, version in dict(registered.aliases).items()}
 
-    def gates(self, model: str, version: str) -> str | None:
+    def servability(self, model: str, version: str) -> Servability:
+        """May production serve this version (:func:`mlplatform.lib.servability.servability`, the rule promotion
+        applies too)."""
         try:
-            return self.tracker.version_tags(model, version).get(GATES_TAG)
+            return servability(self.tracker.version_tags(model, version))
         except Exception as error:  # noqa: BLE001
             raise RegistryUnavailable(f"{type(error).__name__}: {error}") from error
 
@@ -218,9 +230,10 @@ class Registry:
 class ModelWatcher:
     """Polls the aliases of every served model and swaps in a new :class:`ServingState` when they move.
 
-    A version whose ``gates`` tag is not ``passed`` is never loaded, whatever alias points at it: the model keeps
-    the version it served for that role before (the refusal is shown in /v1/models and logged). When the registry
-    cannot be read the state is kept as it is (with the error shown).
+    A version that :func:`mlplatform.lib.servability.servability` refuses (its gates failed and no person forced it)
+    is never loaded, whatever alias points at it: the model keeps the version it served for that role before (the
+    refusal is shown in /v1/models and logged). When the registry cannot be read the state is kept as it is (with
+    the error shown).
     """
 
     def __init__(self, specs: Sequence[ModelSpec], registry: Registry, poll_seconds: float = 2.0,
@@ -315,16 +328,18 @@ class ModelWatcher:
             return None
         if serving is not None and serving.version == version:
             return serving
+        verdict = self.registry.servability(name, version)  # read again on every move: a person may have forced it
         cached = self._loaded.get((name, version))
-        if cached is not None:
+        if cached is not None and verdict.servable:
+            if cached.verdict != verdict:
+                cached = self._loaded[(name, version)] = replace(cached, verdict=verdict)
             return cached
-        gates = self.registry.gates(name, version)
-        if gates != GATES_PASSED:
-            refused[version] = f"gates tag is {gates!r}, not {GATES_PASSED!r}: never served"
+        if not verdict.servable:
+            refused[version] = verdict.why_not or "not servable"
             if (name, version) not in self._warned:
                 self._warned.add((name, version))
-                log.warning("serving %s: refusing v%s (gates=%s) although an alias points at it; serving %s",
-                            name, version, gates, f"v{serving.version}" if serving else "nothing for that role")
+                log.warning("serving %s: refusing v%s (%s) although an alias points at it; serving %s",
+                            name, version, verdict.why_not, f"v{serving.version}" if serving else "nothing for that role")
             return serving
         try:
             pipeline = self.registry.load(name, version)
@@ -332,9 +347,13 @@ class ModelWatcher:
             refused[version] = f"could not be loaded: {type(error).__name__}: {error}"
             log.exception("serving %s: loading v%s failed; keeping %s", name, version, serving and serving.version)
             return serving
-        loaded = LoadedModel.of(state.spec, version, pipeline)
+        loaded = LoadedModel.of(state.spec, version, pipeline, verdict)
         self._loaded[(name, version)] = loaded
-        log.info("serving %s: loaded v%s", name, version)
+        if verdict.forced:
+            log.warning("serving %s: loaded v%s, forced into production by %s (%s): %s", name, version,
+                        verdict.forced_by, verdict.forced_override, verdict.forced_reason)
+        else:
+            log.info("serving %s: loaded v%s", name, version)
         return loaded
 
     def _forget_unused(self, state: ServingState) -> None:

@@ -19,6 +19,8 @@ RECORD_ID_FIELD = "_id"
 """Optional field of a record: the client's id for it, logged and echoed (replay sends the source row number)."""
 
 MAX_RECORD_ID_CHARS = 200
+MAX_KEY_CHARS = 200
+"""Longest value of an entity key column (as text): keys are echoed, logged and hashed for the canary."""
 MAX_FOUND_CHARS = 80
 MAX_PROBLEMS = 50
 
@@ -142,12 +144,13 @@ class RecordSchema:
                                          f"{_shown(record[rule.name])}; allowed: {rule.allowed()}"))
             values[rule.name] = value
         for column in self.key_columns:
-            if column in record and not _is_scalar(record[column]):
-                problems.append(_problem(index, column, record[column], "a text or number",
-                                         f"record {index}: key {column!r} must be a text or number; found "
-                                         f"{_shown(record[column])}"))
+            if column in record and not _short_scalar(record[column], MAX_KEY_CHARS):
+                problems.append(_problem(index, column, record[column],
+                                         f"a text or number of at most {MAX_KEY_CHARS} characters",
+                                         f"record {index}: key {column!r} must be a text or number of at most "
+                                         f"{MAX_KEY_CHARS} characters; found {_shown(record[column])}"))
         record_id = record.get(RECORD_ID_FIELD)
-        if record_id is not None and (not _is_scalar(record_id) or len(str(record_id)) > MAX_RECORD_ID_CHARS):
+        if record_id is not None and not _short_scalar(record_id, MAX_RECORD_ID_CHARS):
             problems.append(_problem(index, RECORD_ID_FIELD, record_id, f"a text or number of at most "
                                      f"{MAX_RECORD_ID_CHARS} characters",
                                      f"record {index}: {RECORD_ID_FIELD!r} must be a short text or number; found "
@@ -158,7 +161,8 @@ class RecordSchema:
         """JSON Schema of one record (shown in /v1/models and the OpenAPI document)."""
         properties = {rule.name: rule.json_schema() for rule in self.rules}
         for column in self.key_columns:
-            properties.setdefault(column, {"type": ["string", "number"], "description": "entity key (echoed)"})
+            properties.setdefault(column, {"type": ["string", "number"], "maxLength": MAX_KEY_CHARS,
+                                           "description": "entity key (echoed)"})
         properties[RECORD_ID_FIELD] = {"type": ["string", "number"], "maxLength": MAX_RECORD_ID_CHARS,
                                        "description": "optional client id of the record (logged and echoed)"}
         return {"title": f"{self.model} record", "type": "object", "properties": properties,
@@ -167,6 +171,18 @@ class RecordSchema:
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, str | int | float) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _short_scalar(value: Any, max_chars: int) -> bool:
+    """A text or finite number of at most ``max_chars`` characters written out (a key or a record id)."""
+    if not _is_scalar(value):
+        return False
+    if isinstance(value, str):
+        return len(value) <= max_chars
+    try:
+        return len(str(value)) <= max_chars
+    except ValueError:  # an integer too long to write as text
+        return False
 
 
 def _normalise(rule: FieldRule, value: Any) -> tuple[Any, str | None]:
