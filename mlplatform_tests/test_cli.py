@@ -264,7 +264,7 @@ def test_demo_with_a_malformed_spec_lists_the_problems_instead_of_a_traceback(ho
 
 
 def test_week_range_counts_weeks_from_the_start_and_refuses_a_model_without_a_complete_week():
-    from mlplatform.runner import RunRequestError, week_range
+    from mlplatform.demo.runner import RunRequestError, week_range
 
     weeks = ["2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22"]
     assert week_range("toy", weeks, None, None, None) == ("2024-01-01", "2024-01-22")

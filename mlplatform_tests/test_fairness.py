@@ -270,7 +270,8 @@ def test_unfair_model_fails_the_fairness_check_and_gets_no_alias(home, spec_dir,
     row = warehouse_query(home, "select gate_fairness, aliases_set from lending.evaluations")
     assert row["gate_fairness"].tolist() == [False] and row["aliases_set"].tolist() == [""]
 
-    from mlplatform.runner import ModelRunResult, summary_table
+    from mlplatform.demo.runner import ModelRunResult
+    from mlplatform.demo.summary import summary_table
 
     summary = summary_table([ModelRunResult("lending", "2024-01-01", "2024-01-08", True, "run")],
                             home / "warehouse.duckdb", {"lending": None})

@@ -242,7 +242,7 @@ def test_a_run_whose_process_was_killed_is_marked_failed_before_the_next_run(ins
 
     from dagster import DagsterRunStatus
 
-    from mlplatform.runner import fail_dead_runs
+    from mlplatform.defs.instance import fail_dead_runs
 
     started = tmp_path / "started"
     script = tmp_path / "hang.py"
@@ -269,7 +269,7 @@ def test_a_run_whose_process_was_killed_is_marked_failed_before_the_next_run(ins
 def test_the_instance_config_enables_run_monitoring(home, monkeypatch):
     from dagster import DagsterInstance
 
-    from mlplatform.cli import DAGSTER_YAML, PREVIOUS_DAGSTER_YAML, prepare_dagster_home
+    from mlplatform.defs.instance import DAGSTER_YAML, PREVIOUS_DAGSTER_YAML, prepare_dagster_home
     from mlplatform.lib.settings import load_settings
 
     settings = load_settings()
@@ -473,9 +473,9 @@ def test_demo_plans_only_the_weeks_with_rows(spec_dir):
 
 
 def test_demo_skips_the_weeks_without_rows_and_says_which(home, spec_dir, capsys, monkeypatch):
-    from mlplatform.cli import prepare_dagster_home
+    from mlplatform.defs.instance import prepare_dagster_home
+    from mlplatform.demo.runner import run_models
     from mlplatform.lib.settings import load_settings
-    from mlplatform.runner import run_models
 
     frame = toy_rows()
     frame = frame.loc[~pd.to_datetime(frame["ts"]).between("2024-01-08", "2024-01-14 23:59:59")]

@@ -8,7 +8,7 @@ time. Run: .venv/bin/python scripts/make_churn_shift.py
 from datetime import date
 from pathlib import Path
 
-from mlplatform.lib.synthetic import churn_weeks
+from mlplatform.demo.synthetic import churn_weeks
 
 START = date(2024, 1, 1)
 RULES = ["A"] * 11 + ["B"] * 3
