@@ -275,9 +275,10 @@ def test_the_instance_config_enables_run_monitoring(home, monkeypatch):
     settings = load_settings()
     monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))  # prepare_dagster_home sets it: restore after
     settings.dagster_home.mkdir(parents=True)
-    (settings.dagster_home / "dagster.yaml").write_text(PREVIOUS_DAGSTER_YAML[0])  # an older platform's config
-    prepare_dagster_home(settings)
-    assert (settings.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
+    for previous in PREVIOUS_DAGSTER_YAML:  # an older platform's config, unchanged: replaced
+        (settings.dagster_home / "dagster.yaml").write_text(previous)
+        prepare_dagster_home(settings)
+        assert (settings.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
     configured = DagsterInstance.from_config(str(settings.dagster_home))
     assert configured.run_monitoring_enabled
     assert configured.run_monitoring_settings["max_resume_run_attempts"] == 0
