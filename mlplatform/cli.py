@@ -17,6 +17,7 @@ from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, Settings, configure_p
 if TYPE_CHECKING:
     from mlplatform.specs import DbtColumns
 
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from mlplatform.defs.dbt_project import prepare_manifest
     from mlplatform.specs import SpecError, dbt_manifest_columns, load_specs
