@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["mlplatform", "mlplatform.*"]),
-    package_data={"mlplatform": ["examples/*.yaml", "examples/data/*"]},
+    package_data={"mlplatform": ["examples/*.yaml", "examples/data/*", "examples/demo/*.yaml"]},
     install_requires=[
         "dagster==1.13.27",
         "dagster-webserver==1.13.27",

@@ -1,6 +1,6 @@
 """mlplatform: declarative tabular-model lifecycles as Dagster software-defined assets."""
 
-__version__ = "0.1.0"
+from mlplatform.version import __version__  # noqa: F401  (mlplatform.__version__)
 
 
 def __getattr__(name: str):

@@ -10,48 +10,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, Settings, configure_process, ensure_home, load_settings
 
-PREVIOUS_DAGSTER_YAML = ("""\
-# Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
-telemetry:
-  enabled: false
-concurrency:
-  runs:
-    # DuckDB allows one writer per file: queue runs instead of letting them collide.
-    max_concurrent_runs: 1
-""",)
-"""Instance configs earlier releases wrote unchanged: replaced by the current one (an edited file is kept)."""
-
-DAGSTER_YAML = """\
-# Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
-telemetry:
-  enabled: false
-concurrency:
-  runs:
-    # DuckDB allows one writer per file: queue runs instead of letting them collide.
-    max_concurrent_runs: 1
-run_monitoring:
-  # A run whose worker never started, or that hangs while canceling, is marked failed instead of
-  # holding the only run slot forever. (A worker killed mid-run is caught by `mlplatform demo`,
-  # see runner.fail_dead_runs, and docs/operations.md.)
-  enabled: true
-  start_timeout_seconds: 600
-  cancel_timeout_seconds: 300
-  max_resume_run_attempts: 0
-  poll_interval_seconds: 60
-  free_slots_after_run_end_seconds: 60
-"""
-
-
-def prepare_dagster_home(settings: Settings) -> None:
-    """Point Dagster at ``MLPLATFORM_HOME/dagster`` and give it an instance config once."""
-    ensure_home(settings)
-    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
-    config = settings.dagster_home / "dagster.yaml"
-    if not config.exists() or config.read_text() in PREVIOUS_DAGSTER_YAML:
-        config.write_text(DAGSTER_YAML)
+if TYPE_CHECKING:
+    from mlplatform.specs import DbtColumns
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -73,6 +37,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from mlplatform.defs.dbt_project import prepare_manifest
+    from mlplatform.defs.instance import prepare_dagster_home
 
     settings = load_settings()
     prepare_dagster_home(settings)  # so `dagster ...` commands with DAGSTER_HOME set work before any demo
@@ -97,19 +62,21 @@ def cmd_spec_reference(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run every model's lifecycle over its weeks on the bundled data, then print what happened."""
+    from mlplatform.defs.instance import prepare_dagster_home
+    from mlplatform.demo.plan import PlanError, held_back, load_plan
+    from mlplatform.demo.runner import RunRequestError, run_models
+    from mlplatform.demo.summary import summary_table
     from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
-    from mlplatform.runner import RunRequestError, run_models, summary_table
-    from mlplatform.specs import SpecError
+    from mlplatform.specs import SpecError, declared_names
 
     settings = load_settings()
     prepare_dagster_home(settings)
-    from mlplatform.production import LIVE_WEEKS
-
-    hold_back = {} if args.no_serve or args.end or args.weeks else LIVE_WEEKS  # weeks lived later as production
     try:
+        plan = {} if args.no_serve else load_plan(settings.specs_dir, declared_names(settings.specs_dir))
+        # the plan's production weeks stay out of the history; with --end or --weeks they follow the weeks run
         results = run_models(models=args.model or None, first=args.start, last=args.end, weeks=args.weeks,
-                             hold_back=hold_back)
-    except (SpecError, RunRequestError) as error:
+                             hold_back={} if args.end or args.weeks else held_back(plan))
+    except (SpecError, RunRequestError, PlanError) as error:
         print(f"{error}\nnothing was run", file=sys.stderr)
         return 1
     tracker = Tracker.for_settings(settings)
@@ -118,13 +85,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(summary_table(results, settings.warehouse_path, champions))
     production_ok = True
     if not args.no_serve:
-        from mlplatform.production import run_production, summary_lines
-        from mlplatform.runner import specs_by_name
+        from mlplatform.demo.production import run_production, summary_lines
+        from mlplatform.demo.runner import specs_by_name
 
         specs = specs_by_name()
         try:
             summaries = run_production(settings, [specs[r.model] for r in results if r.model in specs], champions,
-                                       {r.model: r.last_week for r in results})
+                                       {r.model: r.last_week for r in results}, plan)
         except RuntimeError as error:
             production_ok = False
             print(f"== production: the REST service failed: {error}")
@@ -170,75 +137,55 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
 
 
 def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple[int, object]:
-    """What promote and rollback share: stores checked, the warehouse opened (waiting for a run), the rule decided
-    by ``decide(connection, tracker)`` (:mod:`mlplatform.lib.promotion`), then audit row and alias move as one unit.
-
-    Returns (exit code, the change made or None).
-    """
+    """Promote's and rollback's move (:func:`mlplatform.lib.approvals.move_champion`, the UI jobs' too), with every
+    refusal said on stderr. Returns (exit code, the change made or None)."""
     from mlflow.exceptions import MlflowException
 
-    from mlplatform.lib import promotion
-    from mlplatform.lib.stores import check_stores
+    from mlplatform.lib import approvals, promotion
     from mlplatform.lib.tracking import Tracker
-    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
+    from mlplatform.lib.warehouse import WarehouseBusy
 
     settings = load_settings()
-    tracker = Tracker.for_settings(settings)
     refused = f"not {verb}, nothing changed"
     try:
-        damage = check_stores(settings.home, tracker, args.wait)
-        if damage:
-            print(f"{refused}: a store looks damaged or replaced:\n  - " + "\n  - ".join(damage), file=sys.stderr)
-            return 1, None
-        connection = connect_when_free(settings.warehouse_path, args.wait)
+        change = approvals.move_champion(settings.home, settings.warehouse_path, Tracker.for_settings(settings),
+                                         args.wait, decide)
+    except approvals.StoresDamaged as damaged:
+        print(f"{refused}: {damaged}", file=sys.stderr)
+        return 1, None
     except WarehouseBusy as busy:
         print(f"{args.model}: {refused}: {busy}. A run is probably writing to it; try again when it ends, or give "
               "--wait SECONDS", file=sys.stderr)
         return 1, None
-    with connection:
-        try:
-            change = decide(connection, tracker)
-            if change is not None:
-                promotion.commit_changes(connection, tracker, [change])
-        except promotion.PromotionRefused as error:
-            print(f"{refused}: {error}", file=sys.stderr)
-            return 1, None
-        except MlflowException as error:
-            print(f"{args.model}: {refused}: the registry refused the alias: {error}", file=sys.stderr)
-            return 1, None
+    except promotion.PromotionRefused as error:
+        print(f"{refused}: {error}", file=sys.stderr)
+        return 1, None
+    except MlflowException as error:
+        print(f"{args.model}: {refused}: the registry refused the alias: {error}", file=sys.stderr)
+        return 1, None
     return 0, change
 
 
-def _spec_named(settings: Settings, model: str):
-    """The current spec of one model, loaded and checked as `validate` does, without loading the other specs
-    (a broken neighbour must not block this model; checking every data file costs seconds).
-
-    Raises SpecError for that spec's problems, ValueError when no spec in MLPLATFORM_SPECS names the model.
-    """
-    import yaml
-
+def _dbt_model_columns() -> DbtColumns:
+    """The dbt models' declared columns, for checking staged specs. An existing manifest is read as it is (nothing
+    here runs dbt), which saves importing dagster-dbt (~2-7 s); without one it is prepared as `validate` does,
+    and only when a spec asks (a spec without staging never looks)."""
     from mlplatform.lib.settings import DBT_PROJECT_DIR
-    from mlplatform.specs import SpecError, dbt_manifest_columns, load_spec_file
+    from mlplatform.specs import dbt_manifest_columns
 
-    folder = settings.specs_dir
-    files = sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
-    for file in files:
-        try:
-            named = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get("name")
-        except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
-            continue
-        if named != model:
-            continue
-        manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
-        if not manifest.exists():
-            from mlplatform.defs.dbt_project import prepare_manifest
+    lookup: list[DbtColumns] = []
 
-            manifest = prepare_manifest()
-        spec, problems = load_spec_file(file, dbt_manifest_columns(manifest))
-        if problems or spec is None:
-            raise SpecError(problems)
-        return spec
-    raise ValueError(f"no model spec named {model!r} in {folder}")
+    def columns(dbt_model: str) -> list[str] | None:
+        if not lookup:
+            manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
+            if not manifest.exists():
+                from mlplatform.defs.dbt_project import prepare_manifest
+
+                manifest = prepare_manifest()
+            lookup.append(dbt_manifest_columns(manifest))
+        return lookup[0](dbt_model)
+
+    return columns
 
 
 def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | None]:
@@ -246,10 +193,10 @@ def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | No
     ran under an older spec. (False, None) when the specs do not load (said on stderr: nothing may change then);
     (True, None) when no spec names the model any more (said on stderr: the check is skipped)."""
     from mlplatform.lib.spec_hash import spec_tags
-    from mlplatform.specs import SpecError
+    from mlplatform.specs import SpecError, load_spec_named
 
     try:
-        spec = _spec_named(load_settings(), model)
+        spec = load_spec_named(load_settings().specs_dir, model, _dbt_model_columns())
     except SpecError as error:
         print(f"{model}: not {verb}, nothing changed: its model spec does not load, so the spec this version's gates "
               f"ran under cannot be compared with the current one:\n{error}", file=sys.stderr)
@@ -364,11 +311,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     from mlplatform.lib.reproduce import ReproductionRefused, reproduce
     from mlplatform.lib.tracking import Tracker
-    from mlplatform.specs import SpecError
+    from mlplatform.specs import SpecError, load_spec_named
 
     settings = load_settings()
     try:
-        spec = _spec_named(settings, args.model)
+        spec = load_spec_named(settings.specs_dir, args.model, _dbt_model_columns())
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing was reproduced", file=sys.stderr)
         return 1
@@ -459,10 +406,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     """``dagster dev`` on this code location with the instance under MLPLATFORM_HOME."""
     settings = load_settings()
-    prepare_dagster_home(settings)
     from dagster import DagsterInstance
 
-    from mlplatform.runner import fail_dead_runs
+    from mlplatform.defs.instance import fail_dead_runs, prepare_dagster_home
+
+    prepare_dagster_home(settings)
 
     with DagsterInstance.get() as instance:  # a run killed earlier must not hold the queue (max_concurrent_runs: 1)
         fail_dead_runs(instance)
@@ -476,21 +424,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _served_specs(settings: Settings, names: Sequence[str] | None) -> list:
-    """The specs of the models to serve or replay, loaded as `validate` loads them.
-
-    An existing dbt manifest is read as it is (serving runs no dbt; it only checks staged column names), which
-    saves importing dagster-dbt (~2-7 s) at every start; without one it is prepared as `validate` does.
-    """
-    from mlplatform.lib.settings import DBT_PROJECT_DIR
+    """The specs of the models to serve or replay, loaded as `validate` loads them (an existing dbt manifest is
+    read as it is: serving runs no dbt)."""
     from mlplatform.serving.server import select_specs
-    from mlplatform.specs import dbt_manifest_columns, load_specs
+    from mlplatform.specs import load_specs
 
-    manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
-    if not manifest.exists():
-        from mlplatform.defs.dbt_project import prepare_manifest
-
-        manifest = prepare_manifest()
-    return select_specs(load_specs(settings.specs_dir, dbt_manifest_columns(manifest)), names)
+    return select_specs(load_specs(settings.specs_dir, _dbt_model_columns()), names)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -560,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--start", help="first week (Monday, YYYY-MM-DD); default: the spec's first week")
     demo.add_argument("--end", help="last week (Monday, YYYY-MM-DD); default: the spec's last week")
     demo.add_argument("--weeks", type=int, help="only N weeks, from --start (default: the spec's first week)")
-    demo.add_argument("--no-serve", action="store_true", help="skip serving the champions and replaying the last "
-                      "two weeks as production traffic")
+    demo.add_argument("--no-serve", action="store_true", help="skip production: run every week as history, serve "
+                      "nothing (default: the weeks in the specs folder's demo/production.yaml live as production)")
     demo.set_defaults(func=cmd_demo)
 
     ui = commands.add_parser("ui", help="start the Dagster UI on this state")

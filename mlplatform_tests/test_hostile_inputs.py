@@ -242,7 +242,7 @@ def test_a_run_whose_process_was_killed_is_marked_failed_before_the_next_run(ins
 
     from dagster import DagsterRunStatus
 
-    from mlplatform.runner import fail_dead_runs
+    from mlplatform.defs.instance import fail_dead_runs
 
     started = tmp_path / "started"
     script = tmp_path / "hang.py"
@@ -269,15 +269,16 @@ def test_a_run_whose_process_was_killed_is_marked_failed_before_the_next_run(ins
 def test_the_instance_config_enables_run_monitoring(home, monkeypatch):
     from dagster import DagsterInstance
 
-    from mlplatform.cli import DAGSTER_YAML, PREVIOUS_DAGSTER_YAML, prepare_dagster_home
+    from mlplatform.defs.instance import DAGSTER_YAML, PREVIOUS_DAGSTER_YAML, prepare_dagster_home
     from mlplatform.lib.settings import load_settings
 
     settings = load_settings()
     monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))  # prepare_dagster_home sets it: restore after
     settings.dagster_home.mkdir(parents=True)
-    (settings.dagster_home / "dagster.yaml").write_text(PREVIOUS_DAGSTER_YAML[0])  # an older platform's config
-    prepare_dagster_home(settings)
-    assert (settings.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
+    for previous in PREVIOUS_DAGSTER_YAML:  # an older platform's config, unchanged: replaced
+        (settings.dagster_home / "dagster.yaml").write_text(previous)
+        prepare_dagster_home(settings)
+        assert (settings.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
     configured = DagsterInstance.from_config(str(settings.dagster_home))
     assert configured.run_monitoring_enabled
     assert configured.run_monitoring_settings["max_resume_run_attempts"] == 0
@@ -473,9 +474,9 @@ def test_demo_plans_only_the_weeks_with_rows(spec_dir):
 
 
 def test_demo_skips_the_weeks_without_rows_and_says_which(home, spec_dir, capsys, monkeypatch):
-    from mlplatform.cli import prepare_dagster_home
+    from mlplatform.defs.instance import prepare_dagster_home
+    from mlplatform.demo.runner import run_models
     from mlplatform.lib.settings import load_settings
-    from mlplatform.runner import run_models
 
     frame = toy_rows()
     frame = frame.loc[~pd.to_datetime(frame["ts"]).between("2024-01-08", "2024-01-14 23:59:59")]

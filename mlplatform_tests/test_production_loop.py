@@ -2,7 +2,7 @@
 
 Pure decisions are tested directly (fast); each behaviour the issue names has one end-to-end test with the real
 service (``mlplatform serve`` in a subprocess, real HTTP), real Dagster runs and sensor ticks, a real MLflow
-registry and DuckDB warehouse in a temp home. The data are :mod:`mlplatform.lib.synthetic`'s: inputs with one
+registry and DuckDB warehouse in a temp home. The data are :mod:`mlplatform.demo.synthetic`'s: inputs with one
 distribution every week, outcomes by rule A or its reverse B.
 """
 
@@ -17,10 +17,11 @@ import pytest
 from dagster import DagsterInstance, RunsFilter
 
 from mlplatform import names
+from mlplatform.demo.plan import ProductionWeeks
+from mlplatform.demo.synthetic import churn_weeks
 from mlplatform.lib import live, outcomes
 from mlplatform.lib.metrics import MetricEstimate
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE
-from mlplatform.lib.synthetic import churn_weeks
 from mlplatform_tests.helpers import warehouse_query
 
 # --- pure decisions -------------------------------------------------------------------------------------------------
@@ -179,11 +180,11 @@ def weeks_from(start: str, count: int) -> list[str]:
 
 def setup_model(home: Path, spec_dir, rules: list[str], end: str, approval: str = "auto", extra: str = ""):
     """A churn model over ``rules`` weeks from 2024-01-01: spec, data, definitions, instance, settings, tracker."""
-    from mlplatform.cli import prepare_dagster_home
     from mlplatform.definitions import build_definitions
+    from mlplatform.defs.instance import prepare_dagster_home
+    from mlplatform.demo.runner import specs_by_name
     from mlplatform.lib.settings import load_settings
     from mlplatform.lib.tracking import Tracker
-    from mlplatform.runner import specs_by_name
 
     spec_dir({"toy.yaml": churn_spec(end, approval, extra)},
              {"churn.csv": churn_weeks(date(2024, 1, 1), rules, rows_per_week=300)})
@@ -199,8 +200,8 @@ def audit_events(home: Path, event: str) -> pd.DataFrame:
 @pytest.mark.slow
 def test_concept_drift_keeps_the_drift_check_green_fails_live_performance_and_one_retrain_recovers(
         home, spec_dir, monkeypatch):
-    from mlplatform.production import run_production
-    from mlplatform.runner import run_job, tick_sensor
+    from mlplatform.demo.production import run_production
+    from mlplatform.demo.runner import run_job, tick_sensor
 
     rules = ["A", "A", "A", "B", "B"]  # the outcome rule flips in week 3; inputs never change
     weeks = weeks_from("2024-01-01", len(rules))
@@ -210,7 +211,7 @@ def test_concept_drift_keeps_the_drift_check_green_fails_live_performance_and_on
     assert run_job(defs, instance, names.pipeline_job("toy"), weeks[0], weeks[2]).success
     assert tracker.alias_version("toy", "champion") == "2"
 
-    [summary] = run_production(settings, [spec], {"toy": "2024-01-15"}, {"toy": weeks[2]}, live={"toy": 2})
+    [summary] = run_production(settings, [spec], {"toy": "2024-01-15"}, {"toy": weeks[2]}, {"toy": ProductionWeeks(2)})
     flipped, after = summary.story
     assert (flipped.week, flipped.served_by, flipped.drift_passed, flipped.degradation_passed) == (
         weeks[3], "2", True, False)  # the inputs look the same; the outcomes do not
@@ -232,10 +233,10 @@ def test_concept_drift_keeps_the_drift_check_green_fails_live_performance_and_on
 @pytest.mark.slow
 def test_flipped_outcomes_for_a_week_roll_the_champion_back_once_never_to_a_gate_failing_version(home, spec_dir,
                                                                                                   monkeypatch):
+    from mlplatform.demo.production import Service, run_production
+    from mlplatform.demo.runner import run_job, tick_sensor
     from mlplatform.lib import promotion
     from mlplatform.lib.warehouse import connect_when_free
-    from mlplatform.production import Service, run_production
-    from mlplatform.runner import run_job, tick_sensor
 
     # v1, v2 learn rule A; v3 (trained on A, judged on B) fails its gates; v4 learns B and beats v2 on B: champion.
     # Week 5 follows rule A again: v4 is far worse live than at its evaluation, and v2 is better on the same rows.
@@ -253,7 +254,7 @@ def test_flipped_outcomes_for_a_week_roll_the_champion_back_once_never_to_a_gate
     assert run_job(defs, instance, names.pipeline_job("toy"), weeks[4]).success
     assert tracker.alias_version("toy", "champion") == "4"
 
-    [summary] = run_production(settings, [spec], {"toy": "4"}, {"toy": weeks[4]}, live={"toy": 1})
+    [summary] = run_production(settings, [spec], {"toy": "4"}, {"toy": weeks[4]}, {"toy": ProductionWeeks(1)})
     [week] = summary.story
     assert week.degradation_passed is False and "roll back" in " ".join(week.actions)
     assert tracker.alias_version("toy", "champion") == "2"  # not v3, the forced one whose gates failed
@@ -286,10 +287,10 @@ def test_flipped_outcomes_for_a_week_roll_the_champion_back_once_never_to_a_gate
 def test_a_worse_canary_is_stopped_and_audited_and_a_good_one_keeps_running(home, spec_dir, monkeypatch, capsys,
                                                                             canary_rule):
     from mlplatform.cli import main
+    from mlplatform.demo.production import run_production
+    from mlplatform.demo.runner import run_job
     from mlplatform.lib import promotion
     from mlplatform.lib.warehouse import connect_when_free
-    from mlplatform.production import run_production
-    from mlplatform.runner import run_job
 
     # v1 learns rule A and is approved; v3 learns `canary_rule` and passes its gates (judged on it): the challenger,
     # a canary with half the traffic. Week 4 follows rule A: a rule-B canary is far worse than the champion there.
@@ -304,7 +305,7 @@ def test_a_worse_canary_is_stopped_and_audited_and_a_good_one_keeps_running(home
         promotion.commit_changes(connection, tracker, [promotion.approval_change(tracker, "toy", "1", "ana", "ok")])
     assert (tracker.alias_version("toy", "champion"), tracker.alias_version("toy", "challenger")) == ("1", "3")
 
-    [summary] = run_production(settings, [spec], {"toy": "1"}, {"toy": weeks[3]}, live={"toy": 1})
+    [summary] = run_production(settings, [spec], {"toy": "1"}, {"toy": weeks[3]}, {"toy": ProductionWeeks(1)})
     assert {role for _, role in summary.log_rows} == {CHAMPION_ROLE, CANARY_ROLE, SHADOW_ROLE}
     live_rows = warehouse_query(home, "select version, role, value from toy.live_performance order by role")
     assert set(zip(live_rows["version"], live_rows["role"], strict=True)) == {
@@ -329,8 +330,8 @@ def test_a_worse_canary_is_stopped_and_audited_and_a_good_one_keeps_running(home
 
 def test_outcomes_from_a_teams_labels_file_land_in_the_week_of_their_rows_and_missing_columns_are_named(
         home, spec_dir):
+    from mlplatform.demo.runner import specs_by_name
     from mlplatform.lib.source import Window
-    from mlplatform.runner import specs_by_name
 
     labels_file = pd.DataFrame({"signup_time": ["2024-01-02 10:00:00", "2024-01-09 10:00:00", "2024-01-03 11:00:00"],
                              "_id": [17, 18, 19], "churned": [1, 0, 0]})

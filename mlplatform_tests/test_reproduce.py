@@ -68,10 +68,10 @@ def test_with_dbt_staging_the_source_is_checked_against_the_stored_raw_rows(home
     """A staged spec's features are dbt's output, read from the warehouse; a changed source row is still caught."""
     import pytest
 
+    from mlplatform.demo.runner import specs_by_name
     from mlplatform.lib.reproduce import ReproductionRefused, current_rows
     from mlplatform.lib.source import Window
     from mlplatform.lib.training import fingerprint
-    from mlplatform.runner import specs_by_name
     from mlplatform.specs.schema import StagingSpec
 
     folder = spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})

@@ -32,31 +32,27 @@ class RollbackConfig(Config):
 
 
 def _apply(context: OpExecutionContext, spec: ModelSpec, decide, follow=None) -> None:
-    """Check the stores, decide (refusal -> a failed run with the reason), then audit + move as one unit.
+    """The move a person asks for (:func:`mlplatform.lib.approvals.move_champion`, as ``mlplatform promote`` and
+    ``rollback``); a refusal or damaged store fails the run with the reason, and nothing changed."""
+    from pathlib import Path
 
-    ``follow(tracker, change)`` adds alias moves that belong to the same decision (the automatic rollback also
-    stops the degraded version's canary)."""
-    from mlplatform.lib import promotion
-    from mlplatform.lib.stores import check_stores
+    from mlplatform.lib import approvals, promotion
 
     warehouse: Warehouse = context.resources.warehouse
     registry: ModelRegistry = context.resources.model_registry
-    tracker = registry.tracker()
-    damage = check_stores(context.resources.platform.home_path, tracker, warehouse.wait_seconds)
-    if damage:
+    try:
+        change = approvals.move_champion(
+            context.resources.platform.home_path, Path(warehouse.database), registry.tracker(), warehouse.wait_seconds,
+            decide, follow, committed=lambda connection: context.log_event(audit_trail_materialization(spec, connection)))
+    except approvals.StoresDamaged as damaged:
         raise Failure("a store looks damaged or replaced; nothing changed", metadata={
-            "problems": MetadataValue.json(damage)})
-    with warehouse.get_connection() as connection:
-        try:
-            change = decide(connection, tracker)
-        except promotion.PromotionRefused as refused:
-            raise Failure(f"nothing changed: {refused}") from None
-        if change is None:
-            context.log.info(f"{spec.name}: nothing changed (the version asked for is already the champion, or the "
-                             "champion has moved since the decision was made)")
-            return
-        promotion.commit_changes(connection, tracker, [change, *(follow(tracker, change) if follow else [])])
-        context.log_event(audit_trail_materialization(spec, connection))
+            "problems": MetadataValue.json(damaged.problems)}) from None
+    except promotion.PromotionRefused as refused:
+        raise Failure(f"nothing changed: {refused}") from None
+    if change is None:
+        context.log.info(f"{spec.name}: nothing changed (the version asked for is already the champion, or the "
+                         "champion has moved since the decision was made)")
+        return
     context.log.info(f"{spec.name}: champion v{change.previous_version or '-'} -> v{change.version} by {change.actor}: "
                      f"{change.reason}")
     if change.forced:

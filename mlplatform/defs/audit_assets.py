@@ -15,9 +15,8 @@ import duckdb
 import pandas as pd
 from dagster import AssetDep, AssetMaterialization, AssetSpec, MetadataValue
 
-from mlplatform.defs.data_assets import owners
 from mlplatform.defs.keys import audit_trail_key, model_key
-from mlplatform.defs.metadata import rows_table
+from mlplatform.defs.metadata import owners, rows_table
 from mlplatform.lib.audit import TrailSummary, read_events, summarize_trail
 from mlplatform.specs import ModelSpec
 

@@ -28,7 +28,7 @@ from dagster_pandera import pandera_schema_to_dagster_type
 
 from mlplatform import names
 from mlplatform.defs.keys import features_key, raw_key, staged_key
-from mlplatform.defs.metadata import markdown_table
+from mlplatform.defs.metadata import markdown_table, owners
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
 from mlplatform.defs.resources import Warehouse
 from mlplatform.lib.audit import AuditEvent, append_events
@@ -53,10 +53,6 @@ FEATURES_CHECK = names.FEATURES_CHECK
 def partition_expr(spec: ModelSpec) -> str:
     """The time column as the DuckDB IO manager pastes it into ``DELETE/SELECT ... WHERE {expr} >= ...``: quoted."""
     return quote_identifier(spec.time_column)
-
-
-def owners(spec: ModelSpec) -> list[str]:
-    return [spec.owner] if spec.owner else []
 
 
 def gate_metadata(report: GateReport) -> dict[str, Any]:

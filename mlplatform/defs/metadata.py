@@ -9,6 +9,8 @@ from typing import Any
 import pandas as pd
 from dagster import MetadataValue
 
+from mlplatform.specs import ModelSpec
+
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """A markdown table of a frame (pipes in values escaped)."""
@@ -37,3 +39,8 @@ def scalar_or_json(value: Any) -> Any:
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         return value
     return MetadataValue.json(value)
+
+
+def owners(spec: ModelSpec) -> list[str]:
+    """The spec's owner as Dagster asset owners (every asset of the model shows the same team)."""
+    return [spec.owner] if spec.owner else []

@@ -33,9 +33,8 @@ from dagster import (
 
 from mlplatform import names
 from mlplatform.defs.audit_assets import audit_trail_materialization
-from mlplatform.defs.data_assets import owners
 from mlplatform.defs.keys import backtest_key, evaluation_key, features_key, model_key
-from mlplatform.defs.metadata import image, plot, rows_table, scalar_or_json
+from mlplatform.defs.metadata import image, owners, plot, rows_table, scalar_or_json
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.lib import gates as gate_lib

@@ -27,9 +27,8 @@ from dagster import (
 
 from mlplatform import names
 from mlplatform.defs.audit_assets import audit_trail_materialization
-from mlplatform.defs.data_assets import owners
 from mlplatform.defs.keys import asset_key, features_key
-from mlplatform.defs.metadata import image, rows_table
+from mlplatform.defs.metadata import image, owners, rows_table
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, write_week_rows
 from mlplatform.defs.serving_assets import prediction_log_key

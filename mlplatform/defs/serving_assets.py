@@ -12,9 +12,8 @@ import pandas as pd
 from dagster import AssetDep, AssetMaterialization, AssetSpec, MetadataValue
 
 from mlplatform import names
-from mlplatform.defs.data_assets import owners
 from mlplatform.defs.keys import asset_key, model_key
-from mlplatform.defs.metadata import rows_table
+from mlplatform.defs.metadata import owners, rows_table
 from mlplatform.defs.partitions import weekly_partitions
 from mlplatform.specs import ModelSpec
 

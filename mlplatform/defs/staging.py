@@ -9,9 +9,9 @@ from dagster import AssetExecutionContext, AssetKey
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
 from mlplatform import names
-from mlplatform.defs.data_assets import owners
 from mlplatform.defs.dbt_project import dbt_project
 from mlplatform.defs.keys import raw_key, staged_key
+from mlplatform.defs.metadata import owners
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
 from mlplatform.defs.resources import PlatformState
 from mlplatform.specs import ModelSpec

@@ -364,7 +364,7 @@ def compare_gates(recorded: dict[str, str], trained: TrainedWeek) -> list[Differ
 
 def environment_differences(recorded: Recorded) -> list[Difference]:
     """Library, Python, seed and code versions that differ between the recorded run and this process."""
-    import mlplatform
+    from mlplatform.version import __version__
 
     found = []
     current = library_versions()
@@ -374,7 +374,7 @@ def environment_differences(recorded: Recorded) -> list[Difference]:
             found.append(Difference(f"library {name}", then, now))
     for what, then, now in (
         ("python", recorded.tags.get("python.version"), platform.python_version()),
-        ("mlplatform", recorded.tags.get("mlplatform.version"), mlplatform.__version__),
+        ("mlplatform", recorded.tags.get("mlplatform.version"), __version__),
         ("git commit", recorded.tags.get("git.commit"), git_commit()),
         ("seed", recorded.params.get("seed"), str(SEED)),
     ):

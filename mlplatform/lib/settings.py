@@ -131,7 +131,7 @@ def git_commit() -> str | None:
 
 def code_version() -> str:
     """What the audit trail records as the code that acted: the package version and the commit when known."""
-    import mlplatform
+    from mlplatform.version import __version__
 
     commit = git_commit()
-    return f"mlplatform {mlplatform.__version__}" + (f" @ {commit[:12]}" if commit else "")
+    return f"mlplatform {__version__}" + (f" @ {commit[:12]}" if commit else "")

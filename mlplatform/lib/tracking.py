@@ -22,9 +22,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-import mlplatform
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION  # noqa: F401  (re-exported)
 from mlplatform.lib.settings import Settings, git_commit
+from mlplatform.version import __version__
 
 TRACKED_LIBRARIES = ("scikit-learn", "scipy", "pandas", "numpy", "mlflow", "dagster", "pandera", "duckdb")
 """Recorded with every version as ``library.<name>`` tags: ``mlplatform reproduce`` names the ones that differ now."""
@@ -160,7 +160,7 @@ class Tracker:
 
         ``version_tags`` are written with the registry version in one transaction (not a call per tag).
         """
-        tags = {**tags, "mlplatform.version": mlplatform.__version__, "python.version": platform.python_version(),
+        tags = {**tags, "mlplatform.version": __version__, "python.version": platform.python_version(),
                 **{f"library.{k}": v for k, v in library_versions().items()}}
         commit = git_commit()
         if commit:

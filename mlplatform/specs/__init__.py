@@ -5,9 +5,17 @@ The schema (:mod:`.schema`), what each task means (:mod:`.tasks`), a data file's
 ``mlplatform.lib`` or Dagster: ``lib/`` builds on specs, the Dagster wiring on both.
 """
 
-from mlplatform.specs.loader import DbtColumns, check_spec, dbt_manifest_columns, load_spec_file, load_specs
+from mlplatform.specs.loader import (
+    DbtColumns,
+    check_spec,
+    dbt_manifest_columns,
+    declared_names,
+    load_spec_file,
+    load_spec_named,
+    load_specs,
+)
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem
 from mlplatform.specs.tasks import TASKS
 
-__all__ = ["DbtColumns", "ModelSpec", "check_spec", "SpecError", "SpecProblem", "TASKS", "dbt_manifest_columns", "load_spec_file",
-           "load_specs"]
+__all__ = ["DbtColumns", "ModelSpec", "check_spec", "SpecError", "SpecProblem", "TASKS", "dbt_manifest_columns",
+           "declared_names", "load_spec_file", "load_spec_named", "load_specs"]

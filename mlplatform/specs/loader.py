@@ -32,7 +32,7 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> lis
     folder = Path(folder)
     if not folder.is_dir():
         raise SpecError([SpecProblem(file=str(folder), key="MLPLATFORM_SPECS", message="folder does not exist")])
-    files = sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
+    files = spec_files(folder)
     if not files:
         raise SpecError(
             [SpecProblem(file=str(folder), key="MLPLATFORM_SPECS", message="no *.yaml model specs in this folder")]
@@ -58,6 +58,40 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> lis
     if problems:
         raise SpecError(problems)
     return specs
+
+
+def spec_files(folder: Path) -> list[Path]:
+    """The spec files of a folder: every ``*.yaml``/``*.yml`` directly in it, hidden files (editor locks) skipped."""
+    return sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
+
+
+def declared_names(folder: Path) -> dict[str, Path]:
+    """The model name each spec file of ``folder`` declares, read from its ``name`` key alone (fast: nothing is
+    checked; a file that does not parse names nothing here and is reported by :func:`load_specs`)."""
+    found: dict[str, Path] = {}
+    for file in spec_files(Path(folder)):
+        try:
+            named = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get("name")
+        except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
+            continue
+        if isinstance(named, str):
+            found.setdefault(named, file)
+    return found
+
+
+def load_spec_named(folder: Path, model: str, dbt_model_columns: DbtColumns | None = None) -> ModelSpec:
+    """The spec of one model, loaded and checked as :func:`load_specs` checks it, without loading the other specs
+    (a broken neighbour must not block this model, and checking every data file costs seconds).
+
+    Raises :class:`SpecError` for that spec's problems, ValueError when no spec in ``folder`` names the model.
+    """
+    file = declared_names(folder).get(model)
+    if file is None:
+        raise ValueError(f"no model spec named {model!r} in {folder}")
+    spec, problems = load_spec_file(file, dbt_model_columns)
+    if problems or spec is None:
+        raise SpecError(problems)
+    return spec
 
 
 def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None) -> tuple[ModelSpec | None, list[SpecProblem]]:

@@ -5,11 +5,13 @@ prediction log -> labels -> live performance -> rollback and retrain. The servic
 serve`` in a subprocess on a free loopback port), stopped with SIGTERM so it flushes its log; the Dagster runs and
 sensor ticks are the real ones, in this process, against the instance in ``DAGSTER_HOME``.
 
-Two shapes of production:
+The models in the demo's production plan (:mod:`mlplatform.demo.plan`) kept their last weeks out of the history
+run, so the versions serving them never trained on them. Two shapes of production:
 
-- most models replay their last :data:`REPLAY_WEEKS` weeks (already trained by the pipeline) and then measure them;
-- the models in :data:`LIVE_WEEKS` keep their last weeks out of the pipeline and live them week by week: traffic,
-  the weekly run (data, drift, live performance), the sensors, and the service hot-swapping whatever they decide.
+- ``replay``: the weeks' rows arrive, their traffic goes through the service, then one production run brings in
+  their outcomes and judges live performance;
+- ``week_by_week``: each week in turn: traffic, the weekly run (data, drift, live performance), the sensors, and
+  the service hot-swapping whatever they decide.
 """
 
 from __future__ import annotations
@@ -27,15 +29,13 @@ from datetime import date, timedelta
 import httpx
 
 from mlplatform import names
+from mlplatform.demo.plan import PLAN_FILE, ProductionWeeks
 from mlplatform.lib.prediction_log import read_prediction_log
 from mlplatform.lib.settings import Settings
 from mlplatform.specs import ModelSpec
 
 READY_SECONDS = 120.0
 SWAP_SECONDS = 60.0
-REPLAY_WEEKS = 2
-LIVE_WEEKS = {"churn_shift": 4}
-"""Models whose last N weeks the demo lives as production, week by week (the concept-drift story)."""
 
 
 @dataclass
@@ -145,10 +145,9 @@ def live_weeks(spec: ModelSpec, last_run_week: str, count: int) -> list[str]:
 
 
 def run_production(settings: Settings, specs: list[ModelSpec], champions: dict[str, str | None],
-                   last_weeks: dict[str, str], live: dict[str, int] | None = None) -> list[ProductionSummary]:
-    """Serve the models that have a champion; replay or live (``live``: model -> weeks, default :data:`LIVE_WEEKS`)
-    their production weeks after ``last_weeks``; summarise what happened."""
-    live = LIVE_WEEKS if live is None else live
+                   last_weeks: dict[str, str], plan: dict[str, ProductionWeeks]) -> list[ProductionSummary]:
+    """Serve the models of ``plan`` that have a champion; live their planned weeks after ``last_weeks`` (the last
+    week their history ran) in the planned shape; summarise what happened."""
     from dagster import DagsterInstance
 
     from mlplatform.definitions import build_definitions
@@ -156,7 +155,9 @@ def run_production(settings: Settings, specs: list[ModelSpec], champions: dict[s
     summaries = {spec.name: ProductionSummary(spec.name, served=bool(champions.get(spec.name)),
                                               metric=spec.primary_metric) for spec in specs}
     for summary in summaries.values():
-        if not summary.served:
+        if summary.model not in plan:
+            summary.served, summary.note = False, f"not in the demo's production plan ({PLAN_FILE})"
+        elif not summary.served:
             summary.note = "not served: no champion yet"
     served = [spec for spec in specs if summaries[spec.name].served and spec.name in last_weeks]
     if not served:
@@ -165,14 +166,16 @@ def run_production(settings: Settings, specs: list[ModelSpec], champions: dict[s
     with Service(settings, [spec.name for spec in served]) as service:
         for spec in served:
             summary = summaries[spec.name]
-            if spec.name in live:
-                weeks = live_weeks(spec, last_weeks[spec.name], live[spec.name])
+            weeks = live_weeks(spec, last_weeks[spec.name], plan[spec.name].weeks)
+            if not weeks:
+                summary.note = f"no week after {last_weeks[spec.name]} within its partitions to live"
+            elif plan[spec.name].week_by_week:
                 for week in weeks:
                     summary.story.append(_live_week(settings, defs, instance, service, spec, week, summary))
-                if weeks:
-                    summary.weeks = (weeks[0], weeks[-1])
             else:
-                _replay_and_measure(settings, defs, instance, service, spec, last_weeks[spec.name], summary)
+                _replay_and_measure(settings, defs, instance, service, spec, weeks, summary)
+            if weeks:
+                summary.weeks = (weeks[0], weeks[-1])
     for spec in served:
         logged = read_prediction_log(settings.home, spec.name, expand_inputs=False)
         if len(logged):
@@ -204,16 +207,21 @@ def _send(settings: Settings, service: Service, spec: ModelSpec, first: date, we
     return result
 
 
-def _replay_and_measure(settings: Settings, defs, instance, service: Service, spec: ModelSpec, last_week: str,
+def _replay_and_measure(settings: Settings, defs, instance, service: Service, spec: ModelSpec, weeks: list[str],
                         summary: ProductionSummary) -> None:
-    """Replay the last weeks the pipeline trained, then bring in their outcomes (the production job)."""
-    from mlplatform.runner import check_results, run_job
+    """The weeks' rows arrive (raw, staged, features: a staged model's requests are replayed from its features),
+    their traffic goes through the service, then their outcomes come in (the production job)."""
+    from mlplatform.defs.keys import features_key, raw_key, staged_key
+    from mlplatform.demo.runner import check_results, run_job
 
-    last = date.fromisoformat(last_week)
-    first = last - timedelta(weeks=REPLAY_WEEKS - 1)
-    _send(settings, service, spec, first, REPLAY_WEEKS, summary)
-    summary.weeks = (first.isoformat(), last.isoformat())
-    result = run_job(defs, instance, names.production_job(spec.name), first.isoformat(), last.isoformat())
+    first, last = weeks[0], weeks[-1]
+    arrived = [raw_key(spec), *([staged_key(spec)] if spec.staging is not None else []), features_key(spec)]
+    data = run_job(defs, instance, names.weekly_job(spec.name), first, last, assets=arrived)
+    if not data.success:
+        summary.note = f"the data of weeks {first}..{last} did not arrive (run {data.run_id} failed); nothing was sent"
+        return
+    _send(settings, service, spec, date.fromisoformat(first), len(weeks), summary)
+    result = run_job(defs, instance, names.production_job(spec.name), first, last)
     for evaluation in check_results(result):
         if evaluation.check_name == names.LIVE_DEGRADATION_CHECK:
             summary.live.append(f"week {evaluation.partition}: live_degradation "
@@ -223,9 +231,9 @@ def _replay_and_measure(settings: Settings, defs, instance, service: Service, sp
 def _live_week(settings: Settings, defs, instance, service: Service, spec: ModelSpec, week: str,
                summary: ProductionSummary) -> WeekStory:
     """One production week: traffic through the service, the weekly run, then the sensors, then the hot swap."""
+    from mlplatform.demo.runner import check_results, run_job, tick_sensor
     from mlplatform.lib.aliases import CHAMPION
     from mlplatform.lib.tracking import Tracker
-    from mlplatform.runner import check_results, run_job, tick_sensor
 
     tracker = Tracker.for_settings(settings)
     champion = tracker.alias_version(spec.name, CHAMPION)

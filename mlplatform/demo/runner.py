@@ -1,26 +1,21 @@
-"""Run a model's pipeline for a range of weeks in this process, against the instance in ``DAGSTER_HOME``.
+"""The demo's history: run each model's pipeline over a range of weeks in this process, against the instance in
+``DAGSTER_HOME``, and tick its sensors as the daemon would.
 
-Used by ``mlplatform demo``; the same range as ``dagster asset materialize --partition-range``.
+Used by ``mlplatform demo``; the same range as ``dagster asset materialize --partition-range``. A model named in the
+demo's production plan (:mod:`mlplatform.demo.plan`) keeps its last weeks out of the history, for production.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-from dagster import AssetCheckEvaluation, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetCheckEvaluation, AssetKey, DagsterInstance, RunsFilter
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from mlplatform import names
 from mlplatform.lib.gates import TRAINING_DATA
 from mlplatform.lib.source import contiguous_ranges, weeks_with_rows
-from mlplatform.lib.warehouse import connect_when_free, table_name
-
-READ_WAIT_SECONDS = 120.0
-"""How long the summary waits while another process (a run started from the UI) writes to the warehouse."""
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """The terminal shows warnings and the summary; every event is still in the instance for the UI."""
@@ -39,66 +34,6 @@ class ModelRunResult:
     retrains: list[tuple[str, str, bool]] = field(default_factory=list)  # (drift week, retrained week, success)
     halted: list[str] = field(default_factory=list)  # weeks whose training-data gate stopped training
     skipped_weeks: list[str] = field(default_factory=list)  # weeks without source rows, not run
-
-
-STUCK_STARTING_SECONDS = 600.0
-"""A run still STARTING after this long, with no process recorded, never got a worker (same as run monitoring)."""
-
-_UNFINISHED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def _run_worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
-    """The process that executes the run: the pid its RUN_START event records (events before it, such as the
-    planned materializations, come from whoever launched the run)."""
-    from dagster import DagsterEventType
-
-    for record in instance.all_logs(run_id, of_type=DagsterEventType.RUN_START):
-        event = record.dagster_event
-        if event is not None and event.pid is not None:
-            return int(event.pid)
-    return None
-
-
-def fail_dead_runs(instance: DagsterInstance, log=print) -> list[str]:
-    """Mark runs FAILURE whose worker process is gone (killed, machine slept), and return their ids.
-
-    With ``max_concurrent_runs: 1`` one such run, left STARTED forever, blocks every later run.
-    Dagster's run monitoring (enabled in the instance config the platform writes) cannot see a dead
-    worker of the default run launcher, nor in-process runs: this looks up the worker's pid in the
-    run's events. Only for a local (SQLite) instance, where every run ran on this machine.
-    """
-    if "sqlite" not in type(instance.run_storage).__name__.lower():
-        return []
-    failed = []
-    for run in instance.get_runs(RunsFilter(statuses=_UNFINISHED)):
-        pid = _run_worker_pid(instance, run.run_id)
-        if pid == os.getpid():
-            continue
-        if pid is None:
-            record = instance.get_run_record_by_id(run.run_id)
-            updated = record.update_timestamp.timestamp() if record and record.update_timestamp else time.time()
-            if run.status != DagsterRunStatus.STARTING or time.time() - updated < STUCK_STARTING_SECONDS:
-                continue
-            reason = f"it has been STARTING for more than {STUCK_STARTING_SECONDS:g} s with no process"
-        elif _pid_alive(pid):
-            continue
-        else:
-            reason = f"its process {pid} is gone (killed or crashed)"
-        message = f"run {run.run_id} ({run.job_name}) was {run.status.value} but {reason}; marked as failed"
-        instance.report_run_failed(run, message=message)
-        log(message)
-        failed.append(run.run_id)
-    return failed
 
 
 class RunRequestError(ValueError):
@@ -141,6 +76,7 @@ def run_models(
     ``hold_back`` leaves a model's last N weeks of the range to be run later as production weeks (the demo).
     """
     from mlplatform.definitions import build_definitions
+    from mlplatform.defs.instance import fail_dead_runs
 
     defs = build_definitions()
     instance = DagsterInstance.get()
@@ -170,7 +106,7 @@ def run_models(
                         [w for w in in_range if w not in with_rows]))
     results = []
     for model, job, start, end, ranges, skipped in planned:
-        note = f" (skipping {len(skipped)} weeks without rows in the source: {_weeks_text(skipped)})" if skipped else ""
+        note = f" (skipping {len(skipped)} weeks without rows in the source: {weeks_text(skipped)})" if skipped else ""
         print(f"--> {model}: weeks {start} .. {end}{note}", flush=True)
         outcome = ModelRunResult(model=model, first_week=start, last_week=end, success=bool(ranges), run_id="",
                                  skipped_weeks=skipped)
@@ -192,11 +128,14 @@ def specs_by_name() -> dict:
     return {spec.name: spec for spec in load_specs(load_settings().specs_dir, dbt_manifest_columns(prepare_manifest()))}
 
 
-def run_job(defs, instance: DagsterInstance, job_name: str, first: str, last: str | None = None):
-    """One run of a partitioned job over the weeks [first, last] (one week without ``last``), in this process."""
+def run_job(defs, instance: DagsterInstance, job_name: str, first: str, last: str | None = None,
+            assets: list[AssetKey] | None = None):
+    """One run of a partitioned job over the weeks [first, last] (one week without ``last``), in this process;
+    only ``assets`` of the job when given."""
     job = defs.resolve_job_def(job_name)
     tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last or first}
-    return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=QUIET_RUN_CONFIG)
+    return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=QUIET_RUN_CONFIG,
+                                  asset_selection=assets)
 
 
 def check_results(result) -> list[AssetCheckEvaluation]:
@@ -205,7 +144,7 @@ def check_results(result) -> list[AssetCheckEvaluation]:
             if event.event_type_value == "ASSET_CHECK_EVALUATION"]
 
 
-def _weeks_text(weeks: list[str], shown: int = 12) -> str:
+def weeks_text(weeks: list[str], shown: int = 12) -> str:
     return ", ".join(weeks[:shown]) + (f" ... ({len(weeks)} in all)" if len(weeks) > shown else "")
 
 
@@ -304,99 +243,3 @@ def run_retrain_sensor(defs, instance: DagsterInstance, model: str) -> list[tupl
     """Tick the model's retrain-on-drift sensor once and run its requests: (drift week, retrained week, success)."""
     return [(run.tags[names.DRIFT_WEEK_TAG], run.partition or "", run.success)
             for run in tick_sensor(defs, instance, names.retrain_sensor(model))]
-
-
-def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.DataFrame:
-    """The evaluated weeks of one model in [first, last], from the warehouse the pipeline wrote."""
-    if not warehouse_path.exists():
-        return pd.DataFrame()
-    with connect_when_free(warehouse_path, READ_WAIT_SECONDS, read_only=True) as connection:
-        found = connection.execute(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-            [model, names.EVALUATIONS_TABLE],
-        ).fetchall()[0][0]
-        if not found:
-            return pd.DataFrame()
-        return connection.execute(
-            f"select * from {table_name(model, names.EVALUATIONS_TABLE)} where week between ? and ? order by week",
-            [first, last]
-        ).fetchdf()
-
-
-def drift_weeks(warehouse_path: Path, model: str, first: str, last: str) -> list[str] | None:
-    """Weeks whose drift check failed (share above the spec's limit), from the drift table."""
-    if not warehouse_path.exists():
-        return None
-    with connect_when_free(warehouse_path, READ_WAIT_SECONDS, read_only=True) as connection:
-        found = connection.execute(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-            [model, names.DRIFT_TABLE]
-        ).fetchall()[0][0]
-        if not found:
-            return None
-        rows = connection.execute(
-            f"select distinct week from {table_name(model, names.DRIFT_TABLE)} where week between ? and ? "
-            "and not check_passed order by week",
-            [first, last],
-        ).fetchall()
-    return [f"{week:%Y-%m-%d}" for (week,) in rows]
-
-
-NOT_DATA_CHECKS = ("model.", "drift.", f"{names.LIVE_PERFORMANCE}.")
-"""Checks the summary shows elsewhere than on its data line."""
-
-
-def summary_table(results: list[ModelRunResult], warehouse_path: Path, champions: dict[str, str | None],
-                  max_weeks: int = 8) -> str:
-    """What happened, in a terminal: data gates per model, then the last weeks' metric, gates and aliases."""
-    from mlplatform.lib.gates import FAIRNESS, GATES
-    from mlplatform.lib.lifecycle import gate_column
-
-    lines = []
-    for r in results:
-        data_checks = ", ".join(f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in r.checks.items()
-                                if not name.startswith(NOT_DATA_CHECKS)) or "none ran"
-        lines.append(f"== {r.model}: weeks {r.first_week}..{r.last_week}, run {'succeeded' if r.success else 'FAILED'}")
-        if r.skipped_weeks:
-            lines.append(f"   skipped {len(r.skipped_weeks)} weeks without rows in the source: "
-                         f"{_weeks_text(r.skipped_weeks)}")
-        lines.append(f"   data: {r.rows.get('raw', 0)} raw rows, {r.rows.get('features', 0)} feature rows; {data_checks}")
-        for name, ok in r.checks.items():
-            if not ok and not name.startswith(NOT_DATA_CHECKS):
-                lines.append(f"   {name} failed: {r.check_summaries.get(name, '')}")
-        drifted = drift_weeks(warehouse_path, r.model, r.first_week, r.last_week)
-        if drifted is not None:
-            lines.append(f"   drift check failed on {len(drifted)} weeks: {', '.join(drifted[:12])}"
-                         + (" ..." if len(drifted) > 12 else "") if drifted else "   drift check passed every week")
-        if r.halted:
-            lines.append(f"   training halted by the training-data gate on {len(r.halted)} weeks: {', '.join(r.halted[:12])}"
-                         + (" ..." if len(r.halted) > 12 else ""))
-        if r.retrains:
-            ok = sum(1 for *_, success in r.retrains if success)
-            lines.append(f"   retrain sensor: {len(r.retrains)} retrain runs requested, {ok} succeeded: "
-                         + ", ".join(f"{d}->{w}" for d, w, _ in r.retrains[:8]) + (" ..." if len(r.retrains) > 8 else ""))
-        weeks = week_table(warehouse_path, r.model, r.first_week, r.last_week)
-        if weeks.empty:
-            lines.append("   no week trained")
-            continue
-        metric = weeks["metric"].iloc[0]
-        # fairness shows for a model whose spec has the gate (its evaluations table then has the column)
-        shown_gates = [*GATES, *([FAIRNESS] if gate_column(FAIRNESS) in weeks.columns else [])]
-        passed_all = weeks[[gate_column(g) for g in shown_gates]].fillna(True).astype(bool).all(axis=1)
-        lines.append(f"   {len(weeks)} weeks trained; {int(passed_all.sum())} passed every gate; "
-                     f"champion now: {'v' + champions[r.model] if champions.get(r.model) else 'none'}")
-        shown = weeks.tail(max_weeks)
-        if len(weeks) > max_weeks:
-            lines.append(f"   (last {max_weeks} weeks; all weeks: {r.model}/backtest in the UI)")
-        header = f"   {'week':<10} {'rows':>6} {'version':>7} {metric:>9}  " + " ".join(f"{g:<18}" for g in shown_gates) + " aliases"
-        lines.append(header)
-        for row in shown.itertuples():
-            gates = " ".join(f"{_verdict(getattr(row, gate_column(g))):<18}" for g in shown_gates)
-            lines.append(f"   {row.week:%Y-%m-%d} {row.eval_rows:>6} {'v' + row.model_version:>7} {row.value:>9.4g}  "
-                         f"{gates} {row.aliases_set or '-'}")
-    return "\n".join(lines)
-
-
-def _verdict(passed: object) -> str:
-    """PASS/FAIL; '-' for a week evaluated before the model had that gate (the column is null there)."""
-    return "-" if pd.isna(passed) else ("PASS" if passed else "FAIL")

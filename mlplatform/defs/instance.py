@@ -1,0 +1,133 @@
+"""The Dagster instance under ``MLPLATFORM_HOME/dagster``: its configuration, and runs whose worker died.
+
+The platform owns this instance: every entry point that runs or shows Dagster (``mlplatform demo``, ``ui``,
+``prepare``) points ``DAGSTER_HOME`` here first, and a run left STARTED by a killed worker is failed before it
+blocks the single run slot (``max_concurrent_runs: 1``: DuckDB takes one writer).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from mlplatform.lib.settings import Settings, ensure_home
+
+PREVIOUS_DAGSTER_YAML = ("""\
+# Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    # DuckDB allows one writer per file: queue runs instead of letting them collide.
+    max_concurrent_runs: 1
+""", """\
+# Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    # DuckDB allows one writer per file: queue runs instead of letting them collide.
+    max_concurrent_runs: 1
+run_monitoring:
+  # A run whose worker never started, or that hangs while canceling, is marked failed instead of
+  # holding the only run slot forever. (A worker killed mid-run is caught by `mlplatform demo`,
+  # see runner.fail_dead_runs, and docs/operations.md.)
+  enabled: true
+  start_timeout_seconds: 600
+  cancel_timeout_seconds: 300
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 60
+  free_slots_after_run_end_seconds: 60
+""")
+"""Instance configs earlier releases wrote unchanged: replaced by the current one (an edited file is kept)."""
+
+DAGSTER_YAML = """\
+# Written by mlplatform. Local embedded storage under MLPLATFORM_HOME.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    # DuckDB allows one writer per file: queue runs instead of letting them collide.
+    max_concurrent_runs: 1
+run_monitoring:
+  # A run whose worker never started, or that hangs while canceling, is marked failed instead of
+  # holding the only run slot forever. (A worker killed mid-run is caught by `mlplatform demo`,
+  # see mlplatform/defs/instance.py, and docs/operations.md.)
+  enabled: true
+  start_timeout_seconds: 600
+  cancel_timeout_seconds: 300
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 60
+  free_slots_after_run_end_seconds: 60
+"""
+
+
+def prepare_dagster_home(settings: Settings) -> None:
+    """Point Dagster at ``MLPLATFORM_HOME/dagster`` and give it an instance config once."""
+    ensure_home(settings)
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists() or config.read_text() in PREVIOUS_DAGSTER_YAML:
+        config.write_text(DAGSTER_YAML)
+
+
+STUCK_STARTING_SECONDS = 600.0
+"""A run still STARTING after this long, with no process recorded, never got a worker (same as run monitoring)."""
+
+_UNFINISHED = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _run_worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
+    """The process that executes the run: the pid its RUN_START event records (events before it, such as the
+    planned materializations, come from whoever launched the run)."""
+    from dagster import DagsterEventType
+
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.RUN_START):
+        event = record.dagster_event
+        if event is not None and event.pid is not None:
+            return int(event.pid)
+    return None
+
+
+def fail_dead_runs(instance: DagsterInstance, log=print) -> list[str]:
+    """Mark runs FAILURE whose worker process is gone (killed, machine slept), and return their ids.
+
+    With ``max_concurrent_runs: 1`` one such run, left STARTED forever, blocks every later run.
+    Dagster's run monitoring (enabled in the instance config the platform writes) cannot see a dead
+    worker of the default run launcher, nor in-process runs: this looks up the worker's pid in the
+    run's events. Only for a local (SQLite) instance, where every run ran on this machine.
+    """
+    if "sqlite" not in type(instance.run_storage).__name__.lower():
+        return []
+    failed = []
+    for run in instance.get_runs(RunsFilter(statuses=_UNFINISHED)):
+        pid = _run_worker_pid(instance, run.run_id)
+        if pid == os.getpid():
+            continue
+        if pid is None:
+            record = instance.get_run_record_by_id(run.run_id)
+            updated = record.update_timestamp.timestamp() if record and record.update_timestamp else time.time()
+            if run.status != DagsterRunStatus.STARTING or time.time() - updated < STUCK_STARTING_SECONDS:
+                continue
+            reason = f"it has been STARTING for more than {STUCK_STARTING_SECONDS:g} s with no process"
+        elif _pid_alive(pid):
+            continue
+        else:
+            reason = f"its process {pid} is gone (killed or crashed)"
+        message = f"run {run.run_id} ({run.job_name}) was {run.status.value} but {reason}; marked as failed"
+        instance.report_run_failed(run, message=message)
+        log(message)
+        failed.append(run.run_id)
+    return failed
