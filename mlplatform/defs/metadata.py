@@ -7,7 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-from dagster import MetadataValue
+import pandera.pandas as pa
+from dagster import MetadataValue, TableColumn, TableColumnConstraints, TableSchema
+
+COLUMN_SCHEMA = "dagster/column_schema"
+"""The metadata key the Dagster UI reads an asset's columns from."""
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -37,3 +41,18 @@ def scalar_or_json(value: Any) -> Any:
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         return value
     return MetadataValue.json(value)
+
+
+def column_schema(schema: pa.DataFrameSchema) -> TableSchema:
+    """A Pandera schema as the UI's column schema (``dagster/column_schema``): names, types, descriptions, rules."""
+    from mlplatform.lib.table_schemas import describe_columns
+
+    return TableSchema(columns=[
+        TableColumn(name=c["name"], type=c["type"], description=c["description"],
+                    constraints=TableColumnConstraints(nullable=c["nullable"], unique=c["unique"], other=c["constraints"]))
+        for c in describe_columns(schema)])
+
+
+def column_schema_metadata(schema: pa.DataFrameSchema) -> dict[str, Any]:
+    """The asset metadata that shows ``schema`` as the asset's columns in the UI."""
+    return {COLUMN_SCHEMA: column_schema(schema)}
