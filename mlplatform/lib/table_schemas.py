@@ -13,8 +13,10 @@ dtype), not by one exact dtype: DuckDB, Parquet and pandas hand the same column 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
@@ -23,20 +25,21 @@ from mlplatform import names
 from mlplatform.specs import ModelSpec
 
 MAX_EXAMPLES = 5
+NOTHING_WRITTEN = "Nothing was written"
 
 
 class TableRefused(ValueError):
-    """Rows that break their table's schema: nothing of the write was stored."""
+    """Rows that break their table's schema: the write (or the read that would use them) is refused."""
 
-    def __init__(self, table: str, problems: list[dict[str, Any]]):
+    def __init__(self, table: str, problems: list[dict[str, Any]], consequence: str = NOTHING_WRITTEN):
         self.table = table
         self.problems = problems
         shown = "; ".join(
             f"column {p['column']!r} fails {p['check']} on {p['failures']} row(s) (rows {p['rows'] or '-'}: "
             f"{p['examples']})" for p in problems[:MAX_EXAMPLES])
         more = f"; and {len(problems) - MAX_EXAMPLES} more" if len(problems) > MAX_EXAMPLES else ""
-        super().__init__(f"table {table} refused the write: {shown}{more}. Nothing was written; the schema is "
-                         "mlplatform/lib/table_schemas.py (docs/tables.md)")
+        super().__init__(f"{table}: refused by its schema: {shown}{more}. {consequence} (schemas: "
+                         "mlplatform/lib/table_schemas.py, docs/tables.md)")
 
     @property
     def columns(self) -> list[str]:
@@ -45,7 +48,10 @@ class TableRefused(ValueError):
 
 def schema_problems(errors: SchemaErrors) -> list[dict[str, Any]]:
     """Pandera's failure cases as one problem per (column, check): failures, offending row labels, examples."""
-    cases = errors.failure_cases
+    cases = errors.failure_cases.copy()
+    missing = cases["check"] == "column_in_dataframe"  # pandera names the schema there; the column is the case
+    cases.loc[missing, "column"] = cases.loc[missing, "failure_case"]
+    cases.loc[missing, "failure_case"] = "column missing"
     problems = []
     for (column, check), group in cases.groupby(["column", "check"], dropna=False, sort=False):
         rows = pd.Series(group["index"]).dropna().astype(str).unique()[:MAX_EXAMPLES].tolist()
@@ -59,15 +65,17 @@ def schema_problems(errors: SchemaErrors) -> list[dict[str, Any]]:
     return problems
 
 
-def validate_table(frame: pd.DataFrame, schema: pa.DataFrameSchema, table: str) -> pd.DataFrame:
-    """``frame`` if every row meets ``schema`` (checked lazily: all failures at once), else :class:`TableRefused`.
+def validate_table(frame: pd.DataFrame, schema: pa.DataFrameSchema, table: str,
+                   consequence: str = NOTHING_WRITTEN) -> pd.DataFrame:
+    """``frame`` if every row meets ``schema`` (checked lazily: all failures at once), else :class:`TableRefused`
+    naming ``table``, each failing column and check, the offending rows, and ``consequence``.
 
     In place (the schemas coerce nothing): validating costs the checks, not a copy of the table.
     """
     try:
         return schema.validate(frame, lazy=True, inplace=True)
     except SchemaErrors as errors:
-        raise TableRefused(table, schema_problems(errors)) from None
+        raise TableRefused(table, schema_problems(errors), consequence) from None
 
 
 def describe_columns(schema: pa.DataFrameSchema) -> list[dict[str, Any]]:
@@ -92,9 +100,16 @@ def describe_columns(schema: pa.DataFrameSchema) -> list[dict[str, Any]]:
 
 # --- columns by kind ---------------------------------------------------------------------------------------------
 
-def _kind_check(kind: str, test: Callable[[pd.Series], bool]) -> pa.Check:
-    """A dtype check by kind; a scalar outcome, so the failure names the column and the dtype found."""
-    return pa.Check(lambda s: bool(test(s)), element_wise=False, name=f"type {kind}", error=f"type {kind}")
+def _kind_check(kind: str, test: Callable[[pd.Series], bool], fits: Callable[[Any], bool]) -> pa.Check:
+    """A dtype check by kind: one test of the dtype when it is right (no cost per row); when it is not, the rows
+    whose values do not fit the kind, so the error names them (or the whole column if every value fits alone)."""
+    def check(s: pd.Series) -> bool | pd.Series:
+        if test(s):
+            return True
+        fitting = s.map(lambda v: v is None or (isinstance(v, float) and v != v) or v is pd.NaT or fits(v))
+        return False if fitting.all() else fitting.astype(bool)
+
+    return pa.Check(check, element_wise=False, name=f"type {kind}", error=f"type {kind}")
 
 
 def _is_timestamp(s: pd.Series) -> bool:
@@ -121,15 +136,20 @@ def _is_text(s: pd.Series) -> bool:
     return pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty")
 
 
-KIND_TESTS: dict[str, Callable[[pd.Series], bool]] = {
-    "timestamp": _is_timestamp, "number": _is_number, "integer": _is_integer, "boolean": _is_flag, "text": _is_text,
+KIND_TESTS: dict[str, tuple[Callable[[pd.Series], bool], Callable[[Any], bool]]] = {
+    "timestamp": (_is_timestamp, lambda v: isinstance(v, datetime) and v.tzinfo is None),
+    "number": (_is_number, lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))),
+    "integer": (_is_integer, lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))),
+    "boolean": (_is_flag, lambda v: isinstance(v, (bool, np.bool_))),
+    "text": (_is_text, lambda v: isinstance(v, str)),
 }
+"""Per kind: the test of a column's dtype, and of one value (used only to name the rows when the dtype is wrong)."""
 
 
 def column(kind: str | None, description: str, nullable: bool = False, required: bool = True,
            checks: list[pa.Check] | None = None) -> pa.Column:
     """A column of a kind (``timestamp``, ``number``, ``integer``, ``boolean``, ``text``; None: any type)."""
-    all_checks = ([_kind_check(kind, KIND_TESTS[kind])] if kind else []) + list(checks or [])
+    all_checks = ([_kind_check(kind, *KIND_TESTS[kind])] if kind else []) + list(checks or [])
     return pa.Column(None, checks=all_checks, nullable=nullable, required=required, description=description,
                      metadata={"type": kind or "any"})
 
@@ -411,3 +431,6 @@ SCHEMAS_BY_ASSET: dict[str, Callable[[ModelSpec], pa.DataFrameSchema]] = {
 """The table each asset stage shows in the UI. ``features`` has the data gate's schema
 (:func:`mlplatform.lib.validation.features_schema`, which imports this module); ``model`` is not a table (an
 MLflow model); the evaluation asset also writes ``<model>.predictions`` (:func:`predictions_schema`)."""
+
+NOT_TABLES = frozenset({names.MODEL})
+"""Asset stages that are not tables: the model is an MLflow model (its evaluation and backtest are the tables)."""
