@@ -48,10 +48,11 @@ class TableRefused(ValueError):
 
 def schema_problems(errors: SchemaErrors) -> list[dict[str, Any]]:
     """Pandera's failure cases as one problem per (column, check): failures, offending row labels, examples."""
-    cases = errors.failure_cases.copy()
+    cases = errors.failure_cases.astype({"column": object, "failure_case": object})
     missing = cases["check"] == "column_in_dataframe"  # pandera names the schema there; the column is the case
-    cases.loc[missing, "column"] = cases.loc[missing, "failure_case"]
-    cases.loc[missing, "failure_case"] = "column missing"
+    if missing.any():
+        cases.loc[missing, "column"] = cases.loc[missing, "failure_case"]
+        cases.loc[missing, "failure_case"] = "column missing"
     problems = []
     for (column, check), group in cases.groupby(["column", "check"], dropna=False, sort=False):
         rows = pd.Series(group["index"]).dropna().astype(str).unique()[:MAX_EXAMPLES].tolist()
@@ -62,7 +63,8 @@ def schema_problems(errors: SchemaErrors) -> list[dict[str, Any]]:
             "rows": ", ".join(rows),
             "examples": ", ".join(group["failure_case"].astype(str).unique()[:MAX_EXAMPLES].tolist()),
         })
-    return problems
+    mistyped = {p["column"] for p in problems if p["check"].startswith("type ")}
+    return [p for p in problems if p["column"] not in mistyped or p["check"].startswith("type ")]  # not the echoes
 
 
 def validate_table(frame: pd.DataFrame, schema: pa.DataFrameSchema, table: str,
@@ -101,13 +103,12 @@ def describe_columns(schema: pa.DataFrameSchema) -> list[dict[str, Any]]:
 # --- columns by kind ---------------------------------------------------------------------------------------------
 
 def _kind_check(kind: str, test: Callable[[pd.Series], bool], fits: Callable[[Any], bool]) -> pa.Check:
-    """A dtype check by kind: one test of the dtype when it is right (no cost per row); when it is not, the rows
-    whose values do not fit the kind, so the error names them (or the whole column if every value fits alone)."""
+    """A check of the kind: one test of the dtype when it is right (no cost per row); else value by value (an
+    object column of numbers is numbers), so the error names the rows that do not fit."""
     def check(s: pd.Series) -> bool | pd.Series:
         if test(s):
             return True
-        fitting = s.map(lambda v: v is None or (isinstance(v, float) and v != v) or v is pd.NaT or fits(v))
-        return False if fitting.all() else fitting.astype(bool)
+        return s.map(lambda v: v is None or (isinstance(v, float) and v != v) or v is pd.NaT or fits(v)).astype(bool)
 
     return pa.Check(check, element_wise=False, name=f"type {kind}", error=f"type {kind}")
 
