@@ -77,7 +77,13 @@ def build_staged_assets(spec: ModelSpec):
         window = run_window(context)
         dbt_vars = {"min_time": f"{window.start:%Y-%m-%d %H:%M:%S}", "max_time": f"{window.end:%Y-%m-%d %H:%M:%S}"}
         target = platform.dbt_target_dir(context.run.run_id)
-        events = list(dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context, target_path=target).stream())
+        events: list[Any] = []
+        try:
+            for event in dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context, target_path=target).stream():
+                events.append(event)
+        except Exception:  # dbt's own failure (a failed dbt test): what it reported is shown, as without a schema
+            yield from events
+            raise
         # dbt wrote the window's rows: a row that breaks the schema fails the step before its materialization is
         # recorded, so nothing downstream reads it.
         rows = warehouse.read_window(spec.name, names.STAGED, spec.time_column, window)
