@@ -276,7 +276,8 @@ def _backtest_result(spec: ModelSpec, warehouse: Warehouse) -> MaterializeResult
             f'"{gate_column(gate_lib.CHAMPION)}" as champion_ok, "{gate_column(gate_lib.SANITY)}" as sanity_ok, '
             f'aliases_set from "{spec.name}"."{names.EVALUATIONS_TABLE}" order by week'
         ).fetchdf()
-    table = validate_table(table, backtest_schema(spec), f"{spec.name}/{names.BACKTEST}")
+    table = validate_table(table, backtest_schema(spec), f"{spec.name}.{names.EVALUATIONS_TABLE} as the backtest reads it",
+                           "The backtest was not reported")
     metric = spec.primary_metric
     weeks = [f"{w:%Y-%m-%d}" for w in table["week"]]
     png = backtest_plot(weeks, table["value"], table["ci_low"], table["ci_high"], metric, spec.gates.threshold,
