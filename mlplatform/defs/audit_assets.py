@@ -16,8 +16,9 @@ import pandas as pd
 from dagster import AssetDep, AssetMaterialization, AssetSpec, MetadataValue
 
 from mlplatform.defs.keys import audit_trail_key, model_key
-from mlplatform.defs.metadata import owners, rows_table
+from mlplatform.defs.metadata import column_schema_metadata, owners, rows_table
 from mlplatform.lib.audit import TrailSummary, read_events, summarize_trail
+from mlplatform.lib.table_schemas import audit_events_schema
 from mlplatform.specs import ModelSpec
 
 LATEST_EVENTS = 20
@@ -31,6 +32,7 @@ def build_audit_trail_spec(spec: ModelSpec) -> AssetSpec:
         "gate, alias move, approval, rollback, drift alert and retrain request, hash-chained. Reported by the steps "
         f"and jobs that write events; shows the {LATEST_EVENTS} newest, the count per event type and whether the "
         "chain verifies (`mlplatform audit MODEL --verify` checks the same).",
+        metadata=column_schema_metadata(audit_events_schema(spec)),
     )
 
 

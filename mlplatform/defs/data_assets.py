@@ -19,27 +19,24 @@ from dagster import (
     AssetKey,
     MetadataValue,
     Output,
-    TableColumn,
-    TableColumnConstraints,
-    TableSchema,
     asset,
 )
 from dagster_pandera import pandera_schema_to_dagster_type
 
 from mlplatform import names
 from mlplatform.defs.keys import features_key, raw_key, staged_key
-from mlplatform.defs.metadata import markdown_table, owners
+from mlplatform.defs.metadata import column_schema_metadata, markdown_table, owners
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
 from mlplatform.defs.resources import Warehouse
 from mlplatform.lib.audit import AuditEvent, append_events
 from mlplatform.lib.source import checked_data_path, read_source, rows_in_window, source_columns
+from mlplatform.lib.table_schemas import raw_schema, validate_table
 from mlplatform.lib.validation import (
     GateReport,
     check_source_week,
     coerce_numeric_columns,
     features_schema,
     parse_source_times,
-    schema_columns,
     to_features_frame,
     validate_features,
 )
@@ -82,6 +79,7 @@ def build_raw_asset(spec: ModelSpec):
     path = checked_data_path(spec.source_path, spec.spec_file.parent)  # inside the allowed roots, symlinks resolved
     header = set(source_columns(path))
     required_columns = [c for c in dict.fromkeys([spec.time_column, *spec.modelling_columns]) if c in header]
+    schema = raw_schema(spec)
 
     @asset(
         key=key,
@@ -93,7 +91,8 @@ def build_raw_asset(spec: ModelSpec):
         kinds={"duckdb", "pandas"},
         description=f"Rows of `{path.name}` whose event time (`{spec.time_column}`, UTC) falls in the week. "
         "Re-materializing a week replaces its rows.",
-        metadata={"partition_expr": partition_expr(spec), "source": MetadataValue.path(str(path))},
+        metadata={"partition_expr": partition_expr(spec), "source": MetadataValue.path(str(path)),
+                  **column_schema_metadata(schema)},
         check_specs=[
             AssetCheckSpec(
                 RAW_CHECK,
@@ -124,7 +123,7 @@ def build_raw_asset(spec: ModelSpec):
                 check_name=RAW_CHECK, passed=False, severity=AssetCheckSeverity.ERROR, metadata=gate_metadata(report)
             )
             return
-        rows = coerce_numeric_columns(rows, spec)
+        rows = validate_table(coerce_numeric_columns(rows, spec), schema, f"{spec.name}.{names.RAW}")
         empty_weeks = report.facts["empty_weeks"]
         yield Output(
             rows,
@@ -177,22 +176,6 @@ def _report_empty_weeks(context: AssetExecutionContext, key: AssetKey, report: G
         ))
 
 
-def _column_schema(spec: ModelSpec) -> TableSchema:
-    return TableSchema(
-        columns=[
-            TableColumn(
-                name=column["name"],
-                type=column["type"],
-                description=column["description"],
-                constraints=TableColumnConstraints(
-                    nullable=column["nullable"], unique=column["unique"], other=column["constraints"]
-                ),
-            )
-            for column in schema_columns(spec)
-        ]
-    )
-
-
 def build_features_asset(spec: ModelSpec):
     """``<model>/features``: the modelling table for the week, validated by the Pandera schema built from the spec."""
     key = features_key(spec)
@@ -211,7 +194,7 @@ def build_features_asset(spec: ModelSpec):
         dagster_type=pandera_schema_to_dagster_type(schema),
         description=f"Modelling table of {spec.name}: event time, key, features and target `{spec.target}`, "
         "validated against the Pandera schema generated from the spec.",
-        metadata={"partition_expr": partition_expr(spec), "dagster/column_schema": _column_schema(spec)},
+        metadata={"partition_expr": partition_expr(spec), **column_schema_metadata(schema)},
         check_specs=[
             AssetCheckSpec(
                 FEATURES_CHECK,

@@ -27,13 +27,14 @@ from dagster import (
 from mlplatform import names
 from mlplatform.defs.audit_assets import audit_trail_materialization
 from mlplatform.defs.keys import drift_key, features_key
-from mlplatform.defs.metadata import owners
+from mlplatform.defs.metadata import column_schema_metadata, owners
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, write_week_rows
 from mlplatform.defs.serving_assets import prediction_log_key, prediction_log_materialization
 from mlplatform.lib.aliases import CHAMPION
 from mlplatform.lib.audit import AuditEvent, append_events
 from mlplatform.lib.source import Window
+from mlplatform.lib.table_schemas import drift_schema, prediction_log_schema, validate_table
 from mlplatform.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def build_drift_assets(spec: ModelSpec):
         specs=[AssetSpec(
             key, group_name=spec.name, owners=owners(spec), kinds={"evidently", "duckdb"}, skippable=True,
             deps=[AssetDep(features_key(spec)), AssetDep(prediction_log_key(spec))],
+            metadata=column_schema_metadata(drift_schema(spec)),
             description="Feature drift of week W against the champion's training reference (or the N weeks before W "
             f"when there is none), decided by {decides} (drift.method: {spec.drift.method}); the champion's prediction "
             "drift and the label drift as their own rows; the drifted share, and Evidently's HTML report (newest "
@@ -96,7 +98,7 @@ def build_drift_assets(spec: ModelSpec):
     def drift(context: AssetExecutionContext) -> Iterator:
         from mlplatform.lib.drift import render_evidently_report, weekly_drift, weeks_with_html
         from mlplatform.lib.plots import drift_plot
-        from mlplatform.lib.prediction_log import read_prediction_log
+        from mlplatform.lib.prediction_log import model_log_dir, read_prediction_log
         from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE
 
         warehouse: Warehouse = context.resources.warehouse
@@ -105,7 +107,9 @@ def build_drift_assets(spec: ModelSpec):
         platform: PlatformState = context.resources.platform
         reports_dir = platform.reports_dir(spec.name)
         run_rows = warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)  # one read, sliced per week
-        logged = read_prediction_log(platform.home_path, spec.name, window.start, window.end)
+        logged = validate_table(read_prediction_log(platform.home_path, spec.name, window.start, window.end),
+                                prediction_log_schema(spec), f"prediction log {model_log_dir(platform.home_path, spec.name)}",
+                                "The drift step stopped before using it: fix or remove the segments holding those rows")
         answered = logged[logged["role"].isin([CHAMPION_ROLE, CANARY_ROLE])]  # what clients got, not shadow scores
         results, notes = weekly_drift(
             spec, window.week_starts(), run_rows,
@@ -120,7 +124,8 @@ def build_drift_assets(spec: ModelSpec):
                                  for r in results for c in r.report.columns])
             rows = rows.astype({"statistic": "float64", "p_value": "float64", "p_adjusted": "float64",
                                 "effect": "float64"})  # typed even when evidently leaves them empty
-            write_week_rows(warehouse, spec.name, names.DRIFT_TABLE, rows, "week", [pd.Timestamp(r.week) for r in results])
+            write_week_rows(warehouse, spec.name, names.DRIFT_TABLE, rows, "week", [pd.Timestamp(r.week) for r in results],
+                            table_schema=drift_schema(spec))
             with warehouse.get_connection() as connection:  # a failed check is an alert in the audit trail
                 append_events(connection, [AuditEvent(
                     spec.name, "drift_alert", f"dagster run {context.run.run_id}", r.report.summary(), week=r.week,

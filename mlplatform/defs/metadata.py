@@ -7,9 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-from dagster import MetadataValue
+import pandera.pandas as pa
+from dagster import MetadataValue, TableColumn, TableColumnConstraints, TableSchema
 
 from mlplatform.specs import ModelSpec
+
+COLUMN_SCHEMA = "dagster/column_schema"
+"""The metadata key the Dagster UI reads an asset's columns from."""
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -44,3 +48,18 @@ def scalar_or_json(value: Any) -> Any:
 def owners(spec: ModelSpec) -> list[str]:
     """The spec's owner as Dagster asset owners (every asset of the model shows the same team)."""
     return [spec.owner] if spec.owner else []
+
+
+def column_schema(schema: pa.DataFrameSchema) -> TableSchema:
+    """A Pandera schema as the UI's column schema (``dagster/column_schema``): names, types, descriptions, rules."""
+    from mlplatform.lib.table_schemas import describe_columns
+
+    return TableSchema(columns=[
+        TableColumn(name=c["name"], type=c["type"], description=c["description"],
+                    constraints=TableColumnConstraints(nullable=c["nullable"], unique=c["unique"], other=c["constraints"]))
+        for c in describe_columns(schema)])
+
+
+def column_schema_metadata(schema: pa.DataFrameSchema) -> dict[str, Any]:
+    """The asset metadata that shows ``schema`` as the asset's columns in the UI."""
+    return {COLUMN_SCHEMA: column_schema(schema)}

@@ -34,12 +34,21 @@ from dagster import (
 from mlplatform import names
 from mlplatform.defs.audit_assets import audit_trail_materialization
 from mlplatform.defs.keys import backtest_key, evaluation_key, features_key, model_key
-from mlplatform.defs.metadata import image, owners, plot, rows_table, scalar_or_json
+from mlplatform.defs.metadata import (
+    column_schema,
+    column_schema_metadata,
+    image,
+    owners,
+    plot,
+    rows_table,
+    scalar_or_json,
+)
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.lib import gates as gate_lib
 from mlplatform.lib.audit import AuditEvent, append_events
 from mlplatform.lib.source import Window
+from mlplatform.lib.table_schemas import backtest_schema, evaluations_schema, predictions_schema, validate_table
 from mlplatform.specs import ModelSpec
 
 AT_PROMOTION = " Acts at promotion: a failure keeps this week's version away from every alias (and from serving); " \
@@ -83,13 +92,17 @@ def build_model_assets(spec: ModelSpec):
                 evaluation_key(spec), group_name=spec.name, owners=owners(spec), kinds={"mlflow", "scikit-learn"},
                 deps=[model_key(spec)], skippable=True,
                 description=f"Out-of-time evaluation of week W's model on week W only: {spec.task} metrics with "
-                "bootstrap intervals, plots, per-row predictions (table `predictions`).",
+                f"bootstrap intervals, plots, per-row predictions (table `predictions`). Table "
+                f"`{spec.name}.{names.EVALUATIONS_TABLE}`.",
+                metadata={**column_schema_metadata(evaluations_schema(spec)),
+                          "predictions_column_schema": MetadataValue.table_schema(column_schema(predictions_schema(spec)))},
             ),
             AssetSpec(
                 backtest_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb"},
                 deps=[evaluation_key(spec)], skippable=True,
                 description="Walk-forward backtest: each week's model scored on the week after its training window, "
                 "over every evaluated week (recomputed whenever weeks are evaluated).",
+                metadata=column_schema_metadata(backtest_schema(spec)),
             ),
         ],
         check_specs=[AssetCheckSpec(name, asset=model_key(spec), blocking=False, description=text)
@@ -270,6 +283,8 @@ def _backtest_result(spec: ModelSpec, warehouse: Warehouse) -> MaterializeResult
             f'"{gate_column(gate_lib.CHAMPION)}" as champion_ok, "{gate_column(gate_lib.SANITY)}" as sanity_ok, '
             f'aliases_set from "{spec.name}"."{names.EVALUATIONS_TABLE}" order by week'
         ).fetchdf()
+    table = validate_table(table, backtest_schema(spec), f"{spec.name}.{names.EVALUATIONS_TABLE} as the backtest reads it",
+                           "The backtest was not reported")
     metric = spec.primary_metric
     weeks = [f"{w:%Y-%m-%d}" for w in table["week"]]
     png = backtest_plot(weeks, table["value"], table["ci_low"], table["ci_high"], metric, spec.gates.threshold,

@@ -28,11 +28,12 @@ from dagster import (
 from mlplatform import names
 from mlplatform.defs.audit_assets import audit_trail_materialization
 from mlplatform.defs.keys import asset_key, features_key
-from mlplatform.defs.metadata import image, owners, rows_table
+from mlplatform.defs.metadata import column_schema_metadata, image, owners, rows_table
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, write_week_rows
 from mlplatform.defs.serving_assets import prediction_log_key
 from mlplatform.lib.source import Window
+from mlplatform.lib.table_schemas import labels_schema, live_performance_schema, shadow_schema
 from mlplatform.specs import ModelSpec
 
 
@@ -68,18 +69,21 @@ def build_production_assets(spec: ModelSpec):
             AssetSpec(labels_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb"}, skippable=True,
                       deps=[AssetDep(features_key(spec))] if spec.labels is None else [],
                       description=f"Outcomes known for week W's rows (they arrive after the predictions), from "
-                      f"{_labels_origin(spec)}. Table `{spec.name}.{names.LABELS_TABLE}`."),
+                      f"{_labels_origin(spec)}. Table `{spec.name}.{names.LABELS_TABLE}`.",
+                      metadata=column_schema_metadata(labels_schema(spec))),
             AssetSpec(live_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb"}, skippable=True,
                       deps=[AssetDep(labels_key(spec)), AssetDep(prediction_log_key(spec))],
                       description=f"Week W's logged predictions joined with their outcomes: {metric} with a 95% "
                       "bootstrap interval per version and role (champion, canary, shadow), rows matched and unmatched; "
                       "the champion against its own evaluation. Table "
-                      f"`{spec.name}.{names.LIVE_TABLE}`."),
+                      f"`{spec.name}.{names.LIVE_TABLE}`.",
+                      metadata=column_schema_metadata(live_performance_schema(spec))),
             AssetSpec(shadow_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb"}, skippable=True,
                       deps=[AssetDep(prediction_log_key(spec)), AssetDep(labels_key(spec))],
                       description="The challenger scored in the shadow of the champion on the very same requests: "
                       f"agreement, and the {metric} difference with its interval once outcomes are in. Evidence for "
-                      f"`mlplatform promote`. Table `{spec.name}.{names.SHADOW_TABLE}`."),
+                      f"`mlplatform promote`. Table `{spec.name}.{names.SHADOW_TABLE}`.",
+                      metadata=column_schema_metadata(shadow_schema(spec))),
         ],
         check_specs=[
             AssetCheckSpec(names.LIVE_DEGRADATION_CHECK, asset=live_key(spec), description=(
@@ -281,13 +285,16 @@ class ProductionStep:
     def _write(self, week: str, outcomes: pd.DataFrame, rows: pd.DataFrame, shadows: list) -> None:
         stamp = [pd.Timestamp(week)]
         labels = outcomes.assign(week=pd.Timestamp(week), y=outcomes["y"].astype(str))
-        write_week_rows(self.warehouse, self.spec.name, names.LABELS_TABLE, labels, "week", stamp)
+        write_week_rows(self.warehouse, self.spec.name, names.LABELS_TABLE, labels, "week", stamp,
+                        table_schema=labels_schema(self.spec))
         if len(rows):
             rows = rows.astype({"evaluation_value": "float64", "judged": "bool", "passed": "boolean"})
-            write_week_rows(self.warehouse, self.spec.name, names.LIVE_TABLE, rows, "week", stamp)
+            write_week_rows(self.warehouse, self.spec.name, names.LIVE_TABLE, rows, "week", stamp,
+                            table_schema=live_performance_schema(self.spec))
         if shadows:
             write_week_rows(self.warehouse, self.spec.name, names.SHADOW_TABLE,
-                            pd.DataFrame([s.row(week) for s in shadows]), "week", stamp)
+                            pd.DataFrame([s.row(week) for s in shadows]), "week", stamp,
+                            table_schema=shadow_schema(self.spec))
 
     def _act(self, week: str, verdict, canary, rollback) -> None:
         """The audit of a failed check, and the canary stop (an alias move: through promotion, one unit)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import pandera.pandas as pa
 from dagster import ConfigurableResource
 from dagster._core.storage.db_io_manager import DbIOManager  # what DuckDBPandasIOManager itself builds
 from dagster_duckdb import DuckDBResource
@@ -18,6 +19,7 @@ from dagster_duckdb_pandas import DuckDBPandasIOManager
 
 from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, DEFAULT_WAREHOUSE_WAIT_SECONDS, Settings
 from mlplatform.lib.source import Window
+from mlplatform.lib.table_schemas import validate_table
 from mlplatform.lib.warehouse import connect_when_free, quote_identifier, replace_week_rows, table_name
 
 if TYPE_CHECKING:  # importing mlflow is slow (docs/benchmarks.md): only runs that train pay for it
@@ -141,7 +143,9 @@ def _tracker_for(tracking_uri: str, artifact_root: str) -> Tracker:
 
 
 def write_week_rows(warehouse: Warehouse, schema: str, table: str, frame: pd.DataFrame, week_column: str,
-                    weeks: list) -> None:
-    """Replace the given weeks' rows of ``schema.table`` (created from the frame on first use)."""
+                    weeks: list, *, table_schema: pa.DataFrameSchema) -> None:
+    """Replace the given weeks' rows of ``schema.table`` (created from the frame on first use), once every row
+    meets ``table_schema`` (else :class:`~mlplatform.lib.table_schemas.TableRefused` and nothing is written)."""
+    validate_table(frame, table_schema, f"{schema}.{table}")
     with warehouse.get_connection() as connection:
         replace_week_rows(connection, schema, table, frame, week_column, weeks)

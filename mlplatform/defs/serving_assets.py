@@ -13,8 +13,9 @@ from dagster import AssetDep, AssetMaterialization, AssetSpec, MetadataValue
 
 from mlplatform import names
 from mlplatform.defs.keys import asset_key, model_key
-from mlplatform.defs.metadata import owners, rows_table
+from mlplatform.defs.metadata import column_schema_metadata, owners, rows_table
 from mlplatform.defs.partitions import weekly_partitions
+from mlplatform.lib.table_schemas import prediction_log_schema
 from mlplatform.specs import ModelSpec
 
 
@@ -28,7 +29,9 @@ def build_prediction_log_spec(spec: ModelSpec) -> AssetSpec:
         deps=[AssetDep(model_key(spec))], partitions_def=weekly_partitions(spec),
         description="Predictions the REST service (`mlplatform serve`) answered in week W, from its append-only "
         "Parquet log: rows, versions, roles (champion, canary, shadow) and latency. Written by the service; reported "
-        "here by the drift step for every week it checks. The log's format is a contract: docs/serving.md.",
+        "here by the drift step for every week it checks (validated against its schema as it reads it). The log's "
+        "format is a contract: docs/serving.md.",
+        metadata=column_schema_metadata(prediction_log_schema(spec)),
     )
 
 

@@ -102,6 +102,7 @@ def _row_hash(row: dict[str, Any]) -> str:
 def append_events(connection: duckdb.DuckDBPyConnection, events: Iterable[AuditEvent]) -> int:
     """Append events to their models' chains (inside the caller's transaction, if any). Rows are never updated."""
     from mlplatform.lib.settings import code_version
+    from mlplatform.lib.table_schemas import audit_events_schema, validate_table
 
     events = list(events)
     if not events:
@@ -126,7 +127,8 @@ def append_events(connection: duckdb.DuckDBPyConnection, events: Iterable[AuditE
         row["hash"] = _row_hash(row)
         heads[event.model] = (seq + 1, row["hash"])
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=EVENT_COLUMNS).astype({"passed": "boolean"})
+    frame = validate_table(pd.DataFrame(rows, columns=EVENT_COLUMNS).astype({"passed": "boolean"}),
+                           audit_events_schema(), EVENTS_TABLE)
     connection.register("event_rows", frame)
     try:
         connection.execute(f"insert into {EVENTS_TABLE} by name select * from event_rows")

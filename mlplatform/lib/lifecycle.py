@@ -30,6 +30,7 @@ from mlplatform.lib.plots import classification_plots, regression_plots
 from mlplatform.lib.promotion import AliasChange
 from mlplatform.lib.source import Window, rows_in_window
 from mlplatform.lib.spec_hash import GATES_HASH_TAG, SPEC_ARTIFACT, normalized_spec, spec_hash, spec_tags
+from mlplatform.lib.table_schemas import evaluations_schema, predictions_schema, validate_table
 from mlplatform.lib.training import SEED, Predictions, build_pipeline, encode_target, fingerprint, predict, split_xy
 from mlplatform.lib.warehouse import replace_week_rows
 from mlplatform.specs import ModelSpec
@@ -370,12 +371,13 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
         spec.name, result.version, all(g.passed for g in result.gates), result.week, actor, spec.rollout.approval,
         current, current_weeks)
     weeks = [pd.Timestamp(result.week)]
+    predictions = validate_table(result.predictions, predictions_schema(spec), f"{spec.name}.{names.PREDICTIONS_TABLE}")
+    evaluation = validate_table(evaluation_row(spec, result), evaluations_schema(spec),
+                                f"{spec.name}.{names.EVALUATIONS_TABLE}")  # before any write: a refusal moves nothing
     connection.begin()
     try:
-        replace_week_rows(connection, spec.name, names.PREDICTIONS_TABLE, result.predictions, "week", weeks,
-                          transaction=False)
-        replace_week_rows(connection, spec.name, names.EVALUATIONS_TABLE, evaluation_row(spec, result), "week", weeks,
-                          transaction=False)
+        replace_week_rows(connection, spec.name, names.PREDICTIONS_TABLE, predictions, "week", weeks, transaction=False)
+        replace_week_rows(connection, spec.name, names.EVALUATIONS_TABLE, evaluation, "week", weeks, transaction=False)
         append_events(connection, week_events(spec, result, actor, dagster_run_id))
         for change in result.alias_changes:
             change.dagster_run_id = dagster_run_id

@@ -15,6 +15,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from mlplatform.lib.source import Window, rows_per_week, timestamp_problems, to_utc_naive
+from mlplatform.lib.table_schemas import describe_columns, schema_problems
 from mlplatform.specs import ModelSpec
 from mlplatform.specs.timestamps import SAMPLE_VALUES
 
@@ -261,14 +262,7 @@ def validate_features(frame: pd.DataFrame, spec: ModelSpec, window: Window) -> t
         validated = schema.validate(frame, lazy=True)
     except SchemaErrors as errors:
         cases = errors.failure_cases
-        for (column, check), group in cases.groupby(["column", "check"], dropna=False, sort=False):
-            examples = group["failure_case"].astype(str).unique()[:5].tolist()
-            problems.append({
-                "column": "(table)" if pd.isna(column) else str(column),
-                "check": str(check),
-                "failures": int(len(group)),
-                "examples": ", ".join(examples),
-            })
+        problems += schema_problems(errors)
         row_index = pd.to_numeric(cases["index"], errors="coerce").dropna().astype(int).unique()
         sample = frame.loc[frame.index.intersection(row_index)].head(SAMPLE_ROWS)
     if infinite and sample is None:  # the rows holding the infinities, so a person sees them
@@ -307,17 +301,5 @@ def _non_finite_problems(frame: pd.DataFrame, spec: ModelSpec) -> list[dict[str,
 
 
 def schema_columns(spec: ModelSpec) -> list[dict[str, Any]]:
-    """Column facts (name, type, description, constraints) for the UI's column schema."""
-    schema = features_schema(spec)
-    described = []
-    for name, column in schema.columns.items():
-        constraints = [c.error for c in column.checks if c.error]
-        described.append({
-            "name": name,
-            "type": str(column.dtype) if column.dtype is not None else "any",
-            "description": column.description or "",
-            "nullable": column.nullable,
-            "unique": name in (spec.source.key or []) and len(spec.source.key) == 1,
-            "constraints": constraints,
-        })
-    return described
+    """Column facts (name, type, description, constraints) of the features table for the UI's column schema."""
+    return describe_columns(features_schema(spec))
