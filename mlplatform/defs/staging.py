@@ -13,7 +13,7 @@ from mlplatform.defs.data_assets import owners
 from mlplatform.defs.dbt_project import dbt_project
 from mlplatform.defs.keys import raw_key, staged_key
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
-from mlplatform.defs.resources import PlatformState
+from mlplatform.defs.resources import PlatformState, Warehouse
 from mlplatform.specs import ModelSpec
 
 
@@ -52,8 +52,10 @@ def build_staged_assets(spec: ModelSpec):
         backfill_policy=SINGLE_RUN,
         dagster_dbt_translator=SpecTranslator(spec),
     )
-    def staged(context: AssetExecutionContext, dbt: DbtCliResource, platform: PlatformState) -> Iterator[Any]:
+    def staged(context: AssetExecutionContext, dbt: DbtCliResource, platform: PlatformState,
+               warehouse: Warehouse) -> Iterator[Any]:
         window = run_window(context)
+        warehouse.verify()  # dbt opens the file read-write: a damaged one is refused first, as every step does
         dbt_vars = {"min_time": f"{window.start:%Y-%m-%d %H:%M:%S}", "max_time": f"{window.end:%Y-%m-%d %H:%M:%S}"}
         target = platform.dbt_target_dir(context.run.run_id)
         yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context, target_path=target).stream()
