@@ -637,7 +637,7 @@ def test_a_run_refuses_a_truncated_warehouse_with_the_one_line_message_and_leave
     assert not path.with_name(path.name + ".wal").exists()
 
 
-def test_audit_verify_card_and_backup_name_a_truncated_warehouse_in_one_line(home, spec_dir, capsys):
+def test_audit_verify_backup_and_card_name_a_truncated_warehouse_in_one_line(home, spec_dir, capsys):
     from mlplatform.cli import main
 
     spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
@@ -650,6 +650,8 @@ def test_audit_verify_card_and_backup_name_a_truncated_warehouse_in_one_line(hom
     assert main(["backup", "--to", str(home.parent / "copy"), "--wait", "1"]) == 1
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"no backup made: warehouse {path} fails an integrity read (")
+    assert main(["card", "toy", "--version", "1", "--wait", "1"]) == 1
+    assert capsys.readouterr().err.splitlines()[-2:] == [line.removeprefix("no backup made: "), "no card written"]
     assert path.stat().st_size == size
 
 
