@@ -387,7 +387,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_card(args: argparse.Namespace) -> int:
     """A version's model card, fresh from the registry and the audit trail: printed, or written to a file."""
-
     from mlflow.exceptions import MlflowException
 
     from mlplatform.lib.model_card import card_files, facts_from_registry
@@ -451,7 +450,6 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     """A consistent copy of the warehouse, the MLflow store and the Dagster instance (restore: docs/operations.md)."""
-
     from mlplatform.lib.outputs import OutputRefused, checked_output_path
     from mlplatform.lib.stores import backup_stores, describe
     from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged
