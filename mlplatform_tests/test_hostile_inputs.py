@@ -869,10 +869,12 @@ def test_a_name_or_reason_with_a_control_character_is_refused(text):
     refuse_control_characters(by="Ann-Marie O'Neil (ops)", reason="Zoë's review: ok ✓", other=None)
 
 
-def test_promote_and_rollback_refuse_a_newline_in_by_or_reason_and_change_nothing(home, capsys):
+def test_promote_rollback_and_the_ui_jobs_refuse_a_newline_in_by_or_reason_and_change_nothing(
+        home, spec_dir, instance, capsys):
     from mlplatform.cli import main
     from mlplatform.lib.tracking import Tracker
 
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
     tracker = stores_with_a_champion(home)
     tracker.client.create_model_version("toy", source=(home / "model").as_uri(), tags={"gates": "passed"})
     before = warehouse_query(home, "select count(*) as n from audit.alias_changes")["n"].tolist()
@@ -880,5 +882,10 @@ def test_promote_and_rollback_refuse_a_newline_in_by_or_reason_and_change_nothin
     assert "--by holds a control character (U+000A at position 4)" in capsys.readouterr().err
     assert main(["rollback", "toy", "--to", "1", "--by", "ann", "--reason", "ok\x1b[2K"]) == 1
     assert "--reason holds a control character (U+001B at position 3)" in capsys.readouterr().err
+    approve = load_definitions().resolve_job_def("toy_approve")
+    refused = approve.execute_in_process(instance=instance, raise_on_error=False, run_config={"ops": {
+        "toy_approve_champion": {"config": {"approved_by": "ann\nactor: root", "reason": "ok", "version": "2"}}}})
+    assert not refused.success
+    assert "--by holds a control character (U+000A at position 4)" in str(refused.all_events)
     assert Tracker.under(home / "mlflow").alias_version("toy", "champion") == "1"
     assert warehouse_query(home, "select count(*) as n from audit.alias_changes")["n"].tolist() == before

@@ -37,14 +37,17 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide, follow=None) ->
     ``follow(tracker, change)`` adds alias moves that belong to the same decision (the automatic rollback also
     stops the degraded version's canary)."""
     from mlplatform.lib import promotion
-    from mlplatform.lib.stores import check_stores
+    from mlplatform.lib.stores import StoresDamaged, check_stores
 
     warehouse: Warehouse = context.resources.warehouse
     registry: ModelRegistry = context.resources.model_registry
-    tracker = registry.tracker()
-    damage = check_stores(context.resources.platform.home_path, tracker, warehouse.wait_seconds)
+    try:
+        tracker = registry.tracker()
+        damage = check_stores(context.resources.platform.home_path, tracker, warehouse.wait_seconds)
+    except StoresDamaged as damaged:
+        damage = damaged.problems
     if damage:
-        raise Failure("a store looks damaged or replaced; nothing changed", metadata={
+        raise Failure(f"a store looks damaged or replaced; nothing changed: {'; '.join(damage)}", metadata={
             "problems": MetadataValue.json(damage)})
     with warehouse.get_connection() as connection:
         try:
