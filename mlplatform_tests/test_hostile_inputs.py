@@ -603,6 +603,14 @@ def truncated_warehouse(path: Path) -> int:
         with duckdb.connect(str(path)) as connection:
             connection.execute(f"create schema if not exists filler; create or replace table filler.t{i} as "
                                f"select range as id, range * 0.5 as x from range({300_000 * (i + 1)})")
+    with duckdb.connect(str(path)) as connection:  # an audit trail written last: its blocks are in the cut half
+        connection.execute(
+            "create schema audit; create table audit.events as select 'toy' as model, range as seq, "
+            "timestamp '2024-01-01' + to_seconds(range) as occurred_at, 'data_gate' as event, 'ann' as actor, "
+            "null::varchar as version, '2024-01-01' as week, true as passed, 'ok' as summary, "
+            "null::varchar as dagster_run_id, null::varchar as mlflow_run_id, null::varchar as data_fingerprint, "
+            "null::varchar as code_version, '{}' as details, md5(range::varchar) as prev_hash, "
+            "md5((range + 1)::varchar) as hash from range(300000)")
     size = path.stat().st_size // 2 // 4096 * 4096
     with path.open("r+b") as handle:
         handle.truncate(size)
