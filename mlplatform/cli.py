@@ -151,7 +151,7 @@ def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple
         change = approvals.move_champion(settings.home, settings.warehouse_path, Tracker.for_settings(settings),
                                          args.wait, decide)
     except approvals.StoresDamaged as damaged:
-        print(f"{refused}: {damaged}", file=sys.stderr)
+        print(f"{refused}: a store looks damaged or replaced:\n  - " + "\n  - ".join(damaged.problems), file=sys.stderr)
         return 1, None
     except WarehouseBusy as busy:
         print(f"{args.model}: {refused}: {busy}. A run is probably writing to it; try again when it ends, or give "
@@ -264,7 +264,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     import json
 
     from mlplatform.lib.audit import AUDIT_TABLE, read_events, verify_chain
-    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
+    from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged, connect_when_free
 
     settings = load_settings()
     if not settings.warehouse_path.exists():
@@ -283,6 +283,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 rows = read_events(connection, args.model, None if args.verify else args.since)
     except WarehouseBusy as busy:
         print(f"{busy}; try again when the run ends, or give --wait SECONDS", file=sys.stderr)
+        return 1
+    except WarehouseDamaged as damaged:
+        print(f"{args.model}: {damaged}", file=sys.stderr)
         return 1
     if args.verify:
         problems = verify_chain(rows)
@@ -335,17 +338,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_card(args: argparse.Namespace) -> int:
     """A version's model card, fresh from the registry and the audit trail: printed, or written to a file."""
-    from pathlib import Path
-
     from mlflow.exceptions import MlflowException
 
     from mlplatform.lib.model_card import card_files, facts_from_registry
+    from mlplatform.lib.outputs import OutputRefused, checked_output_path, write_output_text
     from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
-    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
+    from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged, connect_when_free
     from mlplatform.specs import SpecError
 
     settings = load_settings()
     ensure_home(settings)
+    try:
+        if args.output:  # refused before the work, not after it
+            checked_output_path(args.output, force=args.force)
+    except OutputRefused as refused:
+        print(f"{refused}\nno card written", file=sys.stderr)
+        return 1
     try:
         spec = _served_specs(settings, [args.model])[0]
     except (SpecError, ValueError) as error:
@@ -371,14 +379,21 @@ def cmd_card(args: argparse.Namespace) -> int:
     except WarehouseBusy as busy:
         print(f"{busy}; try again when the run ends, or give --wait SECONDS", file=sys.stderr)
         return 1
+    except WarehouseDamaged as damaged:
+        print(f"{damaged}\nno card written", file=sys.stderr)
+        return 1
     except MlflowException as error:
         print(f"{spec.name}: no version {version} in the registry ({error.message.splitlines()[0]})", file=sys.stderr)
         return 1
     files = card_files(facts)
     text = files["model_card.html" if args.html else "model_card.md"]
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"{spec.name} v{facts.version}: model card written to {args.output}")
+        try:
+            written = write_output_text(args.output, text, force=args.force)
+        except OutputRefused as refused:
+            print(f"{refused}\nno card written", file=sys.stderr)
+            return 1
+        print(f"{spec.name} v{facts.version}: model card written to {written}")
     else:
         print(text)
     return 0
@@ -386,18 +401,21 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     """A consistent copy of the warehouse, the MLflow store and the Dagster instance (restore: docs/operations.md)."""
-    from pathlib import Path
-
+    from mlplatform.lib.outputs import OutputRefused, checked_output_path
     from mlplatform.lib.stores import backup_stores, describe
-    from mlplatform.lib.warehouse import WarehouseBusy
+    from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged
 
     settings = load_settings()
     ensure_home(settings)
     try:
-        report = backup_stores(settings.home, Path(args.to).expanduser().resolve() if args.to else None,
-                               settings.mlflow_tracking_uri or None, args.wait)
-    except (FileExistsError, WarehouseBusy) as error:
+        target = checked_output_path(args.to, folder=True) if args.to else None
+        report = backup_stores(settings.home, target, settings.mlflow_tracking_uri or None, args.wait)
+    except (FileExistsError, OutputRefused, WarehouseBusy, WarehouseDamaged) as error:
         print(f"no backup made: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. a folder under /proc, a full disk: the copy stops where it failed
+        print(f"no complete backup made: cannot write {error.filename or args.to} ({error.strerror})",
+              file=sys.stderr)
         return 1
     print("\n".join(describe(report)))
     return 0
@@ -561,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--version", help="registered version; default: the champion, else the challenger, else the "
                       "newest")
     card.add_argument("--html", action="store_true", help="HTML instead of Markdown")
-    card.add_argument("--output", help="write to this file instead of printing")
+    card.add_argument("--output", help="write to this file instead of printing (a new file; never through a "
+                      "symbolic link)")
+    card.add_argument("--force", action="store_true", help="replace the --output file if it exists")
     card.add_argument("--wait", type=float, default=120.0,
                       help="seconds to wait while a run writes to the warehouse (default 120)")
     card.set_defaults(func=cmd_card)
@@ -610,7 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_process(load_settings())  # the CLI is an entry point: its process-wide settings are made here
-    return int(args.func(args) or 0)
+    from mlplatform.lib.warehouse import WarehouseDamaged
+
+    try:
+        return int(args.func(args) or 0)
+    except WarehouseDamaged as damaged:  # any command that reads the warehouse (reproduce, replay, ...): one line
+        print(damaged, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

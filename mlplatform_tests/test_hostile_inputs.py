@@ -592,3 +592,309 @@ def test_the_spec_error_a_code_location_raises_is_short_and_keeps_every_problem(
     assert len(pickle.loads(pickle.dumps(caught.value)).problems) == 30
     assert main(["validate"]) == 1
     assert capsys.readouterr().err.count("task: found 'nope'") == 30
+
+
+# 9. Damaged stores on every path; a wait that says so; where output goes; names on one line
+
+def truncated_warehouse(path: Path) -> int:
+    """A warehouse written over several checkpoints, then cut to half its length, as a copy that stopped halfway
+    leaves it: DuckDB still opens it (its catalog is in the first half), a read-write open then grows it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(6):
+        with duckdb.connect(str(path)) as connection:
+            connection.execute(f"create schema if not exists filler; create or replace table filler.t{i} as "
+                               f"select range as id, range * 0.5 as x from range({300_000 * (i + 1)})")
+    with duckdb.connect(str(path)) as connection:  # an audit trail written last: its blocks are in the cut half
+        connection.execute(
+            "create schema audit; create table audit.events as select 'toy' as model, range as seq, "
+            "timestamp '2024-01-01' + to_seconds(range) as occurred_at, 'data_gate' as event, 'ann' as actor, "
+            "null::varchar as version, '2024-01-01' as week, true as passed, 'ok' as summary, "
+            "null::varchar as dagster_run_id, null::varchar as mlflow_run_id, null::varchar as data_fingerprint, "
+            "null::varchar as code_version, '{}' as details, md5(range::varchar) as prev_hash, "
+            "md5((range + 1)::varchar) as hash from range(300000)")
+    size = path.stat().st_size // 2 // 4096 * 4096
+    with path.open("r+b") as handle:
+        handle.truncate(size)
+    with duckdb.connect(str(path), read_only=True):
+        pass  # opens: only reading its tables (or writing) finds the damage
+    return size
+
+
+def step_failures(result) -> list[str]:
+    """What each failed step raised (the innermost error under Dagster's wrapper), as its one-line message."""
+    failures = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error.cause is not None:
+                error = error.cause
+            failures.append(error.message.strip())
+    return failures
+
+
+def test_a_run_refuses_a_truncated_warehouse_with_the_one_line_message_and_leaves_it_as_it_was(
+        home, spec_dir, instance):
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    path = home / "warehouse.duckdb"
+    size = truncated_warehouse(path)
+    result = run_weeks(load_definitions(), "toy", instance, "2024-01-01", assets=["raw"])
+    assert not result.success
+    [failure] = step_failures(result)
+    assert failure.startswith(f"mlplatform.lib.warehouse.WarehouseDamaged: warehouse {path} fails an integrity read (")
+    assert failure.endswith("restore it from a backup (docs/operations.md)") and "\n" not in failure
+    assert path.stat().st_size == size  # never opened read-write
+    assert not path.with_name(path.name + ".wal").exists()
+
+
+def test_audit_verify_backup_and_card_name_a_truncated_warehouse_in_one_line(home, spec_dir, capsys):
+    from mlplatform.cli import main
+
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    path = home / "warehouse.duckdb"
+    size = truncated_warehouse(path)
+    assert main(["audit", "toy", "--verify", "--wait", "1"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"toy: warehouse {path} fails an integrity read (")
+    assert line.endswith("restore it from a backup (docs/operations.md)")
+    assert main(["backup", "--to", str(home.parent / "copy"), "--wait", "1"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"no backup made: warehouse {path} fails an integrity read (")
+    assert main(["card", "toy", "--version", "1", "--wait", "1"]) == 1
+    assert capsys.readouterr().err.splitlines()[-2:] == [line.removeprefix("no backup made: "), "no card written"]
+    assert path.stat().st_size == size
+
+
+def test_the_integrity_read_is_remembered_per_file_identity(tmp_path):
+    import os
+
+    from mlplatform.lib.warehouse import integrity_problem
+
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("create table t as select range as id, range * 0.5 as x from range(200000)")
+    assert integrity_problem(path, 1) is None
+    stat = path.stat()
+    with path.open("r+b") as handle:  # same length, same mtime: the same file as far as the cache can tell
+        for offset in range(12288, stat.st_size - 4096, 65536):
+            handle.seek(offset + 100)
+            handle.write(b"\xff" * 2048)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert integrity_problem(path, 1) is None  # remembered: not read again
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # changed: read again
+    assert integrity_problem(path, 1) is not None
+
+
+def test_a_run_with_a_deleted_mlflow_store_names_it_before_training(home, spec_dir, instance):
+    """The audit names champion v1; mlflow.db is gone (a new process recreates it empty)."""
+    from mlplatform.lib.audit import record_alias_changes
+
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    home.mkdir(parents=True)
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+        record_alias_changes(connection, [{"changed_at": pd.Timestamp("2024-01-08"), "model": "toy",
+                                           "alias": "champion", "version": "1", "previous_version": None,
+                                           "actor": "ann", "reason": "ok", "week": "2024-01-01"}])
+    assert not (home / "mlflow" / "mlflow.db").exists()
+    result = run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-15",
+                       assets=["raw", "features", "model", "evaluation"])
+    assert not result.success
+    [failure] = step_failures(result)  # raw and features ran; the model step stopped at once
+    assert "toy: the audit says v1 became champion at 2024-01-08 00:00:00, but the registry at sqlite:///" in failure
+    assert "has no such version: the MLflow store was replaced or lost; restore it from a backup" in failure
+    runs = warehouse_query(home, "select count(*) as n from audit.alias_changes")
+    assert runs["n"].tolist() == [1]  # nothing moved
+    import sqlite3
+
+    with sqlite3.connect(home / "mlflow" / "mlflow.db") as store:  # nothing trained or logged before the check
+        assert store.execute("select count(*) from runs").fetchone() == (0,)
+
+
+HOLDING = """
+import duckdb, sys
+connection = duckdb.connect(sys.argv[1], read_only=True)
+print("holding", flush=True)
+sys.stdin.readline()
+"""
+
+
+def hold_warehouse(path: Path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDING, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def test_a_connection_waiting_for_the_lock_names_the_holder_until_it_lets_go(tmp_path):
+    from mlplatform.lib.warehouse import connect_when_free
+
+    path = tmp_path / "w.duckdb"
+    duckdb.connect(str(path)).close()
+    holder = hold_warehouse(path)
+    heard: list[str] = []
+
+    def on_wait(message: str) -> None:
+        heard.append(message)
+        if len(heard) == 2:
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+
+    try:
+        with connect_when_free(path, 120, on_wait=on_wait, report_every=0.2) as connection:
+            assert connection.execute("select 1").fetchone() == (1,)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(heard) >= 2
+    assert all(f"waiting for the warehouse {path}: process {holder.pid} holds its lock (" in m for m in heard)
+    assert heard[0].endswith("giving up after 120 s)")
+
+
+@pytest.mark.slow
+def test_a_run_waiting_for_the_warehouse_says_so_in_its_log_naming_the_holder(home, spec_dir, instance, monkeypatch):
+    import threading
+    import time
+
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    monkeypatch.setenv("MLPLATFORM_WAREHOUSE_WAIT_SECONDS", "300")
+    defs = load_definitions()
+    duckdb.connect(str(home / "warehouse.duckdb")).close()
+    holder = hold_warehouse(home / "warehouse.duckdb")
+    results = []
+    run = threading.Thread(target=lambda: results.append(
+        run_weeks(defs, "toy", instance, "2024-01-08", assets=["raw"])))
+    run.start()
+    waiting: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        while not waiting and time.monotonic() < deadline and run.is_alive():
+            time.sleep(0.5)
+            for past in instance.get_runs(limit=1):
+                waiting = [e.user_message for e in instance.all_logs(past.run_id)
+                           if "waiting for the warehouse" in e.user_message]
+    finally:
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        holder.wait()
+        run.join()
+    assert waiting, "the run said nothing while it waited"
+    assert f"process {holder.pid} holds its lock" in waiting[0]
+    assert results[0].success  # it got the warehouse once the holder let go
+
+
+# The output of `card --output` and `backup --to`
+
+@pytest.mark.parametrize("case", ["missing folder", "a folder", "a file's child", "proc", "a fifo"])
+def test_an_output_path_that_cannot_be_a_file_is_refused_in_one_line_naming_it(tmp_path, case):
+    import os
+
+    from mlplatform.lib.outputs import OutputRefused, write_output_text
+
+    (tmp_path / "file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    path, why = {
+        "missing folder": (tmp_path / "nope" / "card.md", "does not exist; create it first"),
+        "a folder": (tmp_path, "is a folder; give a file name"),
+        "a file's child": (tmp_path / "file" / "card.md", "is not a folder"),
+        "proc": (Path("/proc/mlplatform-card.md"), "cannot write in /proc"),
+        "a fifo": (tmp_path / "fifo", "is not a regular file"),
+    }[case]
+    with pytest.raises(OutputRefused) as refused:
+        write_output_text(path, "card", force=True)
+    assert str(path) in str(refused.value) and why in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_an_output_file_is_never_overwritten_without_force_and_never_through_a_link(tmp_path):
+    from mlplatform.lib.outputs import OutputRefused, write_output_text
+
+    existing = tmp_path / "card.md"
+    existing.write_text("kept")
+    with pytest.raises(OutputRefused, match="exists; give --force to replace it"):
+        write_output_text(existing, "new")
+    assert existing.read_text() == "kept"
+    assert write_output_text(existing, "new", force=True) == existing
+    assert existing.read_text() == "new"
+    target = tmp_path / "victim"
+    target.write_text("precious")
+    link = tmp_path / "link.md"
+    link.symlink_to(target)
+    for force in (False, True):
+        with pytest.raises(OutputRefused, match="is a symbolic link; output never follows one"):
+            write_output_text(link, "card", force=force)
+    assert target.read_text() == "precious" and link.is_symlink()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("case", ["missing parent", "a file", "a link", "proc", "not empty"])
+def test_backup_to_a_path_that_cannot_be_a_new_folder_is_refused_in_one_line(home, tmp_path, capsys, case):
+    from mlplatform.cli import main
+
+    home.mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    path, why = {
+        "missing parent": (tmp_path / "nope" / "backup", "does not exist; create it first"),
+        "a file": (tmp_path / "file", "exists and is not a folder"),
+        "a link": (tmp_path / "link", "is a symbolic link; output never follows one"),
+        "proc": (Path("/proc/mlplatform-backup"), "/proc/mlplatform-backup"),
+        "not empty": (tmp_path / "full", "is not empty; give a new folder"),
+    }[case]
+    assert main(["backup", "--to", str(path), "--wait", "5"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert str(path) in line and why in line
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_card_output_refuses_an_existing_file_and_a_link_before_any_work(home, spec_dir, tmp_path, capsys):
+    from mlplatform.cli import main
+
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    existing = tmp_path / "card.md"
+    existing.write_text("kept")
+    link = tmp_path / "link.md"
+    link.symlink_to(tmp_path / "victim")
+    assert main(["card", "toy", "--output", str(existing)]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"{existing} exists; give --force to replace it", "no card written"]
+    assert main(["card", "toy", "--output", str(link), "--force"]) == 1
+    assert "is a symbolic link; output never follows one" in capsys.readouterr().err
+    assert existing.read_text() == "kept" and not (tmp_path / "victim").exists()
+
+
+# A person's name and reason on one line
+
+@pytest.mark.parametrize("text", ["ann\nroot", "ann\r", "ann\x1b[31m", "ann\u202eoor", "ann\u2028x", "a\tb"])
+def test_a_name_or_reason_with_a_control_character_is_refused(text):
+    from mlplatform.lib.promotion import PromotionRefused, refuse_control_characters
+
+    with pytest.raises(PromotionRefused, match=r"^--by holds a control character \(U\+[0-9A-F]{4} at position \d+\)"):
+        refuse_control_characters(by=text, reason="fine")
+    with pytest.raises(PromotionRefused, match=r"^--reason holds a control character"):
+        refuse_control_characters(by="ann", reason=text)
+    refuse_control_characters(by="Ann-Marie O'Neil (ops)", reason="Zoë's review: ok ✓", other=None)
+
+
+def test_promote_rollback_and_the_ui_jobs_refuse_a_newline_in_by_or_reason_and_change_nothing(
+        home, spec_dir, instance, capsys):
+    from mlplatform.cli import main
+    from mlplatform.lib.tracking import Tracker
+
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    tracker = stores_with_a_champion(home)
+    tracker.client.create_model_version("toy", source=(home / "model").as_uri(), tags={"gates": "passed"})
+    before = warehouse_query(home, "select count(*) as n from audit.alias_changes")["n"].tolist()
+    assert main(["promote", "toy", "--version", "2", "--by", "ann\nactor: root"]) == 1
+    assert "--by holds a control character (U+000A at position 4)" in capsys.readouterr().err
+    assert main(["rollback", "toy", "--to", "1", "--by", "ann", "--reason", "ok\x1b[2K"]) == 1
+    assert "--reason holds a control character (U+001B at position 3)" in capsys.readouterr().err
+    approve = load_definitions().resolve_job_def("toy_approve")
+    refused = approve.execute_in_process(instance=instance, raise_on_error=False, run_config={"ops": {
+        "toy_approve_champion": {"config": {"approved_by": "ann\nactor: root", "reason": "ok", "version": "2"}}}})
+    assert not refused.success
+    assert "--by holds a control character (U+000A at position 4)" in str(refused.all_events)
+    assert Tracker.under(home / "mlflow").alias_version("toy", "champion") == "1"
+    assert warehouse_query(home, "select count(*) as n from audit.alias_changes")["n"].tolist() == before

@@ -45,7 +45,7 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide, follow=None) ->
             context.resources.platform.home_path, Path(warehouse.database), registry.tracker(), warehouse.wait_seconds,
             decide, follow, committed=lambda connection: context.log_event(audit_trail_materialization(spec, connection)))
     except approvals.StoresDamaged as damaged:
-        raise Failure("a store looks damaged or replaced; nothing changed", metadata={
+        raise Failure(f"a store looks damaged or replaced; nothing changed: {'; '.join(damaged.problems)}", metadata={
             "problems": MetadataValue.json(damaged.problems)}) from None
     except promotion.PromotionRefused as refused:
         raise Failure(f"nothing changed: {refused}") from None

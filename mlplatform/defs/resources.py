@@ -5,40 +5,77 @@ the MLflow model registry, and the platform's state folders. All built from one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import pandera.pandas as pa
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from dagster._core.storage.db_io_manager import DbIOManager  # what DuckDBPandasIOManager itself builds
 from dagster_duckdb import DuckDBResource
 from dagster_duckdb.io_manager import DuckDbClient
 from dagster_duckdb_pandas import DuckDBPandasIOManager
+from pydantic import PrivateAttr
 
 from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, DEFAULT_WAREHOUSE_WAIT_SECONDS, Settings
 from mlplatform.lib.source import Window
 from mlplatform.lib.table_schemas import validate_table
-from mlplatform.lib.warehouse import connect_when_free, quote_identifier, replace_week_rows, table_name
+from mlplatform.lib.warehouse import (
+    connect_when_free,
+    quote_identifier,
+    remember_whole,
+    replace_week_rows,
+    table_name,
+    verify_warehouse,
+)
 
 if TYPE_CHECKING:  # importing mlflow is slow (docs/benchmarks.md): only runs that train pay for it
     from mlplatform.lib.tracking import Tracker
 
 
+def _run_log(context) -> Callable[[str], None] | None:
+    """Where a connection waiting for the warehouse's lock says so: the run's log (None outside a run)."""
+    log = getattr(context, "log", None)
+    return log.info if log is not None else None
+
+
+@contextmanager
+def _checked_connection(path: Path, wait_seconds: float, on_wait: Callable[[str], None] | None):
+    """A read-write connection to a warehouse found whole (:func:`connect_when_free` raises
+    :class:`~mlplatform.lib.warehouse.WarehouseDamaged` first); closed cleanly, the file as this process left it
+    is remembered as whole, so the next step of the run need not read it all again."""
+    connection = connect_when_free(path, wait_seconds, on_wait=on_wait)
+    try:
+        yield connection
+    except BaseException:
+        connection.close()
+        raise
+    connection.close()
+    remember_whole(path)
+
+
 class Warehouse(DuckDBResource):
-    """The DuckDB warehouse file. Connections wait (with backoff, naming the holder) while another process
-    holds the file's lock, up to ``wait_seconds``: a reader must delay a run, never fail it."""
+    """The DuckDB warehouse file. Connections wait (with backoff, naming the holder in the run's log every few
+    seconds) while another process holds the file's lock, up to ``wait_seconds``: a reader must delay a run,
+    never fail it. A damaged file is refused before it is opened read-write."""
 
     wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
+    _on_wait: Callable[[str], None] | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._on_wait = _run_log(context)
+
+    def verify(self) -> None:
+        """Raise :class:`~mlplatform.lib.warehouse.WarehouseDamaged` when the file fails an integrity read: for a
+        step that lets another program (dbt) open it read-write."""
+        verify_warehouse(Path(self.database), self.wait_seconds, self._on_wait)
 
     @contextmanager
     def get_connection(self):
-        connection = connect_when_free(Path(self.database), self.wait_seconds)
-        try:
+        with _checked_connection(Path(self.database), self.wait_seconds, self._on_wait) as connection:
             yield connection
-        finally:
-            connection.close()
 
     def table_exists(self, schema: str, table: str) -> bool:
         with self.get_connection() as connection:
@@ -65,12 +102,10 @@ class _PatientDuckDbClient(DuckDbClient):
     @contextmanager
     def connect(context, _):
         config = context.resource_config
-        connection = connect_when_free(Path(config["database"]), float(config.get("wait_seconds")
-                                                                         or DEFAULT_WAREHOUSE_WAIT_SECONDS))
-        try:
+        with _checked_connection(Path(config["database"]),
+                                 float(config.get("wait_seconds") or DEFAULT_WAREHOUSE_WAIT_SECONDS),
+                                 _run_log(context)) as connection:
             yield connection
-        finally:
-            connection.close()
 
 
 class WarehouseIOManager(DuckDBPandasIOManager):
@@ -91,15 +126,32 @@ class ModelRegistry(ConfigurableResource):
     tracking_uri: str
     artifact_root: str = ""  # empty: the store's own artifact location
     ui_url: str = DEFAULT_MLFLOW_UI_URL
+    warehouse: str = ""  # the warehouse whose audit trail names the champions this registry must still hold
+    wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
+    _on_wait: Callable[[str], None] | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRegistry:
         root = settings.artifact_root
         return cls(tracking_uri=settings.tracking_uri, artifact_root=str(root) if root else "",
-                   ui_url=settings.mlflow_ui_url)
+                   ui_url=settings.mlflow_ui_url, warehouse=str(settings.warehouse_path),
+                   wait_seconds=settings.warehouse_wait_seconds)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._on_wait = _run_log(context)
 
     def tracker(self) -> Tracker:
-        return _tracker_for(self.tracking_uri, self.artifact_root)
+        """The registry's client, once the stores are checked (:func:`mlplatform.lib.stores.check_registry`):
+        a damaged warehouse or MLflow file, or a registry that lost a champion the audit names, fails the step
+        with that sentence before anything is trained, logged or moved."""
+        tracker = _tracker_for(self.tracking_uri, self.artifact_root)
+        if self.warehouse:
+            from mlplatform.lib.stores import StoresDamaged, check_registry
+
+            problems = check_registry(Path(self.warehouse), tracker, self.wait_seconds, self._on_wait)
+            if problems:
+                raise StoresDamaged(problems)
+        return tracker
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -74,6 +74,7 @@ def build_staged_assets(spec: ModelSpec):
     def staged(context: AssetExecutionContext, dbt: DbtCliResource, platform: PlatformState,
                warehouse: Warehouse) -> Iterator[Any]:
         window = run_window(context)
+        warehouse.verify()  # dbt opens the file read-write: a damaged one is refused first, as every step does
         dbt_vars = {"min_time": f"{window.start:%Y-%m-%d %H:%M:%S}", "max_time": f"{window.end:%Y-%m-%d %H:%M:%S}"}
         target = platform.dbt_target_dir(context.run.run_id)
         events: list[Any] = []

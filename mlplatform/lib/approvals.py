@@ -16,7 +16,7 @@ import duckdb
 
 from mlplatform.lib import promotion
 from mlplatform.lib.promotion import AliasChange
-from mlplatform.lib.stores import check_stores
+from mlplatform.lib.stores import StoresDamaged, check_stores
 from mlplatform.lib.tracking import Tracker
 from mlplatform.lib.warehouse import connect_when_free
 
@@ -25,14 +25,6 @@ Decide = Callable[[duckdb.DuckDBPyConnection, Tracker], AliasChange | None]
 
 Follow = Callable[[Tracker, AliasChange], Sequence[AliasChange]]
 """Alias moves that belong to the same decision (the automatic rollback also stops the degraded version's canary)."""
-
-
-class StoresDamaged(RuntimeError):
-    """A store looks damaged or replaced; nothing changed."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("a store looks damaged or replaced:\n  - " + "\n  - ".join(problems))
-        self.problems = problems
 
 
 def move_champion(home: Path, warehouse_path: Path, tracker: Tracker, wait_seconds: float, decide: Decide,
@@ -46,7 +38,7 @@ def move_champion(home: Path, warehouse_path: Path, tracker: Tracker, wait_secon
     """
     damage = check_stores(home, tracker, wait_seconds)
     if damage:
-        raise StoresDamaged(damage)
+        raise StoresDamaged(damage)  # the same error a run's registry check raises (lib/stores.py)
     with connect_when_free(warehouse_path, wait_seconds) as connection:
         change = decide(connection, tracker)
         if change is None:

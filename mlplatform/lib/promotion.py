@@ -11,6 +11,7 @@ happen.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +71,19 @@ class PromotionRefused(ValueError):
     """A requested alias move breaks a rule (gates failed, no such version, no actor); nothing changed."""
 
 
+def refuse_control_characters(**texts: str | None) -> None:
+    """Refuse (:class:`PromotionRefused`) a person's name or reason holding a control or invisible formatting
+    character: a newline would split the audit's actor over two lines, a bidi override would show another name.
+
+    Called with the option names, e.g. ``refuse_control_characters(by=actor, reason=reason)``.
+    """
+    for option, text in texts.items():
+        for position, char in enumerate(text or ""):
+            if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
+                raise PromotionRefused(f"--{option} holds a control character (U+{ord(char):04X} at position "
+                                       f"{position + 1}): give it on one line, in printable characters")
+
+
 def gate_changes(model: str, version: str, passed: bool, week: str, actor: str, approval: str,
                  current: dict[str, str | None], current_weeks: dict[str, str | None]) -> tuple[list[AliasChange], str]:
     """The aliases a freshly trained version earns from its gates, and a sentence saying why.
@@ -109,6 +123,7 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
 
     if not actor or not actor.strip():
         raise PromotionRefused("an approval needs the name of the person who approves (--by NAME); got an empty name")
+    refuse_control_characters(by=actor, reason=reason)
     version = version or registry.alias_version(model, CHALLENGER)
     if version is None:
         raise PromotionRefused(f"{model} has no challenger to promote; give --version")
@@ -154,6 +169,7 @@ def rollback_change(connection: duckdb.DuckDBPyConnection, registry: AliasRegist
 
     if not actor or not actor.strip():
         raise PromotionRefused("a rollback needs the name of the person who decides it (--by NAME); got an empty name")
+    refuse_control_characters(by=actor, reason=reason)
     current = registry.alias_version(model, CHAMPION)
     if current is None:
         raise PromotionRefused(f"{model} has no champion to roll back")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,10 +19,18 @@ from typing import Any, Protocol
 
 import duckdb
 
-from mlplatform.lib.warehouse import connect_when_free, quote_identifier
+from mlplatform.lib.warehouse import connect_when_free, damage_message, integrity_problem
 
 CHAMPION = "champion"
 WAIT_SECONDS = 60.0
+
+
+class StoresDamaged(RuntimeError):
+    """A store is damaged, replaced or lost (:func:`check_registry`): the problems, one sentence each."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class Registry(Protocol):
@@ -50,28 +59,75 @@ def _sqlite_problem(path: Path, what: str) -> str | None:
     return None
 
 
-def check_warehouse(warehouse_path: Path, wait_seconds: float = WAIT_SECONDS) -> tuple[list[str], list[tuple[str, str, str]]]:
-    """Problems reading every table of the warehouse, and the audit's latest champion per model (model, version, when)."""
+def _audit_champions(connection: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    """The audit's latest champion per model: (model, version, when)."""
+    exists = connection.execute("select count(*) from information_schema.tables where table_schema = 'audit' "
+                                "and table_name = 'alias_changes'").fetchone()
+    if not exists or not exists[0]:
+        return []
+    return [tuple(str(v) for v in row) for row in connection.execute(
+        "select model, version, changed_at from (select *, row_number() over (partition by model "
+        "order by changed_at desc) as n from audit.alias_changes where alias = ?) where n = 1 "
+        "order by model", [CHAMPION]).fetchall()]
+
+
+def check_warehouse(warehouse_path: Path, wait_seconds: float = WAIT_SECONDS,
+                    on_wait: Callable[[str], None] | None = None) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """Problems reading every table of the warehouse (:func:`~mlplatform.lib.warehouse.integrity_problem`), and
+    the audit's latest champion per model (model, version, when)."""
     if not warehouse_path.exists():
         return [], []
-    champions: list[tuple[str, str, str]] = []
+    problem = integrity_problem(warehouse_path, wait_seconds, on_wait)
+    if problem:
+        return [problem], []
     try:
-        with connect_when_free(warehouse_path, wait_seconds, read_only=True) as connection:
-            tables = connection.execute(
-                "select table_schema, table_name from information_schema.tables where table_type = 'BASE TABLE'"
-            ).fetchall()
-            for schema, table in tables:  # reads every column: a damaged block fails here, not in a run
-                name = f"{quote_identifier(schema)}.{quote_identifier(table)}"
-                connection.execute(f"select count(*), max(hash(t)) from {name} as t").fetchall()
-            if ("audit", "alias_changes") in tables:
-                champions = [tuple(str(v) for v in row) for row in connection.execute(
-                    "select model, version, changed_at from (select *, row_number() over (partition by model "
-                    "order by changed_at desc) as n from audit.alias_changes where alias = ?) where n = 1 "
-                    "order by model", [CHAMPION]).fetchall()]
+        connection = connect_when_free(warehouse_path, wait_seconds, read_only=True, on_wait=on_wait, verify=False)
+    except duckdb.ConnectionException as error:
+        if "different configuration" not in str(error):
+            return [damage_message(warehouse_path, error)], []
+        # this process holds it read-write (it was read whole then): read through the same database
+        connection = connect_when_free(warehouse_path, wait_seconds, on_wait=on_wait, verify=False)
     except duckdb.Error as error:
-        return [f"warehouse {warehouse_path} fails an integrity read ({type(error).__name__}: {error}); restore it "
-                "from a backup (docs/operations.md)"], []
-    return [], champions
+        return [damage_message(warehouse_path, error)], []
+    try:
+        with connection:
+            return [], _audit_champions(connection)
+    except duckdb.Error as error:
+        return [damage_message(warehouse_path, error)], []
+
+
+def registry_problems(tracker: Registry, champions: list[tuple[str, str, str]]) -> list[str]:
+    """Each model whose champion in the audit trail is not the champion in the registry, one sentence each."""
+    problems = []
+    for model, version, changed_at in champions:
+        where = f"the registry at {tracker.tracking_uri}"
+        try:
+            tracker.version_tags(model, version)
+        except Exception:  # noqa: BLE001 - MLflow raises its own error for a missing model or version
+            problems.append(f"{model}: the audit says v{version} became champion at {changed_at}, but {where} has no "
+                            f"such version: the MLflow store was replaced or lost; restore it from a backup "
+                            "(docs/operations.md) before promoting or serving")
+            continue
+        current = tracker.alias_version(model, CHAMPION)
+        if current != version:
+            problems.append(f"{model}: the audit says v{version} became champion at {changed_at}, but {where} names "
+                            f"{'v' + current if current else 'no champion'}: the alias was moved outside the platform "
+                            "or the store was restored from an older copy")
+    return problems
+
+
+def check_registry(warehouse_path: Path, tracker: Registry, wait_seconds: float = WAIT_SECONDS,
+                   on_wait: Callable[[str], None] | None = None) -> list[str]:
+    """What a run checks before it uses the registry: the warehouse reads whole, the MLflow SQLite file passes
+    ``quick_check``, and every champion the audit names is still the registry's champion (a deleted or
+    replaced ``mlflow.db`` is named here, not by an MLflow error halfway through a step)."""
+    problems, champions = check_warehouse(warehouse_path, wait_seconds, on_wait)
+    mlflow_db = _sqlite_file(tracker.tracking_uri)
+    if mlflow_db is not None and mlflow_db.exists():
+        problem = _sqlite_problem(mlflow_db, "MLflow store")
+        if problem:
+            return [*problems, problem]
+    return problems + registry_problems(tracker, champions)
 
 
 def check_stores(home: Path, tracker: Registry, wait_seconds: float = WAIT_SECONDS) -> list[str]:
@@ -91,21 +147,7 @@ def check_stores(home: Path, tracker: Registry, wait_seconds: float = WAIT_SECON
         problem = _sqlite_problem(db, "Dagster instance file")
         if problem:
             problems.append(problem)
-    for model, version, changed_at in champions:
-        where = f"the registry at {tracker.tracking_uri}"
-        try:
-            tracker.version_tags(model, version)
-        except Exception:  # noqa: BLE001 - MLflow raises its own error for a missing model or version
-            problems.append(f"{model}: the audit says v{version} became champion at {changed_at}, but {where} has no "
-                            f"such version: the MLflow store was replaced or lost; restore it from a backup "
-                            "(docs/operations.md) before promoting or serving")
-            continue
-        current = tracker.alias_version(model, CHAMPION)
-        if current != version:
-            problems.append(f"{model}: the audit says v{version} became champion at {changed_at}, but {where} names "
-                            f"{'v' + current if current else 'no champion'}: the alias was moved outside the platform "
-                            "or the store was restored from an older copy")
-    return problems
+    return problems + registry_problems(tracker, champions)
 
 
 @dataclass
