@@ -80,8 +80,14 @@ def rows_in_window(frame: pd.DataFrame, time_column: str, window: Window) -> pd.
 
 
 def rows_per_week(frame: pd.DataFrame, time_column: str, window: Window) -> dict[str, int]:
-    """Row count of every week in the window, zeros included, keyed by the week's Monday (ISO date)."""
-    counts = {week.isoformat(): 0 for week in window.week_starts()}
+    """Row count of every week the window overlaps, zeros included, keyed by the week's Monday (ISO date).
+
+    A window may start mid-week (the rows a week's training reads reach back ``recent_days``, e.g. to a
+    Saturday): its weeks are still the Monday weeks rows are keyed by, the first one partly covered.
+    """
+    first_monday = window.start.date() - timedelta(days=window.start.weekday())
+    weeks = Window(datetime.combine(first_monday, datetime.min.time()), window.end).week_starts()
+    counts = {week.isoformat(): 0 for week in weeks}
     if len(frame):
         mondays = frame[time_column].dt.normalize() - pd.to_timedelta(frame[time_column].dt.weekday, unit="D")
         for monday, count in mondays.value_counts().items():
