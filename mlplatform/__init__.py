@@ -1,5 +1,9 @@
 """mlplatform: declarative tabular-model lifecycles as Dagster software-defined assets."""
 
+from mlplatform.import_path import spec_folder_off_import_path
+
+spec_folder_off_import_path()  # first: before any import of ours can pick up a module beside the specs
+
 __version__ = "0.1.0"
 
 

@@ -42,8 +42,11 @@ def read_source(path: Path, null_values: list[str] | tuple[str, ...] = DEFAULT_N
     cache_key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(null_values))
     if cache_key not in _SOURCE_CACHE:
         _SOURCE_CACHE.clear()
-        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, low_memory=False,
-                                                                              **read_options(null_values))
+        try:
+            frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, low_memory=False,
+                                                                                  **read_options(null_values))
+        except pd.errors.EmptyDataError:  # checked at spec load too; the file may have been emptied since
+            raise SourceFileError(f"{path} is empty; expected a header line with the column names") from None
         _SOURCE_CACHE[cache_key] = frame
     return _SOURCE_CACHE[cache_key].copy()
 

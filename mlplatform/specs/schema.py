@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlplatform.specs.files import SNAPSHOT_TIME_COLUMN
+from mlplatform.specs.reserved import labels_table_problem, reserved_name_problem
 from mlplatform.specs.tasks import DEFAULT_ESTIMATOR, DEFAULT_METRIC, METRICS_BY_TASK
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -310,10 +311,12 @@ class LabelsSpec(_Strict):
 
     path: str | None = Field(default=None, description="CSV (optionally .gz) or Parquet file of outcomes, relative to "
                              "the spec file: the key columns (`source.key`; else `_id`, the record id clients sent), the "
-                             "target column, and the time column (`timestamp`) that puts each outcome in its week.")
+                             "target column, and the time column (`timestamp`) that puts each outcome in its week. The same rules as "
+                             "`source.path`: a regular, non-empty file inside the spec's folder or a data root.")
     table: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
                               description="A warehouse table (`schema.table`, e.g. one a dbt model builds) with the "
-                              "same columns as `path`.")
+                              "same columns as `path`: in the model's own schema or one no model owns (e.g. `main`), "
+                              "never another model's, `audit` or a DuckDB system schema.")
     timestamp: str | None = Field(default=None, description="Column of `path`/`table` holding the event time of the "
                                   "predicted row (default: the spec's `source.timestamp`).")
 
@@ -330,7 +333,9 @@ class LabelsSpec(_Strict):
 class ModelSpec(_Strict):
     """One model's lifecycle, as declared by its team."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="Asset key prefix and group name.")
+    name: str = Field(pattern=NAME_PATTERN, description="Asset key prefix, group name and warehouse schema: not a "
+                      "SQL keyword, a DuckDB system schema (`main`, `information_schema`, `pg_*`, ...) or the "
+                      "platform's `audit`.")
     description: str = Field(default="", description="Shown on every asset of the model in the Dagster UI.")
     owner: str | None = Field(default=None, description="Owner shown in the Dagster UI: an email or `team:name`.")
     limitations: list[str] = Field(default_factory=list, description="Known limitations, one sentence each: shown "
@@ -357,6 +362,14 @@ class ModelSpec(_Strict):
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        problem = reserved_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("target")
     @classmethod
     def _target_name(cls, value: str) -> str:
@@ -373,6 +386,14 @@ class ModelSpec(_Strict):
         for name in value:
             check_column_name(name)
         return value
+
+    @model_validator(mode="after")
+    def _labels_table(self) -> ModelSpec:
+        if self.labels is not None and self.labels.table is not None:
+            problem = labels_table_problem(self.labels.table, self.name)
+            if problem:
+                raise ValueError(f"labels.table: {problem}")
+        return self
 
     @model_validator(mode="after")
     def _task_defaults(self) -> ModelSpec:
@@ -401,6 +422,14 @@ class ModelSpec(_Strict):
     def source_path(self) -> Path:
         """The data file as written (made absolute, symlinks NOT resolved: ``files.checked_data_path`` does that)."""
         path = Path(self.source.path).expanduser()
+        return Path(os.path.normpath(path if path.is_absolute() else self.spec_file.parent / path))
+
+    @property
+    def labels_path(self) -> Path | None:
+        """``labels.path`` as written, made absolute like :attr:`source_path`; None without a labels file."""
+        if self.labels is None or self.labels.path is None:
+            return None
+        path = Path(self.labels.path).expanduser()
         return Path(os.path.normpath(path if path.is_absolute() else self.spec_file.parent / path))
 
     @property
