@@ -807,3 +807,56 @@ def test_a_module_already_imported_from_the_spec_folder_is_refused(tmp_path, mon
     with pytest.raises(ImportError, match=r"module 'planted' was imported from the spec folder .*code beside a spec "
                                           r"is never run"):
         spec_folder_off_import_path({"MLPLATFORM_SPECS": str(folder)})
+
+
+# 12. Size limits: the number of features, and what the drift step shows of them
+
+def test_more_features_than_the_limit_are_refused_at_validate_and_the_limit_can_be_raised(spec_dir, monkeypatch):
+    from mlplatform.specs.schema import MAX_FEATURES
+
+    names = [f"f{i}" for i in range(MAX_FEATURES + 1)]
+    rows = pd.DataFrame({"ts": ["2024-01-01 00:00:00"], "y": [1.0], **{name: [0.0] for name in names}})
+    text = f"""
+name: wide
+task: regression
+source: {{path: toy.csv, timestamp: ts}}
+target: y
+features: {{numeric: [{", ".join(names)}]}}
+partitions: {{start: 2024-01-01}}
+"""
+    [problem] = problems_for(spec_dir, text, {"toy.csv": rows})
+    assert problem.endswith(f"toy.yaml: features: found {MAX_FEATURES + 1} features; at most {MAX_FEATURES} are "
+                            "allowed (the drift, training and explanation steps grow with each feature: see "
+                            "docs/configuration.md). Select fewer features, or raise the limit with "
+                            "MLPLATFORM_MAX_FEATURES on a machine measured for it"), problem
+    monkeypatch.setenv("MLPLATFORM_MAX_FEATURES", str(MAX_FEATURES + 1))
+    [spec] = load_specs(spec_dir({"toy.yaml": text}, {"toy.csv": rows}))
+    assert len(spec.feature_columns) == MAX_FEATURES + 1
+    monkeypatch.setenv("MLPLATFORM_MAX_FEATURES", "lots")
+    [problem] = problems_for(spec_dir, text, {"toy.csv": rows})
+    assert "MLPLATFORM_MAX_FEATURES='lots': expected a whole number of features, at least 1" in problem
+
+
+def test_the_drift_rows_shown_are_bounded_and_keep_the_drifted_ones_and_the_order():
+    from mlplatform.lib.drift import FEATURE, LABEL, PREDICTION, ColumnDrift, DriftReport, shown_columns, shown_note
+
+    def row(name: str, drifted: bool, effect: float, role: str = FEATURE) -> ColumnDrift:
+        return ColumnDrift(name, "K-S", 0.01 if drifted else 0.5, 0.05, drifted, role=role, effect=effect)
+
+    columns = [row(f"f{i}", i % 37 == 0, (i % 37 == 0) * (0.2 + i / 10_000)) for i in range(2000)]
+    columns += [row("prediction", False, 0.0, PREDICTION), row("y", True, 0.5, LABEL)]
+    report = DriftReport(columns, 100, 100, 0.3)
+    shown = shown_columns(report, 50, seed=0)
+    drifted = [c for c in columns if c.role == FEATURE and c.drifted]  # 55: more than fit
+    assert len(shown) == 50 and shown == shown_columns(report, 50, seed=0)  # bounded, reproducible
+    assert {"prediction", "y"} <= {c.column for c in shown}
+    assert {c.column for c in shown if c.role == FEATURE} == {c.column for c in sorted(drifted, key=lambda c: -c.effect)[:48]}
+    assert [columns.index(c) for c in shown] == sorted(columns.index(c) for c in shown)
+    assert shown_note(report, shown).startswith("50 of 2002 rows shown")
+
+    calm = DriftReport([row(f"f{i}", False, 0.0) for i in range(300)], 100, 100, 0.3)
+    sample = shown_columns(calm, 20, seed=1)
+    assert len(sample) == 20 and len({c.column for c in sample}) == 20
+    assert sample != shown_columns(calm, 20, seed=2)  # a sample, not the first 20
+    small = DriftReport(columns[:10], 100, 100, 0.3)
+    assert shown_columns(small, 50) == columns[:10] and shown_note(small, columns[:10]) == ""

@@ -118,7 +118,31 @@ class StagingSpec(_Strict):
     dbt_model: str = Field(description="Name of a model in dbt_project/ that stages this model's raw table.")
 
 
+MAX_FEATURES = 1000
+"""Features a spec may declare unless ``MLPLATFORM_MAX_FEATURES`` says otherwise. Measured (benchmarks/wide_spec.py,
+docs/configuration.md): time and memory of a run grow with the features; far beyond this a run takes minutes per
+week and gigabytes before any model trains."""
+
+MAX_FEATURES_ENV = "MLPLATFORM_MAX_FEATURES"
+
+
+def max_features() -> int:
+    """The features limit: ``MLPLATFORM_MAX_FEATURES`` when set (a whole number >= 1), else :data:`MAX_FEATURES`."""
+    text = os.environ.get(MAX_FEATURES_ENV, "").strip()
+    if not text:
+        return MAX_FEATURES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_FEATURES_ENV}={text!r}: expected a whole number of features, at least 1")
+    return value
+
+
 class FeaturesSpec(_Strict):
+    """The model's inputs: at most 1000 in all (``MLPLATFORM_MAX_FEATURES`` raises the limit)."""
+
     numeric: list[str] = Field(default_factory=list, description="Numeric feature columns.")
     categorical: list[str] = Field(default_factory=list, description="Categorical feature columns (any values, compared as text).")
 
@@ -131,6 +155,12 @@ class FeaturesSpec(_Strict):
     def _at_least_one(self) -> FeaturesSpec:
         if not self.numeric and not self.categorical:
             raise ValueError("declare at least one feature under features.numeric or features.categorical")
+        limit = max_features()
+        declared = len(self.numeric) + len(self.categorical)
+        if declared > limit:
+            raise ValueError(f"found {declared} features; at most {limit} are allowed (the drift, training and "
+                             f"explanation steps grow with each feature: see docs/configuration.md). Select fewer "
+                             f"features, or raise the limit with {MAX_FEATURES_ENV} on a machine measured for it")
         overlap = sorted(set(self.numeric) & set(self.categorical))
         if overlap:
             raise ValueError(f"columns {overlap} are listed as both numeric and categorical; pick one")
@@ -267,6 +297,10 @@ class DriftSpec(_Strict):
     label_counts: bool = Field(default=False, description="Whether label drift (the week's target vs the reference "
                                "window's, where labels are known) counts toward the drifted share; always reported.")
     report_rows: int = Field(default=5000, ge=100, description="Rows per side sampled into the Evidently HTML report.")
+    report_features: int = Field(default=50, ge=1, description="Rows of the week's drift table shown (the plot, the "
+                                 "Evidently HTML report, the metadata tables) when there are more: prediction and "
+                                 "label, the drifted features, then a sample drawn with `seed`. The statistics and "
+                                 "the verdict cover every feature; all rows are in the warehouse's drift table.")
     html_reports_per_run: int = Field(default=4, ge=0, description="Evidently HTML reports per run: the newest failing "
                                       "weeks (plus always the run's last week); the statistics cover every week.")
 
@@ -346,7 +380,8 @@ class ModelSpec(_Strict):
     staging: StagingSpec | None = Field(default=None, description="Optional dbt staging; without it features come "
                                         "straight from raw.")
     target: str = Field(description="The column to predict (never null; for classification its values are the classes).")
-    features: FeaturesSpec = Field(description="Feature columns, each a column of the source (or of the dbt model).")
+    features: FeaturesSpec = Field(description="Feature columns, each a column of the source (or of the dbt model); "
+                                   "at most 1000 in all unless `MLPLATFORM_MAX_FEATURES` allows more.")
     columns: dict[str, ColumnRules] = Field(default_factory=dict, description="Data rules per column, checked by the "
                                             "features gate.")
     partitions: PartitionsSpec = Field(description="The weekly partitions and the training window.")
