@@ -7,15 +7,13 @@ folder, a ``duckdb.py`` there would be imported instead of DuckDB, running whate
 third-party import of ours: only the standard library is imported here.
 """
 
-from __future__ import annotations
-
-import os
+import os  # os and sys only: both are loaded before any path entry is searched
 import sys
 
 SPECS_ENV = "MLPLATFORM_SPECS"
 
 
-def spec_folder_off_import_path(environ: os._Environ | dict[str, str] | None = None) -> list[str]:
+def spec_folder_off_import_path(environ: dict[str, str] | None = None) -> list[str]:
     """Remove every ``sys.path`` entry that is the spec folder (``''`` and ``.`` mean the working directory);
     return what was removed. Refuse (ImportError) when a module was already imported from the folder."""
     specs = (os.environ if environ is None else environ).get(SPECS_ENV, "").strip()

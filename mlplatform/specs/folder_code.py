@@ -7,6 +7,7 @@ module by a process started in that folder. :mod:`mlplatform.import_path` keeps 
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -28,14 +29,21 @@ def modules_in(folder: Path) -> dict[str, Path]:
     return found
 
 
+@functools.cache
+def installed_top_level_modules() -> frozenset[str]:
+    """Top-level module names the installed distributions provide (read once: it scans every distribution)."""
+    from importlib.metadata import packages_distributions
+
+    return frozenset(packages_distributions())
+
+
 def importable_elsewhere(name: str, folder: Path) -> bool:
     """Whether ``name`` is a module Python or an installed package provides (so one in ``folder`` shadows it)."""
     import importlib.util
-    from importlib.metadata import packages_distributions
 
     if name in sys.stdlib_module_names or name in sys.builtin_module_names or name == "mlplatform":
         return True
-    if name in _installed_top_level(packages_distributions):
+    if name in installed_top_level_modules():
         return True
     try:
         spec = importlib.util.find_spec(name)  # locates, never executes
@@ -43,16 +51,6 @@ def importable_elsewhere(name: str, folder: Path) -> bool:
         return False
     origin = spec.origin if spec else None
     return bool(origin) and not Path(origin).resolve().is_relative_to(folder.resolve())
-
-
-_INSTALLED: set[str] | None = None
-
-
-def _installed_top_level(packages_distributions) -> set[str]:
-    global _INSTALLED
-    if _INSTALLED is None:
-        _INSTALLED = set(packages_distributions())
-    return _INSTALLED
 
 
 def shadowing_modules(folder: Path) -> list[tuple[Path, str]]:
