@@ -1,6 +1,10 @@
 """mlplatform: declarative tabular-model lifecycles as Dagster software-defined assets."""
 
-from mlplatform.version import __version__  # noqa: F401  (mlplatform.__version__)
+from mlplatform.import_path import spec_folder_off_import_path
+
+spec_folder_off_import_path()  # first: before any import of ours can pick up a module beside the specs
+
+from mlplatform.version import __version__  # noqa: E402, F401  (mlplatform.__version__)
 
 
 def __getattr__(name: str):

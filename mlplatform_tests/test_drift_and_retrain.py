@@ -84,13 +84,25 @@ def test_drift_check_fails_on_the_shifted_week_and_names_the_features(home: Path
 
 
 
-def test_no_evidently_report_for_failing_weeks_when_the_spec_asks_for_none(home: Path, spec_dir, instance):
-    spec_dir({"toy.yaml": DRIFT_SPEC + "drift:\n  html_reports_per_run: 0\n"}, {"toy.csv": shifted_rows()})
+def test_no_evidently_report_for_failing_weeks_when_the_spec_asks_for_none_and_rows_shown_are_bounded(
+        home: Path, spec_dir, instance):
+    spec_dir({"toy.yaml": DRIFT_SPEC + "drift:\n  html_reports_per_run: 0\n  report_features: 2\n"},
+             {"toy.csv": shifted_rows()})
     defs = load_definitions()
     assert run_weeks(defs, "toy", instance, FIRST, LAST, assets=["raw", "features", "drift"]).success
     assert not warehouse_query(home, f"select * from toy.drift where week = '{SHIFTED}' and not check_passed").empty
     # only the run's last week gets Evidently's report; the failing week's verdict is in the check and table
     assert sorted(p.name for p in (home / "reports" / "toy").glob("*.html")) == [f"drift_{LAST}.html"]
+    # report_features: 2 of the week's 4 rows are shown (the label, then the strongest drifted feature); the
+    # statistics, the share and the warehouse table cover all of them
+    check_key = AssetCheckKey(AssetKey(["toy", "drift"]), "drifted_share")
+    check = instance.get_latest_asset_check_evaluation_record(check_key).evaluation
+    assert check.partition == LAST and len(check.metadata["per_feature"].value) == 2
+    assert set(check.metadata["per_feature"].value) & {"x1", "x2"} and "y" in check.metadata["per_feature"].value
+    materialization = instance.get_latest_materialization_event(AssetKey(["toy", "drift"])).asset_materialization
+    assert materialization.metadata["shown"].value.startswith("2 of 4 rows shown")
+    assert materialization.metadata["features"].value == 3 and "plot" in materialization.metadata
+    assert len(warehouse_query(home, f"select * from toy.drift where week = '{LAST}'")) == 4
 
 def test_sensor_requests_one_retrain_per_failed_check_and_the_request_retrains(home: Path, spec_dir, instance):
     spec_dir({"toy.yaml": DRIFT_SPEC}, {"toy.csv": shifted_rows()})

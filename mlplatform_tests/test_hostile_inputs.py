@@ -898,3 +898,272 @@ def test_promote_rollback_and_the_ui_jobs_refuse_a_newline_in_by_or_reason_and_c
     assert "--by holds a control character (U+000A at position 4)" in str(refused.all_events)
     assert Tracker.under(home / "mlflow").alias_version("toy", "champion") == "1"
     assert warehouse_query(home, "select count(*) as n from audit.alias_changes")["n"].tolist() == before
+
+
+# 10. labels.path and labels.table: the rules of source.path, checked at validate and at load
+
+LABELS = "labels:\n  path: {path}\n"
+
+
+def labels_spec(path: str) -> str:
+    return TOY_SPEC + LABELS.format(path=path)
+
+
+def test_a_labels_file_outside_the_roots_or_through_a_symlink_is_refused_at_validate(spec_dir, tmp_path):
+    secret = secret_file(tmp_path / "etc")
+    [problem] = problems_for(spec_dir, labels_spec(str(secret)))
+    assert "toy.yaml: labels.path: file " in problem and "is outside the spec's folder and the data roots" in problem
+    folder = spec_dir({"toy.yaml": labels_spec("outcomes.csv")}, {"toy.csv": toy_rows()})
+    (folder / "outcomes.csv").symlink_to(secret)
+    [problem] = problems_for(spec_dir, labels_spec("outcomes.csv"))
+    assert f"labels.path: file {folder / 'outcomes.csv'} (it resolves to {secret}) is outside" in problem
+    assert "SECRET" not in problem and "root:" not in problem
+
+
+def test_a_labels_fifo_device_or_empty_file_is_refused_at_validate_quickly(spec_dir, monkeypatch):
+    import os
+
+    folder = spec_dir({"toy.yaml": labels_spec("outcomes.csv")}, {"toy.csv": toy_rows()})
+    os.mkfifo(folder / "outcomes.csv")  # reading it would block forever
+    [problem] = load_in_thread(folder, 10)
+    assert "labels.path: " in problem and "outcomes.csv is not a regular file (a folder, device or pipe)" in problem
+    monkeypatch.setenv("MLPLATFORM_DATA_ROOTS", "/dev")
+    (folder / "toy.yaml").write_text(labels_spec("/dev/zero"))
+    [problem] = load_in_thread(folder, 10)
+    assert "labels.path: /dev/zero is not a regular file" in problem
+    (folder / "outcomes.csv").unlink()
+    (folder / "outcomes.csv").write_text("")
+    (folder / "toy.yaml").write_text(labels_spec("outcomes.csv"))
+    [problem] = load_in_thread(folder, 10)
+    assert problem.endswith("labels.path: outcomes.csv is empty; expected a header line with the column names")
+
+
+def test_a_labels_file_without_the_columns_the_join_needs_is_named_at_validate(spec_dir):
+    outcomes = toy_rows()[["ts", "y"]]  # no key column `id`
+    [problem] = problems_for(spec_dir, labels_spec("outcomes.csv"), {"toy.csv": toy_rows(), "outcomes.csv": outcomes})
+    assert "labels.path: found 'id', which is not a column of labels file outcomes.csv" in problem
+    assert "the labels need the event time, the target and the key columns" in problem
+    [spec] = load_specs(spec_dir({"toy.yaml": labels_spec("outcomes.csv")},
+                                 {"toy.csv": toy_rows(), "outcomes.csv": toy_rows()[["ts", "id", "y"]]}))
+    assert spec.labels_path == spec.spec_file.parent / "outcomes.csv"
+
+
+def test_a_labels_file_emptied_after_validate_gets_a_named_error_at_load(spec_dir):
+    from datetime import datetime
+
+    from mlplatform.lib import outcomes
+    from mlplatform.lib.source import SourceFileError, Window
+
+    folder = spec_dir({"toy.yaml": labels_spec("outcomes.csv")},
+                      {"toy.csv": toy_rows(), "outcomes.csv": toy_rows()[["ts", "id", "y"]]})
+    [spec] = load_specs(folder)
+    window = Window(datetime(2024, 1, 1), datetime(2024, 1, 8))
+    assert len(outcomes.file_outcomes(spec, window)) == 40
+    (folder / "outcomes.csv").write_text("")
+    with pytest.raises(SourceFileError, match=r"outcomes.csv is empty; expected a header line with the column names"):
+        outcomes.file_outcomes(spec, window)
+
+
+def test_labels_table_may_not_name_another_models_or_the_platforms_schema(spec_dir):
+    other = TOY_SPEC.replace("name: toy", "name: other")
+    for table, expected in (("other.features", "found 'other.features', a table of model 'other'; a model's labels may "
+                                               "not come from another model's schema"),
+                            ("audit.events", "found 'audit.events', in the platform's own schema 'audit'"),
+                            ("pg_catalog.pg_class", "in the database's own schema 'pg_catalog'")):
+        folder = spec_dir({"toy.yaml": TOY_SPEC + f"labels:\n  table: {table}\n", "other.yaml": other},
+                          {"toy.csv": toy_rows()})
+        with pytest.raises(SpecError) as caught:
+            load_specs(folder)
+        assert [p.key for p in caught.value.problems] == ["labels.table"], caught.value.problems
+        assert expected in caught.value.problems[0].message
+    for table in ("toy.outcomes", "main.outcomes", "team_labels.outcomes"):  # its own schema, or one no model owns
+        folder = spec_dir({"toy.yaml": TOY_SPEC + f"labels:\n  table: {table}\n", "other.yaml": other},
+                          {"toy.csv": toy_rows()})
+        assert len(load_specs(folder)) == 2
+
+
+def test_at_load_a_schema_holding_a_models_tables_counts_as_that_models(tmp_path):
+    """A model whose spec is not in this folder still owns its schema: the run reads the warehouse to know."""
+    from mlplatform.lib.warehouse import model_schemas
+    from mlplatform.specs.reserved import labels_table_problem
+
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
+        connection.execute("create schema gone; create table gone.features (a int); create schema team_labels; "
+                           "create table team_labels.outcomes (a int)")
+        schemas = model_schemas(connection)
+    assert schemas == {"gone"}
+    assert "a table of model 'gone'" in labels_table_problem("gone.features", "toy", schemas)
+    assert labels_table_problem("team_labels.outcomes", "toy", schemas) is None
+
+
+# 11. Model names that are SQL keywords or someone else's schema
+
+SYSTEM = "a schema or catalog name the database keeps for itself"
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("select", "a SQL keyword"), ("join", "a SQL keyword"), ("information_schema", SYSTEM), ("pg_catalog", SYSTEM),
+    ("pg_anything", SYSTEM), ("main", SYSTEM), ("warehouse", SYSTEM), ("audit", "the platform's own schema (the audit "
+                                                                         "trail)"),
+])
+def test_a_reserved_model_name_is_refused_at_validate(spec_dir, name, why):
+    [problem] = problems_for(spec_dir, TOY_SPEC.replace("name: toy", f"name: {name}"))
+    assert f"toy.yaml: name: found {name!r}, {why}; a model's name becomes its warehouse schema" in problem
+    assert "one of audit, information_schema, main, memory, pg_catalog, system, temp, warehouse" in problem
+    assert problem.endswith(f"choose another, e.g. {name}_model")
+
+
+def test_the_static_keyword_list_is_duckdbs_own():
+    """Every keyword the installed DuckDB refuses as an unquoted schema name (its reserved ones and some of its
+    type_function ones); `temp` and `system` fail too, as catalogs: they are system schemas."""
+    from mlplatform.lib.settings import Settings
+    from mlplatform.specs.reserved import SQL_KEYWORDS, SYSTEM_SCHEMAS, WAREHOUSE_CATALOG
+
+    connection = duckdb.connect()
+    keywords = connection.execute("select keyword_name, keyword_category from duckdb_keywords()").fetchall()
+    failing = set()
+    for keyword, _ in keywords:  # what the IO manager's statements would do with it unquoted
+        try:
+            connection.execute(f"create schema if not exists {keyword}; create table if not exists {keyword}.raw "
+                               f"as select 1 as a; select * from {keyword}.raw where a >= 0")
+        except duckdb.Error:
+            failing.add(keyword)
+    assert {k for k, category in keywords if category == "reserved"} <= SQL_KEYWORDS
+    assert SQL_KEYWORDS == failing - SYSTEM_SCHEMAS
+    assert Settings(home=Path("/h"), specs_dir=Path("/s")).warehouse_path.stem == WAREHOUSE_CATALOG
+
+
+def test_the_io_manager_quotes_schema_and_table(tmp_path):
+    """dagster-duckdb pastes the asset key into its SQL: a schema named like a keyword must still round-trip."""
+    import dagster as dg
+
+    from mlplatform.defs.resources import WarehouseIOManager
+
+    @dg.asset(key_prefix=["select"], name="from")
+    def stored() -> pd.DataFrame:
+        return pd.DataFrame({"a": [1, 2, 3]})
+
+    @dg.asset(key_prefix=["order"], name="table", ins={"rows": dg.AssetIn(key=dg.AssetKey(["select", "from"]))})
+    def read(rows: pd.DataFrame) -> pd.DataFrame:
+        return rows.assign(b=rows["a"] * 2)
+
+    database = tmp_path / "w.duckdb"
+    assert dg.materialize([stored, read], resources={"io_manager": WarehouseIOManager(database=str(database))}).success
+    assert dg.materialize([stored], resources={"io_manager": WarehouseIOManager(database=str(database))}).success
+    with duckdb.connect(str(database), read_only=True) as connection:
+        assert connection.execute('select sum(b) from "order"."table"').fetchall() == [(12,)]
+        assert connection.execute('select count(*) from "select"."from"').fetchall() == [(3,)]
+
+
+# 12. Code beside a spec
+
+SHADOW = """
+from pathlib import Path
+Path({marker!r}).write_text("ran")
+"""
+
+
+def test_a_module_beside_the_specs_named_like_a_real_one_is_refused_at_validate(spec_dir, tmp_path):
+    marker = tmp_path / "marker"
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    for name in ("duckdb.py", "json.py", "sklearn.py"):
+        (folder / name).write_text(SHADOW.format(marker=str(marker)))
+    (folder / "team_notes.py").write_text(SHADOW.format(marker=str(marker)))  # shadows nothing: allowed
+    with pytest.raises(SpecError) as caught:
+        load_specs(folder)
+    found = {Path(p.file).name: p.message for p in caught.value.problems}
+    assert set(found) == {"duckdb.py", "json.py", "sklearn.py"}, found
+    assert found["duckdb.py"] == (f"a module named 'duckdb' beside the specs would be imported instead of the real "
+                                  f"duckdb by a process started in {folder}; code beside a spec is never run: move "
+                                  "or rename duckdb.py")
+    assert not marker.exists()
+
+
+def test_the_spec_folder_is_taken_off_the_import_path_before_anything_is_imported(spec_dir, tmp_path):
+    """As `dagster asset materialize` or `python -m` started in the spec folder: the folder is first on sys.path."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "marker"
+    folder = spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    (folder / "duckdb.py").write_text(SHADOW.format(marker=str(marker)))
+    code = ("import sys; sys.path.insert(0, ''); import mlplatform; import duckdb; "
+            "print(duckdb.__file__); print('' in sys.path)")
+    env = {**__import__("os").environ, "MLPLATFORM_SPECS": str(folder)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    where, still_on_path = done.stdout.split()
+    assert not marker.exists() and not Path(where).is_relative_to(folder) and still_on_path == "False"
+
+
+def test_a_module_already_imported_from_the_spec_folder_is_refused(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from mlplatform.import_path import spec_folder_off_import_path
+
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    assert spec_folder_off_import_path({"MLPLATFORM_SPECS": str(folder)}) == [str(folder)]
+    assert str(folder) not in sys.path
+    planted = types.ModuleType("planted")
+    planted.__file__ = str(folder / "planted.py")
+    monkeypatch.setitem(sys.modules, "planted", planted)
+    with pytest.raises(ImportError, match=r"module 'planted' was imported from the spec folder .*code beside a spec "
+                                          r"is never run"):
+        spec_folder_off_import_path({"MLPLATFORM_SPECS": str(folder)})
+
+
+# 13. Size limits: the number of features, and what the drift step shows of them
+
+def test_more_features_than_the_limit_are_refused_at_validate_and_the_limit_can_be_raised(spec_dir, monkeypatch):
+    from mlplatform.specs.schema import MAX_FEATURES
+
+    names = [f"f{i}" for i in range(MAX_FEATURES + 1)]
+    rows = pd.DataFrame({"ts": ["2024-01-01 00:00:00"], "y": [1.0], **{name: [0.0] for name in names}})
+    text = f"""
+name: wide
+task: regression
+source: {{path: toy.csv, timestamp: ts}}
+target: y
+features: {{numeric: [{", ".join(names)}]}}
+partitions: {{start: 2024-01-01}}
+"""
+    [problem] = problems_for(spec_dir, text, {"toy.csv": rows})
+    assert problem.endswith(f"toy.yaml: features: found {MAX_FEATURES + 1} features; at most {MAX_FEATURES} are "
+                            "allowed (the drift, training and explanation steps grow with each feature: see "
+                            "docs/configuration.md). Select fewer features, or raise the limit with "
+                            "MLPLATFORM_MAX_FEATURES on a machine measured for it"), problem
+    monkeypatch.setenv("MLPLATFORM_MAX_FEATURES", str(MAX_FEATURES + 1))
+    [spec] = load_specs(spec_dir({"toy.yaml": text}, {"toy.csv": rows}))
+    assert len(spec.feature_columns) == MAX_FEATURES + 1
+    monkeypatch.setenv("MLPLATFORM_MAX_FEATURES", "lots")
+    [problem] = problems_for(spec_dir, text, {"toy.csv": rows})
+    assert "MLPLATFORM_MAX_FEATURES='lots': expected a whole number of features, at least 1" in problem
+
+
+def test_the_drift_rows_shown_are_bounded_and_keep_the_drifted_ones_and_the_order():
+    from mlplatform.lib.drift import FEATURE, LABEL, PREDICTION, ColumnDrift, DriftReport, shown_columns, shown_note
+
+    def row(name: str, drifted: bool, effect: float, role: str = FEATURE) -> ColumnDrift:
+        return ColumnDrift(name, "K-S", 0.01 if drifted else 0.5, 0.05, drifted, role=role, effect=effect)
+
+    columns = [row(f"f{i}", i % 37 == 0, (i % 37 == 0) * (0.2 + i / 10_000)) for i in range(2000)]
+    columns += [row("prediction", False, 0.0, PREDICTION), row("y", True, 0.5, LABEL)]
+    report = DriftReport(columns, 100, 100, 0.3)
+    shown = shown_columns(report, 50, seed=0)
+    drifted = [c for c in columns if c.role == FEATURE and c.drifted]  # 55: more than fit
+    assert len(shown) == 50 and shown == shown_columns(report, 50, seed=0)  # bounded, reproducible
+    assert {"prediction", "y"} <= {c.column for c in shown}
+    assert {c.column for c in shown if c.role == FEATURE} == {c.column for c in sorted(drifted, key=lambda c: -c.effect)[:48]}
+    assert [columns.index(c) for c in shown] == sorted(columns.index(c) for c in shown)
+    assert shown_note(report, shown).startswith("50 of 2002 rows shown")
+
+    calm = DriftReport([row(f"f{i}", False, 0.0) for i in range(300)], 100, 100, 0.3)
+    sample = shown_columns(calm, 20, seed=1)
+    assert len(sample) == 20 and len({c.column for c in sample}) == 20
+    assert sample != shown_columns(calm, 20, seed=2)  # a sample, not the first 20
+    small = DriftReport(columns[:10], 100, 100, 0.3)
+    assert shown_columns(small, 50) == columns[:10] and shown_note(small, columns[:10]) == ""

@@ -12,7 +12,7 @@ from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
 from mlplatform_tests.helpers import load_definitions, run_weeks, warehouse_query
 
-MODEL_SPEC = TOY_SPEC + """
+MODEL_SPEC = TOY_SPEC.replace("  end: 2024-01-22", "  end: 2024-01-22\n  training_window_weeks: 1") + """
 estimator:
   class: sklearn.ensemble.RandomForestRegressor
   params: {n_estimators: 10}
@@ -37,7 +37,9 @@ def test_reproduce_gives_identical_metrics_then_refuses_after_a_source_row_chang
     assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-08",
                      assets=["raw", "features", "model", "evaluation"]).success
     tracker = Tracker.under(home / "mlflow")
-    tags = tracker.version_tags("toy", "1")  # week 2024-01-08, trained on the week of 2024-01-01 (the first week)
+    # week 2024-01-08, trained on the week of 2024-01-01 (the first week); the rows it reads reach back the data
+    # gate's 30 recent days, to Saturday 2023-12-09: a window that is not whole weeks
+    tags = tracker.version_tags("toy", "1")
     assert tags["week"] == "2024-01-08" and len(tags[SPEC_HASH_TAG]) == 64 and len(tags[GATES_HASH_TAG]) == 64
     run_tags = tracker.run(tracker.client.get_model_version("toy", "1").run_id).data.tags
     assert {"python.version", "library.scikit-learn", "library.scipy", "data.eval_fingerprint"} <= set(run_tags)
@@ -57,11 +59,32 @@ def test_reproduce_gives_identical_metrics_then_refuses_after_a_source_row_chang
     rows.to_csv(folder / "toy.csv", index=False)
     assert main(["reproduce", "toy", "1"]) == 2
     err = capsys.readouterr().err
-    assert "REFUSED" in err and "window 2023-11-13..2024-01-08 (end excluded) changed" in err
+    assert "REFUSED" in err and "window 2024-01-01..2024-01-08 (end excluded) changed" in err
     assert f"fingerprint recorded {tags['data.fingerprint']}, now " in err
     assert main(["reproduce", "toy", "2"]) == 2  # no such version: refused too, never a traceback
     assert "no such registered model version" in capsys.readouterr().err
     assert _stores(home, tracker) == before
+
+
+def test_a_plain_spec_whose_rows_reach_back_to_mid_week_is_rebuilt_not_refused(home, spec_dir, tmp_path):
+    """Without dbt staging the rows are rebuilt from the source; a window starting on a Saturday (1 training week,
+    30 recent days) still counts its rows in the Monday weeks they belong to, so unchanged data passes the gate."""
+    from mlplatform.demo.runner import specs_by_name
+    from mlplatform.lib.lifecycle import rows_needed
+    from mlplatform.lib.reproduce import current_rows
+    from mlplatform.lib.source import rows_per_week
+
+    spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    spec = specs_by_name()["toy"]
+    window = rows_needed(spec, datetime(2024, 1, 8))
+    assert window.start.weekday() == 5  # the case: a Saturday
+    rows, source = current_rows(spec, window, tmp_path / "no-warehouse.duckdb")
+    assert "rebuilt from the source file" in source
+    expected = toy_rows().query("ts < '2024-01-15'")
+    assert len(rows) == len(expected) and sorted(rows["id"]) == sorted(expected["id"])
+    counts = rows_per_week(rows, spec.time_column, window)
+    assert list(counts)[0] == "2023-12-04" and all(datetime.fromisoformat(w).weekday() == 0 for w in counts)
+    assert counts["2024-01-01"] == counts["2024-01-08"] == 40 and sum(counts.values()) == len(rows)
 
 
 def test_with_dbt_staging_the_source_is_checked_against_the_stored_raw_rows(home, spec_dir, instance):

@@ -56,17 +56,18 @@ def champion_for_drift(spec: ModelSpec, registry: ModelRegistry) -> "Champion | 
     return Champion(version, window, tracker.load_version(spec.name, version))
 
 
-def _table(report: "DriftReport") -> str:
+def _table(report: "DriftReport", shown: list) -> str:
+    """The week's drift rows ``shown`` (all of them up to ``drift.report_features``) as a Markdown table."""
     if report.method == "evidently":
         header = "| feature | role | method | score | threshold | drifted |\n| --- | --- | --- | --- | --- | --- |\n"
         return header + "\n".join(
             f"| {c.column} | {c.role} | {c.method} | {c.score:.4g} | {c.threshold:g} | {'yes' if c.drifted else 'no'} |"
-            for c in report.columns)
+            for c in shown)
     header = ("| feature | role | test | statistic | p-value | adjusted p | effect | drifted | counts |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
     return header + "\n".join(
         f"| {c.column} | {c.role} | {c.method} | {c.statistic:.4g} | {c.p_value:.3g} | {c.p_adjusted:.3g} | "
-        f"{c.effect:.3f} | {'yes' if c.drifted else 'no'} | {'yes' if c.counts else 'no'} |" for c in report.columns)
+        f"{c.effect:.3f} | {'yes' if c.drifted else 'no'} | {'yes' if c.counts else 'no'} |" for c in shown)
 
 
 def build_drift_assets(spec: ModelSpec):
@@ -96,7 +97,14 @@ def build_drift_assets(spec: ModelSpec):
         **weekly_multi_asset_options(spec),
     )
     def drift(context: AssetExecutionContext) -> Iterator:
-        from mlplatform.lib.drift import render_evidently_report, weekly_drift, weeks_with_html
+        from mlplatform.lib.drift import (
+            FEATURE,
+            render_evidently_report,
+            shown_columns,
+            shown_note,
+            weekly_drift,
+            weeks_with_html,
+        )
         from mlplatform.lib.plots import drift_plot
         from mlplatform.lib.prediction_log import model_log_dir, read_prediction_log
         from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE
@@ -139,6 +147,8 @@ def build_drift_assets(spec: ModelSpec):
                 context.log_event(prediction_log_materialization(spec, week_start.isoformat(), served))
         for result in results:
             week, report = result.week, result.report
+            shown = shown_columns(report, spec.drift.report_features, spec.drift.seed)  # all, up to the limit
+            shown_text = shown_note(report, shown)
             metadata = {
                 "drifted_share": report.share,
                 "drifted_features": len(report.drifted),
@@ -148,16 +158,21 @@ def build_drift_assets(spec: ModelSpec):
                 "reference": MetadataValue.text(result.reference_text),
                 "current": MetadataValue.text(result.inputs_from),
                 "method": report.method,
-                "per_feature": MetadataValue.md(_table(report)),
+                "per_feature": MetadataValue.md(_table(report, shown) + (f"\n\n{shown_text}" if shown_text else "")),
                 "methods": MetadataValue.json(sorted({c.method for c in report.columns})),
                 "not_compared": MetadataValue.json(report.skipped),
             }
+            if shown_text:
+                metadata["shown"] = MetadataValue.text(shown_text)
             if week in with_html:
-                png = drift_plot([c.column for c in report.columns], [c.score for c in report.columns],
-                                 [c.method for c in report.columns], [c.drifted for c in report.columns],
-                                 f"{spec.name} drift, week {week}")
+                png = drift_plot([c.column for c in shown], [c.score for c in shown], [c.method for c in shown],
+                                 [c.drifted for c in shown], f"{spec.name} drift, week {week}"
+                                 + (f" ({len(shown)} of {len(report.columns)})" if shown_text else ""))
                 metadata["plot"] = MetadataValue.md(f"![drift](data:image/png;base64,{base64.b64encode(png).decode()})")
-                path = render_evidently_report(result.reference_rows, result.current, numerical, categorical,
+                in_report = {c.column for c in shown if c.role == FEATURE}
+                path = render_evidently_report(result.reference_rows, result.current,
+                                               [c for c in numerical if c in in_report],
+                                               [c for c in categorical if c in in_report],
                                                str(reports_dir / f"drift_{week}.html"), spec.drift.report_rows)
                 metadata["evidently_report"] = MetadataValue.path(path)
                 metadata["evidently_report_url"] = MetadataValue.url(f"file://{path}")
@@ -168,9 +183,9 @@ def build_drift_assets(spec: ModelSpec):
                 metadata={
                     "week": week, "summary": MetadataValue.text(report.summary()), "method": report.method,
                     "drifted_share": report.share, "max_drifted_share": spec.drift.max_drifted_share,
-                    "drifted": MetadataValue.json({c.column: c.brief() for c in report.drifted}),
+                    "drifted": MetadataValue.json({c.column: c.brief() for c in shown if c.drifted and c.counts}),
                     "per_feature": MetadataValue.json({c.column: {**c.brief(), "role": c.role, "drifted": c.drifted,
-                                                                  "counts": c.counts} for c in report.columns}),
+                                                                  "counts": c.counts} for c in shown}),
                     "not_compared": MetadataValue.json(report.skipped),
                 },
             ))

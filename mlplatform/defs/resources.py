@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pandera.pandas as pa
 from dagster import ConfigurableResource, InitResourceContext
-from dagster._core.storage.db_io_manager import DbIOManager  # what DuckDBPandasIOManager itself builds
+from dagster._core.storage.db_io_manager import DbIOManager, TableSlice  # what DuckDBPandasIOManager itself builds
 from dagster_duckdb import DuckDBResource
 from dagster_duckdb.io_manager import DuckDbClient
-from dagster_duckdb_pandas import DuckDBPandasIOManager
+from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
 from pydantic import PrivateAttr
 
 from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, DEFAULT_WAREHOUSE_WAIT_SECONDS, Settings
@@ -95,8 +95,28 @@ class Warehouse(DuckDBResource):
             ).fetchdf()
 
 
+def _quoted(table_slice: TableSlice) -> TableSlice:
+    """The slice with its schema and table as quoted identifiers: dagster-duckdb pastes both into its SQL as they
+    are (``create schema {schema}``, ``select ... from {schema}.{table}``), so a model name that is a keyword would
+    break (or change) the statement. Model names are checked at load too; this is the second line of defence."""
+    return table_slice._replace(schema=quote_identifier(table_slice.schema), table=quote_identifier(table_slice.table))
+
+
 class _PatientDuckDbClient(DuckDbClient):
-    """dagster-duckdb's client, connecting with :func:`connect_when_free` instead of its fixed ten retries."""
+    """dagster-duckdb's client, connecting with :func:`connect_when_free` instead of its fixed ten retries, and
+    naming tables quoted."""
+
+    @staticmethod
+    def delete_table_slice(context, table_slice: TableSlice, connection) -> None:
+        DuckDbClient.delete_table_slice(context, _quoted(table_slice), connection)
+
+    @staticmethod
+    def ensure_schema_exists(context, table_slice: TableSlice, connection) -> None:
+        DuckDbClient.ensure_schema_exists(context, _quoted(table_slice), connection)
+
+    @staticmethod
+    def get_select_statement(table_slice: TableSlice) -> str:
+        return DuckDbClient.get_select_statement(_quoted(table_slice))
 
     @staticmethod
     @contextmanager
@@ -108,11 +128,25 @@ class _PatientDuckDbClient(DuckDbClient):
             yield connection
 
 
+class _QuotedPandasTypeHandler(DuckDBPandasTypeHandler):
+    """dagster-duckdb-pandas' handler, naming the table quoted (see :func:`_quoted`)."""
+
+    def handle_output(self, context, table_slice: TableSlice, obj: pd.DataFrame, connection):
+        return super().handle_output(context, _quoted(table_slice), obj, connection)
+
+    def load_input(self, context, table_slice: TableSlice, connection) -> pd.DataFrame:
+        return super().load_input(context, _quoted(table_slice), connection)
+
+
 class WarehouseIOManager(DuckDBPandasIOManager):
     """Stores partitioned DataFrames in the warehouse (the week's rows replaced), waiting for the lock like
-    :class:`Warehouse` does."""
+    :class:`Warehouse` does; schema and table names quoted in every statement."""
 
     wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
+
+    @staticmethod
+    def type_handlers() -> list:
+        return [_QuotedPandasTypeHandler()]
 
     def create_io_manager(self, context) -> DbIOManager:
         return DbIOManager(db_client=_PatientDuckDbClient(), database=self.database, schema=self.schema_,

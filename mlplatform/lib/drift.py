@@ -340,6 +340,37 @@ def render_evidently_report(reference: pd.DataFrame, current: pd.DataFrame, nume
     return path
 
 
+def shown_columns(report: DriftReport, limit: int, seed: int = 0) -> list[ColumnDrift]:
+    """At most ``limit`` rows of a week's drift table for what a person looks at (the plot, the Evidently report,
+    the metadata table); the statistics and the verdict cover every row.
+
+    Chosen deterministically: the prediction and label rows, the drifted features (the strongest first), then a
+    sample of the others drawn with ``seed``; shown in the table's order. A report over thousands of features
+    would cost minutes and gigabytes and be unreadable anyway.
+    """
+    columns = report.columns
+    if len(columns) <= limit:
+        return list(columns)
+    strength = [c.effect if c.effect is not None else (1 - c.score if c.method in P_VALUE_METHODS else c.score)
+                for c in columns]
+    first = [i for i, c in enumerate(columns) if c.role != FEATURE]
+    first += sorted((i for i, c in enumerate(columns) if c.role == FEATURE and c.drifted), key=lambda i: -strength[i])
+    chosen = first[:limit]
+    taken = set(chosen)
+    rest = [i for i in range(len(columns)) if i not in taken]
+    if len(chosen) < limit:
+        chosen += np.random.default_rng(seed).choice(rest, limit - len(chosen), replace=False).tolist()
+    return [columns[i] for i in sorted(chosen)]
+
+
+def shown_note(report: DriftReport, shown: list[ColumnDrift]) -> str:
+    """'' when every row is shown, else a sentence saying which rows are."""
+    if len(shown) == len(report.columns):
+        return ""
+    return (f"{len(shown)} of {len(report.columns)} rows shown (prediction and label, the drifted features, then a "
+            "seeded sample); the statistics and the verdict cover all, every row is in the warehouse's drift table")
+
+
 def reference_span(week_start: datetime, window_weeks: int, champion_window: tuple[datetime, datetime] | None,
                    champion_version: str | None = None) -> tuple[datetime, datetime, str]:
     """What week W is compared with: the champion's training window when it ended by W, else the N weeks before W."""

@@ -42,8 +42,11 @@ def read_source(path: Path, null_values: list[str] | tuple[str, ...] = DEFAULT_N
     cache_key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(null_values))
     if cache_key not in _SOURCE_CACHE:
         _SOURCE_CACHE.clear()
-        frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, low_memory=False,
-                                                                              **read_options(null_values))
+        try:
+            frame = pd.read_parquet(path) if is_parquet(path) else pd.read_csv(path, low_memory=False,
+                                                                                  **read_options(null_values))
+        except pd.errors.EmptyDataError:  # checked at spec load too; the file may have been emptied since
+            raise SourceFileError(f"{path} is empty; expected a header line with the column names") from None
         _SOURCE_CACHE[cache_key] = frame
     return _SOURCE_CACHE[cache_key].copy()
 
@@ -80,8 +83,14 @@ def rows_in_window(frame: pd.DataFrame, time_column: str, window: Window) -> pd.
 
 
 def rows_per_week(frame: pd.DataFrame, time_column: str, window: Window) -> dict[str, int]:
-    """Row count of every week in the window, zeros included, keyed by the week's Monday (ISO date)."""
-    counts = {week.isoformat(): 0 for week in window.week_starts()}
+    """Row count of every week the window overlaps, zeros included, keyed by the week's Monday (ISO date).
+
+    A window may start mid-week (the rows a week's training reads reach back ``recent_days``, e.g. to a
+    Saturday): its weeks are still the Monday weeks rows are keyed by, the first one partly covered.
+    """
+    first_monday = window.start.date() - timedelta(days=window.start.weekday())
+    weeks = Window(datetime.combine(first_monday, datetime.min.time()), window.end).week_starts()
+    counts = {week.isoformat(): 0 for week in weeks}
     if len(frame):
         mondays = frame[time_column].dt.normalize() - pd.to_timedelta(frame[time_column].dt.weekday, unit="D")
         for monday, count in mondays.value_counts().items():

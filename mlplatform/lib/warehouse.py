@@ -26,6 +26,15 @@ def table_name(schema: str, table: str) -> str:
     return f"{quote_identifier(schema)}.{quote_identifier(table)}"
 
 
+def model_schemas(connection: duckdb.DuckDBPyConnection) -> set[str]:
+    """The schemas holding a model's raw or features table: the models that have run, whatever the spec folder."""
+    from mlplatform import names
+
+    return {row[0] for row in connection.execute(
+        "select distinct table_schema from information_schema.tables where table_name in (?, ?)",
+        [names.RAW, names.FEATURES]).fetchall()}
+
+
 class WarehouseBusy(RuntimeError):
     """Another process kept the warehouse's write lock for longer than we were willing to wait."""
 

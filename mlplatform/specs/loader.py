@@ -19,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from mlplatform.specs.estimators import EstimatorNotAllowed, check_allowed
 from mlplatform.specs.files import SourceFileError, checked_data_path, sample_column, source_columns
+from mlplatform.specs.folder_code import shadowing_modules
+from mlplatform.specs.reserved import labels_table_problem
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest, check_column_name
 from mlplatform.specs.timestamps import SAMPLE_VALUES, parse_event_times, timestamp_problems
 
@@ -55,6 +57,15 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> lis
                 )
             )
         seen.setdefault(spec.name, spec.spec_file)
+    for spec in specs:
+        if spec.labels is not None and spec.labels.table is not None:
+            problem = labels_table_problem(spec.labels.table, spec.name, set(seen) - {spec.name})
+            if problem:
+                problems.append(SpecProblem(file=str(spec.spec_file), key="labels.table", message=problem))
+    for path, module in shadowing_modules(folder):
+        problems.append(SpecProblem(file=str(path), key="(code beside the specs)", message=(
+            f"a module named {module!r} beside the specs would be imported instead of the real {module} by a "
+            f"process started in {folder}; code beside a spec is never run: move or rename {path.name}")))
     if problems:
         raise SpecError(problems)
     return specs
@@ -115,7 +126,50 @@ def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None) -> t
 
 
 def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) -> Iterable[tuple[str, str]]:
-    """Checks that need more than the YAML: the source file, the dbt project, the estimator class."""
+    """Checks that need more than the YAML: the labels and source files, the dbt project, the estimator class."""
+    yield from _check_labels_file(spec)
+    yield from _check_source(spec, dbt_model_columns)
+
+
+RECORD_ID = "_id"
+"""The record id clients send with a request: what a labels file joins on when the spec has no ``source.key``."""
+
+
+def _check_labels_file(spec: ModelSpec) -> Iterable[tuple[str, str]]:
+    """``labels.path`` under the rules of ``source.path`` (a regular, non-empty file inside the spec's folder or a
+    data root; nothing of its content quoted), with the columns the outcomes join needs in its header."""
+    if spec.labels is None or spec.labels.path is None:
+        return
+    try:
+        path = spec.labels_path
+    except RuntimeError as error:  # "~user/..." naming a user this machine does not have
+        yield "labels.path", f"found {spec.labels.path!r}; {error}"
+        return
+    assert path is not None
+    try:
+        path = checked_data_path(path, spec.spec_file.parent)
+        available = source_columns(path)
+    except SourceFileError as error:
+        yield "labels.path", str(error)
+        return
+    except Exception as error:  # noqa: BLE001 - any other reader error: its kind only, its text may quote the file
+        yield "labels.path", f"cannot read the header of {path} ({type(error).__name__})"
+        return
+    time_column = spec.labels.timestamp or spec.source.timestamp
+    if time_column is None:
+        yield "labels.timestamp", ("required when the source has no timestamp: the column of the labels that puts "
+                                   "each outcome in its week")
+    where = f"labels file {path.name}"
+    for column in [c for c in (time_column, spec.target, *(spec.source.key or [RECORD_ID])) if c]:
+        if column not in available:
+            key = "labels.timestamp" if column == spec.labels.timestamp else "labels.path"
+            yield key, _not_a_column(column, available, where) + (
+                " (the labels need the event time, the target and "
+                + ("the key columns)" if spec.source.key else f"{RECORD_ID!r}, the record id clients sent)"))
+
+
+def _check_source(spec: ModelSpec, dbt_model_columns: DbtColumns | None) -> Iterable[tuple[str, str]]:
+    """The source file's header and event times, the dbt model's columns, the estimator class."""
     try:
         path = spec.source_path
     except RuntimeError as error:  # "~user/..." naming a user this machine does not have

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlplatform.specs.files import SNAPSHOT_TIME_COLUMN
+from mlplatform.specs.reserved import labels_table_problem, reserved_name_problem
 from mlplatform.specs.tasks import DEFAULT_ESTIMATOR, DEFAULT_METRIC, METRICS_BY_TASK
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -117,7 +118,31 @@ class StagingSpec(_Strict):
     dbt_model: str = Field(description="Name of a model in dbt_project/ that stages this model's raw table.")
 
 
+MAX_FEATURES = 1000
+"""Features a spec may declare unless ``MLPLATFORM_MAX_FEATURES`` says otherwise. Measured (benchmarks/wide_spec.py,
+docs/configuration.md): time and memory of a run grow with the features; far beyond this a run takes minutes per
+week and gigabytes before any model trains."""
+
+MAX_FEATURES_ENV = "MLPLATFORM_MAX_FEATURES"
+
+
+def max_features() -> int:
+    """The features limit: ``MLPLATFORM_MAX_FEATURES`` when set (a whole number >= 1), else :data:`MAX_FEATURES`."""
+    text = os.environ.get(MAX_FEATURES_ENV, "").strip()
+    if not text:
+        return MAX_FEATURES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_FEATURES_ENV}={text!r}: expected a whole number of features, at least 1")
+    return value
+
+
 class FeaturesSpec(_Strict):
+    """The model's inputs: at most 1000 in all (``MLPLATFORM_MAX_FEATURES`` raises the limit)."""
+
     numeric: list[str] = Field(default_factory=list, description="Numeric feature columns.")
     categorical: list[str] = Field(default_factory=list, description="Categorical feature columns (any values, compared as text).")
 
@@ -130,6 +155,12 @@ class FeaturesSpec(_Strict):
     def _at_least_one(self) -> FeaturesSpec:
         if not self.numeric and not self.categorical:
             raise ValueError("declare at least one feature under features.numeric or features.categorical")
+        limit = max_features()
+        declared = len(self.numeric) + len(self.categorical)
+        if declared > limit:
+            raise ValueError(f"found {declared} features; at most {limit} are allowed (the drift, training and "
+                             f"explanation steps grow with each feature: see docs/configuration.md). Select fewer "
+                             f"features, or raise the limit with {MAX_FEATURES_ENV} on a machine measured for it")
         overlap = sorted(set(self.numeric) & set(self.categorical))
         if overlap:
             raise ValueError(f"columns {overlap} are listed as both numeric and categorical; pick one")
@@ -288,6 +319,10 @@ class DriftSpec(_Strict):
     label_counts: bool = Field(default=False, description="Whether label drift (the week's target vs the reference "
                                "window's, where labels are known) counts toward the drifted share; always reported.")
     report_rows: int = Field(default=5000, ge=100, description="Rows per side sampled into the Evidently HTML report.")
+    report_features: int = Field(default=50, ge=1, description="Rows of the week's drift table shown (the plot, the "
+                                 "Evidently HTML report, the metadata tables) when there are more: prediction and "
+                                 "label, the drifted features, then a sample drawn with `seed`. The statistics and "
+                                 "the verdict cover every feature; all rows are in the warehouse's drift table.")
     html_reports_per_run: int = Field(default=4, ge=0, description="Evidently HTML reports per run: the newest failing "
                                       "weeks (plus always the run's last week); the statistics cover every week.")
 
@@ -332,10 +367,12 @@ class LabelsSpec(_Strict):
 
     path: str | None = Field(default=None, description="CSV (optionally .gz) or Parquet file of outcomes, relative to "
                              "the spec file: the key columns (`source.key`; else `_id`, the record id clients sent), the "
-                             "target column, and the time column (`timestamp`) that puts each outcome in its week.")
+                             "target column, and the time column (`timestamp`) that puts each outcome in its week. The same rules as "
+                             "`source.path`: a regular, non-empty file inside the spec's folder or a data root.")
     table: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
                               description="A warehouse table (`schema.table`, e.g. one a dbt model builds) with the "
-                              "same columns as `path`.")
+                              "same columns as `path`: in the model's own schema or one no model owns (e.g. `main`), "
+                              "never another model's, `audit` or a DuckDB system schema.")
     timestamp: str | None = Field(default=None, description="Column of `path`/`table` holding the event time of the "
                                   "predicted row (default: the spec's `source.timestamp`).")
 
@@ -352,7 +389,9 @@ class LabelsSpec(_Strict):
 class ModelSpec(_Strict):
     """One model's lifecycle, as declared by its team."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="Asset key prefix and group name.")
+    name: str = Field(pattern=NAME_PATTERN, description="Asset key prefix, group name and warehouse schema: not a "
+                      "SQL keyword, a DuckDB system schema (`main`, `information_schema`, `pg_*`, ...) or the "
+                      "platform's `audit`.")
     description: str = Field(default="", description="Shown on every asset of the model in the Dagster UI.")
     owner: str | None = Field(default=None, description="Owner shown in the Dagster UI: an email or `team:name`.")
     limitations: list[str] = Field(default_factory=list, description="Known limitations, one sentence each: shown "
@@ -363,7 +402,8 @@ class ModelSpec(_Strict):
     staging: StagingSpec | None = Field(default=None, description="Optional dbt staging; without it features come "
                                         "straight from raw.")
     target: str = Field(description="The column to predict (never null; for classification its values are the classes).")
-    features: FeaturesSpec = Field(description="Feature columns, each a column of the source (or of the dbt model).")
+    features: FeaturesSpec = Field(description="Feature columns, each a column of the source (or of the dbt model); "
+                                   "at most 1000 in all unless `MLPLATFORM_MAX_FEATURES` allows more.")
     columns: dict[str, ColumnRules] = Field(default_factory=dict, description="Data rules per column, checked by the "
                                             "features gate.")
     partitions: PartitionsSpec = Field(description="The weekly partitions and the training window.")
@@ -379,6 +419,14 @@ class ModelSpec(_Strict):
                                       "live performance). None: the target column of the model's own rows.")
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        problem = reserved_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("target")
     @classmethod
@@ -396,6 +444,14 @@ class ModelSpec(_Strict):
         for name in value:
             check_column_name(name)
         return value
+
+    @model_validator(mode="after")
+    def _labels_table(self) -> ModelSpec:
+        if self.labels is not None and self.labels.table is not None:
+            problem = labels_table_problem(self.labels.table, self.name)
+            if problem:
+                raise ValueError(f"labels.table: {problem}")
+        return self
 
     @model_validator(mode="after")
     def _task_defaults(self) -> ModelSpec:
@@ -428,6 +484,14 @@ class ModelSpec(_Strict):
     def source_path(self) -> Path:
         """The data file as written (made absolute, symlinks NOT resolved: ``files.checked_data_path`` does that)."""
         path = Path(self.source.path).expanduser()
+        return Path(os.path.normpath(path if path.is_absolute() else self.spec_file.parent / path))
+
+    @property
+    def labels_path(self) -> Path | None:
+        """``labels.path`` as written, made absolute like :attr:`source_path`; None without a labels file."""
+        if self.labels is None or self.labels.path is None:
+            return None
+        path = Path(self.labels.path).expanduser()
         return Path(os.path.normpath(path if path.is_absolute() else self.spec_file.parent / path))
 
     @property
