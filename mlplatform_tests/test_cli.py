@@ -101,8 +101,11 @@ def assert_the_demo_agrees_with_its_stores(out: str, state: Path) -> None:
             assert raw == features > 0, model
             evaluations = connection.execute(f'select * from "{model}".evaluations where week between ? and ? '
                                              "order by week", [first, last]).fetchdf()
-            champion = tracker.alias_version(model, CHAMPION)
-            demo_checks.assert_history_summary_agrees(block, evaluations, champion)
+            champion = tracker.alias_version(model, CHAMPION)  # now, after production
+            [then] = connection.execute(  # at the end of the history: its last audited champion move
+                "select max_by(version, changed_at) from audit.alias_changes where model = ? and alias = 'champion' "
+                "and week <= ?", [model, last]).fetchone()
+            demo_checks.assert_history_summary_agrees(block, evaluations, then)
             demo_checks.assert_threshold_verdicts_follow_the_spec(evaluations, spec)
             demo_checks.assert_every_alias_has_its_audit_row(connection, tracker, model)
             halted = re.search(r"training halted by the training-data gate on (\d+) weeks: (.*)", block)
@@ -144,7 +147,7 @@ def assert_every_lifecycle_event_is_in_the_audit_trail(state: Path) -> None:
     from mlplatform.cli import main
     from mlplatform.lib.audit import EVENT_TYPES, champion_history
 
-    with duckdb.connect(str(state / "warehouse.duckdb"), read_only=True) as connection:
+    with duckdb.connect(str(state / "warehouse.duckdb")) as connection:
         earlier = champion_history(connection, "churn_shift")[1]  # the champion before the retrained one
     assert main(["promote", "car_loan", "--by", "ana", "--reason", "backtest reviewed"]) == 0
     assert main(["rollback", "churn_shift", "--to", earlier, "--by", "ana", "--reason", "audit drill"]) == 0
