@@ -18,8 +18,9 @@ from mlplatform.lib.audit import AuditEvent, append_events, read_events
 from mlplatform.lib.drift import ColumnDrift
 from mlplatform.lib.gates import GateOutcome
 from mlplatform.lib.lifecycle import WeekResult, evaluation_row
-from mlplatform.lib.live import Difference, LiveEstimate, ShadowComparison, outcome_rows
+from mlplatform.lib.live import Difference, LiveEstimate, ShadowComparison
 from mlplatform.lib.metrics import MetricEstimate
+from mlplatform.lib.outcomes import outcome_rows
 from mlplatform.lib.prediction_log import read_prediction_log, write_segments
 from mlplatform.lib.source import Window
 from mlplatform.lib.table_schemas import TableRefused, validate_table
