@@ -542,9 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds to wait while a run holds the warehouse's lock (default 120)")
     promote.set_defaults(func=cmd_promote)
 
-    rollback = commands.add_parser("rollback", help="put an earlier champion back (default: the previous one)")
+    rollback = commands.add_parser("rollback", help="put an earlier champion back (default: the newest one a rollback "
+                                     "may restore)")
     rollback.add_argument("model")
-    rollback.add_argument("--to", help="registered version; default: the champion before the current one (audit)")
+    rollback.add_argument("--to", help="an earlier champion (registered version); default: the newest earlier champion "
+                          "whose gates passed under the current spec (what the decay sensor picks)")
     rollback.add_argument("--by", required=True, help="who decides (audit; required)")
     rollback.add_argument("--reason", help="why (audit)")
     rollback.add_argument("--wait", type=float, default=120.0,
