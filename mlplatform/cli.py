@@ -136,6 +136,16 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+def _iso_date(text: str) -> str:
+    """``--since``: a date, checked here; the audit compares it as text, so a typo silently matched nothing."""
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"found {text!r}; give a date as YYYY-MM-DD") from None
+
+
 def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple[int, object]:
     """Promote's and rollback's move (:func:`mlplatform.lib.approvals.move_champion`, the UI jobs' too), with every
     refusal said on stderr. Returns (exit code, the change made or None)."""
@@ -558,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("model")
     audit.add_argument("--verify", action="store_true", help="check the hash chain: a changed or deleted row is named")
     audit.add_argument("--aliases", action="store_true", help="the alias-change table instead of the event trail")
-    audit.add_argument("--since", help="only changes at or after this date (YYYY-MM-DD)")
+    audit.add_argument("--since", type=_iso_date, help="only changes at or after this date (YYYY-MM-DD)")
     audit.add_argument("--json", action="store_true", help="JSON records instead of a table")
     audit.add_argument("--wait", type=float, default=120.0,
                        help="seconds to wait while a run writes to the warehouse (default 120)")
