@@ -412,7 +412,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     """A consistent copy of the warehouse, the MLflow store and the Dagster instance (restore: docs/operations.md)."""
     from mlplatform.lib.outputs import OutputRefused, checked_output_path
-    from mlplatform.lib.stores import backup_stores, describe
+    from mlplatform.lib.stores import StoresDamaged, backup_stores, describe
     from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged
 
     settings = load_settings()
@@ -422,6 +422,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
         report = backup_stores(settings.home, target, settings.mlflow_tracking_uri or None, args.wait)
     except (FileExistsError, OutputRefused, WarehouseBusy, WarehouseDamaged) as error:
         print(f"no backup made: {error}", file=sys.stderr)
+        return 1
+    except StoresDamaged as damaged:  # a damaged MLflow or Dagster SQLite file: the copy stops there
+        print(f"no complete backup made: {damaged}", file=sys.stderr)
         return 1
     except OSError as error:  # e.g. a folder under /proc, a full disk: the copy stops where it failed
         print(f"no complete backup made: cannot write {error.filename or args.to} ({error.strerror})",

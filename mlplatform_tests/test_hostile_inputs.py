@@ -850,6 +850,17 @@ def test_backup_to_a_path_that_cannot_be_a_new_folder_is_refused_in_one_line(hom
     assert not (tmp_path / "elsewhere").exists()
 
 
+def test_backup_of_a_damaged_mlflow_store_names_the_file_in_one_line(home, tmp_path, capsys):
+    from mlplatform.cli import main
+
+    (home / "mlflow").mkdir(parents=True)
+    (home / "mlflow" / "mlflow.db").write_bytes(b"not a database" * 1000)
+    assert main(["backup", "--to", str(tmp_path / "backup"), "--wait", "5"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("no complete backup made: ") and str(home / "mlflow" / "mlflow.db") in line
+    assert "restore it from a backup" in line
+
+
 def test_card_output_refuses_an_existing_file_and_a_link_before_any_work(home, spec_dir, tmp_path, capsys):
     from mlplatform.cli import main
 

@@ -158,14 +158,19 @@ class BackupReport:
 
 
 def _sqlite_copy(source: Path, target: Path) -> None:
-    """A consistent copy of a live SQLite file (the backup API copies a snapshot while others write)."""
+    """A consistent copy of a live SQLite file (the backup API copies a snapshot while others write). A file SQLite
+    cannot read raises :class:`StoresDamaged` naming it (a backup of it would copy the damage)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     try:
-        with closing(sqlite3.connect(target)) as dst:
-            src.backup(dst)
-    finally:
-        src.close()
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        try:
+            with closing(sqlite3.connect(target)) as dst:
+                src.backup(dst)
+        finally:
+            src.close()
+    except sqlite3.DatabaseError as error:
+        raise StoresDamaged([f"SQLite file {source} cannot be read ({error}); restore it from a backup "
+                             "(docs/operations.md)"]) from None
 
 
 def _copy_tree_with_sqlite(source: Path, target: Path) -> int:
