@@ -645,11 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_process(load_settings())  # the CLI is an entry point: its process-wide settings are made here
+    from mlplatform.lib.stores import StoresDamaged
     from mlplatform.lib.warehouse import WarehouseDamaged
 
     try:
         return int(args.func(args) or 0)
-    except WarehouseDamaged as damaged:  # any command that reads the warehouse (reproduce, replay, ...): one line
+    except (WarehouseDamaged, StoresDamaged) as damaged:  # any command that reads a damaged store: one line
         print(damaged, file=sys.stderr)
         return 1
 

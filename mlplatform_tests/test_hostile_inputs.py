@@ -850,7 +850,7 @@ def test_backup_to_a_path_that_cannot_be_a_new_folder_is_refused_in_one_line(hom
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_backup_of_a_damaged_mlflow_store_names_the_file_in_one_line(home, tmp_path, capsys):
+def test_backup_promote_and_rollback_name_a_damaged_mlflow_store_in_one_line(home, tmp_path, capsys):
     from mlplatform.cli import main
 
     (home / "mlflow").mkdir(parents=True)
@@ -859,6 +859,12 @@ def test_backup_of_a_damaged_mlflow_store_names_the_file_in_one_line(home, tmp_p
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("no complete backup made: ") and str(home / "mlflow" / "mlflow.db") in line
     assert "restore it from a backup" in line
+
+    # every command that opens the registry says the same, not SQLAlchemy's traceback from MLflow's client
+    for command in (["promote", "toy", "--version", "1", "--by", "ann"], ["rollback", "toy", "--by", "ann"]):
+        assert main([*command, "--wait", "5"]) == 1
+        err = capsys.readouterr().err
+        assert f"MLflow store {home / 'mlflow' / 'mlflow.db'} cannot be read" in err and "Traceback" not in err
 
 
 def test_card_output_refuses_an_existing_file_and_a_link_before_any_work(home, spec_dir, tmp_path, capsys):

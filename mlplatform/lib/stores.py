@@ -59,6 +59,17 @@ def _sqlite_problem(path: Path, what: str) -> str | None:
     return None
 
 
+def refuse_damaged_sqlite(tracking_uri: str) -> None:
+    """Raise :class:`StoresDamaged` (one line) when ``tracking_uri`` is a SQLite file that fails ``quick_check``:
+    opening an MLflow client on it would fail halfway with a raw SQLAlchemy error. An absent file is left to MLflow
+    (it creates one)."""
+    path = _sqlite_file(tracking_uri)
+    if path is not None and path.exists():
+        problem = _sqlite_problem(path, "MLflow store")
+        if problem:
+            raise StoresDamaged([problem])
+
+
 def _audit_champions(connection: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
     """The audit's latest champion per model: (model, version, when)."""
     exists = connection.execute("select count(*) from information_schema.tables where table_schema = 'audit' "
