@@ -660,7 +660,9 @@ def test_audit_verify_backup_and_card_name_a_truncated_warehouse_in_one_line(hom
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"no backup made: warehouse {path} fails an integrity read (")
     assert main(["card", "toy", "--version", "1", "--wait", "1"]) == 1
-    assert capsys.readouterr().err.splitlines()[-2:] == [line.removeprefix("no backup made: "), "no card written"]
+    damaged, last = capsys.readouterr().err.splitlines()[-2:]  # DuckDB's detail (the offset it failed at) may vary
+    assert damaged.startswith(f"warehouse {path} fails an integrity read (") and last == "no card written"
+    assert damaged.endswith("restore it from a backup (docs/operations.md)")
     assert path.stat().st_size == size
 
 
