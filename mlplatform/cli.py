@@ -136,6 +136,16 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+def _iso_date(text: str) -> str:
+    """``--since``: a date, checked here; the audit compares it as text, so a typo silently matched nothing."""
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"found {text!r}; give a date as YYYY-MM-DD") from None
+
+
 def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple[int, object]:
     """Promote's and rollback's move (:func:`mlplatform.lib.approvals.move_champion`, the UI jobs' too), with every
     refusal said on stderr. Returns (exit code, the change made or None)."""
@@ -402,7 +412,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     """A consistent copy of the warehouse, the MLflow store and the Dagster instance (restore: docs/operations.md)."""
     from mlplatform.lib.outputs import OutputRefused, checked_output_path
-    from mlplatform.lib.stores import backup_stores, describe
+    from mlplatform.lib.stores import StoresDamaged, backup_stores, describe
     from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged
 
     settings = load_settings()
@@ -412,6 +422,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
         report = backup_stores(settings.home, target, settings.mlflow_tracking_uri or None, args.wait)
     except (FileExistsError, OutputRefused, WarehouseBusy, WarehouseDamaged) as error:
         print(f"no backup made: {error}", file=sys.stderr)
+        return 1
+    except StoresDamaged as damaged:  # a damaged MLflow or Dagster SQLite file: the copy stops there
+        print(f"no complete backup made: {damaged}", file=sys.stderr)
         return 1
     except OSError as error:  # e.g. a folder under /proc, a full disk: the copy stops where it failed
         print(f"no complete backup made: cannot write {error.filename or args.to} ({error.strerror})",
@@ -542,9 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds to wait while a run holds the warehouse's lock (default 120)")
     promote.set_defaults(func=cmd_promote)
 
-    rollback = commands.add_parser("rollback", help="put an earlier champion back (default: the previous one)")
+    rollback = commands.add_parser("rollback", help="put an earlier champion back (default: the newest one a rollback "
+                                     "may restore)")
     rollback.add_argument("model")
-    rollback.add_argument("--to", help="registered version; default: the champion before the current one (audit)")
+    rollback.add_argument("--to", help="an earlier champion (registered version); default: the newest earlier champion "
+                          "whose gates passed under the current spec (what the decay sensor picks)")
     rollback.add_argument("--by", required=True, help="who decides (audit; required)")
     rollback.add_argument("--reason", help="why (audit)")
     rollback.add_argument("--wait", type=float, default=120.0,
@@ -556,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("model")
     audit.add_argument("--verify", action="store_true", help="check the hash chain: a changed or deleted row is named")
     audit.add_argument("--aliases", action="store_true", help="the alias-change table instead of the event trail")
-    audit.add_argument("--since", help="only changes at or after this date (YYYY-MM-DD)")
+    audit.add_argument("--since", type=_iso_date, help="only changes at or after this date (YYYY-MM-DD)")
     audit.add_argument("--json", action="store_true", help="JSON records instead of a table")
     audit.add_argument("--wait", type=float, default=120.0,
                        help="seconds to wait while a run writes to the warehouse (default 120)")
@@ -630,11 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_process(load_settings())  # the CLI is an entry point: its process-wide settings are made here
+    from mlplatform.lib.stores import StoresDamaged
     from mlplatform.lib.warehouse import WarehouseDamaged
 
     try:
         return int(args.func(args) or 0)
-    except WarehouseDamaged as damaged:  # any command that reads the warehouse (reproduce, replay, ...): one line
+    except (WarehouseDamaged, StoresDamaged) as damaged:  # any command that reads a damaged store: one line
         print(damaged, file=sys.stderr)
         return 1
 

@@ -291,6 +291,15 @@ def test_promote_moves_the_champion_and_audits_who_and_why_refusing_failed_gates
         ("champion", "2", "1", "bob", "incident fix [forced with --force: gates=failed]"),
     ]
 
+    capsys.readouterr()
+    for flags in ([], ["--aliases"]):  # a mistyped --since is named, not a traceback or a silently empty trail
+        with pytest.raises(SystemExit) as refused:
+            main(["audit", "toy", *flags, "--since", "garbage"])
+        assert refused.value.code == 2 and "--since: found 'garbage'; give a date as YYYY-MM-DD" in \
+            capsys.readouterr().err
+        assert main(["audit", "toy", *flags, "--since", "2000-01-01"]) == 0
+        assert "incident fix" in capsys.readouterr().out
+
 
 def test_promote_while_a_run_holds_the_warehouse_changes_nothing_then_succeeds_once_free(home, capsys):
     settings, tracker = _register_versions(["passed"])

@@ -4,9 +4,9 @@ Dagster 1.13's public instance API gives only the latest evaluation of a check
 (``get_latest_asset_check_evaluation_record``), but a backfill evaluates the drift check
 once per week in one run and the retrain sensor must see every one of them. So this
 adapter reads the event-log storage's check history, which is not public API. It is kept
-to this module, and ``mlplatform_tests/test_check_history.py`` exercises it against a
-real instance, so a Dagster upgrade that changes it fails that test, not a sensor in
-production.
+to this module, and ``test_check_history_adapter_reads_every_weeks_drift_check_from_a_real_instance``
+(``mlplatform_tests/test_promotion.py``) exercises it against a real instance, so a Dagster upgrade that changes
+it fails that test, not a sensor in production.
 """
 
 from __future__ import annotations

@@ -214,11 +214,6 @@ def restore_refusal(model: str, version: str, tags: Mapping[str, str],
     return spec_refusal(model, version, tags, current_spec)
 
 
-def restorable(model: str, version: str, tags: Mapping[str, str], current_spec: Mapping[str, str] | None = None) -> bool:
-    """Whether a rollback may return to ``version``: :func:`restore_refusal` finds nothing."""
-    return restore_refusal(model, version, tags, current_spec) is None
-
-
 @dataclass(frozen=True)
 class RollbackTarget:
     """The version a rollback returns to (None: there is none), and the earlier champions passed over, with why."""
@@ -229,8 +224,8 @@ class RollbackTarget:
 
 def rollback_target(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str, current: str | None,
                     current_spec: Mapping[str, str] | None = None) -> RollbackTarget:
-    """The version to roll back to: the newest earlier champion (per the audit) that is :func:`restorable` under the
-    current spec. The one owner of this choice: the live_degradation check (whose verdict the decay sensor
+    """The version to roll back to: the newest earlier champion (per the audit) that :func:`restore_refusal` lets
+    through under the current spec. The one owner of this choice: the live_degradation check (whose verdict the decay sensor
     carries out), ``mlplatform rollback`` and the UI's rollback job all ask here."""
     from mlflow.exceptions import MlflowException
 

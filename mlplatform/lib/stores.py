@@ -59,6 +59,17 @@ def _sqlite_problem(path: Path, what: str) -> str | None:
     return None
 
 
+def refuse_damaged_sqlite(tracking_uri: str) -> None:
+    """Raise :class:`StoresDamaged` (one line) when ``tracking_uri`` is a SQLite file that fails ``quick_check``:
+    opening an MLflow client on it would fail halfway with a raw SQLAlchemy error. An absent file is left to MLflow
+    (it creates one)."""
+    path = _sqlite_file(tracking_uri)
+    if path is not None and path.exists():
+        problem = _sqlite_problem(path, "MLflow store")
+        if problem:
+            raise StoresDamaged([problem])
+
+
 def _audit_champions(connection: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
     """The audit's latest champion per model: (model, version, when)."""
     exists = connection.execute("select count(*) from information_schema.tables where table_schema = 'audit' "
@@ -158,14 +169,19 @@ class BackupReport:
 
 
 def _sqlite_copy(source: Path, target: Path) -> None:
-    """A consistent copy of a live SQLite file (the backup API copies a snapshot while others write)."""
+    """A consistent copy of a live SQLite file (the backup API copies a snapshot while others write). A file SQLite
+    cannot read raises :class:`StoresDamaged` naming it (a backup of it would copy the damage)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     try:
-        with closing(sqlite3.connect(target)) as dst:
-            src.backup(dst)
-    finally:
-        src.close()
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        try:
+            with closing(sqlite3.connect(target)) as dst:
+                src.backup(dst)
+        finally:
+            src.close()
+    except sqlite3.DatabaseError as error:
+        raise StoresDamaged([f"SQLite file {source} cannot be read ({error}); restore it from a backup "
+                             "(docs/operations.md)"]) from None
 
 
 def _copy_tree_with_sqlite(source: Path, target: Path) -> int:

@@ -85,6 +85,9 @@ class Tracker:
     """
 
     def __init__(self, tracking_uri: str, artifact_root: Path | str | None):
+        from mlplatform.lib.stores import refuse_damaged_sqlite
+
+        refuse_damaged_sqlite(tracking_uri)  # MLflow's client would fail on it with a raw SQLAlchemy traceback
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
