@@ -1186,3 +1186,23 @@ def test_the_drift_rows_shown_are_bounded_and_keep_the_drifted_ones_and_the_orde
     assert sample != shown_columns(calm, 20, seed=2)  # a sample, not the first 20
     small = DriftReport(columns[:10], 100, 100, 0.3)
     assert shown_columns(small, 50) == columns[:10] and shown_note(small, columns[:10]) == ""
+
+
+def test_a_sqlite_store_held_by_a_writer_is_busy_not_damaged(tmp_path):
+    """A run's MLflow writer holding the file's lock must not make the check call a healthy store damaged."""
+    import sqlite3
+
+    from mlplatform.lib.stores import _sqlite_problem
+
+    path = tmp_path / "mlflow.db"
+    with sqlite3.connect(path) as setup:
+        setup.execute("create table t (x)")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("begin exclusive")
+    try:
+        assert _sqlite_problem(path, "MLflow store", timeout=0.1) is None
+    finally:
+        writer.execute("rollback")
+        writer.close()
+    path.write_bytes(b"not a database" * 100)
+    assert "cannot be read" in _sqlite_problem(path, "MLflow store", timeout=0.1)

@@ -47,11 +47,16 @@ def _sqlite_file(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
 
 
-def _sqlite_problem(path: Path, what: str) -> str | None:
-    """``PRAGMA quick_check`` on a SQLite file, read-only; None when it is whole."""
+def _sqlite_problem(path: Path, what: str, timeout: float = 5.0) -> str | None:
+    """``PRAGMA quick_check`` on a SQLite file, read-only; None when it is whole, or when a writer holds it past
+    ``timeout`` (busy is not damaged: the check is left to the next reader rather than failing a healthy run)."""
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)) as connection:
             verdict = connection.execute("pragma quick_check").fetchone()
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):
+            return None
+        return f"{what} {path} cannot be read ({error}); restore it from a backup (docs/operations.md)"
     except sqlite3.DatabaseError as error:
         return f"{what} {path} cannot be read ({error}); restore it from a backup (docs/operations.md)"
     if verdict and verdict[0] != "ok":
