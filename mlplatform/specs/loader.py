@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -140,21 +140,10 @@ def _check_labels_file(spec: ModelSpec) -> Iterable[tuple[str, str]]:
     data root; nothing of its content quoted), with the columns the outcomes join needs in its header."""
     if spec.labels is None or spec.labels.path is None:
         return
-    try:
-        path = spec.labels_path
-    except RuntimeError as error:  # "~user/..." naming a user this machine does not have
-        yield "labels.path", f"found {spec.labels.path!r}; {error}"
+    found = yield from _data_file_header(spec, "labels.path", spec.labels.path, lambda: spec.labels_path)
+    if found is None:
         return
-    assert path is not None
-    try:
-        path = checked_data_path(path, spec.spec_file.parent)
-        available = source_columns(path)
-    except SourceFileError as error:
-        yield "labels.path", str(error)
-        return
-    except Exception as error:  # noqa: BLE001 - any other reader error: its kind only, its text may quote the file
-        yield "labels.path", f"cannot read the header of {path} ({type(error).__name__})"
-        return
+    path, available = found
     time_column = spec.labels.timestamp or spec.source.timestamp
     if time_column is None:
         yield "labels.timestamp", ("required when the source has no timestamp: the column of the labels that puts "
@@ -168,22 +157,32 @@ def _check_labels_file(spec: ModelSpec) -> Iterable[tuple[str, str]]:
                 + ("the key columns)" if spec.source.key else f"{RECORD_ID!r}, the record id clients sent)"))
 
 
-def _check_source(spec: ModelSpec, dbt_model_columns: DbtColumns | None) -> Iterable[tuple[str, str]]:
-    """The source file's header and event times, the dbt model's columns, the estimator class."""
+def _data_file_header(spec: ModelSpec, key: str, written: str, resolve: Callable[[], Path | None]
+                      ) -> Generator[tuple[str, str], None, tuple[Path, list[str]] | None]:
+    """A data file named by ``key`` (source.path, labels.path) under the data roots' rules, and its header's
+    columns; None after yielding the problem when it cannot be read (one rule for every data file a spec names)."""
     try:
-        path = spec.source_path
+        path = resolve()
     except RuntimeError as error:  # "~user/..." naming a user this machine does not have
-        yield "source.path", f"found {spec.source.path!r}; {error}"
-        return
+        yield key, f"found {written!r}; {error}"
+        return None
+    assert path is not None
     try:
         path = checked_data_path(path, spec.spec_file.parent)
-        available = source_columns(path)
+        return path, source_columns(path)
     except SourceFileError as error:
-        yield "source.path", str(error)
-        return
+        yield key, str(error)
     except Exception as error:  # noqa: BLE001 - any other reader error: its kind only, its text may quote the file
-        yield "source.path", f"cannot read the header of {path} ({type(error).__name__})"
+        yield key, f"cannot read the header of {path} ({type(error).__name__})"
+    return None
+
+
+def _check_source(spec: ModelSpec, dbt_model_columns: DbtColumns | None) -> Iterable[tuple[str, str]]:
+    """The source file's header and event times, the dbt model's columns, the estimator class."""
+    found = yield from _data_file_header(spec, "source.path", spec.source.path, lambda: spec.source_path)
+    if found is None:
         return
+    path, available = found
     if spec.source.timestamp and spec.source.timestamp not in available:
         yield "source.timestamp", _not_a_column(spec.source.timestamp, available, f"source {path.name}")
     elif spec.source.timestamp:
