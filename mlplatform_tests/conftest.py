@@ -13,6 +13,7 @@ import pytest
 from dagster import DagsterInstance, instance_for_test
 
 from mlplatform.lib.settings import BUNDLED_SPECS_DIR
+from mlplatform_tests.services import mlflow_server, postgres_server, s3_server  # noqa: F401 (fixtures)
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
