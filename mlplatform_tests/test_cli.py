@@ -39,8 +39,11 @@ def readme_commands() -> tuple[str, str]:
 def test_readme_names_the_two_commands_ci_runs():
     demo, test = readme_commands()
     assert demo == "python3 dev.py demo" and test == "python3 dev.py test"
-    ci = (REPO_DIR / ".ci" / "run").read_text().strip().splitlines()
-    assert ci[-1] == test  # CI runs exactly the README's test command
+    ci = [line.strip() for line in (REPO_DIR / ".ci" / "run").read_text().splitlines()]
+    assert test in ci  # CI runs exactly the README's test command
+    # ...then the services stage: the same command, restricted to the `services` tests, which must not skip there.
+    assert ci[-1] == f"MLPLATFORM_REQUIRE_SERVICES=1 {test} -m services -n 0"
+    assert ci.index(test) < len(ci) - 1
 
 
 @pytest.mark.slow
