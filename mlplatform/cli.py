@@ -37,10 +37,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from mlplatform.defs.dbt_project import prepare_manifest
-    from mlplatform.defs.instance import prepare_dagster_home
+    from mlplatform.defs.instance import InstanceFileEdited, prepare_dagster_home, prepare_shared_dagster_home
+    from mlplatform.lib.instance_config import InstanceConfigError
 
     settings = load_settings()
-    prepare_dagster_home(settings)  # so `dagster ...` commands with DAGSTER_HOME set work before any demo
+    if args.instance == "postgres":
+        try:
+            config, workspace = prepare_shared_dagster_home(settings, force=args.force)
+        except (InstanceConfigError, InstanceFileEdited) as error:
+            print(f"{error}\nnothing was written", file=sys.stderr)
+            return 1
+        print(f"wrote {config} (PostgreSQL storage, queued runs, one run per model at a time)")
+        print(f"wrote {workspace} (the gRPC code server)")
+    else:
+        prepare_dagster_home(settings)  # so `dagster ...` commands with DAGSTER_HOME set work before any demo
     print(f"dbt manifest: {prepare_manifest()}")
     print(f"DAGSTER_HOME={settings.dagster_home}")
     return 0
@@ -612,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="build the dbt manifest if it is missing or stale; create the "
                                   "Dagster instance folder")
+    prepare.add_argument("--instance", choices=["embedded", "postgres"], default="embedded",
+                         help="embedded (default): SQLite under MLPLATFORM_HOME, one run at a time; postgres: "
+                         "dagster.yaml and workspace.yaml for the webserver, daemon and gRPC code server on PostgreSQL "
+                         "(MLPLATFORM_DAGSTER_POSTGRES_URL; docs/shared-services.md)")
+    prepare.add_argument("--force", action="store_true", help="with --instance postgres: replace edited files")
     prepare.set_defaults(func=cmd_prepare)
 
     reference = commands.add_parser("spec-reference", help="write docs/spec-reference.md from the spec model")
