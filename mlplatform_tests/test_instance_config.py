@@ -26,7 +26,7 @@ from mlplatform.lib.instance_config import (
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
 from mlplatform_tests.helpers import load_definitions
 
-SECRET_URL = "postgresql://dagster:s3cret-pw@db.internal:5432/dagster"
+SECRET_URL = "postgresql+psycopg2://dagster:s3cret-pw@db.internal:5432/dagster"
 
 
 def test_the_shared_config_has_one_slot_per_model_pool_and_reads_its_defaults_from_the_environment(monkeypatch):
@@ -59,7 +59,7 @@ def test_code_server_address_and_workspace():
 def test_prepare_postgres_writes_configs_dagster_accepts_without_the_password(home: Path, monkeypatch, capsys):
     monkeypatch.setenv(POSTGRES_URL_ENV, SECRET_URL)
     monkeypatch.setenv("MLPLATFORM_DAGSTER_CODE_SERVER_PORT", "4123")
-    assert main(["prepare", "--instance", "postgres"]) == 0
+    assert main(["prepare", "--instance", "postgres", "--no-pools"]) == 0
     dagster_home = home / "dagster"
     config_text = (dagster_home / "dagster.yaml").read_text()
     assert "s3cret" not in config_text and "db.internal" not in config_text and POSTGRES_URL_ENV in config_text
@@ -81,14 +81,18 @@ def test_prepare_postgres_writes_configs_dagster_accepts_without_the_password(ho
 
     # Without the URL nothing is written and the message says what to set; an edited file is kept without --force.
     monkeypatch.delenv(POSTGRES_URL_ENV)
-    assert main(["prepare", "--instance", "postgres"]) == 1
+    assert main(["prepare", "--instance", "postgres", "--no-pools"]) == 1
     assert f"{POSTGRES_URL_ENV} is not set" in capsys.readouterr().err
+    monkeypatch.setenv(POSTGRES_URL_ENV, "postgresql://dagster:s3cret-pw@db.internal:5432/dagster")
+    assert main(["prepare", "--instance", "postgres", "--no-pools"]) == 1  # SQLAlchemy 2 would pick psycopg 3: said, with the fix
+    error = capsys.readouterr().err
+    assert "postgresql+psycopg2://db.internal:5432/dagster" in error and "s3cret" not in error
     monkeypatch.setenv(POSTGRES_URL_ENV, SECRET_URL)
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    assert main(["prepare", "--instance", "postgres"]) == 1
+    assert main(["prepare", "--instance", "postgres", "--no-pools"]) == 1
     assert "pass --force" in capsys.readouterr().err
     assert (dagster_home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
-    assert main(["prepare", "--instance", "postgres", "--force"]) == 0
+    assert main(["prepare", "--instance", "postgres", "--no-pools", "--force"]) == 0
     assert (dagster_home / "dagster.yaml").read_text().startswith(HEADER)
 
     # The embedded default is untouched by all this: a shared config is kept by plain `prepare` (never downgraded).

@@ -118,6 +118,24 @@ def prepare_shared_dagster_home(settings: Settings, force: bool = False) -> tupl
     return config, workspace
 
 
+def ensure_model_pools(instance: DagsterInstance, models: list[str]) -> list[str]:
+    """Create each model's pool at the instance's default limit, if it has none yet; return the pools created.
+
+    Dagster's run queue creates a pool the first time a queued run needs it, but decides that same pass as if the
+    pool had no limit: several runs of a new model submitted together would all start. Created beforehand, the
+    first pass already holds them to one. (A limit someone set, e.g. in the UI, is kept.)
+    """
+    from mlplatform.names import model_pool
+
+    existing = set(instance.event_log_storage.get_concurrency_keys())
+    created = []
+    for model in models:
+        pool = model_pool(model)
+        if pool not in existing and instance.event_log_storage.initialize_concurrency_limit_to_default(pool):
+            created.append(pool)
+    return created
+
+
 STUCK_STARTING_SECONDS = 600.0
 """A run still STARTING after this long, with no process recorded, never got a worker (same as run monitoring)."""
 

@@ -85,7 +85,9 @@ def shared_instance_config(postgres_url_env: str = POSTGRES_URL_ENV, max_concurr
     return {
         "telemetry": {"enabled": False},
         "storage": {"postgres": {"postgres_url": {"env": postgres_url_env}}},
-        "run_coordinator": {"module": "dagster", "class": "QueuedRunCoordinator"},
+        # launches in threads: one slow launch (a code server busy starting a run) does not hold up the others
+        "run_coordinator": {"module": "dagster", "class": "QueuedRunCoordinator",
+                            "config": {"dequeue_use_threads": True, "dequeue_num_workers": 4}},
         # runs start in a process of the code server that owns the job (the daemon never imports the code)
         "run_launcher": {"module": "dagster", "class": "DefaultRunLauncher"},
         "run_monitoring": dict(RUN_MONITORING),
@@ -121,8 +123,14 @@ def check_postgres_url_set(postgres_url_env: str = POSTGRES_URL_ENV, environ: Ma
     if not url:
         raise InstanceConfigError(
             f"{postgres_url_env} is not set: the shared Dagster instance stores runs, events and schedules in "
-            f"PostgreSQL; set it to e.g. postgresql://dagster:PASSWORD@db-host:5432/dagster (the file names the "
-            f"variable, never the password)")
-    if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://")):
-        raise InstanceConfigError(f"{postgres_url_env} must be a PostgreSQL URL (postgresql://user:password@host:port/db)"
-                                  f", found one starting with {url.split(':', 1)[0]!r}")
+            f"PostgreSQL; set it to e.g. postgresql+psycopg2://dagster:PASSWORD@db-host:5432/dagster (the file "
+            f"names the variable, never the password)")
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        raise InstanceConfigError(
+            f"{postgres_url_env} starts with {scheme}://, which SQLAlchemy 2 reads as the psycopg 3 driver (not "
+            f"installed); write postgresql+psycopg2://{url.split('://', 1)[1].split('@')[-1]} (with the user and password)")
+    if scheme != "postgresql+psycopg2":
+        raise InstanceConfigError(f"{postgres_url_env} must be a PostgreSQL URL, "
+                                  f"postgresql+psycopg2://user:password@host:port/database; found one starting "
+                                  f"with {scheme or url[:12]!r}")

@@ -36,6 +36,7 @@ class Settings:
     mlflow_artifacts: str = ""  # with a tracking URI: where new experiments put artifacts (empty: the server's)
     mlflow_ui_url: str = DEFAULT_MLFLOW_UI_URL
     warehouse_wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
+    weekly_schedule_cron: str = ""  # testing only: a cron replacing "Mondays 01:00 UTC" (docs/shared-services.md)
 
     @property
     def warehouse_path(self) -> Path:
@@ -76,7 +77,7 @@ class Settings:
 
 def load_settings() -> Settings:
     """Read ``MLPLATFORM_HOME`` (default ``./.mlplatform``), ``MLPLATFORM_SPECS`` (default: bundled examples),
-    ``MLPLATFORM_MLFLOW_*`` and ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS``."""
+    ``MLPLATFORM_MLFLOW_*``, ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS`` and ``MLPLATFORM_WEEKLY_SCHEDULE_CRON``."""
     home = Path(os.environ.get("MLPLATFORM_HOME", ".mlplatform")).expanduser().resolve()
     specs = os.environ.get("MLPLATFORM_SPECS")
     specs_dir = Path(specs).expanduser().resolve() if specs else BUNDLED_SPECS_DIR
@@ -92,6 +93,7 @@ def load_settings() -> Settings:
         mlflow_artifacts=os.environ.get("MLPLATFORM_MLFLOW_ARTIFACTS", "").strip(),
         mlflow_ui_url=os.environ.get("MLPLATFORM_MLFLOW_UI_URL", "").strip() or DEFAULT_MLFLOW_UI_URL,
         warehouse_wait_seconds=wait_seconds,
+        weekly_schedule_cron=os.environ.get("MLPLATFORM_WEEKLY_SCHEDULE_CRON", "").strip(),
     )
 
 
