@@ -4,10 +4,12 @@ test_services_dagster.py."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
+from dagster import build_schedule_context
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.workspace.config_schema import process_workspace_config
@@ -111,3 +113,19 @@ def test_every_asset_and_op_of_a_model_is_in_that_models_pool(home: Path, spec_d
         model = job.name.split("_")[0]
         pools.setdefault(model, set()).update(node.pool for node in job.graph.node_defs)
     assert pools == {"toy": {"mlplatform/toy"}, "other": {"mlplatform/other"}}
+
+
+def test_a_test_cron_replaces_the_weekly_time_and_still_requests_the_last_complete_week_once(home: Path, spec_dir,
+                                                                                             monkeypatch):
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    monkeypatch.setenv("MLPLATFORM_WEEKLY_SCHEDULE_CRON", "*/2 * * * *")
+    schedule = load_definitions().resolve_schedule_def("toy_weekly_schedule")
+    assert schedule.cron_schedule == "*/2 * * * *" and schedule.job_name == "toy_weekly"
+    request = schedule(build_schedule_context(scheduled_execution_time=datetime(2024, 1, 17, 9, 2, tzinfo=UTC)))
+    assert request.partition_key == "2024-01-08" and request.run_key == "2024-01-08"  # the week that ended last
+
+    monkeypatch.setenv("MLPLATFORM_WEEKLY_SCHEDULE_CRON", "every minute")
+    with pytest.raises(ValueError, match="MLPLATFORM_WEEKLY_SCHEDULE_CRON='every minute' is not a cron string"):
+        load_definitions()
+    monkeypatch.delenv("MLPLATFORM_WEEKLY_SCHEDULE_CRON")
+    assert load_definitions().resolve_schedule_def("toy_weekly_schedule").cron_schedule == "0 1 * * 1"  # Mondays 01:00
