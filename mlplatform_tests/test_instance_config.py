@@ -59,6 +59,7 @@ def test_code_server_address_and_workspace():
 
 
 def test_prepare_postgres_writes_configs_dagster_accepts_without_the_password(home: Path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))  # prepare sets it for the process: restored after
     monkeypatch.setenv(POSTGRES_URL_ENV, SECRET_URL)
     monkeypatch.setenv("MLPLATFORM_DAGSTER_CODE_SERVER_PORT", "4123")
     assert main(["prepare", "--instance", "postgres", "--no-pools"]) == 0

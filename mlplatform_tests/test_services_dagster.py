@@ -208,5 +208,5 @@ def test_the_daemon_ticks_the_schedule_and_its_drift_sensor_retrains(postgres_se
         assert run.tags[names.DRIFT_WEEK_TAG] == LAST and launched_by_code_server(retrain[0], stack)
         model = instance.get_latest_materialization_event(AssetKey(["toy", names.MODEL]))
         assert model is not None and model.run_id == run.run_id
-        report("history, schedule and sensor runs", [queue_to_start_seconds(instance, r)
+        report("the schedule's and the sensor's runs", [queue_to_start_seconds(instance, r)
                                                      for r in (*weekly, *retrain)])
