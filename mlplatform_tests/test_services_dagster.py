@@ -13,6 +13,7 @@ import json
 import statistics
 import time
 from collections.abc import Iterator
+from datetime import date
 
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunRecord, RunsFilter
@@ -66,15 +67,16 @@ def shared_dagster(postgres_server: PostgresServer, database: str, specs: dict[s
                     raise
 
 
-def submit(stack: DagsterStack, model: str, job: str, assets: list[str], week: str | None = None,
+def submit(stack: DagsterStack, model: str, job: str, assets: list[str] | None, week: str | None = None,
            weeks: tuple[str, str] | None = None) -> str:
-    """Submit a run through the webserver (GraphQL), as the UI's launchpad does: it is queued, not started."""
+    """Submit a run of ``assets`` (None: the whole job) through the webserver (GraphQL), as the UI's launchpad does:
+    it is queued, not started."""
     tags = {PARTITION_NAME_TAG: week} if week else {}
     if weeks:
         tags = {ASSET_PARTITION_RANGE_START_TAG: weeks[0], ASSET_PARTITION_RANGE_END_TAG: weeks[1]}
     return stack.client().submit_job_execution(job, repository_location_name="mlplatform",
                                                repository_name="__repository__", tags=tags,
-                                               asset_selection=[AssetKey([model, a]) for a in assets])
+                                               asset_selection=[AssetKey([model, a]) for a in assets] if assets else None)
 
 
 def wait_finished(instance: DagsterInstance, stack: DagsterStack, run_filter: RunsFilter, count: int = 1
@@ -210,3 +212,69 @@ def test_the_daemon_ticks_the_schedule_and_its_drift_sensor_retrains(postgres_se
         assert model is not None and model.run_id == run.run_id
         report("the schedule's and the sensor's runs", [queue_to_start_seconds(instance, r)
                                                      for r in (*weekly, *retrain)])
+
+
+def test_a_decay_failure_makes_the_daemons_sensor_roll_the_champion_back(postgres_server: PostgresServer,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """As test_production_loop's rollback story, with every run queued and launched by the daemon through the code
+    server, and the decay sensor ticked by the daemon: week 5 follows the old rule, the champion v4 degrades, v2 is
+    significantly better on the same rows, so the sensor's rollback run puts v2 back."""
+    from mlplatform.demo.production import ProductionSummary, Service, _send
+    from mlplatform.demo.synthetic import churn_weeks
+    from mlplatform.lib import promotion
+    from mlplatform.lib.settings import load_settings
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.lib.warehouse import connect_when_free
+    from mlplatform.specs import load_spec_named
+    from mlplatform_tests.test_production_loop import churn_spec, weeks_from
+
+    rules = ["A", "A", "A", "B", "B", "A"]
+    weeks = weeks_from("2024-01-01", len(rules))
+    history: list[str] = []
+
+    def submit_history(stack: DagsterStack) -> None:
+        history.append(submit(stack, "toy", names.pipeline_job("toy"), None, weeks=(weeks[0], weeks[3])))
+
+    data = {"churn.csv": churn_weeks(date(2024, 1, 1), rules, rows_per_week=300)}
+    with shared_dagster(postgres_server, "dagster_decay", {"toy.yaml": churn_spec("2024-02-12")}, data, monkeypatch,
+                        before_daemon=submit_history) as (stack, instance):
+        home = stack.dagster_home.parent
+        monkeypatch.setenv("MLPLATFORM_HOME", str(home))
+        monkeypatch.setenv("MLPLATFORM_SPECS", str(home.parent / "specs"))
+        settings = load_settings()
+        tracker = Tracker.for_settings(settings)
+        assert_succeeded(instance, wait_finished(instance, stack, RunsFilter(run_ids=history)))
+        assert tracker.version_tags("toy", "3")["gates"] == "failed"
+        # a person once forced the gate-failing v3 into production, then v4 replaced it
+        with connect_when_free(settings.warehouse_path, 60) as connection:
+            promotion.commit_changes(connection, tracker, [promotion.approval_change(tracker, "toy", "3", "ana", "test",
+                                                                                      force=True)])
+        run_ids = [submit(stack, "toy", names.pipeline_job("toy"), None, week=weeks[4])]
+        assert_succeeded(instance, wait_finished(instance, stack, RunsFilter(run_ids=run_ids)))
+        assert tracker.alias_version("toy", "champion") == "4"
+
+        # week 5 arrives, its traffic goes through the service (v4 answers), then its outcomes come in
+        run_ids = [submit(stack, "toy", names.weekly_job("toy"), ["raw", "features"], week=weeks[5])]
+        assert_succeeded(instance, wait_finished(instance, stack, RunsFilter(run_ids=run_ids)))
+        spec = load_spec_named(settings.specs_dir, "toy")
+        summary = ProductionSummary("toy", served=True)
+        with Service(settings, ["toy"]) as service:
+            service.wait_for_champion("toy", "4")
+            _send(settings, service, spec, date.fromisoformat(weeks[5]), 1, summary)
+        assert summary.answered == summary.sent > 0, summary.note
+        run_ids = [submit(stack, "toy", names.production_job("toy"),
+                          [names.LABELS, names.LIVE_PERFORMANCE, names.SHADOW_REPORT], week=weeks[5])]
+        assert_succeeded(instance, wait_finished(instance, stack, RunsFilter(run_ids=run_ids)))
+        check = instance.get_latest_asset_check_evaluation_record(
+            AssetCheckKey(AssetKey(["toy", names.LIVE_PERFORMANCE]), names.LIVE_DEGRADATION_CHECK))
+        assert check.evaluation.partition == weeks[5] and check.evaluation.passed is False
+
+        sensor = {SENSOR_NAME_TAG: names.decay_sensor("toy")}
+        rollback = wait_finished(instance, stack, RunsFilter(job_name=names.rollback_job("toy"), tags=sensor))
+        assert_succeeded(instance, rollback)
+        assert launched_by_code_server(rollback[0], stack)
+        assert tracker.alias_version("toy", "champion") == "2"  # not v3, the forced one whose gates failed
+        retrain = wait_finished(instance, stack, RunsFilter(job_name=names.retrain_job("toy"), tags=sensor))
+        assert_succeeded(instance, retrain)
+        report("the decay sensor's rollback and retrain runs",
+               [queue_to_start_seconds(instance, r) for r in (*rollback, *retrain)])
