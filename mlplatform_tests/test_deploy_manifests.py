@@ -18,6 +18,7 @@ import fnmatch
 import importlib
 import importlib.util
 import json
+import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -362,7 +363,7 @@ def test_the_serving_command_is_mlplatform_serve_on_the_containers_port() -> Non
     assert not params["no_log"], "the prediction log feeds drift, labels and live performance: it must stay on"
 
 
-def test_probes_ask_the_service_paths_that_answer() -> None:
+def test_probes_ask_the_service_paths_that_answer(tmp_path: Path) -> None:
     """Readiness on /ready (503 until every champion is loaded: test_serving covers that), liveness on /health;
     both on the serving port, and both paths answer in the real application."""
     from mlplatform.serving.app import ServingConfig, create_app
@@ -380,7 +381,7 @@ def test_probes_ask_the_service_paths_that_answer() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://pod") as client:
             return (await client.get(path)).status_code
 
-    app = create_app(ServingConfig(home=ROOT / ".unused-home", specs=[], tracker=None))
+    app = create_app(ServingConfig(home=tmp_path, specs=[], tracker=None))
     assert {probe["path"]: asyncio.run(answers(app, probe["path"])) for probe in probes} == {"/ready": 200,
                                                                                             "/health": 200}
     assert asyncio.run(answers(app, "/readyz")) == 404  # a wrong path would not answer
@@ -548,7 +549,7 @@ def test_pools_and_limits_equal_the_tested_local_shared_instance(monkeypatch: py
     instance_config = pytest.importorskip(
         "mlplatform.lib.instance_config", reason="mlplatform.lib.instance_config (the local shared dagster.yaml) is "
         "not on this branch yet")
-    for name in [n for n in __import__("os").environ if n.startswith("MLPLATFORM_DAGSTER_")]:
+    for name in [n for n in os.environ if n.startswith("MLPLATFORM_DAGSTER_")]:
         monkeypatch.delenv(name)  # the defaults, as `mlplatform prepare --instance postgres` writes them
     local = instance_config.shared_instance_config()
     chart = chart_instance_config(helm_values())
