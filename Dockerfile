@@ -11,8 +11,9 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
-# The audit trail records the code that acted; an image has no .git, so the build says which code it holds.
-ARG MLPLATFORM_CODE_VERSION=unknown
+# The audit trail records the code that acted; an image has no .git, so the build says which code it holds
+# (left empty, the audit records the package version alone).
+ARG MLPLATFORM_CODE_VERSION=
 ARG UV_VERSION=0.13.8
 # The K8sRunLauncher's package (the instance config names dagster_k8s, so every process that loads the instance
 # imports it). It is released with dagster-postgres at the same version; it is not in requirements.lock yet, so it is

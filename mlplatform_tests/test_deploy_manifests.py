@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -333,6 +334,48 @@ def test_the_manifests_are_the_expected_resources() -> None:
         ("HorizontalPodAutoscaler", "mlplatform-serving"), ("PodDisruptionBudget", "mlplatform-serving"),
         ("Job", f"mlflow-db-upgrade-{locked_version('mlflow').replace('.', '-')}"), ("Deployment", "mlflow"),
         ("Service", "mlflow"), ("PersistentVolumeClaim", "mlplatform-home")])
+
+
+def validate_fragment(fragment: Any, type_schema: str) -> None:
+    """Validate a piece of a pod spec (as the Helm values carry them) against the Kubernetes schema of its type
+    (``type_schema``: a file of kubernetes-validate's schemas, e.g. ``volume-v1.json``), strict like the manifests."""
+    from kubernetes_validate.utils import schema_contents
+    from referencing import Registry, Resource
+
+    folder = f"kubernetes-json-schema/v{KUBERNETES_VERSION}-local-strict"
+    schema = schema_contents(f"{folder}/{type_schema}", KUBERNETES_VERSION)
+    definitions = schema_contents(f"{folder}/_definitions.json", KUBERNETES_VERSION)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    jsonschema.validators.Draft202012Validator(schema, registry=registry).validate(fragment)
+
+
+def helm_pod_fragments(values: dict) -> list[tuple[str, Any, str]]:
+    """(where, fragment, its Kubernetes type's schema) for every pod-spec piece the chart copies from the values."""
+    code = values["dagster-user-deployments"]["deployments"][0]
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    fragments = [("code server volumes", v, "volume-v1.json") for v in code["volumes"]]
+    fragments += [("code server volumeMounts", m, "volumemount-v1.json") for m in code["volumeMounts"]]
+    fragments += [("run pods container securityContext", launcher["securityContext"], "securitycontext-v1.json")]
+    for role, settings in [("webserver", values["dagsterWebserver"]), ("daemon", values["dagsterDaemon"]),
+                           ("code server", code)]:
+        fragments.append((f"{role} podSecurityContext", settings["podSecurityContext"], "podsecuritycontext-v1.json"))
+        fragments.append((f"{role} resources", settings["resources"], "resourcerequirements-v1.json"))
+    return fragments
+
+
+def test_the_pod_settings_in_the_helm_values_validate_against_the_kubernetes_schema() -> None:
+    """The chart copies these into the pods it renders: a typo would only show at `helm install` or in a pod."""
+    values = helm_values()
+    for where, fragment, type_schema in helm_pod_fragments(values):
+        try:
+            validate_fragment(fragment, type_schema)
+        except jsonschema.ValidationError as error:
+            pytest.fail(f"{where}: {error.message}")
+    code = values["dagster-user-deployments"]["deployments"][0]
+    code["volumes"][0]["persistentVolumeClaim"]["claimname"] = code["volumes"][0]["persistentVolumeClaim"].pop(
+        "claimName")
+    with pytest.raises(jsonschema.ValidationError, match="claimname"):
+        validate_fragment(code["volumes"][0], "volume-v1.json")
 
 
 def test_strict_validation_refuses_a_misspelt_field_and_a_wrong_type() -> None:
