@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator
 from functools import cache
 from importlib.metadata import entry_points
@@ -560,6 +561,19 @@ def test_the_chart_renders_an_instance_config_dagster_loads(tmp_path: Path) -> N
         "dagster_postgres.run_storage", "dagster_postgres.event_log", "dagster_postgres.schedule_storage"}
 
 
+def test_the_dagster_database_url_names_an_installed_driver() -> None:
+    """dagster-postgres builds its URL from the rendered postgres_db; SQLAlchemy loads the driver that URL names
+    (a bare postgresql:// means psycopg 3 to SQLAlchemy 2.1, which is not installed: every process would fail)."""
+    import sqlalchemy
+    from dagster_postgres.utils import get_conn_string
+
+    config = chart_instance_config(helm_values())
+    for key in ("run_storage", "event_log_storage", "schedule_storage"):
+        postgres_db = {**config[key]["config"]["postgres_db"], "password": "from-the-secret"}
+        engine = sqlalchemy.create_engine(get_conn_string(**postgres_db))  # imports the driver, connects to nothing
+        assert engine.dialect.driver == "psycopg2", key
+
+
 def test_dagster_refuses_a_wrong_pool_setting(tmp_path: Path) -> None:
     """The same values with a pool granularity Dagster does not know are refused by its loader."""
     from dagster._core.errors import DagsterInvalidConfigError
@@ -708,3 +722,83 @@ def test_home_and_dbt_logs_are_writable_places() -> None:
     claim = code_location["volumes"][0]["persistentVolumeClaim"]["claimName"]
     assert resource("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"], \
         "each run is its own pod, maybe on another node"
+
+
+# ==================================================================================================================
+# the services stage: the MLflow manifest's own commands on real PostgreSQL and S3
+# ==================================================================================================================
+
+
+def kubernetes_expand(argv: list[str], env: dict[str, str]) -> list[str]:
+    """$(NAME) replaced from the container's environment, as the kubelet does."""
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in argv]
+
+
+def on_loopback(argv: list[str], port: int) -> list[str]:
+    """The same command, bound to loopback on a free port (the only change the test makes)."""
+    from mlplatform_tests.services import VENV_BIN
+
+    argv = [str(VENV_BIN / argv[0]), *argv[1:]]
+    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
+        argv[argv.index(flag) + 1] = value
+    return argv
+
+
+@pytest.mark.services
+def test_the_mlflow_manifests_commands_run_on_postgresql_and_s3(postgres_server, s3_server, tmp_path: Path) -> None:
+    """The migration Job's command creates the tables in an empty database and is a no-op the second time; the
+    server's command (only host and port changed) stores runs in PostgreSQL, writes artifacts through its proxy
+    into the manifest's bucket, and answers the in-cluster Host header while refusing others."""
+    import httpx
+
+    from mlplatform_tests.services import VENV_BIN, free_port, spawn, stop_process, wait_for
+
+    postgres_server.create_database("mlflow_k8s_manifest")
+    store = postgres_server.url("mlflow_k8s_manifest", driver="postgresql+psycopg2")
+    secret_env = {"MLFLOW_BACKEND_STORE_URI": store}  # what the Secret mlflow-db gives the pod
+    job = resource("Job", f"mlflow-db-upgrade-{locked_version('mlflow').replace('.', '-')}")
+    upgrade = kubernetes_expand(job["spec"]["template"]["spec"]["containers"][0]["command"], secret_env)
+    upgrade = [str(VENV_BIN / upgrade[0]), *upgrade[1:]]
+    for attempt in ("empty database", "already current"):
+        done = subprocess.run(upgrade, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{attempt}: {done.stderr[-2000:]}"
+    assert postgres_server.psql("select count(*) from alembic_version", database="mlflow_k8s_manifest").strip() == "1"
+
+    server = container("Deployment", "mlflow")
+    command = kubernetes_expand(server["command"], secret_env)
+    destination = parse_command(server["command"])["artifacts_destination"]
+    bucket = urlsplit(destination).netloc
+    s3_server.create_bucket(bucket)
+    port = free_port()
+    log = tmp_path / "mlflow.log"
+    process = spawn(on_loopback(command, port), log, {**os.environ, **secret_env, **s3_server.client_env()}, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    in_cluster = {"Host": f"{resource('Service', 'mlflow')['metadata']['name']}:5000"}
+    try:
+        wait_for(lambda: http_ok_with(base + "/health", {"Host": "10.0.0.7:5000"}), 120, "mlflow server", process, log)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            created = client.post("/api/2.0/mlflow/experiments/create", json={"name": "k8s-manifest"},
+                                  headers=in_cluster)
+            assert created.status_code == 200, created.text
+            experiment_id = created.json()["experiment_id"]
+            experiment = client.get("/api/2.0/mlflow/experiments/get", params={"experiment_id": experiment_id},
+                                    headers=in_cluster).json()["experiment"]
+            assert experiment["artifact_location"].startswith("mlflow-artifacts:"), "artifacts must be proxied"
+            put = client.put(f"/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/check/note.txt",
+                             content=b"through the proxy", headers=in_cluster)
+            assert put.status_code == 200, put.text
+            refused = client.post("/api/2.0/mlflow/experiments/create", json={"name": "x"},
+                                  headers={"Host": "attacker.example:5000"})
+            assert refused.status_code == 403
+        prefix = urlsplit(destination).path.strip("/")
+        assert f"{prefix}/{experiment_id}/check/note.txt" in s3_server.keys(bucket)
+        assert postgres_server.psql("select name from experiments where experiment_id = "
+                                    f"{int(experiment_id)}", database="mlflow_k8s_manifest").strip() == "k8s-manifest"
+    finally:
+        stop_process(process)
+
+
+def http_ok_with(url: str, headers: dict[str, str]) -> bool:
+    import httpx
+
+    return httpx.get(url, headers=headers, timeout=2).status_code == 200
