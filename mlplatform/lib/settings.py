@@ -119,14 +119,26 @@ def configure_process(settings: Settings) -> None:
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
 
 
+CODE_VERSION_ENV = "MLPLATFORM_CODE_VERSION"
+"""The commit an image was built from (set by the Dockerfile's build argument): an image has no ``.git``."""
+
+
 @functools.cache
-def git_commit() -> str | None:
-    """The commit of the checkout the package runs from, when it is a git checkout (read once per process)."""
+def _git_head(repo_dir: Path) -> str | None:
+    """``git rev-parse HEAD`` of a checkout (read once per process); None when ``repo_dir`` is not one."""
+    if not (repo_dir / ".git").exists():
+        return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the package runs from; without a git checkout (an image), ``MLPLATFORM_CODE_VERSION``
+    when set, so the audit and the runs still name the code that acted."""
+    return _git_head(REPO_DIR) or os.environ.get(CODE_VERSION_ENV, "").strip() or None
 
 
 def code_version() -> str:
