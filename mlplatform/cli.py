@@ -454,13 +454,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
-def _served_specs(settings: Settings, names: Sequence[str] | None) -> list:
-    """The specs of the models to serve or replay, loaded as `validate` loads them (an existing dbt manifest is
-    read as it is: serving runs no dbt)."""
+def _served_specs(settings: Settings, names: Sequence[str] | None, check_data: bool = True) -> list:
+    """The specs of the models to serve, replay or describe, loaded as `validate` loads them (an existing dbt
+    manifest is read as it is: serving runs no dbt). ``check_data=False`` (serve): the schema only, no data file
+    opened, since a serving replica has no training data on its disk."""
     from mlplatform.serving.server import select_specs
     from mlplatform.specs import load_specs
 
-    return select_specs(load_specs(settings.specs_dir, _dbt_model_columns()), names)
+    columns = _dbt_model_columns() if check_data else None
+    return select_specs(load_specs(settings.specs_dir, columns, check_data=check_data), names)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -477,7 +479,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     ensure_home(settings)
     try:
-        specs = _served_specs(settings, args.model)
+        specs = _served_specs(settings, args.model, check_data=False)  # data checks: `validate`, the code location
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing is served", file=sys.stderr)
         return 1
