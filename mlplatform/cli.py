@@ -476,20 +476,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"--body-timeout must be a number of seconds above 0; got {args.body_timeout}\nnothing is served",
               file=sys.stderr)
         return 1
+    from mlplatform.lib.object_store import configured_location, replica_id
+    from mlplatform.lib.prediction_log import log_root, spool_root
+
     settings = load_settings()
     ensure_home(settings)
     try:
         specs = _served_specs(settings, args.model, check_data=False)  # data checks: `validate`, the code location
+        location = configured_location()
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing is served", file=sys.stderr)
         return 1
     config = ServingConfig(home=settings.home, specs=specs, tracker=Tracker.for_settings(settings),
                            poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds,
                            max_batch=args.max_batch, log_predictions=not args.no_log,
-                           body_timeout_seconds=args.body_timeout)
+                           log_uri=location.uri if location else None, body_timeout_seconds=args.body_timeout)
+    where = ("off" if args.no_log else f"{location.uri} as replica {replica_id()}, spooled in "
+             f"{spool_root(settings.home)}" if location else str(log_root(settings.home)))
     print(f"serving {', '.join(s.name for s in specs)} on http://{args.host}:{args.port} (API docs at /docs; "
-          f"prediction log {'off' if args.no_log else settings.home / 'prediction_log'}); Ctrl-C stops it",
-          flush=True)
+          f"prediction log {where}); Ctrl-C stops it", flush=True)
     serve(config, ServerOptions(host=args.host, port=args.port, log_level=args.log_level))
     return 0
 
