@@ -67,12 +67,15 @@ def test_the_log_writer_uploads_leftovers_at_start_each_flush_and_drains_at_clos
     uri = f"{s3_server.create_bucket('plog-writer')}/unit"
     home, now = tmp_path / "replica", utc_now()
     write_segments(spool_root(home), [log_row("left-0", now)])  # a replica stopped before its spool was drained
-    writer = ChildProcessLogWriter(home, flush_seconds=60, uri=uri, replica="pod-a").start()
+    writer = ChildProcessLogWriter(home, flush_seconds=60, uri=uri, replica="pod-a")
+    assert writer.spooled_segments == 1
+    writer.start()
     writer.write([log_row(f"r-{i}", now) for i in range(5)])
     assert writer.flush() == 5
     writer.write([log_row(f"r-{i}", now) for i in range(5, 8)])  # only the drain at close publishes these
     writer.close()
     assert list(spool_root(home).rglob("*.parquet")) == []  # everything left the spool, so it is in the bucket
+    assert writer.spooled_segments == 0
     keys = s3_server.keys("plog-writer", "unit/")
     assert len(keys) == 3 and all(k.startswith(f"unit/{MODEL}/date={now:%Y-%m-%d}/hour={now:%H}/") for k in keys)
     assert sum("/pod-a-" in k for k in keys) == 2  # the leftover kept its name; the writer named its own
@@ -276,6 +279,8 @@ def test_two_replicas_behind_a_balancer_swap_route_alike_survive_sigterm_and_log
                 answer = traffic.send(http, f"after-{replica.name}", champion_entity, replica.url)
                 assert answer["version"] == "3" and answer["role"] == CHAMPION_ROLE
         time.sleep(1.0)
+        metrics = httpx.get(f"{replicas[1].url}/metrics", timeout=5).text
+        assert "mlplatform_prediction_log_spooled_segments " in metrics  # what to alert on when the bucket is down
 
         # SIGTERM one replica mid-traffic (its whole process group, the log writer too): no client sees it.
         os.killpg(replicas[0].process.pid, signal.SIGTERM)
@@ -310,12 +315,20 @@ def test_two_replicas_behind_a_balancer_swap_route_alike_survive_sigterm_and_log
     answered_rows = week[week["role"].isin([CHAMPION_ROLE, CANARY_ROLE])]
     assert len(answered_rows) == int((logged["time"] < week_end).sum())  # all of them, unless run over a Monday
     keys = s3_server.keys("plog", "prod/")
+    import mlflow  # for the report: one load of the new version through the artifact proxy, without traffic
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(world["tracker"].tracking_uri)
+    started = time.monotonic()
+    mlflow.sklearn.load_model(f"models:/{MODEL}/3")
+    load_seconds = time.monotonic() - started
     for replica in replicas:
         assert any(f"/{replica.name}-" in key for key in keys)  # each replica's own keys
         assert list(spool_root(replica.home).rglob("*.parquet")) == []  # drained at SIGTERM
     with capsys.disabled():
         print(f"\nalias move -> both replicas answering v3 (poll {POLL_SECONDS:g} s): "
               + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(swapped.items()))
+              + f" (one load of that version through the proxy, no traffic: {load_seconds:.2f} s)"
               + f"; requests answered {len(answered)}, failed {len(traffic.failed)}, log rows {len(logged)}, "
               f"objects {len(keys)}; replicas ran as "
               + (", ".join(r.user.name for r in replicas if r.user) or "the current user (not root)"))

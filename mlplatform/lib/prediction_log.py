@@ -51,6 +51,7 @@ from mlplatform.lib.object_store import (
     parse_log_uri,
     replica_id,
     s3_client,
+    spooled_segments,
     upload_spool,
 )
 
@@ -170,6 +171,11 @@ class PredictionLogWriter:
     def backlog(self) -> int:
         """Rows accepted but not yet in a published segment."""
         return len(self._pending)
+
+    @property
+    def spooled_segments(self) -> int:
+        """Segments published in the spool, not yet in object storage (0 for a local log)."""
+        return sum(1 for _ in spooled_segments(self.root)) if self.uri else 0
 
     def flush(self) -> int:
         """Write every pending row now; returns how many were written."""

@@ -174,7 +174,8 @@ class ServingRuntime:
         self.writer = (ChildProcessLogWriter(config.home, config.flush_seconds, input_types, config.log_uri,
                                              config.replica) if config.log_predictions else None)
         self.metrics = ServingMetrics(lambda: self.writer.backlog if self.writer else 0,
-                                      lambda: self.writer.written_rows if self.writer else 0)
+                                      lambda: self.writer.written_rows if self.writer else 0,
+                                      lambda: self.writer.spooled_segments if self.writer else 0)
         self.watcher = ModelWatcher(config.specs, Registry(config.tracker), config.poll_seconds,
                                     on_swap=self._served_gauge)
         self.batcher = MicroBatcher(max_rows=max(config.max_batch, 1))
