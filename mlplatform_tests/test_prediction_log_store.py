@@ -59,3 +59,13 @@ def test_spooled_segments_are_named_for_their_keys_and_partial_files_are_not_pub
     (spool / "toy" / "date=2024-01-08" / "hour=13" / ".x.parquet.partial").write_bytes(b"half")
     assert [p.relative_to(spool).as_posix() for p in spooled_segments(spool)] == [
         "toy/date=2024-01-08/hour=13/pod-a-t0-00000001.parquet"]
+
+
+def test_serve_refuses_a_log_uri_that_is_not_s3_naming_the_setting(home, monkeypatch, capsys):
+    from mlplatform.cli import main
+
+    monkeypatch.setenv("MLPLATFORM_PREDICTION_LOG_URI", "/mnt/shared/log")
+    assert main(["serve", "--model", "car_loan"]) == 1
+    error = capsys.readouterr().err
+    assert "MLPLATFORM_PREDICTION_LOG_URI='/mnt/shared/log': expected s3://bucket/prefix" in error
+    assert "nothing is served" in error

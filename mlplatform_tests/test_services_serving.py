@@ -332,3 +332,14 @@ def test_two_replicas_behind_a_balancer_swap_route_alike_survive_sigterm_and_log
               + f"; requests answered {len(answered)}, failed {len(traffic.failed)}, log rows {len(logged)}, "
               f"objects {len(keys)}; replicas ran as "
               + (", ".join(r.user.name for r in replicas if r.user) or "the current user (not root)"))
+
+
+def test_a_reader_that_cannot_list_the_bucket_gets_an_error_naming_the_log_and_the_settings(
+        s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlplatform.lib.prediction_log import PredictionLogUnavailable
+
+    for name, value in s3_server.client_env().items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(PredictionLogUnavailable, match="s3://no-such-bucket/p/toy: cannot be read from object "
+                       "storage .*NoSuchBucket.*check MLPLATFORM_PREDICTION_LOG_URI"):
+        read_prediction_log(tmp_path, "toy", uri="s3://no-such-bucket/p")

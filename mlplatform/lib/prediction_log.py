@@ -588,10 +588,21 @@ def _local_segments(folder: Path) -> list[Path]:
 def _fetched_segments(home: Path, model: str, location: LogLocation, low: pd.Timestamp | None,
                       high: pd.Timestamp | None) -> list[Path]:
     """The model's objects whose day can hold rows in [low, high), copied into the local cache."""
-    client = s3_client()
-    keys = list_model_keys(location, model, client, low.date() if low is not None else None,
-                           high.date() if high is not None else None)
-    return fetch_segments(location, keys, Path(home) / CACHE_DIR_NAME, client)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = s3_client()
+        keys = list_model_keys(location, model, client, low.date() if low is not None else None,
+                               high.date() if high is not None else None)
+        return fetch_segments(location, keys, Path(home) / CACHE_DIR_NAME, client)
+    except (BotoCoreError, ClientError) as error:
+        raise PredictionLogUnavailable(
+            f"prediction log {location.uri}/{model}: cannot be read from object storage ({error}); check "
+            "MLPLATFORM_PREDICTION_LOG_URI, the AWS_* credentials and AWS_ENDPOINT_URL of this process") from error
+
+
+class PredictionLogUnavailable(RuntimeError):
+    """The configured object-storage log could not be listed or read (credentials, endpoint, bucket)."""
 
 
 def _feature_name(column: str) -> str:
