@@ -60,8 +60,10 @@ def test_without_a_git_checkout_the_audit_names_the_code_version_the_image_was_b
     monkeypatch.delenv(settings.CODE_VERSION_ENV, raising=False)
     with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
         append_events(connection, [AuditEvent("m", "approval", "alice", "champion -> v1", version="1")])
-        monkeypatch.setenv(settings.CODE_VERSION_ENV, "0123456789abcdef0123")
+        assert settings.git_commit() is None
+        monkeypatch.setenv(settings.CODE_VERSION_ENV, "mlplatform 0.1.0 @ 0123456789ab")  # the Dockerfile's form
         append_events(connection, [AuditEvent("m", "approval", "bob", "champion -> v2", version="2")])
         versions = list(read_events(connection, "m")["code_version"])
     assert versions[0].startswith("mlplatform ") and "@" not in versions[0]
-    assert versions[1].endswith(" @ 0123456789ab")
+    assert versions[1] == "mlplatform 0.1.0 @ 0123456789ab"
+    assert settings.git_commit() == "0123456789ab"  # what a run trained in the image is tagged with (git.commit)
