@@ -534,6 +534,29 @@ def test_the_poller_reads_the_registry_only_when_it_changed_and_still_sees_every
     world.aliases("toy", "1")
 
 
+def test_one_registry_request_per_poll_reads_the_aliases_of_every_served_model(world):
+    """A replica's poll costs a tracking server one request whatever the number of models, and still sees each
+    model's own aliases (a model the registry does not know has none)."""
+    from mlplatform.serving.models import ModelWatcher, Registry
+
+    specs = [world.spec(name) for name in ("toy", "toy_canary", "toy_shadow", "toy_bin", "toy_steep")]
+    registry = Registry(Tracker.under(world.home / "mlflow"))
+    world.aliases("toy", "3")
+    watcher = ModelWatcher(specs, registry, poll_seconds=60)
+    try:
+        state = watcher.refresh()
+        assert registry.requests == 1
+        assert {name: (m.aliases.get(CHAMPION), m.aliases.get(CHALLENGER)) for name, m in state.models.items()} == {
+            "toy": ("3", None), "toy_canary": ("1", "2"), "toy_shadow": ("1", "2"), "toy_bin": ("1", None),
+            "toy_steep": ("1", "2")}
+        assert state.models["toy"].champion.version == "3"
+        assert registry.aliases_of(["not_registered", "toy"]) == {"not_registered": {}, "toy": {CHAMPION: "3"}}
+        assert registry.requests == 2
+    finally:
+        watcher.stop()
+        world.aliases("toy", "1")
+
+
 def test_replay_sends_a_week_of_feature_rows_as_traffic(world, capsys):
     from mlplatform.cli import main
 
