@@ -25,7 +25,12 @@ from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest,
 from mlplatform.specs.timestamps import SAMPLE_VALUES, parse_event_times, timestamp_problems
 
 DbtColumns = Callable[[str], list[str] | None]
-"""Looks up the declared columns of a dbt model by name; None when there is no such model."""
+"""Looks up the declared columns of a dbt model by name; None when there is no such model. It may raise
+:class:`DbtProjectUnavailable` when there is no dbt project to look in (reported against ``staging.dbt_model``)."""
+
+
+class DbtProjectUnavailable(ValueError):
+    """A spec stages through dbt, but the configured dbt project is missing; the message names the fix."""
 
 
 def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> list[ModelSpec]:
@@ -192,9 +197,14 @@ def _check_source(spec: ModelSpec, dbt_model_columns: DbtColumns | None) -> Iter
             yield "source.key", _not_a_column(key_column, available, f"source {path.name}")
     modelling_columns, where = available, f"source {path.name}"
     if spec.staging is not None:
-        staged = dbt_model_columns(spec.staging.dbt_model) if dbt_model_columns else None
+        try:
+            staged = dbt_model_columns(spec.staging.dbt_model) if dbt_model_columns else None
+        except DbtProjectUnavailable as missing:
+            yield "staging.dbt_model", str(missing)
+            return
         if staged is None:
-            yield "staging.dbt_model", f"no dbt model named {spec.staging.dbt_model!r} in dbt_project/models"
+            yield "staging.dbt_model", (f"no dbt model named {spec.staging.dbt_model!r} in the dbt project (the folder "
+                                        "MLPLATFORM_DBT_PROJECT_DIR names; default: the bundled dbt_project/)")
             return
         modelling_columns, where = staged, f"dbt model {spec.staging.dbt_model} (columns declared in its schema .yml)"
     if spec.target not in modelling_columns:

@@ -115,7 +115,8 @@ class SourceSpec(_Strict):
 class StagingSpec(_Strict):
     """Optional dbt staging between raw and features."""
 
-    dbt_model: str = Field(description="Name of a model in dbt_project/ that stages this model's raw table.")
+    dbt_model: str = Field(description="Name of a model in the dbt project that stages this model's raw table: "
+                           "the team's project in `MLPLATFORM_DBT_PROJECT_DIR`, else the bundled dbt_project/.")
 
 
 MAX_FEATURES = 1000
