@@ -260,7 +260,7 @@ def render_markdown(facts: CardFacts) -> str:
     add("")
     add("## Model and data")
     add("")
-    add(f"- **Estimator**: `{_c(spec.estimator.class_name)}` "
+    add(f"- **Estimator**: `{_c(spec.estimator_name)}` "
         + (f"with {_t(', '.join(f'{k}={v}' for k, v in spec.estimator.params.items()))}" if spec.estimator.params else ""))
     add(f"- **Inputs** ({len(spec.feature_columns)}): numbers {_t(', '.join(spec.features.numeric) or 'none')}; "
         f"categories {_t(', '.join(spec.features.categorical) or 'none')}")

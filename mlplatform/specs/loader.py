@@ -273,7 +273,55 @@ def _check_event_times(spec: ModelSpec, path: Path) -> Iterable[tuple[str, str]]
                     "source.null_values if it means 'unknown'")
 
 
+def _check_factory(spec: ModelSpec) -> Iterable[tuple[str, str]]:
+    """``estimator.factory``: allowed, importable, callable with ``params``, and what it returns is a model of the
+    spec's task. Calling it here runs the team's (allowed) code once, as training will; it fits nothing."""
+    dotted = spec.estimator.factory or ""
+    module_name, _, function_name = dotted.rpartition(".")
+    if not module_name:
+        yield "estimator.factory", f"found {dotted!r}; give the full import path, e.g. my_team.models.build_pipeline"
+        return
+    try:
+        check_allowed(dotted, spec.spec_file.parent)  # before any import: importing runs a module's code
+    except EstimatorNotAllowed as refused:
+        yield "estimator.factory", str(refused)
+        return
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - the team's module may fail any way; its kind and text are its own
+        yield "estimator.factory", f"found {dotted!r}; module {module_name!r} cannot be imported ({type(error).__name__}: {error})"
+        return
+    factory = getattr(module, function_name, None)
+    if not callable(factory):
+        candidates = [name for name in dir(module) if callable(getattr(module, name, None)) and not name.startswith("_")]
+        yield "estimator.factory", (f"found {dotted!r}; {module_name} has no function {function_name!r}"
+                                    + _suggest(function_name, candidates))
+        return
+    try:
+        model = factory(**spec.estimator.params)
+    except Exception as error:  # noqa: BLE001 - the factory's own refusal, reported with its name
+        yield "estimator.params", f"{function_name}({_params_text(spec)}) failed: {type(error).__name__}: {error}"
+        return
+    if not (hasattr(model, "fit") and hasattr(model, "predict")):
+        yield "estimator.factory", (f"{dotted} returned {type(model).__name__}, not an estimator or pipeline (needs "
+                                    "fit and predict)")
+        return
+    if spec.task != "regression" and not hasattr(model, "predict_proba"):
+        yield "estimator.factory", (f"{dotted} returned {type(model).__name__} without predict_proba; task "
+                                    f"{spec.task} needs class probabilities")
+        return
+    from sklearn.base import is_classifier, is_regressor
+
+    if spec.task == "regression" and is_classifier(model):
+        yield "estimator.factory", f"{dotted} returned a classifier for task regression; return a regressor"
+    elif spec.task != "regression" and is_regressor(model):
+        yield "estimator.factory", f"{dotted} returned a regressor for task {spec.task}; return a classifier"
+
+
 def _check_estimator(spec: ModelSpec) -> Iterable[tuple[str, str]]:
+    if spec.estimator.factory is not None:
+        yield from _check_factory(spec)
+        return
     dotted = spec.estimator.class_name or ""
     module_name, _, class_name = dotted.rpartition(".")
     if not module_name:

@@ -203,7 +203,21 @@ class EstimatorSpec(_Strict):
     class_name: str | None = Field(
         default=None, alias="class", description="Importable scikit-learn compatible estimator class; default per task."
     )
-    params: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments for the estimator.")
+    factory: str | None = Field(
+        default=None, description="The team's own preprocessing and model instead of `class`: a function in the "
+        "team's installed package (`package.module.function`, a module allowed like estimator classes: "
+        "`MLPLATFORM_ESTIMATOR_MODULES` or the `mlplatform.estimators` entry point) that returns an unfitted "
+        "scikit-learn estimator or pipeline over the raw feature columns (numeric as floats, categoricals as text); "
+        "called with `params` as keyword arguments. A change to its module changes the version's code fingerprint.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments for the estimator (the "
+                                   "factory's keyword arguments with `factory`).")
+
+    @model_validator(mode="after")
+    def _class_or_factory(self) -> EstimatorSpec:
+        if self.factory is not None and self.class_name is not None:
+            raise ValueError("estimator.factory: give estimator.class or estimator.factory, not both (the factory "
+                             "returns the whole model)")
+        return self
 
 
 class BeatChampionSpec(_Strict):
@@ -464,7 +478,7 @@ class ModelSpec(_Strict):
                 f"gates.metric: found {self.gates.metric!r}; allowed for task {self.task}: {', '.join(allowed)}"
                 + _suggest(self.gates.metric, allowed)
             )
-        if self.estimator.class_name is None:
+        if self.estimator.class_name is None and self.estimator.factory is None:
             self.estimator.class_name = DEFAULT_ESTIMATOR[self.task]
         threshold = self.evaluation.decision_threshold
         if self.task != "binary" and threshold != DEFAULT_DECISION_THRESHOLD:
@@ -476,6 +490,11 @@ class ModelSpec(_Strict):
     @property
     def feature_columns(self) -> list[str]:
         return [*self.features.numeric, *self.features.categorical]
+
+    @property
+    def estimator_name(self) -> str:
+        """What builds the model, as people read it: the estimator class, or ``factory <dotted>``."""
+        return f"factory {self.estimator.factory}" if self.estimator.factory else (self.estimator.class_name or "")
 
     @property
     def time_column(self) -> str:
