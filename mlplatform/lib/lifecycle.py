@@ -45,6 +45,7 @@ from mlplatform.lib.training import (
 )
 from mlplatform.lib.warehouse import replace_week_rows
 from mlplatform.specs import ModelSpec
+from mlplatform.specs.team_metrics import register_spec_metrics
 
 if TYPE_CHECKING:  # MLflow is imported by the deciding process only, never by training workers
     from mlplatform.lib.tracking import Tracker
@@ -201,6 +202,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
     Pure: no store is touched, so weeks can train in parallel.
     """
     week = week_start.date().isoformat()
+    register_spec_metrics(spec)  # a worker process received the spec, not the registry of the process that loaded it
     train, evaluation, train_window = training_and_evaluation_rows(spec, features, week_start)
     if train.empty:
         return f"week {week}: no features rows in the {spec.partitions.training_window_weeks} weeks before it to train on"
@@ -221,7 +223,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
     threshold = spec.decision_threshold
     challenger = predict(pipeline, x_eval, spec.task, threshold)
     y_metric = encode_target(y_eval, spec.task, challenger.classes)
-    metrics = evaluate(spec.task, y_metric, challenger.score, seed=SEED, threshold=threshold)
+    metrics = evaluate(spec.task, y_metric, challenger.score, seed=SEED, threshold=threshold, extra=tuple(spec.metrics))
     metric = spec.primary_metric
     plots = (regression_plots(y_metric, challenger.score, spec.name) if spec.task == "regression"
              else classification_plots(y_metric, challenger.score, spec.task, spec.name, threshold))

@@ -22,6 +22,7 @@ from mlplatform.specs.files import SourceFileError, checked_data_path, sample_co
 from mlplatform.specs.folder_code import shadowing_modules
 from mlplatform.specs.reserved import labels_table_problem
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest, check_column_name
+from mlplatform.specs.team_metrics import MetricConflict, import_metric, register_spec_metrics
 from mlplatform.specs.timestamps import SAMPLE_VALUES, parse_event_times, timestamp_problems
 
 DbtColumns = Callable[[str], list[str] | None]
@@ -134,6 +135,32 @@ def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) 
     """Checks that need more than the YAML: the labels and source files, the dbt project, the estimator class."""
     yield from _check_labels_file(spec)
     yield from _check_source(spec, dbt_model_columns)
+    yield from _check_team_metrics(spec)
+
+
+def _check_team_metrics(spec: ModelSpec) -> Iterable[tuple[str, str]]:
+    """Each ``metrics`` function is allowed and importable; then all are registered for this process (the gates,
+    backtest and production steps name them)."""
+    if not spec.metrics:
+        return
+    folder = spec.spec_file.parent
+    failed = False
+    for name, declared in spec.metrics.items():
+        try:
+            import_metric(declared.function, folder)
+        except EstimatorNotAllowed as refused:
+            failed = True
+            yield f"metrics.{name}.function", str(refused)
+        except Exception as error:  # noqa: BLE001 - the team's module may fail any way; its kind and text are its own
+            failed = True
+            yield f"metrics.{name}.function", (f"found {declared.function!r}; cannot be imported "
+                                               f"({type(error).__name__}: {error})")
+    if failed:
+        return
+    try:
+        register_spec_metrics(spec)
+    except MetricConflict as conflict:
+        yield "metrics", str(conflict)
 
 
 RECORD_ID = "_id"

@@ -236,6 +236,20 @@ class TrainingDataGateSpec(_Strict):
                                                              "None: the same as drift.method (and drift's alpha and min_effect).")
 
 
+class MetricSpec(_Strict):
+    """A team's own metric: a function of its package, usable as `gates.metric` like the built-in ones."""
+
+    function: str = Field(description="`package.module.function(y_true, y_pred) -> float`, in an allowed module (like "
+                          "estimator classes: `MLPLATFORM_ESTIMATOR_MODULES` or the `mlplatform.estimators` entry point). "
+                          "y_true: the value (regression), 1.0 for the positive class else 0.0 (binary), the class index "
+                          "(multiclass); y_pred: the prediction in the same encoding, or P(positive class) with "
+                          "`needs_probabilities`.")
+    greater_is_better: bool = Field(description="true: a higher value is better (a rate, a score); false: lower is "
+                                    "better (an error, a cost). Thresholds and every comparison follow it.")
+    needs_probabilities: bool = Field(default=False, description="Binary only: y_pred is P(positive class) instead "
+                                      "of the decision at `evaluation.decision_threshold`.")
+
+
 class GatesSpec(_Strict):
     metric: str | None = Field(default=None, description="Primary metric; default rmse / roc_auc / macro_f1 by task.")
     threshold: float | None = Field(default=None, description="Absolute bar: max for errors, min for scores. None: no bar.")
@@ -423,6 +437,9 @@ class ModelSpec(_Strict):
                                             "features gate.")
     partitions: PartitionsSpec = Field(description="The weekly partitions and the training window.")
     estimator: EstimatorSpec = Field(default_factory=EstimatorSpec, description="The model.")
+    metrics: dict[str, MetricSpec] = Field(default_factory=dict, description="The team's own metrics by name (a "
+                                           "name like a model name, not a built-in metric's): each may be "
+                                           "`gates.metric`, and every metric here is evaluated with the task's own.")
     gates: GatesSpec = Field(default_factory=GatesSpec, description="What a new version must pass.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="How scores become decisions.")
     fairness: FairnessSpec | None = Field(default=None, description="The fairness gate, one of the model gates: a "
@@ -470,10 +487,19 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _task_defaults(self) -> ModelSpec:
+        builtin = {m for metrics in METRICS_BY_TASK.values() for m in metrics}
+        for name, declared in self.metrics.items():
+            if not re.match(NAME_PATTERN, name) or name in builtin:
+                raise ValueError(f"metrics.{name}: found {name!r}; a team metric's name is lowercase letters, digits "
+                                 "and underscores, starting with a letter, and not a built-in metric's "
+                                 f"({', '.join(sorted(builtin))})")
+            if declared.needs_probabilities and self.task != "binary":
+                raise ValueError(f"metrics.{name}: needs_probabilities is for task binary only (a {self.task} model's "
+                                 "metric reads its predictions); remove the key")
         if self.gates.metric is None:
             self.gates.metric = DEFAULT_METRIC[self.task]
-        elif self.gates.metric not in METRICS_BY_TASK[self.task]:
-            allowed = METRICS_BY_TASK[self.task]
+        elif self.gates.metric not in (*METRICS_BY_TASK[self.task], *self.metrics):
+            allowed = (*METRICS_BY_TASK[self.task], *self.metrics)
             raise ValueError(
                 f"gates.metric: found {self.gates.metric!r}; allowed for task {self.task}: {', '.join(allowed)}"
                 + _suggest(self.gates.metric, allowed)
