@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -22,6 +23,7 @@ from mlplatform.lib.tracking import CHAMPION, Tracker
 from mlplatform.specs import SpecError
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
 from mlplatform_tests.helpers import load_definitions, materialized_partitions, run_weeks, warehouse_query
+from mlplatform_tests.services import free_port, http_ok, spawn, stop_process, wait_for
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -162,6 +164,25 @@ def test_a_built_wheel_in_a_fresh_environment_runs_a_teams_dg_project_without_a_
     weeks = warehouse_query(home, "select distinct week from hotel.evaluations order by week")["week"]
     assert [str(w)[:10] for w in weeks] == ["2024-01-08", "2024-01-15"]  # week 1 has no earlier weeks to train on
 
+    # The CLI reads the components' specs from the project's defs folder: validate, then serve the champion.
+    env["MLPLATFORM_SPECS"] = str(project / "src" / "hotel_ml" / "defs")
+    validated = run("mlplatform", "validate")
+    assert validated.returncode == 0 and "ok  hotel" in validated.stdout, validated.stdout + validated.stderr
+    port = free_port()
+    server = spawn([str(venv / "bin" / "mlplatform"), "serve", "--port", str(port), "--log-level", "warning"],
+                   tmp_path / "serve.log", env, project)
+    try:
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 180, "mlplatform serve", server,
+                 tmp_path / "serve.log")
+        record = {"x1": 3.0, "x2": 0.5, "color": "red"}
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/models/hotel/predict", json={"records": [record]}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        served = answer.json()
+        assert served["predictions"][0]["prediction"] == pytest.approx(2 * 3.0 + 0.5, abs=0.5)  # y = 2 x1 + x2
+    finally:
+        stop_process(server)
+    assert files_under(installed) == package_files
+
 
 TEAM_DBT_PROJECT = {
     "dbt_project.yml": """
@@ -264,3 +285,20 @@ def test_a_spec_stages_through_the_teams_dbt_project_with_manifest_and_logs_unde
     assert manifest.is_file() and manifest.is_relative_to(home)
     assert list(manifest.parent.glob("dbt.log")), sorted(p.name for p in manifest.parent.iterdir())
     assert files_under(dbt_folder) == before  # no target/, logs/ or anything else in the team's repository
+
+
+def test_the_cli_reads_the_specs_of_a_dg_projects_components_and_skips_other_components(home, tmp_path):
+    from mlplatform.specs import declared_names, load_spec_named
+
+    defs = tmp_path / "defs"
+    (defs / "hotel").mkdir(parents=True)
+    (defs / "hotel" / "defs.yaml").write_text(yaml.safe_dump({"type": "mlplatform.ModelLifecycle",
+                                                               "attributes": yaml.safe_load(TEAM_SPEC)}))
+    toy_rows().to_csv(defs / "hotel" / "bookings.csv", index=False)  # relative to the defs.yaml, as for the component
+    (defs / "reports").mkdir()
+    (defs / "reports" / "defs.yaml").write_text("type: dagster.DefsFolderComponent\nattributes: {}\n")
+    (defs / "toy.yaml").write_text(TOY_SPEC)
+    toy_rows().to_csv(defs / "toy.csv", index=False)
+    assert declared_names(defs) == {"toy": defs / "toy.yaml", "hotel": defs / "hotel" / "defs.yaml"}
+    spec = load_spec_named(defs, "hotel")
+    assert spec.source_path == defs / "hotel" / "bookings.csv" and spec.spec_file == (defs / "hotel" / "defs.yaml")

@@ -77,9 +77,32 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> lis
     return specs
 
 
+COMPONENT_TYPE = "mlplatform.ModelLifecycle"
+"""The ``type`` of a ``defs.yaml`` whose ``attributes`` are a spec (a team's `dg` project)."""
+
+
 def spec_files(folder: Path) -> list[Path]:
-    """The spec files of a folder: every ``*.yaml``/``*.yml`` directly in it, hidden files (editor locks) skipped."""
-    return sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
+    """The spec files of a folder: every ``*.yaml``/``*.yml`` directly in it (hidden files such as editor locks
+    skipped), then each ``<component>/defs.yaml`` of type ``mlplatform.ModelLifecycle`` one level down: pointed at
+    a `dg` project's ``defs`` folder, the CLI (validate, serve, promote, ...) reads the components' specs."""
+    top = sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
+    return top + sorted(f for f in folder.glob("*/defs.yaml") if not f.parent.name.startswith(".")
+                        and _is_component(f))
+
+
+def _is_component(file: Path) -> bool:
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return False  # a defs.yaml of several documents or another kind: not one of ours
+    return isinstance(raw, dict) and raw.get("type") == COMPONENT_TYPE
+
+
+def spec_mapping(raw: Any) -> Any:
+    """The spec in a loaded YAML file: the file itself, or a component's ``attributes``."""
+    if isinstance(raw, dict) and raw.get("type") == COMPONENT_TYPE and "attributes" in raw:
+        return raw["attributes"]
+    return raw
 
 
 def declared_names(folder: Path) -> dict[str, Path]:
@@ -88,7 +111,7 @@ def declared_names(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for file in spec_files(Path(folder)):
         try:
-            named = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get("name")
+            named = (spec_mapping(yaml.safe_load(file.read_text(encoding="utf-8"))) or {}).get("name")
         except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
             continue
         if isinstance(named, str):
@@ -114,7 +137,7 @@ def load_spec_named(folder: Path, model: str, dbt_model_columns: DbtColumns | No
 def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None) -> tuple[ModelSpec | None, list[SpecProblem]]:
     """One spec file: (spec or None, problems)."""
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        raw = spec_mapping(yaml.safe_load(file.read_text(encoding="utf-8")))
     except yaml.YAMLError as error:
         return None, [SpecProblem(file=str(file), key="(yaml)", message=f"not valid YAML: {error}")]
     except UnicodeDecodeError as error:
