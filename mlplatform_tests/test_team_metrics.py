@@ -174,3 +174,24 @@ def test_click_through_rate_is_the_primary_metric_of_the_gates_champion_comparis
     backtest = instance.fetch_materializations(AssetKey(["recommender", "backtest"]), limit=1).records[0]
     metadata = backtest.asset_materialization.metadata
     assert metadata["last_ctr"].value == pytest.approx(evaluations["value"].iloc[-1]) and metadata["weeks"].value == 2
+
+
+def test_a_changed_team_metric_is_a_changed_gate_section_and_specs_without_one_keep_their_hash(home, ctr_specs):
+    from mlplatform.lib.spec_hash import changed_gate_sections, normalized_spec, spec_tags
+
+    (spec,) = load_specs(ctr_specs())
+    flipped = spec.model_copy(update={"metrics": {"ctr": spec.metrics["ctr"].model_copy(
+        update={"greater_is_better": False}), "wasted": spec.metrics["wasted"]}})
+    assert changed_gate_sections(spec_tags(spec), spec_tags(flipped)) == ["metrics"]
+    plain = spec.model_copy(update={"metrics": {}})
+    assert "metrics" not in normalized_spec(plain) and "factory" not in normalized_spec(plain)["estimator"]
+
+
+def test_two_models_may_not_give_one_metric_name_two_meanings(home, ctr_specs, spec_dir):
+    load_specs(ctr_specs())
+    other = CTR_SPEC.replace("name: recommender", "name: banner").replace(
+        "    greater_is_better: true\n", "    greater_is_better: false\n", 1)
+    folder = spec_dir({"recommender.yaml": CTR_SPEC, "banner.yaml": other}, {"clicks.csv": clicks()})
+    with pytest.raises(SpecError, match="metrics: metric 'ctr' is already defined as team_recommender.metrics."
+                                        "click_through_rate \\(greater_is_better: True"):
+        load_specs(folder)

@@ -32,6 +32,7 @@ class TeamMetric:
     lower_is_better: bool
     needs_probabilities: bool
     task: str  # what y_pred means follows from it (a binary decision is made at the threshold first)
+    model: str  # the spec that defined it last (it may redefine its own metric when reloaded)
 
 
 _REGISTERED: dict[str, TeamMetric] = {}
@@ -59,15 +60,17 @@ def import_metric(dotted: str, spec_folder: Path | None = None) -> Callable[...,
 
 def register_spec_metrics(spec: Any) -> list[TeamMetric]:
     """Import and register every metric of the spec's ``metrics`` section (idempotent: a worker process that received
-    the spec registers them again). :class:`MetricConflict` when the name means another function or direction.
+    the spec registers them again; a reloaded spec may redefine its own). :class:`MetricConflict` when another
+    model's spec gave the name another function, direction or task.
     ``spec`` is a :class:`~mlplatform.specs.ModelSpec` (not imported here: the schema imports this module's users)."""
     folder = spec.spec_file.parent if spec.spec_file.is_file() else None
     found = []
     for name, declared in spec.metrics.items():
         metric = TeamMetric(name, declared.function, import_metric(declared.function, folder),
-                            not declared.greater_is_better, declared.needs_probabilities, spec.task)
+                            not declared.greater_is_better, declared.needs_probabilities, spec.task, spec.name)
         known = _REGISTERED.get(name)
-        if known is not None and (known.dotted, known.lower_is_better, known.needs_probabilities, known.task) != (
+        if known is not None and known.model != metric.model and (
+                known.dotted, known.lower_is_better, known.needs_probabilities, known.task) != (
                 metric.dotted, metric.lower_is_better, metric.needs_probabilities, metric.task):
             raise MetricConflict(f"metric {name!r} is already defined as {known.dotted} (greater_is_better: "
                                  f"{not known.lower_is_better}, needs_probabilities: {known.needs_probabilities}, task "
