@@ -443,13 +443,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
-def _served_specs(settings: Settings, names: Sequence[str] | None) -> list:
-    """The specs of the models to serve or replay, loaded as `validate` loads them (an existing dbt manifest is
-    read as it is: serving runs no dbt)."""
+def _served_specs(settings: Settings, names: Sequence[str] | None, check_data: bool = True) -> list:
+    """The specs of the models to serve, replay or describe, loaded as `validate` loads them (an existing dbt
+    manifest is read as it is: serving runs no dbt). ``check_data=False`` (serve): the schema only, no data file
+    opened, since a serving replica has no training data on its disk."""
     from mlplatform.serving.server import select_specs
     from mlplatform.specs import load_specs
 
-    return select_specs(load_specs(settings.specs_dir, _dbt_model_columns()), names)
+    columns = _dbt_model_columns() if check_data else None
+    return select_specs(load_specs(settings.specs_dir, columns, check_data=check_data), names)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -463,20 +465,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"--body-timeout must be a number of seconds above 0; got {args.body_timeout}\nnothing is served",
               file=sys.stderr)
         return 1
+    from mlplatform.lib.object_store import configured_location, replica_id
+    from mlplatform.lib.prediction_log import log_root, spool_root
+
     settings = load_settings()
     ensure_home(settings)
     try:
-        specs = _served_specs(settings, args.model)
+        specs = _served_specs(settings, args.model, check_data=False)  # data checks: `validate`, the code location
+        location = configured_location()
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing is served", file=sys.stderr)
         return 1
     config = ServingConfig(home=settings.home, specs=specs, tracker=Tracker.for_settings(settings),
                            poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds,
                            max_batch=args.max_batch, log_predictions=not args.no_log,
-                           body_timeout_seconds=args.body_timeout)
+                           log_uri=location.uri if location else None, body_timeout_seconds=args.body_timeout)
+    where = ("off" if args.no_log else f"{location.uri} as replica {replica_id()}, spooled in "
+             f"{spool_root(settings.home)}" if location else str(log_root(settings.home)))
     print(f"serving {', '.join(s.name for s in specs)} on http://{args.host}:{args.port} (API docs at /docs; "
-          f"prediction log {'off' if args.no_log else settings.home / 'prediction_log'}); Ctrl-C stops it",
-          flush=True)
+          f"prediction log {where}); Ctrl-C stops it", flush=True)
     serve(config, ServerOptions(host=args.host, port=args.port, log_level=args.log_level))
     return 0
 

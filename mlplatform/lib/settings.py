@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -151,21 +152,44 @@ def configure_process(settings: Settings) -> None:
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
 
 
+CODE_VERSION_ENV = "MLPLATFORM_CODE_VERSION"
+"""The code version an image holds, e.g. ``mlplatform 0.1.0 @ 0123456789ab`` (the Dockerfile's build argument): an
+image has no ``.git``. Recorded as it is by the audit; the hex after ``@`` is the commit runs are tagged with."""
+
+
 @functools.cache
-def git_commit() -> str | None:
-    """The commit of the checkout the package runs from, when it is a git checkout (read once per process)."""
-    if not (REPO_DIR / ".git").exists():  # an installed wheel: the folder above is site-packages, not our checkout
+def _git_head(repo_dir: Path) -> str | None:
+    """``git rev-parse HEAD`` of a checkout (read once per process); None when ``repo_dir`` is not one."""
+    if not (repo_dir / ".git").exists():
         return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def _image_code_version() -> str:
+    return os.environ.get(CODE_VERSION_ENV, "").strip()
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the package runs from; without a git checkout (an image), the commit named in
+    ``MLPLATFORM_CODE_VERSION`` (``... @ <commit>``), so runs still name the code that trained them."""
+    head = _git_head(REPO_DIR)
+    if head:
+        return head
+    _, at, commit = _image_code_version().rpartition("@")
+    commit = commit.strip()
+    return commit if at and re.fullmatch(r"[0-9a-fA-F]{7,40}", commit) else None
 
 
 def code_version() -> str:
-    """What the audit trail records as the code that acted: the package version and the commit when known."""
+    """What the audit trail records as the code that acted: the package version and the commit of a checkout; in
+    an image (no ``.git``) ``MLPLATFORM_CODE_VERSION`` as the build set it; else the package version alone."""
     from mlplatform.version import __version__
 
-    commit = git_commit()
-    return f"mlplatform {__version__}" + (f" @ {commit[:12]}" if commit else "")
+    head = _git_head(REPO_DIR)
+    if head:
+        return f"mlplatform {__version__} @ {head[:12]}"
+    return _image_code_version() or f"mlplatform {__version__}"

@@ -34,9 +34,13 @@ class DbtProjectUnavailable(ValueError):
     """A spec stages through dbt, but the configured dbt project is missing; the message names the fix."""
 
 
-def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> list[ModelSpec]:
+def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None, check_data: bool = True) -> list[ModelSpec]:
     """Load and validate every ``*.yaml``/``*.yml`` in ``folder`` (hidden files such as editor locks are skipped);
-    raise :class:`SpecError` listing all problems."""
+    raise :class:`SpecError` listing all problems.
+
+    ``check_data=False`` checks the YAML against the schema (and names, labels tables, code beside the specs) but
+    opens no data file, imports no estimator and reads no dbt project: a serving replica has none of the training
+    data on its disk; ``mlplatform validate`` and the code location run the data checks."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SpecError([SpecProblem(file=str(folder), key="MLPLATFORM_SPECS", message="folder does not exist")])
@@ -48,7 +52,7 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> lis
     problems: list[SpecProblem] = []
     specs: list[ModelSpec] = []
     for file in files:
-        spec, file_problems = load_spec_file(file, dbt_model_columns)
+        spec, file_problems = load_spec_file(file, dbt_model_columns, check_data)
         problems += file_problems
         if spec is not None:
             specs.append(spec)
@@ -134,8 +138,9 @@ def load_spec_named(folder: Path, model: str, dbt_model_columns: DbtColumns | No
     return spec
 
 
-def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None) -> tuple[ModelSpec | None, list[SpecProblem]]:
-    """One spec file: (spec or None, problems)."""
+def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None, check_data: bool = True
+                   ) -> tuple[ModelSpec | None, list[SpecProblem]]:
+    """One spec file: (spec or None, problems); ``check_data=False``: the schema only (see :func:`load_specs`)."""
     try:
         raw = spec_mapping(yaml.safe_load(file.read_text(encoding="utf-8")))
     except yaml.YAMLError as error:
@@ -151,6 +156,8 @@ def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None) -> t
         spec = ModelSpec.model_validate({**raw, "spec_file": file.resolve()})
     except ValidationError as error:
         return None, [SpecProblem(file=str(file), key=key, message=message) for key, message in _explain(error)]
+    if not check_data:
+        return spec, []
     return spec, [SpecProblem(file=str(file), key=key, message=message) for key, message in _check_against_world(spec, dbt_model_columns)]
 
 
