@@ -140,6 +140,10 @@ def test_a_factory_model_is_trained_gated_explained_served_audited_and_reproduce
     assert len(trained) == 2 and all(f"code team_e2e.pipelines.build fingerprint {fingerprint[:12]}" in e["summary"]
                                      and fingerprint in e["details"] for e in trained)
 
+    assert main(["card", "toy", "--version", "1"]) == 0
+    assert f"**Team code**: `team_e2e.pipelines.build`, fingerprint (SHA-256 of its module) `{fingerprint}`" in \
+        capsys.readouterr().out
+
     rows = toy_rows()
     record = rows[["x1", "x2", "color"]].head(3)
     expected = tracker.load_version("toy", "2").predict(record)

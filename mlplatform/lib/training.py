@@ -13,6 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from mlplatform.lib.decision import DECISION_THRESHOLD, predicted_positive
+from mlplatform.names import CODE_FACTORY_TAG, CODE_FINGERPRINT_TAG
 from mlplatform.specs import ModelSpec
 from mlplatform.specs.estimators import code_fingerprint, import_estimator_class, import_factory
 
@@ -71,9 +72,6 @@ def code_tags(spec: ModelSpec) -> dict[str, str]:
         return {}
     return {CODE_FACTORY_TAG: spec.estimator.factory, CODE_FINGERPRINT_TAG: code_fingerprint(spec.estimator.factory)}
 
-
-CODE_FACTORY_TAG = "code.factory"
-CODE_FINGERPRINT_TAG = "code.fingerprint"
 
 
 def split_xy(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, np.ndarray]:
