@@ -19,13 +19,13 @@ if TYPE_CHECKING:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from mlplatform.defs.dbt_project import prepare_manifest
-    from mlplatform.specs import SpecError, dbt_manifest_columns, load_specs
+    from mlplatform.defs.dbt_project import dbt_columns
+    from mlplatform.specs import SpecError, load_specs
 
     settings = load_settings()
     ensure_home(settings)
     try:
-        specs = load_specs(settings.specs_dir, dbt_manifest_columns(prepare_manifest()))
+        specs = load_specs(settings.specs_dir, dbt_columns(settings))
     except SpecError as error:
         print(f"{len(error.problems)} problem(s) in model specs:", file=sys.stderr)
         print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
@@ -36,12 +36,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from mlplatform.defs.dbt_project import prepare_manifest
+    from mlplatform.defs.dbt_project import dbt_project_problem, platform_dbt_project, prepare_manifest
     from mlplatform.defs.instance import prepare_dagster_home
 
     settings = load_settings()
     prepare_dagster_home(settings)  # so `dagster ...` commands with DAGSTER_HOME set work before any demo
-    print(f"dbt manifest: {prepare_manifest()}")
+    missing = dbt_project_problem(settings)
+    # Without a dbt project only specs with `staging` fail (and say why); everything else needs none.
+    print(f"dbt manifest: none ({missing})" if missing else f"dbt manifest: {prepare_manifest(platform_dbt_project(settings))}")
     print(f"DAGSTER_HOME={settings.dagster_home}")
     return 0
 
@@ -177,25 +179,12 @@ def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple
 
 
 def _dbt_model_columns() -> DbtColumns:
-    """The dbt models' declared columns, for checking staged specs. An existing manifest is read as it is (nothing
-    here runs dbt), which saves importing dagster-dbt (~2-7 s); without one it is prepared as `validate` does,
-    and only when a spec asks (a spec without staging never looks)."""
-    from mlplatform.lib.settings import DBT_PROJECT_DIR
-    from mlplatform.specs import dbt_manifest_columns
+    """The dbt models' declared columns, for checking staged specs: a fresh manifest is read as it is (dagster-dbt
+    is imported only to prepare a missing or stale one), and only when a spec asks (one without staging never
+    looks)."""
+    from mlplatform.defs.dbt_project import dbt_columns
 
-    lookup: list[DbtColumns] = []
-
-    def columns(dbt_model: str) -> list[str] | None:
-        if not lookup:
-            manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
-            if not manifest.exists():
-                from mlplatform.defs.dbt_project import prepare_manifest
-
-                manifest = prepare_manifest()
-            lookup.append(dbt_manifest_columns(manifest))
-        return lookup[0](dbt_model)
-
-    return columns
+    return dbt_columns()
 
 
 def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | None]:

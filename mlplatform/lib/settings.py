@@ -10,6 +10,7 @@ Dagster code location).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -21,7 +22,13 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 BUNDLED_SPECS_DIR = PACKAGE_DIR / "examples"
 REPO_DIR = PACKAGE_DIR.parent
-DBT_PROJECT_DIR = REPO_DIR / "dbt_project"
+CHECKOUT_DBT_PROJECT_DIR = REPO_DIR / "dbt_project"
+"""The bundled dbt project in a source checkout (beside the package)."""
+PACKAGED_DBT_PROJECT_DIR = PACKAGE_DIR / "dbt_project"
+"""The bundled dbt project inside an installed wheel (package data: the bundled examples stage through it)."""
+DBT_PROJECT_DIR = PACKAGED_DBT_PROJECT_DIR if PACKAGED_DBT_PROJECT_DIR.is_dir() else CHECKOUT_DBT_PROJECT_DIR
+"""The bundled dbt project, wherever this copy of the package carries it."""
+DBT_PROJECT_ENV = "MLPLATFORM_DBT_PROJECT_DIR"
 
 DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
 DEFAULT_WAREHOUSE_WAIT_SECONDS = 600.0
@@ -37,6 +44,22 @@ class Settings:
     mlflow_artifacts: str = ""  # with a tracking URI: where new experiments put artifacts (empty: the server's)
     mlflow_ui_url: str = DEFAULT_MLFLOW_UI_URL
     warehouse_wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
+    dbt_project_dir: Path = DBT_PROJECT_DIR  # the dbt project specs with `staging` run (MLPLATFORM_DBT_PROJECT_DIR)
+
+    @property
+    def dbt_manifest_dir(self) -> Path:
+        """Where the dbt project's manifest (and the logs of ``dbt parse``) go: the bundled project of a source
+        checkout keeps its gitignored ``target/`` (shared by every home, as before); any other project, a team's
+        or the bundled one inside an installed wheel, writes under ``MLPLATFORM_HOME``, never into site-packages
+        or the team's repository."""
+        if self.dbt_project_dir == CHECKOUT_DBT_PROJECT_DIR:
+            return self.dbt_project_dir / "target"
+        digest = hashlib.sha256(str(self.dbt_project_dir).encode()).hexdigest()[:12]
+        return self.dbt_target_dir / "projects" / f"{self.dbt_project_dir.name}-{digest}"
+
+    @property
+    def dbt_manifest_path(self) -> Path:
+        return self.dbt_manifest_dir / "manifest.json"
 
     @property
     def warehouse_path(self) -> Path:
@@ -77,7 +100,8 @@ class Settings:
 
 def load_settings() -> Settings:
     """Read ``MLPLATFORM_HOME`` (default ``./.mlplatform``), ``MLPLATFORM_SPECS`` (default: bundled examples),
-    ``MLPLATFORM_MLFLOW_*`` and ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS``."""
+    ``MLPLATFORM_MLFLOW_*``, ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS`` and ``MLPLATFORM_DBT_PROJECT_DIR`` (default:
+    the bundled dbt project)."""
     home = Path(os.environ.get("MLPLATFORM_HOME", ".mlplatform")).expanduser().resolve()
     specs = os.environ.get("MLPLATFORM_SPECS")
     specs_dir = Path(specs).expanduser().resolve() if specs else BUNDLED_SPECS_DIR
@@ -93,7 +117,15 @@ def load_settings() -> Settings:
         mlflow_artifacts=os.environ.get("MLPLATFORM_MLFLOW_ARTIFACTS", "").strip(),
         mlflow_ui_url=os.environ.get("MLPLATFORM_MLFLOW_UI_URL", "").strip() or DEFAULT_MLFLOW_UI_URL,
         warehouse_wait_seconds=wait_seconds,
+        dbt_project_dir=_dbt_project_dir(),
     )
+
+
+def _dbt_project_dir() -> Path:
+    """``MLPLATFORM_DBT_PROJECT_DIR`` made absolute, else the bundled project. Not checked here: a spec without
+    staging never needs a dbt project, so only the specs that stage report a missing one."""
+    configured = os.environ.get(DBT_PROJECT_ENV, "").strip()
+    return Path(configured).expanduser().resolve() if configured else DBT_PROJECT_DIR
 
 
 def ensure_home(settings: Settings) -> None:
