@@ -109,10 +109,18 @@ def test_a_version_registered_through_the_server_is_promoted_carded_and_served_b
     assert parent.info.status == "FINISHED"
     assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
 
-    # the CLI through the server: promote (audit in the warehouse, alias on the server), then the card
+    # the CLI through the server: promote (audit in the warehouse, alias on the server), rollback, reproduce, card
+    earlier = str(int(version) - 1)  # two weeks trained: two versions
+    assert main(["promote", MODEL, "--version", earlier, "--by", "alice", "--reason", "first review"]) == 0
     assert main(["promote", MODEL, "--by", "alice", "--reason", "reviewed through the tracking server"]) == 0
-    assert f"champion v- -> v{version}" in capsys.readouterr().out
+    assert f"champion v{earlier} -> v{version}" in capsys.readouterr().out
     assert tracker.alias_version(MODEL, "champion") == version
+    assert main(["rollback", MODEL, "--by", "bob", "--reason", "rehearsal"]) == 0
+    assert tracker.alias_version(MODEL, "champion") == earlier
+    assert main(["promote", MODEL, "--version", version, "--by", "alice", "--reason", "back again"]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", MODEL, version]) == 0  # retrained from the warehouse, compared with the server's
+    assert "reproduced: identical metrics" in capsys.readouterr().out
     assert main(["card", MODEL]) == 0
     card = capsys.readouterr().out
     assert card.startswith("# Model card: ") and f" v{version}\n" in card
