@@ -13,6 +13,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from mlplatform.lib.settings import SettingsError, is_local_artifact_location, load_settings, local_artifacts_refusal
 from mlplatform.lib.tracking import Tracker
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
+from mlplatform_tests.helpers import load_definitions, run_weeks
 
 SERVER = "http://mlflow.internal:5000"
 MULTIPROCESS_JOBS = Path(__file__).with_name("multiprocess_jobs.py")
@@ -56,6 +57,37 @@ def test_a_sqlite_store_of_ones_own_keeps_artifacts_next_to_it(home, tmp_path, m
     """Without MLPLATFORM_MLFLOW_ARTIFACTS, MLflow itself would put them in ./mlruns of whatever folder a run starts."""
     monkeypatch.setenv("MLPLATFORM_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}")
     assert load_settings().artifact_root == tmp_path / "shared" / "artifacts"
+
+
+def test_an_mlflow_run_an_earlier_dagster_run_left_active_is_ended_with_its_outcome_not_adopted(
+        home, spec_dir, instance) -> None:
+    """In one process (the in-process executor), a Dagster run whose last step did not run leaves its MLflow run
+    active; dagster-mlflow would adopt it for the next Dagster run. The resource ends it with the earlier run's
+    outcome first, and the next run gets a parent of its own."""
+    import mlflow
+
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    defs = load_definitions()
+    stages = ["raw", "features", "model"]
+    first = run_weeks(defs, "toy", instance, "2024-01-01", "2024-01-08", assets=stages)
+    assert first.success
+    tracker = Tracker.under(home / "mlflow")
+    experiment = tracker.experiment_id("toy")
+    [earlier] = tracker.client.search_runs([experiment], f"tags.dagster_run_id = '{first.run_id}'")
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    mlflow.start_run(run_id=earlier.info.run_id)  # as if its last step had not run: still active in this thread
+    try:
+        second = run_weeks(defs, "toy", instance, "2024-01-15", assets=stages)
+    finally:
+        while mlflow.active_run() is not None:  # a failed assertion must not leave a run active for other tests
+            mlflow.end_run()
+    assert second.success
+    earlier = tracker.run(earlier.info.run_id)
+    assert earlier.info.status == "FINISHED" and earlier.data.tags["dagster_run_id"] == first.run_id
+    [own] = tracker.client.search_runs([experiment], f"tags.dagster_run_id = '{second.run_id}'")
+    assert own.info.run_id != earlier.info.run_id and own.info.status == "FINISHED"
+    [week] = tracker.client.search_runs([experiment], f"tags.mlflow.parentRunId = '{own.info.run_id}'")
+    assert week.info.run_name == "toy-2024-01-15"
 
 
 @pytest.mark.slow

@@ -64,12 +64,35 @@ def _mlflow_run(context: InitResourceContext) -> Iterator[Any]:
         raise ValueError(f"the `{names.MLFLOW_RESOURCE}` resource needs an MLflow experiment: give the job the tag "
                          f"{names.MLFLOW_EXPERIMENT_TAG}=<model> or the resource's experiment_name")
     uri = config["mlflow_tracking_uri"]
-    _tracker_for(uri, config.pop("artifact_root")).experiment_id(experiment)  # at the platform's artifact location
+    tracker = _tracker_for(uri, config.pop("artifact_root"))
+    tracker.experiment_id(experiment)  # at the platform's artifact location
+    _end_leftover_run(context, tracker)
     config["experiment_name"] = experiment
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=BetaWarning)  # dagster-mlflow is marked beta
         owner = mlflow_tracking.resource_fn(context.replace_config(config))
         yield from _keeping_the_run_open_at_exit(owner)
+
+
+def _end_leftover_run(context: InitResourceContext, tracker: Any) -> None:
+    """End the MLflow run an earlier Dagster run left active in this thread, with that run's outcome.
+
+    In one long-lived process (the in-process executor: ``mlplatform demo``, tests) a run whose last step in
+    topological order did not run (skipped) leaves its MLflow run active, and dagster-mlflow would adopt it
+    for the next Dagster run ("already active") and tag it with that run's id.
+    """
+    import mlflow
+
+    from mlplatform.lib.tracking import ended_status
+
+    active = mlflow.active_run()
+    if active is None:
+        return
+    earlier = tracker.run(active.info.run_id).data.tags.get("dagster_run_id")
+    if earlier == context.run_id:
+        return  # this Dagster run's own (an earlier step in this process opened it)
+    record = context.instance.get_run_by_id(earlier) if earlier and context.instance else None
+    mlflow.end_run(status=ended_status(record.status.value if record else None))
 
 
 def _keeping_the_run_open_at_exit(owner: Iterator[Any]) -> Iterator[Any]:

@@ -71,6 +71,11 @@ def own_types(pipeline: Any) -> list[str]:
     return _OWN_TYPES[structure]
 
 
+def ended_status(dagster_run_status: str | None) -> str:
+    """The MLflow status for a parent run whose Dagster run ended as ``dagster_run_status`` (e.g. ``SUCCESS``)."""
+    return {"SUCCESS": "FINISHED", "FAILURE": "FAILED"}.get(dagster_run_status or "", "KILLED")
+
+
 @dataclass(frozen=True)
 class LoggedModel:
     run_id: str
