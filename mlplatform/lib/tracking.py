@@ -20,6 +20,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
@@ -174,8 +175,7 @@ class Tracker:
                 raise RuntimeError(f"the MLflow run {owner_run_id} of Dagster run {dagster_run_id} is in experiment "
                                    f"{owner.info.experiment_id}, not {model_name!r}: the job's `mlflow` resource "
                                    "must name the model's experiment")
-            for key, value in tags.items():
-                self.client.set_tag(owner_run_id, key, value)
+            self.client.log_batch(owner_run_id, tags=[RunTag(key, value) for key, value in tags.items()])
             self._parents[model_name] = owner_run_id
             try:
                 yield owner_run_id
