@@ -59,6 +59,17 @@ def test_a_sqlite_store_of_ones_own_keeps_artifacts_next_to_it(home, tmp_path, m
     assert load_settings().artifact_root == tmp_path / "shared" / "artifacts"
 
 
+def test_a_run_of_a_training_job_that_trains_nothing_opens_no_mlflow_run(home, spec_dir, instance) -> None:
+    """Data-only runs of a training job (e.g. two models' raw and features at once) never open the MLflow store:
+    concurrent processes creating the embedded SQLite store at once would fail."""
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    result = run_weeks(load_definitions(), "toy", instance, "2024-01-01", assets=["raw", "features"])
+    assert result.success
+    hooks = [e for e in result.all_events if e.event_type_value.startswith("HOOK")]
+    assert hooks and all(e.event_type_value == "HOOK_SKIPPED" for e in hooks)
+    assert not (home / "mlflow" / "mlflow.db").exists()
+
+
 def test_an_mlflow_run_an_earlier_dagster_run_left_active_is_ended_with_its_outcome_not_adopted(
         home, spec_dir, instance) -> None:
     """In one process (the in-process executor), a Dagster run whose last step did not run leaves its MLflow run

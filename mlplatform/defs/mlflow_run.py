@@ -1,7 +1,8 @@
 """dagster-mlflow owns each training run's parent MLflow run: its ``mlflow_tracking`` resource and its
 ``end_mlflow_on_run_finished`` hook, wired to the platform's MLflow store.
 
-Every step of a training job initializes the resource (the hook requires it). The first one creates the MLflow run
+Every step of a training job initializes the resource (the hook requires it); in a run that does not select the model
+asset (e.g. its data only) the resource is None and nothing touches MLflow. The first one creates the MLflow run
 tagged ``dagster_run_id``; every later step, in this process or another (multiprocess executor, a pod per step),
 finds it by that tag and makes it its active run, so the weeks the model step logs are nested under one parent.
 The hook ends it FINISHED after the job's last step, FAILED when a step fails.
@@ -59,6 +60,10 @@ def _mlflow_run(context: InitResourceContext) -> Iterator[Any]:
 
     config = dict(context.resource_config)
     run = context.dagster_run
+    if run is not None and run.asset_selection is not None and not any(
+            key.path[-1] == names.MODEL for key in run.asset_selection):
+        yield None  # a run of a training job that trains nothing (e.g. its data only): no MLflow run, no store opened
+        return
     experiment = config.get("experiment_name") or (run.tags.get(names.MLFLOW_EXPERIMENT_TAG) if run else None)
     if not experiment:
         raise ValueError(f"the `{names.MLFLOW_RESOURCE}` resource needs an MLflow experiment: give the job the tag "
@@ -110,6 +115,10 @@ def _keeping_the_run_open_at_exit(owner: Iterator[Any]) -> Iterator[Any]:
 
 
 def _end_mlflow_on_run_finished(context: Any, event_list: Any) -> Any:
+    if getattr(context.resources, names.MLFLOW_RESOURCE) is None:  # the run trains nothing: no MLflow run to end
+        from dagster import HookExecutionResult
+
+        return HookExecutionResult(hook_name="end_mlflow_on_run_finished", is_skipped=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=BetaWarning)  # dagster-mlflow is marked beta
         from dagster_mlflow import end_mlflow_on_run_finished
