@@ -59,6 +59,34 @@ def test_a_sqlite_store_of_ones_own_keeps_artifacts_next_to_it(home, tmp_path, m
     assert load_settings().artifact_root == tmp_path / "shared" / "artifacts"
 
 
+OPEN_TOGETHER = """
+import sys, time
+from pathlib import Path
+from mlplatform.lib.tracking import Tracker
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.005)
+print(Tracker.under(Path(sys.argv[1])).experiment_id(sys.argv[3]))
+"""
+
+
+@pytest.mark.slow
+def test_processes_opening_a_new_embedded_store_together_all_succeed(tmp_path) -> None:
+    """MLflow creates a SQLite store's tables on first use; without the creation lock two of three processes
+    starting together failed here ("duplicate column name: step", "Online migration expected to match one row")."""
+    import subprocess
+    import sys
+    import time
+
+    start = str(time.time() + 10)  # after the imports of all three
+    processes = [subprocess.Popen([sys.executable, "-c", OPEN_TOGETHER, str(tmp_path / "mlflow"), start, name],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name in ("alpha", "beta", "gamma")]
+    outcomes = [process.communicate(timeout=120) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], [err[-800:] for _, err in outcomes]
+    assert len({out.strip() for out, _ in outcomes}) == 3  # three experiments in one store
+
+
 def test_a_run_of_a_training_job_that_trains_nothing_opens_no_mlflow_run(home, spec_dir, instance) -> None:
     """Data-only runs of a training job (e.g. two models' raw and features at once) never open the MLflow store:
     concurrent processes creating the embedded SQLite store at once would fail."""

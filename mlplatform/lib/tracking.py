@@ -72,6 +72,28 @@ def own_types(pipeline: Any) -> list[str]:
     return _OWN_TYPES[structure]
 
 
+@contextmanager
+def _creating_sqlite_store(tracking_uri: str) -> Iterator[bool]:
+    """An exclusive lock while a SQLite store that does not exist yet is created (yields True then).
+
+    MLflow creates its tables on first use; two processes doing it at once fail ("duplicate column name",
+    "Online migration expected to match one row"), e.g. two models' runs starting together on a fresh home.
+    """
+    import fcntl
+
+    path = Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+    if path is None or (path.exists() and path.stat().st_size > 0):
+        yield False
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".create-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield True  # a process that waited finds the tables made: creating them again is a no-op
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ended_status(dagster_run_status: str | None) -> str:
     """The MLflow status for a parent run whose Dagster run ended as ``dagster_run_status`` (e.g. ``SUCCESS``)."""
     return {"SUCCESS": "FINISHED", "FAILURE": "FAILED"}.get(dagster_run_status or "", "KILLED")
@@ -100,7 +122,11 @@ class Tracker:
             raise SettingsError(refusal)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        with _creating_sqlite_store(tracking_uri) as creating:
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            if creating:  # create the tables now, under the lock
+                self.client.search_experiments(max_results=1)
+                self.client.search_registered_models(max_results=1)
         self._models: dict[tuple[str, str], Any] = {}
         self._parents: dict[str, str] = {}  # model -> the open parent run of this Dagster run (see parent_run)
 
