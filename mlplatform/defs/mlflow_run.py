@@ -60,7 +60,7 @@ def _mlflow_run(context: InitResourceContext) -> Iterator[Any]:
 
     config = dict(context.resource_config)
     run = context.dagster_run
-    if run is not None and run.asset_selection is not None and not any(
+    if run is not None and run.asset_selection and not any(  # empty or None: the whole job
             key.path[-1] == names.MODEL for key in run.asset_selection):
         yield None  # a run of a training job that trains nothing (e.g. its data only): no MLflow run, no store opened
         return
