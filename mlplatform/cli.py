@@ -12,7 +12,14 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mlplatform.lib.settings import DEFAULT_MLFLOW_UI_URL, Settings, configure_process, ensure_home, load_settings
+from mlplatform.lib.settings import (
+    DEFAULT_MLFLOW_UI_URL,
+    Settings,
+    SettingsError,
+    configure_process,
+    ensure_home,
+    load_settings,
+)
 
 if TYPE_CHECKING:
     from mlplatform.specs import DbtColumns
@@ -443,7 +450,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     ensure_home(settings)
     try:
         target = checked_output_path(args.to, folder=True) if args.to else None
-        report = backup_stores(settings.home, target, settings.mlflow_tracking_uri or None, args.wait)
+        report = backup_stores(settings.home, target, settings.mlflow_tracking_uri or None, args.wait,
+                               settings.artifact_root)
     except (FileExistsError, OutputRefused, WarehouseBusy, WarehouseDamaged) as error:
         print(f"no backup made: {error}", file=sys.stderr)
         return 1
@@ -682,13 +690,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_process(load_settings())  # the CLI is an entry point: its process-wide settings are made here
+    try:
+        configure_process(load_settings())  # the CLI is an entry point: its process-wide settings are made here
+    except SettingsError as refused:
+        print(f"{refused}\nnothing was done", file=sys.stderr)
+        return 2
     from mlplatform.lib.stores import StoresDamaged
     from mlplatform.lib.warehouse import WarehouseDamaged
 
     try:
         return int(args.func(args) or 0)
-    except (WarehouseDamaged, StoresDamaged) as damaged:  # any command that reads a damaged store: one line
+    except (WarehouseDamaged, StoresDamaged, SettingsError) as damaged:  # a damaged store, a refused setting: one line
         print(damaged, file=sys.stderr)
         return 1
 

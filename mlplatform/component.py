@@ -20,6 +20,7 @@ import dagster as dg
 from dagster import BetaWarning, in_process_executor
 from dagster.components.scaffold.scaffold import ScaffoldRequest, scaffold_with
 
+from mlplatform import names
 from mlplatform.lib.settings import Settings, configure_process, load_settings
 from mlplatform.specs import ModelSpec, SpecError, check_spec
 
@@ -135,6 +136,7 @@ def platform_settings() -> Settings:
 def platform_resources(settings: Settings) -> dict[str, Any]:
     """The resources every model shares, built once per settings: Dagster merges the definitions of many
     components only when their resources are the very same objects."""
+    from mlplatform.defs.mlflow_run import mlflow_run_resource
     from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, WarehouseIOManager
 
     warehouse, wait = str(settings.warehouse_path), settings.warehouse_wait_seconds
@@ -143,6 +145,7 @@ def platform_resources(settings: Settings) -> dict[str, Any]:
         "warehouse": Warehouse(database=warehouse, wait_seconds=wait),
         "model_registry": ModelRegistry.from_settings(settings),
         "platform": PlatformState(home=str(settings.home)),
+        names.MLFLOW_RESOURCE: mlflow_run_resource(settings),
     }
 
 

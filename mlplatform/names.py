@@ -64,6 +64,8 @@ DRIFT_TRIGGER = "drift"  # TRIGGER_TAG values: why a retrain run was requested
 DECAY_TRIGGER = "performance_decay"
 DECAY_WEEK_TAG = "mlplatform/decay_week"  # the week whose live performance failed
 DECAY_CHECK_RECORD_TAG = "mlplatform/decay_check_record"
+MLFLOW_EXPERIMENT_TAG = "mlplatform/mlflow_experiment"  # a training job's tag: the experiment of its MLflow run
+MLFLOW_RESOURCE = "mlflow"  # the resource key dagster-mlflow's hook requires
 
 
 def asset_path(model: str, stage: str) -> list[str]:

@@ -125,6 +125,7 @@ def test_training_is_reproducible_and_the_mlflow_run_holds_everything(home, spec
         assert tags["git.commit"] == git.stdout.strip()
     parent = registry.run(tags["mlflow.parentRunId"])  # the weeks of one Dagster run nest under one parent run
     assert parent.data.tags["dagster.run_id"] == tags["dagster.run_id"] and parent.info.status == "FINISHED"
+    assert parent.data.tags["dagster_run_id"] == tags["dagster.run_id"]  # opened by dagster-mlflow's resource
     assert registry.run(second.run_id).data.tags["mlflow.parentRunId"] != parent.info.run_id  # a later run: its own
     artifacts = {a.path for a in registry.client.list_artifacts(run_a.info.run_id)}
     assert {"gates.json", "predicted_vs_actual_and_residuals.png"} <= artifacts

@@ -41,6 +41,7 @@ from mlplatform.defs.keys import (
     raw_key,
     staged_key,
 )
+from mlplatform.defs.mlflow_run import end_mlflow_run
 from mlplatform.defs.partitions import weekly_partitions
 from mlplatform.lib.retraining import decay_requests, retrain_requests
 from mlplatform.specs import ModelSpec
@@ -62,14 +63,17 @@ def build_jobs(spec: ModelSpec) -> list:
                                          (names.LABELS, names.LIVE_PERFORMANCE, names.SHADOW_REPORT)))
     data = week_data | AssetSelection.assets(drift_key(spec)) | production
     weekly = data | training if spec.automation.retrain == "weekly" else data
+    # jobs that train: dagster-mlflow's resource owns the run's parent MLflow run, its hook ends it
+    trains = {"tags": {names.MLFLOW_EXPERIMENT_TAG: spec.name}, "hooks": {end_mlflow_run}}
     return [
-        define_asset_job(names.pipeline_job(spec.name), selection=AssetSelection.groups(spec.name),
+        define_asset_job(names.pipeline_job(spec.name), selection=AssetSelection.groups(spec.name), **trains,
                          description=f"Lifecycle of {spec.name}: data, gates, model per week, evaluation, drift"),
-        define_asset_job(names.retrain_job(spec.name), selection=week_data | training,
+        define_asset_job(names.retrain_job(spec.name), selection=week_data | training, **trains,
                          partitions_def=weekly_partitions(spec),
                          description=f"Retrain {spec.name} for one week: its data (if not in yet), then model, evaluation "
                          "and backtest (what the drift and decay sensors request)"),
         define_asset_job(names.weekly_job(spec.name), selection=weekly, partitions_def=weekly_partitions(spec),
+                         **(trains if spec.automation.retrain == "weekly" else {}),
                          description=f"The week that just ended for {spec.name}: data, drift (with the week's "
                          "served predictions), live performance"
                          + (", model" if spec.automation.retrain == "weekly" else "")),

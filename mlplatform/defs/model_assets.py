@@ -43,6 +43,7 @@ from mlplatform.defs.metadata import (
     rows_table,
     scalar_or_json,
 )
+from mlplatform.defs.mlflow_run import owning_run_id
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.lib import gates as gate_lib
@@ -154,7 +155,8 @@ def build_model_assets(spec: ModelSpec):
         recorded = 0
         weeks_text = f"weeks {week_starts[0]:%Y-%m-%d}..{week_starts[-1]:%Y-%m-%d}"
         with deciding_threads(workers), tracker.parent_run(spec.name, context.run.run_id,
-                                                           f"Dagster run {context.run.run_id}: {weeks_text}"):
+                                                           f"Dagster run {context.run.run_id}: {weeks_text}",
+                                                           owner_run_id=owning_run_id(tracker, context.run.run_id)):
             for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers, logged),
                                            strict=True):
                 week = week_start.date().isoformat()

@@ -32,6 +32,38 @@ DBT_PROJECT_ENV = "MLPLATFORM_DBT_PROJECT_DIR"
 
 DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
 DEFAULT_WAREHOUSE_WAIT_SECONDS = 600.0
+REMOTE_TRACKING_SCHEMES = ("http://", "https://")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work: what is wrong and what to set instead (the CLI prints it as one line)."""
+
+
+def is_remote_tracking(tracking_uri: str) -> bool:
+    """A tracking server (as opposed to a database or folder the process opens itself)."""
+    return tracking_uri.lower().startswith(REMOTE_TRACKING_SCHEMES)
+
+
+def is_local_artifact_location(location: str) -> bool:
+    """A path on this machine's disk: a plain path or a ``file:`` URI (every other scheme is a store's own)."""
+    text = location.strip()
+    return bool(text) and (text.lower().startswith("file:") or "://" not in text and not text.startswith(
+        ("mlflow-artifacts:", "s3:", "gs:", "wasbs:", "abfss:", "hdfs:", "dbfs:", "runs:", "models:")))
+
+
+def local_artifacts_refusal(tracking_uri: str, location: str, what: str) -> str | None:
+    """Why ``location`` cannot hold artifacts for ``tracking_uri``, or None when it can.
+
+    With a tracking server, runs, the CLI and serving replicas on other machines share only the server: a
+    local folder named as artifact store would be written on one machine and be missing on every other.
+    """
+    if not is_remote_tracking(tracking_uri) or not is_local_artifact_location(location):
+        return None
+    return (f"{what} is {location!r}, a path on this machine's disk, but MLflow tracks to the server {tracking_uri}: "
+            "other machines (serving replicas, other runs) cannot read it. Let the server proxy the artifacts "
+            "(`mlflow server --artifacts-destination s3://bucket/path --serve-artifacts`) and leave "
+            "MLPLATFORM_MLFLOW_ARTIFACTS unset (or set it to an mlflow-artifacts:/ or s3:// URI); see "
+            "docs/operations.md, 'MLflow tracking server'")
 
 
 @dataclass(frozen=True)
@@ -89,10 +121,16 @@ class Settings:
 
     @property
     def artifact_root(self) -> Path | str | None:
-        """Where new experiments put artifacts: under home for the embedded store, else as configured."""
-        if self.mlflow_tracking_uri:
-            return self.mlflow_artifacts or None
-        return self.mlflow_dir / "artifacts"
+        """Where new experiments put artifacts: under home for the embedded store; as configured for a shared one
+        (None: the tracking server's own, e.g. its proxied object storage); next to the database file for a
+        ``sqlite:///`` URI of one's own (else MLflow would write to ``./mlruns`` in whatever folder a run starts)."""
+        if self.mlflow_artifacts:
+            return self.mlflow_artifacts if "://" in self.mlflow_artifacts else Path(self.mlflow_artifacts)
+        if not self.mlflow_tracking_uri:
+            return self.mlflow_dir / "artifacts"
+        if self.mlflow_tracking_uri.startswith("sqlite:///"):
+            return Path(self.mlflow_tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+        return None
 
     @property
     def embedded_mlflow(self) -> bool:
@@ -110,12 +148,17 @@ def load_settings() -> Settings:
     try:
         wait_seconds = float(wait) if wait else DEFAULT_WAREHOUSE_WAIT_SECONDS
     except ValueError:
-        raise ValueError(f"MLPLATFORM_WAREHOUSE_WAIT_SECONDS={wait!r}: expected a number of seconds") from None
+        raise SettingsError(f"MLPLATFORM_WAREHOUSE_WAIT_SECONDS={wait!r}: expected a number of seconds") from None
+    tracking_uri = os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI", "").strip()
+    artifacts = os.environ.get("MLPLATFORM_MLFLOW_ARTIFACTS", "").strip()
+    refusal = local_artifacts_refusal(tracking_uri, artifacts, "MLPLATFORM_MLFLOW_ARTIFACTS")
+    if refusal:
+        raise SettingsError(refusal)
     return Settings(
         home=home,
         specs_dir=specs_dir,
-        mlflow_tracking_uri=os.environ.get("MLPLATFORM_MLFLOW_TRACKING_URI", "").strip(),
-        mlflow_artifacts=os.environ.get("MLPLATFORM_MLFLOW_ARTIFACTS", "").strip(),
+        mlflow_tracking_uri=tracking_uri,
+        mlflow_artifacts=artifacts,
         mlflow_ui_url=os.environ.get("MLPLATFORM_MLFLOW_UI_URL", "").strip() or DEFAULT_MLFLOW_UI_URL,
         warehouse_wait_seconds=wait_seconds,
         dbt_project_dir=_dbt_project_dir(),

@@ -206,12 +206,14 @@ def _copy_tree_with_sqlite(source: Path, target: Path) -> int:
 
 
 def backup_stores(home: Path, target: Path | None = None, tracking_uri: str | None = None,
-                  wait_seconds: float = WAIT_SECONDS) -> BackupReport:
+                  wait_seconds: float = WAIT_SECONDS, artifact_root: Path | str | None = None) -> BackupReport:
     """Copy the warehouse, the MLflow store (SQLite + artifacts) and the Dagster instance into ``target``.
 
     The warehouse is copied while this process holds a read-only connection, so no run can write to it
     meanwhile (a run waits, see ``connect_when_free``); the SQLite files go through SQLite's backup API.
-    A remote MLflow tracking server is not copied: back up its own database and artifact store.
+    The artifacts are copied from ``artifact_root`` when it is a folder (default: ``artifacts`` next to the
+    SQLite file, where the platform puts them). A remote MLflow tracking server, or artifacts in object
+    storage, are not copied: back up the server's database and its artifact store.
     """
     folder = target or home / "backups" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if folder.exists() and any(folder.iterdir()):
@@ -235,8 +237,10 @@ def backup_stores(home: Path, target: Path | None = None, tracking_uri: str | No
     elif mlflow_db.exists():
         _sqlite_copy(mlflow_db, folder / "mlflow" / "mlflow.db")
         report.copied.append(f"MLflow store {mlflow_db}")
-        artifacts = mlflow_dir / "artifacts"
-        if artifacts.exists():
+        artifacts = artifact_root if artifact_root is not None else mlflow_db.parent / "artifacts"
+        if not isinstance(artifacts, Path):
+            report.skipped.append(f"MLflow artifacts {artifacts} (back up that store itself)")
+        elif artifacts.exists():
             shutil.copytree(artifacts, folder / "mlflow" / "artifacts")
             report.copied.append(f"MLflow artifacts {artifacts}")
     else:

@@ -1,8 +1,9 @@
 """MLflow: runs, registered versions and aliases for the models of the specs.
 
-A small wrapper rather than dagster-mlflow's ``mlflow_tracking`` resource (see docs/configuration.md): runs
-are opened and closed here, one parent run per Dagster run with the weeks nested, the store is resolved
-by the platform's settings, and artifacts get an explicit location so nothing lands in ``./mlruns``.
+The store is resolved by the platform's settings, and artifacts get an explicit location so nothing lands in
+``./mlruns``; with a tracking server, artifacts go through the server (a local path is refused). Each Dagster run's
+parent MLflow run is owned by dagster-mlflow's ``mlflow_tracking`` resource when the job has it (the weeks a step
+logs are nested under it, from any process), else opened and closed here (see docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION  # noqa: F401  (re-exported)
-from mlplatform.lib.settings import Settings, git_commit
+from mlplatform.lib.settings import Settings, SettingsError, git_commit, local_artifacts_refusal
 from mlplatform.version import __version__
 
 TRACKED_LIBRARIES = ("scikit-learn", "scipy", "pandas", "numpy", "mlflow", "dagster", "pandera", "duckdb")
@@ -70,6 +72,33 @@ def own_types(pipeline: Any) -> list[str]:
     return _OWN_TYPES[structure]
 
 
+@contextmanager
+def _creating_sqlite_store(tracking_uri: str) -> Iterator[bool]:
+    """An exclusive lock while a SQLite store that does not exist yet is created (yields True then).
+
+    MLflow creates its tables on first use; two processes doing it at once fail ("duplicate column name",
+    "Online migration expected to match one row"), e.g. two models' runs starting together on a fresh home.
+    """
+    import fcntl
+
+    path = Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+    if path is None or (path.exists() and path.stat().st_size > 0):
+        yield False
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".create-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield True  # a process that waited finds the tables made: creating them again is a no-op
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ended_status(dagster_run_status: str | None) -> str:
+    """The MLflow status for a parent run whose Dagster run ended as ``dagster_run_status`` (e.g. ``SUCCESS``)."""
+    return {"SUCCESS": "FINISHED", "FAILURE": "FAILED"}.get(dagster_run_status or "", "KILLED")
+
+
 @dataclass(frozen=True)
 class LoggedModel:
     run_id: str
@@ -88,9 +117,16 @@ class Tracker:
         from mlplatform.lib.stores import refuse_damaged_sqlite
 
         refuse_damaged_sqlite(tracking_uri)  # MLflow's client would fail on it with a raw SQLAlchemy traceback
+        refusal = local_artifacts_refusal(tracking_uri, str(artifact_root or ""), "the artifact root")
+        if refusal:
+            raise SettingsError(refusal)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        with _creating_sqlite_store(tracking_uri) as creating:
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            if creating:  # create the tables now, under the lock
+                self.client.search_experiments(max_results=1)
+                self.client.search_registered_models(max_results=1)
         self._models: dict[tuple[str, str], Any] = {}
         self._parents: dict[str, str] = {}  # model -> the open parent run of this Dagster run (see parent_run)
 
@@ -109,6 +145,10 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            refusal = local_artifacts_refusal(self.tracking_uri, found.artifact_location or "",
+                                              f"the artifact location of experiment {name!r}")
+            if refusal:  # e.g. a server started without --artifacts-destination, or an experiment made by hand
+                raise SettingsError(refusal)
             return found.experiment_id
         location = None
         if isinstance(self.artifact_root, Path):
@@ -124,20 +164,52 @@ class Tracker:
     def _active(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> Iterator[Any]:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
+        parent = self._parents.get(experiment)
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id != parent:
+            raise RuntimeError(f"MLflow run {active.info.run_id} is active in this thread, not the parent run "
+                               f"{parent} of {experiment}: a week's run would be filed under the wrong parent")
+        # nested: the parent is the active run when dagster-mlflow's resource opened it in this thread
         with mlflow.start_run(experiment_id=self.experiment_id(experiment), run_name=run_name, tags=dict(tags),
-                              parent_run_id=self._parents.get(experiment)) as run:
+                              parent_run_id=parent, nested=active is not None) as run:
             yield run
 
+    def active_run_of(self, dagster_run_id: str) -> str | None:
+        """The MLflow run active in this thread when it belongs to ``dagster_run_id`` (dagster-mlflow's resource
+        tags it ``dagster_run_id`` and makes it the active run of the step's thread), else None."""
+        active = mlflow.active_run()
+        if active is None:
+            return None
+        run = self.client.get_run(active.info.run_id)
+        return active.info.run_id if run.data.tags.get("dagster_run_id") == dagster_run_id else None
+
     @contextmanager
-    def parent_run(self, model_name: str, dagster_run_id: str, description: str) -> Iterator[str]:
+    def parent_run(self, model_name: str, dagster_run_id: str, description: str,
+                   owner_run_id: str | None = None) -> Iterator[str]:
         """One MLflow run per Dagster run and model; the weeks it logs meanwhile are nested under it.
 
         In the MLflow UI a backfill's weeks then sit under one row named after the Dagster run, tagged
-        with its id (``dagster.run_id``), and the parent ends FINISHED or FAILED with the Dagster step.
+        with its id (``dagster.run_id``). ``owner_run_id``: the run dagster-mlflow's resource opened for this
+        Dagster run; it becomes the parent and is left open (the job's ``end_mlflow_on_run_finished`` hook ends
+        it when the Dagster run ends). Without it the parent is opened here and ends FINISHED or FAILED with
+        the Dagster step.
         """
+        tags = {"dagster.run_id": dagster_run_id, "mlplatform.model": model_name, "mlflow.note.content": description}
+        if owner_run_id is not None:
+            owner = self.client.get_run(owner_run_id)
+            if owner.info.experiment_id != self.experiment_id(model_name):
+                raise RuntimeError(f"the MLflow run {owner_run_id} of Dagster run {dagster_run_id} is in experiment "
+                                   f"{owner.info.experiment_id}, not {model_name!r}: the job's `mlflow` resource "
+                                   "must name the model's experiment")
+            self.client.log_batch(owner_run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+            self._parents[model_name] = owner_run_id
+            try:
+                yield owner_run_id
+            finally:
+                self._parents.pop(model_name, None)
+            return
         run = self.client.create_run(self.experiment_id(model_name), run_name=f"dagster-{dagster_run_id[:8]}",
-                                     tags={"dagster.run_id": dagster_run_id, "mlplatform.model": model_name,
-                                           "mlflow.note.content": description})
+                                     tags=tags)
         self._parents[model_name] = run.info.run_id
         status = "FAILED"
         try:
