@@ -469,6 +469,57 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if all(c.passed for c in checks) else 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Deploy on merge: run each model's retrain job (the week's data, then model, evaluation, backtest) for its newest
+    complete week on the configured stores; the gates and the spec's approval decide the aliases, as every week."""
+    from dagster import DagsterInstance
+
+    from mlplatform import names
+    from mlplatform.defs.instance import fail_dead_runs, prepare_dagster_home
+    from mlplatform.demo.runner import QUIET_RUN_CONFIG, specs_by_name
+    from mlplatform.lib.model_import import NoEvaluationWeek, complete_weeks, newest_week
+    from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
+    from mlplatform.specs import SpecError
+
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    try:
+        specs = specs_by_name()
+    except SpecError as error:
+        print(f"{error}\nnothing was run", file=sys.stderr)
+        return 1
+    unknown = sorted(set(args.model or []) - set(specs))
+    if unknown:
+        print(f"no model named {', '.join(unknown)}; the specs define {', '.join(sorted(specs)) or 'none'}\n"
+              "nothing was run", file=sys.stderr)
+        return 1
+    from mlplatform.definitions import build_definitions
+
+    defs = build_definitions()
+    tracker = Tracker.for_settings(settings)
+    ok = True
+    with DagsterInstance.get() as instance:
+        fail_dead_runs(instance)
+        for model in args.model or sorted(specs):
+            try:
+                week = args.week or newest_week(specs[model], _today())
+                if week not in complete_weeks(specs[model], _today()):
+                    raise NoEvaluationWeek(f"--week {week}: not a complete week of {model} (a Monday from "
+                                           f"{specs[model].partitions.start}, ended by today)")
+            except NoEvaluationWeek as error:
+                print(f"FAIL  {model}: {error}", file=sys.stderr)
+                ok = False
+                continue
+            job = defs.resolve_job_def(names.retrain_job(model))
+            result = job.execute_in_process(instance=instance, partition_key=week, raise_on_error=False,
+                                            run_config=QUIET_RUN_CONFIG)
+            ok = ok and result.success
+            print(f"{'ok  ' if result.success else 'FAIL'}  {model}: {job.name} for week {week} (Dagster run "
+                  f"{result.run_id[:8]}); champion v{tracker.alias_version(model, CHAMPION) or '-'}, challenger "
+                  f"v{tracker.alias_version(model, CHALLENGER) or '-'}")
+    return 0 if ok else 1
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     """A version's model card, fresh from the registry and the audit trail: printed, or written to a file."""
     from mlflow.exceptions import MlflowException
@@ -749,6 +800,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what the beat_champion gate compares with (default and only choice: the current "
                        "champion in the configured registry)")
     check.set_defaults(func=cmd_check)
+
+    run = commands.add_parser(
+        "run", help="run each model's retrain job for its newest complete week on the configured stores (deploy on "
+        "merge: the gates and approval decide, the service hot-swaps)",
+        description="For each model (or each --model): the retrain job (the week's data, then model, evaluation, "
+        "backtest) for the newest complete week, or --week, in this process on the configured Dagster instance and "
+        "stores. The version is gated and its aliases move as in every week (rollout.approval). Exit 1 when a run "
+        "failed (a failed gate is not a failed run: the version is simply not promoted).")
+    run.add_argument("--model", action="append", help="only this model (repeatable); default: every spec")
+    run.add_argument("--week", help="the week (Monday, YYYY-MM-DD); default: each model's newest complete week")
+    run.set_defaults(func=cmd_run)
 
     card = commands.add_parser("card", help="a version's model card (Markdown, or --html), fresh from the registry "
                                "and the audit trail")
