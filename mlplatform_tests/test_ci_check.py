@@ -57,7 +57,7 @@ def test_check_without_a_champion_runs_the_other_gates(home, spec_dir, capsys):
 
 
 @pytest.mark.slow
-def test_a_degrading_change_fails_check_naming_the_gate_and_an_unchanged_one_passes(home, spec_dir, instance, capsys):
+def test_check_fails_a_degrading_change_naming_the_gate_passes_an_unchanged_one_and_run_deploys_a_good_one(home, spec_dir, instance, capsys):
     folder = spec_dir({"iris.yaml": AUTO_SPEC}, {"iris.csv": iris_rows()})
     assert run_weeks(load_definitions(), "iris", instance, "2024-01-01", "2024-01-29").success
     tracker = Tracker.under(home / "mlflow")
@@ -82,6 +82,19 @@ def test_a_degrading_change_fails_check_naming_the_gate_and_an_unchanged_one_pas
     assert len(tracker.client.search_model_versions("name = 'iris'")) == versions  # nothing registered
     assert tracker.alias_version("iris", CHAMPION) == champion  # nothing promoted
     assert (home / "warehouse.duckdb").read_bytes() == warehouse  # nothing written
+
+    # the change that passes check is merged: `run` (the workflow's deploy job) retrains the newest week through the
+    # normal gates, and approval: auto makes it champion (the service hot-swaps to it: test_model_import)
+    (folder / "iris.yaml").write_text(AUTO_SPEC.replace("params: {max_depth: 3}", "params: {max_depth: 4}"))
+    assert main(["check"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--model", "iris"]) == 0
+    out = capsys.readouterr().out
+    deployed = tracker.alias_version("iris", CHAMPION)
+    assert deployed not in (None, champion) and "ok    iris: iris_retrain for week 2024-01-29" in out
+    assert tracker.version_tags("iris", deployed)["gates"] == "passed"
+    assert main(["run", "--model", "iris", "--week", "2024-02-05"]) == 1
+    assert "--week 2024-02-05: not a complete week of iris" in capsys.readouterr().err
 
 
 def workflow_commands(workflow: dict) -> list[list[str]]:
