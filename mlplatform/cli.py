@@ -1,4 +1,4 @@
-"""The ``mlplatform`` command: run the lifecycle, open the UI, validate specs, approve, audit and reproduce versions.
+"""The ``mlplatform`` command: run the lifecycle, serve, approve, audit, reproduce, import models, gate changes in CI.
 
 Heavy imports (Dagster, dbt) happen inside the commands, so ``mlplatform --help``
 and ``mlplatform validate`` answer quickly.

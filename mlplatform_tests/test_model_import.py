@@ -93,6 +93,22 @@ def test_the_input_columns_must_be_the_specs_features(iris):
     assert "does not look fitted" in input_problem(LogisticRegression(), spec)
 
 
+def test_the_platform_gives_the_model_its_columns_in_the_order_it_was_fitted_on(iris):
+    from mlplatform.lib.model_import import platform_pipeline
+    from mlplatform.lib.training import split_xy
+
+    folder, rows = iris
+    spec = iris_spec(folder)
+    train, x = first_weeks(rows), split_xy(rows, spec)[0]
+    reordered = FEATURES[::-1]
+    by_name = LogisticRegression(max_iter=1000).fit(train[reordered], train["species"])
+    wrapped = platform_pipeline(by_name, spec, x)
+    assert [name for name, _ in wrapped.steps] == ["preprocess", "estimator"]
+    assert list(wrapped.predict(x)) == list(by_name.predict(x[reordered]))
+    by_position = LogisticRegression(max_iter=1000).fit(train[FEATURES].to_numpy(), train["species"])
+    assert list(platform_pipeline(by_position, spec, x).predict(x)) == list(by_position.predict(x.to_numpy()))
+
+
 def test_pickle_is_refused_without_the_flag_and_warned_with_it(tmp_path):
     path = tmp_path / "model.pkl"
     path.write_bytes(pickle.dumps(LogisticRegression()))
