@@ -18,6 +18,17 @@ from mlplatform_tests.test_model_import import IRIS_SPEC, iris_rows
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "examples" / "ci" / "github-actions.yml"
 AUTO_SPEC = IRIS_SPEC.replace("approval: manual", "approval: auto")
+TEAM_MODULE = """
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+from sklearn.tree import DecisionTreeClassifier
+
+
+def build(max_depth=3):
+    # the change under review: the preprocessing keeps the sepal columns only
+    keep = ColumnTransformer([("sepals", "passthrough", ["sepal_length", "sepal_width"])])
+    return Pipeline([("select", keep), ("tree", DecisionTreeClassifier(max_depth=max_depth, random_state=0))])
+"""
 DEGRADED_SPEC = AUTO_SPEC.replace("params: {max_depth: 3}", "params: {max_depth: 1}")
 
 
@@ -57,7 +68,8 @@ def test_check_without_a_champion_runs_the_other_gates(home, spec_dir, capsys):
 
 
 @pytest.mark.slow
-def test_check_fails_a_degrading_change_naming_the_gate_passes_an_unchanged_one_and_run_deploys_a_good_one(home, spec_dir, instance, capsys):
+def test_check_fails_a_degrading_change_naming_the_gate_passes_an_unchanged_one_and_run_deploys_a_good_one(
+        home, spec_dir, instance, capsys, monkeypatch):
     folder = spec_dir({"iris.yaml": AUTO_SPEC}, {"iris.csv": iris_rows()})
     assert run_weeks(load_definitions(), "iris", instance, "2024-01-01", "2024-01-29").success
     tracker = Tracker.under(home / "mlflow")
@@ -78,6 +90,19 @@ def test_check_fails_a_degrading_change_naming_the_gate_passes_an_unchanged_one_
     assert "FAIL  iris: week 2024-01-29" in out and "failed gate(s): " in out
     assert "FAIL  beat_champion: macro_f1: challenger" in out and "significantly worse" in out
     assert "FAILED: iris" in out
+
+    # a change to the team's preprocessing code (estimator.factory) that loses the petal measurements
+    team = folder.parent / "team" / "iris_team"
+    team.mkdir(parents=True)
+    (team / "__init__.py").write_text("")
+    (team / "pipelines.py").write_text(TEAM_MODULE)
+    monkeypatch.syspath_prepend(str(team.parent))
+    monkeypatch.setenv("MLPLATFORM_ESTIMATOR_MODULES", "iris_team")
+    (folder / "iris.yaml").write_text(AUTO_SPEC.replace("class: sklearn.tree.DecisionTreeClassifier",
+                                                        "factory: iris_team.pipelines.build"))
+    assert main(["check", "--model", "iris"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  beat_champion" in out and "FAILED: iris" in out
 
     assert len(tracker.client.search_model_versions("name = 'iris'")) == versions  # nothing registered
     assert tracker.alias_version("iris", CHAMPION) == champion  # nothing promoted
