@@ -147,7 +147,7 @@ def audit_events(home: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_iris_pickle_and_skops_imported_gated_promoted_and_served(iris, home, tmp_path, capsys):
+def test_iris_pickle_and_skops_imported_gated_promoted_served_and_monitored(iris, home, tmp_path, instance, capsys):
     from mlplatform.serving.app import ServingConfig
     from mlplatform_tests.test_serving import LiveServer, wait_until
 
@@ -223,3 +223,17 @@ def test_iris_pickle_and_skops_imported_gated_promoted_and_served(iris, home, tm
         assert main(["promote", "iris", "--version", "2", "--by", "bo", "--reason", "better forest"]) == 0
         wait_until(lambda: server.champion("iris") == "2")
         assert {a["version"] for a in server.predict("iris", records).json()["predictions"]} == {"2"}
+
+    # monitored like any version: the lifecycle's weeks run with the imported champion (drift against its reference
+    # window, the spec's training window before the week it was evaluated on); approval is manual, so it stays
+    from dagster import AssetCheckKey, AssetKey
+
+    from mlplatform_tests.helpers import load_definitions, run_weeks
+
+    assert run_weeks(load_definitions(), "iris", instance, "2024-01-01", "2024-01-29").success
+    assert tracker.alias_version("iris", CHAMPION) == "2"
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        AssetCheckKey(AssetKey(["iris", "drift"]), "drifted_share"), limit=100)
+    newest = next(r.evaluation for r in history if r.partition == "2024-01-29" and r.status.value != "PLANNED")
+    assert "prediction" in newest.metadata["per_feature"].value  # the champion's predictions: compared
+    assert "prediction" not in newest.metadata["not_compared"].value

@@ -215,6 +215,7 @@ def evaluated_week(spec: ModelSpec, pipeline: Any, features: pd.DataFrame, week:
         explain_version,
         fairness_check,
         training_and_evaluation_rows,
+        training_window,
     )
     from mlplatform.lib.metrics import evaluate
     from mlplatform.lib.plots import classification_plots, regression_plots
@@ -255,11 +256,16 @@ def evaluated_week(spec: ModelSpec, pipeline: Any, features: pd.DataFrame, week:
     })
     importance, explain_note, background = explain_version(spec, pipeline, x_eval, x_eval, y_metric)
     eval_window = Window(week_start, week_start + timedelta(days=7))
+    reference = training_window(spec, week_start)
     return TrainedWeek(
         week, eval_window, 0, len(evaluation), "", pipeline, x_eval.head(5), x_eval, y_metric, scored, metrics, plots,
         gate_lib.threshold_gate(metric, metrics[metric].value, spec.gates.threshold), sanity, None,
         {"estimator": f"imported {type(pipeline.named_steps['estimator']).__name__}", "task": spec.task,
-         "target": spec.target, "eval_week": week, "eval_rows": len(evaluation)},
+         "target": spec.target, "eval_week": week, "eval_rows": len(evaluation),
+         # drift monitoring compares production inputs with the champion's train_start..train_end; an imported
+         # model's own training rows are unknown, so that reference is the spec's training window before the week
+         "train_start": f"{reference.start:%Y-%m-%d}", "train_end": f"{reference.end:%Y-%m-%d}",
+         "imported": "trained elsewhere; train_start..train_end is the drift reference window, not its training rows"},
         predictions, fairness_check(spec, evaluation, y_metric, scored.score), fingerprint(evaluation, spec),
         importance, explain_note, background,
     )
