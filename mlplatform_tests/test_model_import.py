@@ -201,6 +201,10 @@ def test_iris_pickle_and_skops_imported_gated_promoted_served_and_monitored(iris
     assert main(["audit", "iris", "--verify"]) == 0
     capsys.readouterr()
 
+    assert main(["card", "iris", "--version", "2"]) == 0
+    assert f"not trained here: imported from iris.skops (SHA-256 {hashlib.sha256(skopsed.read_bytes()).hexdigest()}) " \
+        "by bo" in capsys.readouterr().out
+
     # never trained here: reproduce refuses and says why
     assert main(["reproduce", "iris", "1"]) == 2
     assert "recorded no training window" in capsys.readouterr().err
