@@ -1,4 +1,4 @@
-"""The ``mlplatform`` command: run the lifecycle, open the UI, validate specs, approve, audit and reproduce versions.
+"""The ``mlplatform`` command: run the lifecycle, serve, approve, audit, reproduce, import models, gate changes in CI.
 
 Heavy imports (Dagster, dbt) happen inside the commands, so ``mlplatform --help``
 and ``mlplatform validate`` answer quickly.
@@ -377,6 +377,156 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0 if result.identical else 1
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """A model trained elsewhere becomes a gated, audited version of MODEL (lib/model_import.py)."""
+    from pathlib import Path
+
+    from mlplatform.lib import model_import
+    from mlplatform.lib.audit import append_events
+    from mlplatform.lib.promotion import PromotionRefused, refuse_control_characters
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.lib.training import split_xy
+    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
+    from mlplatform.specs import SpecError, load_spec_named
+    from mlplatform.specs.team_metrics import register_spec_metrics
+
+    refused = "nothing was imported"
+    try:
+        if not args.by.strip():
+            raise PromotionRefused("--by: give the name of the person who imports the model")
+        refuse_control_characters(by=args.by, reason=args.reason)
+    except PromotionRefused as error:
+        print(f"{error}\n{refused}", file=sys.stderr)
+        return 1
+    settings = load_settings()
+    ensure_home(settings)
+    try:
+        spec = load_spec_named(settings.specs_dir, args.model, _dbt_model_columns())
+    except (SpecError, ValueError) as error:
+        print(f"{error}\n{refused}", file=sys.stderr)
+        return 1
+    register_spec_metrics(spec)
+    file = Path(args.file)
+    try:
+        loaded = model_import.load_model_file(file, args.allow_pickle, args.trust or ())
+        for warning in loaded.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        problem = model_import.input_problem(loaded.model, spec)
+        if problem:
+            raise model_import.ImportRefused(f"{file.name}: {problem}")
+        week = model_import.newest_week(spec, _today())
+        features = model_import.week_features(spec, week, settings.warehouse_path)
+        pipeline = model_import.platform_pipeline(loaded.model, spec, split_xy(features, spec)[0])
+        trained = model_import.evaluated_week(spec, pipeline, features, week)
+    except (model_import.ImportRefused, model_import.NoEvaluationWeek) as error:
+        print(f"REFUSED: {error}\n{refused}", file=sys.stderr)
+        return 1
+    tracker = Tracker.for_settings(settings)
+    try:
+        with connect_when_free(settings.warehouse_path, args.wait) as connection:
+            result = model_import.register_import(spec, trained, loaded, tracker, file.name, args.by.strip(),
+                                                  args.reason)
+            append_events(connection, model_import.import_events(spec, result, file.name, args.by.strip(),
+                                                                 args.reason))
+    except WarehouseBusy as busy:
+        print(f"{busy}; try again when the run ends, or give --wait SECONDS\n{refused}", file=sys.stderr)
+        return 1
+    print("\n".join(result.lines()))
+    return 0 if result.passed else 1
+
+
+def _today():
+    """Today's date in UTC: which weeks have ended."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).date()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """CI's gate: validate the specs, then train each selected model in memory and run every gate against its
+    champion (lib/ci_check.py). Exit 0 when every gate passed; 1 with the failing gates named; nothing registered."""
+    from mlplatform.defs.dbt_project import dbt_columns
+    from mlplatform.lib.ci_check import check_model, report
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.specs import SpecError, load_specs
+    from mlplatform.specs.team_metrics import register_spec_metrics
+
+    settings = load_settings()
+    ensure_home(settings)
+    try:
+        specs = load_specs(settings.specs_dir, dbt_columns(settings))
+    except SpecError as error:
+        print(f"FAIL  specs: {len(error.problems)} problem(s) in model specs:", file=sys.stderr)
+        print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
+        return 1
+    by_name = {spec.name: spec for spec in specs}
+    unknown = sorted(set(args.model or []) - set(by_name))
+    if unknown:
+        print(f"no model named {', '.join(unknown)}; the specs define {', '.join(sorted(by_name)) or 'none'}",
+              file=sys.stderr)
+        return 1
+    print(f"specs: {len(specs)} valid")
+    tracker = Tracker.for_settings(settings)
+    checks = []
+    for name in args.model or sorted(by_name):
+        register_spec_metrics(by_name[name])
+        checks.append(check_model(by_name[name], tracker, settings.warehouse_path, _today()))
+    lines = report(checks)
+    print("\n".join(lines))
+    return 0 if all(c.passed for c in checks) else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Deploy on merge: run each model's retrain job (the week's data, then model, evaluation, backtest) for its newest
+    complete week on the configured stores; the gates and the spec's approval decide the aliases, as every week."""
+    from dagster import DagsterInstance
+
+    from mlplatform import names
+    from mlplatform.defs.instance import fail_dead_runs, prepare_dagster_home
+    from mlplatform.demo.runner import QUIET_RUN_CONFIG, specs_by_name
+    from mlplatform.lib.model_import import NoEvaluationWeek, complete_weeks, newest_week
+    from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
+    from mlplatform.specs import SpecError
+
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    try:
+        specs = specs_by_name()
+    except SpecError as error:
+        print(f"{error}\nnothing was run", file=sys.stderr)
+        return 1
+    unknown = sorted(set(args.model or []) - set(specs))
+    if unknown:
+        print(f"no model named {', '.join(unknown)}; the specs define {', '.join(sorted(specs)) or 'none'}\n"
+              "nothing was run", file=sys.stderr)
+        return 1
+    from mlplatform.definitions import build_definitions
+
+    defs = build_definitions()
+    tracker = Tracker.for_settings(settings)
+    ok = True
+    with DagsterInstance.get() as instance:
+        fail_dead_runs(instance)
+        for model in args.model or sorted(specs):
+            try:
+                week = args.week or newest_week(specs[model], _today())
+                if week not in complete_weeks(specs[model], _today()):
+                    raise NoEvaluationWeek(f"--week {week}: not a complete week of {model} (a Monday from "
+                                           f"{specs[model].partitions.start}, ended by today)")
+            except NoEvaluationWeek as error:
+                print(f"FAIL  {model}: {error}", file=sys.stderr)
+                ok = False
+                continue
+            job = defs.resolve_job_def(names.retrain_job(model))
+            result = job.execute_in_process(instance=instance, partition_key=week, raise_on_error=False,
+                                            run_config=QUIET_RUN_CONFIG)
+            ok = ok and result.success
+            print(f"{'ok  ' if result.success else 'FAIL'}  {model}: {job.name} for week {week} (Dagster run "
+                  f"{result.run_id[:8]}); champion v{tracker.alias_version(model, CHAMPION) or '-'}, challenger "
+                  f"v{tracker.alias_version(model, CHALLENGER) or '-'}")
+    return 0 if ok else 1
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     """A version's model card, fresh from the registry and the audit trail: printed, or written to a file."""
     from mlflow.exceptions import MlflowException
@@ -626,6 +776,49 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("version", help="registered version number")
     reproduce.add_argument("--json", action="store_true", help="the comparison as JSON")
     reproduce.set_defaults(func=cmd_reproduce)
+
+    imported = commands.add_parser(
+        "import", help="register a model trained elsewhere (.skops, or .pkl with --allow-pickle) as a gated version",
+        description="Register MODEL's FILE as a version: its input columns must be the spec's features; it is "
+        "evaluated on the spec's newest complete week and every gate runs against the current champion; the "
+        "audit records who, why and the file's SHA-256. No alias moves: promote it like any version. Exit 0: "
+        "registered and every gate passed; 1: refused (nothing registered) or registered with a failed gate.")
+    imported.add_argument("model")
+    imported.add_argument("--file", required=True, help="the model file: .skops (default format), or .pkl/.pickle "
+                          "with --allow-pickle")
+    imported.add_argument("--by", required=True, help="who imports it (audit; required)")
+    imported.add_argument("--reason", required=True, help="why (audit; required)")
+    imported.add_argument("--allow-pickle", action="store_true", help="load a pickle file; unpickling RUNS THE CODE "
+                          "the file holds: only for files you trust")
+    imported.add_argument("--trust", action="append", metavar="TYPE", help="a type outside scikit-learn/NumPy/SciPy "
+                          "the skops file may build (repeatable; the refusal names them)")
+    imported.add_argument("--wait", type=float, default=120.0,
+                          help="seconds to wait while a run holds the warehouse's lock (default 120)")
+    imported.set_defaults(func=cmd_import)
+
+    check = commands.add_parser(
+        "check", help="CI gate: validate the specs, train each model in memory and run every gate against its "
+        "champion (nothing registered)",
+        description="Validate the specs, then for each model (or each --model) train on the spec's training window "
+        "before its newest complete week, in memory, and run every gate against the current champion on that "
+        "week's rows. Nothing is registered, promoted or written. Exit 0: every gate passed; 1: a spec problem or "
+        "a failed gate (named in the report).")
+    check.add_argument("--model", action="append", help="only this model (repeatable); default: every spec")
+    check.add_argument("--against", choices=["champion"], default="champion",
+                       help="what the beat_champion gate compares with (default and only choice: the current "
+                       "champion in the configured registry)")
+    check.set_defaults(func=cmd_check)
+
+    run = commands.add_parser(
+        "run", help="run each model's retrain job for its newest complete week on the configured stores (deploy on "
+        "merge: the gates and approval decide, the service hot-swaps)",
+        description="For each model (or each --model): the retrain job (the week's data, then model, evaluation, "
+        "backtest) for the newest complete week, or --week, in this process on the configured Dagster instance and "
+        "stores. The version is gated and its aliases move as in every week (rollout.approval). Exit 1 when a run "
+        "failed (a failed gate is not a failed run: the version is simply not promoted).")
+    run.add_argument("--model", action="append", help="only this model (repeatable); default: every spec")
+    run.add_argument("--week", help="the week (Monday, YYYY-MM-DD); default: each model's newest complete week")
+    run.set_defaults(func=cmd_run)
 
     card = commands.add_parser("card", help="a version's model card (Markdown, or --html), fresh from the registry "
                                "and the audit trail")

@@ -48,6 +48,7 @@ from mlplatform.specs import ModelSpec
 from mlplatform.specs.team_metrics import register_spec_metrics
 
 if TYPE_CHECKING:  # MLflow is imported by the deciding process only, never by training workers
+    from mlplatform.lib.metrics import PairedComparison
     from mlplatform.lib.tracking import Tracker
 
 
@@ -290,6 +291,36 @@ def fairness_check(spec: ModelSpec, evaluation: pd.DataFrame, y_metric: np.ndarr
     return gate_lib.fairness_gate(report)
 
 
+def champion_comparison(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker,
+                        champion_version: str | None) -> PairedComparison | None:
+    """The challenger against ``champion_version`` on week W's evaluation rows (paired bootstrap); None: no champion."""
+    if champion_version is None:
+        return None
+    champion_model = tracker.load_version(spec.name, champion_version)
+    champion_pred = predict(champion_model, trained.x_eval, spec.task, spec.decision_threshold)
+    champion_score = champion_pred.score
+    if spec.task == "multiclass":  # align label indices to the challenger's classes
+        index = {c: i for i, c in enumerate(trained.challenger.classes or [])}
+        champion_score = np.array([index.get(c, -1) for c in champion_pred.label], dtype=float)
+    return paired_bootstrap(spec.primary_metric, trained.y_metric, trained.challenger.score, champion_score,
+                            seed=SEED, threshold=spec.decision_threshold)
+
+
+def gate_outcomes(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker,
+                  champion_version: str | None) -> list[gate_lib.GateOutcome]:
+    """Every gate's verdict on a week's model: threshold, beat the champion, sanity, fairness, training data.
+
+    One list for the weekly step, ``mlplatform check`` and ``mlplatform import``, so they judge alike.
+    """
+    comparison = champion_comparison(spec, trained, tracker, champion_version)
+    return [
+        trained.threshold_gate,
+        gate_lib.champion_gate(comparison, spec.gates.beat_champion.alpha, champion_version, trained.week),
+        trained.sanity_gate,
+    ] + ([trained.fairness_gate] if trained.fairness_gate is not None else []) \
+        + ([trained.data_gate] if trained.data_gate is not None else [])
+
+
 def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champion_version: str | None,
                 dagster_run_id: str | None = None) -> WeekResult:
     """Compare with the champion of week W on W's rows, then log and register the version (no alias moves here).
@@ -297,24 +328,8 @@ def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champio
     Runs in week order in one process. ``champion_version`` comes from
     :func:`mlplatform.lib.promotion.champion_as_of`; aliases move in :func:`record_week`.
     """
-    week, metric = trained.week, spec.primary_metric
-    comparison = None
-    if champion_version is not None:
-        champion_model = tracker.load_version(spec.name, champion_version)
-        champion_pred = predict(champion_model, trained.x_eval, spec.task, spec.decision_threshold)
-        champion_score = champion_pred.score
-        if spec.task == "multiclass":  # align label indices to the challenger's classes
-            index = {c: i for i, c in enumerate(trained.challenger.classes or [])}
-            champion_score = np.array([index.get(c, -1) for c in champion_pred.label], dtype=float)
-        comparison = paired_bootstrap(metric, trained.y_metric, trained.challenger.score, champion_score, seed=SEED,
-                                      threshold=spec.decision_threshold)
-
-    outcomes = [
-        trained.threshold_gate,
-        gate_lib.champion_gate(comparison, spec.gates.beat_champion.alpha, champion_version, week),
-        trained.sanity_gate,
-    ] + ([trained.fairness_gate] if trained.fairness_gate is not None else []) \
-        + ([trained.data_gate] if trained.data_gate is not None else [])
+    week = trained.week
+    outcomes = gate_outcomes(spec, trained, tracker, champion_version)
     metrics = trained.metrics
     metric_values = logged_metrics(metrics)
     window = trained.train_window

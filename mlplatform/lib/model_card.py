@@ -116,7 +116,11 @@ def facts_from_registry(connection: duckdb.DuckDBPyConnection | None, spec: Mode
     facts = CardFacts(
         spec=spec, version=str(version), week=params.get("eval_week", model_version.tags.get("week", "")),
         mlflow_run_id=run.info.run_id,
-        train_window=f"{params.get('train_start', '?')} .. {params.get('train_end', '?')} (end excluded)",
+        train_window=(f"{params.get('train_start', '?')} .. {params.get('train_end', '?')} (end excluded)"
+                      if "imported" not in params else
+                      f"not trained here: imported from {tags.get('mlplatform.imported_file', '?')} (SHA-256 "
+                      f"{tags.get('mlplatform.imported_sha256', '?')}) by {tags.get('mlplatform.imported_by', '?')}; "
+                      f"drift reference {params.get('train_start', '?')} .. {params.get('train_end', '?')}"),
         train_rows=int(params.get("train_rows", 0)), eval_rows=int(params.get("eval_rows", 0)),
         fingerprint=tags.get("data.fingerprint", ""),
         metrics={k: (v, metrics.get(f"{k}_ci_low", float("nan")), metrics.get(f"{k}_ci_high", float("nan")))
