@@ -57,6 +57,8 @@ def build_jobs(spec: ModelSpec) -> list:
     production = AssetSelection.assets(*(asset_key(spec.name, stage) for stage in
                                          (names.LABELS, names.LIVE_PERFORMANCE, names.SHADOW_REPORT)))
     data = week_data | AssetSelection.assets(drift_key(spec)) | production
+    if spec.scoring.batch:  # the week's batch scores, before drift and live performance read them from the log
+        data = data | AssetSelection.assets(asset_key(spec.name, names.SCORES))
     weekly = data | training if spec.automation.retrain == "weekly" else data
     return [
         define_asset_job(names.pipeline_job(spec.name), selection=AssetSelection.groups(spec.name),
@@ -66,7 +68,8 @@ def build_jobs(spec: ModelSpec) -> list:
                          description=f"Retrain {spec.name} for one week: its data (if not in yet), then model, evaluation "
                          "and backtest (what the drift and decay sensors request)"),
         define_asset_job(names.weekly_job(spec.name), selection=weekly, partitions_def=weekly_partitions(spec),
-                         description=f"The week that just ended for {spec.name}: data, drift (with the week's "
+                         description=f"The week that just ended for {spec.name}: data, "
+                         + ("batch scores, " if spec.scoring.batch else "") + "drift (with the week's "
                          "served predictions), live performance"
                          + (", model" if spec.automation.retrain == "weekly" else "")),
         define_asset_job(names.production_job(spec.name), selection=production, partitions_def=weekly_partitions(spec),

@@ -415,6 +415,16 @@ class LabelsSpec(_Strict):
         return self
 
 
+class ScoringSpec(_Strict):
+    """How the model's predictions are made besides the REST service."""
+
+    batch: bool = Field(default=False, description="Add the weekly asset `<model>/scores`: the champion's "
+                        "predictions of week W's feature rows, with version and role `batch`, written to the table "
+                        "`<model>.scores` and to the prediction log (so drift on production inputs, live "
+                        "performance and the audit cover the model). Needs `source.key` (what outcomes are matched "
+                        "on); the weekly job runs it.")
+
+
 class ModelSpec(_Strict):
     """One model's lifecycle, as declared by its team."""
 
@@ -449,6 +459,7 @@ class ModelSpec(_Strict):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Promotion, serving rollout and rollback.")
     labels: LabelsSpec | None = Field(default=None, description="Where outcomes of served predictions come from (for "
                                       "live performance). None: the target column of the model's own rows.")
+    scoring: ScoringSpec = Field(default_factory=ScoringSpec, description="Batch scoring (off by default).")
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
 
@@ -483,6 +494,13 @@ class ModelSpec(_Strict):
             problem = labels_table_problem(self.labels.table, self.name)
             if problem:
                 raise ValueError(f"labels.table: {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_needs_a_key(self) -> ModelSpec:
+        if self.scoring.batch and not self.source.key:
+            raise ValueError("scoring.batch: needs source.key, the columns that identify a row: a batch score is "
+                             "matched with its outcome on them. Add source.key, or remove scoring.batch")
         return self
 
     @model_validator(mode="after")
