@@ -70,7 +70,7 @@ def build_scores_asset(spec: ModelSpec):
         location = configured_location()
         writer = PredictionLogWriter(platform.home_path, uri=location.uri if location else None, input_types={
             spec.name: {**{c: "float64" for c in spec.features.numeric},
-                        **{c: "string" for c in spec.features.categorical}}})
+                        **{c: "string" for c in [*spec.features.categorical, *spec.features.text]}}})
         run_rows = warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)
         scored_at = utc_now()
         done = []

@@ -65,7 +65,7 @@ def score_week(spec: Any, pipeline: Any, version: str, rows: pd.DataFrame, week:
     entities = label_join_keys(rows, key)
     request = batch_request_id(spec.name, week, version)
     when = week_start.to_pydatetime()
-    inputs = _inputs(rows, spec.features.numeric, spec.features.categorical)
+    inputs = _inputs(rows, spec.features.numeric, [*spec.features.categorical, *spec.features.text])
     log_rows = [{"request_id": request, "record_index": i, "record_id": None, "time": when, "model": spec.name,
                  "version": str(version), "role": BATCH_ROLE,
                  "entity_key": entities[i][2:] if isinstance(entities[i], str) else None,

@@ -20,6 +20,7 @@ What is explained is the model's raw output: the prediction (regression), the lo
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.lib.decision import DECISION_THRESHOLD
+from mlplatform.lib.text import TEXT_TRANSFORMER_PREFIX
 from mlplatform.specs.tasks import is_lower_better
 
 EXPLAIN_ROWS = 100
@@ -85,9 +87,28 @@ class Contribution:
     feature: str
     value: Any  # the record's value of the feature, as the model received it
     contribution: float
+    words: list[tuple[str, float]] | None = None  # a text feature: its words that moved the output most
 
     def as_dict(self) -> dict[str, Any]:
-        return {"feature": self.feature, "value": self.value, "contribution": self.contribution}
+        found = {"feature": self.feature, "value": self.value, "contribution": self.contribution}
+        if self.words is not None:
+            found["words"] = [{"word": w, "effect": e} for w, e in self.words]
+        return found
+
+
+TOP_WORDS = 5
+"""Words named per text feature in an explanation."""
+MAX_WORDS_TRIED = 30
+"""Distinct words of a text tried per explanation (the first ones in the text)."""
+
+
+def text_features(pipeline: Any) -> list[str]:
+    """The spec's text features a pipeline encodes (its ``text:<column>`` blocks; a factory's ``text`` passthrough)."""
+    found: list[str] = []
+    for name, transformer, columns in pipeline.named_steps["preprocess"].transformers_:
+        if str(name).startswith(TEXT_TRANSFORMER_PREFIX) or (name == "text" and transformer == "passthrough"):
+            found += [str(c) for c in columns]
+    return found
 
 
 @dataclass
@@ -155,7 +176,9 @@ def source_features(pipeline: Any) -> list[str]:
             sources += [str(c) for c in columns]
             continue
         last = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
-        if isinstance(last, OneHotEncoder):
+        if str(name).startswith(TEXT_TRANSFORMER_PREFIX):  # one output per word of the column's vocabulary
+            sources += [str(columns[0])] * len(last.vocabulary_)
+        elif isinstance(last, OneHotEncoder):
             drops = last.drop_idx_ if last.drop_idx_ is not None else [None] * len(columns)
             for column, categories, dropped in zip(columns, last.categories_, drops, strict=True):
                 sources += [column] * (len(categories) - (dropped is not None))
@@ -270,13 +293,35 @@ class Explainer:
             base_values[r] = out[0, 0]
         return base_values, contributions
 
+    def word_effects(self, x: pd.DataFrame, row: int, feature: str, class_index: int | None) -> list[tuple[str, float]]:
+        """The words of a row's text that moved its output most: the output minus the output with the word taken
+        out of the text (every occurrence), largest effects by size first (the same scale as the contributions)."""
+        from mlplatform.lib.text import TOKEN_PATTERN, words
+
+        text = x[feature].iloc[row]
+        tried = list(dict.fromkeys(words(text)))[:MAX_WORDS_TRIED]
+        if not tried:
+            return []
+        variants = x.iloc[[row] * (len(tried) + 1)].reset_index(drop=True)
+        for i, word in enumerate(tried, start=1):
+            variants.loc[i, feature] = re.sub(TOKEN_PATTERN, lambda m, w=word: "" if m.group(0).lower() == w
+                                              else m.group(0), str(text))
+        classes = None if class_index is None else np.full(len(variants), class_index)
+        outputs = self._output(variants, classes)
+        effects = [(word, float(outputs[0] - outputs[i])) for i, word in enumerate(tried, start=1)]
+        return sorted(effects, key=lambda e: -abs(e[1]))[:TOP_WORDS]
+
     def explain(self, x: pd.DataFrame, top_k: int = TOP_K) -> list[RowExplanation]:
-        """Each row's explanation: its top-k contributions (by size) with the row's values."""
+        """Each row's explanation: its top-k contributions (by size) with the row's values; a text feature among
+        them also names its words (:meth:`word_effects`)."""
         base, contributions, classes = self.contributions(x)
+        texts = set(text_features(self.pipeline))
         explained = []
         for r in range(len(x)):
             order = np.argsort(-np.abs(contributions[r]), kind="stable")
-            top = [Contribution(self.features[f], _plain(x[self.features[f]].iloc[r]), float(contributions[r, f]))
+            top = [Contribution(self.features[f], _plain(x[self.features[f]].iloc[r]), float(contributions[r, f]),
+                                self.word_effects(x, r, self.features[f], None if classes is None else int(classes[r]))
+                                if self.features[f] in texts else None)
                    for f in order[:top_k]]
             rest = float(contributions[r, order[top_k:]].sum())
             explained.append(RowExplanation(self.output_name(None if classes is None else int(classes[r])),

@@ -241,6 +241,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
         "training_window_weeks": spec.partitions.training_window_weeks,
         "train_start": f"{train_window.start:%Y-%m-%d}", "train_end": f"{train_window.end:%Y-%m-%d}",
         "eval_week": week, "train_rows": len(train), "eval_rows": len(evaluation),
+        **({"features.text": ",".join(spec.features.text)} if spec.features.text else {}),
     }
     predictions = pd.DataFrame({
         "week": pd.Timestamp(week_start).normalize(),

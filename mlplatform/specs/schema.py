@@ -146,18 +146,25 @@ class FeaturesSpec(_Strict):
 
     numeric: list[str] = Field(default_factory=list, description="Numeric feature columns.")
     categorical: list[str] = Field(default_factory=list, description="Categorical feature columns (any values, compared as text).")
+    text: list[str] = Field(default_factory=list, description="Free-text feature columns: encoded by TF-IDF over "
+                            "their words (at most 1000 words per column, learnt on the training window; a "
+                            "factory gets the raw text); drift compares each document's length in words and its "
+                            "share of words unseen in the reference (docs/drift.md); explanations name the words.")
+    text_max_chars: int = Field(default=10_000, ge=1, le=1_000_000, description="Longest text the service accepts in a "
+                                "`text` field (characters); a longer one is refused with a 422 naming the field.")
 
-    @field_validator("numeric", "categorical")
+    @field_validator("numeric", "categorical", "text")
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
         return [check_column_name(v) for v in value]
 
     @model_validator(mode="after")
     def _at_least_one(self) -> FeaturesSpec:
-        if not self.numeric and not self.categorical:
-            raise ValueError("declare at least one feature under features.numeric or features.categorical")
+        if not self.numeric and not self.categorical and not self.text:
+            raise ValueError("declare at least one feature under features.numeric, features.categorical or "
+                             "features.text")
         limit = max_features()
-        declared = len(self.numeric) + len(self.categorical)
+        declared = len(self.numeric) + len(self.categorical) + len(self.text)
         if declared > limit:
             raise ValueError(f"found {declared} features; at most {limit} are allowed (the drift, training and "
                              f"explanation steps grow with each feature: see docs/configuration.md). Select fewer "
@@ -165,6 +172,9 @@ class FeaturesSpec(_Strict):
         overlap = sorted(set(self.numeric) & set(self.categorical))
         if overlap:
             raise ValueError(f"columns {overlap} are listed as both numeric and categorical; pick one")
+        overlap = sorted(set(self.text) & (set(self.numeric) | set(self.categorical)))
+        if overlap:
+            raise ValueError(f"columns {overlap} are listed as text and as numeric or categorical; pick one")
         return self
 
 
@@ -533,7 +543,7 @@ class ModelSpec(_Strict):
     # Derived facts used by the asset factories.
     @property
     def feature_columns(self) -> list[str]:
-        return [*self.features.numeric, *self.features.categorical]
+        return [*self.features.numeric, *self.features.categorical, *self.features.text]
 
     @property
     def estimator_name(self) -> str:
