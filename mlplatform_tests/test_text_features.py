@@ -102,6 +102,22 @@ def test_the_default_pipeline_encodes_text_by_tf_idf_and_explanations_name_the_w
     assert text.as_dict()["words"][0]["word"] == named[0]
 
 
+def test_a_tree_model_on_text_is_explained_by_tree_shap_and_its_words_are_their_own_shap_values():
+    data = yaml.safe_load(TICKETS_SPEC)
+    del data["estimator"]  # the default: HistGradientBoosting, on the dense TF-IDF matrix
+    model_spec = ModelSpec.model_validate(data)
+    x, y = split_xy(generated_tickets(), model_spec)
+    pipeline = build_pipeline(model_spec).fit(x, y)
+    explainer = Explainer(pipeline, "multiclass", model_spec.feature_columns)
+    assert explainer.method == "tree_shap"
+    ticket = pd.DataFrame([{"tenure_months": 30.0, "message": "please delete my profile and email"}])
+    [explained] = explainer.explain(ticket)
+    assert explained.output == "score of 'account'"
+    [text] = [c for c in explained.top if c.feature == "message"]
+    assert {w for w, _ in text.words[:2]} <= {"delete", "profile", "email"}
+    assert abs(text.words[0][1]) <= abs(text.contribution) + 1e-9  # a share of the feature's own contribution
+
+
 def test_the_service_refuses_a_text_over_the_limit_or_not_a_text_naming_the_field():
     schema = RecordSchema(spec())
     assert schema.check([{"tenure_months": 3, "message": "login error"}]) == [

@@ -102,6 +102,24 @@ MAX_WORDS_TRIED = 30
 """Distinct words of a text tried per explanation (the first ones in the text)."""
 
 
+def output_words(pipeline: Any) -> list[tuple[str, str | None]]:
+    """Per output column of the preprocessing step: (its spec feature, its word when it is a TF-IDF column)."""
+    found: list[tuple[str, str | None]] = []
+    sources = source_features(pipeline)
+    words: dict[str, list[str]] = {}
+    for name, transformer, columns in pipeline.named_steps["preprocess"].transformers_:
+        if str(name).startswith(TEXT_TRANSFORMER_PREFIX):
+            words[str(list(columns)[0])] = [str(w) for w in transformer[-1].get_feature_names_out()]
+    seen: dict[str, int] = {}
+    for source in sources:
+        if source in words:
+            found.append((source, words[source][seen.get(source, 0)]))
+            seen[source] = seen.get(source, 0) + 1
+        else:
+            found.append((source, None))
+    return found
+
+
 def text_features(pipeline: Any) -> list[str]:
     """The spec's text features a pipeline encodes (its ``text:<column>`` blocks; a factory's ``text`` passthrough)."""
     found: list[str] = []
@@ -213,6 +231,8 @@ class Explainer:
             self._map = np.zeros((len(sources), len(self.features)))
             for column, source in enumerate(sources):
                 self._map[column, self.features.index(source)] = 1.0
+            self._words = output_words(pipeline)  # the word of each TF-IDF output column (None elsewhere)
+        self._values: np.ndarray | None = None  # the last TreeSHAP values per output column (for the words)
         self.background = background.reset_index(drop=True) if background is not None else None
         if self._tree is None and (self.background is None or self.background.empty):
             raise ValueError("a non-tree model needs background rows (training rows) to explain predictions")
@@ -247,6 +267,7 @@ class Explainer:
             values, base = values[rows, :, pick], expected[pick]
         else:
             base = np.full(len(x), expected[-1] if len(expected) else 0.0)
+        self._values = values
         return base, values @ self._map
 
     def _output(self, x: pd.DataFrame, classes: np.ndarray | None) -> np.ndarray:
@@ -294,14 +315,22 @@ class Explainer:
         return base_values, contributions
 
     def word_effects(self, x: pd.DataFrame, row: int, feature: str, class_index: int | None) -> list[tuple[str, float]]:
-        """The words of a row's text that moved its output most: the output minus the output with the word taken
-        out of the text (every occurrence), largest effects by size first (the same scale as the contributions)."""
+        """The words of a row's text that moved its output most, largest by size first, on the contributions' scale.
+
+        TreeSHAP: each word's own SHAP value (the words of the text; they add up to the feature's contribution with
+        the absent words'). Otherwise: the output minus the output with the word taken out of the text (every
+        occurrence), for the first :data:`MAX_WORDS_TRIED` distinct words."""
         from mlplatform.lib.text import TOKEN_PATTERN, words
 
         text = x[feature].iloc[row]
         tried = list(dict.fromkeys(words(text)))[:MAX_WORDS_TRIED]
         if not tried:
             return []
+        if self._tree is not None and self._values is not None:
+            present = set(words(text))
+            effects = [(word, float(self._values[row, column])) for column, (source, word) in enumerate(self._words)
+                       if source == feature and word in present]
+            return sorted(effects, key=lambda e: -abs(e[1]))[:TOP_WORDS]
         variants = x.iloc[[row] * (len(tried) + 1)].reset_index(drop=True)
         for i, word in enumerate(tried, start=1):
             variants.loc[i, feature] = re.sub(TOKEN_PATTERN, lambda m, w=word: "" if m.group(0).lower() == w
