@@ -87,6 +87,12 @@ def test_batch_scoring_needs_a_key_and_is_off_unless_the_spec_asks(home, spec_di
     with pytest.raises(ValueError, match="scoring.batch: needs source.key"):
         ModelSpec.model_validate(keyless)
 
+    without_batch = yaml.safe_load(BINARY_SPEC) | {"scoring": {"table": "main.to_score"}}
+    with pytest.raises(ValueError, match="scoring.table: set scoring.batch: true as well"):
+        ModelSpec.model_validate(without_batch)
+    with pytest.raises(ValueError, match="scoring.table: found 'audit.events'"):
+        ModelSpec.model_validate(yaml.safe_load(BATCH_SPEC) | {"scoring": {"batch": True, "table": "audit.events"}})
+
     spec_dir({"toy.yaml": BINARY_SPEC}, {"toy.csv": binary_rows()})
     defs = load_definitions()
     assert AssetKey(["toy", names.SCORES]) not in defs.resolve_asset_graph().get_all_asset_keys()
@@ -138,3 +144,23 @@ def test_the_weekly_scores_asset_scores_each_week_with_the_champion_and_live_per
     assert run_weeks(defs, "toy", instance, WEEKS[2], assets=[names.SCORES]).success  # scored again: same rows
     assert len(read_prediction_log(home, "toy")) == len(features)
     assert len(warehouse_query(home, "select * from toy.scores")) == len(features)
+
+
+@pytest.mark.slow
+def test_a_scoring_table_the_spec_names_is_what_the_batch_scores(home, spec_dir, instance):
+    import duckdb
+
+    spec_dir({"toy.yaml": BATCH_SPEC + "  table: main.to_score\n"}, {"toy.csv": binary_rows()})
+    to_score = binary_rows().drop(columns=["y", "label"]).assign(ts=lambda f: pd.to_datetime(f["ts"]),
+                                                                 id=lambda f: f["id"] + 1000)  # other customers
+    to_score = to_score[to_score["ts"] < pd.Timestamp(WEEKS[2])].iloc[::2]  # weeks 1 and 2, every other row
+    home.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+        connection.register("frame", to_score)
+        connection.execute("create table main.to_score as select * from frame")
+    assert run_weeks(load_definitions(), "toy", instance, WEEKS[0], WEEKS[1]).success
+
+    scores = warehouse_query(home, "select id, model_version from toy.scores order by id")
+    assert list(scores["id"]) == sorted(to_score["id"]) and set(scores["model_version"]) == {"1"}
+    logged = read_prediction_log(home, "toy")
+    assert sorted(logged["entity_key"].astype(int)) == sorted(to_score["id"])

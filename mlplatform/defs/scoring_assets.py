@@ -37,9 +37,12 @@ def build_scores_asset(spec: ModelSpec):
             scores_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb", "parquet"},
             # After the week's training step when it runs too (the backtest is its last output): so a version
             # trained and promoted for week W in the same run scores week W.
-            skippable=True, deps=[AssetDep(features_key(spec)), AssetDep(backtest_key(spec))],
+            skippable=True, deps=[*([AssetDep(features_key(spec))] if spec.scoring.table is None else []),
+                                  AssetDep(backtest_key(spec))],
             metadata=column_schema_metadata(scores_schema(spec)),
-            description="The champion's predictions of week W's feature rows, scored in a batch: table "
+            description="The champion's predictions of week W's rows ("
+            + (f"of the table `{spec.scoring.table}`" if spec.scoring.table else "the model's features")
+            + "), scored in a batch: table "
             f"`{spec.name}.{names.SCORES_TABLE}` (version and role `batch` on every row), and the prediction log with "
             "role `batch`, so live performance, drift on production inputs and the audit cover them. A range of "
             "weeks is scored by the champion of the moment; while there is none, nothing is scored (the "
@@ -71,7 +74,7 @@ def build_scores_asset(spec: ModelSpec):
         writer = PredictionLogWriter(platform.home_path, uri=location.uri if location else None, input_types={
             spec.name: {**{c: "float64" for c in spec.features.numeric},
                         **{c: "string" for c in [*spec.features.categorical, *spec.features.text]}}})
-        run_rows = warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)
+        run_rows = _rows_to_score(spec, warehouse, window)
         scored_at = utc_now()
         done = []
         for week_start in window.week_starts():
@@ -107,3 +110,28 @@ def build_scores_asset(spec: ModelSpec):
         })
 
     return scores
+
+
+def _rows_to_score(spec: ModelSpec, warehouse: Warehouse, window) -> pd.DataFrame:
+    """The run's rows to score: the model's features, or ``scoring.table``'s rows in the window (checked for the
+    columns scoring needs); none when the table does not exist yet."""
+    from mlplatform.lib.warehouse import quote_identifier, table_name
+
+    if spec.scoring.table is None:
+        if not warehouse.table_exists(spec.name, names.FEATURES):
+            return pd.DataFrame(columns=spec.modelling_columns)
+        return warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)
+    schema, _, table = spec.scoring.table.partition(".")
+    if not warehouse.table_exists(schema, table):
+        raise ValueError(f"{spec.name}: scoring.table {spec.scoring.table} does not exist in the warehouse; build it "
+                         "(e.g. with dbt) before scoring, or remove scoring.table to score the model's features")
+    column = quote_identifier(spec.time_column)
+    with warehouse.get_connection() as connection:
+        rows = connection.execute(f"select * from {table_name(schema, table)} where {column} >= ? and {column} < ? "
+                                  f"order by {column}", [window.start, window.end]).fetchdf()
+    needed = [spec.time_column, *spec.source.key, *spec.feature_columns]
+    missing = [c for c in dict.fromkeys(needed) if c not in rows.columns]
+    if missing:
+        raise ValueError(f"{spec.name}: scoring.table {spec.scoring.table} lacks column(s) {', '.join(missing)}; it "
+                         f"needs the time column, the key and every feature: {', '.join(dict.fromkeys(needed))}")
+    return rows

@@ -53,7 +53,7 @@ def score_week(spec: Any, pipeline: Any, version: str, rows: pd.DataFrame, week:
     week_start = pd.Timestamp(week)
     if rows.empty:
         return BatchScores(_table(spec, rows, np.array([]), [], [], version, week_start, scored_at), [])
-    x = rows[list(spec.feature_columns)]
+    x = model_inputs(spec, rows)
     predicted = predict(pipeline, x, spec.task, spec.decision_threshold)
     labels = [_label_text(v) for v in predicted.label]
     probabilities: list[dict[str, float] | None] = [None] * len(rows)
@@ -72,6 +72,21 @@ def score_week(spec: Any, pipeline: Any, version: str, rows: pd.DataFrame, week:
                  "label": labels[i], "score": float(predicted.score[i]), "probabilities": probabilities[i],
                  "latency_ms": None, "inputs": inputs[i]} for i in range(len(rows))]
     return BatchScores(table, log_rows)
+
+
+def model_inputs(spec: Any, rows: pd.DataFrame) -> pd.DataFrame:
+    """The feature columns as training gave them to the model (``split_xy`` on the features table): numbers as
+    float, categories as text (a ``scoring.table`` may hold them as numbers), free text as text; nulls as None."""
+    from mlplatform.lib.validation import as_category_text
+
+    x = rows[list(spec.feature_columns)].copy()
+    for column in spec.features.numeric:
+        x[column] = pd.to_numeric(x[column], errors="coerce").astype("float64")
+    for column in spec.features.categorical:
+        x[column] = as_category_text(x[column])
+    for column in spec.features.text:
+        x[column] = x[column].astype(str).astype(object).where(x[column].notna(), None)
+    return x
 
 
 def _label_text(value: Any) -> str:

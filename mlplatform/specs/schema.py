@@ -433,6 +433,17 @@ class ScoringSpec(_Strict):
                         "`<model>.scores` and to the prediction log (so drift on production inputs, live "
                         "performance and the audit cover the model). Needs `source.key` (what outcomes are matched "
                         "on); the weekly job runs it.")
+    table: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
+                              description="Score the rows of this warehouse table (`schema.table`, e.g. a dbt mart of "
+                              "the customers to score) instead of the model's features: week W's rows by the spec's "
+                              "time column, with the key and feature columns. In the model's own schema or one no "
+                              "model owns, like `labels.table`. Needs `batch: true`.")
+
+    @model_validator(mode="after")
+    def _table_needs_batch(self) -> ScoringSpec:
+        if self.table is not None and not self.batch:
+            raise ValueError("scoring.table: set scoring.batch: true as well (the table is what the batch scores)")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -508,6 +519,10 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _batch_needs_a_key(self) -> ModelSpec:
+        if self.scoring.table is not None:
+            problem = labels_table_problem(self.scoring.table, self.name, what="rows to score")
+            if problem:
+                raise ValueError(f"scoring.table: {problem}")
         if self.scoring.batch and not self.source.key:
             raise ValueError("scoring.batch: needs source.key, the columns that identify a row: a batch score is "
                              "matched with its outcome on them. Add source.key, or remove scoring.batch")
