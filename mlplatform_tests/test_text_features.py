@@ -146,6 +146,18 @@ def test_text_drift_flags_new_vocabulary_and_not_a_week_like_the_reference():
     assert {c.column for c in moved.drifted} == {"message.words", "message.unseen"}  # longer, and new words
 
 
+def test_the_training_data_gate_compares_text_columns_like_drift():
+    from mlplatform.lib.lifecycle import training_data_check
+
+    model_spec = spec()
+    train = generated_tickets(weeks=2, seed=1)
+    alike = training_data_check(model_spec, train, generated_tickets(weeks=1, seed=2), "recent inputs")
+    assert alike.passed, alike.reason
+    moved = training_data_check(model_spec, train, generated_tickets(weeks=1, seed=3, new_product_from_week=0),
+                                "recent inputs")
+    assert not moved.passed and set(moved.facts["drifted"]) == {"message.words", "message.unseen"}
+
+
 @pytest.mark.slow
 def test_a_ticket_classifier_trains_weekly_serves_text_over_http_and_its_drift_covers_the_text(
         home, spec_dir, instance):

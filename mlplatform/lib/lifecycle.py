@@ -131,11 +131,16 @@ def training_data_check(spec: ModelSpec, train: pd.DataFrame, recent: pd.DataFra
     Its method is ``gates.training_data.method``, else ``drift.method`` (with drift's alpha and effect floor).
     """
     from mlplatform.lib.drift import drift_report, profile_reference, settings_from_spec
+    from mlplatform.lib.text import add_current_proxies, add_reference_proxies, proxy_columns
 
     if recent.empty:
         return gate_lib.training_data_gate(None, recent_label)
     gate = spec.gates.training_data
-    profile = profile_reference(train, spec.features.numeric, spec.features.categorical)
+    text = spec.features.text  # compared through per-document numbers, as drift does (mlplatform.lib.text)
+    if text:
+        train, vocabularies = add_reference_proxies(train, text)
+        recent = add_current_proxies(recent, text, vocabularies)
+    profile = profile_reference(train, [*spec.features.numeric, *proxy_columns(text)], spec.features.categorical)
     report = drift_report(gate.method or spec.drift.method, profile, recent, gate.max_drifted_share,
                           settings_from_spec(spec.drift))
     return gate_lib.training_data_gate(report, recent_label)
