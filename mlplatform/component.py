@@ -111,6 +111,10 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
         assets += [build_features_asset(spec), build_model_assets(spec), build_prediction_log_spec(spec),
                    build_drift_assets(spec), build_production_assets(spec),
                    build_audit_trail_spec(spec)]
+        if spec.scoring.batch:
+            from mlplatform.defs.scoring_assets import build_scores_asset
+
+            assets.append(build_scores_asset(spec))
         pipeline, retrain, weekly, production = build_jobs(spec)
         approve, rollback = build_approval_jobs(spec)
         # Weekly-retrained models are retrained by the schedule; the drift sensor serves `retrain: on_drift`.

@@ -20,6 +20,7 @@ AUDIT_TRAIL = "audit_trail"  # the model's audit events, reported by the steps a
 LABELS = "labels"  # outcomes known for week W's rows (they arrive after the predictions)
 LIVE_PERFORMANCE = "live_performance"  # logged predictions joined with their labels, per version and role
 SHADOW_REPORT = "shadow_report"  # challenger vs champion on the same requests
+SCORES = "scores"  # the champion's batch predictions of week W's rows (spec scoring.batch)
 
 # Checks, by the asset they are on.
 RAW_CHECK = "source_contract"  # on raw
@@ -35,6 +36,7 @@ DRIFT_TABLE = "drift"
 LABELS_TABLE = "labels"
 LIVE_TABLE = "live_performance"
 SHADOW_TABLE = "shadow"
+SCORES_TABLE = "scores"
 
 # The audit trail (warehouse schema "audit").
 AUDIT_SCHEMA = "audit"

@@ -62,6 +62,8 @@ def build_jobs(spec: ModelSpec) -> list:
     production = AssetSelection.assets(*(asset_key(spec.name, stage) for stage in
                                          (names.LABELS, names.LIVE_PERFORMANCE, names.SHADOW_REPORT)))
     data = week_data | AssetSelection.assets(drift_key(spec)) | production
+    if spec.scoring.batch:  # the week's batch scores, before drift and live performance read them from the log
+        data = data | AssetSelection.assets(asset_key(spec.name, names.SCORES))
     weekly = data | training if spec.automation.retrain == "weekly" else data
     # jobs that train: dagster-mlflow's resource owns the run's parent MLflow run, its hook ends it
     trains = {"tags": {names.MLFLOW_EXPERIMENT_TAG: spec.name}, "hooks": {end_mlflow_run}}
@@ -74,7 +76,8 @@ def build_jobs(spec: ModelSpec) -> list:
                          "and backtest (what the drift and decay sensors request)"),
         define_asset_job(names.weekly_job(spec.name), selection=weekly, partitions_def=weekly_partitions(spec),
                          **(trains if spec.automation.retrain == "weekly" else {}),
-                         description=f"The week that just ended for {spec.name}: data, drift (with the week's "
+                         description=f"The week that just ended for {spec.name}: data, "
+                         + ("batch scores, " if spec.scoring.batch else "") + "drift (with the week's "
                          "served predictions), live performance"
                          + (", model" if spec.automation.retrain == "weekly" else "")),
         define_asset_job(names.production_job(spec.name), selection=production, partitions_def=weekly_partitions(spec),

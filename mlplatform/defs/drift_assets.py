@@ -26,7 +26,7 @@ from dagster import (
 
 from mlplatform import names
 from mlplatform.defs.audit_assets import audit_trail_materialization
-from mlplatform.defs.keys import drift_key, features_key
+from mlplatform.defs.keys import asset_key, drift_key, features_key
 from mlplatform.defs.metadata import column_schema_metadata, owners
 from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
 from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, write_week_rows
@@ -70,6 +70,11 @@ def _table(report: "DriftReport", shown: list) -> str:
         f"{c.effect:.3f} | {'yes' if c.drifted else 'no'} | {'yes' if c.counts else 'no'} |" for c in shown)
 
 
+def _batch_deps(spec: ModelSpec) -> list[AssetDep]:
+    """The batch scores (``scoring.batch``), which the step reads from the log: scored first in a run."""
+    return [AssetDep(asset_key(spec.name, names.SCORES))] if spec.scoring.batch else []
+
+
 def build_drift_assets(spec: ModelSpec):
     numerical, categorical = spec.features.numeric, spec.features.categorical
     key = drift_key(spec)
@@ -81,7 +86,7 @@ def build_drift_assets(spec: ModelSpec):
         name=names.multi_asset_op(spec.name, names.DRIFT),
         specs=[AssetSpec(
             key, group_name=spec.name, owners=owners(spec), kinds={"evidently", "duckdb"}, skippable=True,
-            deps=[AssetDep(features_key(spec)), AssetDep(prediction_log_key(spec))],
+            deps=[AssetDep(features_key(spec)), AssetDep(prediction_log_key(spec)), *_batch_deps(spec)],
             metadata=column_schema_metadata(drift_schema(spec)),
             description="Feature drift of week W against the champion's training reference (or the N weeks before W "
             f"when there is none), decided by {decides} (drift.method: {spec.drift.method}); the champion's prediction "
@@ -107,7 +112,7 @@ def build_drift_assets(spec: ModelSpec):
         )
         from mlplatform.lib.plots import drift_plot
         from mlplatform.lib.prediction_log import log_location_text, read_prediction_log
-        from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE
+        from mlplatform.lib.routing import ANSWERED_ROLES
 
         warehouse: Warehouse = context.resources.warehouse
         registry: ModelRegistry = context.resources.model_registry
@@ -118,7 +123,7 @@ def build_drift_assets(spec: ModelSpec):
         logged = validate_table(read_prediction_log(platform.home_path, spec.name, window.start, window.end),
                                 prediction_log_schema(spec), f"prediction log {log_location_text(platform.home_path, spec.name)}",
                                 "The drift step stopped before using it: fix or remove the segments holding those rows")
-        answered = logged[logged["role"].isin([CHAMPION_ROLE, CANARY_ROLE])]  # what clients got, not shadow scores
+        answered = logged[logged["role"].isin(ANSWERED_ROLES)]  # what clients got (or a batch), not shadow scores
         results, notes = weekly_drift(
             spec, window.week_starts(), run_rows,
             lambda start, end: warehouse.read_window(spec.name, names.FEATURES, spec.time_column, Window(start, end)),

@@ -187,12 +187,13 @@ def build_model_assets(spec: ModelSpec):
 
 
 def _logged_production_inputs(spec: ModelSpec, platform, week_starts: list[datetime]):
-    """What the service answered (champion and canary traffic) in the recent days before the run's weeks, if logged."""
+    """What production scored (champion and canary traffic, batch scores) in the recent days before the run's
+    weeks, if logged."""
     from mlplatform.lib.prediction_log import read_prediction_log
-    from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE
+    from mlplatform.lib.routing import ANSWERED_ROLES
 
     start = week_starts[0] - timedelta(days=spec.gates.training_data.recent_days)
-    logged = read_prediction_log(platform.home_path, spec.name, start, week_starts[-1], roles=[CHAMPION_ROLE, CANARY_ROLE])
+    logged = read_prediction_log(platform.home_path, spec.name, start, week_starts[-1], roles=list(ANSWERED_ROLES))
     return logged if len(logged) else None
 
 

@@ -72,9 +72,11 @@ def build_production_assets(spec: ModelSpec):
                       f"{_labels_origin(spec)}. Table `{spec.name}.{names.LABELS_TABLE}`.",
                       metadata=column_schema_metadata(labels_schema(spec))),
             AssetSpec(live_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb"}, skippable=True,
-                      deps=[AssetDep(labels_key(spec)), AssetDep(prediction_log_key(spec))],
+                      deps=[AssetDep(labels_key(spec)), AssetDep(prediction_log_key(spec)),
+                            *([AssetDep(asset_key(spec.name, names.SCORES))] if spec.scoring.batch else [])],
                       description=f"Week W's logged predictions joined with their outcomes: {metric} with a 95% "
-                      "bootstrap interval per version and role (champion, canary, shadow), rows matched and unmatched; "
+                      "bootstrap interval per version and role (champion, canary, shadow, batch), rows matched and "
+                      "unmatched; "
                       "the champion against its own evaluation. Table "
                       f"`{spec.name}.{names.LIVE_TABLE}`.",
                       metadata=column_schema_metadata(live_performance_schema(spec))),

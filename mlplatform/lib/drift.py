@@ -435,8 +435,12 @@ def weekly_drift(spec: ModelSpec, week_starts: list[date], run_rows: pd.DataFram
     drift_spec = spec.drift
     method = method or drift_spec.method
     settings = settings_from_spec(drift_spec)
-    numerical, categorical = spec.features.numeric, spec.features.categorical
+    from mlplatform.lib.text import add_current_proxies, add_reference_proxies, proxy_columns
+
+    text = spec.features.text  # compared through per-document numbers (mlplatform.lib.text)
+    numerical, categorical = [*spec.features.numeric, *proxy_columns(text)], spec.features.categorical
     references: dict[tuple[datetime, datetime], tuple[ReferenceProfile, pd.DataFrame, ReferenceProfile | None]] = {}
+    vocabularies: dict[tuple[datetime, datetime], dict] = {}
     prediction_reference: ColumnProfile | str | None = None
     results, notes = [], []
     if champion is None:
@@ -455,9 +459,13 @@ def weekly_drift(spec: ModelSpec, week_starts: list[date], run_rows: pd.DataFram
             champion.version if champion else None)
         if (reference_start, reference_end) not in references:
             rows = read_window(reference_start, reference_end)
+            if text:
+                rows, vocabularies[(reference_start, reference_end)] = add_reference_proxies(rows, text)
             references[(reference_start, reference_end)] = (
                 profile_reference(rows, numerical, categorical), rows, _target_profile(spec, rows))
         profile, reference_rows, target_profile = references[(reference_start, reference_end)]
+        if text:
+            current = add_current_proxies(current, text, vocabularies[(reference_start, reference_end)])
         if current.empty or profile.rows == 0:
             notes.append(f"drift week {week}: no current rows or no reference rows ({reference_kind}); skipped")
             continue

@@ -20,6 +20,7 @@ What is explained is the model's raw output: the prediction (regression), the lo
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.lib.decision import DECISION_THRESHOLD
+from mlplatform.lib.text import TEXT_TRANSFORMER_PREFIX
 from mlplatform.specs.tasks import is_lower_better
 
 EXPLAIN_ROWS = 100
@@ -85,9 +87,46 @@ class Contribution:
     feature: str
     value: Any  # the record's value of the feature, as the model received it
     contribution: float
+    words: list[tuple[str, float]] | None = None  # a text feature: its words that moved the output most
 
     def as_dict(self) -> dict[str, Any]:
-        return {"feature": self.feature, "value": self.value, "contribution": self.contribution}
+        found = {"feature": self.feature, "value": self.value, "contribution": self.contribution}
+        if self.words is not None:
+            found["words"] = [{"word": w, "effect": e} for w, e in self.words]
+        return found
+
+
+TOP_WORDS = 5
+"""Words named per text feature in an explanation."""
+MAX_WORDS_TRIED = 30
+"""Distinct words of a text tried per explanation (the first ones in the text)."""
+
+
+def output_words(pipeline: Any) -> list[tuple[str, str | None]]:
+    """Per output column of the preprocessing step: (its spec feature, its word when it is a TF-IDF column)."""
+    found: list[tuple[str, str | None]] = []
+    sources = source_features(pipeline)
+    words: dict[str, list[str]] = {}
+    for name, transformer, columns in pipeline.named_steps["preprocess"].transformers_:
+        if str(name).startswith(TEXT_TRANSFORMER_PREFIX):
+            words[str(list(columns)[0])] = [str(w) for w in transformer[-1].get_feature_names_out()]
+    seen: dict[str, int] = {}
+    for source in sources:
+        if source in words:
+            found.append((source, words[source][seen.get(source, 0)]))
+            seen[source] = seen.get(source, 0) + 1
+        else:
+            found.append((source, None))
+    return found
+
+
+def text_features(pipeline: Any) -> list[str]:
+    """The spec's text features a pipeline encodes (its ``text:<column>`` blocks; a factory's ``text`` passthrough)."""
+    found: list[str] = []
+    for name, transformer, columns in pipeline.named_steps["preprocess"].transformers_:
+        if str(name).startswith(TEXT_TRANSFORMER_PREFIX) or (name == "text" and transformer == "passthrough"):
+            found += [str(c) for c in columns]
+    return found
 
 
 @dataclass
@@ -155,7 +194,9 @@ def source_features(pipeline: Any) -> list[str]:
             sources += [str(c) for c in columns]
             continue
         last = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
-        if isinstance(last, OneHotEncoder):
+        if str(name).startswith(TEXT_TRANSFORMER_PREFIX):  # one output per word of the column's vocabulary
+            sources += [str(columns[0])] * len(last.vocabulary_)
+        elif isinstance(last, OneHotEncoder):
             drops = last.drop_idx_ if last.drop_idx_ is not None else [None] * len(columns)
             for column, categories, dropped in zip(columns, last.categories_, drops, strict=True):
                 sources += [column] * (len(categories) - (dropped is not None))
@@ -190,6 +231,8 @@ class Explainer:
             self._map = np.zeros((len(sources), len(self.features)))
             for column, source in enumerate(sources):
                 self._map[column, self.features.index(source)] = 1.0
+            self._words = output_words(pipeline)  # the word of each TF-IDF output column (None elsewhere)
+        self._values: np.ndarray | None = None  # the last TreeSHAP values per output column (for the words)
         self.background = background.reset_index(drop=True) if background is not None else None
         if self._tree is None and (self.background is None or self.background.empty):
             raise ValueError("a non-tree model needs background rows (training rows) to explain predictions")
@@ -224,6 +267,7 @@ class Explainer:
             values, base = values[rows, :, pick], expected[pick]
         else:
             base = np.full(len(x), expected[-1] if len(expected) else 0.0)
+        self._values = values
         return base, values @ self._map
 
     def _output(self, x: pd.DataFrame, classes: np.ndarray | None) -> np.ndarray:
@@ -270,13 +314,43 @@ class Explainer:
             base_values[r] = out[0, 0]
         return base_values, contributions
 
+    def word_effects(self, x: pd.DataFrame, row: int, feature: str, class_index: int | None) -> list[tuple[str, float]]:
+        """The words of a row's text that moved its output most, largest by size first, on the contributions' scale.
+
+        TreeSHAP: each word's own SHAP value (the words of the text; they add up to the feature's contribution with
+        the absent words'). Otherwise: the output minus the output with the word taken out of the text (every
+        occurrence), for the first :data:`MAX_WORDS_TRIED` distinct words."""
+        from mlplatform.lib.text import TOKEN_PATTERN, words
+
+        text = x[feature].iloc[row]
+        tried = list(dict.fromkeys(words(text)))[:MAX_WORDS_TRIED]
+        if not tried:
+            return []
+        if self._tree is not None and self._values is not None:
+            present = set(words(text))
+            effects = [(word, float(self._values[row, column])) for column, (source, word) in enumerate(self._words)
+                       if source == feature and word in present]
+            return sorted(effects, key=lambda e: -abs(e[1]))[:TOP_WORDS]
+        variants = x.iloc[[row] * (len(tried) + 1)].reset_index(drop=True)
+        for i, word in enumerate(tried, start=1):
+            variants.loc[i, feature] = re.sub(TOKEN_PATTERN, lambda m, w=word: "" if m.group(0).lower() == w
+                                              else m.group(0), str(text))
+        classes = None if class_index is None else np.full(len(variants), class_index)
+        outputs = self._output(variants, classes)
+        effects = [(word, float(outputs[0] - outputs[i])) for i, word in enumerate(tried, start=1)]
+        return sorted(effects, key=lambda e: -abs(e[1]))[:TOP_WORDS]
+
     def explain(self, x: pd.DataFrame, top_k: int = TOP_K) -> list[RowExplanation]:
-        """Each row's explanation: its top-k contributions (by size) with the row's values."""
+        """Each row's explanation: its top-k contributions (by size) with the row's values; a text feature among
+        them also names its words (:meth:`word_effects`)."""
         base, contributions, classes = self.contributions(x)
+        texts = set(text_features(self.pipeline))
         explained = []
         for r in range(len(x)):
             order = np.argsort(-np.abs(contributions[r]), kind="stable")
-            top = [Contribution(self.features[f], _plain(x[self.features[f]].iloc[r]), float(contributions[r, f]))
+            top = [Contribution(self.features[f], _plain(x[self.features[f]].iloc[r]), float(contributions[r, f]),
+                                self.word_effects(x, r, self.features[f], None if classes is None else int(classes[r]))
+                                if self.features[f] in texts else None)
                    for f in order[:top_k]]
             rest = float(contributions[r, order[top_k:]].sum())
             explained.append(RowExplanation(self.output_name(None if classes is None else int(classes[r])),

@@ -132,11 +132,16 @@ def training_data_check(spec: ModelSpec, train: pd.DataFrame, recent: pd.DataFra
     Its method is ``gates.training_data.method``, else ``drift.method`` (with drift's alpha and effect floor).
     """
     from mlplatform.lib.drift import drift_report, profile_reference, settings_from_spec
+    from mlplatform.lib.text import add_current_proxies, add_reference_proxies, proxy_columns
 
     if recent.empty:
         return gate_lib.training_data_gate(None, recent_label)
     gate = spec.gates.training_data
-    profile = profile_reference(train, spec.features.numeric, spec.features.categorical)
+    text = spec.features.text  # compared through per-document numbers, as drift does (mlplatform.lib.text)
+    if text:
+        train, vocabularies = add_reference_proxies(train, text)
+        recent = add_current_proxies(recent, text, vocabularies)
+    profile = profile_reference(train, [*spec.features.numeric, *proxy_columns(text)], spec.features.categorical)
     report = drift_report(gate.method or spec.drift.method, profile, recent, gate.max_drifted_share,
                           settings_from_spec(spec.drift))
     return gate_lib.training_data_gate(report, recent_label)
@@ -242,6 +247,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
         "training_window_weeks": spec.partitions.training_window_weeks,
         "train_start": f"{train_window.start:%Y-%m-%d}", "train_end": f"{train_window.end:%Y-%m-%d}",
         "eval_week": week, "train_rows": len(train), "eval_rows": len(evaluation),
+        **({"features.text": ",".join(spec.features.text)} if spec.features.text else {}),
     }
     predictions = pd.DataFrame({
         "week": pd.Timestamp(week_start).normalize(),

@@ -34,7 +34,7 @@ from mlplatform.lib.metrics import (
     paired_bootstrap,
 )
 from mlplatform.lib.outcomes import JOIN_KEY, LABEL, json_ready, log_join_keys
-from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE
+from mlplatform.lib.routing import BATCH_ROLE, CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE
 from mlplatform.specs.tasks import is_lower_better
 
 PREVIOUS_CHAMPION_ROLE = "previous_champion"
@@ -117,8 +117,11 @@ def live_estimates(task: str, metric: str, matched: pd.DataFrame, seed: int = SE
 
 
 def judged_champion(estimates: Sequence[LiveEstimate], current_champion: str | None) -> LiveEstimate | None:
-    """The champion the week is judged on: the current champion if it answered that week, else the busiest one."""
-    champions = [e for e in estimates if e.role == CHAMPION_ROLE]
+    """The champion the week is judged on: the current champion if it answered that week, else the busiest one.
+
+    A model scored only in batches (``scoring.batch``, no served traffic that week) is judged on its batch rows."""
+    champions = ([e for e in estimates if e.role == CHAMPION_ROLE]
+                 or [e for e in estimates if e.role == BATCH_ROLE])
     if not champions:
         return None
     for e in champions:
@@ -362,6 +365,8 @@ def judge_rollback(task: str, metric: str, matched: pd.DataFrame, degraded: str 
         return no("no earlier champion may be restored",
                   f"no earlier champion may be restored ({'; '.join(passed_over) or 'none'}); no rollback")
     rows = matched[(matched["role"] == CHAMPION_ROLE) & (matched["version"] == degraded)]
+    if rows.empty:  # a batch-scored champion: the rows it scored in batch
+        rows = matched[(matched["role"] == BATCH_ROLE) & (matched["version"] == degraded)]
     missing = [c for c in feature_columns if c not in rows.columns]
     if missing:
         return no("the log lacks inputs", f"the log lacks inputs {missing}; cannot rescore v{candidate}; no rollback")

@@ -269,7 +269,8 @@ def render_markdown(facts: CardFacts) -> str:
     add(f"- **Estimator**: `{_c(spec.estimator_name)}` "
         + (f"with {_t(', '.join(f'{k}={v}' for k, v in spec.estimator.params.items()))}" if spec.estimator.params else ""))
     add(f"- **Inputs** ({len(spec.feature_columns)}): numbers {_t(', '.join(spec.features.numeric) or 'none')}; "
-        f"categories {_t(', '.join(spec.features.categorical) or 'none')}")
+        f"categories {_t(', '.join(spec.features.categorical) or 'none')}"
+        + (f"; free text {_t(', '.join(spec.features.text))} (TF-IDF)" if spec.features.text else ""))
     if spec.fairness is not None:
         add(f"- **Never inputs** (audited by the fairness gate): {_t(', '.join(spec.fairness.sensitive))}")
     add(f"- **Training window**: {_t(facts.train_window)}, {facts.train_rows} rows; evaluated on "

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, entity_key
+from mlplatform.lib.routing import ANSWERED_ROLES, entity_key
 
 JOIN_KEY = "join_key"
 LABEL = "y"
@@ -75,7 +75,7 @@ class Matched:
 
     rows: pd.DataFrame
     labels: int
-    unmatched_labels: int  # outcomes no answered prediction (champion or canary) was found for
+    unmatched_labels: int  # outcomes no answered prediction (champion, canary or batch) was found for
     predictions_without_key: int  # logged rows with neither entity key nor record id: never matchable
 
 
@@ -92,7 +92,7 @@ def match_labels(logged: pd.DataFrame, labels: pd.DataFrame) -> Matched:
     keyed = keyed.dropna(subset=[JOIN_KEY])
     latest = keyed.sort_values("time", kind="stable").drop_duplicates([JOIN_KEY, "version", "role"], keep="last")
     rows = latest.merge(labels[[JOIN_KEY, LABEL]], on=JOIN_KEY, how="inner")
-    answered = set(rows.loc[rows["role"].isin([CHAMPION_ROLE, CANARY_ROLE]), JOIN_KEY])
+    answered = set(rows.loc[rows["role"].isin(ANSWERED_ROLES), JOIN_KEY])
     return Matched(rows.reset_index(drop=True), len(labels), int((~labels[JOIN_KEY].isin(answered)).sum()), without_key)
 
 

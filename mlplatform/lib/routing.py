@@ -15,6 +15,12 @@ CHAMPION_ROLE = "champion"
 CANARY_ROLE = "canary"
 SHADOW_ROLE = "shadow"
 ROLES = (CHAMPION_ROLE, CANARY_ROLE, SHADOW_ROLE)
+BATCH_ROLE = "batch"
+"""Rows the ``<model>/scores`` asset scored in a batch (``scoring.batch``), logged beside what the service answered."""
+LOGGED_ROLES = (*ROLES, BATCH_ROLE)
+"""Every role a prediction log row may have."""
+ANSWERED_ROLES = (CHAMPION_ROLE, CANARY_ROLE, BATCH_ROLE)
+"""The predictions production acted on (not shadow scores): what drift on production inputs reads."""
 
 BUCKETS = 10_000
 """Buckets per 100 %: a canary share is honoured to 0.01 percentage points."""

@@ -34,7 +34,8 @@ SECTION_TAG_PREFIX = "spec.gates_hash."
 SPEC_ARTIFACT = "spec.json"
 
 
-ADDED_WHEN_SET = {("metrics",): {}, ("estimator", "factory"): None}
+ADDED_WHEN_SET = {("metrics",): {}, ("estimator", "factory"): None, ("scoring",): {"batch": False, "table": None},
+                  ("features", "text"): [], ("features", "text_max_chars"): 10_000}
 """Keys added after versions began recording hashes: left out of the normalized spec while at their defaults, so a
 version recorded before them still has the hash of a spec that does not use them."""
 

@@ -326,12 +326,13 @@ def labels_schema(spec: ModelSpec) -> pa.DataFrameSchema:
 def live_performance_schema(spec: ModelSpec) -> pa.DataFrameSchema:
     """``<model>.live_performance``: week W's logged predictions joined with their outcomes, per version and role."""
     from mlplatform.lib.live import PREVIOUS_CHAMPION_ROLE
-    from mlplatform.lib.routing import ROLES
+    from mlplatform.lib.routing import LOGGED_ROLES
 
     return _schema({
         "week": _week(),
         "version": column("text", "Model version."),
-        "role": column("text", "Its role that week.", checks=[one_of([*ROLES, PREVIOUS_CHAMPION_ROLE])]),
+        "role": column("text", "Its role that week (batch: scored by `<model>/scores`).",
+                       checks=[one_of([*LOGGED_ROLES, PREVIOUS_CHAMPION_ROLE])]),
         "rows": column("integer", "Labelled predictions it made.", checks=[between(0, None)]),
         "metric": column("text", "The spec's primary metric.", checks=[one_of([spec.primary_metric])]),
         "value": column("number", "Live metric (NaN: undefined on these rows).", nullable=True),
@@ -369,7 +370,7 @@ def prediction_log_schema(spec: ModelSpec) -> pa.DataFrameSchema:
     """The prediction log as :func:`mlplatform.lib.prediction_log.read_prediction_log` returns it: fixed columns,
     then one column per input feature (optional: a version of another spec may have logged other inputs)."""
     from mlplatform.lib.prediction_log import COLUMNS, INPUT_PREFIX
-    from mlplatform.lib.routing import ROLES
+    from mlplatform.lib.routing import LOGGED_ROLES
 
     columns = {
         "request_id": column("text", "Request id (the X-Request-ID answered)."),
@@ -378,7 +379,8 @@ def prediction_log_schema(spec: ModelSpec) -> pa.DataFrameSchema:
         "time": column("timestamp", "When it was answered (UTC)."),
         "model": column("text", "Model name.", checks=[one_of([spec.name])]),
         "version": column("text", "Version that scored the record."),
-        "role": column("text", "champion, canary or shadow.", checks=[one_of(list(ROLES))]),
+        "role": column("text", "champion, canary or shadow (served), or batch (`<model>/scores`).",
+                       checks=[one_of(list(LOGGED_ROLES))]),
         "entity_key": column("text", "The record's source.key values, as the labels are matched.", nullable=True),
         "label": column("text", "Predicted value or class, as text.", nullable=True),
         "score": column("number", "Predicted value, or probability of the positive class.", nullable=True),
@@ -391,6 +393,30 @@ def prediction_log_schema(spec: ModelSpec) -> pa.DataFrameSchema:
         columns[name] = column("number" if feature in numeric else "text", f"Input feature `{feature}` as sent.",
                                nullable=True, required=False)
     return _schema(columns, f"{spec.name}_prediction_log", f"What the service answered for {spec.name}.")
+
+
+def scores_schema(spec: ModelSpec) -> pa.DataFrameSchema:
+    """``<model>.scores`` (``scoring.batch``): week W's feature rows scored by the champion, in a batch."""
+    from mlplatform.lib.routing import BATCH_ROLE
+
+    columns: dict[str, pa.Column] = {
+        "week": _week(),
+        spec.time_column: column("timestamp", "Event time of the scored row (UTC)."),
+    }
+    for key in spec.source.key:
+        if key != spec.time_column:
+            columns[key] = column(None, "Row key (what outcomes are matched on).")
+    columns |= {
+        "prediction": column("number", "The score: the value (regression), the probability of the positive class "
+                             "(binary) or the class index (multiclass), as the service logs it."),
+        "predicted_label": column("text", "The predicted value or class, as text."),
+        "probabilities": column("text", "Class probabilities as JSON (classifiers; null for regression).",
+                                nullable=True),
+        "model_version": column("text", "The champion version that scored the row."),
+        "role": column("text", "Always `batch`.", checks=[one_of([BATCH_ROLE])]),
+        "scored_at": column("timestamp", "When the batch ran (UTC)."),
+    }
+    return _schema(columns, f"{spec.name}_scores", f"Batch predictions of {spec.name}'s champion, by week.")
 
 
 def audit_events_schema(spec: ModelSpec | None = None) -> pa.DataFrameSchema:
@@ -427,6 +453,7 @@ SCHEMAS_BY_ASSET: dict[str, Callable[[ModelSpec], pa.DataFrameSchema]] = {
     names.LIVE_PERFORMANCE: live_performance_schema,
     names.SHADOW_REPORT: shadow_schema,
     names.PREDICTION_LOG: prediction_log_schema,
+    names.SCORES: scores_schema,
     names.AUDIT_TRAIL: audit_events_schema,
 }
 """The table each asset stage shows in the UI. ``features`` has the data gate's schema

@@ -66,7 +66,7 @@ def own_types(pipeline: Any) -> list[str]:
     """
     import skops.io
 
-    structure = tuple(f"{type(step).__module__}.{type(step).__qualname__}" for _, step in pipeline.steps)
+    structure = _structure(pipeline)
     if structure not in _OWN_TYPES:
         _OWN_TYPES[structure] = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
     return _OWN_TYPES[structure]
@@ -97,6 +97,20 @@ def _creating_sqlite_store(tracking_uri: str) -> Iterator[bool]:
 def ended_status(dagster_run_status: str | None) -> str:
     """The MLflow status for a parent run whose Dagster run ended as ``dagster_run_status`` (e.g. ``SUCCESS``)."""
     return {"SUCCESS": "FINISHED", "FAILURE": "FAILED"}.get(dagster_run_status or "", "KILLED")
+
+
+def _structure(pipeline: Any) -> tuple[str, ...]:
+    """The types (and functions) a pipeline is made of, nested steps included: two pipelines with the same top-level
+    steps but other transformers inside (a text column's TF-IDF) need other trusted types."""
+    def name(value: Any) -> str:
+        kind = value if callable(value) and not hasattr(value, "get_params") else type(value)
+        return f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', type(kind).__name__)}"
+
+    parts = {name(step) for _, step in pipeline.steps}
+    for value in pipeline.get_params(deep=True).values():
+        if hasattr(value, "get_params") or (callable(value) and not isinstance(value, type)):
+            parts.add(name(value))
+    return tuple(sorted(parts))
 
 
 @dataclass(frozen=True)

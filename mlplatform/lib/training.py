@@ -13,6 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from mlplatform.lib.decision import DECISION_THRESHOLD, predicted_positive
+from mlplatform.lib.text import TEXT_TRANSFORMER_PREFIX, text_encoder
 from mlplatform.names import CODE_FACTORY_TAG, CODE_FINGERPRINT_TAG
 from mlplatform.specs import ModelSpec
 from mlplatform.specs.estimators import code_fingerprint, import_estimator_class, import_factory
@@ -28,7 +29,8 @@ def estimator_class(spec: ModelSpec) -> type:
 
 
 def build_pipeline(spec: ModelSpec) -> Pipeline:
-    """Impute + one-hot categoricals, impute numerics, then the spec's estimator with a fixed seed; or, with
+    """Impute + one-hot categoricals, impute numerics, TF-IDF each text column (:mod:`mlplatform.lib.text`), then
+    the spec's estimator with a fixed seed; or, with
     ``estimator.factory``, the team's own model behind a step that only selects the spec's feature columns."""
     if spec.estimator.factory is not None:
         return factory_pipeline(spec)
@@ -45,7 +47,11 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
             ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
         ])
         transformers.append(("categorical", categorical, spec.features.categorical))
-    preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
+    for column in spec.features.text:  # one TF-IDF block per text column: its own vocabulary
+        transformers.append((f"{TEXT_TRANSFORMER_PREFIX}{column}", text_encoder(), [column]))
+    # dense: TF-IDF is sparse, and not every estimator (HistGradientBoosting) takes a sparse matrix
+    preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False,
+                                   sparse_threshold=0.0 if spec.features.text else 0.3)
     return Pipeline([("preprocess", preprocess), ("estimator", cls(**params))])
 
 
@@ -60,7 +66,8 @@ def factory_pipeline(spec: ModelSpec) -> Pipeline:
     folder = spec.spec_file.parent if spec.spec_file.is_file() else None
     model = import_factory(spec.estimator.factory or "", folder)(**spec.estimator.params)
     passthrough = [(kind, "passthrough", columns) for kind, columns in
-                   (("numeric", spec.features.numeric), ("categorical", spec.features.categorical)) if columns]
+                   (("numeric", spec.features.numeric), ("categorical", spec.features.categorical),
+                    ("text", spec.features.text)) if columns]
     select = ColumnTransformer(passthrough, remainder="drop", verbose_feature_names_out=False)
     return Pipeline([("preprocess", select.set_output(transform="pandas")), ("estimator", model)])
 
@@ -79,7 +86,7 @@ def split_xy(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, np.nda
     x = frame[spec.feature_columns].copy()
     for column in spec.features.numeric:
         x[column] = x[column].astype("float64")
-    for column in spec.features.categorical:
+    for column in [*spec.features.categorical, *spec.features.text]:
         x[column] = x[column].astype(object).where(x[column].notna(), None)
     y = frame[spec.target]
     if spec.task == "regression":

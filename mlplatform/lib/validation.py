@@ -192,6 +192,8 @@ def features_schema(spec: ModelSpec) -> pa.DataFrameSchema:
         columns[name] = _column(spec, name, "numeric", default_nullable=True)
     for name in spec.features.categorical:
         columns[name] = _column(spec, name, "categorical", default_nullable=True)
+    for name in spec.features.text:
+        columns[name] = _column(spec, name, "text", default_nullable=True)
     target_kind = "numeric" if spec.task == "regression" else "label"
     columns[spec.target] = _column(spec, spec.target, target_kind, default_nullable=False)
     return pa.DataFrameSchema(
@@ -217,11 +219,12 @@ def _column(spec: ModelSpec, name: str, kind: str, default_nullable: bool) -> pa
             pa.Check(lambda s, allowed=allowed: as_category_text(s).isin(allowed) | s.isna(),
                      element_wise=False, error=f"value in {allowed}", name="isin")
         )
-    role = {"numeric": "Numeric feature", "categorical": "Categorical feature", "label": "Target",
+    role = {"numeric": "Numeric feature", "categorical": "Categorical feature", "text": "Free-text feature",
+            "label": "Target",
             "sensitive": "Sensitive attribute (not a feature)"}[kind]
     if name == spec.target:
         role = "Target"
-    dtype: Any = "float64" if kind == "numeric" else (str if kind == "categorical" else None)
+    dtype: Any = "float64" if kind == "numeric" else (str if kind in ("categorical", "text") else None)
     return pa.Column(dtype, checks=checks, nullable=nullable, coerce=kind == "numeric", description=role)
 
 
@@ -232,6 +235,10 @@ def to_features_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     for name in spec.features.categorical:
         if name in table.columns:
             table[name] = as_category_text(table[name])
+    for name in spec.features.text:
+        if name in table.columns:
+            text = table[name]
+            table[name] = text.astype(str).astype(object).where(text.notna(), None)
     return table
 
 

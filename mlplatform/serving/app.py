@@ -169,7 +169,8 @@ class ServingRuntime:
     def __init__(self, config: ServingConfig):
         self.config = config
         input_types = {spec.name: {**{c: "float64" for c in spec.features.numeric},
-                                   **{c: "string" for c in spec.features.categorical}} for spec in config.specs}
+                                   **{c: "string" for c in [*spec.features.categorical, *spec.features.text]}}
+                       for spec in config.specs}
         # The log's Parquet work runs in a child process, off this process's GIL (docs/serving.md, Speed).
         self.writer = (ChildProcessLogWriter(config.home, config.flush_seconds, input_types, config.log_uri,
                                              config.replica) if config.log_predictions else None)

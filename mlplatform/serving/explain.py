@@ -51,7 +51,7 @@ class Explainers:
     def _build(self, model: LoadedModel) -> Explainer:
         from mlplatform.lib.explain import is_tree_model
 
-        features = [*model.numeric, *model.categorical]
+        features = [*model.numeric, *model.categorical, *model.text]
         if is_tree_model(model.pipeline.named_steps["estimator"]):
             explainer = Explainer(model.pipeline, model.task, features)
             if explainer.method == "tree_shap":

@@ -48,16 +48,19 @@ class LoadedModel:
     fast: FastPreprocess | None = None  # the numpy twin of the preprocessing, when it reproduces it exactly
     trees: FlatTrees | None = None  # the flat twin of a HistGradientBoosting estimator, likewise
     verdict: Servability | None = None  # why it may be served (a person's forced approval is shown in /v1/models)
+    text: tuple[str, ...] = ()  # free-text features (features.text): always the generic path
 
     @classmethod
     def of(cls, spec: ModelSpec, version: str, pipeline: Any, verdict: Servability | None = None) -> LoadedModel:
         classes = None if spec.task == "regression" else tuple(_plain(c) for c in pipeline.classes_)
-        fast = compile_preprocess(pipeline, spec.features.numeric, spec.features.categorical)
+        fast = (compile_preprocess(pipeline, spec.features.numeric, spec.features.categorical)
+                if not spec.features.text else None)  # the numpy twin knows no TF-IDF
         trees = None
         if fast is not None:
             trees = compile_trees(pipeline.named_steps["estimator"], fast.transform(fast.probe_rows()))
         return cls(spec.name, str(version), spec.task, pipeline, tuple(spec.features.numeric),
-                   tuple(spec.features.categorical), classes, spec.decision_threshold, fast, trees, verdict)
+                   tuple(spec.features.categorical), classes, spec.decision_threshold, fast, trees, verdict,
+                   tuple(spec.features.text))
 
     @property
     def inline_rows(self) -> int:
@@ -71,7 +74,7 @@ class LoadedModel:
         data: dict[str, Any] = {}
         for column in self.numeric:
             data[column] = np.fromiter((np.nan if r[column] is None else r[column] for r in rows), "float64", count)
-        for column in self.categorical:
+        for column in (*self.categorical, *self.text):
             values = np.empty(count, dtype=object)
             values[:] = [r[column] for r in rows]
             data[column] = values

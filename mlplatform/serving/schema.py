@@ -30,11 +30,12 @@ class FieldRule:
     """What one feature accepts."""
 
     name: str
-    kind: str  # "numeric" | "categorical"
+    kind: str  # "numeric" | "categorical" | "text"
     nullable: bool
     minimum: float | None = None
     maximum: float | None = None
     categories: frozenset[str] | None = None
+    max_chars: int | None = None  # text: the longest accepted (features.text_max_chars)
 
     def allowed(self) -> str:
         if self.kind == "numeric":
@@ -45,6 +46,8 @@ class FieldRule:
                 text += f" >= {_number(self.minimum)}"
             elif self.maximum is not None:
                 text += f" <= {_number(self.maximum)}"
+        elif self.kind == "text":
+            text = f"a text of at most {self.max_chars} characters"
         elif self.categories is not None:
             text = "one of " + ", ".join(repr(c) for c in sorted(self.categories))
         else:
@@ -58,6 +61,8 @@ class FieldRule:
                 schema["minimum"] = self.minimum
             if self.maximum is not None:
                 schema["maximum"] = self.maximum
+        elif self.kind == "text":
+            schema = {"type": ["string", "null"] if self.nullable else "string", "maxLength": self.max_chars}
         else:
             schema = {"type": ["string", "number", "boolean", "null"] if self.nullable
                       else ["string", "number", "boolean"]}
@@ -91,7 +96,7 @@ class RecordSchema:
         self.model = spec.name
         self.key_columns = list(spec.source.key)
         self.rules: list[FieldRule] = []
-        for kind in ("numeric", "categorical"):
+        for kind in ("numeric", "categorical", "text"):
             for name in getattr(spec.features, kind):
                 rules = spec.columns.get(name)
                 nullable = True if rules is None or rules.nullable is None else rules.nullable
@@ -103,6 +108,7 @@ class RecordSchema:
                     minimum=rules.min if rules is not None and kind == "numeric" else None,
                     maximum=rules.max if rules is not None and kind == "numeric" else None,
                     categories=categories,
+                    max_chars=spec.features.text_max_chars if kind == "text" else None,
                 ))
         self.feature_names = [rule.name for rule in self.rules]
 
@@ -203,6 +209,12 @@ def _normalise(rule: FieldRule, value: Any) -> tuple[Any, str | None]:
         if rule.maximum is not None and number > rule.maximum:
             return None, f"is above the maximum {_number(rule.maximum)}"
         return number, None
+    if rule.kind == "text":
+        if not isinstance(value, str):
+            return None, "must be a text"
+        if rule.max_chars is not None and len(value) > rule.max_chars:
+            return None, f"is too long: {len(value)} characters, at most {rule.max_chars} (features.text_max_chars)"
+        return value, None
     if not isinstance(value, str | int | float):  # bool is an int
         return None, "must be a text, number or boolean"
     if isinstance(value, float) and not math.isfinite(value):

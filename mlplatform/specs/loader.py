@@ -72,6 +72,10 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None, check_
             problem = labels_table_problem(spec.labels.table, spec.name, set(seen) - {spec.name})
             if problem:
                 problems.append(SpecProblem(file=str(spec.spec_file), key="labels.table", message=problem))
+        if spec.scoring.table is not None:
+            problem = labels_table_problem(spec.scoring.table, spec.name, set(seen) - {spec.name}, "rows to score")
+            if problem:
+                problems.append(SpecProblem(file=str(spec.spec_file), key="scoring.table", message=problem))
     for path, module in shadowing_modules(folder):
         problems.append(SpecProblem(file=str(path), key="(code beside the specs)", message=(
             f"a module named {module!r} beside the specs would be imported instead of the real {module} by a "

@@ -52,8 +52,10 @@ def reserved_name_problem(name: str) -> str | None:
             f"{', '.join(SYSTEM_PREFIXES)}): choose another, e.g. {name}_model")
 
 
-def labels_table_problem(table: str, model: str, other_models: set[str] | frozenset[str] = frozenset()) -> str | None:
-    """Why ``labels.table`` (``schema.table``) may not be read for ``model``, or None when it may.
+def labels_table_problem(table: str, model: str, other_models: set[str] | frozenset[str] = frozenset(),
+                         what: str = "labels") -> str | None:
+    """Why ``labels.table`` (``schema.table``) may not be read for ``model``, or None when it may (``what``: what
+    the table holds, for the message: also ``scoring.table``'s rows to score).
 
     Outcomes come from the model's own schema or a schema no model owns (``main``, where dbt builds by default,
     included); never from another model's tables, the platform's audit trail or the database's catalogs.
@@ -62,8 +64,8 @@ def labels_table_problem(table: str, model: str, other_models: set[str] | frozen
     if schema == model.lower():
         return None
     if schema in {m.lower() for m in other_models}:
-        return (f"found {table!r}, a table of model {schema!r}; a model's labels may not come from another model's "
-                f"schema: build the outcomes into {model}.<table> or a schema of their own")
+        return (f"found {table!r}, a table of model {schema!r}; a model's {what} may not come from another model's "
+                f"schema: build the {what} into {model}.<table> or a schema of their own")
     if schema in PLATFORM_SCHEMAS:
         return (f"found {table!r}, in the platform's own schema {schema!r} (the audit trail); name a table of "
                 f"{model}'s schema or a schema of its own")

@@ -146,18 +146,25 @@ class FeaturesSpec(_Strict):
 
     numeric: list[str] = Field(default_factory=list, description="Numeric feature columns.")
     categorical: list[str] = Field(default_factory=list, description="Categorical feature columns (any values, compared as text).")
+    text: list[str] = Field(default_factory=list, description="Free-text feature columns: encoded by TF-IDF over "
+                            "their words (at most 1000 words per column, learnt on the training window; a "
+                            "factory gets the raw text); drift compares each document's length in words and its "
+                            "share of words unseen in the reference (docs/drift.md); explanations name the words.")
+    text_max_chars: int = Field(default=10_000, ge=1, le=1_000_000, description="Longest text the service accepts in a "
+                                "`text` field (characters); a longer one is refused with a 422 naming the field.")
 
-    @field_validator("numeric", "categorical")
+    @field_validator("numeric", "categorical", "text")
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
         return [check_column_name(v) for v in value]
 
     @model_validator(mode="after")
     def _at_least_one(self) -> FeaturesSpec:
-        if not self.numeric and not self.categorical:
-            raise ValueError("declare at least one feature under features.numeric or features.categorical")
+        if not self.numeric and not self.categorical and not self.text:
+            raise ValueError("declare at least one feature under features.numeric, features.categorical or "
+                             "features.text")
         limit = max_features()
-        declared = len(self.numeric) + len(self.categorical)
+        declared = len(self.numeric) + len(self.categorical) + len(self.text)
         if declared > limit:
             raise ValueError(f"found {declared} features; at most {limit} are allowed (the drift, training and "
                              f"explanation steps grow with each feature: see docs/configuration.md). Select fewer "
@@ -165,6 +172,9 @@ class FeaturesSpec(_Strict):
         overlap = sorted(set(self.numeric) & set(self.categorical))
         if overlap:
             raise ValueError(f"columns {overlap} are listed as both numeric and categorical; pick one")
+        overlap = sorted(set(self.text) & (set(self.numeric) | set(self.categorical)))
+        if overlap:
+            raise ValueError(f"columns {overlap} are listed as text and as numeric or categorical; pick one")
         return self
 
 
@@ -415,6 +425,27 @@ class LabelsSpec(_Strict):
         return self
 
 
+class ScoringSpec(_Strict):
+    """How the model's predictions are made besides the REST service."""
+
+    batch: bool = Field(default=False, description="Add the weekly asset `<model>/scores`: the champion's "
+                        "predictions of week W's feature rows, with version and role `batch`, written to the table "
+                        "`<model>.scores` and to the prediction log (so drift on production inputs, live "
+                        "performance and the audit cover the model). Needs `source.key` (what outcomes are matched "
+                        "on); the weekly job runs it.")
+    table: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
+                              description="Score the rows of this warehouse table (`schema.table`, e.g. a dbt mart of "
+                              "the customers to score) instead of the model's features: week W's rows by the spec's "
+                              "time column, with the key and feature columns. In the model's own schema or one no "
+                              "model owns, like `labels.table`. Needs `batch: true`.")
+
+    @model_validator(mode="after")
+    def _table_needs_batch(self) -> ScoringSpec:
+        if self.table is not None and not self.batch:
+            raise ValueError("scoring.table: set scoring.batch: true as well (the table is what the batch scores)")
+        return self
+
+
 class ModelSpec(_Strict):
     """One model's lifecycle, as declared by its team."""
 
@@ -449,6 +480,7 @@ class ModelSpec(_Strict):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Promotion, serving rollout and rollback.")
     labels: LabelsSpec | None = Field(default=None, description="Where outcomes of served predictions come from (for "
                                       "live performance). None: the target column of the model's own rows.")
+    scoring: ScoringSpec = Field(default_factory=ScoringSpec, description="Batch scoring (off by default).")
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
 
@@ -486,6 +518,17 @@ class ModelSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _batch_needs_a_key(self) -> ModelSpec:
+        if self.scoring.table is not None:
+            problem = labels_table_problem(self.scoring.table, self.name, what="rows to score")
+            if problem:
+                raise ValueError(f"scoring.table: {problem}")
+        if self.scoring.batch and not self.source.key:
+            raise ValueError("scoring.batch: needs source.key, the columns that identify a row: a batch score is "
+                             "matched with its outcome on them. Add source.key, or remove scoring.batch")
+        return self
+
+    @model_validator(mode="after")
     def _task_defaults(self) -> ModelSpec:
         builtin = {m for metrics in METRICS_BY_TASK.values() for m in metrics}
         for name, declared in self.metrics.items():
@@ -515,7 +558,7 @@ class ModelSpec(_Strict):
     # Derived facts used by the asset factories.
     @property
     def feature_columns(self) -> list[str]:
-        return [*self.features.numeric, *self.features.categorical]
+        return [*self.features.numeric, *self.features.categorical, *self.features.text]
 
     @property
     def estimator_name(self) -> str:
