@@ -35,6 +35,7 @@ DRIFT_TABLE = "drift"
 LABELS_TABLE = "labels"
 LIVE_TABLE = "live_performance"
 SHADOW_TABLE = "shadow"
+RECOVERY_TABLE = "recovery"  # recoveries from concept changes: the level to return to, per judged week
 
 # The audit trail (warehouse schema "audit").
 AUDIT_SCHEMA = "audit"
@@ -58,6 +59,7 @@ DRIFT_TRIGGER = "drift"  # TRIGGER_TAG values: why a retrain run was requested
 DECAY_TRIGGER = "performance_decay"
 DECAY_WEEK_TAG = "mlplatform/decay_week"  # the week whose live performance failed
 DECAY_CHECK_RECORD_TAG = "mlplatform/decay_check_record"
+RECOVERY_TAG = "mlplatform/recovery"  # "true" on a retrain a recovery from a concept change asked for (check passed)
 
 
 def asset_path(model: str, stage: str) -> list[str]:

@@ -142,7 +142,7 @@ def test_the_shadow_report_pairs_each_shadow_score_with_the_champions_answer_to_
 
 # --- end to end -----------------------------------------------------------------------------------------------------
 
-def churn_spec(end: str, approval: str = "auto", extra: str = "") -> str:
+def churn_spec(end: str, approval: str = "auto", extra: str = "", window: int = 1) -> str:
     return f"""
 name: toy
 task: binary
@@ -159,7 +159,7 @@ columns:
 partitions:
   start: 2024-01-01
   end: {end}
-  training_window_weeks: 1
+  training_window_weeks: {window}
 estimator:
   class: sklearn.linear_model.LogisticRegression
   params: {{max_iter: 1000}}
@@ -178,7 +178,8 @@ def weeks_from(start: str, count: int) -> list[str]:
     return [(pd.Timestamp(start) + pd.Timedelta(weeks=i)).date().isoformat() for i in range(count)]
 
 
-def setup_model(home: Path, spec_dir, rules: list[str], end: str, approval: str = "auto", extra: str = ""):
+def setup_model(home: Path, spec_dir, rules: list[str], end: str, approval: str = "auto", extra: str = "",
+                window: int = 1):
     """A churn model over ``rules`` weeks from 2024-01-01: spec, data, definitions, instance, settings, tracker."""
     from mlplatform.definitions import build_definitions
     from mlplatform.defs.instance import prepare_dagster_home
@@ -186,7 +187,7 @@ def setup_model(home: Path, spec_dir, rules: list[str], end: str, approval: str 
     from mlplatform.lib.settings import load_settings
     from mlplatform.lib.tracking import Tracker
 
-    spec_dir({"toy.yaml": churn_spec(end, approval, extra)},
+    spec_dir({"toy.yaml": churn_spec(end, approval, extra, window)},
              {"churn.csv": churn_weeks(date(2024, 1, 1), rules, rows_per_week=300)})
     settings = load_settings()
     prepare_dagster_home(settings)
@@ -228,6 +229,48 @@ def test_concept_drift_keeps_the_drift_check_green_fails_live_performance_and_on
     requested = audit_events(home, "retrain_requested")
     assert len(requested) == 1 and '"trigger": "performance_decay"' in requested["details"].iloc[0]
     assert len(audit_events(home, "performance_alert")) == 1
+
+
+@pytest.mark.slow
+def test_after_a_concept_change_a_four_week_window_retrains_on_the_new_regime_until_back_at_the_pre_change_level(
+        home, spec_dir, monkeypatch):
+    """Issue 26: with a 4-week window, one retrain on the usual window would learn 3 weeks of the old rule and 1 of
+    the new, evaluate low, and be judged against that low evaluation for good. Instead the platform records the
+    level before the change, retrains on the new regime only, and ends the recovery once live is back."""
+    from mlplatform.demo.production import run_production
+    from mlplatform.demo.runner import run_job, tick_sensor
+
+    rules = ["A"] * 4 + ["B"] * 2  # inputs never change; the outcome rule flips in week 4
+    weeks = weeks_from("2024-01-01", len(rules))
+    defs, settings, tracker, spec = setup_model(home, spec_dir, rules, end="2024-02-12", window=4)
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    instance = DagsterInstance.get()
+    assert run_job(defs, instance, names.pipeline_job("toy"), weeks[0], weeks[2]).success
+    before = tracker.alias_version("toy", "champion")
+
+    [summary] = run_production(settings, [spec], {"toy": before}, {"toy": weeks[2]}, {"toy": ProductionWeeks(3)})
+    healthy, flipped, after = summary.story
+    assert healthy.degradation_passed and flipped.degradation_passed is False
+    assert "recovery started" in flipped.actions and "recovery ended" in after.actions
+    live_rows = warehouse_query(home, "select * from toy.live_performance where role = 'champion' and judged "
+                                      "order by week")
+    by_week = dict(zip(live_rows["week"].dt.strftime("%Y-%m-%d"), live_rows["value"], strict=True))
+    level = by_week[weeks[3]]  # the last healthy champion's live metric: the level to return to
+    assert by_week[weeks[4]] < 0.5 and by_week[weeks[5]] >= 0.95 * level  # back within the third lived week
+    assert after.served_by != before and live_rows["reference_value"].iloc[-1] == pytest.approx(level)
+
+    [row] = warehouse_query(home, "select * from audit.events where model = 'toy' and event = 'model_trained' and "
+                                  f"week = '{weeks[5]}'").itertuples()
+    assert f'"train_window": "{weeks[4]}..{weeks[5]}"' in row.details  # the new regime only, not weeks 1..4
+    started, retrains, ended = (audit_events(home, e) for e in ("recovery_started", "recovery_retrain",
+                                                                "recovery_ended"))
+    assert len(started) == 1 and started["week"].iloc[0] == weeks[4]
+    assert f'"pre_change_level": {level}' in started["details"].iloc[0]
+    assert len(retrains) >= 1 and f"retrain for {weeks[5]} on {weeks[4]}..{weeks[5]}" in retrains["summary"].iloc[0]
+    assert len(ended) == 1 and ended["week"].iloc[0] == weeks[5] and "back within the limit" in ended["summary"].iloc[0]
+    recovery_rows = warehouse_query(home, "select event from toy.recovery order by week")
+    assert list(recovery_rows["event"]) == ["recovery_started", "recovery_ended"]
+    assert not tick_sensor(defs, instance, names.decay_sensor("toy"))  # back: nothing more to retrain
 
 
 @pytest.mark.slow

@@ -141,13 +141,19 @@ def build_model_assets(spec: ModelSpec):
                 why, record = f"drift check failed on week {week_seen}", context.run.tags.get(names.DRIFT_CHECK_RECORD_TAG)
             else:
                 week_seen = context.run.tags.get(names.DECAY_WEEK_TAG)
-                why = f"live performance decayed on week {week_seen} (live_degradation failed)"
+                why = (f"recovery from a concept change goes on: live performance on week {week_seen} still short of "
+                       "the pre-change level" if context.run.tags.get(names.RECOVERY_TAG) == "true" else
+                       f"live performance decayed on week {week_seen} (live_degradation failed)")
                 record = context.run.tags.get(names.DECAY_CHECK_RECORD_TAG)
             with warehouse.get_connection() as connection:
                 append_events(connection, [AuditEvent(
                     spec.name, "retrain_requested", sensor, f"{why}: retrain for {window.start:%Y-%m-%d}",
                     week=week_seen, dagster_run_id=context.run.run_id,
                     details={"trigger": trigger, "check_record": record})])
+        since = _new_regime_starts(spec, warehouse, week_starts)
+        for week_start, start in since.items():
+            context.log.info(f"{spec.name} week {week_start:%Y-%m-%d}: trains on the new regime only, from "
+                             f"{start:%Y-%m-%d} (the concept change; docs/production.md)")
         workers = workers_for_run(spec, features, week_starts)
         if workers > 1:
             context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")
@@ -155,7 +161,7 @@ def build_model_assets(spec: ModelSpec):
         weeks_text = f"weeks {week_starts[0]:%Y-%m-%d}..{week_starts[-1]:%Y-%m-%d}"
         with deciding_threads(workers), tracker.parent_run(spec.name, context.run.run_id,
                                                            f"Dagster run {context.run.run_id}: {weeks_text}"):
-            for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers, logged),
+            for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers, logged, since),
                                            strict=True):
                 week = week_start.date().isoformat()
                 if isinstance(trained, str):
@@ -182,6 +188,18 @@ def build_model_assets(spec: ModelSpec):
             yield _backtest_result(spec, warehouse)
 
     return model_and_evaluation
+
+
+def _new_regime_starts(spec: ModelSpec, warehouse: Warehouse, week_starts: list[datetime]) -> dict[datetime, datetime]:
+    """Per week trained after a confirmed concept change, where its window starts (the change week:
+    :func:`mlplatform.lib.recovery.training_start`); weeks with the spec's normal window are absent."""
+    from mlplatform.lib.recovery import as_datetime, read_rows, training_start
+
+    with warehouse.get_connection() as connection:
+        rows = read_rows(connection, spec.name)
+    starts = {week: training_start(rows, f"{week:%Y-%m-%d}", spec.partitions.training_window_weeks)
+              for week in week_starts} if rows else {}
+    return {week: as_datetime(start) for week, start in starts.items() if start is not None}
 
 
 def _logged_production_inputs(spec: ModelSpec, platform, week_starts: list[datetime]):

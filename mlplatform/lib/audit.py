@@ -72,7 +72,8 @@ GENESIS = "0" * 64
 """The ``prev_hash`` of a model's first event."""
 
 EVENT_TYPES = ("data_gate", "model_trained", "gate", "training_halted", "alias_change", "approval", "rollback",
-               "drift_alert", "retrain_requested", "performance_alert", "canary_stopped")
+               "drift_alert", "retrain_requested", "performance_alert", "canary_stopped", "recovery_started",
+               "recovery_retrain", "recovery_ended")
 
 
 @dataclass

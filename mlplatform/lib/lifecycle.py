@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,14 +62,18 @@ class WeekResult:
     artifact_uri: str = ""  # where the run's artifacts (model card, importance) are stored
 
 
-def training_window(spec: ModelSpec, week_start: datetime) -> Window:
-    """The N weeks strictly before week W: what week W's model trains on."""
-    return Window(week_start - pd.Timedelta(weeks=spec.partitions.training_window_weeks), week_start)
+def training_window(spec: ModelSpec, week_start: datetime, since: datetime | None = None) -> Window:
+    """The N weeks strictly before week W: what week W's model trains on; from ``since`` instead when a concept
+    change came inside them (:func:`mlplatform.lib.recovery.training_start`: only the new regime)."""
+    normal = week_start - pd.Timedelta(weeks=spec.partitions.training_window_weeks)
+    return Window(max(normal, since) if since is not None and since < week_start else normal, week_start)
 
 
-def split_train_eval(features: pd.DataFrame, spec: ModelSpec, week_start: datetime) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
-    """Training rows: the N weeks strictly before W; evaluation rows: week W only. Never overlapping."""
-    train_window = training_window(spec, week_start)
+def split_train_eval(features: pd.DataFrame, spec: ModelSpec, week_start: datetime,
+                     since: datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
+    """Training rows: the N weeks strictly before W (from ``since`` after a concept change); evaluation rows: week W
+    only. Never overlapping."""
+    train_window = training_window(spec, week_start, since)
     eval_window = Window(week_start, week_start + pd.Timedelta(weeks=1))
     train = rows_in_window(features, spec.time_column, train_window)
     evaluation = rows_in_window(features, spec.time_column, eval_window)
@@ -167,13 +171,13 @@ class TrainedWeek:
     background: pd.DataFrame | None = None  # training rows a non-tree version's predictions are explained against
 
 
-def training_and_evaluation_rows(spec: ModelSpec, features: pd.DataFrame,
-                                 week_start: datetime) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
+def training_and_evaluation_rows(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
+                                 since: datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
     """The rows week W's model trains on and is evaluated on, and its training window (what the fingerprints cover).
 
     A snapshot (no event time) splits its one week into training and held-out rows.
     """
-    train, evaluation, train_window = split_train_eval(features, spec, week_start)
+    train, evaluation, train_window = split_train_eval(features, spec, week_start, since)
     if spec.source.timestamp is None:
         train, evaluation = snapshot_holdout(evaluation, spec)
         train_window = Window(week_start, week_start + pd.Timedelta(weeks=1))
@@ -181,14 +185,17 @@ def training_and_evaluation_rows(spec: ModelSpec, features: pd.DataFrame,
 
 
 def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
-               production_inputs: pd.DataFrame | None = None) -> TrainedWeek | TrainingHalted | str:
+               production_inputs: pd.DataFrame | None = None,
+               since: datetime | None = None) -> TrainedWeek | TrainingHalted | str:
     """Fit on the window before week W and score week W; a string explains why the week was skipped.
+
+    ``since``: the first week of a new regime after a confirmed concept change (the window starts there).
 
     The training-data gate runs first: when it fails nothing is trained (TrainingHalted).
     Pure: no store is touched, so weeks can train in parallel.
     """
     week = week_start.date().isoformat()
-    train, evaluation, train_window = training_and_evaluation_rows(spec, features, week_start)
+    train, evaluation, train_window = training_and_evaluation_rows(spec, features, week_start, since)
     if train.empty:
         return f"week {week}: no features rows in the {spec.partitions.training_window_weeks} weeks before it to train on"
     if evaluation.empty:
@@ -225,6 +232,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
         "features.numeric": ",".join(spec.features.numeric), "features.categorical": ",".join(spec.features.categorical),
         "training_window_weeks": spec.partitions.training_window_weeks,
         "train_start": f"{train_window.start:%Y-%m-%d}", "train_end": f"{train_window.end:%Y-%m-%d}",
+        **({"train_since_change": f"{since:%Y-%m-%d}"} if since is not None and since < week_start else {}),
         "eval_week": week, "train_rows": len(train), "eval_rows": len(evaluation),
     }
     predictions = pd.DataFrame({
@@ -484,11 +492,13 @@ def workers_for_run(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequen
 
 
 def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime],
-                workers: int = 1, logged_inputs: pd.DataFrame | None = None) -> Iterator[TrainedWeek | TrainingHalted | str]:
+                workers: int = 1, logged_inputs: pd.DataFrame | None = None,
+                since: Mapping[datetime, datetime] | None = None) -> Iterator[TrainedWeek | TrainingHalted | str]:
     """:func:`train_week` for each week, yielded in week order.
 
     ``logged_inputs``: the prediction log's production inputs (a ``time`` column and the features); each week's
     training-data gate then compares with the ones of its own recent days, when there are any.
+    ``since``: per week, the start of its new-regime window after a concept change (weeks not in it: the normal one).
     With ``workers`` > 1 the weeks train side by side in worker processes (joblib/loky; each
     fit gets cores / workers threads) while the caller decides the weeks already done: a
     backfill's fits overlap its MLflow and Dagster bookkeeping. Results are identical either way.
@@ -496,9 +506,10 @@ def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[d
     def production(week: datetime) -> pd.DataFrame | None:
         return production_inputs_before(spec, logged_inputs, week)
 
+    starts = dict(since or {})
     if workers <= 1 or len(week_starts) < 2:
         for week_start in week_starts:
-            yield train_week(spec, features, week_start, production(week_start))
+            yield train_week(spec, features, week_start, production(week_start), starts.get(week_start))
         return
     from joblib import Parallel, delayed
 
@@ -506,7 +517,7 @@ def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[d
     parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator", max_nbytes=None,
                         pre_dispatch=f"{2 * workers}")
     yield from parallel(delayed(train_week)(spec, rows_in_window(features, spec.time_column, rows_needed(spec, week)),
-                                            week, production(week))
+                                            week, production(week), starts.get(week))
                         for week in week_starts)
 
 
