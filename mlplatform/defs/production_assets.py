@@ -75,7 +75,8 @@ def build_production_assets(spec: ModelSpec):
                       deps=[AssetDep(labels_key(spec)), AssetDep(prediction_log_key(spec))],
                       description=f"Week W's logged predictions joined with their outcomes: {metric} with a 95% "
                       "bootstrap interval per version and role (champion, canary, shadow), rows matched and unmatched; "
-                      "the champion against its own evaluation. Table "
+                      "the champion against its own evaluation, or after a confirmed concept change against the "
+                      f"pre-change level (table `{spec.name}.{names.RECOVERY_TABLE}`). Table "
                       f"`{spec.name}.{names.LIVE_TABLE}`.",
                       metadata=column_schema_metadata(live_performance_schema(spec))),
             AssetSpec(shadow_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb"}, skippable=True,
@@ -87,10 +88,12 @@ def build_production_assets(spec: ModelSpec):
         ],
         check_specs=[
             AssetCheckSpec(names.LIVE_DEGRADATION_CHECK, asset=live_key(spec), description=(
-                f"Fails when the champion's live {metric} is worse than its own evaluation by more than "
+                f"Fails when the champion's live {metric} is worse than its own evaluation (after a confirmed concept "
+                "change: the pre-change level) by more than "
                 f"rollout.rollback.max_degradation ({rollback.max_degradation:g}, relative) and the live interval "
                 "excludes that limit. A failure makes the rollback sensor move champion back to the previous "
-                "champion (when that version scores significantly better on the same rows) and request a retrain.")),
+                "champion (when that version scores significantly better on the same rows) and request a retrain; "
+                "the first failure starts a recovery, which retrains weekly until live is back at the level.")),
             AssetCheckSpec(names.CANARY_CHECK, asset=live_key(spec), description=(
                 f"Fails when the canary's live {metric} is significantly worse than the champion's on the same "
                 "week's traffic; the canary is then stopped (challenger alias removed, audited).")),
@@ -214,6 +217,7 @@ class ProductionStep:
         recovering = recovery.decide_week(state, week, metric, max_degradation, verdict.judged, verdict.passed,
                                           verdict.version, verdict.live.value if verdict.live else None, level,
                                           retrain_week, spec.partitions.training_window_weeks)
+        own = self.references.get(verdict.version) if verdict.version else None  # the version's own evaluation
         rollback = live.NO_DEGRADATION
         if not verdict.passed:
             rollback = self._rollback_decision(matched.rows, verdict.version, champion_now)
@@ -246,7 +250,9 @@ class ProductionStep:
             "metric": metric,
             "champion_version": verdict.version or "-",
             "champion_live": verdict.live.value if verdict.live else float("nan"),
-            "champion_evaluation": verdict.reference if verdict.reference is not None else float("nan"),
+            "champion_evaluation": own if own is not None else float("nan"),
+            "champion_held_to": MetadataValue.text(
+                f"{verdict.reference:.4g} ({reference.against})" if verdict.reference is not None else "-"),
             "labelled_predictions": len(matched.rows),
             "labels_without_prediction": matched.unmatched_labels,
             "predictions_without_key": matched.predictions_without_key,
@@ -273,7 +279,8 @@ class ProductionStep:
                 "live": verdict.live.value if verdict.live else float("nan"),
                 "live_ci_low": verdict.live.low if verdict.live else float("nan"),
                 "live_ci_high": verdict.live.high if verdict.live else float("nan"),
-                "evaluation": verdict.reference if verdict.reference is not None else float("nan"),
+                "evaluation": own if own is not None else float("nan"),
+                "reference_value": verdict.reference if verdict.reference is not None else float("nan"),
                 "limit": verdict.limit if verdict.limit is not None else float("nan"),
                 "max_degradation": spec.rollout.rollback.max_degradation,
                 "reference": reference.against,
