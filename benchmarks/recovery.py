@@ -15,6 +15,7 @@ many recoveries started and how many retrains were requested over its lived week
 
     .venv/bin/python benchmarks/recovery.py                       # windows 1 4 8, control over 20 lived weeks
     .venv/bin/python benchmarks/recovery.py --windows 4 --control-weeks 0
+    .venv/bin/python benchmarks/recovery.py --windows 4 --rows 60 --max-degradation 0.03 --after 5 --control-weeks 0
 
 Each scenario runs in its own process and temporary home (MLPLATFORM_HOME, MLPLATFORM_SPECS, DAGSTER_HOME).
 """
@@ -39,7 +40,7 @@ START = date(2024, 1, 1)
 BACK_SHARE = 0.95
 
 
-def spec_text(end: date, window: int) -> str:
+def spec_text(end: date, window: int, max_degradation: float) -> str:
     return textwrap.dedent(f"""
         name: churn
         task: binary
@@ -68,6 +69,7 @@ def spec_text(end: date, window: int) -> str:
           weekly_schedule: false
         rollout:
           approval: auto
+          rollback: {{max_degradation: {max_degradation}}}
         """)
 
 
@@ -75,7 +77,7 @@ def week(index: int) -> str:
     return (START + timedelta(weeks=index)).isoformat()
 
 
-def scenario(window: int, history: int, lived: int, change: int | None, rows: int) -> dict:
+def scenario(window: int, history: int, lived: int, change: int | None, rows: int, max_degradation: float) -> dict:
     """One model lived through its production weeks, in this process (the caller set up the environment)."""
     from mlplatform.demo.synthetic import churn_weeks
 
@@ -83,7 +85,7 @@ def scenario(window: int, history: int, lived: int, change: int | None, rows: in
     rules = ["A" if change is None or i < change else "B" for i in range(total)]
     folder = Path(os.environ["MLPLATFORM_SPECS"])
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "churn.yaml").write_text(spec_text(START + timedelta(weeks=total), window))
+    (folder / "churn.yaml").write_text(spec_text(START + timedelta(weeks=total), window, max_degradation))
     churn_weeks(START, rules, rows_per_week=rows).to_csv(folder / "churn.csv", index=False)
 
     from dagster import DagsterInstance, RunsFilter
@@ -129,12 +131,12 @@ def scenario(window: int, history: int, lived: int, change: int | None, rows: in
             "history_seconds": history_seconds, "lived_seconds": lived_seconds}
 
 
-def run_isolated(window: int, history: int, lived: int, change: int | None, rows: int) -> dict:
+def run_isolated(window: int, history: int, lived: int, change: int | None, rows: int, max_degradation: float) -> dict:
     """:func:`scenario` in a child process with a fresh temporary home."""
     with tempfile.TemporaryDirectory(prefix=f"recovery-w{window}-") as tmp:
         env = {**os.environ, "MLPLATFORM_HOME": str(Path(tmp) / "home"), "MLPLATFORM_SPECS": str(Path(tmp) / "specs")}
         env.pop("DAGSTER_HOME", None)
-        arguments = json.dumps([window, history, lived, change, rows])
+        arguments = json.dumps([window, history, lived, change, rows, max_degradation])
         done = subprocess.run([sys.executable, __file__, "--child", arguments], env=env, cwd=tmp, capture_output=True,
                               text=True)
         if done.returncode:
@@ -159,6 +161,7 @@ def report_change(result: dict) -> list[str]:
                  f"; level reached in the last lived week: {last:.3f}"
                  + (f" ({last / level:.1%})" if level else ""))
     lines.append(f"   retrains requested by the decay sensor (week judged): {', '.join(result['retrains']) or 'none'}")
+    lines += [f"   lived {w}: served by v{v}: {actions or '-'}" for w, v, actions in result["actions"]]
     for event, w, summary in result["events"]:
         lines.append(f"   audit {event} {w}: {summary[:150]}")
     return lines
@@ -181,6 +184,7 @@ def main() -> None:
     parser.add_argument("--before", type=int, default=1, help="lived weeks before the change (healthy)")
     parser.add_argument("--after", type=int, default=4, help="lived weeks from the change on")
     parser.add_argument("--rows", type=int, default=400, help="rows per week")
+    parser.add_argument("--max-degradation", type=float, default=0.10, help="rollout.rollback.max_degradation")
     parser.add_argument("--control-weeks", type=int, default=20, help="lived weeks of the control (0: no control)")
     parser.add_argument("--control-window", type=int, default=4)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -190,12 +194,13 @@ def main() -> None:
         return
     for window in args.windows:
         change = args.history + args.before
-        print("\n".join(report_change(run_isolated(window, args.history, args.before + args.after, change, args.rows))),
+        print("\n".join(report_change(run_isolated(window, args.history, args.before + args.after, change, args.rows,
+                                                         args.max_degradation))),
               flush=True)
     if args.control_weeks:
         history = args.control_window + 1
         print("\n".join(report_control(run_isolated(args.control_window, history, args.control_weeks, None,
-                                                    args.rows))), flush=True)
+                                                    args.rows, args.max_degradation))), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Recovering from a concept change: the pure decisions (:mod:`mlplatform.lib.recovery`) and what the decay sensor
 asks for while a recovery goes on. The end-to-end story, lived week by week through the real service, is
-``test_production_loop.test_after_a_concept_change_with_a_four_week_window_the_platform_retrains_on_the_new_regime...``.
+``test_production_loop.test_after_a_concept_change_a_four_week_window_retrains_on_the_new_regime_until_back_at_the_pre_change_level``.
 """
 
 from __future__ import annotations
