@@ -233,13 +233,14 @@ def test_concept_drift_keeps_the_drift_check_green_fails_live_performance_and_on
 
 @pytest.mark.slow
 def test_after_a_concept_change_a_four_week_window_retrains_on_the_new_regime_until_back_at_the_pre_change_level(
-        home, spec_dir, monkeypatch):
+        home, spec_dir, monkeypatch, capsys):
     """Issue 26: with a 4-week window, one retrain on the usual window would learn 3 weeks of the old rule and 1 of
     the new, evaluate low, and be judged against that low evaluation for good. Instead the platform records the
     level before the change, retrains on the new regime only (a window from the change week that grows week by
     week), keeps retraining while live is short of the level (even when the check passes), and then stops.
 
     Small weeks (60 rows) and a tight max_degradation (3%) make one week of the new rule not quite enough."""
+    from mlplatform.cli import main
     from mlplatform.demo.production import run_production
     from mlplatform.demo.runner import run_job, tick_sensor
 
@@ -283,6 +284,9 @@ def test_after_a_concept_change_a_four_week_window_retrains_on_the_new_regime_un
     assert sorted((run.tags[names.DECAY_WEEK_TAG], run.tags.get(names.RECOVERY_TAG)) for run in runs) == [
         (weeks[4], None), (weeks[5], "true")]  # a failed check, then a passed one the recovery asked a retrain for
     assert not tick_sensor(defs, instance, names.decay_sensor("toy"))  # back: nothing more to retrain
+    capsys.readouterr()
+    assert main(["reproduce", "toy", back.served_by]) == 0  # retrained on its recorded new-regime window
+    assert f"toy v{back.served_by}: reproduced: identical metrics" in capsys.readouterr().out
 
 
 @pytest.mark.slow
