@@ -10,8 +10,16 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11,<3.13",
-    packages=find_packages(include=["mlplatform", "mlplatform.*"]),
-    package_data={"mlplatform": ["examples/*.yaml", "examples/data/*", "examples/demo/*.yaml"]},
+    # The bundled dbt project ships inside the wheel as mlplatform/dbt_project (package data, no code): the bundled
+    # examples stage through it. A team's own project is MLPLATFORM_DBT_PROJECT_DIR; a team that stages nothing
+    # needs none. Its manifest is written under MLPLATFORM_HOME, never into site-packages.
+    packages=[*find_packages(include=["mlplatform", "mlplatform.*"]), "mlplatform.dbt_project"],
+    package_dir={"mlplatform.dbt_project": "dbt_project"},
+    package_data={
+        "mlplatform": ["examples/*.yaml", "examples/data/*", "examples/demo/*.yaml"],
+        "mlplatform.dbt_project": ["dbt_project.yml", "profiles.yml", "models/*/*.sql", "models/*/*.yml",
+                                   "macros/*.sql"],
+    },
     install_requires=[
         "dagster==1.13.27",
         "dagster-webserver==1.13.27",

@@ -9,6 +9,9 @@ load that same registered version:
   mlflow OMP=1: the same with OMP_NUM_THREADS=1 (HistGradientBoosting's OpenMP threads cost more than they give
                 on small requests; mlplatform limits its predict thread the same way, so this is the fair baseline)
   mlplatform:   mlplatform serve --model car_loan, prediction log ON          (POST /v1/models/car_loan/predict)
+  mlplatform S3 log: the same with MLPLATFORM_PREDICTION_LOG_URI=s3://... on a local moto S3 server started by the
+                benchmark (spool + upload of every segment in the log writer's child process); the table adds its
+                rps ratio to the local-log figure
   floor:        a trivial ASGI app answering a constant JSON under the same uvicorn settings (httptools, uvloop,
                 no access log): what this machine and wrk allow at best, measured in the same run. If even the
                 floor's p99 were above a target, the target would be out of reach on the machine at that moment.
@@ -28,6 +31,7 @@ many answered predictions are missing from the log and how long before the kill 
     apt-get install wrk
     uptime   # other load on 2 cores moves p99 a lot: note the load average with the numbers
     python benchmarks/serving.py [--seconds 10] [--sides floor,mlplatform] [--scenario "1 row, c=8"] [--sigkill]
+    python benchmarks/serving.py --sides "mlplatform,mlplatform S3 log"   # the log on object storage vs local
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -212,14 +218,49 @@ def start_floor(home: Path, port: int, extra_env: dict[str, str] | None = None) 
     return process
 
 
+S3_LOG = "mlplatform S3 log"
 SIDES = {
     "floor": ("floor", {}),
     "mlflow": ("mlflow", {}),
     "mlflow OMP=1": ("mlflow", {"OMP_NUM_THREADS": "1"}),
     "mlplatform": ("mlplatform", {}),
+    S3_LOG: ("mlplatform", {}),  # + the S3 server's environment (s3_log_env)
 }
 """The floor (a constant answer, no model); mlflow as it comes, and with OpenMP limited to one thread (what
-mlplatform does inside), so the comparison is not only about that one setting; mlplatform."""
+mlplatform does inside), so the comparison is not only about that one setting; mlplatform, with the prediction log
+in a local folder and on object storage."""
+
+
+@contextmanager
+def s3_log_env(folder: Path) -> Iterator[dict[str, str]]:
+    """A moto S3 server on loopback with a bucket; yields what `mlplatform serve` needs to log there."""
+    server = Path(sys.executable).parent / "moto_server"
+    if not server.exists():
+        sys.exit("moto_server is not installed (moto[server] is a dev dependency: python3 dev.py install)")
+    port = free_port()
+    log = (folder / "moto.log").open("wb")
+    process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "MLPLATFORM_PREDICTION_LOG_URI": "s3://bench-log/serving"}
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/moto-api/", process)
+        import boto3
+
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="bench",
+                     aws_secret_access_key="bench-secret", region_name="us-east-1").create_bucket(Bucket="bench-log")
+        yield env
+    finally:
+        stop(process)
+        log.close()
+
+
+def uploaded_objects(env: dict[str, str]) -> int:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="bench",
+                          aws_secret_access_key="bench-secret", region_name="us-east-1")
+    return sum(page.get("KeyCount", 0) for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench-log"))
 
 STARTERS = {"floor": start_floor, "mlflow": start_mlflow, "mlplatform": start_mlplatform}
 
@@ -228,13 +269,15 @@ def benchmark(seconds: int, sides: list[str], scenarios: list[str] | None = None
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
     chosen = [s for s in SCENARIOS if not scenarios or s[0] in scenarios]
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, \
+            (s3_log_env(Path(folder)) if S3_LOG in sides else _no_env()) as s3_env:
         home = Path(folder) / "home"
         records = [{k: v for k, v in r.items() if k != "id"} for r in build_home(home)]  # the features only
         results: dict[str, dict[str, dict[str, float]]] = {}
         print(f"load average at the start: {os.getloadavg()[0]:.1f}", flush=True)
         for side in sides:
             server, extra_env = SIDES[side]
+            extra_env = {**extra_env, **(s3_env if side == S3_LOG else {})}
             for name, rows, connections in chosen:
                 # A fresh server per scenario: an overloaded one may still be working off the previous backlog.
                 port = free_port()
@@ -271,6 +314,17 @@ def benchmark(seconds: int, sides: list[str], scenarios: list[str] | None = None
             print(f"| {name} | " + " | ".join(f"{got[s]['rps']:.0f}" for s in columns) + f" | {ratio} | "
                   + " | ".join(f"{got[s]['p50']:.1f} / {got[s]['p99']:.1f}" for s in columns) + " | "
                   + " / ".join(f"{got[s]['cpu_ms']:.2f}" for s in columns) + " |")
+        if S3_LOG in columns and "mlplatform" in columns:
+            print(f"\nprediction log on object storage ({uploaded_objects(s3_env)} objects uploaded) / local log:")
+            for name, _, _ in chosen:
+                local, s3 = results[name].get("mlplatform", missing), results[name].get(S3_LOG, missing)
+                print(f"  {name:<14} rps {s3['rps'] / max(local['rps'], 1e-9):.2f}, p99 "
+                      f"{s3['p99'] / local['p99']:.2f}, server CPU per request {s3['cpu_ms'] / local['cpu_ms']:.2f}")
+
+
+@contextmanager
+def _no_env() -> Iterator[dict[str, str]]:
+    yield {}
 
 
 def sigkill_loss(seconds: float, flush_seconds: float) -> None:

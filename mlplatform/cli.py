@@ -19,13 +19,13 @@ if TYPE_CHECKING:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from mlplatform.defs.dbt_project import prepare_manifest
-    from mlplatform.specs import SpecError, dbt_manifest_columns, load_specs
+    from mlplatform.defs.dbt_project import dbt_columns
+    from mlplatform.specs import SpecError, load_specs
 
     settings = load_settings()
     ensure_home(settings)
     try:
-        specs = load_specs(settings.specs_dir, dbt_manifest_columns(prepare_manifest()))
+        specs = load_specs(settings.specs_dir, dbt_columns(settings))
     except SpecError as error:
         print(f"{len(error.problems)} problem(s) in model specs:", file=sys.stderr)
         print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
@@ -36,12 +36,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from mlplatform.defs.dbt_project import prepare_manifest
+    from mlplatform.defs.dbt_project import dbt_project_problem, platform_dbt_project, prepare_manifest
     from mlplatform.defs.instance import prepare_dagster_home
 
     settings = load_settings()
     prepare_dagster_home(settings)  # so `dagster ...` commands with DAGSTER_HOME set work before any demo
-    print(f"dbt manifest: {prepare_manifest()}")
+    missing = dbt_project_problem(settings)
+    # Without a dbt project only specs with `staging` fail (and say why); everything else needs none.
+    print(f"dbt manifest: none ({missing})" if missing else f"dbt manifest: {prepare_manifest(platform_dbt_project(settings))}")
     print(f"DAGSTER_HOME={settings.dagster_home}")
     return 0
 
@@ -177,25 +179,12 @@ def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple
 
 
 def _dbt_model_columns() -> DbtColumns:
-    """The dbt models' declared columns, for checking staged specs. An existing manifest is read as it is (nothing
-    here runs dbt), which saves importing dagster-dbt (~2-7 s); without one it is prepared as `validate` does,
-    and only when a spec asks (a spec without staging never looks)."""
-    from mlplatform.lib.settings import DBT_PROJECT_DIR
-    from mlplatform.specs import dbt_manifest_columns
+    """The dbt models' declared columns, for checking staged specs: a fresh manifest is read as it is (dagster-dbt
+    is imported only to prepare a missing or stale one), and only when a spec asks (one without staging never
+    looks)."""
+    from mlplatform.defs.dbt_project import dbt_columns
 
-    lookup: list[DbtColumns] = []
-
-    def columns(dbt_model: str) -> list[str] | None:
-        if not lookup:
-            manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
-            if not manifest.exists():
-                from mlplatform.defs.dbt_project import prepare_manifest
-
-                manifest = prepare_manifest()
-            lookup.append(dbt_manifest_columns(manifest))
-        return lookup[0](dbt_model)
-
-    return columns
+    return dbt_columns()
 
 
 def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | None]:
@@ -454,13 +443,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
-def _served_specs(settings: Settings, names: Sequence[str] | None) -> list:
-    """The specs of the models to serve or replay, loaded as `validate` loads them (an existing dbt manifest is
-    read as it is: serving runs no dbt)."""
+def _served_specs(settings: Settings, names: Sequence[str] | None, check_data: bool = True) -> list:
+    """The specs of the models to serve, replay or describe, loaded as `validate` loads them (an existing dbt
+    manifest is read as it is: serving runs no dbt). ``check_data=False`` (serve): the schema only, no data file
+    opened, since a serving replica has no training data on its disk."""
     from mlplatform.serving.server import select_specs
     from mlplatform.specs import load_specs
 
-    return select_specs(load_specs(settings.specs_dir, _dbt_model_columns()), names)
+    columns = _dbt_model_columns() if check_data else None
+    return select_specs(load_specs(settings.specs_dir, columns, check_data=check_data), names)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -474,20 +465,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"--body-timeout must be a number of seconds above 0; got {args.body_timeout}\nnothing is served",
               file=sys.stderr)
         return 1
+    from mlplatform.lib.object_store import configured_location, replica_id
+    from mlplatform.lib.prediction_log import log_root, spool_root
+
     settings = load_settings()
     ensure_home(settings)
     try:
-        specs = _served_specs(settings, args.model)
+        specs = _served_specs(settings, args.model, check_data=False)  # data checks: `validate`, the code location
+        location = configured_location()
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing is served", file=sys.stderr)
         return 1
     config = ServingConfig(home=settings.home, specs=specs, tracker=Tracker.for_settings(settings),
                            poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds,
                            max_batch=args.max_batch, log_predictions=not args.no_log,
-                           body_timeout_seconds=args.body_timeout)
+                           log_uri=location.uri if location else None, body_timeout_seconds=args.body_timeout)
+    where = ("off" if args.no_log else f"{location.uri} as replica {replica_id()}, spooled in "
+             f"{spool_root(settings.home)}" if location else str(log_root(settings.home)))
     print(f"serving {', '.join(s.name for s in specs)} on http://{args.host}:{args.port} (API docs at /docs; "
-          f"prediction log {'off' if args.no_log else settings.home / 'prediction_log'}); Ctrl-C stops it",
-          flush=True)
+          f"prediction log {where}); Ctrl-C stops it", flush=True)
     serve(config, ServerOptions(host=args.host, port=args.port, log_level=args.log_level))
     return 0
 

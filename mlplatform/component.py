@@ -21,7 +21,7 @@ from dagster import BetaWarning, in_process_executor
 from dagster.components.scaffold.scaffold import ScaffoldRequest, scaffold_with
 
 from mlplatform.lib.settings import Settings, configure_process, load_settings
-from mlplatform.specs import ModelSpec, SpecError, check_spec, dbt_manifest_columns
+from mlplatform.specs import ModelSpec, SpecError, check_spec
 
 
 def _model_name(folder_name: str) -> str:
@@ -67,11 +67,14 @@ class ModelLifecycle(dg.Component):
 
     @classmethod
     def load(cls, attributes: Any, context: dg.ComponentLoadContext) -> ModelLifecycle:
-        """Validate ``defs.yaml`` as a spec file is validated: the data file, columns and estimator too."""
+        """Validate ``defs.yaml`` as a spec file is validated: the data file, columns and estimator too (and the dbt
+        model's columns, only for a spec with ``staging``: a team that stages nothing needs no dbt project)."""
+        from mlplatform.defs.dbt_project import dbt_columns
+
         if attributes is None:
             raise SpecError([])
         spec = attributes.model_copy(update={"spec_file": (context.path / "defs.yaml").resolve()})
-        problems = check_spec(spec, dbt_manifest_columns(_manifest()))
+        problems = check_spec(spec, dbt_columns(load_settings()))
         if problems:
             raise SpecError(problems)
         return cls(spec)
@@ -98,9 +101,12 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
                                 "|allow_nonexistent_upstream_partitions).*")
         assets = [build_raw_asset(spec)]
         if spec.staging is not None:
+            from mlplatform.defs.dbt_project import platform_dbt_project, prepare_manifest
             from mlplatform.defs.staging import build_staged_assets
 
-            assets.append(build_staged_assets(spec))
+            project = platform_dbt_project(settings)
+            prepare_manifest(project)
+            assets.append(build_staged_assets(spec, project))
         assets += [build_features_asset(spec), build_model_assets(spec), build_prediction_log_spec(spec),
                    build_drift_assets(spec), build_production_assets(spec),
                    build_audit_trail_spec(spec)]
@@ -112,7 +118,7 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=assets, jobs=[pipeline, retrain, weekly, production, approve, rollback],
         schedules=[build_schedule(spec, weekly)], sensors=sensors,
-        resources=platform_resources(settings),
+        resources={**platform_resources(settings), **(dbt_resource(settings) if spec.staging is not None else {})},
         # One process: DuckDB allows one writer per file, and in-process steps skip a process start each.
         executor=in_process_executor,
     )
@@ -129,23 +135,24 @@ def platform_settings() -> Settings:
 def platform_resources(settings: Settings) -> dict[str, Any]:
     """The resources every model shares, built once per settings: Dagster merges the definitions of many
     components only when their resources are the very same objects."""
-    from dagster_dbt import DbtCliResource
-
-    from mlplatform.defs.dbt_project import dbt_project
     from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, WarehouseIOManager
 
     warehouse, wait = str(settings.warehouse_path), settings.warehouse_wait_seconds
     return {
         "io_manager": WarehouseIOManager(database=warehouse, wait_seconds=wait),
         "warehouse": Warehouse(database=warehouse, wait_seconds=wait),
-        "dbt": DbtCliResource(project_dir=dbt_project, profiles_dir=str(dbt_project.profiles_dir)),
         "model_registry": ModelRegistry.from_settings(settings),
         "platform": PlatformState(home=str(settings.home)),
     }
 
 
 @functools.cache
-def _manifest():
-    from mlplatform.defs.dbt_project import prepare_manifest
+def dbt_resource(settings: Settings) -> dict[str, Any]:
+    """``dbt``, for the models that stage through dbt only: the others need no dbt project (built once per settings,
+    the same object for every component that stages)."""
+    from dagster_dbt import DbtCliResource
 
-    return prepare_manifest()
+    from mlplatform.defs.dbt_project import platform_dbt_project
+
+    project = platform_dbt_project(settings)
+    return {"dbt": DbtCliResource(project_dir=project, profiles_dir=str(project.profiles_dir))}

@@ -12,14 +12,14 @@ import sys
 from dagster import Definitions
 
 from mlplatform.component import ModelLifecycle, platform_settings
-from mlplatform.defs.dbt_project import prepare_manifest
-from mlplatform.specs import SpecError, dbt_manifest_columns, load_specs
+from mlplatform.defs.dbt_project import dbt_columns
+from mlplatform.specs import SpecError, load_specs
 
 
 def build_definitions() -> Definitions:
     settings = platform_settings()
     try:
-        specs = load_specs(settings.specs_dir, dbt_manifest_columns(prepare_manifest()))
+        specs = load_specs(settings.specs_dir, dbt_columns(settings))
     except SpecError as error:  # the list first and briefly: Dagster prints its traceback before the message
         print(error, file=sys.stderr, flush=True)
         raise

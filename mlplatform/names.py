@@ -50,6 +50,12 @@ BACKGROUND_PARQUET = "explain_background.parquet"  # training rows a non-tree ve
 MODEL_CARD_MD = "model_card.md"
 MODEL_CARD_HTML = "model_card.html"
 
+# Tags of a version whose spec names `estimator.factory` (the team's own code).
+CODE_FACTORY_TAG = "code.factory"
+"""Version tag: the team's ``estimator.factory`` (when the spec names one)."""
+CODE_FINGERPRINT_TAG = "code.fingerprint"
+"""Version tag: SHA-256 of the factory's module source (what the audit and ``reproduce`` show of the team's code)."""
+
 # Run tags the automation writes.
 TRIGGER_TAG = "mlplatform/trigger"
 DRIFT_WEEK_TAG = "mlplatform/drift_week"

@@ -68,6 +68,10 @@ def _default(field) -> str:
     return f"`{json.dumps(field.default, default=str)}`"
 
 
+MAP_KEY_NAMES = {"metrics": "name"}
+"""What the keys of a mapping section are, where they are not column names."""
+
+
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
@@ -81,7 +85,7 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
         if is_map:
             value_models = _models_in(get_args(field.annotation)[1])
             for value_model in value_models:
-                rows += _rows(value_model, f"{key}.<column>.")
+                rows += _rows(value_model, f"{key}.<{MAP_KEY_NAMES.get(key, 'column')}>.")
         for nested_model in nested:
             rows += _rows(nested_model, f"{key}.")
     return rows

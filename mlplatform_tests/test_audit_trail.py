@@ -51,3 +51,19 @@ def test_a_run_leaves_every_event_type_it_causes_and_verify_catches_an_edit(home
                            "and seq = (select min(seq) from audit.events where event = 'gate')")
     assert main(["audit", "toy", "--verify"]) == 1
     assert "was changed after it was written" in capsys.readouterr().err
+
+
+def test_without_a_git_checkout_the_audit_names_the_code_version_the_image_was_built_with(tmp_path, monkeypatch):
+    from mlplatform.lib import settings
+
+    monkeypatch.setattr(settings, "REPO_DIR", tmp_path)  # an image: the package is installed, there is no .git
+    monkeypatch.delenv(settings.CODE_VERSION_ENV, raising=False)
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
+        append_events(connection, [AuditEvent("m", "approval", "alice", "champion -> v1", version="1")])
+        assert settings.git_commit() is None
+        monkeypatch.setenv(settings.CODE_VERSION_ENV, "mlplatform 0.1.0 @ 0123456789ab")  # the Dockerfile's form
+        append_events(connection, [AuditEvent("m", "approval", "bob", "champion -> v2", version="2")])
+        versions = list(read_events(connection, "m")["code_version"])
+    assert versions[0].startswith("mlplatform ") and "@" not in versions[0]
+    assert versions[1] == "mlplatform 0.1.0 @ 0123456789ab"
+    assert settings.git_commit() == "0123456789ab"  # what a run trained in the image is tagged with (git.commit)

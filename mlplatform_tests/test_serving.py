@@ -534,6 +534,29 @@ def test_the_poller_reads_the_registry_only_when_it_changed_and_still_sees_every
     world.aliases("toy", "1")
 
 
+def test_one_registry_request_per_poll_reads_the_aliases_of_every_served_model(world):
+    """A replica's poll costs a tracking server one request whatever the number of models, and still sees each
+    model's own aliases (a model the registry does not know has none)."""
+    from mlplatform.serving.models import ModelWatcher, Registry
+
+    specs = [world.spec(name) for name in ("toy", "toy_canary", "toy_shadow", "toy_bin", "toy_steep")]
+    registry = Registry(Tracker.under(world.home / "mlflow"))
+    world.aliases("toy", "3")
+    watcher = ModelWatcher(specs, registry, poll_seconds=60)
+    try:
+        state = watcher.refresh()
+        assert registry.requests == 1
+        assert {name: (m.aliases.get(CHAMPION), m.aliases.get(CHALLENGER)) for name, m in state.models.items()} == {
+            "toy": ("3", None), "toy_canary": ("1", "2"), "toy_shadow": ("1", "2"), "toy_bin": ("1", None),
+            "toy_steep": ("1", "2")}
+        assert state.models["toy"].champion.version == "3"
+        assert registry.aliases_of(["not_registered", "toy"]) == {"not_registered": {}, "toy": {CHAMPION: "3"}}
+        assert registry.requests == 2
+    finally:
+        watcher.stop()
+        world.aliases("toy", "1")
+
+
 def test_replay_sends_a_week_of_feature_rows_as_traffic(world, capsys):
     from mlplatform.cli import main
 
@@ -550,11 +573,11 @@ def test_replay_sends_a_week_of_feature_rows_as_traffic(world, capsys):
     assert sorted(keyless["record_id"].astype(int)) == list(range(80, 120))  # source row numbers
 
 
-def start_service(world: World, port: int, flush_seconds: float) -> subprocess.Popen:
+def start_service(world: World, port: int, flush_seconds: float, specs_dir: Path | None = None) -> subprocess.Popen:
     """`mlplatform serve` as its own process (what SIGTERM and SIGKILL are sent to)."""
     command = [sys.executable, "-m", "mlplatform.cli", "serve", "--port", str(port), "--model", "toy",
                "--flush-seconds", str(flush_seconds), "--poll-seconds", "0.5", "--log-level", "warning"]
-    env = {**os.environ, "MLPLATFORM_HOME": str(world.home), "MLPLATFORM_SPECS": str(world.specs_dir)}
+    env = {**os.environ, "MLPLATFORM_HOME": str(world.home), "MLPLATFORM_SPECS": str(specs_dir or world.specs_dir)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while True:
@@ -613,6 +636,33 @@ def test_sigterm_in_the_middle_of_the_load_loses_no_logged_prediction(world):
     assert len(answered) >= 400
     assert answered <= logged  # every answer is in the log
     assert logged <= answered | failed  # and nothing else
+
+
+def test_serve_needs_no_training_data_on_its_disk_while_validate_still_checks_it(world, tmp_path, capsys):
+    from mlplatform.cli import main
+
+    specs_dir = tmp_path / "serving-host-specs"  # the spec alone: its source file toy.csv is not on this host
+    specs_dir.mkdir()
+    (specs_dir / "toy.yaml").write_text((world.specs_dir / "toy.yaml").read_text())
+    world.aliases("toy", "1")
+    port = free_port()
+    process = start_service(world, port, flush_seconds=0.5, specs_dir=specs_dir)
+    try:
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/models/toy/predict",
+                            json={"records": [{"id": 1, "x1": 1.0, "x2": 0.0, "color": "red"}]}, timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0]["version"] == "1"
+    saved = os.environ["MLPLATFORM_SPECS"]
+    os.environ["MLPLATFORM_SPECS"] = str(specs_dir)
+    try:
+        assert main(["validate"]) == 1  # the data checks stay in `validate` (and the code location)
+    finally:
+        os.environ["MLPLATFORM_SPECS"] = saved
+    error = capsys.readouterr().err
+    assert "source.path" in error and "toy.csv" in error
 
 
 def test_the_fast_preprocessing_twin_matches_the_pipeline_or_is_not_used(world):

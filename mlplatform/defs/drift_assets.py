@@ -106,7 +106,7 @@ def build_drift_assets(spec: ModelSpec):
             weeks_with_html,
         )
         from mlplatform.lib.plots import drift_plot
-        from mlplatform.lib.prediction_log import model_log_dir, read_prediction_log
+        from mlplatform.lib.prediction_log import log_location_text, read_prediction_log
         from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE
 
         warehouse: Warehouse = context.resources.warehouse
@@ -116,7 +116,7 @@ def build_drift_assets(spec: ModelSpec):
         reports_dir = platform.reports_dir(spec.name)
         run_rows = warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)  # one read, sliced per week
         logged = validate_table(read_prediction_log(platform.home_path, spec.name, window.start, window.end),
-                                prediction_log_schema(spec), f"prediction log {model_log_dir(platform.home_path, spec.name)}",
+                                prediction_log_schema(spec), f"prediction log {log_location_text(platform.home_path, spec.name)}",
                                 "The drift step stopped before using it: fix or remove the segments holding those rows")
         answered = logged[logged["role"].isin([CHAMPION_ROLE, CANARY_ROLE])]  # what clients got, not shadow scores
         results, notes = weekly_drift(

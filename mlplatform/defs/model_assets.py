@@ -83,7 +83,7 @@ def build_model_assets(spec: ModelSpec):
             AssetSpec(
                 model_key(spec), group_name=spec.name, owners=owners(spec), kinds={"mlflow", "scikit-learn"},
                 deps=[AssetDep(features_key(spec), partition_mapping=training_window)], skippable=True,
-                description=f"A {spec.estimator.class_name} for week W, trained on the {window_weeks} weeks of "
+                description=f"A {spec.estimator_name} for week W, trained on the {window_weeks} weeks of "
                 "features before W, logged to MLflow and registered as a version of "
                 f"`{spec.name}`. Becomes `challenger` only when every gate passes"
                 + (" and `champion` too (approval: auto)." if spec.rollout.approval == "auto" else "."),
@@ -234,7 +234,7 @@ def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRe
                 f"{result.train_window.start:%Y-%m-%d} .. {result.train_window.end:%Y-%m-%d} (end excluded)"),
             "train_rows": result.train_rows,
             "data_fingerprint": MetadataValue.text(result.fingerprint),
-            "estimator": MetadataValue.text(spec.estimator.class_name or ""),
+            "estimator": MetadataValue.text(spec.estimator_name),
             "gates_passed": all(g.passed for g in result.gates),
             "champion_compared": MetadataValue.text(f"v{result.champion_version}" if result.champion_version
                                                     else "none"),

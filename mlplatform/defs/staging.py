@@ -6,10 +6,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dagster import AssetExecutionContext, AssetKey, TableColumn, TableSchema
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from mlplatform import names
-from mlplatform.defs.dbt_project import dbt_project
 from mlplatform.defs.keys import raw_key, staged_key
 from mlplatform.defs.metadata import COLUMN_SCHEMA, column_schema, owners
 from mlplatform.defs.partitions import SINGLE_RUN, run_window, weekly_partitions
@@ -57,14 +56,15 @@ def _with_dbt_columns(typed: TableSchema, documented: TableSchema | None) -> Tab
     return TableSchema(columns=columns + [c for name, c in described.items() if name not in known])
 
 
-def build_staged_assets(spec: ModelSpec):
-    """dbt runs for the partition window; the model's incremental delete+insert on week_start replaces those weeks."""
+def build_staged_assets(spec: ModelSpec, project: DbtProject):
+    """dbt runs for the partition window; the model's incremental delete+insert on week_start replaces those weeks.
+    ``project`` is the configured dbt project, its manifest prepared (:mod:`mlplatform.defs.dbt_project`)."""
     assert spec.staging is not None
     schema = staged_schema(spec)
 
     @dbt_assets(
-        manifest=dbt_project.manifest_path,
-        project=dbt_project,
+        manifest=project.manifest_path,
+        project=project,
         select=spec.staging.dbt_model,
         name=names.multi_asset_op(spec.name, names.STAGED),
         partitions_def=weekly_partitions(spec),

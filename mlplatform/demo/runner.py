@@ -121,11 +121,11 @@ def run_models(
 
 def specs_by_name() -> dict:
     """Every spec in MLPLATFORM_SPECS by model name."""
-    from mlplatform.defs.dbt_project import prepare_manifest
+    from mlplatform.defs.dbt_project import dbt_columns
     from mlplatform.lib.settings import load_settings
-    from mlplatform.specs import dbt_manifest_columns, load_specs
+    from mlplatform.specs import load_specs
 
-    return {spec.name: spec for spec in load_specs(load_settings().specs_dir, dbt_manifest_columns(prepare_manifest()))}
+    return {spec.name: spec for spec in load_specs(load_settings().specs_dir, dbt_columns())}
 
 
 def run_job(defs, instance: DagsterInstance, job_name: str, first: str, last: str | None = None,

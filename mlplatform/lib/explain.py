@@ -148,9 +148,12 @@ def source_features(pipeline: Any) -> list[str]:
     preprocess = pipeline.named_steps["preprocess"]
     sources: list[str] = []
     for name, transformer, columns in preprocess.transformers_:
-        if name == "remainder" or transformer in ("drop", "passthrough"):
+        if name == "remainder" or transformer == "drop":
             continue
         columns = list(columns)
+        if transformer == "passthrough":  # a factory's model behind the column selection: one output per column
+            sources += [str(c) for c in columns]
+            continue
         last = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
         if isinstance(last, OneHotEncoder):
             drops = last.drop_idx_ if last.drop_idx_ is not None else [None] * len(columns)

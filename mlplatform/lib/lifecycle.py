@@ -31,9 +31,21 @@ from mlplatform.lib.promotion import AliasChange
 from mlplatform.lib.source import Window, rows_in_window
 from mlplatform.lib.spec_hash import GATES_HASH_TAG, SPEC_ARTIFACT, normalized_spec, spec_hash, spec_tags
 from mlplatform.lib.table_schemas import evaluations_schema, predictions_schema, validate_table
-from mlplatform.lib.training import SEED, Predictions, build_pipeline, encode_target, fingerprint, predict, split_xy
+from mlplatform.lib.training import (
+    CODE_FACTORY_TAG,
+    CODE_FINGERPRINT_TAG,
+    SEED,
+    Predictions,
+    build_pipeline,
+    code_tags,
+    encode_target,
+    fingerprint,
+    predict,
+    split_xy,
+)
 from mlplatform.lib.warehouse import replace_week_rows
 from mlplatform.specs import ModelSpec
+from mlplatform.specs.team_metrics import register_spec_metrics
 
 if TYPE_CHECKING:  # MLflow is imported by the deciding process only, never by training workers
     from mlplatform.lib.tracking import Tracker
@@ -60,6 +72,7 @@ class WeekResult:
     explain_note: str = ""
     importance_png: bytes | None = None
     artifact_uri: str = ""  # where the run's artifacts (model card, importance) are stored
+    code: dict[str, str] = field(default_factory=dict)  # the team's factory and its module's fingerprint (code_tags)
 
 
 def training_window(spec: ModelSpec, week_start: datetime, since: datetime | None = None) -> Window:
@@ -169,6 +182,7 @@ class TrainedWeek:
     importance: Importance | None = None
     explain_note: str = ""  # how the importance was computed, or why it could not be
     background: pd.DataFrame | None = None  # training rows a non-tree version's predictions are explained against
+    code: dict[str, str] = field(default_factory=dict)  # the team's factory and its module's fingerprint (code_tags)
 
 
 def training_and_evaluation_rows(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
@@ -195,6 +209,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
     Pure: no store is touched, so weeks can train in parallel.
     """
     week = week_start.date().isoformat()
+    register_spec_metrics(spec)  # a worker process received the spec, not the registry of the process that loaded it
     train, evaluation, train_window = training_and_evaluation_rows(spec, features, week_start, since)
     if train.empty:
         return f"week {week}: no features rows in the {spec.partitions.training_window_weeks} weeks before it to train on"
@@ -215,7 +230,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
     threshold = spec.decision_threshold
     challenger = predict(pipeline, x_eval, spec.task, threshold)
     y_metric = encode_target(y_eval, spec.task, challenger.classes)
-    metrics = evaluate(spec.task, y_metric, challenger.score, seed=SEED, threshold=threshold)
+    metrics = evaluate(spec.task, y_metric, challenger.score, seed=SEED, threshold=threshold, extra=tuple(spec.metrics))
     metric = spec.primary_metric
     plots = (regression_plots(y_metric, challenger.score, spec.name) if spec.task == "regression"
              else classification_plots(y_metric, challenger.score, spec.task, spec.name, threshold))
@@ -227,7 +242,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
         allowed_classes=list(np.unique(y_train)) if spec.task != "regression" else None,
     )
     params = {
-        "estimator": spec.estimator.class_name, **{f"estimator.{k}": v for k, v in spec.estimator.params.items()},
+        "estimator": spec.estimator_name, **{f"estimator.{k}": v for k, v in spec.estimator.params.items()},
         "seed": SEED, "task": spec.task, "target": spec.target,
         "features.numeric": ",".join(spec.features.numeric), "features.categorical": ",".join(spec.features.categorical),
         "training_window_weeks": spec.partitions.training_window_weeks,
@@ -249,7 +264,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
         y_metric, challenger, metrics, plots, gate_lib.threshold_gate(metric, metrics[metric].value, spec.gates.threshold),
         sanity, data_gate, params, predictions, fairness_check(spec, evaluation, y_metric, challenger.score),
         fingerprint(evaluation, spec),
-        importance, explain_note, background,
+        importance, explain_note, background, code_tags(spec),
     )
 
 
@@ -312,6 +327,7 @@ def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champio
     metric_values = logged_metrics(metrics)
     window = trained.train_window
     recorded_spec = spec_tags(spec)  # which spec the gates ran under: promotion refuses a version of an older one
+    recorded_spec |= trained.code  # the team's own code (estimator.factory): its module's fingerprint
     tags = {"mlplatform.model": spec.name, "mlplatform.week": week, "data.fingerprint": trained.fingerprint,
             "data.eval_fingerprint": trained.eval_fingerprint,
             "data.train_window": f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}",
@@ -333,7 +349,8 @@ def decide_week(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker, champio
     return WeekResult(week, logged.version, logged.run_id, logged.experiment_id, window, trained.train_rows,
                       trained.eval_rows, trained.fingerprint, metrics, outcomes, predictions, trained.plots,
                       champion_version, importance=trained.importance, explain_note=trained.explain_note,
-                      importance_png=explanation.get(names.IMPORTANCE_PNG), artifact_uri=logged.artifact_uri)
+                      importance_png=explanation.get(names.IMPORTANCE_PNG), artifact_uri=logged.artifact_uri,
+                      code=trained.code)
 
 
 def explanation_artifacts(spec: ModelSpec, trained: TrainedWeek) -> dict[str, bytes | str]:
@@ -406,10 +423,14 @@ def week_events(spec: ModelSpec, result: WeekResult, actor: str, dagster_run_id:
     primary = result.metrics[spec.primary_metric]
     common = {"version": result.version, "week": result.week, "dagster_run_id": dagster_run_id,
               "mlflow_run_id": result.run_id, "data_fingerprint": result.fingerprint}
+    code = result.code
+    code_text = (f"; code {code[CODE_FACTORY_TAG]} fingerprint {code[CODE_FINGERPRINT_TAG][:12]}"
+                 if CODE_FINGERPRINT_TAG in code else "")
     trained = AuditEvent(spec.name, "model_trained", actor,
                          f"v{result.version} trained on {result.train_window.start:%Y-%m-%d}..{result.train_window.end:%Y-%m-%d} "
-                         f"({result.train_rows} rows); {spec.primary_metric} {primary.value:.4g} on week {result.week}",
-                         details={"train_rows": result.train_rows, "eval_rows": result.eval_rows,
+                         f"({result.train_rows} rows); {spec.primary_metric} {primary.value:.4g} on week {result.week}"
+                         + code_text,
+                         details={**code, "train_rows": result.train_rows, "eval_rows": result.eval_rows,
                                   spec.primary_metric: primary.value, "ci": [primary.low, primary.high],
                                   "spec_hash": spec_hash(spec), "spec_gates_hash": spec_tags(spec)[GATES_HASH_TAG],
                                   "train_window": f"{result.train_window.start:%Y-%m-%d}..{result.train_window.end:%Y-%m-%d}"},

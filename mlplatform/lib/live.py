@@ -101,7 +101,7 @@ def estimate(task: str, metric: str, y: np.ndarray, score: np.ndarray, seed: int
     ``evaluation.decision_threshold``); None where it is undefined on these rows."""
     if len(y) == 0:
         return None
-    found = evaluate(task, y, score, seed=seed, threshold=threshold)[metric]
+    found = evaluate(task, y, score, seed=seed, threshold=threshold, extra=(metric,))[metric]  # (a team metric too)
     return found if np.isfinite(found.value) else None
 
 

@@ -9,7 +9,7 @@ resample of all rows), the confidence interval and the champion comparison.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,6 +18,7 @@ from scipy.stats import rankdata
 
 from mlplatform.lib.decision import DECISION_THRESHOLD, predicted_positive
 from mlplatform.specs.tasks import METRICS_BY_TASK, is_lower_better
+from mlplatform.specs.team_metrics import TeamMetric, registered
 
 EPS = 1e-15
 Metric = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -116,9 +117,25 @@ METRIC_FUNCTIONS: dict[str, Metric] = {
 
 
 def metric_function(metric: str, threshold: float = DECISION_THRESHOLD) -> Metric:
-    """The metric's vectorised function; a metric that needs a decision (f1) decides at ``threshold``."""
-    function = METRIC_FUNCTIONS[metric]
+    """The metric's vectorised function; a metric that needs a decision (f1) decides at ``threshold``. A team's own
+    metric (registered when its spec loaded, :mod:`mlplatform.specs.team_metrics`) is called once per resample."""
+    function = METRIC_FUNCTIONS.get(metric)
+    if function is None:
+        team = registered(metric)
+        if team is None:
+            raise KeyError(f"unknown metric {metric!r}: not built in, and no loaded spec defines it under `metrics`")
+        return partial(_team_metric, team=team, threshold=threshold)
     return partial(function, threshold=threshold) if metric == "f1" else function
+
+
+def _team_metric(y: np.ndarray, s: np.ndarray, idx: np.ndarray, team: TeamMetric,
+                 threshold: float = DECISION_THRESHOLD) -> np.ndarray:
+    """A team's ``function(y_true, y_pred)`` on every resample; a binary model's y_pred is its decision at
+    ``threshold`` unless the metric reads probabilities."""
+    predicted = s
+    if team.task == "binary" and not team.needs_probabilities:
+        predicted = predicted_positive(s, threshold).astype("float64")
+    return np.array([float(team.function(y[rows], predicted[rows])) for rows in idx], dtype="float64")
 
 
 def _sum_columns(metric: str, y: np.ndarray, s: np.ndarray,
@@ -209,10 +226,12 @@ def metric_value(metric: str, y: np.ndarray, score: np.ndarray, threshold: float
 
 
 def evaluate(task: str, y: np.ndarray, score: np.ndarray, n_resamples: int = 300, seed: int = 0,
-             confidence: float = 0.95, threshold: float = DECISION_THRESHOLD) -> dict[str, MetricEstimate]:
-    """Every metric of the task with a percentile bootstrap interval (all metrics on the same resamples); a binary
-    decision (f1) is made at ``threshold`` (the spec's ``evaluation.decision_threshold``)."""
-    metrics = METRICS_BY_TASK[task]
+             confidence: float = 0.95, threshold: float = DECISION_THRESHOLD,
+             extra: Sequence[str] = ()) -> dict[str, MetricEstimate]:
+    """Every metric of the task, and the team metrics named in ``extra`` (a spec's ``metrics``), with a percentile
+    bootstrap interval (all metrics on the same resamples); a binary decision (f1) is made at ``threshold`` (the
+    spec's ``evaluation.decision_threshold``)."""
+    metrics = tuple(dict.fromkeys((*METRICS_BY_TASK[task], *extra)))
     columns = {metric: _sum_columns(metric, y, score, threshold) for metric in metrics}
     samples: dict[str, list[np.ndarray]] = {metric: [] for metric in metrics}
     for idx in resample_batches(len(y), n_resamples, seed):

@@ -66,6 +66,7 @@ class CardFacts:
     explain_note: str
     generated: str  # when and from what
     code_version: str = ""
+    team_code: dict[str, str] = field(default_factory=dict)  # estimator.factory and its module's fingerprint
     backtest: pd.DataFrame = field(default_factory=pd.DataFrame)  # week, model_version, value, ci_low, ci_high
     backtest_png: bytes | None = None
     drift: pd.DataFrame = field(default_factory=pd.DataFrame)  # week, drifted_share, check_passed, drifted
@@ -92,7 +93,7 @@ def facts_at_training(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, re
         gates=[GateRow(g.name, g.passed, g.reason, g.facts.get("per_group")) for g in result.gates],
         importance=result.importance, explain_note=result.explain_note,
         generated=f"at training time ({_now()}), by the run that trained it",
-        aliases=[c.alias for c in result.alias_changes], importance_png=result.importance_png,
+        aliases=[c.alias for c in result.alias_changes], importance_png=result.importance_png, team_code=result.code,
     )
     _add_warehouse_facts(connection, facts, result.train_window.start)
     return facts
@@ -124,6 +125,7 @@ def facts_from_registry(connection: duckdb.DuckDBPyConnection | None, spec: Mode
                for name, g in gate_report.items()],
         importance=importance, explain_note=note, generated=f"{_now()}, from the model registry and the audit trail",
         code_version=tags.get("git.commit", ""),
+        team_code={k: v for k, v in tags.items() if k in (names.CODE_FACTORY_TAG, names.CODE_FINGERPRINT_TAG)},
         aliases=sorted(a for a, v in dict(registered.aliases).items() if str(v) == str(version)),
     )
     facts.importance_png = tracker.read_artifact(run.info.run_id, names.IMPORTANCE_PNG)
@@ -260,7 +262,7 @@ def render_markdown(facts: CardFacts) -> str:
     add("")
     add("## Model and data")
     add("")
-    add(f"- **Estimator**: `{_c(spec.estimator.class_name)}` "
+    add(f"- **Estimator**: `{_c(spec.estimator_name)}` "
         + (f"with {_t(', '.join(f'{k}={v}' for k, v in spec.estimator.params.items()))}" if spec.estimator.params else ""))
     add(f"- **Inputs** ({len(spec.feature_columns)}): numbers {_t(', '.join(spec.features.numeric) or 'none')}; "
         f"categories {_t(', '.join(spec.features.categorical) or 'none')}")
@@ -269,6 +271,9 @@ def render_markdown(facts: CardFacts) -> str:
     add(f"- **Training window**: {_t(facts.train_window)}, {facts.train_rows} rows; evaluated on "
         f"{facts.eval_rows} rows of week {_t(facts.week)}")
     add(f"- **Data fingerprint** (SHA-256 of the exact training rows): `{_c(facts.fingerprint)}`")
+    if names.CODE_FINGERPRINT_TAG in facts.team_code:
+        add(f"- **Team code**: `{_c(facts.team_code.get(names.CODE_FACTORY_TAG, '?'))}`, fingerprint (SHA-256 of its "
+            f"module) `{_c(facts.team_code[names.CODE_FINGERPRINT_TAG])}`")
     add(f"- **MLflow run**: `{_c(facts.mlflow_run_id)}`" + (f"; code `{_c(facts.code_version)}`" if facts.code_version else ""))
     add("")
     add("## Performance")

@@ -10,6 +10,13 @@ Layout (a contract; docs/serving.md describes every column)::
 
 Read it with :func:`read_prediction_log`, or with DuckDB:
 ``read_parquet('<home>/prediction_log/<model>/**/*.parquet', hive_partitioning=true, union_by_name=true)``.
+
+With ``MLPLATFORM_PREDICTION_LOG_URI=s3://bucket/prefix`` (replicas that share no disk) the same segments go to a
+local spool (``<home>/prediction_log_spool``) and the writer's child process uploads each one after it is
+published, drains the spool on shutdown and uploads leftovers at start; :func:`read_prediction_log`, the one reader
+every step uses, then reads the bucket (:mod:`mlplatform.lib.object_store`). Rows are deduplicated on request id,
+record index and role everywhere: a segment written twice (a writer that died after writing, before confirming)
+counts once.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -35,9 +42,24 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlplatform.lib.object_store import (
+    LogLocation,
+    SegmentNamer,
+    configured_location,
+    fetch_segments,
+    list_model_keys,
+    parse_log_uri,
+    replica_id,
+    s3_client,
+    spooled_segments,
+    upload_spool,
+)
+
 log = logging.getLogger(__name__)
 
 LOG_DIR_NAME = "prediction_log"
+SPOOL_DIR_NAME = "prediction_log_spool"
+CACHE_DIR_NAME = "prediction_log_cache"
 SEGMENT_SUFFIX = ".parquet"
 PARTIAL_SUFFIX = ".partial"
 
@@ -70,6 +92,36 @@ def model_log_dir(home: Path, model: str) -> Path:
     return log_root(home) / model
 
 
+def spool_root(home: Path) -> Path:
+    return Path(home) / SPOOL_DIR_NAME
+
+
+def log_location_text(home: Path, model: str, uri: str | None = None) -> str:
+    """Where a model's log is read from, for messages: the bucket when configured, else the local folder."""
+    location = parse_log_uri(uri) if uri else configured_location()
+    if location is not None:
+        return f"s3://{location.bucket}/{location.model_prefix(model)}"
+    return str(model_log_dir(home, model))
+
+
+class SpoolUploader:
+    """Uploads a spool's published segments to object storage (the client is made on first use)."""
+
+    def __init__(self, spool: Path, uri: str):
+        self.spool = Path(spool)
+        self.location = parse_log_uri(uri)
+        self._client: Any = None
+        self.uploaded = 0
+
+    def upload(self) -> int:
+        """Upload what is published; returns the segments still waiting (0: the spool is drained)."""
+        if self._client is None:
+            self._client = s3_client()
+        done, left = upload_spool(self.spool, self.location, self._client)
+        self.uploaded += done
+        return left
+
+
 def utc_now() -> datetime:
     """Now as naive UTC (the platform's time convention)."""
     return datetime.now(UTC).replace(tzinfo=None)
@@ -84,8 +136,14 @@ class PredictionLogWriter:
     """
 
     def __init__(self, home: Path, flush_seconds: float = 1.0,
-                 input_types: Mapping[str, Mapping[str, str]] | None = None):
-        self.root = log_root(home)
+                 input_types: Mapping[str, Mapping[str, str]] | None = None, uri: str | None = None,
+                 replica: str | None = None):
+        # With an object-storage URI the segments are spooled locally, named for their keys, then uploaded.
+        self.uri = uri or None
+        self.replica = replica_id(replica)
+        self.root = spool_root(home) if self.uri else log_root(home)
+        self._uploader = SpoolUploader(self.root, self.uri) if self.uri else None
+        self._namer = SegmentNamer(self.replica) if self.uri else None
         self.flush_seconds = flush_seconds
         self.input_types = {model: dict(types) for model, types in (input_types or {}).items()}
         self._pending: list[Mapping[str, Any]] = []
@@ -114,6 +172,11 @@ class PredictionLogWriter:
         """Rows accepted but not yet in a published segment."""
         return len(self._pending)
 
+    @property
+    def spooled_segments(self) -> int:
+        """Segments published in the spool, not yet in object storage (0 for a local log)."""
+        return sum(1 for _ in spooled_segments(self.root)) if self.uri else 0
+
     def flush(self) -> int:
         """Write every pending row now; returns how many were written."""
         with self._flush_lock:
@@ -122,7 +185,7 @@ class PredictionLogWriter:
             if not rows:
                 return 0
             try:
-                written = write_segments(self.root, rows, self.input_types)
+                written = write_segments(self.root, rows, self.input_types, self._namer)
             except Exception:  # noqa: BLE001 - keep the rows and retry: losing predictions is worse than a late write
                 self.failed_flushes += 1
                 log.exception("prediction log: writing %d rows under %s failed; retrying", len(rows), self.root)
@@ -131,6 +194,8 @@ class PredictionLogWriter:
                 return 0
             self.written_rows += len(rows)
             self.segments += written
+            if self._uploader is not None:
+                self._uploader.upload()  # a failure keeps the files in the spool for the next flush
             return len(rows)
 
     def close(self) -> None:
@@ -142,8 +207,16 @@ class PredictionLogWriter:
         for _ in range(3):
             self.flush()
             if not self.backlog:
-                return
-        log.error("prediction log: %d rows could not be written at shutdown", self.backlog)
+                break
+        else:
+            log.error("prediction log: %d rows could not be written at shutdown", self.backlog)
+        if self._uploader is not None and self._uploads_here:
+            _drain(self._uploader)
+
+    @property
+    def _uploads_here(self) -> bool:
+        """Whether this process uploads the spool (not while a writer child process owns it)."""
+        return True
 
     def _run(self) -> None:
         """Flush on a fixed schedule (not ``flush_seconds`` after the previous write ended), so a row waits at most
@@ -176,8 +249,9 @@ class ChildProcessLogWriter(PredictionLogWriter):
     CHUNK_ROWS = 256
 
     def __init__(self, home: Path, flush_seconds: float = 1.0,
-                 input_types: Mapping[str, Mapping[str, str]] | None = None):
-        super().__init__(home, flush_seconds, input_types)
+                 input_types: Mapping[str, Mapping[str, str]] | None = None, uri: str | None = None,
+                 replica: str | None = None):
+        super().__init__(home, flush_seconds, input_types, uri, replica)
         self._child: subprocess.Popen | None = None
         self._inflight: list[Mapping[str, Any]] = []  # handed to the child, not yet confirmed written
         self._sequence = 0
@@ -185,13 +259,17 @@ class ChildProcessLogWriter(PredictionLogWriter):
     def start(self) -> ChildProcessLogWriter:
         with self._flush_lock:
             if self._child is None:
-                self._child = _start_child(self.root, self.input_types)
+                self._child = _start_child(self.root, self.input_types, self.uri, self.replica)
         super().start()
         return self
 
     @property
     def backlog(self) -> int:
         return len(self._pending) + len(self._inflight)
+
+    @property
+    def _uploads_here(self) -> bool:
+        return self._child is None
 
     @property
     def child_pid(self) -> int | None:
@@ -279,13 +357,20 @@ def _receive(stream: Any) -> Any:
     return pickle.loads(payload)
 
 
-def _start_child(root: Path, input_types: Mapping[str, Mapping[str, str]]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "mlplatform.lib.prediction_log", str(root), json.dumps(input_types)]
+def _start_child(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: str | None = None,
+                 replica: str | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mlplatform.lib.prediction_log", str(root), json.dumps(input_types),
+               uri or "", replica or ""]
     return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # stderr: the service's
 
 
-def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]]) -> None:
-    """The writer process: collect rows, write them on each commit, write what is left when the input closes."""
+def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: str | None = None,
+                replica: str | None = None) -> None:
+    """The writer process: collect rows, write them on each commit, write what is left when the input closes.
+
+    With ``uri`` (object storage) ``root`` is the spool: leftovers of an earlier process are uploaded first, each
+    commit's segments are uploaded after the reply (the service does not wait for the network), and when the input
+    closes (shutdown, SIGTERM) the last rows are written and the spool is drained before the process exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when the log is done: its pipe closes
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     replies = os.fdopen(os.dup(1), "wb")
@@ -298,6 +383,10 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]]) -> Non
     pa.set_io_thread_count(1)
     requests = sys.stdin.buffer
     pending: list[Mapping[str, Any]] = []
+    uploader = SpoolUploader(root, uri) if uri else None
+    namer = SegmentNamer(replica or "") if uri else None
+    if uploader is not None and uploader.upload():  # leftovers of a replica that stopped before draining
+        log.warning("prediction log writer: segments left in %s could not be uploaded yet; retrying", root)
     while True:
         try:
             message = _receive(requests)
@@ -309,27 +398,48 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]]) -> Non
         written, segments, error = 0, 0, None
         if pending:
             try:
-                segments = write_segments(root, pending, input_types)
+                segments = write_segments(root, pending, input_types, namer)
                 written, pending = len(pending), []
             except Exception as failure:  # noqa: BLE001 - keep the rows: the service retries at its next flush
                 error = f"{type(failure).__name__}: {failure}"
         _send(replies, ("done", message[1], written, segments, error))
+        if uploader is not None and segments:
+            uploader.upload()  # a failure keeps the files in the spool: the next commit or the drain retries
     for _ in range(3):  # the service is gone (or closed the log): write what arrived
         if not pending:
-            return
+            break
         try:
-            write_segments(root, pending, input_types)
+            write_segments(root, pending, input_types, namer)
             pending = []
         except Exception:  # noqa: BLE001
             log.exception("prediction log writer: writing %d rows under %s failed", len(pending), root)
             time.sleep(1)
     if pending:
         log.error("prediction log writer: %d rows could not be written", len(pending))
+    if uploader is not None:
+        _drain(uploader)
+
+
+DRAIN_ATTEMPTS = 5
+
+
+def _drain(uploader: SpoolUploader) -> None:
+    """Upload what the spool holds at shutdown, retrying briefly; what is left is uploaded at the next start."""
+    for attempt in range(DRAIN_ATTEMPTS):
+        if not uploader.upload():
+            return
+        time.sleep(min(2.0, 0.25 * 2 ** attempt))
+    log.error("prediction log writer: segments stay in %s; the next start of this replica uploads them",
+              uploader.spool)
 
 
 def write_segments(root: Path, rows: Sequence[Mapping[str, Any]],
-                   input_types: Mapping[str, Mapping[str, str]] | None = None) -> int:
+                   input_types: Mapping[str, Mapping[str, str]] | None = None,
+                   name: Callable[[], str] | None = None) -> int:
     """Publish rows as one segment per (model, date, hour); returns the number of segments.
+
+    ``name`` gives each segment's file name (without suffix); default a random UUID. The spool of an
+    object-storage log names them for unique keys (:class:`~mlplatform.lib.object_store.SegmentNamer`).
 
     ``input_types`` gives per model the Parquet type of each input (``"float64"`` or ``"string"``), so every
     segment of a model has the same schema even when a column is all null in it; without it types are inferred.
@@ -341,7 +451,7 @@ def write_segments(root: Path, rows: Sequence[Mapping[str, Any]],
     for (model, day, hour), group in groups.items():
         folder = root / model / f"date={day}" / f"hour={hour}"
         folder.mkdir(parents=True, exist_ok=True)
-        _publish(folder, _table(group, (input_types or {}).get(model, {})))
+        _publish(folder, _table(group, (input_types or {}).get(model, {})), name() if name else None)
     return len(groups)
 
 
@@ -380,9 +490,9 @@ def _probabilities_text(probabilities: Mapping[str, float] | None) -> str | None
     return template % tuple(float(p) for p in probabilities.values())
 
 
-def _publish(folder: Path, table: pa.Table) -> Path:
+def _publish(folder: Path, table: pa.Table, name: str | None = None) -> Path:
     """Write to a temporary name, fsync, then rename: readers see the whole segment or nothing."""
-    name = uuid.uuid4().hex
+    name = name or uuid.uuid4().hex
     partial = folder / f".{name}{SEGMENT_SUFFIX}{PARTIAL_SUFFIX}"
     final = folder / f"{name}{SEGMENT_SUFFIX}"
     with open(partial, "wb") as handle:
@@ -417,8 +527,14 @@ def read_prediction_log(
     end: datetime | date | str | None = None,
     roles: Sequence[str] | None = None,
     expand_inputs: bool = True,
+    uri: str | None = None,
 ) -> pd.DataFrame:
     """The logged predictions of ``model`` with ``start <= time < end`` (naive UTC; tz-aware bounds are converted).
+
+    The one reader of the log (drift, the training-data gate, labels, live performance, the shadow report, the
+    demo): from the bucket of ``uri`` (default: ``MLPLATFORM_PREDICTION_LOG_URI``; objects are copied once into
+    ``<home>/prediction_log_cache``), else from the local folder under ``home``. One row per (request id, record
+    index, role): a row written twice counts once.
 
     Ordered by time, request, record and role. ``roles`` keeps only those roles (e.g. ``["champion", "canary"]``
     for what clients were answered). With ``expand_inputs`` every input feature follows as a column named after the
@@ -428,12 +544,14 @@ def read_prediction_log(
     """
     import duckdb
 
-    folder = model_log_dir(home, model)
-    if not folder.is_dir() or next(folder.rglob(f"*{SEGMENT_SUFFIX}"), None) is None:
+    low, high = _as_naive_utc(start), _as_naive_utc(end)
+    location = parse_log_uri(uri) if uri else configured_location()
+    files = (_fetched_segments(home, model, location, low, high) if location is not None
+             else _local_segments(model_log_dir(home, model)))
+    if not files:
         return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(field.type)) for name, field in
                              zip(COLUMNS, SCHEMA, strict=True)})
     conditions, params = [], []
-    low, high = _as_naive_utc(start), _as_naive_utc(end)
     if low is not None:
         conditions.append("time >= ? and date >= ?")
         params += [low.to_pydatetime(), low.date()]
@@ -444,17 +562,47 @@ def read_prediction_log(
         conditions.append("role in (" + ", ".join("?" for _ in roles) + ")")
         params += list(roles)
     where = ("where " + " and ".join(conditions)) if conditions else ""
-    pattern = str(folder / "**" / f"*{SEGMENT_SUFFIX}")
+    paths = [str(path) for path in files]
     source = "read_parquet(?, hive_partitioning=true, union_by_name=true)"
     with duckdb.connect() as connection:
-        available = [row[0] for row in connection.execute(f"describe select * from {source}", [pattern]).fetchall()]
+        available = [row[0] for row in connection.execute(f"describe select * from {source}", [paths]).fetchall()]
         inputs = [c for c in available if c.startswith(INPUT_PREFIX)] if expand_inputs else []
         selected = ", ".join(_quoted(c) for c in [*COLUMNS, *inputs])
-        frame = connection.execute(f"select {selected} from {source} {where} "
-                                   "order by time, request_id, record_index, role", [pattern, *params]).fetchdf()
+        frame = connection.execute(f"select {selected} from {source} {where} {DEDUPLICATE} "
+                                   "order by time, request_id, record_index, role", [paths, *params]).fetchdf()
     frame["record_index"] = frame["record_index"].astype("int32")
     frame.columns = [_feature_name(c) for c in frame.columns]
     return frame
+
+
+DEDUPLICATE = "qualify row_number() over (partition by request_id, record_index, role order by time) = 1"
+"""One row per (request id, record index, role): what the service answered once, however often it was written."""
+
+
+def _local_segments(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob(f"*{SEGMENT_SUFFIX}") if not p.name.startswith("."))
+
+
+def _fetched_segments(home: Path, model: str, location: LogLocation, low: pd.Timestamp | None,
+                      high: pd.Timestamp | None) -> list[Path]:
+    """The model's objects whose day can hold rows in [low, high), copied into the local cache."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = s3_client()
+        keys = list_model_keys(location, model, client, low.date() if low is not None else None,
+                               high.date() if high is not None else None)
+        return fetch_segments(location, keys, Path(home) / CACHE_DIR_NAME, client)
+    except (BotoCoreError, ClientError) as error:
+        raise PredictionLogUnavailable(
+            f"prediction log {location.uri}/{model}: cannot be read from object storage ({error}); check "
+            "MLPLATFORM_PREDICTION_LOG_URI, the AWS_* credentials and AWS_ENDPOINT_URL of this process") from error
+
+
+class PredictionLogUnavailable(RuntimeError):
+    """The configured object-storage log could not be listed or read (credentials, endpoint, bucket)."""
 
 
 def _feature_name(column: str) -> str:
@@ -497,4 +645,4 @@ def weekly_summary(logged: pd.DataFrame) -> dict[str, Any]:
 
 if __name__ == "__main__":  # the writer process of ChildProcessLogWriter
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _child_main(Path(sys.argv[1]), json.loads(sys.argv[2]))
+    _child_main(Path(sys.argv[1]), json.loads(sys.argv[2]), *(arg or None for arg in sys.argv[3:5]))

@@ -40,7 +40,7 @@ from mlplatform.lib.settings import git_commit
 from mlplatform.lib.source import Window, checked_data_path, read_source, rows_in_window
 from mlplatform.lib.spec_hash import SPEC_ARTIFACT, SPEC_HASH_TAG, spec_hash
 from mlplatform.lib.tracking import Tracker, library_versions
-from mlplatform.lib.training import SEED, fingerprint
+from mlplatform.lib.training import CODE_FACTORY_TAG, CODE_FINGERPRINT_TAG, SEED, fingerprint
 from mlplatform.lib.validation import (
     coerce_numeric_columns,
     parse_source_times,
@@ -332,6 +332,12 @@ def reproduce(tracker: Tracker, current: ModelSpec, version: str, warehouse: Pat
     result.metric_differences = compare_metrics(recorded.metrics, metrics)
     result.gate_differences = compare_gates(recorded.gates, trained)
     result.environment_differences = environment_differences(recorded)
+    code = code_difference(recorded.tags, trained.code)
+    if code is not None:
+        result.environment_differences.append(code)
+    elif trained.code:
+        result.notes.append(f"team code {trained.code[CODE_FACTORY_TAG]}: fingerprint "
+                            f"{trained.code[CODE_FINGERPRINT_TAG][:12]}, identical to the recorded one")
     result.notes.append("gates recomputed: " + ", ".join(sorted(_recomputed_gates(trained)))
                         + " (beat_champion needs the champion of its time and training_data_drift the production "
                         "inputs of its time: not recomputed)")
@@ -363,6 +369,17 @@ def compare_gates(recorded: dict[str, str], trained: TrainedWeek) -> list[Differ
         if name in recorded and recorded[name] != now:
             differences.append(Difference(f"gate {name}", recorded[name], now))
     return differences
+
+
+def code_difference(recorded_tags: dict[str, str], now: dict[str, str]) -> Difference | None:
+    """The team's own code (``estimator.factory``): its module's fingerprint recorded vs now, when they differ."""
+    then = recorded_tags.get(CODE_FINGERPRINT_TAG)
+    current = now.get(CODE_FINGERPRINT_TAG)
+    if then is None and current is None or then == current:
+        return None
+    factory = now.get(CODE_FACTORY_TAG) or recorded_tags.get(CODE_FACTORY_TAG, "?")
+    return Difference(f"team code {factory} (fingerprint of its module)", (then or "(not recorded)")[:12],
+                      (current or "(none)")[:12])
 
 
 def environment_differences(recorded: Recorded) -> list[Difference]:

@@ -10,8 +10,10 @@ Dagster code location).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,7 +22,13 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 BUNDLED_SPECS_DIR = PACKAGE_DIR / "examples"
 REPO_DIR = PACKAGE_DIR.parent
-DBT_PROJECT_DIR = REPO_DIR / "dbt_project"
+CHECKOUT_DBT_PROJECT_DIR = REPO_DIR / "dbt_project"
+"""The bundled dbt project in a source checkout (beside the package)."""
+PACKAGED_DBT_PROJECT_DIR = PACKAGE_DIR / "dbt_project"
+"""The bundled dbt project inside an installed wheel (package data: the bundled examples stage through it)."""
+DBT_PROJECT_DIR = PACKAGED_DBT_PROJECT_DIR if PACKAGED_DBT_PROJECT_DIR.is_dir() else CHECKOUT_DBT_PROJECT_DIR
+"""The bundled dbt project, wherever this copy of the package carries it."""
+DBT_PROJECT_ENV = "MLPLATFORM_DBT_PROJECT_DIR"
 
 DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
 DEFAULT_WAREHOUSE_WAIT_SECONDS = 600.0
@@ -36,6 +44,22 @@ class Settings:
     mlflow_artifacts: str = ""  # with a tracking URI: where new experiments put artifacts (empty: the server's)
     mlflow_ui_url: str = DEFAULT_MLFLOW_UI_URL
     warehouse_wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
+    dbt_project_dir: Path = DBT_PROJECT_DIR  # the dbt project specs with `staging` run (MLPLATFORM_DBT_PROJECT_DIR)
+
+    @property
+    def dbt_manifest_dir(self) -> Path:
+        """Where the dbt project's manifest (and the logs of ``dbt parse``) go: the bundled project of a source
+        checkout keeps its gitignored ``target/`` (shared by every home, as before); any other project, a team's
+        or the bundled one inside an installed wheel, writes under ``MLPLATFORM_HOME``, never into site-packages
+        or the team's repository."""
+        if self.dbt_project_dir == CHECKOUT_DBT_PROJECT_DIR:
+            return self.dbt_project_dir / "target"
+        digest = hashlib.sha256(str(self.dbt_project_dir).encode()).hexdigest()[:12]
+        return self.dbt_target_dir / "projects" / f"{self.dbt_project_dir.name}-{digest}"
+
+    @property
+    def dbt_manifest_path(self) -> Path:
+        return self.dbt_manifest_dir / "manifest.json"
 
     @property
     def warehouse_path(self) -> Path:
@@ -76,7 +100,8 @@ class Settings:
 
 def load_settings() -> Settings:
     """Read ``MLPLATFORM_HOME`` (default ``./.mlplatform``), ``MLPLATFORM_SPECS`` (default: bundled examples),
-    ``MLPLATFORM_MLFLOW_*`` and ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS``."""
+    ``MLPLATFORM_MLFLOW_*``, ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS`` and ``MLPLATFORM_DBT_PROJECT_DIR`` (default:
+    the bundled dbt project)."""
     home = Path(os.environ.get("MLPLATFORM_HOME", ".mlplatform")).expanduser().resolve()
     specs = os.environ.get("MLPLATFORM_SPECS")
     specs_dir = Path(specs).expanduser().resolve() if specs else BUNDLED_SPECS_DIR
@@ -92,7 +117,15 @@ def load_settings() -> Settings:
         mlflow_artifacts=os.environ.get("MLPLATFORM_MLFLOW_ARTIFACTS", "").strip(),
         mlflow_ui_url=os.environ.get("MLPLATFORM_MLFLOW_UI_URL", "").strip() or DEFAULT_MLFLOW_UI_URL,
         warehouse_wait_seconds=wait_seconds,
+        dbt_project_dir=_dbt_project_dir(),
     )
+
+
+def _dbt_project_dir() -> Path:
+    """``MLPLATFORM_DBT_PROJECT_DIR`` made absolute, else the bundled project. Not checked here: a spec without
+    staging never needs a dbt project, so only the specs that stage report a missing one."""
+    configured = os.environ.get(DBT_PROJECT_ENV, "").strip()
+    return Path(configured).expanduser().resolve() if configured else DBT_PROJECT_DIR
 
 
 def ensure_home(settings: Settings) -> None:
@@ -119,19 +152,44 @@ def configure_process(settings: Settings) -> None:
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
 
 
+CODE_VERSION_ENV = "MLPLATFORM_CODE_VERSION"
+"""The code version an image holds, e.g. ``mlplatform 0.1.0 @ 0123456789ab`` (the Dockerfile's build argument): an
+image has no ``.git``. Recorded as it is by the audit; the hex after ``@`` is the commit runs are tagged with."""
+
+
 @functools.cache
-def git_commit() -> str | None:
-    """The commit of the checkout the package runs from, when it is a git checkout (read once per process)."""
+def _git_head(repo_dir: Path) -> str | None:
+    """``git rev-parse HEAD`` of a checkout (read once per process); None when ``repo_dir`` is not one."""
+    if not (repo_dir / ".git").exists():
+        return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def _image_code_version() -> str:
+    return os.environ.get(CODE_VERSION_ENV, "").strip()
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the package runs from; without a git checkout (an image), the commit named in
+    ``MLPLATFORM_CODE_VERSION`` (``... @ <commit>``), so runs still name the code that trained them."""
+    head = _git_head(REPO_DIR)
+    if head:
+        return head
+    _, at, commit = _image_code_version().rpartition("@")
+    commit = commit.strip()
+    return commit if at and re.fullmatch(r"[0-9a-fA-F]{7,40}", commit) else None
 
 
 def code_version() -> str:
-    """What the audit trail records as the code that acted: the package version and the commit when known."""
+    """What the audit trail records as the code that acted: the package version and the commit of a checkout; in
+    an image (no ``.git``) ``MLPLATFORM_CODE_VERSION`` as the build set it; else the package version alone."""
     from mlplatform.version import __version__
 
-    commit = git_commit()
-    return f"mlplatform {__version__}" + (f" @ {commit[:12]}" if commit else "")
+    head = _git_head(REPO_DIR)
+    if head:
+        return f"mlplatform {__version__} @ {head[:12]}"
+    return _image_code_version() or f"mlplatform {__version__}"

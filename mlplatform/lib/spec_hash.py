@@ -18,12 +18,13 @@ from typing import Any
 
 from mlplatform.specs import ModelSpec
 
-GATE_SECTIONS = ("task", "target", "features", "columns", "gates", "fairness", "evaluation")
+GATE_SECTIONS = ("task", "target", "features", "columns", "gates", "fairness", "evaluation", "metrics")
 """Spec sections that decide what the model gates judge: the rows and columns the model sees, the gates'
-own settings, the fairness limits and the decision threshold (f1 and the fairness rates depend on it). A
+own settings, the fairness limits, the decision threshold (f1 and the fairness rates depend on it) and the team's
+own metrics (one may be the gates' metric). A
 version whose gates ran under other values of these is not vouched for by its gates under the current spec."""
 
-SECTIONS_HASHED_WHEN_SET = ("evaluation",)
+SECTIONS_HASHED_WHEN_SET = ("evaluation", "metrics")
 """Gate sections added after versions began recording hashes: hashed only when they differ from their defaults,
 so a version recorded before them still matches a spec that leaves them at their defaults."""
 
@@ -33,9 +34,22 @@ SECTION_TAG_PREFIX = "spec.gates_hash."
 SPEC_ARTIFACT = "spec.json"
 
 
+ADDED_WHEN_SET = {("metrics",): {}, ("estimator", "factory"): None}
+"""Keys added after versions began recording hashes: left out of the normalized spec while at their defaults, so a
+version recorded before them still has the hash of a spec that does not use them."""
+
+
 def normalized_spec(spec: ModelSpec) -> dict[str, Any]:
     """The spec as JSON-ready data, defaults filled in, in the YAML's own key names (``estimator.class``)."""
-    return spec.model_dump(mode="json", by_alias=True)
+    data = spec.model_dump(mode="json", by_alias=True)
+    for path, default in ADDED_WHEN_SET.items():
+        *parents, key = path
+        section = data
+        for parent in parents:
+            section = section.get(parent, {})
+        if key in section and section[key] == default:
+            del section[key]
+    return data
 
 
 def _digest(value: Any) -> str:

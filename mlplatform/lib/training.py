@@ -13,8 +13,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from mlplatform.lib.decision import DECISION_THRESHOLD, predicted_positive
+from mlplatform.names import CODE_FACTORY_TAG, CODE_FINGERPRINT_TAG
 from mlplatform.specs import ModelSpec
-from mlplatform.specs.estimators import import_estimator_class
+from mlplatform.specs.estimators import code_fingerprint, import_estimator_class, import_factory
 
 SEED = 0
 """One seed for estimators and bootstraps: the same rows and code give the same model and metrics."""
@@ -27,7 +28,10 @@ def estimator_class(spec: ModelSpec) -> type:
 
 
 def build_pipeline(spec: ModelSpec) -> Pipeline:
-    """Impute + one-hot categoricals, impute numerics, then the spec's estimator with a fixed seed."""
+    """Impute + one-hot categoricals, impute numerics, then the spec's estimator with a fixed seed; or, with
+    ``estimator.factory``, the team's own model behind a step that only selects the spec's feature columns."""
+    if spec.estimator.factory is not None:
+        return factory_pipeline(spec)
     cls = estimator_class(spec)
     params = dict(spec.estimator.params)
     if "random_state" in getattr(cls, "_get_param_names", lambda: [])() and "random_state" not in params:
@@ -43,6 +47,31 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
         transformers.append(("categorical", categorical, spec.features.categorical))
     preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
     return Pipeline([("preprocess", preprocess), ("estimator", cls(**params))])
+
+
+def factory_pipeline(spec: ModelSpec) -> Pipeline:
+    """``preprocess`` passes the raw feature columns through unchanged (a DataFrame, numeric as float, categoricals
+    as text; nothing else of the row reaches the team's code), ``estimator`` is what the team's factory returns.
+
+    The two step names keep what reads a version's structure working (explanations: permutation importance and
+    sampled Shapley values for a model that is not a bare tree; serving takes its generic path). The factory seeds
+    its own randomness: the platform cannot know where a seed goes in someone else's pipeline.
+    """
+    folder = spec.spec_file.parent if spec.spec_file.is_file() else None
+    model = import_factory(spec.estimator.factory or "", folder)(**spec.estimator.params)
+    passthrough = [(kind, "passthrough", columns) for kind, columns in
+                   (("numeric", spec.features.numeric), ("categorical", spec.features.categorical)) if columns]
+    select = ColumnTransformer(passthrough, remainder="drop", verbose_feature_names_out=False)
+    return Pipeline([("preprocess", select.set_output(transform="pandas")), ("estimator", model)])
+
+
+def code_tags(spec: ModelSpec) -> dict[str, str]:
+    """What a version records of the team's own code: the factory and the fingerprint of its module's source
+    (nothing for a spec that names an estimator class: that code is a library, recorded by its version)."""
+    if spec.estimator.factory is None:
+        return {}
+    return {CODE_FACTORY_TAG: spec.estimator.factory, CODE_FINGERPRINT_TAG: code_fingerprint(spec.estimator.factory)}
+
 
 
 def split_xy(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, np.ndarray]:

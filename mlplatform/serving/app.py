@@ -63,6 +63,8 @@ class ServingConfig:
     flush_seconds: float = 1.0
     max_batch: int = 1000
     log_predictions: bool = True
+    log_uri: str | None = None  # s3://bucket/prefix: spool under home, upload each segment (docs/serving.md)
+    replica: str | None = None  # this replica's name in the log's object keys (default: the host name)
     shadow_queue_rows: int = 10_000
     max_body_bytes: int | None = None  # default: 4 KiB a record of max_batch, plus 64 KiB
     body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
@@ -169,10 +171,11 @@ class ServingRuntime:
         input_types = {spec.name: {**{c: "float64" for c in spec.features.numeric},
                                    **{c: "string" for c in spec.features.categorical}} for spec in config.specs}
         # The log's Parquet work runs in a child process, off this process's GIL (docs/serving.md, Speed).
-        self.writer = (ChildProcessLogWriter(config.home, config.flush_seconds, input_types)
-                       if config.log_predictions else None)
+        self.writer = (ChildProcessLogWriter(config.home, config.flush_seconds, input_types, config.log_uri,
+                                             config.replica) if config.log_predictions else None)
         self.metrics = ServingMetrics(lambda: self.writer.backlog if self.writer else 0,
-                                      lambda: self.writer.written_rows if self.writer else 0)
+                                      lambda: self.writer.written_rows if self.writer else 0,
+                                      lambda: self.writer.spooled_segments if self.writer else 0)
         self.watcher = ModelWatcher(config.specs, Registry(config.tracker), config.poll_seconds,
                                     on_swap=self._served_gauge)
         self.batcher = MicroBatcher(max_rows=max(config.max_batch, 1))

@@ -12,7 +12,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02
 class ServingMetrics:
     """Requests, errors, predictions and latency by model, version and role; the prediction log's backlog."""
 
-    def __init__(self, log_backlog: Callable[[], float], log_written: Callable[[], float]):
+    def __init__(self, log_backlog: Callable[[], float], log_written: Callable[[], float],
+                 log_spooled: Callable[[], float] = lambda: 0):
         self.registry = CollectorRegistry()
         self.requests = Counter("mlplatform_requests", "HTTP prediction requests by model, route and status code",
                                 ["model", "route", "status"], registry=self.registry)
@@ -33,3 +34,7 @@ class ServingMetrics:
         written = Gauge("mlplatform_prediction_log_written_rows", "Prediction log rows published since start",
                         registry=self.registry)
         written.set_function(log_written)
+        spooled = Gauge("mlplatform_prediction_log_spooled_segments", "Prediction log segments published in the local "
+                        "spool and not yet uploaded to object storage (always 0 with a local log): alert when it grows",
+                        registry=self.registry)
+        spooled.set_function(log_spooled)

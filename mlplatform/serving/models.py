@@ -157,6 +157,10 @@ class ServingState:
         return all(m.champion is not None for m in self.models.values())
 
 
+REGISTRY_PAGE = 1000
+"""Registered models per alias read (MLflow's largest page)."""
+
+
 class RegistryUnavailable(RuntimeError):
     """The registry could not be read (as opposed to: it says there is no such model or alias)."""
 
@@ -167,6 +171,7 @@ class Registry:
     def __init__(self, tracker: Any):
         self.tracker = tracker
         self._probe: Any = None  # an open sqlite3 connection to a SQLite store, for change_token
+        self.requests = 0  # alias reads sent to the registry (shown by tests and benchmarks)
 
     def change_token(self) -> int | None:
         """A number that changes whenever another connection commits to the registry's SQLite database (SQLite's
@@ -197,18 +202,25 @@ class Registry:
             except Exception:  # noqa: BLE001
                 pass
 
-    def aliases(self, model: str) -> dict[str, str]:
-        from mlflow.exceptions import MlflowException
-
+    def aliases_of(self, models: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The aliases of every served model in one registry request (a page of up to 1,000 registered models;
+        more pages only past that), whatever the number of models: a replica polling every 2 s costs a tracking
+        server one request, not one per model. A model missing from the registry has no aliases."""
+        wanted = set(models)
+        found: dict[str, dict[str, str]] = {name: {} for name in wanted}
+        token: str | None = None
         try:
-            registered = self.tracker.client.get_registered_model(model)
-        except MlflowException as error:
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return {}
-            raise RegistryUnavailable(str(error)) from error
+            while True:
+                self.requests += 1
+                page = self.tracker.client.search_registered_models(max_results=REGISTRY_PAGE, page_token=token)
+                for registered in page:
+                    if registered.name in wanted:
+                        found[registered.name] = {alias: str(v) for alias, v in dict(registered.aliases).items()}
+                token = page.token
+                if not token:
+                    return found
         except Exception as error:  # noqa: BLE001 - any failure to read means: keep serving what we have
             raise RegistryUnavailable(f"{type(error).__name__}: {error}") from error
-        return {alias: str(version) for alias, version in dict(registered.aliases).items()}
 
     def servability(self, model: str, version: str) -> Servability:
         """May production serve this version (:func:`mlplatform.lib.servability.servability`, the rule promotion
@@ -292,7 +304,12 @@ class ModelWatcher:
         """Read every model's aliases once; load what moved; assign the new state if anything changed."""
         current = self.state
         loaded_before = set(self._loaded)
-        models = {name: self._refresh_model(state) for name, state in current.models.items()}
+        try:
+            every, error = self.registry.aliases_of(list(current.models)), None
+        except RegistryUnavailable as unavailable:
+            every, error = {}, unavailable
+        models = {name: self._refresh_model(state, every.get(name, {}), error)
+                  for name, state in current.models.items()}
         if any(_served(models[n]) != _served(s) for n, s in current.models.items()):
             self.swaps += 1
         new = ServingState(models)
@@ -306,10 +323,12 @@ class ModelWatcher:
             self.on_swap(new)
         return new
 
-    def _refresh_model(self, state: ModelState) -> ModelState:
+    def _refresh_model(self, state: ModelState, aliases: dict[str, str],
+                       read_error: RegistryUnavailable | None) -> ModelState:
         name = state.spec.name
         try:
-            aliases = self.registry.aliases(name)
+            if read_error is not None:
+                raise read_error
             refused: dict[str, str] = {}
             champion = self._resolve(state, aliases.get(CHAMPION), state.champion, refused)
             challenger = self._resolve(state, aliases.get(CHALLENGER), state.challenger, refused)

@@ -7,6 +7,7 @@ The schema (:mod:`.schema`), what each task means (:mod:`.tasks`), a data file's
 
 from mlplatform.specs.loader import (
     DbtColumns,
+    DbtProjectUnavailable,
     check_spec,
     dbt_manifest_columns,
     declared_names,
@@ -17,5 +18,5 @@ from mlplatform.specs.loader import (
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem
 from mlplatform.specs.tasks import TASKS
 
-__all__ = ["DbtColumns", "ModelSpec", "check_spec", "SpecError", "SpecProblem", "TASKS", "dbt_manifest_columns",
+__all__ = ["DbtColumns", "DbtProjectUnavailable", "ModelSpec", "check_spec", "SpecError", "SpecProblem", "TASKS", "dbt_manifest_columns",
            "declared_names", "load_spec_file", "load_spec_named", "load_specs"]

@@ -1,4 +1,4 @@
-"""Which estimator classes a spec may name, decided before anything is imported.
+"""Which estimator classes (and model factories) a spec may name, decided before anything is imported.
 
 Importing a module runs its code, so ``estimator.class: this.Foo`` in an untrusted spec would run
 code at validate time. A spec may only name classes from allowed module prefixes: ``sklearn.`` by
@@ -6,16 +6,19 @@ default, plus what a team adds through the ``mlplatform.estimators`` entry point
 entry point's value is a module prefix, e.g. ``xgboost = "xgboost"``; it is read, never loaded) or
 ``MLPLATFORM_ESTIMATOR_MODULES`` (comma-separated prefixes). A module found inside the spec's
 own folder is refused even under an allowed name: a ``sklearn.py`` beside a spec must not shadow
-the real one.
+the real one. ``estimator.factory`` (a function of the team's package returning its own pipeline) follows the same
+rules, and its module's source is fingerprinted so a change to the team's code shows on every version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 ESTIMATOR_MODULES_ENV = "MLPLATFORM_ESTIMATOR_MODULES"
 ENTRY_POINT_GROUP = "mlplatform.estimators"
@@ -70,3 +73,21 @@ def import_estimator_class(dotted: str, spec_folder: Path | None = None) -> type
     check_allowed(dotted, spec_folder)
     module_name, _, class_name = dotted.rpartition(".")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def import_factory(dotted: str, spec_folder: Path | None = None) -> Any:
+    """The model factory (``package.module.function``), after :func:`check_allowed`; training imports it only here."""
+    check_allowed(dotted, spec_folder)
+    module_name, _, function_name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def code_fingerprint(dotted: str) -> str:
+    """SHA-256 of the source of the module that defines ``dotted`` (a factory): what a version records of the team's
+    code, so that a change to its preprocessing or model shows in the audit and in ``reproduce``. The module must
+    already be allowed (:func:`check_allowed`); it is imported, not re-run."""
+    module = importlib.import_module(dotted.rpartition(".")[0])
+    origin = getattr(module, "__file__", None)
+    if not origin:
+        raise ValueError(f"{dotted!r}: its module has no source file to fingerprint")
+    return hashlib.sha256(Path(origin).read_bytes()).hexdigest()

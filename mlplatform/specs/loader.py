@@ -22,15 +22,25 @@ from mlplatform.specs.files import SourceFileError, checked_data_path, sample_co
 from mlplatform.specs.folder_code import shadowing_modules
 from mlplatform.specs.reserved import labels_table_problem
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest, check_column_name
+from mlplatform.specs.team_metrics import MetricConflict, import_metric, register_spec_metrics
 from mlplatform.specs.timestamps import SAMPLE_VALUES, parse_event_times, timestamp_problems
 
 DbtColumns = Callable[[str], list[str] | None]
-"""Looks up the declared columns of a dbt model by name; None when there is no such model."""
+"""Looks up the declared columns of a dbt model by name; None when there is no such model. It may raise
+:class:`DbtProjectUnavailable` when there is no dbt project to look in (reported against ``staging.dbt_model``)."""
 
 
-def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> list[ModelSpec]:
+class DbtProjectUnavailable(ValueError):
+    """A spec stages through dbt, but the configured dbt project is missing; the message names the fix."""
+
+
+def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None, check_data: bool = True) -> list[ModelSpec]:
     """Load and validate every ``*.yaml``/``*.yml`` in ``folder`` (hidden files such as editor locks are skipped);
-    raise :class:`SpecError` listing all problems."""
+    raise :class:`SpecError` listing all problems.
+
+    ``check_data=False`` checks the YAML against the schema (and names, labels tables, code beside the specs) but
+    opens no data file, imports no estimator and reads no dbt project: a serving replica has none of the training
+    data on its disk; ``mlplatform validate`` and the code location run the data checks."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SpecError([SpecProblem(file=str(folder), key="MLPLATFORM_SPECS", message="folder does not exist")])
@@ -42,7 +52,7 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> lis
     problems: list[SpecProblem] = []
     specs: list[ModelSpec] = []
     for file in files:
-        spec, file_problems = load_spec_file(file, dbt_model_columns)
+        spec, file_problems = load_spec_file(file, dbt_model_columns, check_data)
         problems += file_problems
         if spec is not None:
             specs.append(spec)
@@ -71,9 +81,32 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None) -> lis
     return specs
 
 
+COMPONENT_TYPE = "mlplatform.ModelLifecycle"
+"""The ``type`` of a ``defs.yaml`` whose ``attributes`` are a spec (a team's `dg` project)."""
+
+
 def spec_files(folder: Path) -> list[Path]:
-    """The spec files of a folder: every ``*.yaml``/``*.yml`` directly in it, hidden files (editor locks) skipped."""
-    return sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
+    """The spec files of a folder: every ``*.yaml``/``*.yml`` directly in it (hidden files such as editor locks
+    skipped), then each ``<component>/defs.yaml`` of type ``mlplatform.ModelLifecycle`` one level down: pointed at
+    a `dg` project's ``defs`` folder, the CLI (validate, serve, promote, ...) reads the components' specs."""
+    top = sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
+    return top + sorted(f for f in folder.glob("*/defs.yaml") if not f.parent.name.startswith(".")
+                        and _is_component(f))
+
+
+def _is_component(file: Path) -> bool:
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return False  # a defs.yaml of several documents or another kind: not one of ours
+    return isinstance(raw, dict) and raw.get("type") == COMPONENT_TYPE
+
+
+def spec_mapping(raw: Any) -> Any:
+    """The spec in a loaded YAML file: the file itself, or a component's ``attributes``."""
+    if isinstance(raw, dict) and raw.get("type") == COMPONENT_TYPE and "attributes" in raw:
+        return raw["attributes"]
+    return raw
 
 
 def declared_names(folder: Path) -> dict[str, Path]:
@@ -82,7 +115,7 @@ def declared_names(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for file in spec_files(Path(folder)):
         try:
-            named = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get("name")
+            named = (spec_mapping(yaml.safe_load(file.read_text(encoding="utf-8"))) or {}).get("name")
         except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
             continue
         if isinstance(named, str):
@@ -105,10 +138,11 @@ def load_spec_named(folder: Path, model: str, dbt_model_columns: DbtColumns | No
     return spec
 
 
-def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None) -> tuple[ModelSpec | None, list[SpecProblem]]:
-    """One spec file: (spec or None, problems)."""
+def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None, check_data: bool = True
+                   ) -> tuple[ModelSpec | None, list[SpecProblem]]:
+    """One spec file: (spec or None, problems); ``check_data=False``: the schema only (see :func:`load_specs`)."""
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        raw = spec_mapping(yaml.safe_load(file.read_text(encoding="utf-8")))
     except yaml.YAMLError as error:
         return None, [SpecProblem(file=str(file), key="(yaml)", message=f"not valid YAML: {error}")]
     except UnicodeDecodeError as error:
@@ -122,6 +156,8 @@ def load_spec_file(file: Path, dbt_model_columns: DbtColumns | None = None) -> t
         spec = ModelSpec.model_validate({**raw, "spec_file": file.resolve()})
     except ValidationError as error:
         return None, [SpecProblem(file=str(file), key=key, message=message) for key, message in _explain(error)]
+    if not check_data:
+        return spec, []
     return spec, [SpecProblem(file=str(file), key=key, message=message) for key, message in _check_against_world(spec, dbt_model_columns)]
 
 
@@ -129,6 +165,32 @@ def _check_against_world(spec: ModelSpec, dbt_model_columns: DbtColumns | None) 
     """Checks that need more than the YAML: the labels and source files, the dbt project, the estimator class."""
     yield from _check_labels_file(spec)
     yield from _check_source(spec, dbt_model_columns)
+    yield from _check_team_metrics(spec)
+
+
+def _check_team_metrics(spec: ModelSpec) -> Iterable[tuple[str, str]]:
+    """Each ``metrics`` function is allowed and importable; then all are registered for this process (the gates,
+    backtest and production steps name them)."""
+    if not spec.metrics:
+        return
+    folder = spec.spec_file.parent
+    failed = False
+    for name, declared in spec.metrics.items():
+        try:
+            import_metric(declared.function, folder)
+        except EstimatorNotAllowed as refused:
+            failed = True
+            yield f"metrics.{name}.function", str(refused)
+        except Exception as error:  # noqa: BLE001 - the team's module may fail any way; its kind and text are its own
+            failed = True
+            yield f"metrics.{name}.function", (f"found {declared.function!r}; cannot be imported "
+                                               f"({type(error).__name__}: {error})")
+    if failed:
+        return
+    try:
+        register_spec_metrics(spec)
+    except MetricConflict as conflict:
+        yield "metrics", str(conflict)
 
 
 RECORD_ID = "_id"
@@ -192,9 +254,14 @@ def _check_source(spec: ModelSpec, dbt_model_columns: DbtColumns | None) -> Iter
             yield "source.key", _not_a_column(key_column, available, f"source {path.name}")
     modelling_columns, where = available, f"source {path.name}"
     if spec.staging is not None:
-        staged = dbt_model_columns(spec.staging.dbt_model) if dbt_model_columns else None
+        try:
+            staged = dbt_model_columns(spec.staging.dbt_model) if dbt_model_columns else None
+        except DbtProjectUnavailable as missing:
+            yield "staging.dbt_model", str(missing)
+            return
         if staged is None:
-            yield "staging.dbt_model", f"no dbt model named {spec.staging.dbt_model!r} in dbt_project/models"
+            yield "staging.dbt_model", (f"no dbt model named {spec.staging.dbt_model!r} in the dbt project (the folder "
+                                        "MLPLATFORM_DBT_PROJECT_DIR names; default: the bundled dbt_project/)")
             return
         modelling_columns, where = staged, f"dbt model {spec.staging.dbt_model} (columns declared in its schema .yml)"
     if spec.target not in modelling_columns:
@@ -263,7 +330,55 @@ def _check_event_times(spec: ModelSpec, path: Path) -> Iterable[tuple[str, str]]
                     "source.null_values if it means 'unknown'")
 
 
+def _check_factory(spec: ModelSpec) -> Iterable[tuple[str, str]]:
+    """``estimator.factory``: allowed, importable, callable with ``params``, and what it returns is a model of the
+    spec's task. Calling it here runs the team's (allowed) code once, as training will; it fits nothing."""
+    dotted = spec.estimator.factory or ""
+    module_name, _, function_name = dotted.rpartition(".")
+    if not module_name:
+        yield "estimator.factory", f"found {dotted!r}; give the full import path, e.g. my_team.models.build_pipeline"
+        return
+    try:
+        check_allowed(dotted, spec.spec_file.parent)  # before any import: importing runs a module's code
+    except EstimatorNotAllowed as refused:
+        yield "estimator.factory", str(refused)
+        return
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - the team's module may fail any way; its kind and text are its own
+        yield "estimator.factory", f"found {dotted!r}; module {module_name!r} cannot be imported ({type(error).__name__}: {error})"
+        return
+    factory = getattr(module, function_name, None)
+    if not callable(factory):
+        candidates = [name for name in dir(module) if callable(getattr(module, name, None)) and not name.startswith("_")]
+        yield "estimator.factory", (f"found {dotted!r}; {module_name} has no function {function_name!r}"
+                                    + _suggest(function_name, candidates))
+        return
+    try:
+        model = factory(**spec.estimator.params)
+    except Exception as error:  # noqa: BLE001 - the factory's own refusal, reported with its name
+        yield "estimator.params", f"{function_name}({_params_text(spec)}) failed: {type(error).__name__}: {error}"
+        return
+    if not (hasattr(model, "fit") and hasattr(model, "predict")):
+        yield "estimator.factory", (f"{dotted} returned {type(model).__name__}, not an estimator or pipeline (needs "
+                                    "fit and predict)")
+        return
+    if spec.task != "regression" and not hasattr(model, "predict_proba"):
+        yield "estimator.factory", (f"{dotted} returned {type(model).__name__} without predict_proba; task "
+                                    f"{spec.task} needs class probabilities")
+        return
+    from sklearn.base import is_classifier, is_regressor
+
+    if spec.task == "regression" and is_classifier(model):
+        yield "estimator.factory", f"{dotted} returned a classifier for task regression; return a regressor"
+    elif spec.task != "regression" and is_regressor(model):
+        yield "estimator.factory", f"{dotted} returned a regressor for task {spec.task}; return a classifier"
+
+
 def _check_estimator(spec: ModelSpec) -> Iterable[tuple[str, str]]:
+    if spec.estimator.factory is not None:
+        yield from _check_factory(spec)
+        return
     dotted = spec.estimator.class_name or ""
     module_name, _, class_name = dotted.rpartition(".")
     if not module_name:

@@ -115,7 +115,8 @@ class SourceSpec(_Strict):
 class StagingSpec(_Strict):
     """Optional dbt staging between raw and features."""
 
-    dbt_model: str = Field(description="Name of a model in dbt_project/ that stages this model's raw table.")
+    dbt_model: str = Field(description="Name of a model in the dbt project that stages this model's raw table: "
+                           "the team's project in `MLPLATFORM_DBT_PROJECT_DIR`, else the bundled dbt_project/.")
 
 
 MAX_FEATURES = 1000
@@ -202,7 +203,21 @@ class EstimatorSpec(_Strict):
     class_name: str | None = Field(
         default=None, alias="class", description="Importable scikit-learn compatible estimator class; default per task."
     )
-    params: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments for the estimator.")
+    factory: str | None = Field(
+        default=None, description="The team's own preprocessing and model instead of `class`: a function in the "
+        "team's installed package (`package.module.function`, a module allowed like estimator classes: "
+        "`MLPLATFORM_ESTIMATOR_MODULES` or the `mlplatform.estimators` entry point) that returns an unfitted "
+        "scikit-learn estimator or pipeline over the raw feature columns (numeric as floats, categoricals as text); "
+        "called with `params` as keyword arguments. A change to its module changes the version's code fingerprint.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments for the estimator (the "
+                                   "factory's keyword arguments with `factory`).")
+
+    @model_validator(mode="after")
+    def _class_or_factory(self) -> EstimatorSpec:
+        if self.factory is not None and self.class_name is not None:
+            raise ValueError("estimator.factory: give estimator.class or estimator.factory, not both (the factory "
+                             "returns the whole model)")
+        return self
 
 
 class BeatChampionSpec(_Strict):
@@ -219,6 +234,20 @@ class TrainingDataGateSpec(_Strict):
                              "(the days just before week W until a prediction log exists).")
     method: Literal["calibrated", "evidently"] | None = Field(default=None, description="The drift test of this gate; "
                                                              "None: the same as drift.method (and drift's alpha and min_effect).")
+
+
+class MetricSpec(_Strict):
+    """A team's own metric: a function of its package, usable as `gates.metric` like the built-in ones."""
+
+    function: str = Field(description="`package.module.function(y_true, y_pred) -> float`, in an allowed module (like "
+                          "estimator classes: `MLPLATFORM_ESTIMATOR_MODULES` or the `mlplatform.estimators` entry point). "
+                          "y_true: the value (regression), 1.0 for the positive class else 0.0 (binary), the class index "
+                          "(multiclass); y_pred: the prediction in the same encoding, or P(positive class) with "
+                          "`needs_probabilities`.")
+    greater_is_better: bool = Field(description="true: a higher value is better (a rate, a score); false: lower is "
+                                    "better (an error, a cost). Thresholds and every comparison follow it.")
+    needs_probabilities: bool = Field(default=False, description="Binary only: y_pred is P(positive class) instead "
+                                      "of the decision at `evaluation.decision_threshold`.")
 
 
 class GatesSpec(_Strict):
@@ -408,6 +437,9 @@ class ModelSpec(_Strict):
                                             "features gate.")
     partitions: PartitionsSpec = Field(description="The weekly partitions and the training window.")
     estimator: EstimatorSpec = Field(default_factory=EstimatorSpec, description="The model.")
+    metrics: dict[str, MetricSpec] = Field(default_factory=dict, description="The team's own metrics by name (a "
+                                           "name like a model name, not a built-in metric's): each may be "
+                                           "`gates.metric`, and every metric here is evaluated with the task's own.")
     gates: GatesSpec = Field(default_factory=GatesSpec, description="What a new version must pass.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="How scores become decisions.")
     fairness: FairnessSpec | None = Field(default=None, description="The fairness gate, one of the model gates: a "
@@ -455,15 +487,24 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _task_defaults(self) -> ModelSpec:
+        builtin = {m for metrics in METRICS_BY_TASK.values() for m in metrics}
+        for name, declared in self.metrics.items():
+            if not re.match(NAME_PATTERN, name) or name in builtin:
+                raise ValueError(f"metrics.{name}: found {name!r}; a team metric's name is lowercase letters, digits "
+                                 "and underscores, starting with a letter, and not a built-in metric's "
+                                 f"({', '.join(sorted(builtin))})")
+            if declared.needs_probabilities and self.task != "binary":
+                raise ValueError(f"metrics.{name}: needs_probabilities is for task binary only (a {self.task} model's "
+                                 "metric reads its predictions); remove the key")
         if self.gates.metric is None:
             self.gates.metric = DEFAULT_METRIC[self.task]
-        elif self.gates.metric not in METRICS_BY_TASK[self.task]:
-            allowed = METRICS_BY_TASK[self.task]
+        elif self.gates.metric not in (*METRICS_BY_TASK[self.task], *self.metrics):
+            allowed = (*METRICS_BY_TASK[self.task], *self.metrics)
             raise ValueError(
                 f"gates.metric: found {self.gates.metric!r}; allowed for task {self.task}: {', '.join(allowed)}"
                 + _suggest(self.gates.metric, allowed)
             )
-        if self.estimator.class_name is None:
+        if self.estimator.class_name is None and self.estimator.factory is None:
             self.estimator.class_name = DEFAULT_ESTIMATOR[self.task]
         threshold = self.evaluation.decision_threshold
         if self.task != "binary" and threshold != DEFAULT_DECISION_THRESHOLD:
@@ -475,6 +516,11 @@ class ModelSpec(_Strict):
     @property
     def feature_columns(self) -> list[str]:
         return [*self.features.numeric, *self.features.categorical]
+
+    @property
+    def estimator_name(self) -> str:
+        """What builds the model, as people read it: the estimator class, or ``factory <dotted>``."""
+        return f"factory {self.estimator.factory}" if self.estimator.factory else (self.estimator.class_name or "")
 
     @property
     def time_column(self) -> str:

@@ -22,5 +22,11 @@ LOWER_IS_BETTER: frozenset[str] = frozenset({"rmse", "mae", "log_loss", "brier"}
 
 
 def is_lower_better(metric: str) -> bool:
-    """Errors are minimised, scores maximised; thresholds and comparisons flip accordingly."""
-    return metric in LOWER_IS_BETTER
+    """Errors are minimised, scores maximised; thresholds and comparisons flip accordingly. A team's own metric
+    (``metrics:`` in its spec, registered when the spec loads) says which it is."""
+    if metric in LOWER_IS_BETTER:
+        return True
+    from mlplatform.specs.team_metrics import registered
+
+    team = registered(metric)
+    return team is not None and team.lower_is_better
