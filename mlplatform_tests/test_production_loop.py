@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, RunsFilter
+from dagster import AssetKey, DagsterInstance, RunsFilter
 
 from mlplatform import names
 from mlplatform.demo.plan import ProductionWeeks
@@ -270,6 +270,11 @@ def test_after_a_concept_change_a_four_week_window_retrains_on_the_new_regime_un
     trained = audit_events(home, "model_trained").set_index("week")["details"]
     assert f'"train_window": "{weeks[4]}..{weeks[5]}"' in trained[weeks[5]]  # the new regime only, not weeks 1..4
     assert f'"train_window": "{weeks[4]}..{weeks[6]}"' in trained[weeks[6]]  # growing week by week
+    # the window was chosen by evidence: both candidates scored on the newest labelled week
+    last = instance.get_latest_materialization_event(AssetKey(["toy", "model"])).asset_materialization
+    assert last.partition == weeks[6]
+    choice = last.metadata["window_choice"].value
+    assert choice.startswith("change-point window (2 weeks) chosen") and "the spec's 4-week window from" in choice
     started, retrains, ended = (audit_events(home, e) for e in ("recovery_started", "recovery_retrain",
                                                                 "recovery_ended"))
     assert len(started) == 1 and started["week"].iloc[0] == weeks[4]

@@ -147,3 +147,40 @@ def test_the_audit_events_of_a_start_carry_the_level_and_the_first_retrain_on_th
     assert passed is False and details["pre_change_level"] == 0.99 and details["change_week"] == WEEKS[1]
     assert f"retrain for {WEEKS[2]} on {WEEKS[1]}..{WEEKS[2]} (1 of 4 weeks" in retrain
     assert math.isclose(numbers["share_of_level"], 0.48 / 0.99)
+
+
+def _churn_spec(window: int = 4):
+    from mlplatform.specs import ModelSpec
+
+    return ModelSpec.model_validate({
+        "name": "toy", "task": "binary", "source": {"path": "churn.csv", "timestamp": "signup_time"},
+        "target": "churned", "features": {"numeric": ["tenure_months", "monthly_charges", "support_calls",
+                                                      "usage_hours"], "categorical": ["contract"]},
+        "partitions": {"start": "2024-01-01", "training_window_weeks": window},
+        "estimator": {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 1000}}})
+
+
+def _churn(rules: list[str]) -> pd.DataFrame:
+    from mlplatform.demo.synthetic import churn_weeks
+
+    frame = churn_weeks(date(2024, 1, 1), rules, rows_per_week=200)
+    return frame.assign(signup_time=pd.to_datetime(frame["signup_time"]))
+
+
+def test_the_window_is_chosen_by_its_out_of_time_score_on_the_newest_labelled_week():
+    from mlplatform.lib.lifecycle import choose_window
+
+    spec, change = _churn_spec(), datetime(2024, 1, 22)  # rule B from week 3
+    features = _churn(["A", "A", "A", "B", "B", "B"])
+    first = choose_window(spec, features, datetime(2024, 1, 29), change)  # the first retrain: only week 3 is new
+    assert first.start == change and first.candidates[0].validation is None  # nothing before week 3 to score
+    assert "change-point window (1 weeks) chosen" in first.text()
+    second = choose_window(spec, features, datetime(2024, 2, 5), change)  # scored on week 4 (rule B)
+    mixed, usual = second.candidates
+    assert usual.start == datetime(2024, 1, 8) and usual.train_rows == 600  # weeks 1-3: two of the old rule
+    assert mixed.validation > 0.8 > usual.validation and second.start == change
+    assert f"roc_auc {mixed.validation:.4g} (200 rows)" in second.text()
+    # no real change: the longer window scores at least as well and is kept when it does
+    steady = choose_window(spec, _churn(["A"] * 6), datetime(2024, 2, 5), change)
+    a, b = (c.validation for c in steady.candidates)
+    assert steady.start == (datetime(2024, 1, 8) if b > a else change)

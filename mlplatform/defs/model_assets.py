@@ -113,6 +113,7 @@ def build_model_assets(spec: ModelSpec):
     def model_and_evaluation(context: AssetExecutionContext) -> Iterator:
         from mlplatform.lib.lifecycle import (
             TrainingHalted,
+            choose_window,
             deciding_threads,
             record_week,
             rows_needed,
@@ -151,9 +152,15 @@ def build_model_assets(spec: ModelSpec):
                     week=week_seen, dagster_run_id=context.run.run_id,
                     details={"trigger": trigger, "check_record": record})])
         since = _new_regime_starts(spec, warehouse, week_starts)
-        for week_start, start in since.items():
-            context.log.info(f"{spec.name} week {week_start:%Y-%m-%d}: trains on the new regime only, from "
-                             f"{start:%Y-%m-%d} (the concept change; docs/production.md)")
+        window_choices: dict[str, str] = {}
+        for week_start, start in list(since.items()):
+            if spec.rollout.rollback.choose_window:
+                choice = choose_window(spec, features, week_start, start)
+                since[week_start] = choice.start
+                window_choices[f"{week_start:%Y-%m-%d}"] = choice.text()
+            context.log.info(f"{spec.name} week {week_start:%Y-%m-%d}: after the concept change, trains from "
+                             f"{since[week_start]:%Y-%m-%d}" + (f": {window_choices[f'{week_start:%Y-%m-%d}']}"
+                                                               if window_choices else " (docs/production.md)"))
         workers = workers_for_run(spec, features, week_starts)
         if workers > 1:
             context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")
@@ -178,7 +185,7 @@ def build_model_assets(spec: ModelSpec):
                 with warehouse.get_connection() as connection:  # waits while another process holds the lock
                     result = record_week(connection, spec, trained, tracker, actor, context.run.run_id)
                     card = store_card_at_training(connection, spec, result, tracker)
-                _log_week(context, spec, registry, result, card)
+                _log_week(context, spec, registry, result, card, window_choices.get(week))
                 recorded += 1
         if not recorded:
             context.log.warning(f"no week in {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d} could be trained")
@@ -213,7 +220,7 @@ def _logged_production_inputs(spec: ModelSpec, platform, week_starts: list[datet
 
 
 def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRegistry, result,
-              card: tuple[str | None, str]) -> None:
+              card: tuple[str | None, str], window_choice: str | None = None) -> None:
     """The materializations of model and evaluation for week W, and its gates as check evaluations."""
     card_uri, card_note = card
     card_metadata = {"model_card_note": MetadataValue.text(card_note)}
@@ -232,6 +239,7 @@ def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRe
             "mlflow_model_version": MetadataValue.url(registry.version_url(spec.name, result.version)),
             "training_window": MetadataValue.text(
                 f"{result.train_window.start:%Y-%m-%d} .. {result.train_window.end:%Y-%m-%d} (end excluded)"),
+            **({"window_choice": MetadataValue.text(window_choice)} if window_choice else {}),
             "train_rows": result.train_rows,
             "data_fingerprint": MetadataValue.text(result.fingerprint),
             "estimator": MetadataValue.text(spec.estimator_name),

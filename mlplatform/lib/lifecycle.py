@@ -128,6 +128,76 @@ def recent_inputs(features: pd.DataFrame, spec: ModelSpec, week_start: datetime,
     return recent, f"the {days} days before {week_start:%Y-%m-%d} ({start:%Y-%m-%d}..)"
 
 
+@dataclass(frozen=True)
+class WindowCandidate:
+    """One training window tried after a concept change, scored out of time on the newest labelled week."""
+
+    name: str
+    start: datetime
+    validation: float | None  # the primary metric on the newest week, trained on the weeks before it (None: untried)
+    train_rows: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class WindowChoice:
+    """The window a week after a concept change trains on, and the evidence: each candidate's out-of-time score."""
+
+    start: datetime
+    chosen: str
+    candidates: list[WindowCandidate]
+    metric: str
+
+    def text(self) -> str:
+        tried = "; ".join(f"{c.name} from {c.start:%Y-%m-%d}: "
+                          + (f"{self.metric} {c.validation:.4g} ({c.train_rows} rows)" if c.validation is not None
+                             else c.note) for c in self.candidates)
+        return f"{self.chosen} chosen ({tried})"
+
+
+def choose_window(spec: ModelSpec, features: pd.DataFrame, week_start: datetime, change_start: datetime) -> WindowChoice:
+    """After a concept change, the change-point window (from ``change_start``) or the spec's window, by evidence.
+
+    Each candidate is trained on its window up to the newest labelled week before W (W-1) and scored on W-1 (out of
+    time; week W stays the version's own evaluation). The better score wins; a candidate with nothing to train on
+    before W-1 cannot be scored, and then the change-point window is kept (the recovery's default): it is the only
+    one that holds no week of the old regime.
+    """
+    from mlplatform.lib.metrics import metric_value
+    from mlplatform.specs.tasks import is_lower_better
+
+    newest = week_start - pd.Timedelta(weeks=1)
+    normal = training_window(spec, week_start).start
+    held = rows_in_window(features, spec.time_column, Window(newest, week_start))
+    metric = spec.primary_metric
+    candidates = []
+    for name, start in ((f"change-point window ({(week_start - change_start).days // 7} weeks)", change_start),
+                        (f"the spec's {spec.partitions.training_window_weeks}-week window", normal)):
+        train = rows_in_window(features, spec.time_column, Window(start, newest))
+        if train.empty or held.empty:
+            candidates.append(WindowCandidate(name, start, None, len(train),
+                                              "not scored: no week before the newest to train on"))
+            continue
+        x_train, y_train = split_xy(train, spec)
+        if spec.task != "regression" and len(np.unique(y_train)) < 2:
+            candidates.append(WindowCandidate(name, start, None, len(train), "not scored: a single class"))
+            continue
+        pipeline = build_pipeline(spec)
+        pipeline.fit(x_train, y_train)
+        x_held, y_held = split_xy(held, spec)
+        scored = predict(pipeline, x_held, spec.task, spec.decision_threshold)
+        value = metric_value(metric, encode_target(y_held, spec.task, scored.classes), scored.score,
+                             spec.decision_threshold)
+        candidates.append(WindowCandidate(name, start, float(value) if np.isfinite(value) else None, len(train),
+                                          "" if np.isfinite(value) else "not scored: undefined on the newest week"))
+    change, usual = candidates
+    chosen = change
+    if change.validation is not None and usual.validation is not None:
+        better = usual.validation < change.validation if is_lower_better(metric) else usual.validation > change.validation
+        chosen = usual if better else change
+    return WindowChoice(chosen.start, chosen.name, candidates, metric)
+
+
 def training_data_check(spec: ModelSpec, train: pd.DataFrame, recent: pd.DataFrame,
                         recent_label: str) -> gate_lib.GateOutcome:
     """The training-data gate: the training window against recent production inputs, with the drift tests.
