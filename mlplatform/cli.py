@@ -37,14 +37,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from mlplatform.defs.dbt_project import dbt_project_problem, platform_dbt_project, prepare_manifest
-    from mlplatform.defs.instance import prepare_dagster_home
+    from mlplatform.defs.instance import InstanceFileEdited, prepare_dagster_home, prepare_shared_dagster_home
+    from mlplatform.lib.instance_config import InstanceConfigError
 
     settings = load_settings()
-    prepare_dagster_home(settings)  # so `dagster ...` commands with DAGSTER_HOME set work before any demo
+    if args.instance == "postgres":
+        try:
+            config, workspace = prepare_shared_dagster_home(settings, force=args.force)
+        except (InstanceConfigError, InstanceFileEdited) as error:
+            print(f"{error}\nnothing was written", file=sys.stderr)
+            return 1
+        print(f"wrote {config} (PostgreSQL storage, queued runs, one run per model at a time)")
+        print(f"wrote {workspace} (the gRPC code server)")
+        if not args.no_pools:
+            code = _create_model_pools(settings)
+            if code:
+                return code
+    else:
+        prepare_dagster_home(settings)  # so `dagster ...` commands with DAGSTER_HOME set work before any demo
     missing = dbt_project_problem(settings)
     # Without a dbt project only specs with `staging` fail (and say why); everything else needs none.
     print(f"dbt manifest: none ({missing})" if missing else f"dbt manifest: {prepare_manifest(platform_dbt_project(settings))}")
     print(f"DAGSTER_HOME={settings.dagster_home}")
+    return 0
+
+
+def _create_model_pools(settings) -> int:
+    """Connect to the shared instance and create each declared model's pool (see ``ensure_model_pools``)."""
+    from dagster import DagsterInstance
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mlplatform.defs.instance import ensure_model_pools
+    from mlplatform.specs import declared_names
+
+    models = sorted(declared_names(settings.specs_dir))
+    try:
+        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+            created = ensure_model_pools(instance, models)
+    except SQLAlchemyError as error:  # the database is down, the URL is wrong: the config is written, the pools are not
+        print(f"could not reach the Dagster database to create the model pools ({type(error).__name__}: "
+              f"{str(error).splitlines()[0][:300]}); run `mlplatform prepare --instance postgres` again once it is "
+              "reachable, or pass --no-pools", file=sys.stderr)
+        return 1
+    print(f"pools (limit 1 each): {', '.join(created) or 'all ' + str(len(models)) + ' already there'}")
     return 0
 
 
@@ -608,6 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="build the dbt manifest if it is missing or stale; create the "
                                   "Dagster instance folder")
+    prepare.add_argument("--instance", choices=["embedded", "postgres"], default="embedded",
+                         help="embedded (default): SQLite under MLPLATFORM_HOME, one run at a time; postgres: "
+                         "dagster.yaml and workspace.yaml for the webserver, daemon and gRPC code server on PostgreSQL "
+                         "(MLPLATFORM_DAGSTER_POSTGRES_URL; docs/shared-services.md)")
+    prepare.add_argument("--force", action="store_true", help="with --instance postgres: replace edited files")
+    prepare.add_argument("--no-pools", action="store_true", help="with --instance postgres: only write the files; do "
+                         "not connect to the database to create each model's pool (run again after adding a model)")
     prepare.set_defaults(func=cmd_prepare)
 
     reference = commands.add_parser("spec-reference", help="write docs/spec-reference.md from the spec model")

@@ -117,7 +117,7 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
         sensors.append(build_decay_sensor(spec, retrain, rollback))
     return dg.Definitions(
         assets=assets, jobs=[pipeline, retrain, weekly, production, approve, rollback],
-        schedules=[build_schedule(spec, weekly)], sensors=sensors,
+        schedules=[build_schedule(spec, weekly, settings.weekly_schedule_cron)], sensors=sensors,
         resources={**platform_resources(settings), **(dbt_resource(settings) if spec.staging is not None else {})},
         # One process: DuckDB allows one writer per file, and in-process steps skip a process start each.
         executor=in_process_executor,

@@ -123,6 +123,12 @@ def model_from_pipeline_job(job_name: str) -> str | None:
     return job_name[: -len(suffix)] if job_name.endswith(suffix) and len(job_name) > len(suffix) else None
 
 
+def model_pool(model: str) -> str:
+    """The concurrency pool of every asset and op of a model. In the shared mode each pool has one slot (run
+    granularity), so two runs of one model never overlap; the embedded mode sets no pool limit."""
+    return f"mlplatform/{model}"
+
+
 def multi_asset_op(model: str, step: str) -> str:
     """Op names of a model's multi-assets (``<model>_drift``, ``<model>_model_and_evaluation``, ``<model>_staged``)."""
     return f"{model}_{step}"

@@ -331,3 +331,76 @@ def mlflow_server(postgres_server: PostgresServer, s3_server: S3Server) -> Itera
     backend = postgres_server.url("mlflow_tracking", driver="postgresql+psycopg2")
     with traversable_tmp_dir("mlflow") as base, running_mlflow_server(base, backend, s3_server) as server:
         yield server
+
+
+# --------------------------------------------------------------------------- Dagster: code server, daemon, webserver
+
+
+@dataclass
+class DagsterStack:
+    """The shared-mode Dagster processes on one PostgreSQL instance: a gRPC code server (which launches every run),
+    `dagster-daemon` (queue, schedules, sensors, run monitoring) and `dagster-webserver` (GraphQL, the UI)."""
+
+    dagster_home: Path
+    webserver_port: int
+    code_server_port: int
+    logs: dict[str, Path]
+
+    def client(self):
+        from dagster_graphql import DagsterGraphQLClient
+
+        return DagsterGraphQLClient("127.0.0.1", port_number=self.webserver_port, timeout=120)
+
+    def log_tails(self, size: int = 4000) -> str:
+        return "\n".join(f"--- {name} ---\n{path.read_text(errors='replace')[-size:]}"
+                         for name, path in self.logs.items() if path.exists())
+
+
+def _grpc_serving(port: int) -> bool:
+    from dagster._grpc.client import DagsterGrpcClient
+
+    with socket.create_connection(("127.0.0.1", port), timeout=2):  # not listening yet: no gRPC retry noise
+        pass
+
+    return DagsterGrpcClient(port=port, host="127.0.0.1").health_check_query() == "SERVING"
+
+
+@contextlib.contextmanager
+def running_dagster(base: Path, env: dict[str, str], before_daemon=None) -> Iterator[DagsterStack]:
+    """Write the shared instance with `mlplatform prepare --instance postgres`, then start the code server, the
+    webserver and the daemon, each its own process over that instance; stop them all after.
+
+    ``env`` must hold MLPLATFORM_HOME, MLPLATFORM_SPECS and MLPLATFORM_DAGSTER_POSTGRES_URL. ``before_daemon(stack)``
+    may submit runs while nothing dequeues them yet (they are first in the queue when the daemon starts).
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    code_port, web_port = free_port(), free_port()
+    dagster_home = Path(env["MLPLATFORM_HOME"]) / "dagster"
+    env = {**os.environ, **env, "DAGSTER_HOME": str(dagster_home), "MLPLATFORM_DAGSTER_CODE_SERVER_PORT": str(code_port),
+           "PYTHONUNBUFFERED": "1"}
+    prepare = subprocess.run([str(VENV_BIN / "mlplatform"), "prepare", "--instance", "postgres"], env=env, cwd=base,
+                             capture_output=True, text=True, timeout=300)
+    if prepare.returncode != 0:
+        raise RuntimeError(f"mlplatform prepare --instance postgres failed:\n{prepare.stdout}\n{prepare.stderr}")
+    workspace = str(dagster_home / "workspace.yaml")
+    logs = {name: base / f"{name}.log" for name in ("code-server", "daemon", "webserver")}
+    processes: list[subprocess.Popen] = []
+    try:
+        code_server = spawn([str(VENV_BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(code_port),
+                             "-m", "mlplatform.definitions", "--location-name", "mlplatform"],
+                            logs["code-server"], env, base)
+        processes.append(code_server)
+        wait_for(lambda: _grpc_serving(code_port), 240, "dagster code server", code_server, logs["code-server"])
+        web = spawn([str(VENV_BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(web_port)],
+                    logs["webserver"], env, base)
+        processes.append(web)
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{web_port}/server_info"), 180, "dagster webserver", web,
+                 logs["webserver"])
+        stack = DagsterStack(dagster_home=dagster_home, webserver_port=web_port, code_server_port=code_port, logs=logs)
+        if before_daemon is not None:
+            before_daemon(stack)
+        processes.append(spawn([str(VENV_BIN / "dagster-daemon"), "run", "-w", workspace], logs["daemon"], env, base))
+        yield stack
+    finally:
+        for process in reversed(processes):
+            stop_process(process, timeout=30)

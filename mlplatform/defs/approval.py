@@ -68,13 +68,13 @@ def build_approval_jobs(spec: ModelSpec) -> list:
     resources = {"warehouse", "model_registry", "platform"}
     current_spec = spec_tags(spec)  # a version whose gates ran under an older spec is refused
 
-    @op(name=f"{spec.name}_approve_champion", required_resource_keys=resources)
+    @op(name=f"{spec.name}_approve_champion", required_resource_keys=resources, pool=names.model_pool(spec.name))
     def approve(context: OpExecutionContext, config: ApprovalConfig) -> None:
         _apply(context, spec, lambda connection, tracker: promotion.approval_change(
             tracker, spec.name, config.version or None, config.approved_by, config.reason, config.force,
             current_spec=current_spec))
 
-    @op(name=f"{spec.name}_rollback_champion", required_resource_keys=resources)
+    @op(name=f"{spec.name}_rollback_champion", required_resource_keys=resources, pool=names.model_pool(spec.name))
     def rollback(context: OpExecutionContext, config: RollbackConfig) -> None:
         def stop_degraded_canary(tracker, change) -> list:
             """A version rolled back for degrading in production gets no canary traffic either."""

@@ -16,13 +16,17 @@ from dagster import (
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
+    ScheduleEvaluationContext,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     build_schedule_from_partitioned_job,
     define_asset_job,
+    partition_loading_context,
+    schedule,
     sensor,
 )
+from dagster._utils.schedules import is_valid_cron_string
 
 from mlplatform import names
 from mlplatform.defs.check_history import check_executions
@@ -75,12 +79,33 @@ def build_jobs(spec: ModelSpec) -> list:
     ]
 
 
-def build_schedule(spec: ModelSpec, weekly_job):
-    """Mondays 01:00 UTC: the week that just ended (its partition exists once the week is over)."""
-    return build_schedule_from_partitioned_job(
-        weekly_job, hour_of_day=1, minute_of_hour=0,
-        default_status=DefaultScheduleStatus.RUNNING if spec.automation.weekly_schedule else DefaultScheduleStatus.STOPPED,
-    )
+def build_schedule(spec: ModelSpec, weekly_job, cron_override: str = ""):
+    """Mondays 01:00 UTC: the week that just ended (its partition exists once the week is over).
+
+    ``cron_override`` (``MLPLATFORM_WEEKLY_SCHEDULE_CRON``, for testing the daemon's ticks only) replaces the time of
+    day and week; each tick still requests the latest complete week, once (the week is the run key), as Dagster's
+    partitioned schedule does.
+    """
+    status = DefaultScheduleStatus.RUNNING if spec.automation.weekly_schedule else DefaultScheduleStatus.STOPPED
+    if not cron_override:
+        return build_schedule_from_partitioned_job(weekly_job, hour_of_day=1, minute_of_hour=0, default_status=status)
+    if not is_valid_cron_string(cron_override):
+        raise ValueError(f"MLPLATFORM_WEEKLY_SCHEDULE_CRON={cron_override!r} is not a cron string (e.g. '*/2 * * * *'); "
+                         "unset it for the weekly schedule (Mondays 01:00 UTC)")
+    partitions = weekly_partitions(spec)
+
+    @schedule(name=names.weekly_schedule(spec.name), cron_schedule=cron_override, job=weekly_job,
+              execution_timezone="UTC", default_status=status,
+              description=f"The week that just ended for {spec.name}, on the test cron {cron_override!r} "
+              "(MLPLATFORM_WEEKLY_SCHEDULE_CRON)")
+    def weekly(context: ScheduleEvaluationContext):
+        with partition_loading_context(effective_dt=context.scheduled_execution_time):
+            week = partitions.get_last_partition_key()
+        if week is None:
+            return SkipReason(f"no complete week of {spec.name} yet")
+        return RunRequest(run_key=week, partition_key=week)
+
+    return weekly
 
 
 def build_retrain_sensor(spec: ModelSpec, retrain_job):

@@ -84,6 +84,7 @@ def build_raw_asset(spec: ModelSpec):
     @asset(
         key=key,
         group_name=spec.name,
+        pool=names.model_pool(spec.name),
         partitions_def=weekly_partitions(spec),
         backfill_policy=SINGLE_RUN,
         output_required=False,
@@ -185,6 +186,7 @@ def build_features_asset(spec: ModelSpec):
     @asset(
         key=key,
         group_name=spec.name,
+        pool=names.model_pool(spec.name),
         deps=[upstream],
         partitions_def=weekly_partitions(spec),
         backfill_policy=SINGLE_RUN,

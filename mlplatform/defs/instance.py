@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
@@ -71,6 +72,68 @@ def prepare_dagster_home(settings: Settings) -> None:
     config = settings.dagster_home / "dagster.yaml"
     if not config.exists() or config.read_text() in PREVIOUS_DAGSTER_YAML:
         config.write_text(DAGSTER_YAML)
+
+
+class InstanceFileEdited(RuntimeError):
+    """A config file in the Dagster home was written by someone else: it is not replaced without ``--force``."""
+
+
+def _ours(text: str) -> bool:
+    """A file the platform wrote and nobody edited since (or the shared mode's, which is always regenerated)."""
+    from mlplatform.lib.instance_config import HEADER
+
+    return text in (DAGSTER_YAML, *PREVIOUS_DAGSTER_YAML) or text.startswith(HEADER)
+
+
+def prepare_shared_dagster_home(settings: Settings, force: bool = False) -> tuple[Path, Path]:
+    """Write the shared mode's ``dagster.yaml`` (PostgreSQL, queued runs, a pool per model) and ``workspace.yaml``
+    (the gRPC code server) into ``MLPLATFORM_HOME/dagster``; return both paths.
+
+    The PostgreSQL URL must be set (``MLPLATFORM_DAGSTER_POSTGRES_URL``) but is not written: the file names the
+    variable. A file someone edited is kept unless ``force``.
+    """
+    import yaml
+
+    from mlplatform.lib.instance_config import (
+        HEADER,
+        check_postgres_url_set,
+        code_server_address,
+        shared_instance_config,
+        workspace_for_code_server,
+    )
+
+    check_postgres_url_set()
+    instance_text = HEADER + yaml.safe_dump(shared_instance_config(), sort_keys=False)
+    workspace_text = HEADER + yaml.safe_dump(workspace_for_code_server(*code_server_address()), sort_keys=False)
+    ensure_home(settings)
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    files = {settings.dagster_home / "dagster.yaml": instance_text, settings.dagster_home / "workspace.yaml": workspace_text}
+    for path in files:  # all checked before anything is written
+        if path.exists() and not force and not _ours(path.read_text()):
+            raise InstanceFileEdited(f"{path} was not written by mlplatform (or was edited): kept as it is; move it "
+                                     "away or pass --force to replace it")
+    for path, text in files.items():
+        path.write_text(text)
+    config, workspace = files
+    return config, workspace
+
+
+def ensure_model_pools(instance: DagsterInstance, models: list[str]) -> list[str]:
+    """Create each model's pool at the instance's default limit, if it has none yet; return the pools created.
+
+    Dagster's run queue creates a pool the first time a queued run needs it, but decides that same pass as if the
+    pool had no limit: several runs of a new model submitted together would all start. Created beforehand, the
+    first pass already holds them to one. (A limit someone set, e.g. in the UI, is kept.)
+    """
+    from mlplatform.names import model_pool
+
+    existing = set(instance.event_log_storage.get_concurrency_keys())
+    created = []
+    for model in models:
+        pool = model_pool(model)
+        if pool not in existing and instance.event_log_storage.initialize_concurrency_limit_to_default(pool):
+            created.append(pool)
+    return created
 
 
 STUCK_STARTING_SECONDS = 600.0

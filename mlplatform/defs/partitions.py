@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from dagster import AssetExecutionContext, BackfillPolicy, WeeklyPartitionsDefinition
 
 from mlplatform.lib.source import Window
+from mlplatform.names import model_pool
 from mlplatform.specs import ModelSpec
 
 SINGLE_RUN = BackfillPolicy.single_run()
@@ -16,10 +17,11 @@ SINGLE_RUN = BackfillPolicy.single_run()
 def weekly_multi_asset_options(spec: ModelSpec) -> dict:
     """The options shared by the steps that loop over a run's weeks and log each week's events themselves.
 
-    can_subset makes their per-week check evaluations optional outputs (see model_assets.py).
+    can_subset makes their per-week check evaluations optional outputs (see model_assets.py); the pool is the
+    model's (:func:`mlplatform.names.model_pool`).
     """
     return {"partitions_def": weekly_partitions(spec), "backfill_policy": SINGLE_RUN, "can_subset": True,
-            "required_resource_keys": {"warehouse", "model_registry", "platform"}}
+            "required_resource_keys": {"warehouse", "model_registry", "platform"}, "pool": model_pool(spec.name)}
 
 
 def weekly_partitions(spec: ModelSpec) -> WeeklyPartitionsDefinition:

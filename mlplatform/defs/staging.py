@@ -67,6 +67,7 @@ def build_staged_assets(spec: ModelSpec, project: DbtProject):
         project=project,
         select=spec.staging.dbt_model,
         name=names.multi_asset_op(spec.name, names.STAGED),
+        pool=names.model_pool(spec.name),
         partitions_def=weekly_partitions(spec),
         backfill_policy=SINGLE_RUN,
         dagster_dbt_translator=SpecTranslator(spec),

@@ -45,6 +45,7 @@ class Settings:
     mlflow_ui_url: str = DEFAULT_MLFLOW_UI_URL
     warehouse_wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
     dbt_project_dir: Path = DBT_PROJECT_DIR  # the dbt project specs with `staging` run (MLPLATFORM_DBT_PROJECT_DIR)
+    weekly_schedule_cron: str = ""  # testing only: a cron replacing "Mondays 01:00 UTC" (docs/shared-services.md)
 
     @property
     def dbt_manifest_dir(self) -> Path:
@@ -100,8 +101,8 @@ class Settings:
 
 def load_settings() -> Settings:
     """Read ``MLPLATFORM_HOME`` (default ``./.mlplatform``), ``MLPLATFORM_SPECS`` (default: bundled examples),
-    ``MLPLATFORM_MLFLOW_*``, ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS`` and ``MLPLATFORM_DBT_PROJECT_DIR`` (default:
-    the bundled dbt project)."""
+    ``MLPLATFORM_MLFLOW_*``, ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS``, ``MLPLATFORM_DBT_PROJECT_DIR`` (default:
+    the bundled dbt project) and ``MLPLATFORM_WEEKLY_SCHEDULE_CRON``."""
     home = Path(os.environ.get("MLPLATFORM_HOME", ".mlplatform")).expanduser().resolve()
     specs = os.environ.get("MLPLATFORM_SPECS")
     specs_dir = Path(specs).expanduser().resolve() if specs else BUNDLED_SPECS_DIR
@@ -118,6 +119,7 @@ def load_settings() -> Settings:
         mlflow_ui_url=os.environ.get("MLPLATFORM_MLFLOW_UI_URL", "").strip() or DEFAULT_MLFLOW_UI_URL,
         warehouse_wait_seconds=wait_seconds,
         dbt_project_dir=_dbt_project_dir(),
+        weekly_schedule_cron=os.environ.get("MLPLATFORM_WEEKLY_SCHEDULE_CRON", "").strip(),
     )
 
 
