@@ -37,6 +37,7 @@ LABELS_TABLE = "labels"
 LIVE_TABLE = "live_performance"
 SHADOW_TABLE = "shadow"
 SCORES_TABLE = "scores"
+RECOVERY_TABLE = "recovery"  # recoveries from concept changes: the level to return to, per judged week
 
 # The audit trail (warehouse schema "audit").
 AUDIT_SCHEMA = "audit"
@@ -68,6 +69,7 @@ DECAY_WEEK_TAG = "mlplatform/decay_week"  # the week whose live performance fail
 DECAY_CHECK_RECORD_TAG = "mlplatform/decay_check_record"
 MLFLOW_EXPERIMENT_TAG = "mlplatform/mlflow_experiment"  # a training job's tag: the experiment of its MLflow run
 MLFLOW_RESOURCE = "mlflow"  # the resource key dagster-mlflow's hook requires
+RECOVERY_TAG = "mlplatform/recovery"  # "true" on a retrain a recovery from a concept change asked for (check passed)
 
 
 def asset_path(model: str, stage: str) -> list[str]:

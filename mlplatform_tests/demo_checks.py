@@ -115,7 +115,8 @@ def assert_production_counts_add_up(block: str, connection: duckdb.DuckDBPyConne
 
 def assert_degradation_verdicts_follow_their_numbers(details: list[dict], metric: str) -> None:
     """A judged live_degradation check fails exactly when the live value and its whole interval are past the limit;
-    the limit is the version's evaluation moved by max_degradation of itself, in the metric's worse direction."""
+    the limit is the reference (the version's evaluation, or during a recovery from a concept change the pre-change
+    level) moved by max_degradation of itself, in the metric's worse direction."""
     judged = [d for d in details if d["judged"]]
     assert judged
     lower = is_lower_better(metric)
@@ -123,8 +124,9 @@ def assert_degradation_verdicts_follow_their_numbers(details: list[dict], metric
         if not d["judged"]:
             assert d["passed"] is True
             continue
-        shift = d["max_degradation"] * abs(d["evaluation"])
-        assert math.isclose(d["limit"], d["evaluation"] + (shift if lower else -shift), rel_tol=1e-9)
+        reference = d.get("reference_value", d["evaluation"])
+        shift = d["max_degradation"] * abs(reference)
+        assert math.isclose(d["limit"], reference + (shift if lower else -shift), rel_tol=1e-9)
         beyond = (d["live"] > d["limit"] and d["live_ci_low"] > d["limit"]) if lower else \
             (d["live"] < d["limit"] and d["live_ci_high"] < d["limit"])
         assert d["passed"] is (not beyond), d

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, RunsFilter
+from dagster import AssetKey, DagsterInstance, RunsFilter
 
 from mlplatform import names
 from mlplatform.demo.plan import ProductionWeeks
@@ -142,7 +142,7 @@ def test_the_shadow_report_pairs_each_shadow_score_with_the_champions_answer_to_
 
 # --- end to end -----------------------------------------------------------------------------------------------------
 
-def churn_spec(end: str, approval: str = "auto", extra: str = "") -> str:
+def churn_spec(end: str, approval: str = "auto", extra: str = "", window: int = 1) -> str:
     return f"""
 name: toy
 task: binary
@@ -159,7 +159,7 @@ columns:
 partitions:
   start: 2024-01-01
   end: {end}
-  training_window_weeks: 1
+  training_window_weeks: {window}
 estimator:
   class: sklearn.linear_model.LogisticRegression
   params: {{max_iter: 1000}}
@@ -178,7 +178,8 @@ def weeks_from(start: str, count: int) -> list[str]:
     return [(pd.Timestamp(start) + pd.Timedelta(weeks=i)).date().isoformat() for i in range(count)]
 
 
-def setup_model(home: Path, spec_dir, rules: list[str], end: str, approval: str = "auto", extra: str = ""):
+def setup_model(home: Path, spec_dir, rules: list[str], end: str, approval: str = "auto", extra: str = "",
+                window: int = 1, rows: int = 300):
     """A churn model over ``rules`` weeks from 2024-01-01: spec, data, definitions, instance, settings, tracker."""
     from mlplatform.definitions import build_definitions
     from mlplatform.defs.instance import prepare_dagster_home
@@ -186,8 +187,8 @@ def setup_model(home: Path, spec_dir, rules: list[str], end: str, approval: str 
     from mlplatform.lib.settings import load_settings
     from mlplatform.lib.tracking import Tracker
 
-    spec_dir({"toy.yaml": churn_spec(end, approval, extra)},
-             {"churn.csv": churn_weeks(date(2024, 1, 1), rules, rows_per_week=300)})
+    spec_dir({"toy.yaml": churn_spec(end, approval, extra, window)},
+             {"churn.csv": churn_weeks(date(2024, 1, 1), rules, rows_per_week=rows)})
     settings = load_settings()
     prepare_dagster_home(settings)
     return build_definitions(), settings, Tracker.for_settings(settings), specs_by_name()["toy"]
@@ -228,6 +229,69 @@ def test_concept_drift_keeps_the_drift_check_green_fails_live_performance_and_on
     requested = audit_events(home, "retrain_requested")
     assert len(requested) == 1 and '"trigger": "performance_decay"' in requested["details"].iloc[0]
     assert len(audit_events(home, "performance_alert")) == 1
+
+
+@pytest.mark.slow
+def test_after_a_concept_change_a_four_week_window_retrains_on_the_new_regime_until_back_at_the_pre_change_level(
+        home, spec_dir, monkeypatch, capsys):
+    """Issue 26: with a 4-week window, one retrain on the usual window would learn 3 weeks of the old rule and 1 of
+    the new, evaluate low, and be judged against that low evaluation for good. Instead the platform records the
+    level before the change, retrains on the new regime only (a window from the change week that grows week by
+    week), keeps retraining while live is short of the level (even when the check passes), and then stops.
+
+    Small weeks (60 rows) and a tight max_degradation (3%) make one week of the new rule not quite enough."""
+    from mlplatform.cli import main
+    from mlplatform.demo.production import run_production
+    from mlplatform.demo.runner import run_job, tick_sensor
+
+    rules = ["A"] * 4 + ["B"] * 3  # inputs never change; the outcome rule flips in week 4
+    weeks = weeks_from("2024-01-01", len(rules))
+    defs, settings, tracker, spec = setup_model(home, spec_dir, rules, end="2024-02-19", window=4, rows=60,
+                                                extra="  rollback: {max_degradation: 0.03}\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
+    instance = DagsterInstance.get()
+    assert run_job(defs, instance, names.pipeline_job("toy"), weeks[0], weeks[2]).success
+    before = tracker.alias_version("toy", "champion")
+
+    [summary] = run_production(settings, [spec], {"toy": before}, {"toy": weeks[2]}, {"toy": ProductionWeeks(4)})
+    healthy, flipped, short, back = summary.story
+    assert healthy.degradation_passed and flipped.degradation_passed is False and "recovery started" in flipped.actions
+    # the first retrain (one week of the new rule) passes its check, yet is short of the level: retrain again
+    assert short.degradation_passed and "recovery goes on" in short.actions
+    assert f"retrain (recovery) for {weeks[6]} done" in short.actions and "recovery ended" in back.actions
+    live_rows = warehouse_query(home, "select * from toy.live_performance where role = 'champion' and judged "
+                                      "order by week")
+    by_week = dict(zip(live_rows["week"].dt.strftime("%Y-%m-%d"), live_rows["value"], strict=True))
+    level = by_week[weeks[3]]  # the last healthy champion's live metric: the level to return to
+    assert by_week[weeks[4]] < 0.5 and by_week[weeks[5]] < 0.95 * level <= by_week[weeks[6]]  # back in 3 lived weeks
+    assert list(live_rows["reference_value"].iloc[-2:]) == pytest.approx([level, level])  # not their own evaluations
+    assert back.served_by not in (before, short.served_by)
+
+    trained = audit_events(home, "model_trained").set_index("week")["details"]
+    assert f'"train_window": "{weeks[4]}..{weeks[5]}"' in trained[weeks[5]]  # the new regime only, not weeks 1..4
+    assert f'"train_window": "{weeks[4]}..{weeks[6]}"' in trained[weeks[6]]  # growing week by week
+    # the window was chosen by evidence: both candidates scored on the newest labelled week
+    last = instance.get_latest_materialization_event(AssetKey(["toy", "model"])).asset_materialization
+    assert last.partition == weeks[6]
+    choice = last.metadata["window_choice"].value
+    assert choice.startswith("change-point window (2 weeks) chosen") and "the spec's 4-week window from" in choice
+    started, retrains, ended = (audit_events(home, e) for e in ("recovery_started", "recovery_retrain",
+                                                                "recovery_ended"))
+    assert len(started) == 1 and started["week"].iloc[0] == weeks[4]
+    assert f'"pre_change_level": {level}' in started["details"].iloc[0]
+    assert list(retrains["week"]) == [weeks[4], weeks[5]]
+    assert f"retrain for {weeks[5]} on {weeks[4]}..{weeks[5]} (1 of 4 weeks" in retrains["summary"].iloc[0]
+    assert f"retrain for {weeks[6]} on {weeks[4]}..{weeks[6]} (2 of 4 weeks" in retrains["summary"].iloc[1]
+    assert len(ended) == 1 and ended["week"].iloc[0] == weeks[6] and "back within the limit" in ended["summary"].iloc[0]
+    recovery_rows = warehouse_query(home, "select event from toy.recovery order by week")
+    assert list(recovery_rows["event"]) == ["recovery_started", "recovery_retrain", "recovery_ended"]
+    runs = instance.get_runs(RunsFilter(job_name=names.retrain_job("toy"), tags={names.TRIGGER_TAG: names.DECAY_TRIGGER}))
+    assert sorted((run.tags[names.DECAY_WEEK_TAG], run.tags.get(names.RECOVERY_TAG)) for run in runs) == [
+        (weeks[4], None), (weeks[5], "true")]  # a failed check, then a passed one the recovery asked a retrain for
+    assert not tick_sensor(defs, instance, names.decay_sensor("toy"))  # back: nothing more to retrain
+    capsys.readouterr()
+    assert main(["reproduce", "toy", back.served_by]) == 0  # retrained on its recorded new-regime window
+    assert f"toy v{back.served_by}: reproduced: identical metrics" in capsys.readouterr().out
 
 
 @pytest.mark.slow

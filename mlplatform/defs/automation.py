@@ -164,7 +164,8 @@ def build_decay_sensor(spec: ModelSpec, retrain_job, rollback_job):
         default_status=DefaultSensorStatus.RUNNING,
         description=f"When {spec.name}'s live_degradation check fails: moves champion back to the previous champion if "
         "that version scored significantly better on the same labelled rows (never to a version whose gates failed), "
-        "and requests a retrain for the next week either way. One failure, one rollback, one retrain.",
+        "and requests a retrain for the next week either way. One failure, one rollback, one retrain. While a "
+        "recovery from a concept change goes on, also one retrain per judged week still short of the pre-change level.",
     )
     def rollback_on_decay(context: SensorEvaluationContext):
         cursor = int(context.cursor) if context.cursor else 0
@@ -186,7 +187,8 @@ def build_decay_sensor(spec: ModelSpec, retrain_job, rollback_job):
                 job_name=retrain_job.name, run_key=f"{spec.name}-decay-{record.record_id}",
                 partition_key=request.retrain_partition,
                 tags={names.TRIGGER_TAG: names.DECAY_TRIGGER, names.DECAY_WEEK_TAG: record.week,
-                      names.DECAY_CHECK_RECORD_TAG: str(record.record_id)}))
+                      names.DECAY_CHECK_RECORD_TAG: str(record.record_id),
+                      **({names.RECOVERY_TAG: "true"} if record.passed else {})}))
         if not run_requests:
             reason = "; ".join(decision.skipped) or f"no failed {spec.name} live_degradation check since record {cursor}"
             return SensorResult(skip_reason=SkipReason(reason[:1000]), cursor=str(decision.cursor))

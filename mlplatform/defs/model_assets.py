@@ -114,6 +114,7 @@ def build_model_assets(spec: ModelSpec):
     def model_and_evaluation(context: AssetExecutionContext) -> Iterator:
         from mlplatform.lib.lifecycle import (
             TrainingHalted,
+            choose_window,
             deciding_threads,
             record_week,
             rows_needed,
@@ -142,13 +143,25 @@ def build_model_assets(spec: ModelSpec):
                 why, record = f"drift check failed on week {week_seen}", context.run.tags.get(names.DRIFT_CHECK_RECORD_TAG)
             else:
                 week_seen = context.run.tags.get(names.DECAY_WEEK_TAG)
-                why = f"live performance decayed on week {week_seen} (live_degradation failed)"
+                why = (f"recovery from a concept change goes on: live performance on week {week_seen} still short of "
+                       "the pre-change level" if context.run.tags.get(names.RECOVERY_TAG) == "true" else
+                       f"live performance decayed on week {week_seen} (live_degradation failed)")
                 record = context.run.tags.get(names.DECAY_CHECK_RECORD_TAG)
             with warehouse.get_connection() as connection:
                 append_events(connection, [AuditEvent(
                     spec.name, "retrain_requested", sensor, f"{why}: retrain for {window.start:%Y-%m-%d}",
                     week=week_seen, dagster_run_id=context.run.run_id,
                     details={"trigger": trigger, "check_record": record})])
+        since = _new_regime_starts(spec, warehouse, week_starts)
+        window_choices: dict[str, str] = {}
+        for week_start, start in list(since.items()):
+            if spec.rollout.rollback.choose_window:
+                choice = choose_window(spec, features, week_start, start)
+                since[week_start] = choice.start
+                window_choices[f"{week_start:%Y-%m-%d}"] = choice.text()
+            context.log.info(f"{spec.name} week {week_start:%Y-%m-%d}: after the concept change, trains from "
+                             f"{since[week_start]:%Y-%m-%d}" + (f": {window_choices[f'{week_start:%Y-%m-%d}']}"
+                                                               if window_choices else " (docs/production.md)"))
         workers = workers_for_run(spec, features, week_starts)
         if workers > 1:
             context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")
@@ -157,7 +170,7 @@ def build_model_assets(spec: ModelSpec):
         with deciding_threads(workers), tracker.parent_run(spec.name, context.run.run_id,
                                                            f"Dagster run {context.run.run_id}: {weeks_text}",
                                                            owner_run_id=owning_run_id(tracker, context.run.run_id)):
-            for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers, logged),
+            for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers, logged, since),
                                            strict=True):
                 week = week_start.date().isoformat()
                 if isinstance(trained, str):
@@ -174,7 +187,7 @@ def build_model_assets(spec: ModelSpec):
                 with warehouse.get_connection() as connection:  # waits while another process holds the lock
                     result = record_week(connection, spec, trained, tracker, actor, context.run.run_id)
                     card = store_card_at_training(connection, spec, result, tracker)
-                _log_week(context, spec, registry, result, card)
+                _log_week(context, spec, registry, result, card, window_choices.get(week))
                 recorded += 1
         if not recorded:
             context.log.warning(f"no week in {window.start:%Y-%m-%d}..{window.end:%Y-%m-%d} could be trained")
@@ -184,6 +197,18 @@ def build_model_assets(spec: ModelSpec):
             yield _backtest_result(spec, warehouse)
 
     return model_and_evaluation
+
+
+def _new_regime_starts(spec: ModelSpec, warehouse: Warehouse, week_starts: list[datetime]) -> dict[datetime, datetime]:
+    """Per week trained after a confirmed concept change, where its window starts (the change week:
+    :func:`mlplatform.lib.recovery.training_start`); weeks with the spec's normal window are absent."""
+    from mlplatform.lib.recovery import as_datetime, read_rows, training_start
+
+    with warehouse.get_connection() as connection:
+        rows = read_rows(connection, spec.name)
+    starts = {week: training_start(rows, f"{week:%Y-%m-%d}", spec.partitions.training_window_weeks)
+              for week in week_starts} if rows else {}
+    return {week: as_datetime(start) for week, start in starts.items() if start is not None}
 
 
 def _logged_production_inputs(spec: ModelSpec, platform, week_starts: list[datetime]):
@@ -198,7 +223,7 @@ def _logged_production_inputs(spec: ModelSpec, platform, week_starts: list[datet
 
 
 def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRegistry, result,
-              card: tuple[str | None, str]) -> None:
+              card: tuple[str | None, str], window_choice: str | None = None) -> None:
     """The materializations of model and evaluation for week W, and its gates as check evaluations."""
     card_uri, card_note = card
     card_metadata = {"model_card_note": MetadataValue.text(card_note)}
@@ -217,6 +242,7 @@ def _log_week(context: AssetExecutionContext, spec: ModelSpec, registry: ModelRe
             "mlflow_model_version": MetadataValue.url(registry.version_url(spec.name, result.version)),
             "training_window": MetadataValue.text(
                 f"{result.train_window.start:%Y-%m-%d} .. {result.train_window.end:%Y-%m-%d} (end excluded)"),
+            **({"window_choice": MetadataValue.text(window_choice)} if window_choice else {}),
             "train_rows": result.train_rows,
             "data_fingerprint": MetadataValue.text(result.fingerprint),
             "estimator": MetadataValue.text(spec.estimator_name),

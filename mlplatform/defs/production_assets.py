@@ -29,7 +29,7 @@ from mlplatform import names
 from mlplatform.defs.audit_assets import audit_trail_materialization
 from mlplatform.defs.keys import asset_key, features_key
 from mlplatform.defs.metadata import column_schema_metadata, image, owners, rows_table
-from mlplatform.defs.partitions import run_window, weekly_multi_asset_options
+from mlplatform.defs.partitions import run_window, weekly_multi_asset_options, weekly_partitions
 from mlplatform.defs.resources import ModelRegistry, PlatformState, Warehouse, write_week_rows
 from mlplatform.defs.serving_assets import prediction_log_key
 from mlplatform.lib.source import Window
@@ -75,9 +75,9 @@ def build_production_assets(spec: ModelSpec):
                       deps=[AssetDep(labels_key(spec)), AssetDep(prediction_log_key(spec)),
                             *([AssetDep(asset_key(spec.name, names.SCORES))] if spec.scoring.batch else [])],
                       description=f"Week W's logged predictions joined with their outcomes: {metric} with a 95% "
-                      "bootstrap interval per version and role (champion, canary, shadow, batch), rows matched and "
-                      "unmatched; "
-                      "the champion against its own evaluation. Table "
+                      "bootstrap interval per version and role (champion, canary, shadow, batch), rows matched and unmatched; "
+                      "the champion against its own evaluation, or after a confirmed concept change against the "
+                      f"pre-change level (table `{spec.name}.{names.RECOVERY_TABLE}`). Table "
                       f"`{spec.name}.{names.LIVE_TABLE}`.",
                       metadata=column_schema_metadata(live_performance_schema(spec))),
             AssetSpec(shadow_key(spec), group_name=spec.name, owners=owners(spec), kinds={"duckdb"}, skippable=True,
@@ -89,10 +89,12 @@ def build_production_assets(spec: ModelSpec):
         ],
         check_specs=[
             AssetCheckSpec(names.LIVE_DEGRADATION_CHECK, asset=live_key(spec), description=(
-                f"Fails when the champion's live {metric} is worse than its own evaluation by more than "
+                f"Fails when the champion's live {metric} is worse than its own evaluation (after a confirmed concept "
+                "change: the pre-change level) by more than "
                 f"rollout.rollback.max_degradation ({rollback.max_degradation:g}, relative) and the live interval "
                 "excludes that limit. A failure makes the rollback sensor move champion back to the previous "
-                "champion (when that version scores significantly better on the same rows) and request a retrain.")),
+                "champion (when that version scores significantly better on the same rows) and request a retrain; "
+                "the first failure starts a recovery, which retrains weekly until live is back at the level.")),
             AssetCheckSpec(names.CANARY_CHECK, asset=live_key(spec), description=(
                 f"Fails when the canary's live {metric} is significantly worse than the champion's on the same "
                 "week's traffic; the canary is then stopped (challenger alias removed, audited).")),
@@ -128,18 +130,38 @@ class ProductionStep:
         self.actor = f"dagster run {context.run.run_id}"
         # Predictions of week W's rows can only have been made from W on; a replay of history logs them later.
         self.logged = read_prediction_log(platform.home_path, spec.name, window.start)
-        self.references = self._evaluations()
+        self.references, self.version_weeks = self._evaluations()
+        self.partition_keys = weekly_partitions(spec).get_partition_keys()
 
-    def _evaluations(self) -> dict[str, float]:
-        """Each version's primary metric at its own evaluation (the week it was trained for)."""
+    def _evaluations(self) -> tuple[dict[str, float], dict[str, str]]:
+        """Each version's primary metric at its own evaluation, and the week it was trained for."""
         if not self.warehouse.table_exists(self.spec.name, names.EVALUATIONS_TABLE):
-            return {}
+            return {}, {}
         from mlplatform.lib.warehouse import table_name
 
         with self.warehouse.get_connection() as connection:
-            rows = connection.execute(f"select model_version, value from "
+            rows = connection.execute(f"select model_version, value, week from "
                                       f"{table_name(self.spec.name, names.EVALUATIONS_TABLE)}").fetchall()
-        return {str(version): float(value) for version, value in rows}
+        return ({str(version): float(value) for version, value, _ in rows},
+                {str(version): f"{week:%Y-%m-%d}" for version, _, week in rows})
+
+    def _recovery_rows(self) -> list:
+        """The stored rows of ``<model>.recovery`` (:mod:`mlplatform.lib.recovery`)."""
+        from mlplatform.lib.recovery import read_rows
+
+        with self.warehouse.get_connection() as connection:
+            return read_rows(connection, self.spec.name)
+
+    def _judged_history(self) -> pd.DataFrame:
+        """The judged champion rows of ``<model>.live_performance``: week, version, value, passed."""
+        from mlplatform.lib.warehouse import table_name
+
+        if not self.warehouse.table_exists(self.spec.name, names.LIVE_TABLE):
+            return pd.DataFrame(columns=["week", "version", "value", "passed"])
+        with self.warehouse.get_connection() as connection:
+            return connection.execute(
+                f"select week, version, value, passed from {table_name(self.spec.name, names.LIVE_TABLE)} "
+                "where role = 'champion' and judged order by week").fetchdf()
 
     def read_outcomes(self, window: Window) -> pd.DataFrame:
         from mlplatform.lib import outcomes
@@ -167,9 +189,10 @@ class ProductionStep:
         return outcomes.outcome_rows(pd.DataFrame(), [], spec.target, spec.time_column)
 
     def week(self, week: str, outcomes: pd.DataFrame, with_history: bool = False) -> None:
-        from mlplatform.lib import live
+        from mlplatform.lib import live, recovery
         from mlplatform.lib.aliases import CHALLENGER, CHAMPION
         from mlplatform.lib.outcomes import match_labels
+        from mlplatform.lib.retraining import retrain_partition
 
         spec, context = self.spec, self.context
         start = datetime.fromisoformat(week)
@@ -181,10 +204,21 @@ class ProductionStep:
         champion_now = self.tracker.alias_version(spec.name, CHAMPION)
         judged = live.judged_champion(estimates, champion_now)
         min_rows = spec.rollout.rollback.min_rows
+        max_degradation = spec.rollout.rollback.max_degradation
+        state = recovery.state_before(self._recovery_rows(), week)
+        reference = recovery.reference_for(state, self.version_weeks.get(judged.version) if judged else None,
+                                           self.references.get(judged.version) if judged else None)
         verdict = live.judge_degradation(
             metric, judged.version if judged else None, judged.estimate if judged else None,
-            judged.rows if judged else 0, self.references.get(judged.version) if judged else None,
-            spec.rollout.rollback.max_degradation, min_rows)
+            judged.rows if judged else 0, reference.value, max_degradation, min_rows, reference.against)
+        level = None
+        if not verdict.passed and not (state is not None and state.active):
+            level = recovery.pre_change_level(self._judged_history(), week, verdict.reference, verdict.version)
+        retrain_week = retrain_partition(week, self.partition_keys)
+        recovering = recovery.decide_week(state, week, metric, max_degradation, verdict.judged, verdict.passed,
+                                          verdict.version, verdict.live.value if verdict.live else None, level,
+                                          retrain_week, spec.partitions.training_window_weeks)
+        own = self.references.get(verdict.version) if verdict.version else None  # the version's own evaluation
         rollback = live.NO_DEGRADATION
         if not verdict.passed:
             rollback = self._rollback_decision(matched.rows, verdict.version, champion_now)
@@ -197,10 +231,12 @@ class ProductionStep:
 
         rows = pd.DataFrame([{**e.row(week), "evaluation_value": self.references.get(e.version),
                               "judged": judged is not None and e is judged and verdict.judged,
-                              "passed": verdict.passed if (judged is not None and e is judged) else None}
+                              "passed": verdict.passed if (judged is not None and e is judged) else None,
+                              "reference_value": verdict.reference if (judged is not None and e is judged) else None}
                              for e in estimates])
         self._write(week, week_outcomes, rows, shadows)
-        self._act(week, verdict, canary, rollback)
+        self._write_recovery(week, recovering.row)
+        self._act(week, verdict, canary, rollback, recovering.row)
 
         context.log_event(AssetMaterialization(asset_key=labels_key(spec), partition=week, metadata={
             "rows": len(week_outcomes), "from": MetadataValue.text(_labels_origin(spec)),
@@ -215,12 +251,15 @@ class ProductionStep:
             "metric": metric,
             "champion_version": verdict.version or "-",
             "champion_live": verdict.live.value if verdict.live else float("nan"),
-            "champion_evaluation": verdict.reference if verdict.reference is not None else float("nan"),
+            "champion_evaluation": own if own is not None else float("nan"),
+            "champion_held_to": MetadataValue.text(
+                f"{verdict.reference:.4g} ({reference.against})" if verdict.reference is not None else "-"),
             "labelled_predictions": len(matched.rows),
             "labels_without_prediction": matched.unmatched_labels,
             "predictions_without_key": matched.predictions_without_key,
             "by_version_and_role": MetadataValue.md(table if estimates else "no labelled predictions this week"),
             "verdict": MetadataValue.text(verdict.reason),
+            "recovery": MetadataValue.text(recovering.summary or "-"),
             **(self.history_metadata() if with_history else {}),
         }))
         if shadows:
@@ -241,9 +280,13 @@ class ProductionStep:
                 "live": verdict.live.value if verdict.live else float("nan"),
                 "live_ci_low": verdict.live.low if verdict.live else float("nan"),
                 "live_ci_high": verdict.live.high if verdict.live else float("nan"),
-                "evaluation": verdict.reference if verdict.reference is not None else float("nan"),
+                "evaluation": own if own is not None else float("nan"),
+                "reference_value": verdict.reference if verdict.reference is not None else float("nan"),
                 "limit": verdict.limit if verdict.limit is not None else float("nan"),
                 "max_degradation": spec.rollout.rollback.max_degradation,
+                "reference": reference.against,
+                "recovery": MetadataValue.text(recovering.summary),
+                "recovery_retrain": recovering.retrain,
                 **rollback.metadata(),
             }))
         context.log_event(AssetCheckEvaluation(
@@ -294,7 +337,8 @@ class ProductionStep:
         write_week_rows(self.warehouse, self.spec.name, names.LABELS_TABLE, labels, "week", stamp,
                         table_schema=labels_schema(self.spec))
         if len(rows):
-            rows = rows.astype({"evaluation_value": "float64", "judged": "bool", "passed": "boolean"})
+            rows = rows.astype({"evaluation_value": "float64", "judged": "bool", "passed": "boolean",
+                                "reference_value": "float64"})
             write_week_rows(self.warehouse, self.spec.name, names.LIVE_TABLE, rows, "week", stamp,
                             table_schema=live_performance_schema(self.spec))
         if shadows:
@@ -302,10 +346,26 @@ class ProductionStep:
                             pd.DataFrame([s.row(week) for s in shadows]), "week", stamp,
                             table_schema=shadow_schema(self.spec))
 
-    def _act(self, week: str, verdict, canary, rollback) -> None:
-        """The audit of a failed check, and the canary stop (an alias move: through promotion, one unit)."""
+    def _write_recovery(self, week: str, row) -> None:
+        """Week W's row of ``<model>.recovery`` (a re-run of the week replaces it, or removes it)."""
+        from mlplatform.lib.table_schemas import recovery_schema
+        from mlplatform.lib.warehouse import table_name
+
+        if row is not None:
+            frame = pd.DataFrame([row.record()]).astype({"retrain_week": "datetime64[us]"})
+            write_week_rows(self.warehouse, self.spec.name, names.RECOVERY_TABLE, frame, "week", [pd.Timestamp(week)],
+                            table_schema=recovery_schema(self.spec))
+        elif self.warehouse.table_exists(self.spec.name, names.RECOVERY_TABLE):
+            with self.warehouse.get_connection() as connection:
+                connection.execute(f"delete from {table_name(self.spec.name, names.RECOVERY_TABLE)} where week = ?",
+                                   [pd.Timestamp(week)])
+
+    def _act(self, week: str, verdict, canary, rollback, recovering=None) -> None:
+        """The audit of a failed check and of a recovery's step, and the canary stop (an alias move: through
+        promotion, one unit)."""
         from mlplatform.lib import promotion
         from mlplatform.lib.audit import AuditEvent, append_events
+        from mlplatform.lib.recovery import recovery_events
 
         spec, run_id = self.spec, self.context.run.run_id
         with self.warehouse.get_connection() as connection:
@@ -314,6 +374,12 @@ class ProductionStep:
                     spec.name, "performance_alert", self.actor, f"{verdict.reason}; {rollback.reason}", version=verdict.version,
                     week=week, passed=False, dagster_run_id=run_id,
                     details={"check": names.LIVE_DEGRADATION_CHECK, "rollback_to": rollback.target})])
+            if recovering is not None:
+                append_events(connection, [AuditEvent(spec.name, event, self.actor, summary, version=recovering.version,
+                                                      week=week, passed=passed, dagster_run_id=run_id, details=details)
+                                           for event, summary, passed, details in recovery_events(
+                                               recovering, spec.partitions.training_window_weeks)])
+                self.context.log.info(f"{spec.name} week {week}: {recovering.event}: {recovering.note}")
             if not canary.passed and canary.version is not None:
                 change = promotion.canary_stop_change(self.tracker, spec.name, canary.version, self.actor, canary.reason)
                 if change is not None:
@@ -329,18 +395,24 @@ class ProductionStep:
         if not self.warehouse.table_exists(self.spec.name, names.LIVE_TABLE):
             return {}
         with self.warehouse.get_connection() as connection:
+            table = table_name(self.spec.name, names.LIVE_TABLE)
+            columns = {c for (c,) in connection.execute(
+                "select column_name from information_schema.columns where table_schema = ? and table_name = ?",
+                [self.spec.name, names.LIVE_TABLE]).fetchall()}
+            held_to = "coalesce(reference_value, evaluation_value)" if "reference_value" in columns else "evaluation_value"
             history = connection.execute(
-                f"select week, version, value, ci_low, ci_high, evaluation_value from "
-                f"{table_name(self.spec.name, names.LIVE_TABLE)} where role = 'champion' and judged order by week"
-            ).fetchdf()
+                f"select week, version, value, ci_low, ci_high, evaluation_value, {held_to} as reference_value from "
+                f"{table} where role = 'champion' and judged order by week").fetchdf()
         if len(history) < 2:
             return {}
         from mlplatform.lib.live import degradation_limit
 
         weeks = [f"{w:%Y-%m-%d}" for w in history["week"]]
         limits = [degradation_limit(self.spec.primary_metric, r, self.spec.rollout.rollback.max_degradation)
-                  for r in history["evaluation_value"]]
+                  for r in history["reference_value"]]
+        # the pre-change level where a recovery held the champion to it (NaN elsewhere: no line)
+        levels = history["reference_value"].where(history["reference_value"] != history["evaluation_value"])
         png = live_plot(weeks, history["value"], history["ci_low"], history["ci_high"], history["evaluation_value"],
-                        limits, self.spec.primary_metric, self.spec.name)
+                        limits, self.spec.primary_metric, self.spec.name, levels=levels)
         return {"history": MetadataValue.md(image(png, "live performance")), "weeks_judged": len(history),
                 "champions_judged": MetadataValue.json(sorted({f"v{v}" for v in history["version"].astype(str)}))}

@@ -50,6 +50,7 @@ class WeekStory:
     evaluation: str = "-"
     degradation_passed: bool | None = None
     actions: list[str] = field(default_factory=list)
+    recovery: str = ""  # what the week meant for a recovery from a concept change (lib.recovery), in a sentence
 
 
 @dataclass
@@ -256,10 +257,15 @@ def _live_week(settings: Settings, defs, instance, service: Service, spec: Model
                 story.evaluation = f"{reference:.3f}"
             if not evaluation.passed:
                 story.actions.append(evaluation.metadata["rollback_summary"].value)
+            recovering = evaluation.metadata.get("recovery")
+            if recovering is not None and recovering.value:
+                story.recovery = recovering.value
+                story.actions.append(recovering.value.split(":")[0])  # recovery started / goes on / ended
     runs = tick_sensor(defs, instance, names.decay_sensor(spec.name))
     runs += tick_sensor(defs, instance, names.retrain_sensor(spec.name))
     for run in runs:
         trigger = "decay" if run.tags.get(names.TRIGGER_TAG) == names.DECAY_TRIGGER else "drift"
+        trigger = "recovery" if run.tags.get(names.RECOVERY_TAG) == "true" else trigger
         if run.job == names.rollback_job(spec.name):
             story.actions.append(f"rollback run {'done' if run.success else 'FAILED'}")
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -76,14 +76,18 @@ class WeekResult:
     code: dict[str, str] = field(default_factory=dict)  # the team's factory and its module's fingerprint (code_tags)
 
 
-def training_window(spec: ModelSpec, week_start: datetime) -> Window:
-    """The N weeks strictly before week W: what week W's model trains on."""
-    return Window(week_start - pd.Timedelta(weeks=spec.partitions.training_window_weeks), week_start)
+def training_window(spec: ModelSpec, week_start: datetime, since: datetime | None = None) -> Window:
+    """The N weeks strictly before week W: what week W's model trains on; from ``since`` instead when a concept
+    change came inside them (:func:`mlplatform.lib.recovery.training_start`: only the new regime)."""
+    normal = week_start - pd.Timedelta(weeks=spec.partitions.training_window_weeks)
+    return Window(max(normal, since) if since is not None and since < week_start else normal, week_start)
 
 
-def split_train_eval(features: pd.DataFrame, spec: ModelSpec, week_start: datetime) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
-    """Training rows: the N weeks strictly before W; evaluation rows: week W only. Never overlapping."""
-    train_window = training_window(spec, week_start)
+def split_train_eval(features: pd.DataFrame, spec: ModelSpec, week_start: datetime,
+                     since: datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
+    """Training rows: the N weeks strictly before W (from ``since`` after a concept change); evaluation rows: week W
+    only. Never overlapping."""
+    train_window = training_window(spec, week_start, since)
     eval_window = Window(week_start, week_start + pd.Timedelta(weeks=1))
     train = rows_in_window(features, spec.time_column, train_window)
     evaluation = rows_in_window(features, spec.time_column, eval_window)
@@ -123,6 +127,76 @@ def recent_inputs(features: pd.DataFrame, spec: ModelSpec, week_start: datetime,
     start = week_start - pd.Timedelta(days=days)
     recent = rows_in_window(features, spec.time_column, Window(start, week_start))
     return recent, f"the {days} days before {week_start:%Y-%m-%d} ({start:%Y-%m-%d}..)"
+
+
+@dataclass(frozen=True)
+class WindowCandidate:
+    """One training window tried after a concept change, scored out of time on the newest labelled week."""
+
+    name: str
+    start: datetime
+    validation: float | None  # the primary metric on the newest week, trained on the weeks before it (None: untried)
+    train_rows: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class WindowChoice:
+    """The window a week after a concept change trains on, and the evidence: each candidate's out-of-time score."""
+
+    start: datetime
+    chosen: str
+    candidates: list[WindowCandidate]
+    metric: str
+
+    def text(self) -> str:
+        tried = "; ".join(f"{c.name} from {c.start:%Y-%m-%d}: "
+                          + (f"{self.metric} {c.validation:.4g} ({c.train_rows} rows)" if c.validation is not None
+                             else c.note) for c in self.candidates)
+        return f"{self.chosen} chosen ({tried})"
+
+
+def choose_window(spec: ModelSpec, features: pd.DataFrame, week_start: datetime, change_start: datetime) -> WindowChoice:
+    """After a concept change, the change-point window (from ``change_start``) or the spec's window, by evidence.
+
+    Each candidate is trained on its window up to the newest labelled week before W (W-1) and scored on W-1 (out of
+    time; week W stays the version's own evaluation). The better score wins; a candidate with nothing to train on
+    before W-1 cannot be scored, and then the change-point window is kept (the recovery's default): it is the only
+    one that holds no week of the old regime.
+    """
+    from mlplatform.lib.metrics import metric_value
+    from mlplatform.specs.tasks import is_lower_better
+
+    newest = week_start - pd.Timedelta(weeks=1)
+    normal = training_window(spec, week_start).start
+    held = rows_in_window(features, spec.time_column, Window(newest, week_start))
+    metric = spec.primary_metric
+    candidates = []
+    for name, start in ((f"change-point window ({(week_start - change_start).days // 7} weeks)", change_start),
+                        (f"the spec's {spec.partitions.training_window_weeks}-week window", normal)):
+        train = rows_in_window(features, spec.time_column, Window(start, newest))
+        if train.empty or held.empty:
+            candidates.append(WindowCandidate(name, start, None, len(train),
+                                              "not scored: no week before the newest to train on"))
+            continue
+        x_train, y_train = split_xy(train, spec)
+        if spec.task != "regression" and len(np.unique(y_train)) < 2:
+            candidates.append(WindowCandidate(name, start, None, len(train), "not scored: a single class"))
+            continue
+        pipeline = build_pipeline(spec)
+        pipeline.fit(x_train, y_train)
+        x_held, y_held = split_xy(held, spec)
+        scored = predict(pipeline, x_held, spec.task, spec.decision_threshold)
+        value = metric_value(metric, encode_target(y_held, spec.task, scored.classes), scored.score,
+                             spec.decision_threshold)
+        candidates.append(WindowCandidate(name, start, float(value) if np.isfinite(value) else None, len(train),
+                                          "" if np.isfinite(value) else "not scored: undefined on the newest week"))
+    change, usual = candidates
+    chosen = change
+    if change.validation is not None and usual.validation is not None:
+        better = usual.validation < change.validation if is_lower_better(metric) else usual.validation > change.validation
+        chosen = usual if better else change
+    return WindowChoice(chosen.start, chosen.name, candidates, metric)
 
 
 def training_data_check(spec: ModelSpec, train: pd.DataFrame, recent: pd.DataFrame,
@@ -187,13 +261,13 @@ class TrainedWeek:
     code: dict[str, str] = field(default_factory=dict)  # the team's factory and its module's fingerprint (code_tags)
 
 
-def training_and_evaluation_rows(spec: ModelSpec, features: pd.DataFrame,
-                                 week_start: datetime) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
+def training_and_evaluation_rows(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
+                                 since: datetime | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Window]:
     """The rows week W's model trains on and is evaluated on, and its training window (what the fingerprints cover).
 
     A snapshot (no event time) splits its one week into training and held-out rows.
     """
-    train, evaluation, train_window = split_train_eval(features, spec, week_start)
+    train, evaluation, train_window = split_train_eval(features, spec, week_start, since)
     if spec.source.timestamp is None:
         train, evaluation = snapshot_holdout(evaluation, spec)
         train_window = Window(week_start, week_start + pd.Timedelta(weeks=1))
@@ -201,15 +275,18 @@ def training_and_evaluation_rows(spec: ModelSpec, features: pd.DataFrame,
 
 
 def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
-               production_inputs: pd.DataFrame | None = None) -> TrainedWeek | TrainingHalted | str:
+               production_inputs: pd.DataFrame | None = None,
+               since: datetime | None = None) -> TrainedWeek | TrainingHalted | str:
     """Fit on the window before week W and score week W; a string explains why the week was skipped.
+
+    ``since``: the first week of a new regime after a confirmed concept change (the window starts there).
 
     The training-data gate runs first: when it fails nothing is trained (TrainingHalted).
     Pure: no store is touched, so weeks can train in parallel.
     """
     week = week_start.date().isoformat()
     register_spec_metrics(spec)  # a worker process received the spec, not the registry of the process that loaded it
-    train, evaluation, train_window = training_and_evaluation_rows(spec, features, week_start)
+    train, evaluation, train_window = training_and_evaluation_rows(spec, features, week_start, since)
     if train.empty:
         return f"week {week}: no features rows in the {spec.partitions.training_window_weeks} weeks before it to train on"
     if evaluation.empty:
@@ -246,6 +323,7 @@ def train_week(spec: ModelSpec, features: pd.DataFrame, week_start: datetime,
         "features.numeric": ",".join(spec.features.numeric), "features.categorical": ",".join(spec.features.categorical),
         "training_window_weeks": spec.partitions.training_window_weeks,
         "train_start": f"{train_window.start:%Y-%m-%d}", "train_end": f"{train_window.end:%Y-%m-%d}",
+        **({"train_since_change": f"{since:%Y-%m-%d}"} if since is not None and since < week_start else {}),
         "eval_week": week, "train_rows": len(train), "eval_rows": len(evaluation),
         **({"features.text": ",".join(spec.features.text)} if spec.features.text else {}),
     }
@@ -526,11 +604,13 @@ def workers_for_run(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequen
 
 
 def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime],
-                workers: int = 1, logged_inputs: pd.DataFrame | None = None) -> Iterator[TrainedWeek | TrainingHalted | str]:
+                workers: int = 1, logged_inputs: pd.DataFrame | None = None,
+                since: Mapping[datetime, datetime] | None = None) -> Iterator[TrainedWeek | TrainingHalted | str]:
     """:func:`train_week` for each week, yielded in week order.
 
     ``logged_inputs``: the prediction log's production inputs (a ``time`` column and the features); each week's
     training-data gate then compares with the ones of its own recent days, when there are any.
+    ``since``: per week, the start of its new-regime window after a concept change (weeks not in it: the normal one).
     With ``workers`` > 1 the weeks train side by side in worker processes (joblib/loky; each
     fit gets cores / workers threads) while the caller decides the weeks already done: a
     backfill's fits overlap its MLflow and Dagster bookkeeping. Results are identical either way.
@@ -538,9 +618,10 @@ def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[d
     def production(week: datetime) -> pd.DataFrame | None:
         return production_inputs_before(spec, logged_inputs, week)
 
+    starts = dict(since or {})
     if workers <= 1 or len(week_starts) < 2:
         for week_start in week_starts:
-            yield train_week(spec, features, week_start, production(week_start))
+            yield train_week(spec, features, week_start, production(week_start), starts.get(week_start))
         return
     from joblib import Parallel, delayed
 
@@ -548,7 +629,7 @@ def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[d
     parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator", max_nbytes=None,
                         pre_dispatch=f"{2 * workers}")
     yield from parallel(delayed(train_week)(spec, rows_in_window(features, spec.time_column, rows_needed(spec, week)),
-                                            week, production(week))
+                                            week, production(week), starts.get(week))
                         for week in week_starts)
 
 

@@ -156,11 +156,13 @@ def degradation_limit(metric: str, reference: float, max_degradation: float) -> 
 
 
 def judge_degradation(metric: str, version: str | None, live: MetricEstimate | None, rows: int,
-                      reference: float | None, max_degradation: float, min_rows: int) -> DegradationVerdict:
+                      reference: float | None, max_degradation: float, min_rows: int,
+                      against: str = "at its evaluation") -> DegradationVerdict:
     """Fails only when the live metric is past the limit *and* its interval excludes the limit: noise never fails it.
 
-    The limit is the version's own evaluation moved by ``max_degradation`` of itself (down for a metric where higher
-    is better, up otherwise).
+    The limit is the reference moved by ``max_degradation`` of itself (down for a metric where higher is better, up
+    otherwise). The reference is the version's own evaluation, or after a confirmed concept change the pre-change
+    level (:func:`mlplatform.lib.recovery.reference_for`); ``against`` names it in the reason.
     """
     if version is None:
         return DegradationVerdict(True, False, None, None, reference, None, None, "no labelled champion predictions")
@@ -175,8 +177,8 @@ def judge_degradation(metric: str, version: str | None, live: MetricEstimate | N
     drop = relative_drop(metric, reference, live.value)
     beyond = (live.value > limit and live.low > limit) if lower else (live.value < limit and live.high < limit)
     interval = f"[{live.low:.4g}, {live.high:.4g}]"
-    facts = (f"v{version} live {metric} {live.value:.4g} {interval} on {rows} labelled rows vs {reference:.4g} at its "
-             f"evaluation ({drop:+.1%}); limit {limit:.4g} (max_degradation {max_degradation:g})")
+    facts = (f"v{version} live {metric} {live.value:.4g} {interval} on {rows} labelled rows vs {reference:.4g} {against} "
+             f"({drop:+.1%}); limit {limit:.4g} (max_degradation {max_degradation:g})")
     if beyond:
         return DegradationVerdict(False, True, version, live, reference, limit, drop, f"degraded: {facts}")
     why = "within the limit" if (live.value <= limit if lower else live.value >= limit) else "the interval reaches the limit (noise)"

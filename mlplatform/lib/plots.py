@@ -120,13 +120,18 @@ def drift_plot(columns: Sequence[str], scores: Sequence[float], methods: Sequenc
 
 
 def live_plot(weeks: Sequence[str], values: Sequence[float], lows: Sequence[float], highs: Sequence[float],
-              references: Sequence[float], limits: Sequence[float], metric: str, title: str) -> bytes:
-    """The champion's live metric per week with its interval, against its own evaluation and the rollback limit."""
+              references: Sequence[float], limits: Sequence[float], metric: str, title: str,
+              levels: Sequence[float] | None = None) -> bytes:
+    """The champion's live metric per week with its interval, against its own evaluation and the rollback limit;
+    ``levels``: the pre-change level a recovery from a concept change holds the champion to (NaN: none that week)."""
     figure, axis = plt.subplots(figsize=(7, 3.2))
     x = np.arange(len(weeks))
     axis.plot(x, values, marker="o", label=f"live {metric}")
     axis.fill_between(x, lows, highs, alpha=0.2, label="95% CI")
     axis.plot(x, references, color="gray", linestyle=":", marker=".", label="its evaluation")
+    if levels is not None and np.isfinite(np.asarray(levels, dtype="float64")).any():
+        axis.plot(x, np.asarray(levels, dtype="float64"), color="green", linewidth=1.5, marker="_",
+                  label="pre-change level")
     axis.plot(x, limits, color="red", linewidth=1, linestyle="--", label="rollback limit")
     step = max(1, len(weeks) // 8)
     axis.set_xticks(x[::step], [w[:10] for w in weeks][::step], rotation=30, ha="right", fontsize=7)

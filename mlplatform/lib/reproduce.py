@@ -34,6 +34,7 @@ from mlplatform.lib.lifecycle import (
     rows_needed,
     train_week,
     training_and_evaluation_rows,
+    training_window,
 )
 from mlplatform.lib.settings import git_commit
 from mlplatform.lib.source import Window, checked_data_path, read_source, rows_in_window
@@ -300,7 +301,9 @@ def reproduce(tracker: Tracker, current: ModelSpec, version: str, warehouse: Pat
     spec, notes = reproduction_spec(recorded, current)
     week_start = datetime.fromisoformat(recorded.week)
     features, data_source = current_rows(spec, rows_needed(spec, week_start), warehouse)
-    train, evaluation, window = training_and_evaluation_rows(spec, features, week_start)
+    # a version trained after a concept change trained on the new regime only: its window starts later
+    since = recorded.train_window.start if recorded.train_window.start > training_window(spec, week_start).start else None
+    train, evaluation, window = training_and_evaluation_rows(spec, features, week_start, since)
     window_text = f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}"
     if window != recorded.train_window:
         raise ReproductionRefused(f"{spec.name} v{version}: the recorded training window {recorded.train_window.start:%Y-%m-%d}"
@@ -320,7 +323,7 @@ def reproduce(tracker: Tracker, current: ModelSpec, version: str, warehouse: Pat
             f"{recorded.params.get('eval_rows', '?')} then). Nothing was retrained")
     if not recorded.eval_fingerprint:
         notes.append("this version recorded no fingerprint of its evaluation rows: only the training rows were checked")
-    trained = train_week(spec, features, week_start)
+    trained = train_week(spec, features, week_start, since=since)
     if not isinstance(trained, TrainedWeek):  # the rows are the same, so this means the code changed
         raise ReproductionRefused(f"{spec.name} v{version}: retraining week {recorded.week} did not produce a model "
                                   f"now ({getattr(trained, 'gate', trained)})")

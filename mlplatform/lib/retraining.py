@@ -114,17 +114,29 @@ class DecayDecision:
 
 def decay_requests(records: Sequence[CheckRecord], cursor: int, partition_keys: list[str]) -> DecayDecision:
     """One request per failed live_degradation check (:func:`new_failures`): a retrain for the week after it, and
-    the rollback the check decided.
+    the rollback the check decided; and a retrain for every passed check that asks for one while a recovery from
+    a concept change goes on (``recovery_retrain`` in its metadata: live still short of the pre-change level,
+    :mod:`mlplatform.lib.recovery`).
 
     The check's metadata carries the decision (:meth:`mlplatform.lib.live.RollbackDecision.metadata`): the degraded
     version and, when the step found one, the earlier champion that scored significantly better on the same
     labelled rows (``rollback_to``); the sensor never picks a version itself.
     """
     scan = new_failures(records, cursor, "live_degradation")
+    answered = {record.record_id for record in scan.failed}
+    recovering = [record for record in records
+                  if cursor < record.record_id <= scan.cursor and record.passed and record.week is not None
+                  and record.details.get("recovery_retrain") and record.record_id not in answered]
     requests = []
-    for record in scan.failed:
+    for record in sorted([*scan.failed, *recovering], key=lambda r: r.record_id):
         details: Mapping[str, Any] = record.details
+        if record.passed:
+            requests.append(DecayRequest(record, retrain_partition(record.week, partition_keys), None, None,
+                                         str(details.get("recovery") or "recovery from a concept change goes on")))
+            continue
         requests.append(DecayRequest(
             record, retrain_partition(record.week, partition_keys), str(details.get("rollback_to") or "") or None,
             str(details.get("version") or "") or None, str(details.get("summary") or "live performance degraded")))
-    return DecayDecision(requests, scan.skipped, scan.cursor)
+    skipped = [reason for reason in scan.skipped
+               if not any(f"check {r.record_id} " in reason for r in recovering)]
+    return DecayDecision(requests, skipped, scan.cursor)

@@ -341,8 +341,29 @@ def live_performance_schema(spec: ModelSpec) -> pa.DataFrameSchema:
         "evaluation_value": column("number", "The version's metric at its own evaluation.", nullable=True),
         "judged": column("boolean", "This row is the champion the live_degradation check judged."),
         "passed": column("boolean", "The check's verdict on the judged row (null elsewhere).", nullable=True),
+        "reference_value": column("number", "What the judged row was held to: its evaluation, or the pre-change level "
+                                  "of a confirmed concept change (null elsewhere; docs/production.md).", nullable=True,
+                                  required=False),
     }, f"{spec.name}_live_performance", f"Live performance of {spec.name}'s versions, by week and role.",
         unique=["week", "version", "role"])
+
+
+def recovery_schema(spec: ModelSpec) -> pa.DataFrameSchema:
+    """``<model>.recovery``: the judged weeks that started, continued or ended a recovery from a concept change."""
+    from mlplatform.lib.recovery import EVENTS
+
+    return _schema({
+        "week": _week("The judged week (Monday 00:00 UTC)."),
+        "event": column("text", "recovery_started, recovery_retrain or recovery_ended.", checks=[one_of(EVENTS)]),
+        "change_week": column("timestamp", "The first week whose outcomes broke: the new regime starts there."),
+        "metric": column("text", "The spec's primary metric.", checks=[one_of([spec.primary_metric])]),
+        "level": column("number", "The pre-change level: the live metric of the last healthy champion."),
+        "limit": column("number", "The level moved by rollout.rollback.max_degradation of itself."),
+        "version": column("text", "The champion judged that week."),
+        "live": column("number", "Its live metric that week."),
+        "retrain_week": column("timestamp", "The model week a retrain was requested for.", nullable=True),
+        "note": column("text", "Where the level came from, or how the week stands against it."),
+    }, f"{spec.name}_recovery", f"Recoveries of {spec.name} from concept changes, by judged week.", unique=["week"])
 
 
 def shadow_schema(spec: ModelSpec) -> pa.DataFrameSchema:

@@ -389,6 +389,10 @@ class RollbackSpec(_Strict):
     automatic: bool = Field(default=True, description="Whether the sensor moves `champion` back to the previous "
                             "champion (when that version scores significantly better on the same labelled rows). The "
                             "retrain it requests happens either way.")
+    choose_window: bool = Field(default=True, description="After a confirmed concept change, train a candidate on the "
+                                "change-point window and one on the spec's window and keep the one that scores best "
+                                "out of time on the newest labelled week (the comparison is in the model step's "
+                                "metadata); false: always the change-point window.")
 
 
 class RolloutSpec(_Strict):
