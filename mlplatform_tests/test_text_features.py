@@ -6,11 +6,11 @@ message, not a real dataset."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from mlplatform.demo.support_tickets import generated_tickets
 from mlplatform.lib.drift import calibrated_drift, profile_reference
 from mlplatform.lib.explain import Explainer, background_rows
 from mlplatform.lib.text import add_current_proxies, add_reference_proxies, proxy_columns
@@ -20,17 +20,9 @@ from mlplatform.serving.schema import RecordProblems, RecordSchema
 from mlplatform.specs import ModelSpec
 from mlplatform_tests.helpers import load_definitions, run_weeks, warehouse_query
 
-TOPIC_WORDS = {
-    "billing": ["invoice", "refund", "charged", "payment", "card", "twice", "bill"],
-    "technical": ["error", "crash", "login", "app", "loading", "bug", "screen"],
-    "account": ["password", "email", "username", "delete", "profile", "address", "reset"],
-}
-COMMON = ["please", "help", "hello", "thanks", "my", "the", "is", "not", "since", "yesterday", "urgent"]
-NEW_PRODUCT = ["zephyr", "quasar", "nimbus", "orbit", "vortex"]  # words no earlier ticket contains
-
 TICKETS_SPEC = """
 name: tickets
-description: GENERATED support tickets (mlplatform_tests/test_text_features.py), not real data
+description: GENERATED support tickets (mlplatform/demo/support_tickets.py), not real data
 task: multiclass
 source:
   path: tickets.csv
@@ -55,28 +47,6 @@ gates:
 rollout:
   approval: auto
 """
-
-
-def generated_tickets(weeks: int = 4, per_week: int = 60, seed: int = 0, new_product_from_week: int | None = None
-                      ) -> pd.DataFrame:
-    """GENERATED tickets: each message mixes 2-4 words of its topic with common words; from
-    ``new_product_from_week`` on, messages also name products no earlier ticket mentions."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    topics = list(TOPIC_WORDS)
-    for i in range(weeks * per_week):
-        week = i // per_week
-        topic = topics[rng.integers(len(topics))]
-        chosen = list(rng.choice(TOPIC_WORDS[topic], rng.integers(2, 5))) + list(rng.choice(COMMON, 4))
-        if new_product_from_week is not None and week >= new_product_from_week:
-            chosen += list(rng.choice(NEW_PRODUCT, 3))
-        rng.shuffle(chosen)
-        rows.append({"id": i, "ts": pd.Timestamp("2024-01-01") + pd.Timedelta(hours=int(i * 168 / per_week)),
-                     "message": " ".join(chosen), "tenure_months": float(rng.integers(1, 60)), "topic": topic})
-    frame = pd.DataFrame(rows)
-    frame.loc[5, "message"] = None  # a ticket without text
-    frame["ts"] = frame["ts"].dt.strftime("%Y-%m-%d %H:%M:%S")
-    return frame
 
 
 def spec() -> ModelSpec:
@@ -190,3 +160,25 @@ def test_a_ticket_classifier_trains_weekly_serves_text_over_http_and_its_drift_c
         assert explained.status_code == 200, explained.text
         [text] = [c for c in explained.json()["explanations"][0]["top_contributions"] if c["feature"] == "message"]
         assert {w["word"] for w in text["words"][:2]} <= {"reset", "password"}
+
+
+def test_the_support_ticket_example_is_the_generator_s_output_and_validates(tmp_path, monkeypatch):
+    """examples/support_tickets: its CSV is what scripts/make_support_tickets.py writes (GENERATED, reproducible),
+    and its spec passes every validate check with text features."""
+    import importlib.util
+
+    from mlplatform.lib.settings import REPO_DIR
+    from mlplatform.specs import load_specs
+
+    script = importlib.util.spec_from_file_location("make_support_tickets", REPO_DIR / "scripts" / "make_support_tickets.py")
+    module = importlib.util.module_from_spec(script)
+    script.loader.exec_module(module)
+    folder = REPO_DIR / "examples" / "support_tickets"
+    committed = pd.read_csv(folder / "support_tickets.csv")
+    generated = generated_tickets(weeks=module.WEEKS, per_week=module.PER_WEEK, seed=7,
+                                  new_product_from_week=module.NEW_PRODUCT_FROM_WEEK)
+    pd.testing.assert_frame_equal(committed, generated.astype(committed.dtypes.to_dict()), check_dtype=False)
+    monkeypatch.setenv("MLPLATFORM_HOME", str(tmp_path))
+    (example,) = load_specs(folder)
+    assert example.task == "multiclass" and example.features.text == ["message"]
+    assert committed["ts"].min() >= str(example.partitions.start) and "zephyr" in " ".join(committed["message"].dropna())
