@@ -658,6 +658,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"--body-timeout must be a number of seconds above 0; got {args.body_timeout}\nnothing is served",
               file=sys.stderr)
         return 1
+    if not args.drain_seconds >= 0:
+        print(f"--drain-seconds must be a number of seconds, 0 or more; got {args.drain_seconds}\nnothing is served",
+              file=sys.stderr)
+        return 1
     from mlplatform.lib.object_store import configured_location, replica_id
     from mlplatform.lib.prediction_log import log_root, spool_root
 
@@ -677,7 +681,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
              f"{spool_root(settings.home)}" if location else str(log_root(settings.home)))
     print(f"serving {', '.join(s.name for s in specs)} on http://{args.host}:{args.port} (API docs at /docs; "
           f"prediction log {where}); Ctrl-C stops it", flush=True)
-    serve(config, ServerOptions(host=args.host, port=args.port, log_level=args.log_level))
+    serve(config, ServerOptions(host=args.host, port=args.port, log_level=args.log_level,
+                                drain_seconds=args.drain_seconds))
     return 0
 
 
@@ -867,6 +872,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how often the prediction log is written (default 1; at most this much is lost on SIGKILL)")
     serve.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="time a request's body has to arrive in full (then 408; default 30)")
+    serve.add_argument("--drain-seconds", type=float, default=0.0, metavar="SECONDS",
+                       help="on SIGTERM, answer /ready with 503 and keep serving this long before stopping, so a "
+                       "load balancer takes the replica out first (default 0; set it above the balancer's health "
+                       "check interval x its fall count)")
     serve.add_argument("--no-log", action="store_true", help="do not write the prediction log")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)

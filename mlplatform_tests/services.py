@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,18 @@ def host_user(name: str, base: Path) -> HostUser | None:
     home.mkdir(parents=True, exist_ok=True)
     os.chown(home, entry.pw_uid, entry.pw_gid)
     home.chmod(0o700)
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import mlplatform"], user=entry.pw_uid, group=entry.pw_gid,
+                               extra_groups=[], cwd=home, capture_output=True, text=True)
+        reason = probe.stderr.strip()[-200:] if probe.returncode != 0 else ""
+    except PermissionError as error:
+        reason = str(error)
+    if reason:
+        # A checkout under a private directory (mktemp -d is 0700) hides the virtualenv from other users:
+        # the processes then run as the current user, as when not root, and the test says so.
+        warnings.warn(f"user {user} cannot run {sys.executable} ({reason}); "
+                      "running as the current user instead", stacklevel=2)
+        return None
     return HostUser(user, entry.pw_uid, entry.pw_gid, home)
 
 

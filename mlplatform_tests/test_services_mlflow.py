@@ -73,6 +73,7 @@ def tracking_server(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
 def serve_as(user: HostUser | None, specs: Path, tracking_uri: str, base: Path, port: int) -> subprocess.Popen:
     """`mlplatform serve` as another host: its own home and state, the tracking URI, and nothing else."""
     home = user.home if user is not None else base / "serve-home"
+    home.mkdir(parents=True, exist_ok=True)
     env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "MLPLATFORM_HOME": str(home / "mlplatform"),
            "MLPLATFORM_SPECS": str(specs), "MLPLATFORM_MLFLOW_TRACKING_URI": tracking_uri, "HOME": str(home)}
     command = [sys.executable, "-m", "mlplatform.cli", "serve", "--host", "127.0.0.1", "--port", str(port),

@@ -183,7 +183,8 @@ def start_replica(name: str, base: Path, specs_dir: Path, env: dict[str, str]) -
         home.mkdir(parents=True)
     port = free_port()
     command = [sys.executable, "-m", "mlplatform.cli", "serve", "--port", str(port), "--model", MODEL,
-               "--poll-seconds", str(POLL_SECONDS), "--flush-seconds", "0.5", "--log-level", "warning"]
+               "--poll-seconds", str(POLL_SECONDS), "--flush-seconds", "0.5", "--log-level", "warning",
+               "--drain-seconds", "2"]  # haproxy checks /ready every 250 ms and takes a replica out at one 503
     process = spawn(command, base / f"{name}.log", {**env, "MLPLATFORM_HOME": str(home), REPLICA_ID_ENV: name},
                     user.home if user else base, user)
     return Replica(name, port, process, home, user)

@@ -15,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -573,10 +573,11 @@ def test_replay_sends_a_week_of_feature_rows_as_traffic(world, capsys):
     assert sorted(keyless["record_id"].astype(int)) == list(range(80, 120))  # source row numbers
 
 
-def start_service(world: World, port: int, flush_seconds: float, specs_dir: Path | None = None) -> subprocess.Popen:
+def start_service(world: World, port: int, flush_seconds: float, specs_dir: Path | None = None,
+                  extra: Sequence[str] = ()) -> subprocess.Popen:
     """`mlplatform serve` as its own process (what SIGTERM and SIGKILL are sent to)."""
     command = [sys.executable, "-m", "mlplatform.cli", "serve", "--port", str(port), "--model", "toy",
-               "--flush-seconds", str(flush_seconds), "--poll-seconds", "0.5", "--log-level", "warning"]
+               "--flush-seconds", str(flush_seconds), "--poll-seconds", "0.5", "--log-level", "warning", *extra]
     env = {**os.environ, "MLPLATFORM_HOME": str(world.home), "MLPLATFORM_SPECS": str(specs_dir or world.specs_dir)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
@@ -636,6 +637,34 @@ def test_sigterm_in_the_middle_of_the_load_loses_no_logged_prediction(world):
     assert len(answered) >= 400
     assert answered <= logged  # every answer is in the log
     assert logged <= answered | failed  # and nothing else
+
+
+def test_sigterm_with_a_drain_period_leaves_the_balancer_first_then_stops(world):
+    world.aliases("toy", "1")
+    port = free_port()
+    process = start_service(world, port, flush_seconds=0.5, extra=["--drain-seconds", "3"])
+    url = f"http://127.0.0.1:{port}"
+    record = {"records": [{"id": 1, "x1": 1.0, "x2": 0.0, "color": "red"}]}
+    try:
+        with httpx.Client(base_url=url, timeout=10) as http:
+            before = http.post("/v1/models/toy/predict", json=record)
+            assert before.status_code == 200 and before.headers.get("connection") != "close"  # kept alive
+            process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while http.get("/ready").status_code == 200:  # the signal is handled within the event loop's tick
+                assert time.monotonic() < deadline, "/ready kept answering 200 after SIGTERM"
+                time.sleep(0.05)
+            ready = http.get("/ready")
+            assert ready.status_code == 503 and ready.json()["draining"] is True
+            during = http.post("/v1/models/toy/predict", json=record)  # still served while the balancer reacts
+            assert during.status_code == 200, during.text
+            assert during.headers["connection"] == "close"  # and no connection is kept to a stopping replica
+            assert process.poll() is None
+    finally:
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM), process.stdout.read()
+    refused = subprocess.run([sys.executable, "-m", "mlplatform.cli", "serve", "--drain-seconds", "-1"],
+                             capture_output=True, text=True, env={**os.environ, "MLPLATFORM_HOME": str(world.home)})
+    assert refused.returncode == 1 and "--drain-seconds must be" in refused.stderr
 
 
 def test_serve_needs_no_training_data_on_its_disk_while_validate_still_checks_it(world, tmp_path, capsys):

@@ -182,6 +182,9 @@ class ServingRuntime:
         self.batcher = MicroBatcher(max_rows=max(config.max_batch, 1))
         self.shadow = ShadowScorer(self.writer, self.metrics, config.shadow_queue_rows)
         self.body_deadlines = BodyDeadlines(config.body_timeout_seconds)
+        # Set on SIGTERM with a drain period (serving.server): /ready answers 503 so a balancer takes this replica
+        # out, while requests already routed here are still answered, each closing its connection.
+        self.draining = False
 
     @property
     def state(self) -> ServingState:
@@ -382,13 +385,15 @@ def create_app(config: ServingConfig) -> ScoringFront:
     async def health() -> Response:
         return _json({"status": "ok"})
 
-    @app.get("/ready", summary="Every model to serve has a champion loaded (503 otherwise)")
+    @app.get("/ready", summary="Every model to serve has a champion loaded and the replica is not draining "
+             "(503 otherwise)")
     async def ready() -> Response:
         state = runtime.state
         missing = sorted(n for n, m in state.models.items() if m.champion is None)
-        body = {"ready": not missing, "missing": missing,
+        ready = not missing and not runtime.draining
+        body = {"ready": ready, "missing": missing, "draining": runtime.draining,
                 "models": {n: m.champion.version for n, m in state.models.items() if m.champion}}
-        return _json(body, 200 if not missing else 503)
+        return _json(body, 200 if ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:

@@ -252,6 +252,9 @@ class ServingRuntimeLike(Protocol):
     @property
     def metrics(self) -> Any: ...  # ServingMetrics: .requests, .errors
 
+    @property
+    def draining(self) -> bool: ...  # stopping: answer, then close the connection
+
 
 async def handle(runtime: ServingRuntimeLike, route: Route, name: str, body: Body, given_request_id: str | None,
                  query: Mapping[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
@@ -323,6 +326,8 @@ class ScoringFront:
         status, payload, headers = await handle(self.runtime, route, match.group(1), body, given, query)
         raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        if self.runtime.draining:  # no keep-alive reuse of a replica that is about to stop
+            raw_headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": payload})
         return None

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import FrameType
+from typing import Any
 
 from mlplatform.serving.app import ServingConfig, create_app
 
@@ -17,6 +21,7 @@ class ServerOptions:
     port: int = 8000
     log_level: str = "info"
     graceful_seconds: float = 30.0
+    drain_seconds: float = 0.0
 
 
 def uvicorn_choices() -> dict[str, str]:
@@ -34,13 +39,43 @@ def uvicorn_config(config: ServingConfig, options: ServerOptions):
                           lifespan="on", proxy_headers=False, **uvicorn_choices())
 
 
-def serve(config: ServingConfig, options: ServerOptions) -> None:
-    """Serve until SIGINT/SIGTERM; shutdown finishes in-flight requests and flushes the prediction log."""
+def draining_server(config: Any, drain_seconds: float, start_draining: Callable[[], None]) -> Any:
+    """A uvicorn server that, on SIGTERM, first drains for ``drain_seconds``: ``start_draining`` makes /ready
+    answer 503 so a balancer (haproxy, a cloud load balancer) takes the replica out, requests already routed here
+    are still answered, and only then does the graceful shutdown close the listener. Without the drain, a request
+    on a kept-alive connection can meet the closing socket, and a POST is not retried by the balancer.
+    SIGINT (Ctrl-C) and a second SIGTERM stop at once."""
     import uvicorn
 
+    class DrainingServer(uvicorn.Server):
+        draining = False
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if sig == signal.SIGTERM and drain_seconds > 0 and not self.draining:
+                self.draining = True
+                start_draining()
+                logging.getLogger(__name__).warning("SIGTERM: draining for %.1f s, then stopping", drain_seconds)
+                timer = threading.Timer(drain_seconds, uvicorn.Server.handle_exit, args=(self, sig, frame))
+                timer.daemon = True
+                timer.start()
+                return
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
+
+
+def serve(config: ServingConfig, options: ServerOptions) -> None:
+    """Serve until SIGINT/SIGTERM; shutdown (after the drain, if any) finishes in-flight requests and flushes the
+    prediction log."""
     logging.basicConfig(level=getattr(logging, options.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.Server(uvicorn_config(config, options)).run()
+    uvicorn_settings = uvicorn_config(config, options)
+    front = uvicorn_settings.app
+
+    def start_draining() -> None:
+        front.runtime.draining = True
+
+    draining_server(uvicorn_settings, options.drain_seconds, start_draining).run()
 
 
 def select_specs(specs: Sequence, names: Sequence[str] | None) -> list:
