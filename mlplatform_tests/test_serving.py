@@ -378,18 +378,42 @@ def test_a_version_whose_gates_failed_is_never_served_even_when_an_alias_points_
         world.aliases("toy", "1")
 
 
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+def test_scoring_routes_refuse_bodies_that_are_not_json_and_log_nothing_of_them(world):
+    """A web page can POST text/plain, a form or a typeless body to the service without a CORS preflight: each is
+    a 415 naming what was sent, and none of them reaches the prediction log; JSON with a charset is scored."""
+    body = json.dumps({"records": [{"id": 1, "x1": 1.0, "x2": 1.0, "color": "red"}]}).encode()
+    refused = {"csrf-plain": "text/plain", "csrf-form": "application/x-www-form-urlencoded",
+               "csrf-multipart": "multipart/form-data; boundary=x", "csrf-none": None}
+    with serve(world, ["toy"]) as server:
+        for request_id, content_type in refused.items():
+            headers = {"X-Request-ID": request_id, **({"content-type": content_type} if content_type else {})}
+            for route in ("predict", "invocations", "explain"):
+                answer = server.client.post(f"/v1/models/toy/{route}", content=body, headers=headers)
+                assert answer.status_code == 415, (route, content_type, answer.text)
+                assert answer.json()["accepted"] == "application/json"
+                assert (content_type or "no Content-Type") in answer.json()["error"]
+        accepted = server.client.post("/v1/models/toy/predict", content=body, headers={
+            "X-Request-ID": "csrf-ok", "content-type": "Application/JSON; charset=utf-8"})
+        assert accepted.status_code == 200, accepted.text
+    logged = set(read_prediction_log(world.home, "toy")["request_id"])
+    assert "csrf-ok" in logged and not logged & set(refused)
+
+
 def test_bad_requests_get_a_4xx_naming_the_problem(world):
     good = {"id": 1, "x1": 1.0, "x2": 1.0, "color": "red"}
     with serve(world, ["toy", "toy_bin"], max_batch=10) as server:
         post = server.client.post
         missing = post("/v1/models/nope/predict", json={"records": [good]})
         assert missing.status_code == 404 and missing.json()["served"] == ["toy", "toy_bin"]
-        assert post("/v1/models/toy/predict", content=b'{"records": [').status_code == 400
-        assert post("/v1/models/toy/predict", content=b'{"records": [{"x1": NaN}]}').status_code == 400
-        assert post("/v1/models/toy/predict", content=b"\xff\xfe\x00").status_code == 400
+        assert post("/v1/models/toy/predict", content=b'{"records": [', headers=JSON_HEADERS).status_code == 400
+        assert post("/v1/models/toy/predict", content=b'{"records": [{"x1": NaN}]}', headers=JSON_HEADERS).status_code == 400
+        assert post("/v1/models/toy/predict", content=b"\xff\xfe\x00", headers=JSON_HEADERS).status_code == 400
         too_many = post("/v1/models/toy/predict", json={"records": [good] * 11})
         assert too_many.status_code == 413 and too_many.json()["max_batch"] == 10
-        huge = post("/v1/models/toy/predict", content=b'{"records": [' + b" " * 200_000 + b"]}")
+        huge = post("/v1/models/toy/predict", content=b'{"records": [' + b" " * 200_000 + b"]}", headers=JSON_HEADERS)
         assert huge.status_code == 413 and "request body above" in huge.json()["error"]
         assert server.client.get("/v1/models/toy/predict").status_code == 405
         assert post("/v1/models/toy/predict", json=[good]).status_code == 422

@@ -100,7 +100,8 @@ def test_explain_refuses_bad_input_with_reasons_like_predict(world):
     good = records(world.rows.head(1), ["x1", "x2", "color"])
     with serve(world, [TREE, BARE]) as server:
         assert _explain(server, "nope", {"records": good}).status_code == 404
-        malformed = server.client.post(f"/v1/models/{TREE}/explain", content=b"{not json")
+        malformed = server.client.post(f"/v1/models/{TREE}/explain", content=b"{not json",
+                                       headers={"content-type": "application/json"})
         assert malformed.status_code == 400 and malformed.json()["error"] == "malformed JSON"
         assert _explain(server, TREE, {"rows": good}).status_code == 422
         bad = _explain(server, TREE, {"records": [{"x1": "ten", "x2": 1.0, "color": "purple"}]})

@@ -351,7 +351,8 @@ def create_app(config: ServingConfig) -> ScoringFront:
     async def through_fastapi(name: str, request: Request, route: str) -> Response:
         """The same path when the application is called without the front (the front answers these routes)."""
         status, body, headers = await handle(runtime, routes[route], name, Body(await request.body()),
-                                             request.headers.get(REQUEST_ID_HEADER), dict(request.query_params))
+                                             request.headers.get(REQUEST_ID_HEADER), dict(request.query_params),
+                                             content_type=request.headers.get("content-type"))
         return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     @app.post("/v1/models/{name}/predict", summary="Predict one or more records",

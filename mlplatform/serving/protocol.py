@@ -256,8 +256,22 @@ class ServingRuntimeLike(Protocol):
     def draining(self) -> bool: ...  # stopping: answer, then close the connection
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/<something>+json``, parameters (charset) ignored.
+
+    Why: a web page can POST ``text/plain``, a form or a typeless body to any address without a CORS preflight, so
+    a page an operator opens could otherwise write rows into the prediction log (which feeds drift and the
+    training-data gate); a JSON media type cannot be sent cross-origin without the preflight this service never
+    grants. A request without a content type is refused for the same reason."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def handle(runtime: ServingRuntimeLike, route: Route, name: str, body: Body, given_request_id: str | None,
-                 query: Mapping[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+                 query: Mapping[str, str] | None = None, *,
+                 content_type: str | None) -> tuple[int, bytes, dict[str, str]]:
     """One scoring request through the common checks, then ``route.answer``: (status, JSON body, headers)."""
     arrived = time.perf_counter()
     config = runtime.config
@@ -270,6 +284,10 @@ async def handle(runtime: ServingRuntimeLike, route: Route, name: str, body: Bod
                               body_timeout_seconds=config.body_timeout_seconds)
         if model is None:
             raise HttpProblem(404, f"no model named {name!r} is served", served=sorted(runtime.state.models))
+        if not is_json_media_type(content_type):
+            given = f"got {content_type!r}" if content_type else "no Content-Type header"
+            raise HttpProblem(415, f"the request body must be JSON sent with Content-Type: application/json ({given})",
+                              accepted="application/json")
         request_id = checked_request_id(given_request_id)
         if body.oversized or len(body.data) > config.body_limit:
             raise HttpProblem(413, f"request body above {config.body_limit} bytes")
@@ -323,7 +341,9 @@ class ScoringFront:
         given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
         raw_query = scope.get("query_string") or b""
         query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else None
-        status, payload, headers = await handle(self.runtime, route, match.group(1), body, given, query)
+        content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), None)
+        status, payload, headers = await handle(self.runtime, route, match.group(1), body, given, query,
+                                                content_type=content_type)
         raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         if self.runtime.draining:  # no keep-alive reuse of a replica that is about to stop
