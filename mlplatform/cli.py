@@ -304,7 +304,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Print a model's audit trail, or check its hash chain; opens the warehouse read-only and lets go at once."""
     import json
 
-    from mlplatform.lib.audit import AUDIT_TABLE, read_events, verify_chain
+    from mlplatform.lib.audit import AUDIT_TABLE, models_with_trails, read_events, verify_chain
     from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged, connect_when_free
 
     settings = load_settings()
@@ -322,6 +322,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                     [args.model, args.since or "1900-01-01"]).fetchdf() if exists else None
             else:
                 rows = read_events(connection, args.model, None if args.verify else args.since)
+            known = models_with_trails(connection) if args.verify else []
     except WarehouseBusy as busy:
         print(f"{busy}; try again when the run ends, or give --wait SECONDS", file=sys.stderr)
         return 1
@@ -329,6 +330,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{args.model}: {damaged}", file=sys.stderr)
         return 1
     if args.verify:
+        if rows is None or rows.empty:  # nothing to verify is not "intact": a deleted trail looks exactly like this
+            print(f"{args.model}: no audit trail to verify. Either no model of that name ever ran against this "
+                  f"warehouse (models with a trail: {', '.join(known) or 'none'}) or its whole trail was deleted; "
+                  "either way nothing vouches for it", file=sys.stderr)
+            return 1
         problems = verify_chain(rows)
         if problems:
             print(f"{args.model}: the audit trail was tampered with:\n  - " + "\n  - ".join(problems), file=sys.stderr)

@@ -52,6 +52,13 @@ def test_a_run_leaves_every_event_type_it_causes_and_verify_catches_an_edit(home
     assert main(["audit", "toy", "--verify"]) == 1
     assert "was changed after it was written" in capsys.readouterr().err
 
+    assert main(["audit", "tyo", "--verify"]) == 1  # a typo, or a model that never ran: nothing vouches for it
+    assert "no audit trail to verify" in (err := capsys.readouterr().err) and "models with a trail: toy" in err
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:  # the whole trail deleted
+        connection.execute("delete from audit.events where model = 'toy'")
+    assert main(["audit", "toy", "--verify"]) == 1
+    assert "no audit trail to verify" in capsys.readouterr().err
+
 
 def test_without_a_git_checkout_the_audit_names_the_code_version_the_image_was_built_with(tmp_path, monkeypatch):
     from mlplatform.lib import settings

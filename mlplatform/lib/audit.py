@@ -147,6 +147,15 @@ def read_events(connection: duckdb.DuckDBPyConnection, model: str, since: str | 
                               [model, since or "1900-01-01"]).fetchdf()
 
 
+def models_with_trails(connection: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every model that has audit events here: named when a verify finds no trail, so a typo is told from a deletion."""
+    exists = connection.execute("select count(*) from information_schema.tables where table_schema = ? and "
+                                "table_name = ?", [names.AUDIT_SCHEMA, names.AUDIT_EVENTS_TABLE]).fetchall()[0][0]
+    if not exists:
+        return []
+    return [row[0] for row in connection.execute(f"select distinct model from {EVENTS_TABLE} order by 1").fetchall()]
+
+
 def verify_chain(rows: pd.DataFrame) -> list[str]:
     """Every break in a model's chain, one sentence each: a row changed (its hash), deleted (a gap), or reordered."""
     problems = []
