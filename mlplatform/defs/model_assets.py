@@ -71,8 +71,8 @@ GATE_DESCRIPTIONS = {
 def _champion_description(spec: ModelSpec) -> str:
     """The champion check names the spec's test (gates.beat_champion.test and margin), not only the gate's name."""
     chosen = spec.gates.beat_champion
-    return (gate_lib.champion_test_description(chosen.test, chosen.margin, chosen.alpha).capitalize()
-            + " (gates.beat_champion)." + AT_PROMOTION)
+    text = gate_lib.champion_test_description(chosen.test, chosen.margin, chosen.alpha)
+    return text[0].upper() + text[1:] + " (gates.beat_champion)." + AT_PROMOTION
 
 
 MARKDOWN_FACTS = {"per_group"}
