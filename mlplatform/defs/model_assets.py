@@ -56,8 +56,8 @@ AT_PROMOTION = " Acts at promotion: a failure keeps this week's version away fro
     "it does not stop the run's other weeks."
 GATE_DESCRIPTIONS = {
     gate_lib.THRESHOLD: "Primary metric on week W meets the spec's absolute threshold (gates.threshold)." + AT_PROMOTION,
-    gate_lib.CHAMPION: "Challenger not significantly worse than the champion of week W on the same rows "
-    "(paired bootstrap of the metric difference, one-sided, at gates.beat_champion.alpha)." + AT_PROMOTION,
+    gate_lib.CHAMPION: "The challenger against the champion of week W on the same rows, by the spec's "
+    "gates.beat_champion.test (each model's check names its own: see _champion_description)." + AT_PROMOTION,
     gate_lib.SANITY: "Predictions are finite, inside the target's range or classes, and not constant." + AT_PROMOTION,
     gate_lib.FAIRNESS: "Groups of each sensitive attribute (fairness.sensitive) get the model's outcome at rates "
     "within fairness.max_demographic_parity_difference (and max_equalized_odds_difference when set), on week W's "
@@ -67,6 +67,13 @@ GATE_DESCRIPTIONS = {
     "(more than gates.training_data.max_drifted_share of the features drifted). A failure halts training for "
     "the week: no version is created, the champion stays.",
 }
+
+def _champion_description(spec: ModelSpec) -> str:
+    """The champion check names the spec's test (gates.beat_champion.test and margin), not only the gate's name."""
+    chosen = spec.gates.beat_champion
+    text = gate_lib.champion_test_description(chosen.test, chosen.margin, chosen.alpha)
+    return text[0].upper() + text[1:] + " (gates.beat_champion)." + AT_PROMOTION
+
 
 MARKDOWN_FACTS = {"per_group"}
 """Gate facts that are markdown tables (the fairness gate's per-group table): shown as tables in the UI."""
@@ -106,7 +113,8 @@ def build_model_assets(spec: ModelSpec):
                 metadata=column_schema_metadata(backtest_schema(spec)),
             ),
         ],
-        check_specs=[AssetCheckSpec(name, asset=model_key(spec), blocking=False, description=text)
+        check_specs=[AssetCheckSpec(name, asset=model_key(spec), blocking=False,
+                                    description=_champion_description(spec) if name == gate_lib.CHAMPION else text)
                      for name, text in GATE_DESCRIPTIONS.items()
                      if name != gate_lib.FAIRNESS or spec.fairness is not None],
         **weekly_multi_asset_options(spec),

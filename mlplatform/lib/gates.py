@@ -43,26 +43,79 @@ def threshold_gate(metric: str, value: float, threshold: float | None) -> GateOu
                        {metric: value, "threshold": threshold, "direction": "max" if lower else "min"})
 
 
+NON_INFERIORITY = "non_inferiority"
+SUPERIORITY = "superiority"
+CHAMPION_TESTS = (NON_INFERIORITY, SUPERIORITY)
+"""What ``gates.beat_champion.test`` may say: fail only a challenger significantly worse (by more than the margin),
+or pass only one significantly better (by more than the margin)."""
+
+
+def champion_test_description(test: str, margin: float, alpha: float) -> str:
+    """The chosen champion test in words, for the check's description and the model card."""
+    how = "paired bootstrap of the primary metric's difference on the same rows, one-sided"
+    if test == SUPERIORITY:
+        return ("superiority test: deploy only a challenger significantly better than the champion of week W"
+                + (f" by more than {margin:g}" if margin else "") + f" ({how}, alpha={alpha:g}); an equal one fails")
+    return ("non-inferiority test: fail only a challenger significantly worse than the champion of week W"
+            + (f" by more than the margin {margin:g}" if margin else "") + f" ({how}, alpha={alpha:g})")
+
+
+def champion_test_p_value(comparison: PairedComparison, test: str = NON_INFERIORITY, margin: float = 0.0) -> float:
+    """The one-sided bootstrap p-value of ``test`` on the paired differences; below alpha the test decides.
+
+    non_inferiority: the share of resamples where the challenger is worse by at most ``margin`` (small: it is
+    significantly worse by more than the margin; margin 0 is :func:`~mlplatform.lib.metrics.paired_bootstrap`'s own
+    p-value). superiority: the share where it is not better by more than ``margin`` (small: significantly better).
+    """
+    if test not in CHAMPION_TESTS:
+        raise ValueError(f"gates.beat_champion.test: found {test!r}; allowed: {', '.join(CHAMPION_TESTS)}")
+    if comparison.differences is None:
+        if test == NON_INFERIORITY and margin == 0:
+            return comparison.p_value
+        raise ValueError(f"the {test} test with margin {margin:g} needs the bootstrap differences of the comparison")
+    worse = (1.0 if is_lower_better(comparison.metric) else -1.0) * np.asarray(comparison.differences, dtype=float)
+    if len(worse) == 0:
+        return 1.0
+    return float(np.mean(worse <= margin) if test == NON_INFERIORITY else np.mean(worse >= -margin))
+
+
 def champion_gate(comparison: PairedComparison | None, alpha: float, champion_version: str | None,
-                  week: str | None = None) -> GateOutcome:
-    """Fails only when the challenger is significantly worse than the champion of week W on the same rows."""
+                  week: str | None = None, test: str = NON_INFERIORITY, margin: float = 0.0) -> GateOutcome:
+    """The challenger against the champion of week W on the same rows, by the spec's test.
+
+    non_inferiority (default) fails only a challenger significantly worse by more than ``margin`` (in the primary
+    metric's units); superiority passes only one significantly better by more than ``margin``.
+    """
+    named = {"test": test, "margin": margin}
     if comparison is None:
         reason = ("first model: no champion to compare with" if week is None
                   else f"first model for week {week}: no champion trained for this week or before to compare with")
-        return GateOutcome(CHAMPION, True, reason, {"champion_version": None})
-    worse = comparison.p_value < alpha
-    p_text = f"{comparison.p_value:.3g}" if comparison.p_value > 0 else "<0.001"
+        return GateOutcome(CHAMPION, True, reason, {"champion_version": None, **named})
+    p_value = champion_test_p_value(comparison, test, margin)
+    significant = p_value < alpha
+    by_margin = f" by more than the margin {margin:g}" if margin else ""
+    if test == NON_INFERIORITY:
+        passed = not significant
+        verdict = (f"significantly worse{by_margin}" if significant
+                   else f"not significantly worse{by_margin} at alpha={alpha}")
+    else:
+        passed = significant
+        verdict = (f"significantly better{by_margin} at alpha={alpha}" if significant
+                   else f"not significantly better{by_margin} at alpha={alpha}; the superiority test deploys only a "
+                   "significantly better challenger")
+    p_text = f"{p_value:.3g}" if p_value > 0 else "<0.001"
+    test_text = test.replace("_", "-") + " test" + (f", margin {margin:g}" if margin else "")
     reason = (
         f"{comparison.metric}: challenger {comparison.challenger:.4g} vs champion v{champion_version} "
         f"{comparison.champion:.4g}, difference {comparison.difference:+.4g} "
-        f"(95% CI {comparison.difference_low:+.4g}..{comparison.difference_high:+.4g}), p={p_text}; "
-        + ("significantly worse" if worse else f"not significantly worse at alpha={alpha}")
+        f"(95% CI {comparison.difference_low:+.4g}..{comparison.difference_high:+.4g}), p={p_text} "
+        f"({test_text}); {verdict}"
     )
-    return GateOutcome(CHAMPION, not worse, reason, {
+    return GateOutcome(CHAMPION, passed, reason, {
         "metric": comparison.metric, "challenger": comparison.challenger, "champion": comparison.champion,
         "champion_version": champion_version, "difference": comparison.difference,
         "difference_ci_low": comparison.difference_low, "difference_ci_high": comparison.difference_high,
-        "p_value": comparison.p_value, "alpha": alpha, "rows": comparison.n_rows,
+        "p_value": p_value, "alpha": alpha, "rows": comparison.n_rows, **named,
     })
 
 

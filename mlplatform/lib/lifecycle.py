@@ -399,7 +399,8 @@ def gate_outcomes(spec: ModelSpec, trained: TrainedWeek, tracker: Tracker,
     comparison = champion_comparison(spec, trained, tracker, champion_version)
     return [
         trained.threshold_gate,
-        gate_lib.champion_gate(comparison, spec.gates.beat_champion.alpha, champion_version, trained.week),
+        gate_lib.champion_gate(comparison, spec.gates.beat_champion.alpha, champion_version, trained.week,
+                               spec.gates.beat_champion.test, spec.gates.beat_champion.margin),
         trained.sanity_gate,
     ] + ([trained.fairness_gate] if trained.fairness_gate is not None else []) \
         + ([trained.data_gate] if trained.data_gate is not None else [])

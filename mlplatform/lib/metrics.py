@@ -10,7 +10,7 @@ resample of all rows), the confidence interval and the champion comparison.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -268,6 +268,8 @@ class PairedComparison:
     difference_high: float
     p_value: float
     n_rows: int
+    differences: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """The bootstrap differences (challenger - champion): the champion gate tests its own hypothesis on them."""
 
 
 def paired_bootstrap(metric: str, y: np.ndarray, challenger_score: np.ndarray, champion_score: np.ndarray,
@@ -296,4 +298,4 @@ def paired_bootstrap(metric: str, y: np.ndarray, challenger_score: np.ndarray, c
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(differences, [tail, 100 - tail]) if len(differences) else (np.nan, np.nan)
     return PairedComparison(metric, challenger, champion, challenger - champion, float(low), float(high),
-                            p_value, len(y))
+                            p_value, len(y), differences)

@@ -25,6 +25,7 @@ import duckdb
 import pandas as pd
 
 from mlplatform import names
+from mlplatform.lib import gates as gate_lib
 from mlplatform.lib.explain import Importance
 from mlplatform.specs import ModelSpec
 from mlplatform.specs.tasks import is_lower_better
@@ -316,6 +317,9 @@ def render_markdown(facts: CardFacts) -> str:
     add("## Gates")
     add("")
     add("A version that fails any gate gets no alias and is never served.")
+    chosen = spec.gates.beat_champion
+    add(f"The champion comparison (`beat_champion`) is a "
+        f"{_t(gate_lib.champion_test_description(chosen.test, chosen.margin, chosen.alpha))}.")
     add("")
     add("| gate | outcome | reason |")
     add("| --- | --- | --- |")

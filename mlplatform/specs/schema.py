@@ -231,7 +231,16 @@ class EstimatorSpec(_Strict):
 
 
 class BeatChampionSpec(_Strict):
+    """What "better than the champion" means for the gate (a paired bootstrap on the same rows, one-sided)."""
+
     alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level of the paired comparison.")
+    test: Literal["non_inferiority", "superiority"] = Field(
+        default="non_inferiority", description="non_inferiority: fail only a challenger significantly worse than the "
+        "champion by more than `margin` on the primary metric; superiority: deploy only a challenger significantly "
+        "better by more than `margin` (an equal one is refused).")
+    margin: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="In the primary metric's units: how "
+                          "much worse the challenger may be (non_inferiority) or how much better it must be "
+                          "(superiority). 0: any significant difference decides.")
 
 
 class TrainingDataGateSpec(_Strict):
