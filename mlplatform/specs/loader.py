@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from mlplatform.specs.estimators import EstimatorNotAllowed, check_allowed
 from mlplatform.specs.files import SourceFileError, checked_data_path, sample_column, source_columns
 from mlplatform.specs.folder_code import shadowing_modules
+from mlplatform.specs.policies import POLICIES_FILE, PolicyFileError, load_policies, policies_path, policy_problems
 from mlplatform.specs.reserved import labels_table_problem
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest, check_column_name
 from mlplatform.specs.team_metrics import MetricConflict, import_metric, register_spec_metrics
@@ -51,11 +52,19 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None, check_
         )
     problems: list[SpecProblem] = []
     specs: list[ModelSpec] = []
+    try:
+        policies, default_policy = load_policies(policies_path(folder))
+    except PolicyFileError as error:
+        raise SpecError([SpecProblem(file=str(error.file), key=error.key, message=error.message)]) from None
     for file in files:
         spec, file_problems = load_spec_file(file, dbt_model_columns, check_data)
         problems += file_problems
         if spec is not None:
-            specs.append(spec)
+            broken = [SpecProblem(file=str(file), key=key, message=message)
+                      for key, message in policy_problems(spec, policies, default_policy)]
+            problems += broken
+            if not broken:
+                specs.append(spec)
     seen: dict[str, Path] = {}
     for spec in specs:
         if spec.name in seen:
@@ -93,7 +102,8 @@ def spec_files(folder: Path) -> list[Path]:
     """The spec files of a folder: every ``*.yaml``/``*.yml`` directly in it (hidden files such as editor locks
     skipped), then each ``<component>/defs.yaml`` of type ``mlplatform.ModelLifecycle`` one level down: pointed at
     a `dg` project's ``defs`` folder, the CLI (validate, serve, promote, ...) reads the components' specs."""
-    top = sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")] if not f.name.startswith("."))
+    top = sorted(f for f in [*folder.glob("*.yaml"), *folder.glob("*.yml")]
+                 if not f.name.startswith(".") and f.name != POLICIES_FILE)
     return top + sorted(f for f in folder.glob("*/defs.yaml") if not f.parent.name.startswith(".")
                         and _is_component(f))
 
@@ -139,6 +149,14 @@ def load_spec_named(folder: Path, model: str, dbt_model_columns: DbtColumns | No
     spec, problems = load_spec_file(file, dbt_model_columns)
     if problems or spec is None:
         raise SpecError(problems)
+    try:
+        policies, default_policy = load_policies(policies_path(folder))
+    except PolicyFileError as error:
+        raise SpecError([SpecProblem(file=str(error.file), key=error.key, message=error.message)]) from None
+    broken = [SpecProblem(file=str(file), key=key, message=message)
+              for key, message in policy_problems(spec, policies, default_policy)]
+    if broken:
+        raise SpecError(broken)
     return spec
 
 
@@ -559,6 +577,12 @@ def _literal_choices(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def check_spec(spec: ModelSpec, dbt_model_columns: DbtColumns | None = None) -> list[SpecProblem]:
-    """The checks that need more than the YAML, for a spec validated elsewhere (a component's ``defs.yaml``)."""
+    """The checks that need more than the YAML, for a spec validated elsewhere (a component's ``defs.yaml``), and
+    its policy (``policies.yaml`` in the ``defs`` folder that holds the component, or ``MLPLATFORM_POLICIES``)."""
+    try:
+        policies, default_policy = load_policies(policies_path(spec.spec_file.parent.parent))
+    except PolicyFileError as error:
+        return [SpecProblem(file=str(error.file), key=error.key, message=error.message)]
     return [SpecProblem(file=str(spec.spec_file), key=key, message=message)
-            for key, message in _check_against_world(spec, dbt_model_columns)]
+            for key, message in [*policy_problems(spec, policies, default_policy),
+                                 *_check_against_world(spec, dbt_model_columns)]]

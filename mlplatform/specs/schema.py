@@ -467,6 +467,9 @@ class ModelSpec(_Strict):
                       "platform's `audit`.")
     description: str = Field(default="", description="Shown on every asset of the model in the Dagster UI.")
     owner: str | None = Field(default=None, description="Owner shown in the Dagster UI: an email or `team:name`.")
+    policy: str | None = Field(default=None, description="The platform policy this model falls under (`regulated` "
+                               "built in, others in `policies.yaml` beside the specs or the file `MLPLATFORM_POLICIES` "
+                               "names): what the spec may not switch off. None: the policy file's `default`, if any.")
     limitations: list[str] = Field(default_factory=list, description="Known limitations, one sentence each: shown "
                                    "on the model card of every version (with the ones the platform adds itself).")
     task: Literal["regression", "binary", "multiclass"] = Field(description="What the model predicts; sets the "
