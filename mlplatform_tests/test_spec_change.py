@@ -29,6 +29,17 @@ def _spec(text: str) -> ModelSpec:
     return ModelSpec.model_validate(yaml.safe_load(textwrap.dedent(text)))
 
 
+def test_keys_added_since_versions_were_recorded_leave_the_recorded_hashes_alone_at_their_defaults():
+    """The toy spec's hashes as mlplatform recorded them before `policy` and `gates.beat_champion.test`/`margin`
+    existed (computed with the code of commit 7a259f9): a version trained then must still match a spec that does not
+    use the new keys, or every existing version would be refused as "gated under an older spec"."""
+    tags = spec_tags(_spec(TOY_SPEC))
+    assert tags["spec.hash"] == "1bcb227286b95b2b0874e7e37ec11019f754892a619e5bd1ca9a99a54692c260"
+    assert tags[GATES_HASH_TAG] == "e607c5d3538284e141fa0688dd34ba9e3b50a2f95ce97bcfb6cb16dfa3b2dd94"
+    superiority = spec_tags(_spec(TOY_SPEC + "gates: {beat_champion: {test: superiority}}\n"))
+    assert changed_gate_sections(tags, superiority) == ["gates"]  # set, the new key is a gate change
+
+
 def test_only_sections_that_matter_to_the_gates_count_as_a_change():
     base = _spec(MODEL_SPEC)
     same = _spec(MODEL_SPEC.replace("name: toy", "name: toy\ndescription: reworded\nowner: team:risk")
