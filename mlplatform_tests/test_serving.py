@@ -493,6 +493,35 @@ def test_fuzzed_requests_never_get_a_500(world):
         assert 'status="500"' not in server.client.get("/metrics").text
 
 
+def test_a_policy_latency_budget_is_reported_beside_the_measured_p99(world, tmp_path, monkeypatch):
+    """GET /v1/models and /metrics hold each model's recent p99 against its policy's budget: within a generous
+    budget, over an impossible one; a model under no budget reports its p99 and no verdict."""
+    good = records(feature_rows(1), ["id", "x1", "x2", "color"])
+    for budget_ms, within in ((10_000.0, True), (0.001, False)):
+        policies = tmp_path / f"policies-{budget_ms}.yaml"
+        policies.write_text(f"default: served\npolicies:\n  served: {{latency_budget_p99_ms: {budget_ms}}}\n")
+        monkeypatch.setenv("MLPLATFORM_POLICIES", str(policies))
+        with serve(world, ["toy"]) as server:
+            before = server.client.get("/v1/models/toy").json()["latency"]
+            assert before == {"budget_p99_ms": budget_ms, "p99_ms": None, "requests": 0, "within_budget": None}
+            round_trips = []
+            for _ in range(30):
+                started = time.perf_counter()
+                assert server.predict("toy", good).status_code == 200
+                round_trips.append((time.perf_counter() - started) * 1000)
+            latency = server.client.get("/v1/models/toy").json()["latency"]
+            assert latency["requests"] == 30 and latency["within_budget"] is within
+            assert 0 < latency["p99_ms"] <= max(round_trips)  # the server's share of what the client waited
+            metrics = server.client.get("/metrics").text
+            assert f'mlplatform_latency_budget_p99_seconds{{model="toy"}} {budget_ms / 1000}' in metrics
+            assert 'mlplatform_latency_p99_seconds{model="toy"}' in metrics
+    monkeypatch.delenv("MLPLATFORM_POLICIES")
+    with serve(world, ["toy"]) as server:
+        assert server.predict("toy", good).status_code == 200
+        latency = server.client.get("/v1/models/toy").json()["latency"]
+        assert latency["budget_p99_ms"] is None and latency["p99_ms"] > 0 and latency["within_budget"] is None
+
+
 def test_listing_readiness_metrics_and_openapi(world):
     world.aliases("toy_canary", "1", "2")
     with serve(world, ["toy", "toy_canary"]) as server:

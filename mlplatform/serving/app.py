@@ -28,7 +28,7 @@ from mlplatform.lib.prediction_log import ChildProcessLogWriter, PredictionLogWr
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE, entity_key, role_for, routing_key
 from mlplatform.serving.batching import MicroBatcher, single_threaded
 from mlplatform.serving.explain import add_explain_route, explain_route
-from mlplatform.serving.metrics import ServingMetrics
+from mlplatform.serving.metrics import RecentLatencies, ServingMetrics
 from mlplatform.serving.models import LoadedModel, ModelState, ModelWatcher, Registry, ServingState, finite_output
 from mlplatform.serving.protocol import (
     REQUEST_ID_HEADER,
@@ -177,6 +177,7 @@ class ServingRuntime:
         self.metrics = ServingMetrics(lambda: self.writer.backlog if self.writer else 0,
                                       lambda: self.writer.written_rows if self.writer else 0,
                                       lambda: self.writer.spooled_segments if self.writer else 0)
+        self.metrics.watch_budgets({spec.name: latency_budget_ms(spec) for spec in config.specs})
         self.watcher = ModelWatcher(config.specs, Registry(config.tracker), config.poll_seconds,
                                     on_swap=self._served_gauge)
         self.batcher = MicroBatcher(max_rows=max(config.max_batch, 1))
@@ -253,6 +254,7 @@ class ServingRuntime:
         if overflowed:  # nothing is answered or logged: a non-finite score would reach drift and live performance
             raise not_finite(sorted(overflowed))
         latency = time.perf_counter() - call.arrived
+        self.metrics.recent.add(model.spec.name, latency)
         answers: list[dict[str, Any]] = [{}] * len(rows)
         versions: list[str] = [""] * len(rows)
         outputs_by_index: list[dict[str, Any]] = [{}] * len(rows)
@@ -372,7 +374,7 @@ def create_app(config: ServingConfig) -> ScoringFront:
 
     @app.get("/v1/models", summary="Served models, versions, rollout and feature schema")
     async def models() -> Response:
-        return _json({"models": [describe(m, config) for m in runtime.state.models.values()]})
+        return _json({"models": [describe(m, config, runtime.metrics.recent) for m in runtime.state.models.values()]})
 
     @app.get("/v1/models/{name}", summary="One served model")
     async def model(name: str) -> Response:
@@ -380,7 +382,7 @@ def create_app(config: ServingConfig) -> ScoringFront:
         if found is None:
             return _json({"error": f"no model named {name!r} is served", "served": sorted(runtime.state.models)},
                          404)
-        return _json(describe(found, config))
+        return _json(describe(found, config, runtime.metrics.recent))
 
     @app.get("/health", summary="The process answers")
     async def health() -> Response:
@@ -409,7 +411,20 @@ def create_app(config: ServingConfig) -> ScoringFront:
     return ScoringFront(app, runtime, routes)
 
 
-def describe(model: ModelState, config: ServingConfig) -> dict[str, Any]:
+def latency_budget_ms(spec: ModelSpec) -> float | None:
+    """The serving latency budget (p99, ms) of the spec's policy, if it sets one."""
+    return getattr(spec.policy_rules, "latency_budget_p99_ms", None)
+
+
+def latency_report(spec: ModelSpec, recent: RecentLatencies) -> dict[str, Any]:
+    """The policy's latency budget beside the measured p99 of the latest requests (None until one was answered)."""
+    budget, measured = latency_budget_ms(spec), recent.p99_ms(spec.name)
+    return {"budget_p99_ms": budget, "p99_ms": None if measured is None else round(measured, 3),
+            "requests": recent.count(spec.name),
+            "within_budget": None if budget is None or measured is None else measured <= budget}
+
+
+def describe(model: ModelState, config: ServingConfig, recent: RecentLatencies) -> dict[str, Any]:
     """A model as GET /v1/models shows it."""
     spec = model.spec
     challenger = model.rollout_challenger
@@ -430,6 +445,7 @@ def describe(model: ModelState, config: ServingConfig) -> dict[str, Any]:
         "max_batch": config.max_batch,
         "registry_error": model.registry_error,
         "checked_at": model.checked_at,
+        "latency": latency_report(spec, recent),
     }
 
 

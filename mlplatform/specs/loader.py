@@ -20,7 +20,14 @@ from pydantic import BaseModel, ValidationError
 from mlplatform.specs.estimators import EstimatorNotAllowed, check_allowed
 from mlplatform.specs.files import SourceFileError, checked_data_path, sample_column, source_columns
 from mlplatform.specs.folder_code import shadowing_modules
-from mlplatform.specs.policies import POLICIES_FILE, PolicyFileError, load_policies, policies_path, policy_problems
+from mlplatform.specs.policies import (
+    POLICIES_FILE,
+    PolicyFileError,
+    load_policies,
+    policies_path,
+    policy_problems,
+    resolve_policy,
+)
 from mlplatform.specs.reserved import labels_table_problem
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem, _suggest, check_column_name
 from mlplatform.specs.team_metrics import MetricConflict, import_metric, register_spec_metrics
@@ -64,6 +71,7 @@ def load_specs(folder: Path, dbt_model_columns: DbtColumns | None = None, check_
                       for key, message in policy_problems(spec, policies, default_policy)]
             problems += broken
             if not broken:
+                spec._policy_rules = resolve_policy(spec, policies, default_policy)
                 specs.append(spec)
     seen: dict[str, Path] = {}
     for spec in specs:
@@ -157,6 +165,7 @@ def load_spec_named(folder: Path, model: str, dbt_model_columns: DbtColumns | No
               for key, message in policy_problems(spec, policies, default_policy)]
     if broken:
         raise SpecError(broken)
+    spec._policy_rules = resolve_policy(spec, policies, default_policy)
     return spec
 
 

@@ -37,6 +37,9 @@ class Policy(BaseModel):
                                              "true.")
     min_canary_percent: int | None = Field(default=None, ge=0, le=100, description="`rollout.canary_percent` at "
                                            "least this: a new version meets live traffic before it is champion.")
+    latency_budget_p99_ms: float | None = Field(default=None, gt=0, description="The serving latency budget (p99, "
+                                                "ms): `GET /v1/models` and `/metrics` report each model's measured "
+                                                "p99 against it.")
 
 
 class PolicyFile(BaseModel):
@@ -92,6 +95,12 @@ def load_policies(file: Path | None) -> tuple[dict[str, Policy], str | None]:
     if parsed.default is not None and parsed.default not in known:
         raise PolicyFileError(file, "default", f"found {parsed.default!r}; allowed: {', '.join(sorted(known))}")
     return known, parsed.default
+
+
+def resolve_policy(spec: ModelSpec, policies: dict[str, Policy], default: str | None) -> Policy | None:
+    """The policy the spec falls under (its own ``policy``, else the file's default); None for none or an unknown one."""
+    name = spec.policy or default
+    return policies.get(name) if name is not None else None
 
 
 def policy_problems(spec: ModelSpec, policies: dict[str, Policy], default: str | None) -> Iterable[tuple[str, str]]:

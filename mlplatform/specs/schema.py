@@ -15,7 +15,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from mlplatform.specs.files import SNAPSHOT_TIME_COLUMN
 from mlplatform.specs.reserved import labels_table_problem, reserved_name_problem
@@ -499,6 +499,13 @@ class ModelSpec(_Strict):
     scoring: ScoringSpec = Field(default_factory=ScoringSpec, description="Batch scoring (off by default).")
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
+    _policy_rules: Any = PrivateAttr(default=None)  # the resolved Policy, set by the loader; never from the YAML
+
+    @property
+    def policy_rules(self) -> Any:
+        """The :class:`~mlplatform.specs.policies.Policy` this spec falls under, as the loader resolved it (None:
+        none, or the spec was not loaded through the loader)."""
+        return self._policy_rules
 
     @field_validator("name")
     @classmethod
