@@ -255,8 +255,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
     loaded, current_spec = _current_spec_tags(args.model, "promoted")
     if not loaded:
         return 1
+    live = _live_fairness_check(args.model)
     code, change = _person_moves_champion(args, "promoted", lambda connection, tracker: promotion.approval_change(
-        tracker, args.model, args.version, args.by, args.reason, args.force, current_spec=current_spec))
+        tracker, args.model, args.version, args.by, args.reason, args.force, current_spec=current_spec,
+        live_check=(lambda version: live(connection, version)) if live else None))
     if code == 0 and change is None:
         print(f"{args.model}: v{args.version or 'the challenger'} is already the champion; nothing changed")
     elif code == 0:
@@ -272,6 +274,20 @@ def cmd_promote(args: argparse.Namespace) -> int:
         for line in evidence:
             print(f"  {line}")
     return code
+
+
+def _live_fairness_check(model: str):
+    """Live fairness as promotion asks it (:func:`mlplatform.lib.live_fairness.promotion_refusal`); None when the
+    spec and its policy do not require it, or no spec names the model (already said by ``_current_spec_tags``)."""
+    from mlplatform.lib.live_fairness import promotion_refusal
+    from mlplatform.specs import SpecError, load_spec_named
+
+    settings = load_settings()
+    try:
+        spec = load_spec_named(settings.specs_dir, model, _dbt_model_columns())
+    except (SpecError, ValueError):
+        return None
+    return promotion_refusal(spec, settings.home)
 
 
 def _rollout_evidence(model: str, version: str) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 
 from mlplatform.lib import promotion
+from mlplatform.lib.audit import append_events
 from mlplatform.lib.promotion import AliasChange
 from mlplatform.lib.stores import StoresDamaged, check_stores
 from mlplatform.lib.tracking import Tracker
@@ -40,7 +41,12 @@ def move_champion(home: Path, warehouse_path: Path, tracker: Tracker, wait_secon
     if damage:
         raise StoresDamaged(damage)  # the same error a run's registry check raises (lib/stores.py)
     with connect_when_free(warehouse_path, wait_seconds) as connection:
-        change = decide(connection, tracker)
+        try:
+            change = decide(connection, tracker)
+        except promotion.PromotionRefused as refused:
+            if refused.audit is not None:  # a refusal the audit keeps (live fairness): recorded, nothing moved
+                append_events(connection, [refused.audit])
+            raise
         if change is None:
             return None
         promotion.commit_changes(connection, tracker, [change, *(follow(tracker, change) if follow else [])])

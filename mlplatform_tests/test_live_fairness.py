@@ -1,0 +1,211 @@
+"""Fairness on live traffic, the pure parts: the measures on logged predictions (the offline gate's definitions,
+checked against fairlearn), what a refusal says, sensitive values from outcomes, the log's sensitive columns, and
+the spec, policy and schema rules. The served end to end is test_live_fairness_serving.py."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+from mlplatform.lib import live_fairness
+from mlplatform.lib.prediction_log import SENSITIVE_PREFIX, read_prediction_log, write_segments
+from mlplatform.lib.promotion import AliasChange
+from mlplatform.serving.schema import RecordProblems, RecordSchema
+from mlplatform.specs import SpecError, load_specs
+from mlplatform.specs.schema import FairnessSpec
+from mlplatform_tests.conftest import TOY_SPEC
+
+FAIR = FairnessSpec(sensitive=["sex", "age"], bands={"age": [30, 50]}, max_demographic_parity_difference=0.1,
+                    max_equalized_odds_difference=0.15, min_group_rows=20)
+
+
+def binary_log(n: int = 1200, female_rate: float = 0.6, male_rate: float = 0.3, seed: int = 0,
+               version: str = "2", role: str = "shadow") -> pd.DataFrame:
+    """Logged binary predictions: half female, half male, selected at the given rates (score >= 0.5)."""
+    rng = np.random.default_rng(seed)
+    sex = np.array(["female", "male"] * (n // 2), dtype=object)
+    selected = np.zeros(n, dtype=bool)
+    for group, rate in (("female", female_rate), ("male", male_rate)):  # exactly the rate, in a random order
+        index = rng.permutation(np.flatnonzero(sex == group))
+        selected[index[:round(rate * len(index))]] = True
+    score = np.where(selected, rng.uniform(0.5, 1, n), rng.uniform(0, 0.5, n))
+    return pd.DataFrame({
+        "request_id": [f"r{i}" for i in range(n)], "record_index": 0, "version": version, "role": role,
+        "entity_key": [str(i) for i in range(n)], "record_id": None, "time": datetime(2024, 1, 3),
+        "label": np.where(selected, "yes", "no"), "score": score,
+        "probabilities": [json.dumps({"no": 1 - s, "yes": s}) for s in score],
+        SENSITIVE_PREFIX + "sex": sex, SENSITIVE_PREFIX + "age": [str(a) for a in rng.integers(18, 80, n)]})
+
+
+def test_label_free_parity_is_fairlearns_demographic_parity_difference_and_the_reason_names_attribute_and_value():
+    logged = binary_log()
+    measures = live_fairness.measure("binary", FAIR, logged, "2", "shadow")
+    sex = next(m for m in measures if m.attribute == "sex" and m.measure == "demographic parity difference")
+    selected = (logged["score"] >= 0.5).astype(int)
+    expected = demographic_parity_difference(selected, selected, sensitive_features=logged["sensitive.sex"])
+    assert sex.value == pytest.approx(expected) and sex.value == pytest.approx(0.3)
+    assert sex.passed is False and sex.limit == 0.1 and sex.rows == 1200 and sex.groups == {"female": 600, "male": 600}
+    text = sex.verdict_text()
+    assert f"demographic parity difference on sex is {sex.value:.3f} on 1,200 live predictions, above the limit 0.1" \
+        in text
+    ratio = next(m for m in measures if m.attribute == "sex" and m.measure == live_fairness.SELECTION_RATE_RATIO)
+    rates = selected.groupby(logged["sensitive.sex"]).mean()
+    assert ratio.value == pytest.approx(rates.min() / rates.max()) and ratio.passed is None  # reported, no limit
+    age = next(m for m in measures if m.attribute == "age (banded)" and m.measure == "demographic parity difference")
+    assert list(age.groups) == ["<30", "30-50", ">=50"] and age.passed is True  # age does not drive the selection
+
+
+def test_a_version_is_refused_when_a_measure_fails_or_too_few_predictions_carry_the_attribute():
+    unfair = live_fairness.judge_version("credit", "binary", FAIR, binary_log(), "2", "rollout.require_live_fairness")
+    assert unfair.refused and "on sex is 0.3" in unfair.reason() and "rollout.require_live_fairness" in unfair.reason()
+    assert not any("age" in p for p in unfair.problems)
+
+    fair = live_fairness.judge_version("credit", "binary", FAIR, binary_log(female_rate=0.45, male_rate=0.45), "2",
+                                       "policy 'strict'")
+    assert not fair.refused, fair.problems
+
+    few = binary_log(n=60, female_rate=0.5, male_rate=0.5)
+    few.loc[few.index[:50], "sensitive.sex"] = None  # clients that do not send it form no group
+    verdict = live_fairness.judge_version("credit", "binary", FAIR, few, "2", "policy 'strict'")
+    [problem] = [p for p in verdict.problems if "sex" in p]
+    assert "too few live predictions to judge demographic parity difference on sex: 10 with a value" in problem
+    assert "at least 20 in each of two groups" in problem
+    assert next(m for m in verdict.measures if m.attribute == "sex").without_value == 50
+
+    nothing = live_fairness.judge_version("credit", "binary", FAIR, binary_log(version="1"), "2", "policy 'strict'")
+    assert nothing.refused and "no live predictions of v2 yet" in nothing.reason()
+
+
+def test_equalized_odds_on_labelled_predictions_is_fairlearns_and_a_failing_stored_one_refuses():
+    logged = binary_log(female_rate=0.4, male_rate=0.4, seed=3)
+    rng = np.random.default_rng(4)
+    truth = np.where(logged["sensitive.sex"] == "female", logged["label"],  # women's outcomes follow the model
+                     np.where(rng.random(len(logged)) < 0.5, "yes", "no"))  # men's do not
+    labelled = logged.assign(y=truth)
+    measures = live_fairness.measure("binary", FAIR, logged, "2", "canary", labelled=labelled, metric="roc_auc")
+    eo = next(m for m in measures if m.attribute == "sex" and m.measure == live_fairness.EQUALIZED_ODDS)
+    expected = equalized_odds_difference((truth == "yes").astype(int), (logged["score"] >= 0.5).astype(int),
+                                         sensitive_features=logged["sensitive.sex"])
+    assert eo.labelled and eo.value == pytest.approx(expected) and eo.passed is False
+    # the label-free measures pass: only the stored label-based one holds promotion back
+    verdict = live_fairness.judge_version("credit", "binary", FAIR, logged, "2", "policy 'strict'", stored_labelled=[eo])
+    assert verdict.refused and "equalized odds difference on sex" in verdict.reason()
+    assert "labelled live predictions" in verdict.reason()
+
+
+def test_regression_and_multiclass_use_the_offline_gates_parity_definitions():
+    n = 400
+    group = np.array(["a", "b"] * (n // 2), dtype=object)
+    score = np.where(group == "a", 110.0, 90.0)
+    rows = pd.DataFrame({"version": "1", "role": "champion", "score": score, "label": score.astype(str),
+                         "sensitive.g": group})
+    fairness = FairnessSpec(sensitive="g", max_demographic_parity_difference=0.1)
+    [gap] = live_fairness.measure("regression", fairness, rows, "1", "champion")
+    assert gap.measure == "relative gap of group mean predictions" and gap.value == pytest.approx(0.2) and not gap.passed
+    classes = np.where(group == "a", "x", np.where(np.arange(n) % 4 == 1, "y", "x"))
+    [multi] = live_fairness.measure("multiclass", fairness, rows.assign(label=classes), "1", "champion")
+    assert multi.value == pytest.approx(0.5)  # class y: 0 in a, half of b
+
+
+def test_sensitive_values_missing_from_a_request_are_joined_from_outcomes_holding_the_column():
+    logged = binary_log(n=4)
+    logged.loc[[0, 1], "sensitive.sex"] = None
+    outcomes = pd.DataFrame({"join_key": ["k:0", "k:1", "k:2"], "y": ["yes"] * 3, "sex": ["male", None, "male"]})
+    filled = live_fairness.attach_outcome_values(logged, outcomes, ["sex", "age"])
+    assert list(filled["sensitive.sex"]) == ["male", None, "female", "male"]  # the logged value wins (row 2)
+
+
+def test_the_log_keeps_the_sensitive_values_a_request_carried_beside_the_inputs(tmp_path):
+    when = datetime(2024, 1, 3, 10)
+    rows = [{"request_id": f"r{i}", "record_index": 0, "record_id": None, "time": when + timedelta(seconds=i),
+             "model": "credit", "version": "1", "role": "champion", "entity_key": None, "label": "yes",
+             "score": 0.7, "probabilities": {"no": 0.3, "yes": 0.7}, "latency_ms": 1.0,
+             "inputs": {"x1": 1.0}, "sensitive": sensitive}
+            for i, sensitive in enumerate([{"sex": "female", "age": "34"}, None, {"sex": "male"}])]
+    types = {"credit": {"x1": "float64", "sensitive.sex": "string", "sensitive.age": "string"}}
+    write_segments(tmp_path / "prediction_log", rows, types)
+    logged = read_prediction_log(tmp_path, "credit")
+    assert list(logged["sensitive.sex"]) == ["female", None, "male"]
+    assert list(logged["sensitive.age"]) == ["34", None, None]
+    assert "sex" not in logged.columns and list(logged["x1"]) == [1.0, 1.0, 1.0]
+
+
+def spec_folder(tmp_path: Path, files: dict[str, str], name: str = "specs") -> Path:
+    folder = tmp_path / name
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(textwrap.dedent(text))
+    return folder
+
+
+SENSITIVE = "fairness: {sensitive: [region]}\n"
+
+
+def test_the_spec_key_and_the_policy_key_need_a_fairness_section_and_live_traffic(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLPLATFORM_POLICIES", raising=False)
+    folder = spec_folder(tmp_path, {
+        "blind.yaml": TOY_SPEC.replace("name: toy", "name: blind") + "rollout: {require_live_fairness: true}\n",
+        "dark.yaml": TOY_SPEC.replace("name: toy", "name: dark") + SENSITIVE
+        + "rollout: {require_live_fairness: true, canary_percent: 0}\n",
+        "ok.yaml": TOY_SPEC.replace("name: toy", "name: ok") + SENSITIVE
+        + "rollout: {require_live_fairness: true, shadow: true, canary_percent: 0}\n",
+    })
+    with pytest.raises(SpecError) as raised:
+        load_specs(folder, check_data=False)
+    found = {Path(p.file).name: p.message for p in raised.value.problems}
+    assert set(found) == {"blind.yaml", "dark.yaml"}
+    assert "needs a fairness section" in found["blind.yaml"] and "rollout.shadow: true" in found["dark.yaml"]
+    for bad in ("blind.yaml", "dark.yaml"):
+        (folder / bad).unlink()
+    [ok] = load_specs(folder, check_data=False)
+    assert live_fairness.required_by(ok) == "rollout.require_live_fairness"
+
+    spec_folder(tmp_path, {"policies.yaml": "policies: {live: {require_live_fairness: true}}\n",
+                           "ok.yaml": TOY_SPEC.replace("name: toy", "name: ok") + SENSITIVE + "policy: live\n",
+                           "bare.yaml": TOY_SPEC.replace("name: toy", "name: bare") + "policy: live\n"})
+    with pytest.raises(SpecError) as raised:
+        load_specs(folder, check_data=False)
+    assert [(Path(p.file).name, p.key) for p in raised.value.problems] == [("bare.yaml", "fairness")]
+    (folder / "bare.yaml").unlink()
+    [ok] = load_specs(folder, check_data=False)
+    assert live_fairness.required_by(ok) == "policy 'live'"
+    regulated = spec_folder(tmp_path, {"r.yaml": TOY_SPEC.replace("name: toy", "name: r") + SENSITIVE
+                                       + "policy: regulated\n"}, "regulated")
+    assert live_fairness.required_by(load_specs(regulated, check_data=False)[0]) is None  # opt-in under regulated
+
+
+def test_auto_approval_under_live_fairness_moves_challenger_only_and_audits_the_held_promotion(tmp_path):
+    folder = spec_folder(tmp_path, {"ok.yaml": TOY_SPEC.replace("name: toy", "name: ok") + SENSITIVE
+                                    + "rollout: {approval: auto, require_live_fairness: true}\n"})
+    [spec] = load_specs(folder, check_data=False)
+    changes = [AliasChange("ok", alias, "3", None, "run", "passed", "2024-01-08") for alias in ("challenger", "champion")]
+    kept, note, [event] = live_fairness.hold_auto_champion(spec, changes, "-> challenger, champion")
+    assert [c.alias for c in kept] == ["challenger"] and "champion held" in note
+    assert event.event == "promotion_refused" and event.version == "3" and event.passed is False
+    spec.rollout.require_live_fairness = False
+    assert live_fairness.hold_auto_champion(spec, changes, "n")[0] == changes
+
+
+def test_sensitive_fields_of_a_request_are_never_model_inputs_and_a_bad_one_is_named(tmp_path):
+    folder = spec_folder(tmp_path, {"ok.yaml": TOY_SPEC.replace("name: toy", "name: ok") + SENSITIVE})
+    [spec] = load_specs(folder, check_data=False)
+    schema = RecordSchema(spec)
+    record = {"id": 1, "x1": 1.0, "x2": 0.5, "color": "red", "region": 7.0}
+    [checked] = schema.check([record])
+    assert checked == schema.check([{k: v for k, v in record.items() if k != "region"}])[0]
+    assert "region" not in checked and schema.sensitive(record) == {"region": "7"}
+    assert schema.sensitive({"x1": 1.0}) is None
+    assert "region" in schema.json_schema()["properties"] and "region" not in schema.json_schema()["required"]
+    with pytest.raises(RecordProblems) as raised:
+        schema.check([{**record, "region": {"nested": 1}}])
+    assert raised.value.problems[0]["field"] == "region" and "sensitive attribute" in raised.value.problems[0]["message"]
+    spec.features.categorical.append("region")  # however the spec was built, a sensitive feature is refused
+    with pytest.raises(ValueError, match="never a model input"):
+        RecordSchema(spec)
