@@ -293,13 +293,14 @@ def _live_fairness_check(model: str):
 def _rollout_evidence(model: str, version: str) -> list[str]:
     """The canary and shadow weeks of a version, from the warehouse (read-only; empty before any production)."""
     from mlplatform.lib.live import rollout_evidence
+    from mlplatform.lib.live_fairness import evidence_lines
     from mlplatform.lib.warehouse import connect_when_free
 
     settings = load_settings()
     if not settings.warehouse_path.exists():
         return []
     with connect_when_free(settings.warehouse_path, settings.warehouse_wait_seconds, read_only=True) as connection:
-        return rollout_evidence(connection, model, version)
+        return rollout_evidence(connection, model, version) + evidence_lines(connection, model, version)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

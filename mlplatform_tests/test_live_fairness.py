@@ -209,3 +209,89 @@ def test_sensitive_fields_of_a_request_are_never_model_inputs_and_a_bad_one_is_n
     spec.features.categorical.append("region")  # however the spec was built, a sensitive feature is refused
     with pytest.raises(ValueError, match="never a model input"):
         RecordSchema(spec)
+
+
+REPORT_SPEC = """
+name: credit
+task: binary
+source:
+  path: credit.csv
+  timestamp: ts
+  key: [id]
+target: approved
+features:
+  numeric: [x1]
+partitions:
+  start: 2024-01-01
+  end: 2024-01-15
+estimator:
+  class: sklearn.linear_model.LogisticRegression
+fairness:
+  sensitive: [sex]
+  max_equalized_odds_difference: 0.2
+labels:
+  path: outcomes.csv
+rollout: {canary_percent: 0, shadow: true}
+"""
+
+
+def test_the_weekly_report_measures_each_version_and_role_taking_sensitive_values_from_the_outcomes(
+        home, spec_dir, instance):
+    """The production step's report: per version and role in ``<model>.live_fairness`` and in the asset metadata;
+    a request that carried no sex gets it from the outcomes file that holds the column."""
+    from dagster import AssetKey
+
+    from mlplatform.lib.routing import entity_key
+    from mlplatform_tests.helpers import load_definitions, run_weeks, warehouse_query
+
+    n = 400
+    ids = np.arange(n)
+    sex = np.where(ids % 2 == 0, "female", "male")
+    when = [datetime(2024, 1, 9) + timedelta(minutes=int(i)) for i in ids]
+    source = pd.DataFrame({"id": ids, "ts": [w.isoformat(sep=" ") for w in when], "x1": ids % 7 * 1.0,
+                           "approved": np.where(ids % 3 == 0, "yes", "no"), "sex": sex})
+    spec_dir({"credit.yaml": REPORT_SPEC}, {"credit.csv": source,
+                                            "outcomes.csv": source[["id", "ts", "approved", "sex"]]})
+    fair = np.where(ids % 3 == 0, 0.8, 0.2)  # v1 answers the outcome itself, alike for women and men
+    unfair = np.where(sex == "female", np.where(ids % 10 < 6, 0.9, 0.1), np.where(ids % 10 < 3, 0.9, 0.1))
+    rows = []
+    for role, version, scores in (("champion", "1", fair), ("shadow", "2", unfair)):
+        rows += [{"request_id": f"r{i}", "record_index": 0, "record_id": None, "time": when[i], "model": "credit",
+                  "version": version, "role": role, "entity_key": entity_key({"id": int(i)}, ["id"]),
+                  "label": "yes" if scores[i] >= 0.5 else "no", "score": float(scores[i]),
+                  "probabilities": {"no": 1 - float(scores[i]), "yes": float(scores[i])}, "latency_ms": 1.0,
+                  "inputs": {"x1": float(i % 7)}, "sensitive": {"sex": str(sex[i])} if i < n // 2 else None}
+                 for i in ids]
+    write_segments(home / "prediction_log", rows, {"credit": {"x1": "float64", "sensitive.sex": "string"}})
+
+    result = run_weeks(load_definitions(), "credit", instance, "2024-01-08",
+                       assets=["labels", "live_performance", "shadow_report"])
+    assert result.success
+    table = warehouse_query(home, "select * from credit.live_fairness where attribute = 'sex' order by version, "
+                                  "measure")
+    parity = table[table["measure"] == "demographic parity difference"].set_index("version")
+    assert parity.loc["2", "value"] == pytest.approx(0.4) and not parity.loc["2", "passed"]
+    assert parity.loc["1", "value"] == pytest.approx(0.0, abs=0.01) and parity.loc["1", "passed"]
+    assert (parity["rows"] == n).all() and (parity["without_value"] == 0).all()  # half of them from the outcomes
+    assert set(table["measure"]) == {"demographic parity difference", "selection-rate ratio",
+                                     "equalized odds difference"}
+    odds = table[table["measure"] == "equalized odds difference"].set_index("version")
+    assert odds.loc["1", "passed"] and not odds.loc["2", "passed"]  # on the predictions whose outcome is known
+    live = instance.get_latest_materialization_event(AssetKey(["credit", "live_performance"]))
+    metadata = live.asset_materialization.metadata
+    assert "| v2 | shadow | sex | demographic parity difference | 0.400 | 0.1 | FAIL | 400 |" in \
+        metadata["live_fairness"].value
+    assert "v2 (shadow): demographic parity difference on sex is 0.400 on 400 live predictions, above the limit" \
+        in metadata["live_fairness_verdict"].value
+    shadow = instance.get_latest_materialization_event(AssetKey(["credit", "shadow_report"]))
+    assert "| v2 | shadow |" in shadow.asset_materialization.metadata["live_fairness"].value
+    # what promote prints as evidence, and the stored label-based measure promotion reads
+    import duckdb
+
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        lines = live_fairness.evidence_lines(connection, "credit", "2")
+        stored = live_fairness.stored_labelled_measures(connection, "credit", "2")
+    assert ("live fairness week 2024-01-08 (shadow): demographic parity difference on sex 0.400 on 400 predictions, "
+            "limit 0.1: FAIL") in lines
+    [odds] = stored
+    assert odds.measure == live_fairness.EQUALIZED_ODDS and odds.passed is False and "week 2024-01-08" in odds.role

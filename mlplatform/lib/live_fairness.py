@@ -380,3 +380,23 @@ def hold_auto_champion(spec: Any, changes: Sequence[Any], note: str) -> tuple[li
                        version=change.version, week=change.week, passed=False,
                        details={"check": "live_fairness", "required_by": required, "path": "approval: auto"})
     return [c for c in changes if c not in held], f"{note}; champion held: {text}", [event]
+
+
+def evidence_lines(connection: Any, model: str, version: str) -> list[str]:
+    """The weekly report's live fairness of ``version`` (``<model>.live_fairness``), for ``mlplatform promote``."""
+    from mlplatform.lib.warehouse import table_name
+
+    exists = connection.execute("select count(*) from information_schema.tables where table_schema = ? and "
+                                "table_name = ?", [model, LIVE_FAIRNESS_TABLE]).fetchall()[0][0]
+    if not exists:
+        return []
+    rows = connection.execute(
+        f"select week, role, attribute, measure, value, max_allowed, judged, passed, rows from "
+        f"{table_name(model, LIVE_FAIRNESS_TABLE)} where version = ? and max_allowed is not null and not "
+        "isnan(max_allowed) order by week, role, attribute, measure", [str(version)]).fetchall()
+    lines = []
+    for week, role, attribute, name, value, limit, judged, passed, n in rows:
+        verdict = (f"{value:.3f} on {n:,} predictions, limit {limit:g}: {'pass' if passed else 'FAIL'}" if judged
+                   else f"not judged ({n:,} predictions with a value)")
+        lines.append(f"live fairness week {week:%Y-%m-%d} ({role}): {name} on {attribute} {verdict}")
+    return lines
