@@ -1,4 +1,5 @@
-"""Fairness on live traffic end to end: real uvicorn, real HTTP, a real MLflow registry (SQLite), the real CLI.
+"""Fairness on live traffic end to end: real uvicorn, real HTTP, a real MLflow registry (SQLite), the real CLI and
+the Dagster approve job.
 
 A credit model under a policy requiring live fairness serves its champion and scores each challenger in the shadow.
 Requests carry the applicant's sex beside the features: it changes no prediction, it is logged, and promotion
@@ -16,12 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlplatform import names
 from mlplatform.cli import main
 from mlplatform.lib.prediction_log import read_prediction_log
 from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
 from mlplatform.lib.training import build_pipeline, split_xy
 from mlplatform.serving.app import ServingConfig
 from mlplatform.specs import load_specs
+from mlplatform_tests.helpers import load_definitions
 from mlplatform_tests.test_serving import LiveServer, records, wait_until
 
 SPEC = """
@@ -65,9 +68,9 @@ def shadow_rows(home, version: str) -> pd.DataFrame:
 
 
 def test_a_shadow_version_unfair_on_live_traffic_is_refused_naming_attribute_and_value_and_a_fair_one_is_promoted(
-        tmp_path, monkeypatch, capsys):
+        home, instance, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLPLATFORM_POLICIES", raising=False)
-    home, specs_dir = tmp_path / "home", tmp_path / "specs"
+    specs_dir = tmp_path / "specs"
     specs_dir.mkdir()
     (specs_dir / "credit.yaml").write_text(textwrap.dedent(SPEC))
     (specs_dir / "policies.yaml").write_text(POLICIES)
@@ -75,7 +78,6 @@ def test_a_shadow_version_unfair_on_live_traffic_is_refused_naming_attribute_and
     rows["ts"] = "2024-01-02 10:00:00"
     rows["approved"] = np.where(rows["x2"] > 0, "yes", "no")
     rows.to_csv(specs_dir / "credit.csv", index=False)
-    monkeypatch.setenv("MLPLATFORM_HOME", str(home))
     monkeypatch.setenv("MLPLATFORM_SPECS", str(specs_dir))
     [spec] = load_specs(specs_dir)
     tracker = Tracker.under(home / "mlflow")
@@ -119,11 +121,17 @@ def test_a_shadow_version_unfair_on_live_traffic_is_refused_naming_attribute_and
                 "0.1") in refusal, refusal
         assert "policy 'fair_live'" in refusal and "not promoted, nothing changed" in refusal
         assert tracker.alias_version("credit", CHAMPION) == "1"
+        # the UI's approve job asks the same question and gets the same answer
+        approve = load_definitions().resolve_job_def(names.approve_job("credit"))
+        refused = approve.execute_in_process(instance=instance, raise_on_error=False, run_config={"ops": {
+            "credit_approve_champion": {"config": {"approved_by": "bo", "reason": "looks fine", "version": "2"}}}})
+        assert not refused.success and f"on sex is {expected:.3f} on 800 live predictions" in str(refused.all_events)
         with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
-            [(event, actor, version, passed, summary)] = connection.execute(
-                "select event, actor, version, passed, summary from audit.events where model = 'credit'").fetchall()
-        assert (event, actor, version, passed) == ("promotion_refused", "ana", "2", False)
-        assert re.search(r"demographic parity difference on sex is 0\.\d{3} on 800 live predictions", summary)
+            audited = connection.execute("select event, actor, version, passed, summary from audit.events where "
+                                         "model = 'credit' order by seq").fetchall()
+        assert [row[:4] for row in audited] == [("promotion_refused", "ana", "2", False),
+                                                ("promotion_refused", "bo", "2", False)]
+        assert re.search(r"demographic parity difference on sex is 0\.\d{3} on 800 live predictions", audited[0][4])
 
         tracker.set_alias("credit", CHALLENGER, "3")  # a fair challenger: the service swaps its shadow
         wait_until(lambda: server.client.get("/v1/models/credit").json()["rollout"]["challenger_version"] == "3")
