@@ -185,10 +185,12 @@ def test_auto_approval_under_live_fairness_moves_challenger_only_and_audits_the_
     folder = spec_folder(tmp_path, {"ok.yaml": TOY_SPEC.replace("name: toy", "name: ok") + SENSITIVE
                                     + "rollout: {approval: auto, require_live_fairness: true}\n"})
     [spec] = load_specs(folder, check_data=False)
-    changes = [AliasChange("ok", alias, "3", None, "run", "passed", "2024-01-08") for alias in ("challenger", "champion")]
+    changes = [AliasChange("ok", alias, "3", "2", "run", "passed", "2024-01-08") for alias in ("challenger", "champion")]
     kept, note, [event] = live_fairness.hold_auto_champion(spec, changes, "-> challenger, champion")
     assert [c.alias for c in kept] == ["challenger"] and "champion held" in note
     assert event.event == "promotion_refused" and event.version == "3" and event.passed is False
+    first = [AliasChange("ok", alias, "1", None, "run", "passed", "2024-01-01") for alias in ("challenger", "champion")]
+    assert live_fairness.hold_auto_champion(spec, first, "n")[0] == first  # nothing served before: nothing to judge
     spec.rollout.require_live_fairness = False
     assert live_fairness.hold_auto_champion(spec, changes, "n")[0] == changes
 
@@ -295,3 +297,39 @@ def test_the_weekly_report_measures_each_version_and_role_taking_sensitive_value
             "limit 0.1: FAIL") in lines
     [odds] = stored
     assert odds.measure == live_fairness.EQUALIZED_ODDS and odds.passed is False and "week 2024-01-08" in odds.role
+
+
+def test_the_first_champion_is_not_held_by_live_fairness_a_later_one_is_unless_forced(tmp_path):
+    """Nothing serves before a model's first champion, so it has no live traffic to be judged on: its gates vouch.
+    A later version is refused with the audit event to record; ``force`` overrides it and says so."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+
+    from mlplatform.lib.promotion import PromotionRefused, approval_change
+    from mlplatform.lib.tracking import CHAMPION, Tracker
+    from mlplatform_tests.conftest import toy_rows
+
+    tracker = Tracker.under(tmp_path / "mlflow")
+    rows = toy_rows()
+    pipeline = Pipeline([("estimator", LinearRegression())]).fit(rows[["x1", "x2"]], rows["y"])
+    for _ in range(2):
+        tracker.log_trained_model("toy", "toy", pipeline, rows[["x1", "x2"]].head(5), {}, {}, {}, {},
+                                  {"gates": "passed"})
+    unfair = live_fairness.judge_version("toy", "binary", FAIR, binary_log(), "2", "policy 'strict'")
+    asked = []
+
+    def check(version: str):
+        asked.append(version)
+        return unfair
+
+    first = approval_change(tracker, "toy", "1", "ana", "first", live_check=check)
+    assert first is not None and first.forced is None and asked == []
+    tracker.set_alias("toy", CHAMPION, "1")
+    with pytest.raises(PromotionRefused) as refused:
+        approval_change(tracker, "toy", "2", "ana", "next", live_check=check)
+    assert "demographic parity difference on sex is 0.300" in str(refused.value) and asked == ["2"]
+    event = refused.value.audit
+    assert (event.event, event.actor, event.version, event.passed) == ("promotion_refused", "ana", "2", False)
+    assert event.details["check"] == "live_fairness" and event.details["measures"]
+    forced = approval_change(tracker, "toy", "2", "ana", "incident", force=True, live_check=check)
+    assert forced.forced == unfair.reason() and "[forced with --force: toy v2: live fairness fails" in forced.reason

@@ -365,12 +365,13 @@ def failing(measures: Sequence[LiveMeasure]) -> list[LiveMeasure]:
 def hold_auto_champion(spec: Any, changes: Sequence[Any], note: str) -> tuple[list[Any], str, list[Any]]:
     """Under ``approval: auto`` a version that passed its gates would become champion at once, before it made a
     single live prediction: where live fairness is required, only ``challenger`` moves and the held promotion is
-    audited (``promotion_refused``). Returns (the changes kept, the alias note, the audit events to append)."""
+    audited (``promotion_refused``). A model's first champion is not held: nothing serves before it, so there is no
+    live traffic it could be judged on. Returns (the changes kept, the alias note, the audit events to append)."""
     from mlplatform.lib.aliases import CHAMPION
     from mlplatform.lib.audit import AuditEvent
 
     required = required_by(spec)
-    held = [c for c in changes if c.alias == CHAMPION] if required is not None else []
+    held = [c for c in changes if c.alias == CHAMPION and c.previous_version is not None] if required else []
     if not held:
         return list(changes), note, []
     change = held[0]

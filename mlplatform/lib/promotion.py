@@ -128,7 +128,8 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     what lets the service serve a gate-failed version, so production serves what the audit names.
 
     ``live_check(version)``: the verdict of live fairness (:func:`mlplatform.lib.live_fairness.promotion_refusal`)
-    when it refuses, else None; a refusal is audited (``promotion_refused``) unless ``force`` overrides it.
+    when it refuses, else None; a refusal is audited (``promotion_refused``) unless ``force`` overrides it. Not asked
+    for a model's first champion, which could not have served any traffic before.
     """
     from mlflow.exceptions import MlflowException
 
@@ -152,7 +153,8 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     previous = registry.alias_version(model, CHAMPION)
     if previous == str(version):
         return None
-    live = live_check(str(version)) if live_check is not None else None
+    # The first champion has no live traffic to be judged on (nothing serves before it): its gates vouch for it.
+    live = live_check(str(version)) if live_check is not None and previous is not None else None
     if live is not None and not force:
         raise PromotionRefused(f"{live.reason()}; refusing to promote without --force", audit=AuditEvent(
             model, "promotion_refused", actor.strip(), live.reason(), version=str(version), week=tags.get("week"),
