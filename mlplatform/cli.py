@@ -689,6 +689,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"--drain-seconds must be a number of seconds, 0 or more; got {args.drain_seconds}\nnothing is served",
               file=sys.stderr)
         return 1
+    from mlplatform.lib.api_tokens import exposure_warning, tokens_from_environment
     from mlplatform.lib.object_store import configured_location, replica_id
     from mlplatform.lib.prediction_log import log_root, spool_root
 
@@ -697,19 +698,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         specs = _served_specs(settings, args.model, check_data=False)  # data checks: `validate`, the code location
         location = configured_location()
+        tokens = tokens_from_environment()  # a TokenFileError is a ValueError naming the file and key
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing is served", file=sys.stderr)
         return 1
+    exposed = exposure_warning(args.host, tokens)
+    if exposed:  # the service logs it too, once its logging is set up (serving.server.serve)
+        print(exposed, file=sys.stderr, flush=True)
     config = ServingConfig(home=settings.home, specs=specs, tracker=Tracker.for_settings(settings),
                            poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds,
                            max_batch=args.max_batch, log_predictions=not args.no_log,
-                           log_uri=location.uri if location else None, body_timeout_seconds=args.body_timeout)
+                           log_uri=location.uri if location else None, body_timeout_seconds=args.body_timeout,
+                           api_tokens=tokens)
     where = ("off" if args.no_log else f"{location.uri} as replica {replica_id()}, spooled in "
              f"{spool_root(settings.home)}" if location else str(log_root(settings.home)))
     print(f"serving {', '.join(s.name for s in specs)} on http://{args.host}:{args.port} (API docs at /docs; "
           f"prediction log {where}); Ctrl-C stops it", flush=True)
     serve(config, ServerOptions(host=args.host, port=args.port, log_level=args.log_level,
                                 drain_seconds=args.drain_seconds))
+    return 0
+
+
+def cmd_token_digest(args: argparse.Namespace) -> int:
+    """The digest the tokens file stores for a token read from stdin (never an argument: shell history keeps those)."""
+    from mlplatform.lib.api_tokens import MIN_PLAIN_TOKEN_CHARS, token_digest
+
+    token = sys.stdin.readline().strip()
+    if len(token) < MIN_PLAIN_TOKEN_CHARS:
+        print(f"give a token of at least {MIN_PLAIN_TOKEN_CHARS} characters on stdin (e.g. "
+              "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)", file=sys.stderr)
+        return 1
+    print(token_digest(token))
     return 0
 
 
@@ -906,6 +925,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-log", action="store_true", help="do not write the prediction log")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
+
+    digest = commands.add_parser("token-digest", help="print the sha256: digest of an API token read from stdin, "
+                                 "for the tokens file (docs/serving.md, Access)")
+    digest.set_defaults(func=cmd_token_digest)
 
     replay = commands.add_parser("replay", help="send a model's feature rows for some weeks to a running service")
     replay.add_argument("model")
