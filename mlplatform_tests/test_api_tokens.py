@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,10 +31,10 @@ from mlplatform.lib.api_tokens import (
 from mlplatform.lib.prediction_log import read_prediction_log
 from mlplatform.lib.tracking import CHAMPION, Tracker
 from mlplatform.lib.training import build_pipeline, split_xy
-from mlplatform.serving.app import ServingConfig
+from mlplatform.serving.app import ServingConfig, create_app
 from mlplatform.specs import load_specs
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
-from mlplatform_tests.test_serving import LiveServer, free_port
+from mlplatform_tests.test_serving import LiveServer, free_port, wait_until
 
 FRAUD_TOKEN = "fraud-team-token-0123456789"
 ADS_TOKEN = "ads-team-token-abcdefghijklmnop"
@@ -200,3 +201,32 @@ def test_a_teams_token_scores_its_models_only_and_refused_requests_reach_no_log(
     assert "admin-1" in set(logged["request_id"])
     assert not any(str(r).startswith("refused-") for r in logged["request_id"])
     assert len(logged) == 2  # the ads token's invocations record and the admin's predict record
+
+
+def test_the_fastapi_routes_behind_the_front_check_the_same_tokens(teams):
+    """The application mounted without its ASGI front (its FastAPI routes answer scoring then): no bypass."""
+    import uvicorn
+
+    specs = load_specs(teams.specs_dir)
+    config = ServingConfig(home=teams.home, specs=specs, tracker=Tracker.under(teams.home / "mlflow"),
+                           poll_seconds=0.05, flush_seconds=0.1, log_predictions=False,
+                           api_tokens=load_tokens(teams.tokens_file))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(config).app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            wait_until(lambda: server.started and http.get("/ready").status_code == 200)
+            for route, payload in (("predict", {"records": [RECORD]}), ("invocations", {"dataframe_records": [RECORD]}),
+                                   ("explain", {"records": [RECORD]})):
+                url = f"/v1/models/ads_model/{route}"
+                assert http.post(url, json=payload).status_code == 401
+                assert http.post(url, json=payload, headers=bearer(FRAUD_TOKEN)).status_code == 403
+            assert http.post("/v1/models/ads_model/predict", json={"records": [RECORD]},
+                             headers=bearer(ADS_TOKEN)).status_code == 200
+            assert http.get("/metrics").status_code == 401
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)

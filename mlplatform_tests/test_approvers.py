@@ -15,6 +15,7 @@ from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
 from mlplatform.specs.policies import PolicyFileError, load_policies
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
 from mlplatform_tests.helpers import load_definitions, warehouse_query
+from mlplatform_tests.test_policies import problems_of, write
 from mlplatform_tests.test_promotion import _register
 
 POLICIES = """
@@ -58,6 +59,12 @@ def test_the_rule_names_who_may_approve_from_names_and_groups_case_blind(tmp_pat
     file.write_text("policies:\n  reviewed: {approver_groups: [risc]}\n")
     with pytest.raises(PolicyFileError, match=r"policies.reviewed.approver_groups: found 'risc'; defined groups: risk"):
         load_policies(file)
+    # two approvers and an automatic promotion cannot both hold: refused at load, naming the key
+    folder = write(tmp_path / "specs", {"policies.yaml": "policies:\n  pair: {required_approvals: 2}\n",
+                                        "auto.yaml": TOY_SPEC.replace("name: toy", "name: auto")
+                                        + "policy: pair\nrollout: {approval: auto}\n"})
+    [(spec_file, key, message)] = problems_of(folder)
+    assert (spec_file, key) == ("auto.yaml", "rollout.approval") and "requires 2 distinct approvers" in message
 
 
 def test_a_non_approvers_promote_and_rollback_are_refused_and_audited_from_the_cli_and_the_ui_job(

@@ -192,6 +192,9 @@ def policy_problems(spec: ModelSpec, policies: dict[str, Policy], default: str |
         yield "fairness", f"missing; {under} requires the fairness gate: add a fairness section with the sensitive columns"
     if policy.require_manual_approval and spec.rollout.approval != "manual":
         yield "rollout.approval", f"found {spec.rollout.approval!r}; {under} requires 'manual' (a person approves)"
+    elif policy.required_approvals > 1 and spec.rollout.approval != "manual":
+        yield "rollout.approval", (f"found {spec.rollout.approval!r}; {under} requires {policy.required_approvals} "
+                                   "distinct approvers, so 'manual'")
     if policy.require_training_data_gate and not spec.gates.training_data.enabled:
         yield "gates.training_data.enabled", f"found false; {under} requires the training-data gate: remove the key"
     if policy.min_canary_percent is not None and spec.rollout.canary_percent < policy.min_canary_percent:
