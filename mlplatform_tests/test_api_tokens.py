@@ -32,6 +32,7 @@ from mlplatform.lib.prediction_log import read_prediction_log
 from mlplatform.lib.tracking import CHAMPION, Tracker
 from mlplatform.lib.training import build_pipeline, split_xy
 from mlplatform.serving.app import ServingConfig, create_app
+from mlplatform.serving.replay import send
 from mlplatform.specs import load_specs
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
 from mlplatform_tests.test_serving import LiveServer, free_port, wait_until
@@ -197,6 +198,9 @@ def test_a_teams_token_scores_its_models_only_and_refused_requests_reach_no_log(
         assert scraped.status_code == 200
         assert 'mlplatform_requests_total{model="ads_model",route="predict",status="403"} 1.0' in scraped.text
         assert http.get("/v1/models").status_code == 200  # the catalogue (names, schemas) stays readable
+        # the platform's own client sends MLPLATFORM_API_TOKEN (or its token argument) as the bearer token
+        assert send([RECORD], server.url, "fraud_model").failed_requests == 1
+        assert send([RECORD], server.url, "fraud_model", token=FRAUD_TOKEN).answered == 1
     logged = read_prediction_log(teams.home, "ads_model")
     assert "admin-1" in set(logged["request_id"])
     assert not any(str(r).startswith("refused-") for r in logged["request_id"])

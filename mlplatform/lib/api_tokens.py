@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 
 TOKENS_ENV = "MLPLATFORM_API_TOKENS_FILE"
+CLIENT_TOKEN_ENV = "MLPLATFORM_API_TOKEN"
+"""The token the platform's own client (``mlplatform replay``) sends to a service with tokens."""
 DIGEST_PREFIX = "sha256:"
 ALL_TEAMS = "*"
 MIN_PLAIN_TOKEN_CHARS = 16
