@@ -274,6 +274,13 @@ class LiveFairnessVerdict:
         return (f"{self.model} v{self.version}: live fairness fails: {'; '.join(self.problems)}; promotion requires "
                 f"live fairness ({self.required_by})")
 
+    def audit_event(self, actor: str, week: str | None = None) -> Any:
+        """The ``promotion_refused`` audit event of this refusal (any promotion path records it)."""
+        from mlplatform.lib.audit import AuditEvent
+
+        return AuditEvent(self.model, "promotion_refused", actor, self.reason(), version=self.version, week=week,
+                          passed=False, details=self.details())
+
     def details(self) -> dict[str, Any]:
         return {"check": "live_fairness", "required_by": self.required_by,
                 "measures": [{k: (None if isinstance(v, float) and math.isnan(v) else v)

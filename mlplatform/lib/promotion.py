@@ -156,9 +156,8 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     # The first champion has no live traffic to be judged on (nothing serves before it): its gates vouch for it.
     live = live_check(str(version)) if live_check is not None and previous is not None else None
     if live is not None and not force:
-        raise PromotionRefused(f"{live.reason()}; refusing to promote without --force", audit=AuditEvent(
-            model, "promotion_refused", actor.strip(), live.reason(), version=str(version), week=tags.get("week"),
-            passed=False, details=live.details()))
+        raise PromotionRefused(f"{live.reason()}; refusing to promote without --force",
+                               audit=live.audit_event(actor.strip(), tags.get("week")))
     overridden = [*([gates_text(tags)] if not verdict.gates_passed else []), *([older_spec] if older_spec else []),
                   *([live.reason()] if live is not None else [])]
     text = (reason or "manual approval") + "".join(f" [forced with --force: {o}]" for o in overridden)
