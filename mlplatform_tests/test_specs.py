@@ -119,8 +119,9 @@ def test_unknown_estimator_param(spec_dir):
 
 def test_duplicate_model_names(spec_dir):
     problems = problems_for(spec_dir, TOY_SPEC, {"toy_copy.yaml": TOY_SPEC})
-    [problem] = problems
-    assert "toy_copy.yaml: name: model name 'toy' is already used by" in problem
+    first, second = problems  # both files refused, each naming the other
+    assert "toy.yaml: name: model name 'toy' is claimed again by" in first and "toy_copy.yaml" in first
+    assert "toy_copy.yaml: name: model name 'toy' is already used by" in second and "toy.yaml" in second
 
 
 def test_source_file_missing(spec_dir):
