@@ -27,16 +27,19 @@ def build_definitions() -> Definitions:
         error = SpecError(loaded.problems)
         print(error, file=sys.stderr, flush=True)  # the list first and briefly: Dagster prints its traceback before
         raise error
-    built = []
+    built, failed = [], []
     for spec in loaded.specs:
         try:
             built.append(ModelLifecycle(spec).build_defs())
         except Exception as error:  # noqa: BLE001 - one model's definitions failing must not take the others down
             if settings.strict_specs:
                 raise
+            failed.append(error)
             problem = SpecProblem(file=str(spec.spec_file), key="(definitions)", message=(
                 f"the model's Dagster definitions could not be built: {type(error).__name__}: {error}"))
             loaded.broken[Path(spec.spec_file)] = [problem]
+    if failed and not built:
+        raise failed[0]  # every model failed alike: the platform's problem (a setting), not one spec's
     loaded.specs = [spec for spec in loaded.specs if Path(spec.spec_file) not in loaded.broken]
     report = team_report(loaded)
     if loaded.broken:
