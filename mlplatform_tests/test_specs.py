@@ -214,3 +214,16 @@ def test_yml_files_are_specs_too(spec_dir):
 
 def test_spec_that_is_not_a_mapping(spec_dir):
     assert "toy.yaml: (top level): expected a mapping of keys, found list" in problems_for(spec_dir, "- name: toy\n")[0]
+
+
+def test_a_data_files_header_is_read_again_once_the_file_changes(tmp_path):
+    """The header is read once per version of the file (the load asks twice per spec), never stale after an edit."""
+    from mlplatform.specs.files import source_columns
+
+    data = tmp_path / "rows.csv"
+    data.write_text("a,b\n1,2\n")
+    assert source_columns(data) == source_columns(data) == ["a", "b"]
+    replacement = tmp_path / "new.csv"
+    replacement.write_text("a,c\n1,2\n")  # same size, another file moved over it (what editors do)
+    replacement.replace(data)
+    assert source_columns(data) == ["a", "c"]

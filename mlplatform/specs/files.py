@@ -104,16 +104,17 @@ def delimiter_hint(header: str) -> str:
 
 def source_columns(path: Path) -> list[str]:
     """Column names from the file header only, so validating a spec stays cheap and bounded. Read once per version
-    of the file (path, modification time, size): validate and the raw asset's definition both need them at load."""
+    of the file (path, inode, modification and change times, size): validate and the raw asset's definition both
+    need them at load."""
     try:
         found = path.stat()
     except OSError:
         return _read_columns(path)  # its own error
-    return list(_columns_of_version(path, found.st_mtime_ns, found.st_size))
+    return list(_columns_of_version(path, found.st_ino, found.st_mtime_ns, found.st_ctime_ns, found.st_size))
 
 
 @functools.lru_cache(maxsize=1024)
-def _columns_of_version(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+def _columns_of_version(path: Path, inode: int, mtime_ns: int, ctime_ns: int, size: int) -> tuple[str, ...]:
     return tuple(_read_columns(path))
 
 
