@@ -27,18 +27,20 @@ if TYPE_CHECKING:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from mlplatform.defs.dbt_project import dbt_columns
-    from mlplatform.specs import SpecError, load_specs
+    from mlplatform.specs import load_spec_set
 
     settings = load_settings()
     ensure_home(settings)
-    try:
-        specs = load_specs(settings.specs_dir, dbt_columns(settings))
-    except SpecError as error:
-        print(f"{len(error.problems)} problem(s) in model specs:", file=sys.stderr)
-        print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
-        return 1
-    for spec in specs:
+    loaded = load_spec_set(settings.spec_roots, dbt_columns(settings))  # strict: any problem exits 1
+    for spec in loaded.specs:
         print(f"ok  {spec.name:<20} {spec.task:<11} {spec.spec_file}")
+    teams = loaded.by_team()
+    if len(teams) > 1 or any(spec.team_name for spec in loaded.specs) or loaded.broken:
+        print("\n".join(report.summary() for report in teams.values()))
+    if loaded.problems:
+        print(f"{len(loaded.problems)} problem(s) in model specs:", file=sys.stderr)
+        print("\n".join(f"  - {problem}" for problem in loaded.problems), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -77,7 +79,7 @@ def _create_model_pools(settings) -> int:
     from mlplatform.defs.instance import ensure_model_pools
     from mlplatform.specs import declared_names
 
-    models = sorted(declared_names(settings.specs_dir))
+    models = sorted(declared_names(settings.spec_roots))
     try:
         with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
             created = ensure_model_pools(instance, models)
@@ -116,7 +118,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = load_settings()
     prepare_dagster_home(settings)
     try:
-        plan = {} if args.no_serve else load_plan(settings.specs_dir, declared_names(settings.specs_dir))
+        plan = {} if args.no_serve else load_plan(settings.specs_dir, declared_names(settings.spec_roots))
         # the plan's production weeks stay out of the history; with --end or --weeks they follow the weeks run
         results = run_models(models=args.model or None, first=args.start, last=args.end, weeks=args.weeks,
                              hold_back={} if args.end or args.weeks else held_back(plan))
@@ -244,7 +246,7 @@ def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | No
 
     specs_dir = load_settings().specs_dir
     try:
-        spec = load_spec_named(specs_dir, model, _dbt_model_columns())
+        spec = load_spec_named(load_settings().spec_roots, model, _dbt_model_columns())
     except SpecError as error:
         print(f"{model}: not {verb}, nothing changed: its model spec does not load, so the spec this version's gates "
               f"ran under cannot be compared with the current one:\n{error}", file=sys.stderr)
@@ -403,7 +405,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     try:
-        spec = load_spec_named(settings.specs_dir, args.model, _dbt_model_columns())
+        spec = load_spec_named(settings.spec_roots, args.model, _dbt_model_columns())
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing was reproduced", file=sys.stderr)
         return 1
@@ -445,7 +447,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     settings = load_settings()
     ensure_home(settings)
     try:
-        spec = load_spec_named(settings.specs_dir, args.model, _dbt_model_columns())
+        spec = load_spec_named(settings.spec_roots, args.model, _dbt_model_columns())
     except (SpecError, ValueError) as error:
         print(f"{error}\n{refused}", file=sys.stderr)
         return 1
@@ -498,7 +500,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = load_settings()
     ensure_home(settings)
     try:
-        specs = load_specs(settings.specs_dir, dbt_columns(settings))
+        specs = load_specs(settings.spec_roots, dbt_columns(settings))
     except SpecError as error:
         print(f"FAIL  specs: {len(error.problems)} problem(s) in model specs:", file=sys.stderr)
         print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
@@ -688,7 +690,7 @@ def _served_specs(settings: Settings, names: Sequence[str] | None, check_data: b
     from mlplatform.specs import load_specs
 
     columns = _dbt_model_columns() if check_data else None
-    return select_specs(load_specs(settings.specs_dir, columns, check_data=check_data), names)
+    return select_specs(load_specs(settings.spec_roots, columns, check_data=check_data), names)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

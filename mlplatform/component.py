@@ -120,6 +120,11 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
         # Weekly-retrained models are retrained by the schedule; the drift sensor serves `retrain: on_drift`.
         sensors = [build_retrain_sensor(spec, retrain)] if spec.automation.retrain == "on_drift" else []
         sensors.append(build_decay_sensor(spec, retrain, rollback))
+        if spec.team_name:  # the team as a tag of every asset (owners come from the spec already): the UI filters on it
+            from mlplatform.defs.metadata import team_tags
+
+            tags = team_tags(spec)
+            assets = dg.map_asset_specs(lambda asset: asset.merge_attributes(tags=tags), assets)
     return dg.Definitions(
         assets=assets, jobs=[pipeline, retrain, weekly, production, approve, rollback],
         schedules=[build_schedule(spec, weekly, settings.weekly_schedule_cron)], sensors=sensors,

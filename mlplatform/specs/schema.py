@@ -23,6 +23,12 @@ from mlplatform.specs.tasks import DEFAULT_ESTIMATOR, DEFAULT_METRIC, METRICS_BY
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
+TEAM_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+"""A team's name: also a team folder's name, the Dagster owner ``team:<name>`` and the tag value ``team``."""
+
+OWNER_PATTERN = r"^(team:[A-Za-z0-9_.-]+|[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})$"
+"""What Dagster takes as an owner: an email address or ``team:<name>``."""
+
 DEFAULT_NULL_VALUES = ("", "NA", "N/A", "n/a", "null", "NULL", "NaN", "nan")
 """Cell texts read as missing by default (pandas' longer default list, e.g. 'None', '#N/A', is not used)."""
 
@@ -472,6 +478,14 @@ class ModelSpec(_Strict):
                       "platform's `audit`.")
     description: str = Field(default="", description="Shown on every asset of the model in the Dagster UI.")
     owner: str | None = Field(default=None, description="Owner shown in the Dagster UI: an email or `team:name`.")
+    team: str | None = Field(default=None, pattern=TEAM_PATTERN, description="The team the model belongs to "
+                             "(lowercase letters, digits, `-`, `_`): every asset shows the owner `team:<team>` and "
+                             "the tag `team`, the jobs' runs the tag `team`, so the Dagster UI filters by it; "
+                             "`mlplatform validate` and the code location report per team. In a team folder "
+                             "(`<spec root>/<team>/*.yaml`) it defaults to the folder's name and may not differ "
+                             "from it. None and no team folder: the team of `owner: team:<name>`, if any.")
+    owners: list[str] = Field(default_factory=list, description="The team's people or groups, shown as Dagster "
+                              "owners beside `team:<team>` and `owner`: email addresses or `team:<name>`.")
     policy: str | None = Field(default=None, description="The platform policy this model falls under (`regulated` "
                                "built in, others in `policies.yaml` beside the specs or the file `MLPLATFORM_POLICIES` "
                                "names): what the spec may not switch off. None: the policy file's `default`, if any.")
@@ -505,6 +519,25 @@ class ModelSpec(_Strict):
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
     _policy_rules: Any = PrivateAttr(default=None)  # the resolved Policy, set by the loader; never from the YAML
+    _folder_team: str | None = PrivateAttr(default=None)  # the team folder the loader found the file in
+
+    @property
+    def team_name(self) -> str | None:
+        """The model's team: ``team``, else its team folder's name, else the name of ``owner: team:<name>``."""
+        if self.team or self._folder_team:
+            return self.team or self._folder_team
+        if self.owner and self.owner.startswith("team:") and re.match(TEAM_PATTERN, self.owner[5:]):
+            return self.owner[5:]
+        return None
+
+    @field_validator("owners")
+    @classmethod
+    def _owner_addresses(cls, value: list[str]) -> list[str]:
+        for owner in value:
+            if not isinstance(owner, str) or not re.match(OWNER_PATTERN, owner):
+                raise ValueError(f"found {str(owner)[:80]!r}; an owner is an email address (alice@example.com) or "
+                                 "a group as team:<name> (team:fraud-oncall)")
+        return value
 
     @property
     def policy_rules(self) -> Any:
