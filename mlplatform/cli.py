@@ -309,6 +309,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged, connect_when_free
 
     settings = load_settings()
+    log_code = _verify_prediction_log(args.model, settings) if args.verify_log else 0
+    if args.verify_log and not args.verify:
+        return log_code
     if not settings.warehouse_path.exists():
         print(f"no warehouse at {settings.warehouse_path} yet: run `python3 dev.py demo` first", file=sys.stderr)
         return 1
@@ -332,7 +335,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{args.model}: {damaged}", file=sys.stderr)
         return 1
     if args.verify:
-        return _verify_audit(args.model, settings, rows, alias_rows, known)
+        return max(_verify_audit(args.model, settings, rows, alias_rows, known), log_code)
     if rows is None or rows.empty:
         print(f"no audit events for {args.model}")
         return 0
@@ -373,6 +376,33 @@ def _verify_audit(model: str, settings, rows, alias_rows, known: list[str]) -> i
         print(f"{model}: {head}" + "\n  - ".join(verdict.problems), file=sys.stderr)
         return 1
     print(f"{model}: the audit trail is intact ({len(rows)} events, hash chain verified)")
+    for note in verdict.notes:
+        print(f"  - {note}")
+    return 0
+
+
+def _verify_prediction_log(model: str, settings) -> int:
+    """``audit --verify-log``: every segment of the model's prediction log against its manifest (lib/log_manifest.py):
+    a deleted, truncated, edited or unlisted segment is named; no log at all is not "intact" either."""
+    from mlplatform.lib.audit_key import AuditKeyError, configured_key
+    from mlplatform.lib.prediction_log import PredictionLogUnavailable, log_location_text, verify_prediction_log
+
+    try:
+        where = log_location_text(settings.home, model)
+        verdict = verify_prediction_log(settings.home, model, configured_key())
+    except (AuditKeyError, PredictionLogUnavailable, ValueError) as error:
+        print(f"{model}: the prediction log was not verified: {error}", file=sys.stderr)
+        return 1
+    if verdict is None:
+        print(f"{model}: no prediction log to verify at {where}: the service never logged this model there, or the "
+              "whole log was deleted; either way nothing vouches for it", file=sys.stderr)
+        return 1
+    if not verdict.intact:
+        print(f"{model}: the prediction log at {where} was tampered with:\n  - " + "\n  - ".join(verdict.problems),
+              file=sys.stderr)
+        return 1
+    print(f"{model}: the prediction log at {where} is intact ({verdict.segments} segments, {verdict.rows} rows, "
+          "manifest verified)")
     for note in verdict.notes:
         print(f"  - {note}")
     return 0
@@ -795,6 +825,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--verify", action="store_true", help="check the hash chain (keyed with MLPLATFORM_AUDIT_KEY), "
                        "its head against the registry tag and checkpoint, and audit.alias_changes against it: a "
                        "changed, deleted or forged row is named; exit 1")
+    audit.add_argument("--verify-log", action="store_true", help="check the model's prediction log against its "
+                       "manifest: a deleted, truncated, edited or unlisted segment is named; exit 1")
     audit.add_argument("--aliases", action="store_true", help="the alias-change table instead of the event trail")
     audit.add_argument("--since", type=_iso_date, help="only changes at or after this date (YYYY-MM-DD)")
     audit.add_argument("--json", action="store_true", help="JSON records instead of a table")
