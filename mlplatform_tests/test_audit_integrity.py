@@ -227,3 +227,12 @@ def test_an_unusable_key_setting_is_refused_by_name(tmp_path, monkeypatch):
         monkeypatch.setenv(AUDIT_KEY_FILE_ENV, str(tmp_path / "missing.key"))
         with pytest.raises(AuditKeyError):
             append_events(connection, [AuditEvent("m", "gate", "run", "gate")])
+
+
+def test_a_backup_carries_the_checkpoints_so_a_restored_home_verifies(trail, tmp_path, capsys, monkeypatch):
+    assert main(["backup", "--to", str(tmp_path / "backup")]) == 0
+    restored = tmp_path / "restored"
+    shutil.copytree(tmp_path / "backup", restored)
+    monkeypatch.setenv("MLPLATFORM_HOME", str(restored))
+    code, out, err = _verify(capsys)
+    assert code == 0 and "head anchored at event 11" in out, err

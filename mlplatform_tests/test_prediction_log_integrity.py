@@ -132,3 +132,33 @@ def test_the_child_process_writer_seals_its_segments_too(home, capsys, monkeypat
     writer.close()
     code, out, err = _verify_log(capsys)
     assert code == 0 and "1 segments, 4 rows" in out, err
+
+
+@pytest.mark.services
+def test_verify_log_reads_the_bucket_of_an_object_storage_log(s3_server, tmp_path, monkeypatch, capsys):
+    """Replicas spool, seal and upload segments and entries; the verify reads the bucket afresh (not the cache)."""
+    for name, value in s3_server.client_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(AUDIT_KEY_ENV, KEY)
+    uri = f"{s3_server.create_bucket('plog-verify')}/unit"
+    for replica in ("pod-a", "pod-b"):
+        writer = PredictionLogWriter(tmp_path / replica, flush_seconds=3600, input_types=TYPES, uri=uri,
+                                     replica=replica)
+        writer.write([row(i, datetime(2026, 3, 2, 9, 0, i)) for i in range(4)])
+        writer.close()
+    monkeypatch.setenv("MLPLATFORM_PREDICTION_LOG_URI", uri)
+    monkeypatch.setenv("MLPLATFORM_HOME", str(tmp_path / "reader"))
+    code, out, err = _verify_log(capsys)
+    assert code == 0 and "s3://plog-verify/unit/toy/" in out and "intact (2 segments, 8 rows" in out, err
+    assert len(read_prediction_log(tmp_path / "reader", "toy")) == 4  # the cache now holds the segments
+
+    segment = next(k for k in s3_server.keys("plog-verify", "unit/") if "/pod-b-" in k and k.endswith(".parquet"))
+    client = s3_server.client()
+    body = bytearray(client.get_object(Bucket="plog-verify", Key=segment)["Body"].read())
+    body[len(body) // 2] ^= 0xFF  # same size: a stale cached copy would hide it
+    client.put_object(Bucket="plog-verify", Key=segment, Body=bytes(body))
+    code, _, err = _verify_log(capsys)
+    assert code == 1 and f"segment {segment.removeprefix('unit/toy/')} was edited" in err
+    client.delete_object(Bucket="plog-verify", Key=segment)
+    code, _, err = _verify_log(capsys)
+    assert code == 1 and "is missing: deleted" in err
