@@ -282,15 +282,16 @@ def canary_stop_change(registry: AliasRegistry, model: str, version: str, actor:
 
 
 def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry,
-                  changes: Sequence[AliasChange]) -> None:
-    """Audit rows, then the registry moves, inside the caller's open transaction on ``connection``.
+                  changes: Sequence[AliasChange]) -> list[tuple[str, str | None]]:
+    """Audit rows, then the registry moves, then the audit head tag, inside the caller's open transaction.
 
     The caller commits (after its own writes of the same unit) or rolls back; on any failure
     here the aliases already moved are restored before the error propagates, so the caller's
-    rollback leaves registry and audit as they were.
+    rollback leaves registry and audit as they were. Returns the head tags written, as (model, previous value),
+    for a caller whose commit fails to put back (:func:`mlplatform.lib.audit_integrity.restore_anchors`).
     """
     if not changes:
-        return
+        return []
     record_alias_changes(connection, [change.as_row() for change in changes])
     append_events(connection, [AuditEvent(
         change.model, change.kind, change.actor,
@@ -316,6 +317,7 @@ def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry
         _restore_tags(registry, tagged)
         audit_integrity.restore_anchors(registry, anchored)
         raise
+    return anchored
 
 
 def restore(registry: AliasRegistry, moved: Iterable[AliasChange]) -> None:
