@@ -236,3 +236,25 @@ def test_a_backup_carries_the_checkpoints_so_a_restored_home_verifies(trail, tmp
     monkeypatch.setenv("MLPLATFORM_HOME", str(restored))
     code, out, err = _verify(capsys)
     assert code == 0 and "head anchored at event 11" in out, err
+
+
+@pytest.mark.slow
+def test_a_keyed_run_and_a_rollback_from_the_cli_verify_with_the_head_anchored(home, spec_dir, instance, capsys,
+                                                                                monkeypatch):
+    from mlplatform_tests.helpers import load_definitions, run_weeks
+    from mlplatform_tests.test_audit_trail import MODEL_SPEC
+
+    monkeypatch.setenv(AUDIT_KEY_ENV, KEY)
+    spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
+    assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-15").success
+    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+        champions = audit.champion_history(connection, "toy")
+    assert len(champions) > 1, champions  # two weeks trained under approval: auto; a person puts the first back
+    assert main(["rollback", "toy", "--by", "ana", "--reason", "drill"]) == 0
+    code, out, err = _verify(capsys)
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+        events = read_events(connection, "toy")
+    assert code == 0, err
+    assert set(events["hash_scheme"]) == {AuditKey(KEY.encode()).scheme}
+    newest_alias_move = int(events[events["details"].str.contains('"alias"')]["seq"].max())
+    assert f"head anchored at event {max(newest_alias_move, int(events['seq'].max()))}" in out  # the checkpoint too
