@@ -24,13 +24,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mlplatform.lib.prediction_log import ChildProcessLogWriter, PredictionLogWriter, utc_now
+from mlplatform.lib.api_tokens import ApiTokens, bearer_token
+from mlplatform.lib.prediction_log import SENSITIVE_PREFIX, ChildProcessLogWriter, PredictionLogWriter, utc_now
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE, entity_key, role_for, routing_key
 from mlplatform.serving.batching import MicroBatcher, single_threaded
 from mlplatform.serving.explain import add_explain_route, explain_route
 from mlplatform.serving.metrics import RecentLatencies, ServingMetrics
 from mlplatform.serving.models import LoadedModel, ModelState, ModelWatcher, Registry, ServingState, finite_output
 from mlplatform.serving.protocol import (
+    AUTH_REALM,
     REQUEST_ID_HEADER,
     Body,
     BodyDeadlines,
@@ -68,6 +70,7 @@ class ServingConfig:
     shadow_queue_rows: int = 10_000
     max_body_bytes: int | None = None  # default: 4 KiB a record of max_batch, plus 64 KiB
     body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
+    api_tokens: ApiTokens | None = None  # bearer tokens per team (MLPLATFORM_API_TOKENS_FILE); None: the API is open
 
     @property
     def body_limit(self) -> int:
@@ -169,7 +172,8 @@ class ServingRuntime:
     def __init__(self, config: ServingConfig):
         self.config = config
         input_types = {spec.name: {**{c: "float64" for c in spec.features.numeric},
-                                   **{c: "string" for c in [*spec.features.categorical, *spec.features.text]}}
+                                   **{c: "string" for c in [*spec.features.categorical, *spec.features.text]},
+                                   **{SENSITIVE_PREFIX + c: "string" for c in sensitive_columns(spec)}}
                        for spec in config.specs}
         # The log's Parquet work runs in a child process, off this process's GIL (docs/serving.md, Speed).
         self.writer = (ChildProcessLogWriter(config.home, config.flush_seconds, input_types, config.log_uri,
@@ -278,6 +282,9 @@ class ServingRuntime:
                          "label": _label(outputs_by_index[i]),
                          "probabilities": outputs_by_index[i].get("probabilities"),
                          "latency_ms": latency * 1000} for i in range(len(rows))]
+            if model.schema.sensitive_columns:  # logged beside the inputs for live fairness, never scored
+                for log_row, record in zip(log_rows, records, strict=True):
+                    log_row["sensitive"] = model.schema.sensitive(record)
             if self.writer is not None:
                 self.writer.write(log_rows)
             if model.shadow and challenger is not None and champion_indexes:
@@ -354,7 +361,8 @@ def create_app(config: ServingConfig) -> ScoringFront:
         """The same path when the application is called without the front (the front answers these routes)."""
         status, body, headers = await handle(runtime, routes[route], name, Body(await request.body()),
                                              request.headers.get(REQUEST_ID_HEADER), dict(request.query_params),
-                                             content_type=request.headers.get("content-type"))
+                                             content_type=request.headers.get("content-type"),
+                                             authorization=request.headers.get("authorization"))
         return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     @app.post("/v1/models/{name}/predict", summary="Predict one or more records",
@@ -398,8 +406,12 @@ def create_app(config: ServingConfig) -> ScoringFront:
                 "models": {n: m.champion.version for n, m in state.models.items() if m.champion}}
         return _json(body, 200 if ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
+    @app.get("/metrics", summary="Prometheus metrics (a metrics token when the tokens file lists any)")
+    async def metrics(request: Request) -> Response:
+        tokens = config.api_tokens
+        if tokens is not None and not tokens.may_read_metrics(bearer_token(request.headers.get("authorization"))):
+            return _json({"error": "/metrics needs a metrics token: send Authorization: Bearer <token> with a token "
+                          "the tokens file lists under `metrics`"}, 401, {"WWW-Authenticate": AUTH_REALM})
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(Exception)
@@ -409,6 +421,11 @@ def create_app(config: ServingConfig) -> ScoringFront:
         return JSONResponse({"error": "internal error", "error_id": error_id}, status_code=500)
 
     return ScoringFront(app, runtime, routes)
+
+
+def sensitive_columns(spec: ModelSpec) -> list[str]:
+    """The spec's sensitive attributes (``fairness.sensitive``), which requests may carry for live fairness."""
+    return list(spec.fairness.sensitive) if spec.fairness else []
 
 
 def latency_budget_ms(spec: ModelSpec) -> float | None:
