@@ -344,16 +344,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Print a model's audit trail, or check its hash chain; opens the warehouse read-only and lets go at once."""
     import json
 
-    from mlplatform.lib.audit import AUDIT_TABLE, models_with_trails, read_events, verify_chain
+    from mlplatform.lib.audit import AUDIT_TABLE, models_with_trails, read_events
+    from mlplatform.lib.audit_integrity import read_alias_rows
     from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged, connect_when_free
 
     settings = load_settings()
+    log_code = _verify_prediction_log(args.model, settings) if args.verify_log else 0
+    if args.verify_log and not args.verify:
+        return log_code
     if not settings.warehouse_path.exists():
         print(f"no warehouse at {settings.warehouse_path} yet: run `python3 dev.py demo` first", file=sys.stderr)
         return 1
     try:
         with connect_when_free(settings.warehouse_path, args.wait, read_only=True) as connection:
-            if args.aliases:
+            if args.aliases and not args.verify:
                 exists = connection.execute(
                     "select count(*) from information_schema.tables where table_schema = 'audit' "
                     "and table_name = 'alias_changes'").fetchone()[0]
@@ -363,6 +367,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             else:
                 rows = read_events(connection, args.model, None if args.verify else args.since)
             known = models_with_trails(connection) if args.verify else []
+            alias_rows = read_alias_rows(connection, args.model) if args.verify else None
     except WarehouseBusy as busy:
         print(f"{busy}; try again when the run ends, or give --wait SECONDS", file=sys.stderr)
         return 1
@@ -370,17 +375,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{args.model}: {damaged}", file=sys.stderr)
         return 1
     if args.verify:
-        if rows is None or rows.empty:  # nothing to verify is not "intact": a deleted trail looks exactly like this
-            print(f"{args.model}: no audit trail to verify. Either no model of that name ever ran against this "
-                  f"warehouse (models with a trail: {', '.join(known) or 'none'}) or its whole trail was deleted; "
-                  "either way nothing vouches for it", file=sys.stderr)
-            return 1
-        problems = verify_chain(rows)
-        if problems:
-            print(f"{args.model}: the audit trail was tampered with:\n  - " + "\n  - ".join(problems), file=sys.stderr)
-            return 1
-        print(f"{args.model}: the audit trail is intact ({len(rows)} events, hash chain verified)")
-        return 0
+        return max(_verify_audit(args.model, settings, rows, alias_rows, known), log_code)
     if rows is None or rows.empty:
         print(f"no audit events for {args.model}")
         return 0
@@ -392,6 +387,64 @@ def cmd_audit(args: argparse.Namespace) -> int:
         shown = rows[["seq", "occurred_at", "event", "actor", "version", "week", "passed", "summary"]].copy()
         shown["summary"] = shown["summary"].str.slice(0, 100)
         print(shown.to_string(index=False))
+    return 0
+
+
+def _verify_audit(model: str, settings, rows, alias_rows, known: list[str]) -> int:
+    """``audit --verify``: the keyed chain, its head against the registry tag and the checkpoint file, and
+    audit.alias_changes against the chain (lib/audit_integrity.py). Nothing to verify is not "intact"."""
+    from mlplatform.lib.audit_integrity import HEAD_TAG, read_checkpoint, verify_trail
+    from mlplatform.lib.audit_key import AuditKeyError, configured_key
+    from mlplatform.lib.tracking import Tracker
+
+    try:
+        key = configured_key()
+    except AuditKeyError as error:
+        print(f"{model}: not verified: {error}", file=sys.stderr)
+        return 1
+    try:  # the anchor outside the warehouse; an embedded store that was never created has none
+        fresh = settings.embedded_mlflow and not (settings.mlflow_dir / "mlflow.db").exists()
+        tags = None if fresh else Tracker.for_settings(settings).model_tags(model)
+    except Exception as error:  # noqa: BLE001 - an unreachable registry: say so, do not call the trail intact
+        print(f"{model}: not verified: the registry holding the audit head ({settings.tracking_uri}) cannot be read: "
+              f"{error}", file=sys.stderr)
+        return 1
+    verdict = verify_trail(model, rows, alias_rows, (tags or {}).get(HEAD_TAG), read_checkpoint(settings.home, model),
+                           tags is not None, known, key)
+    if not verdict.intact:
+        head = "" if verdict.no_trail else "the audit trail was tampered with:\n  - "
+        print(f"{model}: {head}" + "\n  - ".join(verdict.problems), file=sys.stderr)
+        return 1
+    print(f"{model}: the audit trail is intact ({len(rows)} events, hash chain verified)")
+    for note in verdict.notes:
+        print(f"  - {note}")
+    return 0
+
+
+def _verify_prediction_log(model: str, settings) -> int:
+    """``audit --verify-log``: every segment of the model's prediction log against its manifest (lib/log_manifest.py):
+    a deleted, truncated, edited or unlisted segment is named; no log at all is not "intact" either."""
+    from mlplatform.lib.audit_key import AuditKeyError, configured_key
+    from mlplatform.lib.prediction_log import PredictionLogUnavailable, log_location_text, verify_prediction_log
+
+    try:
+        where = log_location_text(settings.home, model)
+        verdict = verify_prediction_log(settings.home, model, configured_key())
+    except (AuditKeyError, PredictionLogUnavailable, ValueError) as error:
+        print(f"{model}: the prediction log was not verified: {error}", file=sys.stderr)
+        return 1
+    if verdict is None:
+        print(f"{model}: no prediction log to verify at {where}: the service never logged this model there, or the "
+              "whole log was deleted; either way nothing vouches for it", file=sys.stderr)
+        return 1
+    if not verdict.intact:
+        print(f"{model}: the prediction log at {where} was tampered with:\n  - " + "\n  - ".join(verdict.problems),
+              file=sys.stderr)
+        return 1
+    print(f"{model}: the prediction log at {where} is intact ({verdict.segments} segments, {verdict.rows} rows, "
+          "manifest verified)")
+    for note in verdict.notes:
+        print(f"  - {note}")
     return 0
 
 
@@ -828,7 +881,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="print a model's audit trail, or --verify its hash chain (reads the "
                                 "warehouse and releases it)")
     audit.add_argument("model")
-    audit.add_argument("--verify", action="store_true", help="check the hash chain: a changed or deleted row is named")
+    audit.add_argument("--verify", action="store_true", help="check the hash chain (keyed with MLPLATFORM_AUDIT_KEY), "
+                       "its head against the registry tag and checkpoint, and audit.alias_changes against it: a "
+                       "changed, deleted or forged row is named; exit 1")
+    audit.add_argument("--verify-log", action="store_true", help="check the model's prediction log against its "
+                       "manifest: a deleted, truncated, edited or unlisted segment is named; exit 1")
     audit.add_argument("--aliases", action="store_true", help="the alias-change table instead of the event trail")
     audit.add_argument("--since", type=_iso_date, help="only changes at or after this date (YYYY-MM-DD)")
     audit.add_argument("--json", action="store_true", help="JSON records instead of a table")

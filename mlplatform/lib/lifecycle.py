@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from mlplatform import names
+from mlplatform.lib import audit_integrity, promotion
 from mlplatform.lib import gates as gate_lib
-from mlplatform.lib import promotion
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.audit import AuditEvent, append_events
 from mlplatform.lib.explain import Importance
@@ -502,7 +502,7 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
         append_events(connection, [*week_events(spec, result, actor, dagster_run_id), *held])
         for change in result.alias_changes:
             change.dagster_run_id = dagster_run_id
-        promotion.apply_changes(connection, tracker, result.alias_changes)
+        anchored = promotion.apply_changes(connection, tracker, result.alias_changes)
     except Exception:
         connection.rollback()
         raise
@@ -510,6 +510,7 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
         connection.commit()
     except Exception:
         promotion.restore(tracker, result.alias_changes)
+        audit_integrity.restore_anchors(tracker, anchored)
         raise
     return result
 

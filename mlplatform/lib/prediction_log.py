@@ -42,6 +42,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlplatform.lib.audit_key import AuditKey
+from mlplatform.lib.log_manifest import (
+    ENTRY_SUFFIX,
+    MANIFEST_DIR_NAME,
+    LogVerdict,
+    SegmentManifest,
+    local_log_files,
+    verify_log,
+)
 from mlplatform.lib.object_store import (
     LogLocation,
     SegmentNamer,
@@ -147,6 +156,7 @@ class PredictionLogWriter:
         self.root = spool_root(home) if self.uri else log_root(home)
         self._uploader = SpoolUploader(self.root, self.uri) if self.uri else None
         self._namer = SegmentNamer(self.replica) if self.uri else None
+        self._manifest = _manifest_for(self._namer)  # seals each segment (lib/log_manifest.py)
         self.flush_seconds = flush_seconds
         self.input_types = {model: dict(types) for model, types in (input_types or {}).items()}
         self._pending: list[Mapping[str, Any]] = []
@@ -188,7 +198,7 @@ class PredictionLogWriter:
             if not rows:
                 return 0
             try:
-                written = write_segments(self.root, rows, self.input_types, self._namer)
+                written = write_segments(self.root, rows, self.input_types, self._namer, self._manifest)
             except Exception:  # noqa: BLE001 - keep the rows and retry: losing predictions is worse than a late write
                 self.failed_flushes += 1
                 log.exception("prediction log: writing %d rows under %s failed; retrying", len(rows), self.root)
@@ -388,6 +398,7 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: s
     pending: list[Mapping[str, Any]] = []
     uploader = SpoolUploader(root, uri) if uri else None
     namer = SegmentNamer(replica or "") if uri else None
+    manifest = _manifest_for(namer)
     if uploader is not None and uploader.upload():  # leftovers of a replica that stopped before draining
         log.warning("prediction log writer: segments left in %s could not be uploaded yet; retrying", root)
     while True:
@@ -401,7 +412,7 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: s
         written, segments, error = 0, 0, None
         if pending:
             try:
-                segments = write_segments(root, pending, input_types, namer)
+                segments = write_segments(root, pending, input_types, namer, manifest)
                 written, pending = len(pending), []
             except Exception as failure:  # noqa: BLE001 - keep the rows: the service retries at its next flush
                 error = f"{type(failure).__name__}: {failure}"
@@ -412,7 +423,7 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: s
         if not pending:
             break
         try:
-            write_segments(root, pending, input_types, namer)
+            write_segments(root, pending, input_types, namer, manifest)
             pending = []
         except Exception:  # noqa: BLE001
             log.exception("prediction log writer: writing %d rows under %s failed", len(pending), root)
@@ -421,6 +432,11 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: s
         log.error("prediction log writer: %d rows could not be written", len(pending))
     if uploader is not None:
         _drain(uploader)
+
+
+def _manifest_for(namer: SegmentNamer | None) -> SegmentManifest:
+    """A writer's manifest chain, named like its segments (replica and start token) when it spools for a bucket."""
+    return SegmentManifest(f"{namer.replica}-{namer.token}" if namer is not None else None)
 
 
 DRAIN_ATTEMPTS = 5
@@ -438,8 +454,11 @@ def _drain(uploader: SpoolUploader) -> None:
 
 def write_segments(root: Path, rows: Sequence[Mapping[str, Any]],
                    input_types: Mapping[str, Mapping[str, str]] | None = None,
-                   name: Callable[[], str] | None = None) -> int:
+                   name: Callable[[], str] | None = None, manifest: SegmentManifest | None = None) -> int:
     """Publish rows as one segment per (model, date, hour); returns the number of segments.
+
+    ``manifest`` seals each published segment with a manifest entry (the service's writers always pass one, so
+    ``audit --verify-log`` can check the log; tests writing fixtures may not).
 
     ``name`` gives each segment's file name (without suffix); default a random UUID. The spool of an
     object-storage log names them for unique keys (:class:`~mlplatform.lib.object_store.SegmentNamer`).
@@ -456,7 +475,9 @@ def write_segments(root: Path, rows: Sequence[Mapping[str, Any]],
     for (model, day, hour), group in groups.items():
         folder = root / model / f"date={day}" / f"hour={hour}"
         folder.mkdir(parents=True, exist_ok=True)
-        _publish(folder, _table(group, (input_types or {}).get(model, {})), name() if name else None)
+        published = _publish(folder, _table(group, (input_types or {}).get(model, {})), name() if name else None)
+        if manifest is not None:
+            manifest.seal(root, model, published, len(group))
     return len(groups)
 
 
@@ -615,6 +636,35 @@ def _fetched_segments(home: Path, model: str, location: LogLocation, low: pd.Tim
 
 class PredictionLogUnavailable(RuntimeError):
     """The configured object-storage log could not be listed or read (credentials, endpoint, bucket)."""
+
+
+def verify_prediction_log(home: Path, model: str, key: AuditKey | None, uri: str | None = None) -> LogVerdict | None:
+    """Check a model's log against its manifest (lib/log_manifest.py), wherever it is read from; None when there
+    is no log at all. Objects are downloaded afresh into a temporary folder (not the read cache: a copy cached before
+    an edit of the same size would hide it)."""
+    import tempfile
+
+    location = parse_log_uri(uri) if uri else configured_location()
+    if location is None:
+        files = local_log_files(model_log_dir(home, model))
+        return verify_log(files, key) if files else None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = s3_client()
+        keys = list_model_keys(location, model, client) + [
+            item for item in list_model_keys(location, model, client, suffix=ENTRY_SUFFIX)
+            if f"/{MANIFEST_DIR_NAME}/" in "/" + item[0]]
+        if not keys:
+            return None
+        with tempfile.TemporaryDirectory(prefix="verify-log-") as scratch:
+            paths = fetch_segments(location, keys, Path(scratch), client)
+            prefix = location.model_prefix(model)
+            return verify_log({key_[len(prefix):]: path for (key_, _), path in zip(keys, paths, strict=True)}, key)
+    except (BotoCoreError, ClientError) as error:
+        raise PredictionLogUnavailable(
+            f"prediction log {location.uri}/{model}: cannot be read from object storage ({error}); check "
+            "MLPLATFORM_PREDICTION_LOG_URI, the AWS_* credentials and AWS_ENDPOINT_URL of this process") from error
 
 
 def _feature_name(column: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import duckdb
 
+from mlplatform.lib import audit_integrity
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.audit import AuditEvent, append_events, champion_history, record_alias_changes
 from mlplatform.lib.servability import forced_tags, gates_text, servability
@@ -41,6 +42,12 @@ class AliasRegistry(Protocol):
     def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None: ...
 
     def delete_version_tag(self, model_name: str, version: str, key: str) -> None: ...
+
+    def model_tags(self, model_name: str) -> dict[str, str] | None: ...
+
+    def set_model_tag(self, model_name: str, key: str, value: str) -> None: ...
+
+    def delete_model_tag(self, model_name: str, key: str) -> None: ...
 
 
 @dataclass
@@ -293,25 +300,27 @@ def canary_stop_change(registry: AliasRegistry, model: str, version: str, actor:
 
 
 def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry,
-                  changes: Sequence[AliasChange]) -> None:
-    """Audit rows, then the registry moves, inside the caller's open transaction on ``connection``.
+                  changes: Sequence[AliasChange]) -> list[tuple[str, str | None]]:
+    """Audit rows, then the registry moves, then the audit head tag, inside the caller's open transaction.
 
     The caller commits (after its own writes of the same unit) or rolls back; on any failure
     here the aliases already moved are restored before the error propagates, so the caller's
-    rollback leaves registry and audit as they were.
+    rollback leaves registry and audit as they were. Returns the head tags written, as (model, previous value),
+    for a caller whose commit fails to put back (:func:`mlplatform.lib.audit_integrity.restore_anchors`).
     """
     if not changes:
-        return
+        return []
     record_alias_changes(connection, [change.as_row() for change in changes])
     append_events(connection, [AuditEvent(
         change.model, change.kind, change.actor,
         f"{change.alias}: v{change.previous_version or '-'} -> v{change.version or '-'}; {change.reason}",
         version=change.version, week=change.week, dagster_run_id=change.dagster_run_id,
         details={"alias": change.alias, "previous_version": change.previous_version, "action": change.action,
-                 **({"forced": change.forced} if change.forced else {})},
+                 "reason": change.reason, **({"forced": change.forced} if change.forced else {})},
         at=change.changed_at) for change in changes])
     moved: list[AliasChange] = []
     tagged: list[tuple[AliasChange, dict[str, str]]] = []
+    anchored: list[tuple[str, str | None]] = []
     try:
         for change in changes:
             if change.version_tags and change.version is not None:
@@ -320,10 +329,13 @@ def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry
                     registry.set_version_tag(change.model, change.version, key, value)
             _move(registry, change.model, change.alias, change.version)
             moved.append(change)
+        audit_integrity.anchor_heads(connection, registry, [c.model for c in changes], anchored)
     except Exception:
         restore(registry, moved)
         _restore_tags(registry, tagged)
+        audit_integrity.restore_anchors(registry, anchored)
         raise
+    return anchored
 
 
 def restore(registry: AliasRegistry, moved: Iterable[AliasChange]) -> None:
@@ -352,6 +364,8 @@ def commit_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistr
     except Exception:
         connection.rollback()
         raise
+    for model in dict.fromkeys(change.model for change in changes):
+        audit_integrity.write_checkpoint(connection, model)
 
 
 def champion_as_of(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,

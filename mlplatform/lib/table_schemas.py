@@ -488,7 +488,10 @@ def audit_events_schema(spec: ModelSpec | None = None) -> pa.DataFrameSchema:
         "code_version": column("text", "Platform code version.", nullable=True),
         "details": column("text", "Facts as JSON."),
         "prev_hash": column("text", "Hash of the previous event.", checks=[hex64]),
-        "hash": column("text", "SHA-256 of this event and prev_hash.", checks=[hex64]),
+        "hash": column("text", "SHA-256 of this event and prev_hash; HMAC-SHA256 when the chain is keyed.",
+                       checks=[hex64]),
+        "hash_scheme": column("text", "What hashed the row: `sha256`, `hmac-sha256:<key id>`, null before keying "
+                              "existed.", nullable=True, required=False),
     }, f"{spec.name if spec else 'audit'}_audit_events", "The audit trail: every lifecycle event, hash-chained.",
         unique=["model", "seq"])
 
