@@ -23,7 +23,9 @@ def build_definitions() -> Definitions:
     except SpecError as error:  # the list first and briefly: Dagster prints its traceback before the message
         print(error, file=sys.stderr, flush=True)
         raise
-    return Definitions.merge(*(ModelLifecycle(spec).build_defs() for spec in specs))
+    from mlplatform.defs.alerts_sensor import alerts_definitions
+
+    return Definitions.merge(*(ModelLifecycle(spec).build_defs() for spec in specs), alerts_definitions(specs, settings))
 
 
 defs = build_definitions()

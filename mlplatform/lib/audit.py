@@ -94,6 +94,9 @@ class AuditEvent:
     at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
 
 
+EVENT_TYPES += ("retrain_failed",)  # a retrain run failed: recorded by the alerts sensor (lib/alerts.py)
+
+
 def _row_hash(row: dict[str, Any]) -> str:
     """SHA-256 over the previous row's hash and every field of this row (a canonical JSON text)."""
     content = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items() if k != "hash"}

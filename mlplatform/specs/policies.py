@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mlplatform.lib.alerts import AlertsConfig
+
 if TYPE_CHECKING:
     from mlplatform.specs.schema import ModelSpec
 
@@ -47,6 +49,8 @@ class PolicyFile(BaseModel):
 
     default: str | None = Field(default=None, description="The policy of every spec that names none.")
     policies: dict[str, Policy] = Field(default_factory=dict)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Where lifecycle alerts go: destinations "
+                                 "and routes per team, policy or model (docs/alerts.md; mlplatform.lib.alerts).")
 
 
 BUILTIN_POLICIES: dict[str, Policy] = {
@@ -89,8 +93,9 @@ def load_policies(file: Path | None) -> tuple[dict[str, Policy], str | None]:
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise PolicyFileError(file, key, f"{first['msg']}; a policy has the keys "
-                              f"{', '.join(Policy.model_fields)}") from None
+        hint = ("see docs/alerts.md" if first["loc"][:1] == ("alerts",)
+                else f"a policy has the keys {', '.join(Policy.model_fields)}")
+        raise PolicyFileError(file, key, f"{first['msg']}; {hint}") from None
     known = {**BUILTIN_POLICIES, **parsed.policies}
     if parsed.default is not None and parsed.default not in known:
         raise PolicyFileError(file, "default", f"found {parsed.default!r}; allowed: {', '.join(sorted(known))}")
