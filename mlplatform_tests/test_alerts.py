@@ -40,7 +40,8 @@ def lifecycle_events(model: str) -> list[AuditEvent]:
                             "max_drifted_share": 0.5}),
         AuditEvent(model, "performance_alert", f"dagster run {run}", "live rmse 2.4 vs 1.1 at evaluation",
                    version="1", week="2024-01-15", passed=False, dagster_run_id=run,
-                   details={"check": "live_degradation", "rollback_to": "1", "live": 2.4, "reference": 1.1}),
+                   details={"check": "live_degradation", "rollback_to": "1", "live": 2.4, "reference": 1.1,
+                            "relative_drop": float("nan")}),
         AuditEvent(model, "rollback", "sensor toy_rollback_on_decay", "champion: v2 -> v1; live_degradation failed",
                    version="1", week="2024-01-08", details={"alias": "champion", "previous_version": "2",
                                                              "action": "set"}),
@@ -122,6 +123,8 @@ def test_every_alert_kind_reaches_webhook_slack_and_smtp_exactly_once(toy_spec, 
     assert drift["run_link"] == "http://dagster.test:3000/runs/run-1234"
     assert by_kind["rollback"]["title"] == "toy: champion automatically rolled back from v2 to v1"
     assert by_kind["approval_waiting"]["version"] == "1"
+    assert by_kind["performance_alert"]["facts"] == {"check": "live_degradation", "rollback_to": "1", "live": 2.4,
+                                                     "reference": 1.1, "relative_drop": None}  # strict JSON: no NaN
     assert by_kind["retrain_failed"]["facts"]["error"] == "step toy_model: ValueError: no rows"
     assert "changed after it was written" in by_kind["audit_verification_failed"]["summary"]
     assert by_kind["audit_verification_failed"]["link"] == "http://dagster.test:3000/assets/toy/audit_trail"
@@ -145,12 +148,16 @@ def test_a_receiver_that_was_down_gets_the_missed_alerts_once_and_the_others_not
         assert len(down.delivered) == len(mail.messages) == 7  # e-mail was up: every kind but the verification one
         assert len(down.failed) == 7 and sum(o.tried for o in down.failed) == 1  # one refused try, the rest wait
         assert "unreachable" in down.failed[0].error
+        assert {o.next_attempt_at for o in down.failed} == {start + timedelta(seconds=30)}
         waiting = alerts.deliver(connect(warehouse), setup, now=start + timedelta(seconds=10))
         assert not waiting.outcomes  # inside the backoff: nothing is tried
+        still = alerts.deliver(connect(warehouse), setup, now=start + timedelta(seconds=31))
+        assert not still.delivered and {o.next_attempt_at for o in still.failed} == {start + timedelta(seconds=91)}
+        assert not alerts.deliver(connect(warehouse), setup, now=start + timedelta(seconds=60)).outcomes  # 2nd wait: 60 s
 
         with http_receiver(port) as (_, received):
-            back = alerts.deliver(connect(warehouse), setup, now=start + timedelta(seconds=31))
-            after = alerts.deliver(connect(warehouse), setup, now=start + timedelta(seconds=90))
+            back = alerts.deliver(connect(warehouse), setup, now=start + timedelta(seconds=92))
+            after = alerts.deliver(connect(warehouse), setup, now=start + timedelta(seconds=150))
         assert len(back.delivered) == 7 and not back.failed and not after.outcomes
         assert sorted(b["kind"] for b in received.posted_to("/hook")) == sorted(EVERY_KIND - {"audit_verification_failed"})
         assert len(mail.messages) == 7  # nothing was sent twice to the destination that never failed
@@ -158,7 +165,7 @@ def test_a_receiver_that_was_down_gets_the_missed_alerts_once_and_the_others_not
     with duckdb.connect(str(warehouse), read_only=True) as connection:
         rows = alerts.deliveries(connection)
     assert set(rows["status"]) == {"delivered"}
-    assert rows[rows["destination"] == "ops"]["attempts"].max() == 2  # the refused try, then the delivery
+    assert rows[rows["destination"] == "ops"]["attempts"].max() == 3  # two refused tries, then the delivery
 
 
 def test_a_second_failure_waits_twice_as_long_up_to_the_limit():
@@ -210,6 +217,8 @@ def test_a_wrong_alerts_section_is_refused_naming_the_file_and_key(tmp_path: Pat
 def test_the_cli_sends_a_test_alert_and_delivers_a_pass(home, spec_dir, capsys, monkeypatch):
     from mlplatform.cli import main
 
+    monkeypatch.delenv("MLPLATFORM_POLICIES", raising=False)  # the file beside the specs is the one read
+
     with http_receiver() as (hook, received):
         folder = spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
         (folder / "policies.yaml").write_text(json.dumps({"alerts": {
@@ -223,3 +232,40 @@ def test_the_cli_sends_a_test_alert_and_delivers_a_pass(home, spec_dir, capsys, 
     out = capsys.readouterr().out
     assert "sent a test alert to ops" in out and out.count("delivered toy#") == 7
     assert len(received.posted_to("/hook")) == 1 + 7
+
+
+def test_the_sensor_records_a_failed_retrain_and_delivers_each_alert_once(home, spec_dir, instance, monkeypatch):
+    from dagster import DagsterRunStatus, DefaultSensorStatus, SensorResult, build_sensor_context
+
+    from mlplatform_tests.helpers import load_definitions, warehouse_query
+
+    monkeypatch.delenv("MLPLATFORM_POLICIES", raising=False)
+
+    with http_receiver() as (hook, received):
+        folder = spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+        (folder / "policies.yaml").write_text(json.dumps({"alerts": {
+            "destinations": {"ops": {"type": "webhook", "url": f"{hook}/hook"}},
+            "routes": [{"models": ["toy"], "destinations": ["ops"]}]}}))
+        defs = load_definitions()
+        sensor = defs.resolve_sensor_def("alerts_delivery")
+        assert sensor.default_status == DefaultSensorStatus.RUNNING  # routes exist: on without a click
+        with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+            append_events(connection, lifecycle_events("toy"))
+        retrain = defs.resolve_job_def("toy_retrain")
+        run = instance.create_run_for_job(retrain, tags={"mlplatform/trigger": "drift",
+                                                         "mlplatform/drift_week": "2024-01-15"})
+        instance.report_run_failed(run)
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+
+        tick = sensor(build_sensor_context(instance=instance, definitions=defs))
+        assert isinstance(tick, SensorResult) and not tick.run_requests
+        second = sensor(build_sensor_context(instance=instance, cursor=tick.cursor, definitions=defs))
+
+    kinds = sorted(b["kind"] for b in received.posted_to("/hook"))
+    assert kinds == sorted(EVERY_KIND - {"audit_verification_failed"})  # the chain is intact here
+    failed = next(b for b in received.posted_to("/hook") if b["kind"] == "retrain_failed")
+    assert failed["run_link"].endswith(f"/runs/{run.run_id}") and failed["week"] == "2024-01-15"
+    assert "7 delivered" in tick.skip_reason.skip_message and "delivered toy#" in tick.skip_reason.skip_message
+    assert "no new alerts" in second.skip_reason.skip_message
+    trail = warehouse_query(home, "select event, dagster_run_id from audit.events where event = 'retrain_failed'")
+    assert list(trail["dagster_run_id"]) == [run.run_id]  # recorded once, though two ticks saw the failed run

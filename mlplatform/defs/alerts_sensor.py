@@ -83,7 +83,7 @@ def build_alerts_sensor(setup: AlertSetup, settings: Settings):
             description="Delivers lifecycle alerts (drift, decay and rollback, halted training, stopped canary, "
             "approval waiting, failed retrain, broken audit chain) from the audit trail to the destinations the policy "
             "file's `alerts` section routes them to, once per event and destination (docs/alerts.md). Models routed: "
-            + (", ".join(routed) or "none"))
+            + (", ".join(routed[:20]) + (f" and {len(routed) - 20} more" if len(routed) > 20 else "") or "none"))
     def alerts_delivery(context: SensorEvaluationContext):
         state = json.loads(context.cursor) if context.cursor else {}
         if not routed:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -305,8 +306,19 @@ class Alert:
         return {"id": self.id, "kind": self.kind, "title": self.title, "model": self.model, "team": self.team,
                 "policy": self.policy, "summary": self.summary, "week": self.week, "version": self.version,
                 "passed": self.passed, "actor": self.actor, "event": self.event, "seq": self.seq,
-                "occurred_at": self.occurred_at.isoformat(timespec="seconds") + "Z", "facts": self.facts,
+                "occurred_at": self.occurred_at.isoformat(timespec="seconds") + "Z", "facts": _finite(self.facts),
                 "link": self.link, "run_link": self.run_link, "source": "mlplatform"}
+
+
+def _finite(value: Any) -> Any:
+    """JSON a strict receiver parses: NaN and infinities (a metric not measured) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 ASSET_OF_KIND = {"drift_alert": names.DRIFT, "performance_alert": names.LIVE_PERFORMANCE, "rollback": names.MODEL,
@@ -335,7 +347,7 @@ def asset_link(base: str, model: str, kind: str, week: str | None) -> str:
 
 
 def _title(kind: str, model: str, version: str | None, week: str | None, actor: str | None,
-           facts: dict[str, Any]) -> str:
+           facts: dict[str, Any], event: str | None = None) -> str:
     on_week = f" on week {str(week)[:10]}" if week else ""
     if kind == "drift_alert":
         return f"{model}: input drift{on_week}"
@@ -348,6 +360,8 @@ def _title(kind: str, model: str, version: str | None, week: str | None, actor: 
         return f"{model}: training halted{on_week}"
     if kind == "canary_stopped":
         return f"{model}: canary v{facts.get('previous_version') or version or '?'} stopped"
+    if kind == "approval_waiting" and event == "approval_pending":
+        return f"{model}: v{version or '?'} approved by {actor or '?'}, waits for another approver"
     if kind == "approval_waiting":
         return f"{model}: v{version or '?'} waits for approval"
     if kind == "retrain_failed":
@@ -384,7 +398,8 @@ def alerts_from_events(rows: pd.DataFrame, setup: AlertSetup, base_url: str) -> 
         passed = _clean(record.get("passed"))
         found.append(Alert(
             id=f"{model}#{int(record['seq'])}", model=model, kind=kind,
-            title=_title(kind, model, version, week, actor, details), summary=str(record.get("summary") or ""),
+            title=_title(kind, model, version, week, actor, details, str(record["event"])),
+            summary=str(record.get("summary") or ""),
             occurred_at=pd.Timestamp(record["occurred_at"]).to_pydatetime(), seq=int(record["seq"]),
             event=str(record["event"]), actor=actor, version=version, week=week,
             passed=None if passed is None else bool(passed), facts=details,
@@ -423,9 +438,8 @@ def webhook_payload(alert: Alert) -> dict[str, Any]:
 
 
 def _facts_text(alert: Alert) -> list[str]:
-    lines = [f"{key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}"
-             for key, value in alert.facts.items()]
-    return lines
+    return [f"{key}: {json.dumps(value, default=str) if isinstance(value, dict | list) else value}"
+            for key, value in _finite(alert.facts).items()]
 
 
 def slack_payload(alert: Alert, blocks: bool = True) -> dict[str, Any]:
@@ -472,7 +486,8 @@ def _post_json(url: str, payload: dict[str, Any], timeout: float, alert_id: str)
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(), method="POST", headers={
+    body = json.dumps(_finite(payload), default=str, allow_nan=False).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json", "User-Agent": "mlplatform-alerts", "Idempotency-Key": alert_id})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http/https checked at load)
@@ -676,7 +691,8 @@ def _upsert(connection: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -
             f"insert into {DELIVERIES_TABLE} by name select * from delivery_rows on conflict (destination, alert_id) "
             "do update set status = excluded.status, attempts = excluded.attempts, "
             f"first_attempt_at = coalesce({DELIVERIES_TABLE}.first_attempt_at, excluded.first_attempt_at), "
-            "last_attempt_at = excluded.last_attempt_at, next_attempt_at = excluded.next_attempt_at, "
+            f"last_attempt_at = coalesce(excluded.last_attempt_at, {DELIVERIES_TABLE}.last_attempt_at), "
+            "next_attempt_at = excluded.next_attempt_at, "
             "delivered_at = excluded.delivered_at, last_error = excluded.last_error")
     finally:
         connection.unregister("delivery_rows")
@@ -725,6 +741,9 @@ def deliver(connect: Connect, setup: AlertSetup, now: datetime | None = None, ve
         return report
     started = time.monotonic()
     down: dict[str, tuple[str, datetime]] = {}  # destination -> (error, retry time) after its first failure here
+    failures_so_far: dict[str, int] = {}  # per destination: the most attempts of an alert due to it (its backoff)
+    for _, name, attempts in due:
+        failures_so_far[name] = max(failures_so_far.get(name, 0), attempts)
     rows = []
     for alert, name, attempts in due:
         if name in down or time.monotonic() - started > budget_seconds:
@@ -736,7 +755,7 @@ def deliver(connect: Connect, setup: AlertSetup, now: datetime | None = None, ve
             sender(alert, setup.config.destinations[name], environ)
         except Exception as error:  # noqa: BLE001 (any failure of a destination is recorded, never raised)
             text = str(error) if isinstance(error, DeliveryError) else f"{type(error).__name__}: {error}"
-            next_at = now + timedelta(seconds=backoff(setup.config, attempts + 1))
+            next_at = now + timedelta(seconds=backoff(setup.config, failures_so_far[name] + 1))
             down[name] = (f"not tried: {name} failed earlier in this pass ({text})", next_at)
             report.outcomes.append(Outcome(name, alert, False, attempts + 1, text, next_at))
             rows.append(_row(alert, name, FAILED, attempts + 1, now, next_at, error=text[:1000]))
