@@ -3,6 +3,7 @@ incoming webhook) and a minimal SMTP server that keeps every message (enough of 
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import json
@@ -22,6 +23,7 @@ class Received:
 
     bodies: list[tuple[str, dict]] = field(default_factory=list)  # (path, JSON body)
     messages: list[Message] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)  # "user:password" of each AUTH PLAIN
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def posted_to(self, path: str) -> list[dict]:
@@ -86,7 +88,13 @@ class _SmtpHandler(socketserver.StreamRequestHandler):
             verb = command.split(" ", 1)[0].upper()
             if verb == "EHLO":
                 self.reply("250-localhost")
+                self.reply("250-AUTH PLAIN")
                 self.reply("250 8BITMIME")
+            elif verb == "AUTH" and command.upper().startswith("AUTH PLAIN "):
+                _, user, password = base64.b64decode(command.split()[2]).decode().split("\0")
+                with self.server.received.lock:  # type: ignore[attr-defined]
+                    self.server.received.logins.append(f"{user}:{password}")  # type: ignore[attr-defined]
+                self.reply("235 2.7.0 authenticated")
             elif verb in ("HELO", "MAIL", "RCPT", "RSET", "NOOP"):
                 self.reply("250 OK")
             elif verb == "DATA":

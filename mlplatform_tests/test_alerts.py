@@ -269,3 +269,20 @@ def test_the_sensor_records_a_failed_retrain_and_delivers_each_alert_once(home, 
     assert "no new alerts" in second.skip_reason.skip_message
     trail = warehouse_query(home, "select event, dagster_run_id from audit.events where event = 'retrain_failed'")
     assert list(trail["dagster_run_id"]) == [run.run_id]  # recorded once, though two ticks saw the failed run
+
+
+def test_smtp_login_and_webhook_urls_come_from_the_environment():
+    """The secrets are named in the file and read from the environment; a missing one fails the delivery, naming it."""
+    alert = alerts.sample_alert("mail", "http://localhost:3000", alerts.utc_now())
+    with smtp_receiver() as (port, mail):
+        destination = alerts.EmailDestination.model_validate({
+            "type": "email", "host": "127.0.0.1", "port": port, "from": "mlplatform@test", "to": ["a@test", "b@test"],
+            "username_env": "TEST_SMTP_USER", "password_env": "TEST_SMTP_PASSWORD"})
+        alerts.send(alert, destination, {"TEST_SMTP_USER": "mlp", "TEST_SMTP_PASSWORD": "s3cret"})
+        with pytest.raises(alerts.DeliveryError, match="TEST_SMTP_USER"):
+            alerts.send(alert, destination, {})
+    assert mail.logins == ["mlp:s3cret"] and len(mail.messages) == 1
+    assert mail.messages[0]["To"] == "a@test, b@test"
+    slack = alerts.SlackDestination(type="slack", url_env="TEST_SLACK_URL")
+    with pytest.raises(alerts.DeliveryError, match="TEST_SLACK_URL"):
+        alerts.send(alert, slack, {})
