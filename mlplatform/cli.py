@@ -211,6 +211,9 @@ def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple
         print(f"{args.model}: {refused}: {busy}. A run is probably writing to it; try again when it ends, or give "
               "--wait SECONDS", file=sys.stderr)
         return 1, None
+    except approvals.ApprovalDenied as denied:
+        print(f"{args.model}: {refused}: {denied} (the refusal is recorded in the audit trail)", file=sys.stderr)
+        return 1, None
     except promotion.PromotionRefused as error:
         print(f"{refused}: {error}", file=sys.stderr)
         return 1, None
@@ -229,35 +232,48 @@ def _dbt_model_columns() -> DbtColumns:
     return dbt_columns()
 
 
-def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | None]:
+def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | None, object]:
     """The current spec's hashes (:func:`mlplatform.lib.spec_hash.spec_tags`), for refusing a version whose gates
-    ran under an older spec. (False, None) when the specs do not load (said on stderr: nothing may change then);
-    (True, None) when no spec names the model any more (said on stderr: the check is skipped)."""
+    ran under an older spec, and who may approve (:class:`mlplatform.lib.approvals.ApprovalRule`, from its policy).
+    (False, None, None) when the specs do not load (said on stderr: nothing may change then); (True, None, the
+    policy file's default's rule) when no spec names the model any more (said on stderr: the check is skipped)."""
+    from mlplatform.lib.approvals import ApprovalRule
     from mlplatform.lib.spec_hash import spec_tags
     from mlplatform.specs import SpecError, load_spec_named
+    from mlplatform.specs.policies import PolicyFileError, load_policies, policies_path
 
+    specs_dir = load_settings().specs_dir
     try:
-        spec = load_spec_named(load_settings().specs_dir, model, _dbt_model_columns())
+        spec = load_spec_named(specs_dir, model, _dbt_model_columns())
     except SpecError as error:
         print(f"{model}: not {verb}, nothing changed: its model spec does not load, so the spec this version's gates "
               f"ran under cannot be compared with the current one:\n{error}", file=sys.stderr)
-        return False, None
+        return False, None, None
     except ValueError as error:
         print(f"{model}: {error}; the version is not compared with a current spec", file=sys.stderr)
-        return True, None
-    return True, spec_tags(spec)
+        try:
+            policies, default = load_policies(policies_path(specs_dir))
+        except PolicyFileError as broken:
+            print(f"{model}: not {verb}, nothing changed: {broken}", file=sys.stderr)
+            return False, None, None
+        return True, None, ApprovalRule.of(policies.get(default) if default else None)
+    return True, spec_tags(spec), ApprovalRule.of(spec.policy_rules)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """A person approves a version: it becomes champion, and the audit table says who, when and why."""
-    from mlplatform.lib import promotion
+    from mlplatform.lib import approvals
 
-    loaded, current_spec = _current_spec_tags(args.model, "promoted")
+    loaded, current_spec, rule = _current_spec_tags(args.model, "promoted")
     if not loaded:
         return 1
-    code, change = _person_moves_champion(args, "promoted", lambda connection, tracker: promotion.approval_change(
-        tracker, args.model, args.version, args.by, args.reason, args.force, current_spec=current_spec))
-    if code == 0 and change is None:
+    code, change = _person_moves_champion(args, "promoted", lambda connection, tracker: approvals.approval_decision(
+        connection, tracker, args.model, args.version, args.by, args.reason, args.force, current_spec, rule))
+    if isinstance(change, approvals.PendingApproval):
+        print(f"{args.model}: v{change.version}: approval {len(change.approvals)} of {change.required} recorded "
+              f"({', '.join(change.approvals)}); v{change.version} becomes champion when another person approves it; "
+              "nothing moved yet")
+    elif code == 0 and change is None:
         print(f"{args.model}: v{args.version or 'the challenger'} is already the champion; nothing changed")
     elif code == 0:
         print(f"{args.model}: champion v{change.previous_version or '-'} -> v{change.version} "
@@ -288,13 +304,18 @@ def _rollout_evidence(model: str, version: str) -> list[str]:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """A person puts an earlier champion back; the same rules and audit as every alias move (lib/promotion.py)."""
-    from mlplatform.lib import promotion
+    from mlplatform.lib import approvals, promotion
 
-    loaded, current_spec = _current_spec_tags(args.model, "rolled back")
+    loaded, current_spec, rule = _current_spec_tags(args.model, "rolled back")
     if not loaded:
         return 1
-    code, change = _person_moves_champion(args, "rolled back", lambda connection, tracker: promotion.rollback_change(
-        connection, tracker, args.model, args.to, args.by, args.reason, current_spec=current_spec))
+
+    def decide(connection, tracker):
+        approvals.checked_actor(rule, args.model, args.by, "roll back", args.to, args.reason)
+        return promotion.rollback_change(connection, tracker, args.model, args.to, args.by, args.reason,
+                                         current_spec=current_spec)
+
+    code, change = _person_moves_champion(args, "rolled back", decide)
     if code == 0:
         print(f"{args.model}: champion v{change.previous_version} -> v{change.version} (rolled back by {change.actor})")
     return code
@@ -712,6 +733,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"--drain-seconds must be a number of seconds, 0 or more; got {args.drain_seconds}\nnothing is served",
               file=sys.stderr)
         return 1
+    from mlplatform.lib.api_tokens import exposure_warning, tokens_from_environment
     from mlplatform.lib.object_store import configured_location, replica_id
     from mlplatform.lib.prediction_log import log_root, spool_root
 
@@ -720,19 +742,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         specs = _served_specs(settings, args.model, check_data=False)  # data checks: `validate`, the code location
         location = configured_location()
+        tokens = tokens_from_environment()  # a TokenFileError is a ValueError naming the file and key
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing is served", file=sys.stderr)
         return 1
+    exposed = exposure_warning(args.host, tokens)
+    if exposed:  # the service logs it too, once its logging is set up (serving.server.serve)
+        print(exposed, file=sys.stderr, flush=True)
     config = ServingConfig(home=settings.home, specs=specs, tracker=Tracker.for_settings(settings),
                            poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds,
                            max_batch=args.max_batch, log_predictions=not args.no_log,
-                           log_uri=location.uri if location else None, body_timeout_seconds=args.body_timeout)
+                           log_uri=location.uri if location else None, body_timeout_seconds=args.body_timeout,
+                           api_tokens=tokens)
     where = ("off" if args.no_log else f"{location.uri} as replica {replica_id()}, spooled in "
              f"{spool_root(settings.home)}" if location else str(log_root(settings.home)))
     print(f"serving {', '.join(s.name for s in specs)} on http://{args.host}:{args.port} (API docs at /docs; "
           f"prediction log {where}); Ctrl-C stops it", flush=True)
     serve(config, ServerOptions(host=args.host, port=args.port, log_level=args.log_level,
                                 drain_seconds=args.drain_seconds))
+    return 0
+
+
+def cmd_token_digest(args: argparse.Namespace) -> int:
+    """The digest the tokens file stores for a token read from stdin (never an argument: shell history keeps those)."""
+    from mlplatform.lib.api_tokens import MIN_PLAIN_TOKEN_CHARS, token_digest
+
+    token = sys.stdin.readline().strip()
+    if len(token) < MIN_PLAIN_TOKEN_CHARS:
+        print(f"give a token of at least {MIN_PLAIN_TOKEN_CHARS} characters on stdin (e.g. "
+              "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)", file=sys.stderr)
+        return 1
+    print(token_digest(token))
     return 0
 
 
@@ -937,6 +977,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-log", action="store_true", help="do not write the prediction log")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
+
+    digest = commands.add_parser("token-digest", help="print the sha256: digest of an API token read from stdin, "
+                                 "for the tokens file (docs/serving.md, Access)")
+    digest.set_defaults(func=cmd_token_digest)
 
     replay = commands.add_parser("replay", help="send a model's feature rows for some weeks to a running service")
     replay.add_argument("model")

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mlplatform.lib.api_tokens import ApiTokens, bearer_token
 from mlplatform.lib.prediction_log import ChildProcessLogWriter, PredictionLogWriter, utc_now
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE, entity_key, role_for, routing_key
 from mlplatform.serving.batching import MicroBatcher, single_threaded
@@ -31,6 +32,7 @@ from mlplatform.serving.explain import add_explain_route, explain_route
 from mlplatform.serving.metrics import RecentLatencies, ServingMetrics
 from mlplatform.serving.models import LoadedModel, ModelState, ModelWatcher, Registry, ServingState, finite_output
 from mlplatform.serving.protocol import (
+    AUTH_REALM,
     REQUEST_ID_HEADER,
     Body,
     BodyDeadlines,
@@ -68,6 +70,7 @@ class ServingConfig:
     shadow_queue_rows: int = 10_000
     max_body_bytes: int | None = None  # default: 4 KiB a record of max_batch, plus 64 KiB
     body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
+    api_tokens: ApiTokens | None = None  # bearer tokens per team (MLPLATFORM_API_TOKENS_FILE); None: the API is open
 
     @property
     def body_limit(self) -> int:
@@ -354,7 +357,8 @@ def create_app(config: ServingConfig) -> ScoringFront:
         """The same path when the application is called without the front (the front answers these routes)."""
         status, body, headers = await handle(runtime, routes[route], name, Body(await request.body()),
                                              request.headers.get(REQUEST_ID_HEADER), dict(request.query_params),
-                                             content_type=request.headers.get("content-type"))
+                                             content_type=request.headers.get("content-type"),
+                                             authorization=request.headers.get("authorization"))
         return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     @app.post("/v1/models/{name}/predict", summary="Predict one or more records",
@@ -398,8 +402,12 @@ def create_app(config: ServingConfig) -> ScoringFront:
                 "models": {n: m.champion.version for n, m in state.models.items() if m.champion}}
         return _json(body, 200 if ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
+    @app.get("/metrics", summary="Prometheus metrics (a metrics token when the tokens file lists any)")
+    async def metrics(request: Request) -> Response:
+        tokens = config.api_tokens
+        if tokens is not None and not tokens.may_read_metrics(bearer_token(request.headers.get("authorization"))):
+            return _json({"error": "/metrics needs a metrics token: send Authorization: Bearer <token> with a token "
+                          "the tokens file lists under `metrics`"}, 401, {"WWW-Authenticate": AUTH_REALM})
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(Exception)
