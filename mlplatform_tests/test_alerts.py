@@ -47,6 +47,8 @@ def lifecycle_events(model: str) -> list[AuditEvent]:
                                                              "action": "set"}),
         AuditEvent(model, "training_halted", f"dagster run {run}", "training_data: 40% of rows outside the range",
                    week="2024-01-22", passed=False, details={"gate": "training_data"}),
+        AuditEvent(model, "approval_refused", "mallory", "mallory may not approve toy (policy 'reviewed')",
+                   version="1", details={"action": "promote"}),
         AuditEvent(model, "canary_stopped", f"dagster run {run}", "challenger: v3 -> v-; canary stopped: worse",
                    version=None, week="2024-01-22", details={"alias": "challenger", "previous_version": "3",
                                                              "action": "remove"}),
@@ -145,8 +147,8 @@ def test_a_receiver_that_was_down_gets_the_missed_alerts_once_and_the_others_not
         setup = AlertSetup(config, {"toy": ModelRouting.of(toy_spec)})
         start = alerts.utc_now()
         down = alerts.deliver(connect(warehouse), setup, now=start)
-        assert len(down.delivered) == len(mail.messages) == 7  # e-mail was up: every kind but the verification one
-        assert len(down.failed) == 7 and sum(o.tried for o in down.failed) == 1  # one refused try, the rest wait
+        assert len(down.delivered) == len(mail.messages) == 8  # e-mail was up: every kind but the verification one
+        assert len(down.failed) == 8 and sum(o.tried for o in down.failed) == 1  # one refused try, the rest wait
         assert "unreachable" in down.failed[0].error
         assert {o.next_attempt_at for o in down.failed} == {start + timedelta(seconds=30)}
         waiting = alerts.deliver(connect(warehouse), setup, now=start + timedelta(seconds=10))
@@ -158,9 +160,9 @@ def test_a_receiver_that_was_down_gets_the_missed_alerts_once_and_the_others_not
         with http_receiver(port) as (_, received):
             back = alerts.deliver(connect(warehouse), setup, now=start + timedelta(seconds=92))
             after = alerts.deliver(connect(warehouse), setup, now=start + timedelta(seconds=150))
-        assert len(back.delivered) == 7 and not back.failed and not after.outcomes
+        assert len(back.delivered) == 8 and not back.failed and not after.outcomes
         assert sorted(b["kind"] for b in received.posted_to("/hook")) == sorted(EVERY_KIND - {"audit_verification_failed"})
-        assert len(mail.messages) == 7  # nothing was sent twice to the destination that never failed
+        assert len(mail.messages) == 8  # nothing was sent twice to the destination that never failed
 
     with duckdb.connect(str(warehouse), read_only=True) as connection:
         rows = alerts.deliveries(connection)
@@ -230,8 +232,8 @@ def test_the_cli_sends_a_test_alert_and_delivers_a_pass(home, spec_dir, capsys, 
         assert main(["alerts", "deliver"]) == 0
         assert main(["alerts", "deliver"]) == 0
     out = capsys.readouterr().out
-    assert "sent a test alert to ops" in out and out.count("delivered toy#") == 7
-    assert len(received.posted_to("/hook")) == 1 + 7
+    assert "sent a test alert to ops" in out and out.count("delivered toy#") == 8
+    assert len(received.posted_to("/hook")) == 1 + 8
 
 
 def test_the_sensor_records_a_failed_retrain_and_delivers_each_alert_once(home, spec_dir, instance, monkeypatch):
@@ -265,7 +267,7 @@ def test_the_sensor_records_a_failed_retrain_and_delivers_each_alert_once(home, 
     assert kinds == sorted(EVERY_KIND - {"audit_verification_failed"})  # the chain is intact here
     failed = next(b for b in received.posted_to("/hook") if b["kind"] == "retrain_failed")
     assert failed["run_link"].endswith(f"/runs/{run.run_id}") and failed["week"] == "2024-01-15"
-    assert "7 delivered" in tick.skip_reason.skip_message and "delivered toy#" in tick.skip_reason.skip_message
+    assert "8 delivered" in tick.skip_reason.skip_message and "delivered toy#" in tick.skip_reason.skip_message
     assert "no new alerts" in second.skip_reason.skip_message
     trail = warehouse_query(home, "select event, dagster_run_id from audit.events where event = 'retrain_failed'")
     assert list(trail["dagster_run_id"]) == [run.run_id]  # recorded once, though two ticks saw the failed run

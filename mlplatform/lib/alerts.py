@@ -40,12 +40,13 @@ UI_URL_ENV = "MLPLATFORM_UI_URL"
 DEFAULT_UI_URL = "http://localhost:3000"
 
 ALERT_KINDS = ("drift_alert", "performance_alert", "rollback", "training_halted", "canary_stopped",
-               "approval_waiting", "retrain_failed", "audit_verification_failed")
+               "approval_waiting", "approval_refused", "retrain_failed", "audit_verification_failed")
 """What a person is told about; a route's ``kinds`` names some of these (default: all)."""
 
 DIRECT_KINDS = {"drift_alert": "drift_alert", "performance_alert": "performance_alert", "rollback": "rollback",
                 "training_halted": "training_halted", "canary_stopped": "canary_stopped",
-                "retrain_failed": "retrain_failed", "approval_pending": "approval_waiting"}
+                "retrain_failed": "retrain_failed", "approval_pending": "approval_waiting",
+                "approval_refused": "approval_refused"}
 """Audit event -> alert kind, for the events that are an alert whatever they hold. ``alias_change`` is one only when
 it makes a version challenger under manual approval (:func:`alert_kind`); ``approval_pending`` is the first of two
 approvals that a policy requires."""
@@ -323,7 +324,7 @@ def _finite(value: Any) -> Any:
 
 ASSET_OF_KIND = {"drift_alert": names.DRIFT, "performance_alert": names.LIVE_PERFORMANCE, "rollback": names.MODEL,
                  "training_halted": names.MODEL, "canary_stopped": names.LIVE_PERFORMANCE,
-                 "approval_waiting": names.MODEL, "retrain_failed": names.MODEL,
+                 "approval_waiting": names.MODEL, "approval_refused": names.AUDIT_TRAIL, "retrain_failed": names.MODEL,
                  "audit_verification_failed": names.AUDIT_TRAIL}
 """The asset an alert links to in the Dagster UI."""
 
@@ -364,6 +365,8 @@ def _title(kind: str, model: str, version: str | None, week: str | None, actor: 
         return f"{model}: v{version or '?'} approved by {actor or '?'}, waits for another approver"
     if kind == "approval_waiting":
         return f"{model}: v{version or '?'} waits for approval"
+    if kind == "approval_refused":
+        return f"{model}: a promotion or rollback by {actor or '?'} was refused"
     if kind == "retrain_failed":
         return f"{model}: retrain failed{on_week}"
     if kind == "audit_verification_failed":
