@@ -74,7 +74,7 @@ GENESIS = "0" * 64
 EVENT_TYPES = ("data_gate", "model_trained", "gate", "training_halted", "alias_change", "approval", "rollback",
                "drift_alert", "retrain_requested", "performance_alert", "canary_stopped", "model_imported",
                "batch_scored", "recovery_started", "recovery_retrain", "recovery_ended",
-               "approval_refused", "approval_pending")
+               "approval_refused", "approval_pending", "retrain_failed")
 
 
 @dataclass
@@ -93,9 +93,6 @@ class AuditEvent:
     data_fingerprint: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
-
-
-EVENT_TYPES += ("retrain_failed",)  # a retrain run failed: recorded by the alerts sensor (lib/alerts.py)
 
 
 def _row_hash(row: dict[str, Any]) -> str:
