@@ -793,6 +793,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 print(f"{name}: not delivered: {error}", file=sys.stderr)
                 failed += 1
         return 1 if failed else 0
+    if not settings.warehouse_path.exists():
+        print(f"no warehouse at {settings.warehouse_path} yet: nothing ran, nothing to deliver")
+        return 0
     try:
         report = alerts.deliver(lambda wait: connect_when_free(settings.warehouse_path, wait), setup,
                                 read_wait=args.wait, record_wait=max(args.wait, 20.0))

@@ -89,6 +89,9 @@ def build_alerts_sensor(setup: AlertSetup, settings: Settings):
         if not routed:
             return SensorResult(skip_reason=SkipReason("no alert routes for this location's models (docs/alerts.md)"),
                                 cursor=context.cursor)
+        if not settings.warehouse_path.exists():
+            return SensorResult(skip_reason=SkipReason(f"no warehouse at {settings.warehouse_path} yet: nothing ran, "
+                                                       "nothing to tell"), cursor=context.cursor)
         now = datetime.now(UTC).replace(tzinfo=None)
         failures, newest = failed_retrains(context.instance, setup, state.get("runs_after"),
                                            timedelta(hours=setup.config.max_age_hours))
