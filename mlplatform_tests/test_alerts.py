@@ -196,6 +196,22 @@ def test_routes_pick_destinations_by_team_policy_model_and_kind():
     assert alerts.alert_kind("approval_pending", {}, fraud) == "approval_waiting"
 
 
+def test_the_sensor_is_stopped_by_default_when_no_route_names_the_locations_models(tmp_path: Path):
+    from dagster import DefaultSensorStatus
+
+    from mlplatform.defs.alerts_sensor import build_alerts_sensor
+    from mlplatform.lib.settings import Settings
+
+    settings = Settings(home=tmp_path, specs_dir=tmp_path)
+    config = AlertsConfig.model_validate({"destinations": {"a": {"type": "webhook", "url": "http://127.0.0.1:9/x"}},
+                                          "routes": [{"teams": ["ads"], "destinations": ["a"]}]})
+    fraud = {"fraud_score": ModelRouting("fraud_score", "fraud", None, True)}
+    assert build_alerts_sensor(AlertSetup(config, fraud), settings).default_status == DefaultSensorStatus.STOPPED
+    assert build_alerts_sensor(AlertSetup(AlertsConfig(), fraud), settings).default_status == DefaultSensorStatus.STOPPED
+    ads = {"ads_ctr": ModelRouting("ads_ctr", "ads", None, False)}
+    assert build_alerts_sensor(AlertSetup(config, ads), settings).default_status == DefaultSensorStatus.RUNNING
+
+
 @pytest.mark.parametrize(("section", "key", "says"), [
     ("routes: [{destinations: [nowhere]}]", "alerts", "routes[0].destinations: found 'nowhere'; defined: none"),
     ("destinations: {m: {type: email, host: h, from: a@b, to: [c@d], password: hunter2}}", "alerts.destinations.m",
