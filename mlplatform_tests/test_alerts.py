@@ -304,3 +304,33 @@ def test_smtp_login_and_webhook_urls_come_from_the_environment():
     slack = alerts.SlackDestination(type="slack", url_env="TEST_SLACK_URL")
     with pytest.raises(alerts.DeliveryError, match="TEST_SLACK_URL"):
         alerts.send(alert, slack, {})
+
+
+def test_a_pass_gives_up_at_once_while_a_run_holds_the_warehouse_and_sends_nothing(toy_spec, warehouse):
+    """What keeps delivery from making a run wait: the sensor's read waits 2 s at most, then the next tick goes on."""
+    import subprocess
+    import sys
+    import time
+
+    from mlplatform.lib.warehouse import WarehouseBusy
+
+    write_trail(warehouse, tamper=False)
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); sys.stdin.read()", str(warehouse)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with http_receiver() as (hook, received):
+            config = AlertsConfig.model_validate({"destinations": {"ops": {"type": "webhook", "url": f"{hook}/hook"}},
+                                                  "routes": [{"destinations": ["ops"]}]})
+            setup = AlertSetup(config, {"toy": ModelRouting.of(toy_spec)})
+            started = time.monotonic()
+            with pytest.raises(WarehouseBusy):
+                alerts.deliver(connect(warehouse), setup, read_wait=0.5)
+            assert time.monotonic() - started < 5 and not received.bodies
+            holder.stdin.close()
+            holder.wait(timeout=30)
+            assert len(alerts.deliver(connect(warehouse), setup).delivered) == 8
+    finally:
+        holder.kill()
+        holder.wait()
