@@ -393,6 +393,7 @@ def alerts_from_events(rows: pd.DataFrame, setup: AlertSetup, base_url: str) -> 
             details = json.loads(record.get("details") or "{}")
         except (TypeError, ValueError):
             details = {}
+        details = details if isinstance(details, dict) else {"details": details}
         kind = alert_kind(str(record["event"]), details, routing)
         if kind is None:
             continue
