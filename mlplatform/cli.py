@@ -267,8 +267,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
     loaded, current_spec, rule = _current_spec_tags(args.model, "promoted")
     if not loaded:
         return 1
+    live = _live_fairness_check(args.model)
     code, change = _person_moves_champion(args, "promoted", lambda connection, tracker: approvals.approval_decision(
-        connection, tracker, args.model, args.version, args.by, args.reason, args.force, current_spec, rule))
+        connection, tracker, args.model, args.version, args.by, args.reason, args.force, current_spec, rule,
+        live_check=(lambda version: live(connection, version)) if live else None))
     if isinstance(change, approvals.PendingApproval):
         print(f"{args.model}: v{change.version}: approval {len(change.approvals)} of {change.required} recorded "
               f"({', '.join(change.approvals)}); v{change.version} becomes champion when another person approves it; "
@@ -290,16 +292,31 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return code
 
 
+def _live_fairness_check(model: str):
+    """Live fairness as promotion asks it (:func:`mlplatform.lib.live_fairness.promotion_refusal`); None when the
+    spec and its policy do not require it, or no spec names the model (already said by ``_current_spec_tags``)."""
+    from mlplatform.lib.live_fairness import promotion_refusal
+    from mlplatform.specs import SpecError, load_spec_named
+
+    settings = load_settings()
+    try:
+        spec = load_spec_named(settings.specs_dir, model, _dbt_model_columns())
+    except (SpecError, ValueError):
+        return None
+    return promotion_refusal(spec, settings.home)
+
+
 def _rollout_evidence(model: str, version: str) -> list[str]:
     """The canary and shadow weeks of a version, from the warehouse (read-only; empty before any production)."""
     from mlplatform.lib.live import rollout_evidence
+    from mlplatform.lib.live_fairness import evidence_lines
     from mlplatform.lib.warehouse import connect_when_free
 
     settings = load_settings()
     if not settings.warehouse_path.exists():
         return []
     with connect_when_free(settings.warehouse_path, settings.warehouse_wait_seconds, read_only=True) as connection:
-        return rollout_evidence(connection, model, version)
+        return rollout_evidence(connection, model, version) + evidence_lines(connection, model, version)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -84,9 +84,12 @@ def build_approval_jobs(spec: ModelSpec) -> list:
 
     @op(name=f"{spec.name}_approve_champion", required_resource_keys=resources, pool=names.model_pool(spec.name))
     def approve(context: OpExecutionContext, config: ApprovalConfig) -> None:
+        from mlplatform.lib.live_fairness import promotion_refusal
+
+        live = promotion_refusal(spec, context.resources.platform.home_path)  # None: not required
         _apply(context, spec, lambda connection, tracker: approvals.approval_decision(
             connection, tracker, spec.name, config.version or None, config.approved_by, config.reason, config.force,
-            current_spec, rule))
+            current_spec, rule, live_check=(lambda version: live(connection, version)) if live else None))
 
     @op(name=f"{spec.name}_rollback_champion", required_resource_keys=resources, pool=names.model_pool(spec.name))
     def rollback(context: OpExecutionContext, config: RollbackConfig) -> None:

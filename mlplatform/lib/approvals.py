@@ -117,12 +117,15 @@ def approvals_so_far(connection: duckdb.DuckDBPyConnection, model: str, version:
 
 def approval_decision(connection: duckdb.DuckDBPyConnection, registry: Tracker, model: str, version: str | None,
                       actor: str, reason: str | None, force: bool, current_spec: Mapping[str, str] | None,
-                      rule: ApprovalRule | None) -> AliasChange | PendingApproval | None:
+                      rule: ApprovalRule | None,
+                      live_check: Callable[[str], Any] | None = None) -> AliasChange | PendingApproval | None:
     """``promote``'s decision under ``rule``: refused (audited) for a non-approver or a second approval by the same
     person; a :class:`PendingApproval` until ``rule.required_approvals`` distinct people approved; then the
-    change :func:`mlplatform.lib.promotion.approval_change` makes, its reason naming every approver."""
+    change :func:`mlplatform.lib.promotion.approval_change` makes (``live_check``: live fairness, asked there at every
+    approval), its reason naming every approver."""
     checked_actor(rule, model, actor, "promote", version, reason)
-    change = promotion.approval_change(registry, model, version, actor, reason, force, current_spec=current_spec)
+    change = promotion.approval_change(registry, model, version, actor, reason, force, current_spec=current_spec,
+                                       live_check=live_check)
     required = rule.required_approvals if rule is not None else 1
     if change is None or required <= 1:
         return change
@@ -178,6 +181,12 @@ def move_champion(home: Path, warehouse_path: Path, tracker: Tracker, wait_secon
             _record(connection, denied.event)
             if committed is not None:
                 committed(connection)
+            raise
+        except PromotionRefused as refused:
+            if refused.audit is not None:  # a refusal the audit keeps (live fairness): recorded, nothing moved
+                _record(connection, refused.audit)
+                if committed is not None:
+                    committed(connection)
             raise
         if isinstance(change, PendingApproval):
             _record(connection, change.event)

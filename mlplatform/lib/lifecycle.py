@@ -487,6 +487,10 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
     result.alias_changes, result.alias_note = promotion.gate_changes(
         spec.name, result.version, all(g.passed for g in result.gates), result.week, actor, spec.rollout.approval,
         current, current_weeks)
+    from mlplatform.lib import live_fairness
+
+    result.alias_changes, result.alias_note, held = live_fairness.hold_auto_champion(
+        spec, result.alias_changes, result.alias_note)  # live fairness required: champion waits for live traffic
     weeks = [pd.Timestamp(result.week)]
     predictions = validate_table(result.predictions, predictions_schema(spec), f"{spec.name}.{names.PREDICTIONS_TABLE}")
     evaluation = validate_table(evaluation_row(spec, result), evaluations_schema(spec),
@@ -495,7 +499,7 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
     try:
         replace_week_rows(connection, spec.name, names.PREDICTIONS_TABLE, predictions, "week", weeks, transaction=False)
         replace_week_rows(connection, spec.name, names.EVALUATIONS_TABLE, evaluation, "week", weeks, transaction=False)
-        append_events(connection, week_events(spec, result, actor, dagster_run_id))
+        append_events(connection, [*week_events(spec, result, actor, dagster_run_id), *held])
         for change in result.alias_changes:
             change.dagster_run_id = dagster_run_id
         promotion.apply_changes(connection, tracker, result.alias_changes)

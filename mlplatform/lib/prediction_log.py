@@ -83,6 +83,9 @@ as everywhere. The inputs follow as one typed column per feature, ``input.<featu
 COLUMNS = [f.name for f in SCHEMA]
 INPUT_PREFIX = "input."
 """Prefix of the input columns in the files: a feature may be named like a fixed column (``version``, ``time``)."""
+SENSITIVE_PREFIX = "sensitive."
+"""Prefix of the spec's sensitive attributes a request carried (``fairness.sensitive``; text, null when not sent):
+never model inputs, logged so live fairness can group predictions by them. Kept under this name when read."""
 
 def log_root(home: Path) -> Path:
     return Path(home) / LOG_DIR_NAME
@@ -443,6 +446,8 @@ def write_segments(root: Path, rows: Sequence[Mapping[str, Any]],
 
     ``input_types`` gives per model the Parquet type of each input (``"float64"`` or ``"string"``), so every
     segment of a model has the same schema even when a column is all null in it; without it types are inferred.
+    Its keys starting with :data:`SENSITIVE_PREFIX` name the sensitive attributes, read from each row's
+    ``sensitive`` dict (not from ``inputs``).
     """
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -466,12 +471,18 @@ def _table(rows: Sequence[Mapping[str, Any]], input_types: Mapping[str, str]) ->
     arrays.insert(COLUMNS.index("probabilities"), pa.array([_probabilities_text(row.get("probabilities"))
                                                             for row in rows], type=pa.string()))
     names.insert(COLUMNS.index("probabilities"), "probabilities")
-    features = list(input_types) or list(dict.fromkeys(k for row in rows for k in row["inputs"]))
+    features = ([f for f in input_types if not f.startswith(SENSITIVE_PREFIX)] if input_types
+                else list(dict.fromkeys(k for row in rows for k in row["inputs"])))
+    sensitive = ([f[len(SENSITIVE_PREFIX):] for f in input_types if f.startswith(SENSITIVE_PREFIX)] if input_types
+                 else list(dict.fromkeys(k for row in rows for k in (row.get("sensitive") or {}))))
     for feature in features:
         values = [row["inputs"].get(feature) for row in rows]
         kind = _ARROW_TYPES.get(input_types.get(feature, ""))
         arrays.append(pa.array(values, type=kind) if kind is not None else pa.array(values))
         names.append(INPUT_PREFIX + feature)
+    for column in sensitive:
+        arrays.append(pa.array([(row.get("sensitive") or {}).get(column) for row in rows], type=pa.string()))
+        names.append(SENSITIVE_PREFIX + column)
     return pa.Table.from_arrays(arrays, names=names)
 
 
@@ -539,7 +550,8 @@ def read_prediction_log(
     Ordered by time, request, record and role. ``roles`` keeps only those roles (e.g. ``["champion", "canary"]``
     for what clients were answered). With ``expand_inputs`` every input feature follows as a column named after the
     feature (numbers float64, categories text, nulls NaN/None), ready for drift statistics; a feature named like a
-    fixed column keeps its file name ``input.<name>``. Without it only the fixed columns are returned. An empty
+    fixed column keeps its file name ``input.<name>``; the sensitive attributes requests carried follow as
+    ``sensitive.<name>`` (text). Without it only the fixed columns are returned. An empty
     frame with the fixed columns when nothing was logged.
     """
     import duckdb
@@ -566,7 +578,7 @@ def read_prediction_log(
     source = "read_parquet(?, hive_partitioning=true, union_by_name=true)"
     with duckdb.connect() as connection:
         available = [row[0] for row in connection.execute(f"describe select * from {source}", [paths]).fetchall()]
-        inputs = [c for c in available if c.startswith(INPUT_PREFIX)] if expand_inputs else []
+        inputs = [c for c in available if c.startswith((INPUT_PREFIX, SENSITIVE_PREFIX))] if expand_inputs else []
         selected = ", ".join(_quoted(c) for c in [*COLUMNS, *inputs])
         frame = connection.execute(f"select {selected} from {source} {where} {DEDUPLICATE} "
                                    "order by time, request_id, record_index, role", [paths, *params]).fetchdf()

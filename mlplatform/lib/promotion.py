@@ -12,7 +12,7 @@ happen.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -68,7 +68,14 @@ class AliasChange:
 
 
 class PromotionRefused(ValueError):
-    """A requested alias move breaks a rule (gates failed, no such version, no actor); nothing changed."""
+    """A requested alias move breaks a rule (gates failed, no such version, no actor); nothing changed.
+
+    ``audit``: the event to record for a refusal the audit must keep (live fairness); the workflow that opened the
+    warehouse (:func:`mlplatform.lib.approvals.move_champion`) appends it."""
+
+    def __init__(self, message: str, audit: AuditEvent | None = None):
+        super().__init__(message)
+        self.audit = audit
 
 
 def refuse_control_characters(**texts: str | None) -> None:
@@ -110,7 +117,8 @@ def gate_changes(model: str, version: str, passed: bool, week: str, actor: str, 
 
 
 def approval_change(registry: AliasRegistry, model: str, version: str | None, actor: str, reason: str | None,
-                    force: bool = False, current_spec: Mapping[str, str] | None = None) -> AliasChange | None:
+                    force: bool = False, current_spec: Mapping[str, str] | None = None,
+                    live_check: Callable[[str], Any] | None = None) -> AliasChange | None:
     """A person makes ``version`` (default: the challenger) champion; None when it already is.
 
     Refused (:class:`PromotionRefused`) without a named actor, for an unknown version, and for a
@@ -118,6 +126,10 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     is :func:`mlplatform.lib.spec_hash.spec_tags` of the spec now) unless ``force``. A forced approval says so in
     its reason and ``forced``, and tags the version (:func:`mlplatform.lib.servability.forced_tags`): that tag is
     what lets the service serve a gate-failed version, so production serves what the audit names.
+
+    ``live_check(version)``: the verdict of live fairness (:func:`mlplatform.lib.live_fairness.promotion_refusal`)
+    when it refuses, else None; a refusal is audited (``promotion_refused``) unless ``force`` overrides it. Not asked
+    for a model's first champion, which could not have served any traffic before.
     """
     from mlflow.exceptions import MlflowException
 
@@ -141,7 +153,13 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     previous = registry.alias_version(model, CHAMPION)
     if previous == str(version):
         return None
-    overridden = [*([gates_text(tags)] if not verdict.gates_passed else []), *([older_spec] if older_spec else [])]
+    # The first champion has no live traffic to be judged on (nothing serves before it): its gates vouch for it.
+    live = live_check(str(version)) if live_check is not None and previous is not None else None
+    if live is not None and not force:
+        raise PromotionRefused(f"{live.reason()}; refusing to promote without --force",
+                               audit=live.audit_event(actor.strip(), tags.get("week")))
+    overridden = [*([gates_text(tags)] if not verdict.gates_passed else []), *([older_spec] if older_spec else []),
+                  *([live.reason()] if live is not None else [])]
     text = (reason or "manual approval") + "".join(f" [forced with --force: {o}]" for o in overridden)
     change = AliasChange(model, CHAMPION, str(version), previous, actor.strip(), text, tags.get("week"),
                          kind="approval", forced="; ".join(overridden) or None)

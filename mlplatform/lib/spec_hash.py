@@ -36,7 +36,8 @@ SPEC_ARTIFACT = "spec.json"
 
 ADDED_WHEN_SET = {("metrics",): {}, ("estimator", "factory"): None, ("scoring",): {"batch": False, "table": None},
                   ("features", "text"): [], ("features", "text_max_chars"): 10_000, ("policy",): None,
-                  ("gates", "beat_champion", "test"): "non_inferiority", ("gates", "beat_champion", "margin"): 0.0}
+                  ("gates", "beat_champion", "test"): "non_inferiority", ("gates", "beat_champion", "margin"): 0.0,
+                  ("rollout", "require_live_fairness"): False}
 """Keys added after versions began recording hashes: left out of the normalized spec while at their defaults, so a
 version recorded before them still has the hash of a spec that does not use them."""
 

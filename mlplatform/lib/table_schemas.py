@@ -387,6 +387,26 @@ def shadow_schema(spec: ModelSpec) -> pa.DataFrameSchema:
         unique=["week", "champion_version", "shadow_version"])
 
 
+def live_fairness_schema(spec: ModelSpec) -> pa.DataFrameSchema:
+    """``<model>.live_fairness``: the spec's fairness measures on week W's live predictions, per version and role."""
+    return _schema({
+        "week": _week(),
+        "version": column("text", "Version that made the predictions."),
+        "role": column("text", "champion, canary, shadow or batch."),
+        "attribute": column("text", "Sensitive column (`<column> (banded)` when fairness.bands cuts it)."),
+        "measure": column("text", "Fairness measure (docs/fairness.md, live fairness)."),
+        "value": column("number", "Its value (null: fewer than two groups large enough).", nullable=True),
+        "max_allowed": column("number", "The spec's limit (null: reported, not enforced).", nullable=True),
+        "judged": column("boolean", "At least two groups had fairness.min_group_rows predictions."),
+        "passed": column("boolean", "Within the limit (null: not judged or no limit).", nullable=True),
+        "labelled": column("boolean", "Needs outcomes (computed on the labelled predictions)."),
+        "rows": column("integer", "Predictions with a value for the attribute.", checks=[between(0, None)]),
+        "groups": column("text", "Predictions per group."),
+        "without_value": column("integer", "Predictions that carried no value for it.", checks=[between(0, None)]),
+    }, f"{spec.name}_live_fairness", f"Fairness of {spec.name}'s live predictions, by week.",
+        unique=["week", "version", "role", "attribute", "measure"])
+
+
 def prediction_log_schema(spec: ModelSpec) -> pa.DataFrameSchema:
     """The prediction log as :func:`mlplatform.lib.prediction_log.read_prediction_log` returns it: fixed columns,
     then one column per input feature (optional: a version of another spec may have logged other inputs)."""

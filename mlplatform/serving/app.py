@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mlplatform.lib.api_tokens import ApiTokens, bearer_token
-from mlplatform.lib.prediction_log import ChildProcessLogWriter, PredictionLogWriter, utc_now
+from mlplatform.lib.prediction_log import SENSITIVE_PREFIX, ChildProcessLogWriter, PredictionLogWriter, utc_now
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE, entity_key, role_for, routing_key
 from mlplatform.serving.batching import MicroBatcher, single_threaded
 from mlplatform.serving.explain import add_explain_route, explain_route
@@ -172,7 +172,8 @@ class ServingRuntime:
     def __init__(self, config: ServingConfig):
         self.config = config
         input_types = {spec.name: {**{c: "float64" for c in spec.features.numeric},
-                                   **{c: "string" for c in [*spec.features.categorical, *spec.features.text]}}
+                                   **{c: "string" for c in [*spec.features.categorical, *spec.features.text]},
+                                   **{SENSITIVE_PREFIX + c: "string" for c in sensitive_columns(spec)}}
                        for spec in config.specs}
         # The log's Parquet work runs in a child process, off this process's GIL (docs/serving.md, Speed).
         self.writer = (ChildProcessLogWriter(config.home, config.flush_seconds, input_types, config.log_uri,
@@ -281,6 +282,9 @@ class ServingRuntime:
                          "label": _label(outputs_by_index[i]),
                          "probabilities": outputs_by_index[i].get("probabilities"),
                          "latency_ms": latency * 1000} for i in range(len(rows))]
+            if model.schema.sensitive_columns:  # logged beside the inputs for live fairness, never scored
+                for log_row, record in zip(log_rows, records, strict=True):
+                    log_row["sensitive"] = model.schema.sensitive(record)
             if self.writer is not None:
                 self.writer.write(log_rows)
             if model.shadow and challenger is not None and champion_indexes:
@@ -417,6 +421,11 @@ def create_app(config: ServingConfig) -> ScoringFront:
         return JSONResponse({"error": "internal error", "error_id": error_id}, status_code=500)
 
     return ScoringFront(app, runtime, routes)
+
+
+def sensitive_columns(spec: ModelSpec) -> list[str]:
+    """The spec's sensitive attributes (``fairness.sensitive``), which requests may carry for live fairness."""
+    return list(spec.fairness.sensitive) if spec.fairness else []
 
 
 def latency_budget_ms(spec: ModelSpec) -> float | None:

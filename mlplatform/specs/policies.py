@@ -45,6 +45,9 @@ class Policy(BaseModel):
     latency_budget_p99_ms: float | None = Field(default=None, gt=0, description="The serving latency budget (p99, "
                                                 "ms): `GET /v1/models` and `/metrics` report each model's measured "
                                                 "p99 against it.")
+    require_live_fairness: bool = Field(default=False, description="A version is promoted only once the `fairness` "
+                                        "measures on its live predictions pass (as `rollout.require_live_fairness`): "
+                                        "the spec needs a fairness section and shadow or canary traffic.")
     approvers: list[str] = Field(default_factory=list, description="Who may promote or roll back (names as given "
                                  "with `--by`). Empty, and no `approver_groups`: anyone may.")
     approver_groups: list[str] = Field(default_factory=list, description="Groups whose members may approve too "
@@ -202,6 +205,12 @@ def policy_problems(spec: ModelSpec, policies: dict[str, Policy], default: str |
                                    "distinct approvers, so 'manual'")
     if policy.require_training_data_gate and not spec.gates.training_data.enabled:
         yield "gates.training_data.enabled", f"found false; {under} requires the training-data gate: remove the key"
+    if policy.require_live_fairness and spec.fairness is None:
+        yield "fairness", (f"missing; {under} requires live fairness: add a fairness section with the sensitive "
+                           "columns the requests carry")
+    if policy.require_live_fairness and not (spec.rollout.shadow or spec.rollout.canary_percent > 0):
+        yield "rollout.shadow", (f"found false with rollout.canary_percent 0; {under} requires live fairness, which "
+                                 "needs live traffic for a new version: set rollout.shadow: true or a canary share")
     if policy.min_canary_percent is not None and spec.rollout.canary_percent < policy.min_canary_percent:
         yield "rollout.canary_percent", (f"found {spec.rollout.canary_percent}; {under} requires at least "
                                          f"{policy.min_canary_percent}")

@@ -412,6 +412,11 @@ class RolloutSpec(_Strict):
     shadow: bool = Field(default=False, description="Also score every request with the challenger, off the response "
                          "path; logged with role `shadow` and compared in the weekly shadow report.")
     rollback: RollbackSpec = Field(default_factory=RollbackSpec, description="When to roll back to the previous champion.")
+    require_live_fairness: bool = Field(default=False, description="Refuse to promote a version (`mlplatform promote`, "
+                                        "the UI's approve job, approval: auto) while the `fairness` measures on its "
+                                        "live predictions (canary or shadow, grouped by the sensitive columns sent "
+                                        "with the requests) fail their limits or are too few to judge. Needs a "
+                                        "`fairness` section and live traffic for the challenger (docs/fairness.md).")
 
 
 class LabelsSpec(_Strict):
@@ -538,6 +543,16 @@ class ModelSpec(_Strict):
             problem = labels_table_problem(self.labels.table, self.name)
             if problem:
                 raise ValueError(f"labels.table: {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _live_fairness_needs_fairness(self) -> ModelSpec:
+        if self.rollout.require_live_fairness and self.fairness is None:
+            raise ValueError("rollout.require_live_fairness: needs a fairness section (the sensitive columns and "
+                             "limits to judge live predictions by); add one, or remove the key")
+        if self.rollout.require_live_fairness and not (self.rollout.shadow or self.rollout.canary_percent > 0):
+            raise ValueError("rollout.require_live_fairness: a new version would never get live predictions to be "
+                             "judged on: set rollout.shadow: true or rollout.canary_percent above 0")
         return self
 
     @model_validator(mode="after")
