@@ -194,6 +194,7 @@ def test_routes_pick_destinations_by_team_policy_model_and_kind():
     assert alerts.alert_kind("alias_change", challenger, ads) is None
     assert alerts.alert_kind("alias_change", {"alias": "champion", "action": "set"}, fraud) is None
     assert alerts.alert_kind("approval_pending", {}, fraud) == "approval_waiting"
+    assert alerts.alert_kind("promotion_refused", {}, fraud) == "approval_refused"
 
 
 def test_the_sensor_is_stopped_by_default_when_no_route_names_the_locations_models(tmp_path: Path):

@@ -46,10 +46,10 @@ ALERT_KINDS = ("drift_alert", "performance_alert", "rollback", "training_halted"
 DIRECT_KINDS = {"drift_alert": "drift_alert", "performance_alert": "performance_alert", "rollback": "rollback",
                 "training_halted": "training_halted", "canary_stopped": "canary_stopped",
                 "retrain_failed": "retrain_failed", "approval_pending": "approval_waiting",
-                "approval_refused": "approval_refused"}
+                "approval_refused": "approval_refused", "promotion_refused": "approval_refused"}
 """Audit event -> alert kind, for the events that are an alert whatever they hold. ``alias_change`` is one only when
 it makes a version challenger under manual approval (:func:`alert_kind`); ``approval_pending`` is the first of two
-approvals that a policy requires."""
+approvals that a policy requires; ``promotion_refused`` is a promotion live fairness held back."""
 
 ALERTING_EVENTS = (*DIRECT_KINDS, "alias_change")
 
@@ -365,6 +365,8 @@ def _title(kind: str, model: str, version: str | None, week: str | None, actor: 
         return f"{model}: v{version or '?'} approved by {actor or '?'}, waits for another approver"
     if kind == "approval_waiting":
         return f"{model}: v{version or '?'} waits for approval"
+    if kind == "approval_refused" and event == "promotion_refused":
+        return f"{model}: promotion of v{version or '?'} refused (live fairness)"
     if kind == "approval_refused":
         return f"{model}: a promotion or rollback by {actor or '?'} was refused"
     if kind == "retrain_failed":
