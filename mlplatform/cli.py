@@ -833,6 +833,53 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if result.answered == result.rows else 1
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """``alerts deliver``: one delivery pass (what the alerts_delivery sensor does each tick, without the Dagster
+    instance's failed runs); ``alerts test``: a test alert to one destination, or to each (docs/alerts.md)."""
+    from mlplatform.lib import alerts
+    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
+    from mlplatform.specs import SpecError, load_specs
+    from mlplatform.specs.policies import PolicyFileError
+
+    settings = load_settings()
+    ensure_home(settings)
+    try:
+        setup = alerts.alert_setup(load_specs(settings.specs_dir, None, check_data=False), settings.specs_dir)
+    except (SpecError, PolicyFileError) as error:
+        print(f"{error}\nnothing was sent", file=sys.stderr)
+        return 1
+    config = setup.config
+    if args.action == "test":
+        chosen = [args.destination] if args.destination else sorted(config.destinations)
+        unknown = [d for d in chosen if d not in config.destinations]
+        if not chosen or unknown:
+            print(f"no destination {', '.join(unknown) or ''} in {setup.file or 'the policy file (none found)'}; "
+                  f"defined: {', '.join(sorted(config.destinations)) or 'none'} (docs/alerts.md)", file=sys.stderr)
+            return 1
+        failed = 0
+        for name in chosen:
+            try:
+                alerts.send(alerts.sample_alert(name, alerts.ui_url(config), alerts.utc_now()), config.destinations[name])
+                print(f"sent a test alert to {name}")
+            except alerts.DeliveryError as error:
+                print(f"{name}: not delivered: {error}", file=sys.stderr)
+                failed += 1
+        return 1 if failed else 0
+    if not settings.warehouse_path.exists():
+        print(f"no warehouse at {settings.warehouse_path} yet: nothing ran, nothing to deliver")
+        return 0
+    try:
+        report = alerts.deliver(lambda wait: connect_when_free(settings.warehouse_path, wait), setup,
+                                read_wait=args.wait, record_wait=max(args.wait, 20.0))
+    except WarehouseBusy as busy:
+        print(f"{busy}; nothing was sent: try again when the run ends, or give --wait SECONDS", file=sys.stderr)
+        return 1
+    for outcome in report.outcomes:
+        print(outcome.line(), file=sys.stdout if outcome.delivered else sys.stderr)
+    print(report.text())
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlplatform", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -1013,6 +1060,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
     replay.add_argument("--batch", type=int, default=100, help="records per request (default 100)")
     replay.set_defaults(func=cmd_replay)
+
+    alerts = commands.add_parser("alerts", help="deliver the alerts that are due (one pass), or send a test alert "
+                                 "(docs/alerts.md)")
+    alerts.add_argument("action", choices=["deliver", "test"])
+    alerts.add_argument("--destination", help="test: only this destination (default: each one)")
+    alerts.add_argument("--wait", type=float, default=30.0,
+                        help="seconds to wait while a run holds the warehouse's lock (default 30)")
+    alerts.set_defaults(func=cmd_alerts)
     return parser
 
 

@@ -50,7 +50,9 @@ def build_definitions() -> Definitions:
 
     errors = Definitions(assets=build_spec_error_assets(loaded.broken, loaded.teams),
                          metadata={"mlplatform/teams": MetadataValue.md("\n".join(f"- {line}" for line in report))})
-    return Definitions.merge(*built, errors)
+    from mlplatform.defs.alerts_sensor import alerts_definitions
+
+    return Definitions.merge(*built, errors, alerts_definitions(loaded.specs, settings))
 
 
 def team_report(loaded: SpecLoad) -> list[str]:

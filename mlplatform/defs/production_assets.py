@@ -413,7 +413,9 @@ class ProductionStep:
                 append_events(connection, [AuditEvent(
                     spec.name, "performance_alert", self.actor, f"{verdict.reason}; {rollback.reason}", version=verdict.version,
                     week=week, passed=False, dagster_run_id=run_id,
-                    details={"check": names.LIVE_DEGRADATION_CHECK, "rollback_to": rollback.target})])
+                    details={"check": names.LIVE_DEGRADATION_CHECK, "rollback_to": rollback.target,
+                             "live": verdict.live.value if verdict.live else None, "reference": verdict.reference,
+                             "limit": verdict.limit, "relative_drop": verdict.relative_drop})])
             if recovering is not None:
                 append_events(connection, [AuditEvent(spec.name, event, self.actor, summary, version=recovering.version,
                                                       week=week, passed=passed, dagster_run_id=run_id, details=details)

@@ -78,7 +78,7 @@ GENESIS = "0" * 64
 EVENT_TYPES = ("data_gate", "model_trained", "gate", "training_halted", "alias_change", "approval", "rollback",
                "drift_alert", "retrain_requested", "performance_alert", "canary_stopped", "model_imported",
                "batch_scored", "recovery_started", "recovery_retrain", "recovery_ended",
-               "approval_refused", "approval_pending", "promotion_refused")
+               "approval_refused", "approval_pending", "promotion_refused", "retrain_failed")
 
 
 @dataclass

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from mlplatform.lib.alerts import AlertsConfig
+
 if TYPE_CHECKING:
     from mlplatform.specs.schema import ModelSpec
 
@@ -79,6 +81,8 @@ class PolicyFile(BaseModel):
     default: str | None = Field(default=None, description="The policy of every spec that names none.")
     groups: dict[str, list[str]] = Field(default_factory=dict, description="Approver groups: group -> members.")
     policies: dict[str, Policy] = Field(default_factory=dict)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Where lifecycle alerts go: destinations "
+                                 "and routes per team, policy or model (docs/alerts.md; mlplatform.lib.alerts).")
 
 
 BUILTIN_POLICIES: dict[str, Policy] = {
@@ -125,8 +129,9 @@ def load_policies(file: Path | None) -> tuple[dict[str, Policy], str | None]:
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise PolicyFileError(file, key, f"{first['msg']}; a policy has the keys "
-                              f"{', '.join(Policy.model_fields)}") from None
+        hint = ("see docs/alerts.md" if first["loc"][:1] == ("alerts",)
+                else f"a policy has the keys {', '.join(Policy.model_fields)}")
+        raise PolicyFileError(file, key, f"{first['msg']}; {hint}") from None
     known = {**BUILTIN_POLICIES, **{
         name: (BUILTIN_POLICIES[name].model_copy(update=policy.model_dump(exclude_unset=True))
                if name in BUILTIN_POLICIES else policy) for name, policy in parsed.policies.items()}}
