@@ -486,7 +486,7 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
                      for alias, version in current.items()}
     result.alias_changes, result.alias_note = promotion.gate_changes(
         spec.name, result.version, all(g.passed for g in result.gates), result.week, actor, spec.rollout.approval,
-        current, current_weeks)
+        current, current_weeks, spec.rollout)
     weeks = [pd.Timestamp(result.week)]
     predictions = validate_table(result.predictions, predictions_schema(spec), f"{spec.name}.{names.PREDICTIONS_TABLE}")
     evaluation = validate_table(evaluation_row(spec, result), evaluations_schema(spec),

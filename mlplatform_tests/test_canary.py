@@ -1,0 +1,153 @@
+"""The canary stage end to end: the real service over real HTTP, a real MLflow registry (SQLite), a real DuckDB
+warehouse and audit. An auto-approved version serves as canary at the ramp's first share, not all traffic; the
+analysis on the logged traffic raises its share (the service follows the tag), then promotes it (the service hot-swaps
+to it); a version with shifted predictions is stopped by one analysis, with the numbers in the audit."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from mlplatform.lib import promotion
+from mlplatform.lib.aliases import CHALLENGER, CHAMPION
+from mlplatform.lib.canary import analyse_and_act
+from mlplatform.lib.prediction_log import read_prediction_log
+from mlplatform.lib.promotion import CANARY_SHARE_TAG
+from mlplatform.lib.rollout_analysis import PROMOTE, STOP
+from mlplatform.lib.tracking import Tracker
+from mlplatform.lib.training import build_pipeline, split_xy
+from mlplatform.specs import load_specs
+from mlplatform_tests.conftest import TOY_SPEC, toy_rows
+from mlplatform_tests.test_serving import World, feature_rows, records, serve, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROLLOUT = """rollout:
+  approval: auto
+  auto_promote: canary
+  ramp: [10, 50]
+  analysis: {min_requests: 60, min_minutes: 0, window_minutes: 60}
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("canary")
+    home, specs_dir = root / "home", root / "specs"
+    specs_dir.mkdir()
+    rows = toy_rows(weeks=3, per_week=40)
+    rows.to_csv(specs_dir / "toy.csv", index=False)
+    (specs_dir / "toy_ramp.yaml").write_text(textwrap.dedent(TOY_SPEC).replace("name: toy", "name: toy_ramp") + ROLLOUT)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLPLATFORM_HOME", str(home))
+        patch.setenv("MLPLATFORM_SPECS", str(specs_dir))
+        yield World(home, specs_dir, rows, Tracker.under(home / "mlflow"))
+
+
+def register(world: World, offset: float, week: str) -> str:
+    """Train and register a version on y + offset (offset 0: a good canary; 5: shifted predictions)."""
+    spec = world.spec("toy_ramp")
+    x, y = split_xy(world.rows, spec)
+    pipeline = build_pipeline(spec).fit(x, y + offset)
+    return world.tracker.log_trained_model("toy_ramp", f"toy_ramp-{week}", pipeline, x.head(5), {}, {}, {}, {},
+                                           {"gates": "passed", "week": week}).version
+
+
+def gates_pass(world: World, version: str, week: str) -> list[promotion.AliasChange]:
+    """What the model step does when a version passes every gate (lib/lifecycle.py), committed with its audit."""
+    spec = next(s for s in load_specs(world.specs_dir) if s.name == "toy_ramp")
+    tracker = world.tracker
+    current = {alias: tracker.alias_version("toy_ramp", alias) for alias in (CHALLENGER, CHAMPION)}
+    weeks = {alias: tracker.version_tags("toy_ramp", v).get("week") if v else None for alias, v in current.items()}
+    changes, _ = promotion.gate_changes("toy_ramp", version, True, week, "test", "auto", current, weeks, spec.rollout)
+    with duckdb.connect(str(world.home / "warehouse.duckdb")) as connection:
+        promotion.commit_changes(connection, tracker, changes)
+    return changes
+
+
+def drive(server, first_id: int, n: int = 400) -> dict[str, float]:
+    """``n`` one-record requests of distinct entities; the share of each role answered."""
+    roles = []
+    for record in records(feature_rows(n, seed=first_id).assign(id=np.arange(first_id, first_id + n)),
+                          ["id", "x1", "x2", "color"]):
+        response = server.predict("toy_ramp", [record])
+        assert response.status_code == 200, response.text
+        roles.append(response.json()["predictions"][0]["role"])
+    return {role: roles.count(role) / n for role in set(roles)}
+
+
+def logged_after(world: World, count: int) -> None:
+    wait_until(lambda: len(read_prediction_log(world.home, "toy_ramp", expand_inputs=False)) >= count)
+
+
+def audit(world: World) -> list[tuple[str, str]]:
+    with duckdb.connect(str(world.home / "warehouse.duckdb"), read_only=True) as connection:
+        return connection.execute("select event, summary from audit.events where model = 'toy_ramp' "
+                                  "order by seq").fetchall()
+
+
+def test_an_auto_approved_version_serves_as_canary_ramps_on_evidence_then_a_shifted_one_is_stopped(world: World):
+    spec = world.spec("toy_ramp")
+    tracker = world.tracker
+    gates_pass(world, register(world, 0.0, "2024-01-01"), "2024-01-01")  # the first version: champion at once
+    assert tracker.alias_version("toy_ramp", CHAMPION) == "1"
+    gates_pass(world, register(world, 0.0, "2024-01-08"), "2024-01-08")
+    assert tracker.alias_version("toy_ramp", CHAMPION) == "1"  # auto, but canary first
+    assert tracker.alias_version("toy_ramp", CHALLENGER) == "2"
+    assert tracker.version_tags("toy_ramp", "2")[CANARY_SHARE_TAG] == "10"
+
+    with serve(world, ["toy_ramp"]) as server:
+        shares = drive(server, 0, 600)
+        assert shares["canary"] == pytest.approx(0.10, abs=0.04)  # the canary share, not all traffic
+        logged_after(world, 600)
+        run = analyse_and_act(world.home, world.home / "warehouse.duckdb", spec, tracker, 30)
+        assert run.analysis.decision == PROMOTE, run.text()
+        assert run.change is not None and run.change.kind == "canary_step"
+        assert tracker.version_tags("toy_ramp", "2")[CANARY_SHARE_TAG] == "50"
+        wait_until(lambda: server.client.get("/v1/models/toy_ramp").json()["rollout"]["canary_share"] == 50)
+        assert drive(server, 10_000, 400)["canary"] == pytest.approx(0.5, abs=0.08)  # the service followed the tag
+        logged_after(world, 1000)
+        run = analyse_and_act(world.home, world.home / "warehouse.duckdb", spec, tracker, 30)
+        assert run.analysis.decision == PROMOTE and run.change is not None, run.text()
+        assert run.change.kind == "canary_promoted" and tracker.alias_version("toy_ramp", CHAMPION) == "2"
+        wait_until(lambda: server.champion("toy_ramp") == "2")  # hot swap
+        assert drive(server, 20_000, 100) == {"champion": 1.0}
+
+        gates_pass(world, register(world, 5.0, "2024-01-15"), "2024-01-15")  # predictions shifted by +5
+        wait_until(lambda: server.client.get("/v1/models/toy_ramp").json()["rollout"]["challenger_version"] == "3")
+        assert drive(server, 30_000, 800)["canary"] == pytest.approx(0.10, abs=0.04)
+        logged_after(world, 1900)
+        run = analyse_and_act(world.home, world.home / "warehouse.duckdb", spec, tracker, 30)
+        assert run.analysis.decision == STOP, run.text()
+        assert [s.name for s in run.analysis.signals if s.worse] == ["predictions"]
+        assert tracker.alias_version("toy_ramp", CHALLENGER) is None and tracker.alias_version("toy_ramp", CHAMPION) == "2"
+        wait_until(lambda: server.client.get("/v1/models/toy_ramp").json()["rollout"]["active"] == "none")
+        assert drive(server, 40_000, 100) == {"champion": 1.0}
+    events = audit(world)
+    kinds = [event for event, _ in events]
+    assert kinds.count("canary_step") == 1 and kinds.count("canary_promoted") == 1 and "canary_stopped" in kinds
+    stopped = next(summary for event, summary in events if event == "canary_stopped")
+    assert "predictions: WORSE" in stopped and "two-sample KS" in stopped  # the numbers are in the audit
+
+
+def test_a_canary_whose_scoring_fails_leaves_error_rows_by_version_and_role(world: World, tmp_path: Path):
+    """What the error-rate signal reads: a failed scoring is logged with its version, role and status."""
+    from mlplatform.lib.prediction_log import write_segments
+
+    rows = [{"request_id": "r1", "record_index": 0, "record_id": None, "time": __import__("datetime").datetime(2026, 1, 1),
+             "model": "m", "version": "2", "role": "canary", "entity_key": "1", "inputs": {"x": 1.0}, "score": None,
+             "label": None, "probabilities": None, "latency_ms": 3.0, "status": 500},
+            {"request_id": "r2", "record_index": 0, "record_id": None, "time": __import__("datetime").datetime(2026, 1, 1),
+             "model": "m", "version": "1", "role": "champion", "entity_key": "2", "inputs": {"x": 1.0}, "score": 1.0,
+             "label": "1.0", "probabilities": None, "latency_ms": 3.0}]
+    write_segments(tmp_path / "prediction_log", rows)
+    answered = read_prediction_log(tmp_path, "m")
+    everything = read_prediction_log(tmp_path, "m", errors=True)
+    assert list(answered["request_id"]) == ["r2"] and list(answered["status"]) == [200]
+    assert sorted(zip(everything["version"], everything["role"], everything["status"], strict=True)) == [
+        ("1", "champion", 200), ("2", "canary", 500)]
