@@ -151,3 +151,97 @@ def test_a_canary_whose_scoring_fails_leaves_error_rows_by_version_and_role(worl
     assert list(answered["request_id"]) == ["r2"] and list(answered["status"]) == [200]
     assert sorted(zip(everything["version"], everything["role"], everything["status"], strict=True)) == [
         ("1", "champion", 200), ("2", "canary", 500)]
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "recommender_ctr"
+
+
+@pytest.fixture
+def recommender(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    """examples/recommender_ctr in a temp folder (its clicks file is where live clicks arrive), judged at once."""
+    import shutil
+
+    specs_dir, home = tmp_path / "specs", tmp_path / "home"
+    shutil.copytree(EXAMPLE, specs_dir)
+    spec_file = specs_dir / "recommender_ctr.yaml"
+    spec_file.write_text(spec_file.read_text().replace("min_minutes: 30", "min_minutes: 0"))
+    monkeypatch.setenv("MLPLATFORM_HOME", str(home))
+    monkeypatch.setenv("MLPLATFORM_SPECS", str(specs_dir))
+    import pandas as pd
+
+    return World(home, specs_dir, pd.read_csv(specs_dir / "impressions.csv"), Tracker.under(home / "mlflow"))
+
+
+def test_the_recommender_canary_with_a_lower_click_through_rate_is_stopped_and_a_good_one_ramps_to_champion(
+        recommender: World):
+    """The issue's recommender scenario on GENERATED clicks (mlplatform/demo/recommender_clicks.py): 5 % canary."""
+    import pandas as pd
+
+    from mlplatform.demo.recommender_clicks import generated_impressions, simulated_clicks
+    from mlplatform.lib.prediction_log import utc_now
+
+    world, name = recommender, "recommender_ctr"
+    spec = world.spec(name)
+    x, y = split_xy(world.rows, spec)
+    warehouse = world.home / "warehouse.duckdb"
+
+    def version(rows, labels, week: str) -> str:
+        pipeline = build_pipeline(spec).fit(rows, labels)
+        made = world.tracker.log_trained_model(name, f"{name}-{week}", pipeline, x.head(5), {}, {}, {}, {},
+                                               {"gates": "passed", "week": week}).version
+        current = {alias: world.tracker.alias_version(name, alias) for alias in (CHALLENGER, CHAMPION)}
+        weeks = {a: world.tracker.version_tags(name, v).get("week") if v else None for a, v in current.items()}
+        changes, _ = promotion.gate_changes(name, made, True, week, "test", "auto", current, weeks, spec.rollout)
+        with duckdb.connect(str(warehouse)) as connection:
+            promotion.commit_changes(connection, world.tracker, changes)
+        return made
+
+    clicks_file = world.specs_dir / "clicks.csv"
+    served_so_far = [0]
+
+    def traffic(server, n: int) -> None:
+        """``n`` live impressions over HTTP; their simulated clicks arrive in the clicks file."""
+        impressions = generated_impressions(weeks=1, per_week=n, seed=served_so_far[0] + 1,
+                                            first_id=100_000 + served_so_far[0])
+        served_so_far[0] += n
+        scores = []
+        for record in records(impressions, ["impression_id", "user_affinity", "item_popularity", "position",
+                                            "category"]):
+            response = server.predict(name, [record])
+            assert response.status_code == 200, response.text
+            scores.append(response.json()["predictions"][0]["probabilities"]["1"])
+        clicked = simulated_clicks(impressions, np.array(scores), seed=served_so_far[0])
+        now = utc_now().strftime("%Y-%m-%d %H:%M:%S")
+        pd.DataFrame({"impression_id": impressions["impression_id"], "ts": now, "clicked": clicked}).to_csv(
+            clicks_file, mode="a", header=False, index=False)
+        wait_until(lambda: len(read_prediction_log(world.home, name, expand_inputs=False)) >= served_so_far[0])
+
+    def analysis():
+        return analyse_and_act(world.home, warehouse, world.spec(name), world.tracker, 30)
+
+    rng = np.random.default_rng(3)
+    assert version(x, y, "2024-01-29") == "1" and world.tracker.alias_version(name, CHAMPION) == "1"
+    worse = version(x, rng.permutation(np.asarray(y)), "2024-02-05")  # learned nothing: misjudges the interest
+    with serve(world, [name]) as server:
+        traffic(server, 2400)
+        run = analysis()
+        assert run.analysis.decision == STOP, run.text()
+        assert "click-through rate" in [s.name for s in run.analysis.signals if s.worse], run.text()
+        ctr = next(s for s in run.analysis.signals if s.name == "click-through rate")
+        assert ctr.canary < ctr.champion
+        assert world.tracker.alias_version(name, CHALLENGER) is None  # stopped: the 5 % goes back to the champion
+        wait_until(lambda: server.client.get(f"/v1/models/{name}").json()["rollout"]["active"] == "none")
+
+        resample = rng.integers(0, len(x), len(x))  # the same data, another sample of it
+        good = version(x.iloc[resample], np.asarray(y)[resample], "2024-02-05")
+        assert good != worse
+        wait_until(lambda: server.client.get(f"/v1/models/{name}").json()["rollout"]["canary_share"] == 5)
+        steps = []
+        for n in (2400, 500, 400):
+            traffic(server, n)
+            run = analysis()
+            assert run.analysis.decision == PROMOTE and run.change is not None, run.text()
+            steps.append(run.change.kind)
+        assert steps == ["canary_step", "canary_step", "canary_promoted"]
+        assert world.tracker.alias_version(name, CHAMPION) == good
+        wait_until(lambda: server.champion(name) == good)

@@ -75,9 +75,37 @@ def run_analysis(home: Path, spec: Any, tracker: Any, now: datetime | None = Non
     else:
         logged = read_prediction_log(home, spec.name, start, now, roles=[CHAMPION_ROLE, CANARY_ROLE],
                                      expand_inputs=False, errors=True)
+    if outcomes is None and not logged.empty:
+        outcomes = live_outcomes(spec, logged, start, now)
+    business = settings.business_metric.name if settings.business_metric is not None else "outcome rate"
     analysis = analyse(spec.task, logged, state.challenger, state.champion, state.since, now,
-                       AnalysisSettings.of(settings), outcomes, business_name="outcome rate")
+                       AnalysisSettings.of(settings), outcomes, business_name=business)
     return state, analysis
+
+
+def live_outcomes(spec: Any, logged: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame | None:
+    """With ``rollout.analysis.business_metric`` and ``labels.path``: each logged prediction of the window whose
+    outcome arrived (matched on the entity key, else the record id, as the weekly labels are), as ``request_id``,
+    ``record_index`` and ``outcome`` (1: the target equals ``positive``). None when the spec asks for none."""
+    from mlplatform.lib.outcomes import JOIN_KEY, LABEL, file_outcomes, log_join_keys
+    from mlplatform.lib.source import Window
+
+    metric = spec.rollout.analysis.business_metric
+    if metric is None or spec.labels is None or spec.labels.path is None:
+        return None
+    labels = file_outcomes(spec, Window(start, end)).dropna(subset=[JOIN_KEY]).drop_duplicates(JOIN_KEY, keep="last")
+    keyed = logged.assign(**{JOIN_KEY: log_join_keys(logged)}).dropna(subset=[JOIN_KEY])
+    joined = keyed.merge(labels[[JOIN_KEY, LABEL]], on=JOIN_KEY, how="inner")
+    positive = str(metric.positive)
+    return pd.DataFrame({"request_id": joined["request_id"], "record_index": joined["record_index"],
+                         "outcome": [int(_as_text(v) == positive) for v in joined[LABEL]]})
+
+
+def _as_text(value: Any) -> str:
+    """A label as text, integral floats as integers (a CSV's 1 and 1.0 are the same click)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def change_for(spec: Any, tracker: Any, state: CanaryState, analysis: CanaryAnalysis, actor: str,

@@ -40,7 +40,8 @@ ADDED_WHEN_SET = {("metrics",): {}, ("estimator", "factory"): None, ("scoring",)
                   ("rollout", "auto_promote"): "immediate", ("rollout", "ramp"): [],
                   ("rollout", "analysis"): {"interval_minutes": 60, "window_minutes": 60, "min_requests": 200,
                                             "min_minutes": 30.0, "alpha": 0.01, "latency_p99_ratio": 1.5,
-                                            "max_prediction_shift": 0.1, "automatic_stop": True}}
+                                            "max_prediction_shift": 0.1, "automatic_stop": True,
+                                            "business_metric": None}}
 """Keys added after versions began recording hashes: left out of the normalized spec while at their defaults, so a
 version recorded before them still has the hash of a spec that does not use them."""
 

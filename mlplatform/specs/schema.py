@@ -404,6 +404,14 @@ class RollbackSpec(_Strict):
                                 "metadata); false: always the change-point window.")
 
 
+class BusinessMetricSpec(_Strict):
+    """An outcome that arrives within hours (a click), judged per arm by the canary analysis."""
+
+    name: str = Field(default="click-through rate", description="What the rate is called in the verdict and audit.")
+    positive: str = Field(description="The target value (as text) that counts as a success, e.g. `'1'` for a click; "
+                          "the rate is successes over the answered predictions whose outcome arrived.")
+
+
 class CanaryAnalysisSpec(_Strict):
     """How the canary is judged on live traffic, on signals that need no labels (lib/rollout_analysis.py)."""
 
@@ -425,6 +433,10 @@ class CanaryAnalysisSpec(_Strict):
                                         "distance of the class shares (multiclass); larger and significant stops it.")
     automatic_stop: bool = Field(default=True, description="Whether the analysis removes `challenger` from a "
                                  "significantly worse canary (false: it only reports).")
+    business_metric: BusinessMetricSpec | None = Field(default=None, description="With `labels.path`: the "
+                                                       "outcomes in the window (matched to the predictions as the weekly "
+                                                       "labels are) add a business signal; a canary with a "
+                                                       "significantly lower rate is stopped.")
 
 
 class RolloutSpec(_Strict):
