@@ -245,3 +245,47 @@ def test_the_recommender_canary_with_a_lower_click_through_rate_is_stopped_and_a
         assert steps == ["canary_step", "canary_step", "canary_promoted"]
         assert world.tracker.alias_version(name, CHAMPION) == good
         wait_until(lambda: server.champion(name) == good)
+
+
+def test_the_sensor_requests_one_analysis_per_interval_while_a_canary_serves_and_the_job_and_cli_show_the_evidence(
+        home, spec_dir, instance, capsys):
+    """The wiring: sensor -> run of <model>_canary_analysis (evidence in its metadata) and `mlplatform canary`."""
+    from dagster import build_sensor_context
+
+    from mlplatform.cli import main
+    from mlplatform_tests.helpers import load_definitions
+
+    spec_dir({"toy.yaml": TOY_SPEC + ROLLOUT.replace("min_requests: 60", "min_requests: 5")}, {"toy.csv": toy_rows()})
+    tracker = Tracker.under(home / "mlflow")
+    spec = next(s for s in load_specs(spec_dir({}, {})) if s.name == "toy")
+    x, y = split_xy(toy_rows(), spec)
+    for week in ("2024-01-08", "2024-01-15"):
+        made = tracker.log_trained_model("toy", f"toy-{week}", build_pipeline(spec).fit(x, y), x.head(5), {}, {}, {},
+                                         {}, {"gates": "passed", "week": week}).version
+        current = {alias: tracker.alias_version("toy", alias) for alias in (CHALLENGER, CHAMPION)}
+        weeks = {a: tracker.version_tags("toy", v).get("week") if v else None for a, v in current.items()}
+        with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+            promotion.commit_changes(connection, tracker, promotion.gate_changes(
+                "toy", made, True, week, "test", "auto", current, weeks, spec.rollout)[0])
+    assert (tracker.alias_version("toy", CHAMPION), tracker.alias_version("toy", CHALLENGER)) == ("1", "2")
+
+    defs = load_definitions()
+    sensor = next(s for s in defs.sensors if s.name == "toy_canary_sensor")
+    assert sensor.minimum_interval_seconds == 3600
+    request = sensor.evaluate_tick(build_sensor_context(instance=instance, resources={"model_registry": defs.resources["model_registry"]})).run_requests[0]
+    assert request.run_key.startswith("toy-canary-2-")
+    job = defs.resolve_job_def("toy_canary_analysis")
+    result = job.execute_in_process(instance=instance, run_config=request.run_config)
+    assert result.success
+    materialized = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"][0]
+    shown = materialized.event_specific_data.metadata
+    assert shown["decision"].value == "continue" and "too little traffic" in shown["reason"].value
+    assert shown["canary_version"].value == "2" and shown["share_percent"].value == 10.0
+
+    assert main(["canary", "toy"]) == 0
+    printed = capsys.readouterr().out
+    assert "canary analysis: CONTINUE: too little traffic" in printed and "canary v2: 0 requests" in printed
+    assert main(["promote", "toy", "--by", "alice", "--reason", "reviewed"]) == 0  # a person, with the evidence shown
+    printed = capsys.readouterr().out
+    assert printed.index("live canary evidence") < printed.index("champion v1 -> v2")
+    assert "no canary" in sensor.evaluate_tick(build_sensor_context(instance=instance, resources={"model_registry": defs.resources["model_registry"]})).skip_message
