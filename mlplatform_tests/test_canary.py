@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -16,7 +17,7 @@ import pytest
 from mlplatform.lib import promotion
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.canary import analyse_and_act
-from mlplatform.lib.prediction_log import read_prediction_log
+from mlplatform.lib.prediction_log import read_prediction_log, utc_now
 from mlplatform.lib.promotion import CANARY_SHARE_TAG
 from mlplatform.lib.rollout_analysis import PROMOTE, STOP
 from mlplatform.lib.tracking import Tracker
@@ -49,10 +50,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(home, specs_dir, rows, Tracker.under(home / "mlflow"))
 
 
-def register(world: World, offset: float, week: str) -> str:
-    """Train and register a version on y + offset (offset 0: a good canary; 5: shifted predictions)."""
+def register(world: World, offset: float, week: str, steep: bool = False) -> str:
+    """Train and register a version on y + offset (offset 0: a good canary; 5: shifted predictions); ``steep``: on
+    y + 39 x2, a model whose x2 weight is 40 times the usual one (its predictions overflow where the champion's do
+    not)."""
     spec = world.spec("toy_ramp")
     x, y = split_xy(world.rows, spec)
+    if steep:  # a linear model: a tree ensemble never overflows
+        y = y + 39 * x["x2"]
+        spec.estimator.class_name, spec.estimator.params = "sklearn.linear_model.Ridge", {"alpha": 0.1}
     pipeline = build_pipeline(spec).fit(x, y + offset)
     return world.tracker.log_trained_model("toy_ramp", f"toy_ramp-{week}", pipeline, x.head(5), {}, {}, {}, {},
                                            {"gates": "passed", "week": week}).version
@@ -128,9 +134,27 @@ def test_an_auto_approved_version_serves_as_canary_ramps_on_evidence_then_a_shif
         assert tracker.alias_version("toy_ramp", CHALLENGER) is None and tracker.alias_version("toy_ramp", CHAMPION) == "2"
         wait_until(lambda: server.client.get("/v1/models/toy_ramp").json()["rollout"]["active"] == "none")
         assert drive(server, 40_000, 100) == {"champion": 1.0}
+
+        steep = register(world, 0.0, "2024-01-22", steep=True)  # fine on usual inputs; 40 x2 overflows on x2 = 1e307
+        gates_pass(world, steep, "2024-01-22")
+        wait_until(lambda: server.client.get("/v1/models/toy_ramp").json()["rollout"]["challenger_version"] == steep)
+        statuses = {}
+        for i, record in enumerate(records(feature_rows(1500, seed=9).assign(id=np.arange(50_000, 51_500)),
+                                           ["id", "x1", "x2", "color"])):
+            if i % 10 == 0:
+                record["x2"] = 1e307  # the spec sets no bound on x2
+            response = server.predict("toy_ramp", [record])
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert set(statuses) == {200, 422}  # the canary's overflows: 422 naming the record, logged as error rows
+        wait_until(lambda: len(read_prediction_log(world.home, "toy_ramp", expand_inputs=False, errors=True,
+                                                   start=utc_now() - timedelta(minutes=5))) >= 1500)
+        run = analyse_and_act(world.home, world.home / "warehouse.duckdb", spec, tracker, 30)
+        assert run.analysis.decision == STOP and "error rate" in run.analysis.reason, run.text()
+        errors = next(s for s in run.analysis.signals if s.name == "error rate")
+        assert errors.canary > 0.05 and errors.champion == 0.0
     events = audit(world)
     kinds = [event for event, _ in events]
-    assert kinds.count("canary_step") == 1 and kinds.count("canary_promoted") == 1 and "canary_stopped" in kinds
+    assert kinds.count("canary_step") == 1 and kinds.count("canary_promoted") == 1 and kinds.count("canary_stopped") == 2
     stopped = next(summary for event, summary in events if event == "canary_stopped")
     assert "predictions: WORSE" in stopped and "two-sample KS" in stopped  # the numbers are in the audit
 

@@ -139,6 +139,10 @@ class ShadowScorer:
             except Exception:  # noqa: BLE001 - a failing shadow must never affect anything else
                 log.exception("shadow %s v%s: scoring %d records failed", model.name, model.version, len(rows))
                 outputs = None
+                if self.writer is not None:  # error rows: the shadow's error rate (lib/rollout_analysis.py)
+                    self.writer.write([{**row, "version": model.version, "role": SHADOW_ROLE, "score": None,
+                                        "label": None, "probabilities": None, "status": 500,
+                                        "latency_ms": (time.perf_counter() - started) * 1000} for row in log_rows])
             elapsed = time.perf_counter() - started
             with self._lock:
                 self._pending_rows -= len(rows)
