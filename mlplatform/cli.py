@@ -269,6 +269,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     loaded, current_spec, rule = _current_spec_tags(args.model, "promoted")
     if not loaded:
         return 1
+    _print_canary_evidence(args.model)
     live = _live_fairness_check(args.model)
     code, change = _person_moves_champion(args, "promoted", lambda connection, tracker: approvals.approval_decision(
         connection, tracker, args.model, args.version, args.by, args.reason, args.force, current_spec, rule,
@@ -302,10 +303,59 @@ def _live_fairness_check(model: str):
 
     settings = load_settings()
     try:
-        spec = load_spec_named(settings.specs_dir, model, _dbt_model_columns())
+        spec = load_spec_named(settings.spec_roots, model, _dbt_model_columns())
     except (SpecError, ValueError):
         return None
     return promotion_refusal(spec, settings.home)
+
+
+def _print_canary_evidence(model: str) -> None:
+    """The live canary analysis a person promotes on (lib/canary.py): printed first, never in the way."""
+    from mlplatform.lib.canary import run_analysis
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.specs import load_spec_named
+
+    try:
+        settings = load_settings()
+        spec = load_spec_named(settings.spec_roots, model, _dbt_model_columns())
+        _, analysis = run_analysis(settings.home, spec, Tracker.for_settings(settings))
+    except Exception as error:  # noqa: BLE001 - evidence is shown when it can be; the promotion's rules decide
+        print(f"{model}: no live canary evidence ({type(error).__name__}: {error})", file=sys.stderr)
+        return
+    print(f"live canary evidence (last {spec.rollout.analysis.window_minutes} min):")
+    print(analysis.text())
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    """One canary analysis: canary against champion on the same traffic window; with --apply, its verdict is carried
+    out as the hourly sensor would (stop, ramp step, or promotion under approval: auto), audited."""
+    from mlflow.exceptions import MlflowException
+
+    from mlplatform.lib import approvals, promotion
+    from mlplatform.lib.canary import ANALYSIS_ACTOR, analyse_and_act
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.lib.warehouse import WarehouseBusy
+    from mlplatform.specs import SpecError, load_spec_named
+
+    settings = load_settings()
+    try:
+        spec = load_spec_named(settings.spec_roots, args.model, _dbt_model_columns())
+    except (SpecError, ValueError) as error:
+        print(f"{args.model}: {error}", file=sys.stderr)
+        return 1
+    actor = f"{ANALYSIS_ACTOR} (mlplatform canary --apply by {args.by})" if args.by else ANALYSIS_ACTOR
+    try:
+        run = analyse_and_act(settings.home, settings.warehouse_path, spec, Tracker.for_settings(settings), args.wait,
+                              actor=actor, act=args.apply)
+    except approvals.StoresDamaged as damaged:
+        print("nothing changed: a store looks damaged or replaced:\n  - " + "\n  - ".join(damaged.problems),
+              file=sys.stderr)
+        return 1
+    except (WarehouseBusy, promotion.PromotionRefused, MlflowException) as error:
+        print(f"{args.model}: nothing changed: {error}", file=sys.stderr)
+        return 1
+    print(run.text() if args.apply else run.analysis.text())
+    return 0
 
 
 def _rollout_evidence(model: str, version: str) -> list[str]:
@@ -913,6 +963,16 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--wait", type=float, default=120.0,
                          help="seconds to wait while a run holds the warehouse's lock (default 120)")
     promote.set_defaults(func=cmd_promote)
+
+    canary = commands.add_parser("canary", help="judge the canary against the champion on the last window of live "
+                                 "traffic (error rate, latency p99, predictions); --apply carries the verdict out")
+    canary.add_argument("model")
+    canary.add_argument("--apply", action="store_true", help="stop a worse canary, raise a good one's share (ramp) or "
+                        "promote it (approval: auto, auto_promote: canary), audited, as the hourly sensor does")
+    canary.add_argument("--by", help="who runs it (in the audit's actor, with --apply)")
+    canary.add_argument("--wait", type=float, default=120.0,
+                        help="seconds to wait while a run holds the warehouse's lock (default 120)")
+    canary.set_defaults(func=cmd_canary)
 
     rollback = commands.add_parser("rollback", help="put an earlier champion back (default: the newest one a rollback "
                                      "may restore)")

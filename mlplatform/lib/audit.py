@@ -77,8 +77,8 @@ GENESIS = "0" * 64
 
 EVENT_TYPES = ("data_gate", "model_trained", "gate", "training_halted", "alias_change", "approval", "rollback",
                "drift_alert", "retrain_requested", "performance_alert", "canary_stopped", "model_imported",
-               "batch_scored", "recovery_started", "recovery_retrain", "recovery_ended",
-               "approval_refused", "approval_pending", "promotion_refused", "retrain_failed")
+               "batch_scored", "recovery_started", "recovery_retrain", "recovery_ended", "canary_step",
+               "canary_promoted", "approval_refused", "approval_pending", "promotion_refused", "retrain_failed")
 
 
 @dataclass

@@ -486,7 +486,7 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
                      for alias, version in current.items()}
     result.alias_changes, result.alias_note = promotion.gate_changes(
         spec.name, result.version, all(g.passed for g in result.gates), result.week, actor, spec.rollout.approval,
-        current, current_weeks)
+        current, current_weeks, spec.rollout)
     from mlplatform.lib import live_fairness
 
     result.alias_changes, result.alias_note, held = live_fairness.hold_auto_champion(

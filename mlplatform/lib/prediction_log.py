@@ -85,9 +85,18 @@ SCHEMA = pa.schema([
     pa.field("score", pa.float64()),
     pa.field("probabilities", pa.string()),
     pa.field("latency_ms", pa.float64()),
+    pa.field("status", pa.int32()),
 ])
 """The fixed columns: one row per record per scoring model (a shadow score is its own row). ``time`` is naive UTC,
-as everywhere. The inputs follow as one typed column per feature, ``input.<feature>`` (see :data:`INPUT_PREFIX`)."""
+as everywhere. The inputs follow as one typed column per feature, ``input.<feature>`` (see :data:`INPUT_PREFIX`).
+
+``status`` is the HTTP status the record's scoring ended in: 200, or an error row (422 a non-finite output, 500 the
+version failed) that names the version and role which failed, with no score. Segments written before the column
+existed read as 200. :func:`read_prediction_log` leaves error rows out unless asked (``errors=True``): every reader
+of predictions (drift, labels, live performance) sees only answered rows, the rollout analysis sees both."""
+
+OK_STATUS = 200
+ERROR_STATUS_FROM = 400
 
 COLUMNS = [f.name for f in SCHEMA]
 INPUT_PREFIX = "input."
@@ -486,8 +495,8 @@ _ARROW_TYPES = {"float64": pa.float64(), "string": pa.string()}
 
 def _table(rows: Sequence[Mapping[str, Any]], input_types: Mapping[str, str]) -> pa.Table:
     """Column by column (no JSON per row: encoding inputs as JSON was most of the log's cost)."""
-    arrays = [pa.array([row.get(name) for row in rows], type=field.type) for name, field in
-              zip(COLUMNS, SCHEMA, strict=True) if name != "probabilities"]
+    arrays = [pa.array([row.get(name, OK_STATUS) if name == "status" else row.get(name) for row in rows],
+                       type=field.type) for name, field in zip(COLUMNS, SCHEMA, strict=True) if name != "probabilities"]
     names = [name for name in COLUMNS if name != "probabilities"]
     arrays.insert(COLUMNS.index("probabilities"), pa.array([_probabilities_text(row.get("probabilities"))
                                                             for row in rows], type=pa.string()))
@@ -560,6 +569,7 @@ def read_prediction_log(
     roles: Sequence[str] | None = None,
     expand_inputs: bool = True,
     uri: str | None = None,
+    errors: bool = False,
 ) -> pd.DataFrame:
     """The logged predictions of ``model`` with ``start <= time < end`` (naive UTC; tz-aware bounds are converted).
 
@@ -573,7 +583,8 @@ def read_prediction_log(
     feature (numbers float64, categories text, nulls NaN/None), ready for drift statistics; a feature named like a
     fixed column keeps its file name ``input.<name>``; the sensitive attributes requests carried follow as
     ``sensitive.<name>`` (text). Without it only the fixed columns are returned. An empty
-    frame with the fixed columns when nothing was logged.
+    frame with the fixed columns when nothing was logged. Error rows (``status`` 4xx/5xx: a version failed to
+    score) are left out unless ``errors`` (the rollout analysis's error rate).
     """
     import duckdb
 
@@ -594,16 +605,21 @@ def read_prediction_log(
     if roles:
         conditions.append("role in (" + ", ".join("?" for _ in roles) + ")")
         params += list(roles)
-    where = ("where " + " and ".join(conditions)) if conditions else ""
     paths = [str(path) for path in files]
     source = "read_parquet(?, hive_partitioning=true, union_by_name=true)"
     with duckdb.connect() as connection:
         available = [row[0] for row in connection.execute(f"describe select * from {source}", [paths]).fetchall()]
+        status = f"coalesce(status, {OK_STATUS})" if "status" in available else str(OK_STATUS)
+        if not errors:
+            conditions.append(f"{status} < {ERROR_STATUS_FROM}")
+        where = ("where " + " and ".join(conditions)) if conditions else ""
         inputs = [c for c in available if c.startswith((INPUT_PREFIX, SENSITIVE_PREFIX))] if expand_inputs else []
-        selected = ", ".join(_quoted(c) for c in [*COLUMNS, *inputs])
+        selected = ", ".join([*(f"cast({status} as integer) as status" if c == "status" else _quoted(c)
+                                for c in COLUMNS), *(_quoted(c) for c in inputs)])
         frame = connection.execute(f"select {selected} from {source} {where} {DEDUPLICATE} "
                                    "order by time, request_id, record_index, role", [paths, *params]).fetchdf()
     frame["record_index"] = frame["record_index"].astype("int32")
+    frame["status"] = frame["status"].astype("int32")
     frame.columns = [_feature_name(c) for c in frame.columns]
     return frame
 

@@ -99,26 +99,37 @@ def refuse_control_characters(**texts: str | None) -> None:
 
 
 def gate_changes(model: str, version: str, passed: bool, week: str, actor: str, approval: str,
-                 current: dict[str, str | None], current_weeks: dict[str, str | None]) -> tuple[list[AliasChange], str]:
+                 current: dict[str, str | None], current_weeks: dict[str, str | None],
+                 rollout: Any = None) -> tuple[list[AliasChange], str]:
     """The aliases a freshly trained version earns from its gates, and a sentence saying why.
 
     Only a version that passed every gate moves an alias: ``challenger`` always, ``champion`` too
     when approval is auto. A version for an earlier week than the one an alias already holds (a
     re-run of history) does not take that alias: re-running last spring must not demote today's
-    champion.
+    champion. With ``rollout.auto_promote: canary`` (the spec's ``rollout`` section) an auto-approved version
+    becomes champion only when there is none yet; otherwise it serves as canary first and the canary analysis
+    promotes it (:mod:`mlplatform.lib.canary`). With a canary stage or a ramp, the challenger is tagged with its
+    share and since when it serves it (:func:`canary_share_tags`).
     """
     if not passed:
         return [], "a gate failed: no alias moves"
     wanted = [(CHALLENGER, f"passed every gate on week {week}")]
-    if approval == "auto":
+    canary_first = rollout is not None and rollout.auto_promote == "canary" and current.get(CHAMPION) is not None
+    if approval == "auto" and not canary_first:
         wanted.append((CHAMPION, f"approval: auto; passed every gate on week {week}"))
+    elif approval == "auto":
+        wanted[0] = (CHALLENGER, f"passed every gate on week {week}; approval: auto after the canary analysis "
+                     f"(serves {rollout.first_share:g}% as canary first)")
     changes, kept = [], []
     for alias, reason in wanted:
         holder_week = current_weeks.get(alias)
         if holder_week is not None and holder_week > week:
             kept.append(f"{alias} stays v{current[alias]} (trained for the later week {holder_week})")
             continue
-        changes.append(AliasChange(model, alias, version, current.get(alias), actor, reason, week))
+        change = AliasChange(model, alias, version, current.get(alias), actor, reason, week)
+        if alias == CHALLENGER and rollout is not None and (rollout.auto_promote == "canary" or rollout.ramp):
+            change.version_tags = canary_share_tags(rollout.first_share, change.changed_at)
+        changes.append(change)
     moved = ", ".join(c.alias for c in changes)
     return changes, "; ".join(([f"-> {moved}"] if moved else []) + kept) or "no alias moves"
 
@@ -288,6 +299,44 @@ def spec_refusal(model: str, version: str, tags: Mapping[str, str],
     return (f"{model} v{version}: its gates ran under an older spec ({', '.join(changed)} changed since; gate spec "
             f"hash {tags[GATES_HASH_TAG][:12]} when trained, {current_spec.get(GATES_HASH_TAG, '-')[:12]} now): "
             "retrain it under the current spec")
+
+
+CANARY_SHARE_TAG = "mlplatform.canary_share"
+"""Percent of traffic the challenger serves as canary (the service follows it; absent: ``rollout.canary_percent``)."""
+CANARY_SINCE_TAG = "mlplatform.canary_since"
+"""When the challenger began serving its current share (naive UTC, ISO): the canary analysis judges from then on."""
+
+
+def canary_share_tags(share: float, since: datetime) -> dict[str, str]:
+    """The version tags of a canary at ``share`` percent since ``since``."""
+    return {CANARY_SHARE_TAG: f"{share:g}", CANARY_SINCE_TAG: since.isoformat(timespec="seconds")}
+
+
+def canary_share_change(registry: AliasRegistry, model: str, version: str, share: float, actor: str,
+                        reason: str) -> AliasChange | None:
+    """Raise the canary ``version`` to ``share`` percent (a ramp step): audited like an alias move, the share in a
+    version tag the service follows. None when ``version`` is no longer the challenger."""
+    if registry.alias_version(model, CHALLENGER) != str(version):
+        return None
+    week = registry.version_tags(model, str(version)).get("week")
+    change = AliasChange(model, CHALLENGER, str(version), str(version), actor,
+                         f"canary share -> {share:g}%: {reason}", week, kind="canary_step")
+    change.version_tags = canary_share_tags(share, change.changed_at)
+    return change
+
+
+def canary_promotion_change(registry: AliasRegistry, model: str, version: str, actor: str,
+                            reason: str) -> AliasChange | None:
+    """The canary analysis makes ``version`` champion (approval: auto); None when it is no longer the challenger or
+    already champion. The version passed its gates (it became challenger only so) and served as canary."""
+    if registry.alias_version(model, CHALLENGER) != str(version):
+        return None
+    previous = registry.alias_version(model, CHAMPION)
+    if previous == str(version):
+        return None
+    week = registry.version_tags(model, str(version)).get("week")
+    return AliasChange(model, CHAMPION, str(version), previous, actor, f"canary promoted: {reason}", week,
+                       kind="canary_promoted")
 
 
 def canary_stop_change(registry: AliasRegistry, model: str, version: str, actor: str, reason: str) -> AliasChange | None:

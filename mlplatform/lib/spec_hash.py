@@ -37,7 +37,12 @@ SPEC_ARTIFACT = "spec.json"
 ADDED_WHEN_SET = {("metrics",): {}, ("estimator", "factory"): None, ("scoring",): {"batch": False, "table": None},
                   ("features", "text"): [], ("features", "text_max_chars"): 10_000, ("policy",): None,
                   ("gates", "beat_champion", "test"): "non_inferiority", ("gates", "beat_champion", "margin"): 0.0,
-                  ("rollout", "require_live_fairness"): False, ("team",): None, ("owners",): []}
+                  ("rollout", "require_live_fairness"): False, ("team",): None, ("owners",): [],
+                  ("rollout", "auto_promote"): "immediate", ("rollout", "ramp"): [],
+                  ("rollout", "analysis"): {"interval_minutes": 60, "window_minutes": 60, "min_requests": 200,
+                                            "min_minutes": 30.0, "alpha": 0.01, "latency_p99_ratio": 1.5,
+                                            "max_prediction_shift": 0.1, "automatic_stop": True,
+                                            "business_metric": None}}
 """Keys added after versions began recording hashes: left out of the normalized spec while at their defaults, so a
 version recorded before them still has the hash of a spec that does not use them."""
 

@@ -436,6 +436,8 @@ def prediction_log_schema(spec: ModelSpec) -> pa.DataFrameSchema:
         "score": column("number", "Predicted value, or probability of the positive class.", nullable=True),
         "probabilities": column("text", "Class probabilities as JSON.", nullable=True),
         "latency_ms": column("number", "Time to answer (ms).", nullable=True, checks=[between(0, None)]),
+        "status": column("integer", "HTTP status the record's scoring ended in (200; error rows only with "
+                         "`errors=True`).", required=False),
     }
     numeric = set(spec.features.numeric)
     for feature in spec.feature_columns:

@@ -142,6 +142,10 @@ class ShadowScorer:
             except Exception:  # noqa: BLE001 - a failing shadow must never affect anything else
                 log.exception("shadow %s v%s: scoring %d records failed", model.name, model.version, len(rows))
                 outputs = None
+                if self.writer is not None:  # error rows: the shadow's error rate (lib/rollout_analysis.py)
+                    self.writer.write([{**row, "version": model.version, "role": SHADOW_ROLE, "score": None,
+                                        "label": None, "probabilities": None, "status": 500,
+                                        "latency_ms": (time.perf_counter() - started) * 1000} for row in log_rows])
             elapsed = time.perf_counter() - started
             with self._lock:
                 self._pending_rows -= len(rows)
@@ -214,6 +218,12 @@ class ServingRuntime:
             await asyncio.to_thread(self.writer.close)
             log.info("prediction log: %d rows in %d segments", self.writer.written_rows, self.writer.segments)
 
+    def _log_errors(self, call: ScoringCall, when: Any, groups: Sequence[tuple[LoadedModel, str, list[int]]],
+                    status: int, entities: Sequence[str | None], record_ids: Sequence[str | None]) -> None:
+        """Log the records of the groups that failed as error rows (then the request answers its error)."""
+        if self.writer is not None and groups:
+            self.writer.write(_error_rows(call, when, groups, status, entities, record_ids))
+
     def _served_gauge(self, state: ServingState) -> None:
         self.metrics.served.clear()
         for name, model in state.models.items():
@@ -247,15 +257,27 @@ class ServingRuntime:
         if canary_indexes and challenger is not None:
             groups.append((challenger, CANARY_ROLE, canary_indexes))
         groups = [g for g in groups if g[2]]
-        if len(groups) == 1:  # the usual case: no gather (its future and callbacks were ~2 % of a 1-row request)
-            results = [await self.batcher.predict(groups[0][0], rows if len(groups[0][2]) == len(rows)
-                                                  else [rows[i] for i in groups[0][2]])]
-        else:
-            results = await asyncio.gather(*(self.batcher.predict(m, [rows[i] for i in idx])
-                                             for m, _, idx in groups))
+        try:
+            if len(groups) == 1:  # the usual case: no gather (its future and callbacks were ~2 % of a 1-row request)
+                results = [await self.batcher.predict(groups[0][0], rows if len(groups[0][2]) == len(rows)
+                                                      else [rows[i] for i in groups[0][2]])]
+            else:
+                results = await asyncio.gather(*(self.batcher.predict(m, [rows[i] for i in idx])
+                                                 for m, _, idx in groups), return_exceptions=True)
+                failure = next((r for r in results if isinstance(r, BaseException)), None)
+                if failure is not None:
+                    self._log_errors(call, when, [g for g, r in zip(groups, results, strict=True)
+                                                  if isinstance(r, BaseException)], 500, entities, record_ids)
+                    raise failure
+        except Exception:
+            if len(groups) == 1:
+                self._log_errors(call, when, groups, 500, entities, record_ids)
+            raise
         overflowed = [i for (_, _, indexes), outputs in zip(groups, results, strict=True)
                       for i, output in zip(indexes, outputs, strict=True) if not finite_output(output)]
         if overflowed:  # nothing is answered or logged: a non-finite score would reach drift and live performance
+            failed = set(overflowed)
+            self._log_errors(call, when, [g for g in groups if failed & set(g[2])], 422, entities, record_ids)
             raise not_finite(sorted(overflowed))
         latency = time.perf_counter() - call.arrived
         self.metrics.recent.add(model.spec.name, latency)
@@ -291,6 +313,17 @@ class ServingRuntime:
                 self.shadow.submit(challenger, [rows[i] for i in champion_indexes],
                                    [dict(log_rows[i]) for i in champion_indexes])
         return answers
+
+
+def _error_rows(call: ScoringCall, when: Any, groups: Sequence[tuple[LoadedModel, str, list[int]]], status: int,
+                entities: Sequence[str | None], record_ids: Sequence[str | None]) -> list[dict[str, Any]]:
+    """Error rows of the prediction log: the records a version failed to score, with its version, role and status
+    (no score), so the rollout analysis can compare error rates by version and role (lib/rollout_analysis.py)."""
+    latency_ms = (time.perf_counter() - call.arrived) * 1000
+    return [{"request_id": call.request_id, "record_index": i, "record_id": record_ids[i], "time": when,
+             "model": call.model.spec.name, "version": loaded.version, "role": role, "entity_key": entities[i],
+             "inputs": call.rows[i], "score": None, "label": None, "probabilities": None, "latency_ms": latency_ms,
+             "status": status} for loaded, role, indexes in groups for i in indexes]
 
 
 def _public(output: Mapping[str, Any]) -> dict[str, Any]:
@@ -453,7 +486,8 @@ def describe(model: ModelState, config: ServingConfig, recent: RecentLatencies) 
         "challenger": served_version(model.challenger),
         "aliases": dict(model.aliases),
         "refused_versions": dict(model.refused),
-        "rollout": {"canary_percent": spec.rollout.canary_percent, "shadow": spec.rollout.shadow,
+        "rollout": {"canary_percent": spec.rollout.canary_percent, "canary_share": model.canary_percent,
+                    "ramp": list(spec.rollout.ramp), "shadow": spec.rollout.shadow,
                     "active": "+".join(mode) or "none",
                     "challenger_version": challenger.version if challenger else None},
         "key": list(spec.source.key),

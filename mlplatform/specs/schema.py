@@ -410,8 +410,54 @@ class RollbackSpec(_Strict):
                                 "metadata); false: always the change-point window.")
 
 
+class BusinessMetricSpec(_Strict):
+    """An outcome that arrives within hours (a click), judged per arm by the canary analysis."""
+
+    name: str = Field(default="click-through rate", description="What the rate is called in the verdict and audit.")
+    positive: str = Field(description="The target value (as text) that counts as a success, e.g. `'1'` for a click; "
+                          "the rate is successes over the answered predictions whose outcome arrived.")
+
+
+class CanaryAnalysisSpec(_Strict):
+    """How the canary is judged on live traffic, on signals that need no labels (lib/rollout_analysis.py)."""
+
+    interval_minutes: int = Field(default=60, ge=1, description="How often the canary analysis sensor judges the "
+                                  "canary (minutes).")
+    window_minutes: int = Field(default=60, ge=1, description="The traffic window judged: the last this many minutes "
+                                "(never before the canary's current share began).")
+    min_requests: int = Field(default=200, ge=1, description="Requests each of canary and champion needs in the "
+                              "window before anything is judged (fewer: continue).")
+    min_minutes: float = Field(default=30, ge=0, description="Minutes the canary must have served at its current share "
+                               "before it may be promoted or ramped (a significantly worse one is stopped earlier).")
+    alpha: float = Field(default=0.01, gt=0, lt=0.5, description="Significance level of each one-sided test (error "
+                         "rate, latency p99, predictions, business metric).")
+    latency_p99_ratio: float = Field(default=1.5, gt=1, description="Canary p99 latency above this multiple of the "
+                                     "champion's (and significantly so, by bootstrap) stops it.")
+    max_prediction_shift: float = Field(default=0.1, gt=0, le=1, description="Largest tolerated shift of the "
+                                        "canary's predictions from the champion's on the same traffic: the two-sample "
+                                        "KS statistic of the scores (regression, binary) or the total variation "
+                                        "distance of the class shares (multiclass); larger and significant stops it.")
+    automatic_stop: bool = Field(default=True, description="Whether the analysis removes `challenger` from a "
+                                 "significantly worse canary (false: it only reports).")
+    business_metric: BusinessMetricSpec | None = Field(default=None, description="With `labels.path`: the "
+                                                       "outcomes in the window (matched to the predictions as the weekly "
+                                                       "labels are) add a business signal; a canary with a "
+                                                       "significantly lower rate is stopped.")
+
+
 class RolloutSpec(_Strict):
     approval: Literal["manual", "auto"] = Field(default="manual", description="Who promotes challenger to champion.")
+    auto_promote: Literal["immediate", "canary"] = Field(
+        default="immediate", description="Under `approval: auto`, when a version that passed every gate becomes "
+        "champion: `immediate` (at once), or `canary` (it serves as canary first, at `canary_percent` or the ramp's "
+        "first step, and the canary analysis promotes it once its live evidence is good enough). A model's first "
+        "version becomes champion at once either way (there is nothing to compare it with).")
+    ramp: list[int] = Field(default_factory=list, description="Canary shares (percent, increasing, e.g. [5, 25, 50]) "
+                            "the analysis raises the canary through, one step per good verdict; the first step "
+                            "replaces `canary_percent`. Empty: the canary stays at `canary_percent`.")
+    analysis: CanaryAnalysisSpec = Field(default_factory=CanaryAnalysisSpec, description="The hourly canary analysis "
+                                         "on error rate, latency p99, the predictions and, once outcomes arrive, the "
+                                         "business metric.")
     canary_percent: int = Field(default=10, ge=0, le=100, description="Share of requests the challenger serves while it "
                                 "differs from the champion (chosen from the entity key, else the record id, else the "
                                 "request id). A canary significantly worse than the champion on live labels is stopped.")
@@ -423,6 +469,18 @@ class RolloutSpec(_Strict):
                                         "live predictions (canary or shadow, grouped by the sensitive columns sent "
                                         "with the requests) fail their limits or are too few to judge. Needs a "
                                         "`fairness` section and live traffic for the challenger (docs/fairness.md).")
+
+    @field_validator("ramp")
+    @classmethod
+    def _increasing_ramp(cls, ramp: list[int]) -> list[int]:
+        if any(not 0 < share <= 100 for share in ramp) or any(b <= a for a, b in zip(ramp, ramp[1:], strict=False)):
+            raise ValueError(f"rollout.ramp must be increasing percentages in (0, 100], e.g. [5, 25, 50]; got {ramp}")
+        return ramp
+
+    @property
+    def first_share(self) -> float:
+        """The share a new canary starts at: the ramp's first step, else ``canary_percent``."""
+        return float(self.ramp[0]) if self.ramp else float(self.canary_percent)
 
 
 class LabelsSpec(_Strict):
