@@ -602,11 +602,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     ensure_home(settings)
-    try:
-        specs = load_specs(settings.spec_roots, dbt_columns(settings))
+    try:  # every spec (CI's gate, as validate); a team's check of its own models (--model) skips broken neighbours
+        specs = (_usable_specs(settings, args.model, dbt_columns(settings), True)
+                 if args.model and not settings.strict_specs else load_specs(settings.spec_roots, dbt_columns(settings)))
     except SpecError as error:
         print(f"FAIL  specs: {len(error.problems)} problem(s) in model specs:", file=sys.stderr)
         print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
+        return 1
+    except ValueError as error:  # a --model no spec declares
+        print(error, file=sys.stderr)
         return 1
     by_name = {spec.name: spec for spec in specs}
     unknown = sorted(set(args.model or []) - set(by_name))
@@ -793,7 +797,21 @@ def _served_specs(settings: Settings, names: Sequence[str] | None, check_data: b
     from mlplatform.specs import load_specs
 
     columns = _dbt_model_columns() if check_data else None
-    return select_specs(load_specs(settings.spec_roots, columns, check_data=check_data), names)
+    if settings.strict_specs:  # MLPLATFORM_STRICT_SPECS=1: any broken spec refuses, as in the code location
+        return select_specs(load_specs(settings.spec_roots, columns, check_data=check_data), names)
+    return _usable_specs(settings, names, columns, check_data)
+
+
+def _usable_specs(settings: Settings, names: Sequence[str] | None, columns, check_data: bool) -> list:
+    """The valid specs (named, or all), with a warning on stderr naming each broken spec file left out: one team's
+    broken spec does not stop the others' models; a command naming the broken model itself gets its problems."""
+    from mlplatform.specs import load_usable_specs, skipped_specs_warning
+
+    specs, skipped = load_usable_specs(settings.spec_roots, names, columns, check_data=check_data)
+    warning = skipped_specs_warning(skipped)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return specs
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

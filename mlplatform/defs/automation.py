@@ -41,7 +41,7 @@ from mlplatform.defs.keys import (
     raw_key,
     staged_key,
 )
-from mlplatform.defs.metadata import team_tags
+from mlplatform.defs.metadata import team_attributes, team_tags
 from mlplatform.defs.mlflow_run import end_mlflow_run
 from mlplatform.defs.partitions import weekly_partitions
 from mlplatform.lib.retraining import decay_requests, retrain_requests
@@ -50,6 +50,9 @@ from mlplatform.specs import ModelSpec
 # A sensor with several jobs is re-created by Dagster when the definitions resolve its jobs, passing `owners` along,
 # which warns at every load that a parameter we never set is beta. Nothing to act on: silenced for that message only.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*`owners` of initializer `SensorDefinition.*")
+# The team as the owner of each schedule and sensor (team_attributes): the same beta parameter, set on purpose.
+warnings.filterwarnings("ignore", category=BetaWarning, message=".*`owners` of (initializer|decorator) `(Schedule|Sensor)"
+                        "Definition|schedule|sensor|build_schedule_from_partitioned_job`.*")
 
 
 def build_jobs(spec: ModelSpec) -> list:
@@ -98,14 +101,15 @@ def build_schedule(spec: ModelSpec, weekly_job, cron_override: str = ""):
     """
     status = DefaultScheduleStatus.RUNNING if spec.automation.weekly_schedule else DefaultScheduleStatus.STOPPED
     if not cron_override:
-        return build_schedule_from_partitioned_job(weekly_job, hour_of_day=1, minute_of_hour=0, default_status=status)
+        return build_schedule_from_partitioned_job(weekly_job, hour_of_day=1, minute_of_hour=0, default_status=status,
+                                                   **team_attributes(spec))
     if not is_valid_cron_string(cron_override):
         raise ValueError(f"MLPLATFORM_WEEKLY_SCHEDULE_CRON={cron_override!r} is not a cron string (e.g. '*/2 * * * *'); "
                          "unset it for the weekly schedule (Mondays 01:00 UTC)")
     partitions = weekly_partitions(spec)
 
     @schedule(name=names.weekly_schedule(spec.name), cron_schedule=cron_override, job=weekly_job,
-              execution_timezone="UTC", default_status=status,
+              execution_timezone="UTC", default_status=status, **team_attributes(spec),
               description=f"The week that just ended for {spec.name}, on the test cron {cron_override!r} "
               "(MLPLATFORM_WEEKLY_SCHEDULE_CRON)")
     def weekly(context: ScheduleEvaluationContext):
@@ -124,7 +128,7 @@ def build_retrain_sensor(spec: ModelSpec, retrain_job):
 
     @sensor(
         name=names.retrain_sensor(spec.name), job=retrain_job, minimum_interval_seconds=30,
-        default_status=DefaultSensorStatus.RUNNING,
+        default_status=DefaultSensorStatus.RUNNING, **team_attributes(spec),
         description=f"Requests one retrain of {spec.name} per failed drift check (cursor: the last check record id).",
     )
     def retrain_on_drift(context: SensorEvaluationContext):
@@ -164,7 +168,7 @@ def build_decay_sensor(spec: ModelSpec, retrain_job, rollback_job):
 
     @sensor(
         name=sensor_name, jobs=[retrain_job, rollback_job], minimum_interval_seconds=30,
-        default_status=DefaultSensorStatus.RUNNING,
+        default_status=DefaultSensorStatus.RUNNING, **team_attributes(spec),
         description=f"When {spec.name}'s live_degradation check fails: moves champion back to the previous champion if "
         "that version scored significantly better on the same labelled rows (never to a version whose gates failed), "
         "and requests a retrain for the next week either way. One failure, one rollback, one retrain. While a "
