@@ -131,6 +131,13 @@ def test_team_a_broken_spec_leaves_team_b_scheduled_and_sensing(home, tmp_path, 
     model = defs.resolve_assets_def(AssetKey(["ctr", "model"])).specs_by_key[AssetKey(["ctr", "model"])]
     assert model.owners == ["team:ads"] and model.tags["team"] == "ads"
     assert defs.resolve_job_def("ctr_weekly").tags["team"] == "ads"
+    for job in ("ctr_approve", "ctr_rollback", "ctr_canary_analysis"):  # the op jobs too: their runs filter by team
+        assert defs.resolve_job_def(job).tags["team"] == "ads", job
+    automation = [defs.resolve_schedule_def("ctr_weekly_schedule"),
+                  *(defs.resolve_sensor_def(name) for name in ("ctr_retrain_on_drift", "ctr_rollback_on_decay",
+                                                               "ctr_canary_sensor"))]
+    for definition in automation:  # the UI's automation page filters schedules and sensors by owner and tag
+        assert definition.tags == {"team": "ads"} and definition.owners == ["team:ads"], definition.name
     assert not [key for key in defs.resolve_asset_graph().get_all_asset_keys() if key.path[0] == "score"]
     with instance_for_test() as instance:
         schedule = defs.resolve_schedule_def("ctr_weekly_schedule")
