@@ -906,13 +906,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     instance's failed runs); ``alerts test``: a test alert to one destination, or to each (docs/alerts.md)."""
     from mlplatform.lib import alerts
     from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
-    from mlplatform.specs import SpecError, load_specs
+    from mlplatform.specs import SpecError
     from mlplatform.specs.policies import PolicyFileError
 
     settings = load_settings()
     ensure_home(settings)
-    try:
-        setup = alerts.alert_setup(load_specs(settings.specs_dir, None, check_data=False), settings.specs_dir)
+    try:  # every spec root's models and policy file; a broken spec is left out with a warning
+        setup = alerts.alert_setup(_served_specs(settings, None, check_data=False), settings.spec_roots)
     except (SpecError, PolicyFileError) as error:
         print(f"{error}\nnothing was sent", file=sys.stderr)
         return 1

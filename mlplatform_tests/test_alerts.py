@@ -335,3 +335,48 @@ def test_a_pass_gives_up_at_once_while_a_run_holds_the_warehouse_and_sends_nothi
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_alerts_read_every_spec_root_s_policy_file_and_models(home, tmp_path, capsys, monkeypatch):
+    """Two spec roots (MLPLATFORM_SPECS=a:b), each with its policy file: `alerts deliver` routes each root's models
+    by its own file (a route without selectors covers its root's models only), and the sensor routes both."""
+    from mlplatform.cli import main
+    from mlplatform.lib.settings import load_settings
+    from mlplatform.specs import load_specs
+    from mlplatform.specs.policies import PolicyFileError
+    from mlplatform_tests.helpers import load_definitions
+
+    monkeypatch.delenv("MLPLATFORM_POLICIES", raising=False)
+    roots = {}
+    with http_receiver() as (hook, received):
+        for root, (model, team) in {"platform": ("score", "fraud"), "ads-repo": ("ctr", "ads")}.items():
+            folder = roots[root] = tmp_path / root
+            folder.mkdir()
+            toy_rows().to_csv(folder / "toy.csv", index=False)
+            (folder / f"{model}.yaml").write_text(TOY_SPEC.replace("name: toy", f"name: {model}") + f"team: {team}\n")
+            (folder / "policies.yaml").write_text(json.dumps({"alerts": {
+                "destinations": {f"{team}-hook": {"type": "webhook", "url": f"{hook}/{team}"}},
+                "routes": [{"destinations": [f"{team}-hook"]}]}}))
+        monkeypatch.setenv("MLPLATFORM_SPECS", f"{roots['platform']}:{roots['ads-repo']}")
+        home.mkdir(parents=True, exist_ok=True)
+        for model in ("score", "ctr"):
+            write_trail(home / "warehouse.duckdb", model, tamper=False)
+        assert main(["alerts", "deliver"]) == 0
+        assert main(["alerts", "test"]) == 0  # a test alert to each destination of both files
+    assert {b["model"] for b in received.posted_to("/fraud") if b["kind"] != "test"} == {"score"}
+    assert {b["model"] for b in received.posted_to("/ads") if b["kind"] != "test"} == {"ctr"}
+    for path in ("/fraud", "/ads"):  # each event once (write_trail's failed run is one run id: recorded for score)
+        ids = [b["id"] for b in received.posted_to(path) if b["kind"] != "test"]
+        assert len(ids) == len(set(ids)) >= 7 and [b["kind"] for b in received.posted_to(path)].count("test") == 1
+    assert "sent a test alert to ads-hook" in capsys.readouterr().out
+
+    sensor = load_definitions().resolve_sensor_def("alerts_delivery")
+    assert "Models routed: score, ctr" in sensor.description
+
+    (roots["ads-repo"] / "policies.yaml").write_text(json.dumps({"alerts": {  # one name, two meanings: refused
+        "destinations": {"fraud-hook": {"type": "webhook", "url": "http://elsewhere.test/x"}},
+        "routes": [{"destinations": ["fraud-hook"]}]}}))
+    settings = load_settings()
+    with pytest.raises(PolicyFileError, match="alerts.destinations.fraud-hook: 'fraud-hook' is also defined, "
+                                              "differently, in .*platform/policies.yaml"):
+        alerts.alert_setup(load_specs(settings.spec_roots, check_data=False), settings.spec_roots)

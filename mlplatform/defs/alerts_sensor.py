@@ -119,9 +119,9 @@ def build_alerts_sensor(setup: AlertSetup, settings: Settings):
 
 
 def alerts_definitions(specs, settings: Settings):
-    """The location's ``alerts_delivery`` sensor, routed by the policy file beside ``settings.specs_dir``."""
+    """The location's ``alerts_delivery`` sensor, routed by the policy file of every spec root."""
     from dagster import Definitions
 
     from mlplatform.lib.alerts import alert_setup
 
-    return Definitions(sensors=[build_alerts_sensor(alert_setup(specs, settings.specs_dir), settings)])
+    return Definitions(sensors=[build_alerts_sensor(alert_setup(specs, settings.spec_roots), settings)])

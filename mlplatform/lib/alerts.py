@@ -152,13 +152,77 @@ def load_alerts_config(file: Path | None) -> AlertsConfig:
         raise PolicyFileError(file, key, f"{first['msg']} (docs/alerts.md)") from None
 
 
-def alert_setup(specs: Iterable[ModelSpec], spec_folder: Path) -> AlertSetup:
-    """The alerts configuration beside ``spec_folder``'s specs (the policy file) and how each spec routes."""
+def alert_setup(specs: Iterable[ModelSpec], spec_roots: Path | Sequence[Path]) -> AlertSetup:
+    """The alerts configuration of the policy file of every spec root (``MLPLATFORM_SPECS=a:b``, or
+    ``MLPLATFORM_POLICIES`` for all of them) and how each spec routes (with its root's default policy).
+
+    Several files: their destinations are pooled (one name defined differently in two files is refused, naming
+    both) and each file's routes route only the models of its own roots; ``ui_url`` and the retry settings are the
+    first configured file's."""
     from mlplatform.specs.policies import load_policies, policies_path
 
-    file = policies_path(spec_folder)
-    _, default = load_policies(file)
-    return AlertSetup(load_alerts_config(file), {s.name: ModelRouting.of(s, default) for s in specs}, file)
+    roots = [Path(spec_roots)] if isinstance(spec_roots, (str, Path)) else [Path(r) for r in spec_roots]
+    files: dict[Path | None, list[Path]] = {}
+    for root in roots:
+        files.setdefault(policies_path(root), []).append(root)
+    defaults = {file: load_policies(file)[1] for file in files}
+    routing: dict[str, ModelRouting] = {}
+    models_of: dict[Path | None, list[str]] = {file: [] for file in files}
+    for spec in specs:
+        file = _policy_file_of(spec, files)
+        routing[spec.name] = ModelRouting.of(spec, defaults.get(file))
+        models_of.setdefault(file, []).append(spec.name)
+    configs = [(file, load_alerts_config(file)) for file in files]
+    configured = [(file, config) for file, config in configs if config.configured]
+    if len(configs) == 1 or len(configured) <= 1:
+        file, config = configured[0] if configured else configs[0]
+        if len(configs) > 1 and configured:  # one file routes: only the models of its own roots
+            config = config.model_copy(update={"routes": _routes_for(config.routes, models_of.get(file, []))})
+        return AlertSetup(config, routing, file)
+    return AlertSetup(_pooled(configured, models_of), routing, configured[0][0])
+
+
+def _policy_file_of(spec: ModelSpec, files: dict[Path | None, list[Path]]) -> Path | None:
+    """The policy file of the spec root holding ``spec`` (the deepest root that contains its file)."""
+    spec_file = Path(spec.spec_file).resolve()
+    best, depth = next(iter(files)), -1
+    for file, roots in files.items():
+        for root in roots:
+            resolved = root.resolve()
+            if spec_file.is_relative_to(resolved) and len(resolved.parts) > depth:
+                best, depth = file, len(resolved.parts)
+    return best
+
+
+def _routes_for(routes: list[AlertRoute], models: list[str]) -> list[AlertRoute]:
+    """``routes`` narrowed to ``models`` (a route naming none of them is dropped)."""
+    narrowed = []
+    for route in routes:
+        chosen = [m for m in (route.models or models) if m in models]
+        if chosen:
+            narrowed.append(route.model_copy(update={"models": chosen}))
+    return narrowed
+
+
+def _pooled(configured: list[tuple[Path | None, AlertsConfig]], models_of: dict[Path | None, list[str]]
+            ) -> AlertsConfig:
+    """One configuration from several policy files' (see :func:`alert_setup`)."""
+    from mlplatform.specs.policies import PolicyFileError
+
+    first = configured[0][1]
+    destinations: dict[str, Any] = {}
+    defined_in: dict[str, Path | None] = {}
+    routes: list[AlertRoute] = []
+    for file, config in configured:
+        for name, destination in config.destinations.items():
+            if name in destinations and destinations[name] != destination:
+                raise PolicyFileError(file, f"alerts.destinations.{name}", (
+                    f"{name!r} is also defined, differently, in {defined_in[name]}; destination names are shared by "
+                    "every spec root's policy file: rename one, or define it identically"))
+            destinations.setdefault(name, destination)
+            defined_in.setdefault(name, file)
+        routes += _routes_for(config.routes, models_of.get(file, []))
+    return first.model_copy(update={"destinations": destinations, "routes": routes})
 
 
 # --- Alerts: what an audit event tells a person ------------------------------------------------------------------
