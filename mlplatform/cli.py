@@ -937,7 +937,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         print(f"no warehouse at {settings.warehouse_path} yet: nothing ran, nothing to deliver")
         return 0
     try:
+        from mlplatform.lib.audit_integrity import settings_anchor_reader
+
         report = alerts.deliver(lambda wait: connect_when_free(settings.warehouse_path, wait), setup,
+                                anchors_of=settings_anchor_reader(settings),
                                 read_wait=args.wait, record_wait=max(args.wait, 20.0))
     except WarehouseBusy as busy:
         print(f"{busy}; nothing was sent: try again when the run ends, or give --wait SECONDS", file=sys.stderr)
