@@ -598,6 +598,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from mlplatform.lib.ci_check import check_model, report
     from mlplatform.lib.tracking import Tracker
     from mlplatform.specs import SpecError, load_specs
+    from mlplatform.specs.loader import UnknownModels
     from mlplatform.specs.team_metrics import register_spec_metrics
 
     settings = load_settings()
@@ -609,8 +610,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"FAIL  specs: {len(error.problems)} problem(s) in model specs:", file=sys.stderr)
         print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
         return 1
-    except ValueError as error:  # a --model no spec declares
-        print(error, file=sys.stderr)
+    except UnknownModels as error:  # a --model no spec declares
+        print(f"no model named {', '.join(error.unknown)}; the specs define {', '.join(error.known) or 'none'}",
+              file=sys.stderr)
         return 1
     by_name = {spec.name: spec for spec in specs}
     unknown = sorted(set(args.model or []) - set(by_name))

@@ -67,6 +67,14 @@ def load_specs(folder: SpecRoots, dbt_model_columns: DbtColumns | None = None, c
     return loaded.specs
 
 
+class UnknownModels(ValueError):
+    """Model names no valid spec declares (``unknown``), and the models there are (``known``)."""
+
+    def __init__(self, unknown: list[str], known: list[str]):
+        super().__init__(f"no model spec named {', '.join(map(repr, unknown))}; specs: {', '.join(known) or 'none'}")
+        self.unknown, self.known = unknown, known
+
+
 def load_usable_specs(folder: SpecRoots, names: Iterable[str] | None = None,
                       dbt_model_columns: DbtColumns | None = None, check_data: bool = True
                       ) -> tuple[list[ModelSpec], list[SpecProblem]]:
@@ -87,8 +95,7 @@ def load_usable_specs(folder: SpecRoots, names: Iterable[str] | None = None,
         by_name = {spec.name: spec for spec in loaded.specs}
         unknown = [name for name in wanted if name not in by_name]
         if unknown:
-            raise ValueError(f"no model spec named {', '.join(map(repr, unknown))}; specs: "
-                             f"{', '.join(sorted(by_name)) or 'none'}")
+            raise UnknownModels(unknown, sorted(by_name))
         return [by_name[name] for name in wanted], [p for problems in loaded.broken.values() for p in problems]
     return loaded.specs, [problem for problems in loaded.broken.values() for problem in problems]
 
