@@ -16,7 +16,7 @@ import pytest
 
 from mlplatform.lib import promotion
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
-from mlplatform.lib.canary import analyse_and_act
+from mlplatform.lib.canary import analyse_and_act, canary_state
 from mlplatform.lib.prediction_log import read_prediction_log, utc_now
 from mlplatform.lib.promotion import CANARY_SHARE_TAG
 from mlplatform.lib.rollout_analysis import PROMOTE, STOP
@@ -313,3 +313,63 @@ def test_the_sensor_requests_one_analysis_per_interval_while_a_canary_serves_and
     printed = capsys.readouterr().out
     assert printed.index("live canary evidence") < printed.index("champion v1 -> v2")
     assert "no canary" in sensor.evaluate_tick(build_sensor_context(instance=instance, resources={"model_registry": defs.resources["model_registry"]})).skip_message
+
+
+def test_clicks_in_a_warehouse_table_stop_a_canary_with_a_lower_click_through_rate(recommender: World):
+    """``labels.table``: the recommender's clicks in a DuckDB table (as a dbt model would build them) feed the
+    analysis's business metric as ``labels.path`` does. Both arms score alike; the canary's impressions are clicked
+    a third as often, so one analysis stops it on the click-through rate alone, audited with the numbers."""
+    import pandas as pd
+
+    from mlplatform.lib.prediction_log import write_segments
+    from mlplatform.lib.routing import entity_key
+
+    world, name = recommender, "recommender_ctr"
+    spec_file = world.specs_dir / "recommender_ctr.yaml"
+    spec_file.write_text(spec_file.read_text().replace("path: clicks.csv", "table: main.clicks"))
+    spec = world.spec(name)
+    assert spec.labels.table == "main.clicks"
+    warehouse = world.home / "warehouse.duckdb"
+    x, y = split_xy(world.rows, spec)
+    pipeline = build_pipeline(spec).fit(x, y)
+    for week in ("2024-01-29", "2024-02-05"):  # the first is champion at once, the second a 5 % canary
+        made = world.tracker.log_trained_model(name, f"{name}-{week}", pipeline, x.head(5), {}, {}, {}, {},
+                                               {"gates": "passed", "week": week}).version
+        current = {alias: world.tracker.alias_version(name, alias) for alias in (CHALLENGER, CHAMPION)}
+        weeks = {a: world.tracker.version_tags(name, v).get("week") if v else None for a, v in current.items()}
+        with duckdb.connect(str(warehouse)) as connection:
+            promotion.commit_changes(connection, world.tracker, promotion.gate_changes(
+                name, made, True, week, "test", "auto", current, weeks, spec.rollout)[0])
+    assert (world.tracker.alias_version(name, CHAMPION), world.tracker.alias_version(name, CHALLENGER)) == ("1", "2")
+
+    rng = np.random.default_rng(5)
+    since = canary_state(world.tracker, spec).since  # the analysis reads no traffic from before the canary's share
+    now, rows, clicks = utc_now(), [], []
+    for i in range(3000):
+        canary = i % 10 == 0  # 300 canary impressions, 2700 champion ones
+        score = float(rng.beta(2, 5))
+        when = since + (now - since) * (i + 1) / 3001
+        rows.append({"request_id": f"r{i}", "record_index": 0, "record_id": None, "time": when, "model": name,
+                     "version": "2" if canary else "1", "role": "canary" if canary else "champion",
+                     "entity_key": entity_key({"impression_id": 500_000 + i}, ["impression_id"]),
+                     "inputs": {"user_affinity": 0.5, "item_popularity": 0.5, "position": 1.0, "category": "news"},
+                     "score": score, "label": "1" if score >= 0.5 else "0",
+                     "probabilities": {"0": 1 - score, "1": score}, "latency_ms": float(rng.gamma(4, 1.0))})
+        clicks.append((500_000 + i, when, int(rng.random() < (0.1 if canary else 0.3))))
+    write_segments(world.home / "prediction_log", rows)
+
+    before = analyse_and_act(world.home, warehouse, spec, world.tracker, 30, act=False)  # no table yet: no outcomes
+    assert "click-through rate" not in [s.name for s in before.analysis.signals], before.text()
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.register("arrived", pd.DataFrame(clicks, columns=["impression_id", "ts", "clicked"]))
+        connection.execute("create table main.clicks as select * from arrived")
+    run = analyse_and_act(world.home, warehouse, spec, world.tracker, 30)
+    assert run.analysis.decision == STOP, run.text()
+    assert [s.name for s in run.analysis.signals if s.worse] == ["click-through rate"], run.text()
+    ctr = next(s for s in run.analysis.signals if s.name == "click-through rate")
+    assert ctr.canary < 0.2 < ctr.champion
+    assert world.tracker.alias_version(name, CHALLENGER) is None and world.tracker.alias_version(name, CHAMPION) == "1"
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        [(summary,)] = connection.execute("select summary from audit.events where model = ? and event = "
+                                          "'canary_stopped'", [name]).fetchall()
+    assert "click-through rate: WORSE" in summary
