@@ -1,7 +1,9 @@
 """The canary stage end to end: the real service over real HTTP, a real MLflow registry (SQLite), a real DuckDB
 warehouse and audit. An auto-approved version serves as canary at the ramp's first share, not all traffic; the
 analysis on the logged traffic raises its share (the service follows the tag), then promotes it (the service hot-swaps
-to it); a version with shifted predictions is stopped by one analysis, with the numbers in the audit."""
+to it); a version with shifted predictions, one whose own model is slower (its p99 at least doubled) and one with a
+lower click-through rate (clicks in a file, or in a warehouse table) are each stopped by one analysis, with the
+numbers in the audit."""
 
 from __future__ import annotations
 
@@ -64,31 +66,31 @@ def register(world: World, offset: float, week: str, steep: bool = False) -> str
                                            {"gates": "passed", "week": week}).version
 
 
-def gates_pass(world: World, version: str, week: str) -> list[promotion.AliasChange]:
+def gates_pass(world: World, version: str, week: str, name: str = "toy_ramp") -> list[promotion.AliasChange]:
     """What the model step does when a version passes every gate (lib/lifecycle.py), committed with its audit."""
-    spec = next(s for s in load_specs(world.specs_dir) if s.name == "toy_ramp")
+    spec = next(s for s in load_specs(world.specs_dir) if s.name == name)
     tracker = world.tracker
-    current = {alias: tracker.alias_version("toy_ramp", alias) for alias in (CHALLENGER, CHAMPION)}
-    weeks = {alias: tracker.version_tags("toy_ramp", v).get("week") if v else None for alias, v in current.items()}
-    changes, _ = promotion.gate_changes("toy_ramp", version, True, week, "test", "auto", current, weeks, spec.rollout)
+    current = {alias: tracker.alias_version(name, alias) for alias in (CHALLENGER, CHAMPION)}
+    weeks = {alias: tracker.version_tags(name, v).get("week") if v else None for alias, v in current.items()}
+    changes, _ = promotion.gate_changes(name, version, True, week, "test", "auto", current, weeks, spec.rollout)
     with duckdb.connect(str(world.home / "warehouse.duckdb")) as connection:
         promotion.commit_changes(connection, tracker, changes)
     return changes
 
 
-def drive(server, first_id: int, n: int = 400) -> dict[str, float]:
+def drive(server, first_id: int, n: int = 400, name: str = "toy_ramp") -> dict[str, float]:
     """``n`` one-record requests of distinct entities; the share of each role answered."""
     roles = []
     for record in records(feature_rows(n, seed=first_id).assign(id=np.arange(first_id, first_id + n)),
                           ["id", "x1", "x2", "color"]):
-        response = server.predict("toy_ramp", [record])
+        response = server.predict(name, [record])
         assert response.status_code == 200, response.text
         roles.append(response.json()["predictions"][0]["role"])
     return {role: roles.count(role) / n for role in set(roles)}
 
 
-def logged_after(world: World, count: int) -> None:
-    wait_until(lambda: len(read_prediction_log(world.home, "toy_ramp", expand_inputs=False)) >= count)
+def logged_after(world: World, count: int, name: str = "toy_ramp") -> None:
+    wait_until(lambda: len(read_prediction_log(world.home, name, expand_inputs=False)) >= count)
 
 
 def audit(world: World) -> list[tuple[str, str]]:
@@ -373,3 +375,89 @@ def test_clicks_in_a_warehouse_table_stop_a_canary_with_a_lower_click_through_ra
         [(summary,)] = connection.execute("select summary from audit.events where model = ? and event = "
                                           "'canary_stopped'", [name]).fetchall()
     assert "click-through rate: WORSE" in summary
+
+
+SLOW_TEAM = """
+\"\"\"A team's ridge regression that takes ``delay_ms`` longer to answer every call: a genuinely slower version.\"\"\"
+import time
+
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+
+class Slow(RegressorMixin, BaseEstimator):
+    def __init__(self, delay_ms=0.0):
+        self.delay_ms = delay_ms
+
+    def fit(self, x, y):
+        self.ridge_ = Ridge(alpha=0.1).fit(x, y)
+        return self
+
+    def predict(self, x):
+        time.sleep(self.delay_ms / 1000)
+        return self.ridge_.predict(x)
+
+
+def build(delay_ms=0.0):
+    encode = ColumnTransformer([("numbers", SimpleImputer(), ["x1", "x2"]),
+                                ("colors", OneHotEncoder(handle_unknown="ignore"), ["color"])])
+    return Pipeline([("encode", encode), ("slow", Slow(delay_ms))])
+"""
+SLOW_SPEC = """estimator:
+  factory: slow_team.models.build
+policy: live_first
+rollout:
+  approval: auto
+  auto_promote: canary
+  canary_percent: 20
+  analysis: {min_requests: 30, min_minutes: 0}
+"""
+
+
+def test_a_canary_whose_model_is_slower_is_stopped_on_its_p99_through_the_real_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A doubled p99 on real HTTP: the canary's own model (a team's ``estimator.factory``, served by the generic
+    path like the champion) waits 100 ms per call; the champion is the same model without the wait (its p99 is a few
+    ms idle, tens on a busy machine: the wait keeps the canary's at least double). One analysis of the logged
+    traffic stops the canary on latency p99 alone. Its policy's minimum canary share is in /v1/models."""
+    team = tmp_path / "team"
+    (team / "slow_team").mkdir(parents=True)
+    (team / "slow_team" / "__init__.py").write_text("")
+    (team / "slow_team" / "models.py").write_text(SLOW_TEAM)
+    monkeypatch.syspath_prepend(str(team))  # the team's installed package
+    monkeypatch.setenv("MLPLATFORM_ESTIMATOR_MODULES", "slow_team")
+    home, specs_dir = tmp_path / "home", tmp_path / "specs"
+    specs_dir.mkdir()
+    monkeypatch.setenv("MLPLATFORM_HOME", str(home))
+    monkeypatch.setenv("MLPLATFORM_SPECS", str(specs_dir))
+    rows = toy_rows(weeks=3, per_week=40)
+    rows.to_csv(specs_dir / "toy.csv", index=False)
+    (specs_dir / "policies.yaml").write_text("policies:\n  live_first: {min_canary_percent: 20}\n")
+    (specs_dir / "toy_slow.yaml").write_text(textwrap.dedent(TOY_SPEC).replace("name: toy", "name: toy_slow")
+                                             + SLOW_SPEC)
+    world = World(home, specs_dir, rows, Tracker.under(home / "mlflow"))
+    spec = world.spec("toy_slow")
+    x, y = split_xy(rows, spec)
+    for week, delay_ms in (("2024-01-08", 0.0), ("2024-01-15", 100.0)):
+        spec.estimator.params = {"delay_ms": delay_ms}
+        made = world.tracker.log_trained_model("toy_slow", f"toy_slow-{week}", build_pipeline(spec).fit(x, y),
+                                               x.head(5), {}, {}, {}, {}, {"gates": "passed", "week": week}).version
+        gates_pass(world, made, week, "toy_slow")
+    assert (world.tracker.alias_version("toy_slow", CHAMPION), world.tracker.alias_version("toy_slow", CHALLENGER)) \
+        == ("1", "2")
+
+    with serve(world, ["toy_slow"]) as server:
+        assert server.client.get("/v1/models/toy_slow").json()["rollout"]["min_canary_percent"] == 20
+        assert drive(server, 0, 250, "toy_slow")["canary"] == pytest.approx(0.20, abs=0.08)
+        logged_after(world, 250, "toy_slow")
+        run = analyse_and_act(world.home, world.home / "warehouse.duckdb", spec, world.tracker, 30)
+        assert run.analysis.decision == STOP, run.text()
+        assert [s.name for s in run.analysis.signals if s.worse] == ["latency p99"], run.text()
+        p99 = next(s for s in run.analysis.signals if s.name == "latency p99")
+        assert p99.canary >= 100 and p99.canary >= 2 * p99.champion, run.text()  # the wait is in what was served
+        assert world.tracker.alias_version("toy_slow", CHALLENGER) is None
+        wait_until(lambda: server.client.get("/v1/models/toy_slow").json()["rollout"]["active"] == "none")
