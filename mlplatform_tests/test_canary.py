@@ -1,9 +1,7 @@
 """The canary stage end to end: the real service over real HTTP, a real MLflow registry (SQLite), a real DuckDB
 warehouse and audit. An auto-approved version serves as canary at the ramp's first share, not all traffic; the
 analysis on the logged traffic raises its share (the service follows the tag), then promotes it (the service hot-swaps
-to it); a version with shifted predictions, one whose own model is slower (its p99 at least doubled) and one with a
-lower click-through rate (clicks in a file, or in a warehouse table) are each stopped by one analysis, with the
-numbers in the audit."""
+to it); a version with shifted predictions is stopped by one analysis, with the numbers in the audit."""
 
 from __future__ import annotations
 
