@@ -318,7 +318,8 @@ def _print_canary_evidence(model: str) -> None:
     try:
         settings = load_settings()
         spec = load_spec_named(settings.spec_roots, model, _dbt_model_columns())
-        _, analysis = run_analysis(settings.home, spec, Tracker.for_settings(settings))
+        _, analysis = run_analysis(settings.home, spec, Tracker.for_settings(settings),
+                                   warehouse_path=settings.warehouse_path, wait_seconds=settings.warehouse_wait_seconds)
     except Exception as error:  # noqa: BLE001 - evidence is shown when it can be; the promotion's rules decide
         print(f"{model}: no live canary evidence ({type(error).__name__}: {error})", file=sys.stderr)
         return
