@@ -1187,8 +1187,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
 
-    digest = commands.add_parser("token-digest", help="print the sha256: digest of an API token read from stdin, "
-                                 "for the tokens file (docs/serving.md, Access)")
+    digest = commands.add_parser("token-digest", help="print the sha256: digest of an API or approver token read "
+                                 "from stdin, for the tokens file (docs/serving.md, Access; docs/policies.md, "
+                                 "Authenticated approvers)")
     digest.set_defaults(func=cmd_token_digest)
 
     replay = commands.add_parser("replay", help="send a model's feature rows for some weeks to a running service")
