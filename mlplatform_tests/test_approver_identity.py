@@ -70,7 +70,9 @@ def test_a_typed_approver_name_is_refused_without_the_token_and_the_tokens_perso
     _register(tracker, ["2024-01-08", "2024-01-15"])
     tracker.set_alias("toy", CHALLENGER, "1")
 
-    # without the file: as before, with a one-line warning that the names are not authenticated
+    # without the file: as before (a name is required), with a one-line warning that names are not authenticated
+    assert main(["promote", "toy", "--version", "1"]) == 1
+    assert "--by NAME: give the name of the person who decides" in capsys.readouterr().err
     assert main(["promote", "toy", "--version", "1", "--by", "alice", "--reason", "reviewed"]) == 0
     assert "approver identities are not authenticated" in capsys.readouterr().err
 
