@@ -448,10 +448,11 @@ class CanaryAnalysisSpec(_Strict):
 class RolloutSpec(_Strict):
     approval: Literal["manual", "auto"] = Field(default="manual", description="Who promotes challenger to champion.")
     auto_promote: Literal["immediate", "canary"] = Field(
-        default="immediate", description="Under `approval: auto`, when a version that passed every gate becomes "
-        "champion: `immediate` (at once), or `canary` (it serves as canary first, at `canary_percent` or the ramp's "
-        "first step, and the canary analysis promotes it once its live evidence is good enough). A model's first "
-        "version becomes champion at once either way (there is nothing to compare it with).")
+        default="canary", description="Under `approval: auto`, when a version that passed every gate becomes "
+        "champion: `canary` (the default: it serves as canary first, at `canary_percent` or the ramp's first step, "
+        "and the canary analysis promotes it once its live evidence is good enough), or `immediate` (an explicit "
+        "opt-out: champion at once, never judged on live traffic first). A model's first version becomes champion "
+        "at once either way (there is nothing to compare it with).")
     ramp: list[int] = Field(default_factory=list, description="Canary shares (percent, increasing, e.g. [5, 25, 50]) "
                             "the analysis raises the canary through, one step per good verdict; the first step "
                             "replaces `canary_percent`. Empty: the canary stays at `canary_percent`.")
