@@ -168,6 +168,11 @@ def test_by_default_an_auto_approved_version_serves_as_canary_and_only_a_first_v
         assert canary[0].version_tags[CANARY_SHARE_TAG] == "10" and "serves 10% as canary first" in canary[0].reason
         first, _ = gate_changes("toy", "1", True, "2024-01-01", "me", "auto", {}, {}, given)
         assert [(c.alias, c.version) for c in first] == [("challenger", "1"), ("champion", "1")]
+    no_canary = {**_spec("auto").model_dump(by_alias=True), "rollout": {"approval": "auto", "canary_percent": 0}}
+    with pytest.raises(ValueError, match="could never promote it; set canary_percent above 0"):
+        ModelSpec.model_validate(no_canary)  # auto, canary first, but no canary traffic: refused at load
+    no_canary["rollout"]["auto_promote"] = "immediate"
+    assert ModelSpec.model_validate(no_canary).rollout.canary_percent == 0
 
 
 def test_a_rerun_of_an_earlier_week_does_not_take_an_alias_from_a_later_weeks_version():

@@ -478,6 +478,16 @@ class RolloutSpec(_Strict):
             raise ValueError(f"rollout.ramp must be increasing percentages in (0, 100], e.g. [5, 25, 50]; got {ramp}")
         return ramp
 
+    @model_validator(mode="after")
+    def _auto_canary_needs_traffic(self) -> RolloutSpec:
+        """Under the default canary stage an auto-approved version is promoted only on its canary's live evidence:
+        with no canary share it would never get any, and never be promoted."""
+        if self.approval == "auto" and self.auto_promote == "canary" and self.first_share <= 0:
+            raise ValueError("rollout.canary_percent: 0 under approval: auto: a new version would serve no canary "
+                             "traffic, so the canary analysis could never promote it; set canary_percent above 0 (or a "
+                             "ramp), or auto_promote: immediate to make it champion at once")
+        return self
+
     @property
     def first_share(self) -> float:
         """The share a new canary starts at: the ramp's first step, else ``canary_percent``."""
