@@ -466,7 +466,8 @@ class RolloutSpec(_Strict):
                          "path; logged with role `shadow` and compared in the weekly shadow report.")
     rollback: RollbackSpec = Field(default_factory=RollbackSpec, description="When to roll back to the previous champion.")
     require_live_fairness: bool = Field(default=False, description="Refuse to promote a version (`mlplatform promote`, "
-                                        "the UI's approve job, approval: auto) while the `fairness` measures on its "
+                                        "the UI's approve job, approval: auto, the canary analysis) while the "
+                                        "`fairness` measures on its "
                                         "live predictions (canary or shadow, grouped by the sensitive columns sent "
                                         "with the requests) fail their limits or are too few to judge. Needs a "
                                         "`fairness` section and live traffic for the challenger (docs/fairness.md).")
