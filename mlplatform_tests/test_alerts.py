@@ -208,7 +208,8 @@ def test_routes_pick_destinations_by_team_policy_model_and_kind():
     assert alerts.destinations_for(config, fraud, "approval_waiting") == ["a", "b"]
     assert alerts.destinations_for(config, ads, "drift_alert") == ["c"]
     assert alerts.destinations_for(config, ads, "audit_verification_failed") == ["c", "d"]
-    # under approval: auto the gates that made a version challenger made it champion too: nobody waits
+    # under approval: auto nobody waits: the gates made the version champion too (auto_promote: immediate) or the
+    # canary analysis promotes it (the default canary stage)
     challenger = {"alias": "challenger", "action": "set"}
     assert alerts.alert_kind("alias_change", challenger, fraud) == "approval_waiting"
     assert alerts.alert_kind("alias_change", challenger, ads) is None

@@ -16,6 +16,7 @@ gates:
   threshold: 1.0
 rollout:
   approval: auto
+  auto_promote: immediate  # champion at once: this test is not about the canary stage (test_canary.py)
 """
 
 

@@ -29,7 +29,7 @@ from mlplatform_tests.helpers import load_definitions, materialized_partitions, 
 BINARY_SPEC = (TOY_SPEC.replace("task: regression", "task: binary").replace("target: y", "target: label")
                .replace("columns:\n", "columns:\n  label: {categories: [0, 1]}\n")
                + "estimator:\n  class: sklearn.linear_model.LogisticRegression\ngates:\n  metric: roc_auc\n"
-                 "  threshold: 0.6\nrollout:\n  approval: auto\n")
+                 "  threshold: 0.6\nrollout:\n  approval: auto\n  auto_promote: immediate\n")  # not about the canary stage
 BATCH_SPEC = BINARY_SPEC + "scoring:\n  batch: true\n"
 WEEKS = ("2024-01-01", "2024-01-08", "2024-01-15")
 

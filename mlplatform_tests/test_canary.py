@@ -1,7 +1,8 @@
 """The canary stage end to end: the real service over real HTTP, a real MLflow registry (SQLite), a real DuckDB
-warehouse and audit. An auto-approved version serves as canary at the ramp's first share, not all traffic; the
-analysis on the logged traffic raises its share (the service follows the tag), then promotes it (the service hot-swaps
-to it); a version with shifted predictions is stopped by one analysis, with the numbers in the audit."""
+warehouse and audit. An auto-approved version serves as canary at the ramp's first share, not all traffic (the
+default: the specs set no ``auto_promote``); the analysis on the logged traffic raises its share (the service follows
+the tag), then promotes it (the service hot-swaps to it); a version with shifted predictions is stopped by one
+analysis, with the numbers in the audit."""
 
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ pytestmark = pytest.mark.slow
 
 ROLLOUT = """rollout:
   approval: auto
-  auto_promote: canary
   ramp: [10, 50]
   analysis: {min_requests: 60, min_minutes: 0, window_minutes: 60}
 """

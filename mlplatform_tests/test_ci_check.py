@@ -17,7 +17,7 @@ from mlplatform_tests.helpers import load_definitions, run_weeks
 from mlplatform_tests.test_model_import import IRIS_SPEC, iris_rows
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "examples" / "ci" / "github-actions.yml"
-AUTO_SPEC = IRIS_SPEC.replace("approval: manual", "approval: auto")
+AUTO_SPEC = IRIS_SPEC.replace("approval: manual", "approval: auto\n  auto_promote: immediate")  # deploy = champion
 TEAM_MODULE = """
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
@@ -109,7 +109,7 @@ def test_check_fails_a_degrading_change_naming_the_gate_passes_an_unchanged_one_
     assert (home / "warehouse.duckdb").read_bytes() == warehouse  # nothing written
 
     # the change that passes check is merged: `run` (the workflow's deploy job) retrains the newest week through the
-    # normal gates, and approval: auto makes it champion (the service hot-swaps to it: test_model_import)
+    # normal gates, and approval: auto (auto_promote: immediate) makes it champion (the service hot-swaps to it)
     (folder / "iris.yaml").write_text(AUTO_SPEC.replace("params: {max_depth: 3}", "params: {max_depth: 4}"))
     assert main(["check"]) == 0
     capsys.readouterr()

@@ -21,6 +21,7 @@ gates:
   metric: rmse
 rollout:
   approval: auto
+  auto_promote: immediate  # champion at once: this test is not about the canary stage (test_canary.py)
 automation:
   retrain: on_drift
 """

@@ -183,6 +183,7 @@ fairness:
   sensitive: group
 rollout:
   approval: auto
+  auto_promote: immediate  # champion at once: this test is not about the canary stage (test_canary.py)
 """
 
 

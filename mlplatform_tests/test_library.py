@@ -48,6 +48,7 @@ estimator:
   class: sklearn.linear_model.Ridge
 rollout:
   approval: auto
+  auto_promote: immediate  # champion at once: this test is not about the canary stage (test_canary.py)
 """
 
 

@@ -333,3 +333,103 @@ def test_the_first_champion_is_not_held_by_live_fairness_a_later_one_is_unless_f
     assert event.details["check"] == "live_fairness" and event.details["measures"]
     forced = approval_change(tracker, "toy", "2", "ana", "incident", force=True, live_check=check)
     assert forced.forced == unfair.reason() and "[forced with --force: toy v2: live fairness fails" in forced.reason
+
+
+CANARY_SPEC = """
+name: credit
+task: binary
+source:
+  path: credit.csv
+  timestamp: ts
+target: approved
+features:
+  numeric: [x1]
+partitions:
+  start: 2024-01-01
+estimator:
+  class: sklearn.linear_model.LogisticRegression
+fairness:
+  sensitive: [sex]
+  max_demographic_parity_difference: 0.1
+rollout:
+  approval: auto
+  require_live_fairness: true
+  analysis: {min_requests: 100, min_minutes: 0}
+"""
+
+
+def canary_traffic(since: datetime, version: str, role: str, female_rate: float, male_rate: float,
+                   first: int, n: int = 600, seed: int = 0) -> list[dict]:
+    """Logged one-record requests of ``version`` in ``role``: half female, half male, selected (score >= 0.5) at the
+    given rates; the scores of the selected and the others drawn alike whatever the rates, so two arms selecting the
+    same share overall have the same score distribution (the analysis sees no shift)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        sex = "female" if i % 2 == 0 else "male"
+        selected = (i // 2) % 100 < round(100 * (female_rate if sex == "female" else male_rate))
+        score = float(rng.uniform(0.5, 1) if selected else rng.uniform(0, 0.5))
+        rows.append({"request_id": f"{role}-{first + i}", "record_index": 0, "record_id": None,
+                     "time": since + timedelta(seconds=1 + i * 0.5), "model": "credit", "version": version,
+                     "role": role, "entity_key": str(first + i), "inputs": {"x1": float(i % 7)}, "score": score,
+                     "label": "yes" if selected else "no", "probabilities": {"no": 1 - score, "yes": score},
+                     "latency_ms": float(rng.uniform(2, 4)), "sensitive": {"sex": sex}})
+    return rows
+
+
+def test_the_canary_analysis_does_not_promote_a_canary_unfair_on_live_traffic_and_audits_why(tmp_path, monkeypatch):
+    """approval: auto + require_live_fairness: a canary with good evidence on every analysis signal but a demographic
+    parity difference of 0.3 on its live predictions stays canary at its share; the audit's promotion_refused names
+    the attribute and the value. The same evidence without the requirement promotes it."""
+    import duckdb
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+
+    from mlplatform.lib import promotion
+    from mlplatform.lib.canary import analyse_and_act
+    from mlplatform.lib.promotion import CANARY_SHARE_TAG, CANARY_SINCE_TAG
+    from mlplatform.lib.rollout_analysis import PROMOTE
+    from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("MLPLATFORM_HOME", str(home))
+    [spec] = load_specs(spec_folder(tmp_path, {"credit.yaml": CANARY_SPEC}), check_data=False)
+    assert spec.rollout.auto_promote == "canary"  # the default
+    tracker, warehouse = Tracker.under(home / "mlflow"), home / "warehouse.duckdb"
+    x = pd.DataFrame({"x1": np.arange(20.0)})
+    pipeline = Pipeline([("estimator", LinearRegression())]).fit(x, np.arange(20.0))
+    for week in ("2024-01-01", "2024-01-08"):  # the gates pass: what the model step does (lib/lifecycle.py)
+        made = tracker.log_trained_model("credit", f"credit-{week}", pipeline, x.head(5), {}, {}, {}, {},
+                                         {"gates": "passed", "week": week}).version
+        current = {alias: tracker.alias_version("credit", alias) for alias in (CHALLENGER, CHAMPION)}
+        weeks = {a: tracker.version_tags("credit", v).get("week") if v else None for a, v in current.items()}
+        changes, _ = promotion.gate_changes("credit", made, True, week, "test", "auto", current, weeks, spec.rollout)
+        with duckdb.connect(str(warehouse)) as connection:
+            promotion.commit_changes(connection, tracker, changes)
+    assert (tracker.alias_version("credit", CHAMPION), tracker.alias_version("credit", CHALLENGER)) == ("1", "2")
+    since = datetime.fromisoformat(tracker.version_tags("credit", "2")[CANARY_SINCE_TAG])
+    write_segments(home / "prediction_log",
+                   canary_traffic(since, "1", "champion", 0.45, 0.45, 0, seed=1)  # fair, 45 % selected
+                   + canary_traffic(since, "2", "canary", 0.6, 0.3, 10_000, seed=2),  # 45 % too, but 60 % vs 30 %
+                   {"credit": {"x1": "float64", "sensitive.sex": "string"}})
+    now = since + timedelta(minutes=10)
+
+    run = analyse_and_act(home, warehouse, spec, tracker, 30, now=now)
+    assert run.analysis.decision == PROMOTE, run.text()  # every analysis signal is good ...
+    assert run.change is None and run.refused is not None  # ... but live fairness refuses
+    assert "demographic parity difference on sex is 0.300" in run.refused and "promotion refused" in run.text()
+    assert (tracker.alias_version("credit", CHAMPION), tracker.alias_version("credit", CHALLENGER)) == ("1", "2")
+    assert tracker.version_tags("credit", "2")[CANARY_SHARE_TAG] == "10"  # stays at its share
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        [(actor, version, passed, summary, details)] = connection.execute(
+            "select actor, version, passed, summary, details from audit.events where model = 'credit' and "
+            "event = 'promotion_refused'").fetchall()
+    assert (actor, version, passed) == ("canary analysis", "2", False)
+    assert "live fairness fails" in summary and "sex is 0.300" in summary and "rollout.require_live_fairness" in summary
+    assert json.loads(details)["check"] == "live_fairness"
+
+    spec.rollout.require_live_fairness = False  # the same evidence, no requirement: promoted
+    run = analyse_and_act(home, warehouse, spec, tracker, 30, now=now)
+    assert run.change is not None and run.change.kind == "canary_promoted", run.text()
+    assert tracker.alias_version("credit", CHAMPION) == "2"

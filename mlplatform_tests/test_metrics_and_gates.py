@@ -28,7 +28,7 @@ from mlplatform.lib.metrics import (
     resample_batches,
     resampled_metric,
 )
-from mlplatform.lib.promotion import gate_changes
+from mlplatform.lib.promotion import CANARY_SHARE_TAG, gate_changes
 from mlplatform.specs import ModelSpec
 
 RNG = np.random.default_rng(7)
@@ -149,14 +149,37 @@ def test_aliases_move_only_on_pass_and_champion_only_with_auto_approval():
     manual, _ = gate_changes("toy", "4", True, "2024-01-22", "me", "manual", {"challenger": "3"},
                              {"challenger": "2024-01-15"})
     assert [(c.alias, c.version, c.previous_version) for c in manual] == [("challenger", "4", "3")]
-    auto, _ = gate_changes("toy", "4", True, "2024-01-22", "me", "auto", {"champion": "2"}, {"champion": "2024-01-15"})
+    immediate = _spec("auto").rollout.model_copy(update={"auto_promote": "immediate"})  # the explicit opt-out
+    auto, _ = gate_changes("toy", "4", True, "2024-01-22", "me", "auto", {"champion": "2"}, {"champion": "2024-01-15"},
+                           immediate)
     assert [(c.alias, c.previous_version) for c in auto] == [("challenger", None), ("champion", "2")]
+
+
+def test_by_default_an_auto_approved_version_serves_as_canary_and_only_a_first_version_is_champion_at_once():
+    """The canary stage is the default (rollout.auto_promote: canary): under approval: auto a version that passed
+    every gate becomes challenger at the canary share, not champion, while a champion serves; the canary analysis
+    promotes it (lib/canary.py). A model's first version has nothing to be compared with: champion at once."""
+    rollout = _spec("auto").rollout
+    assert rollout.auto_promote == "canary" and rollout.canary_percent == 10
+    for given in (rollout, None):  # the spec's rollout section, or none at all: the same default
+        canary, _ = gate_changes("toy", "4", True, "2024-01-22", "me", "auto", {"champion": "2"},
+                                    {"champion": "2024-01-15"}, given)
+        assert [(c.alias, c.version, c.previous_version) for c in canary] == [("challenger", "4", None)]
+        assert canary[0].version_tags[CANARY_SHARE_TAG] == "10" and "serves 10% as canary first" in canary[0].reason
+        first, _ = gate_changes("toy", "1", True, "2024-01-01", "me", "auto", {}, {}, given)
+        assert [(c.alias, c.version) for c in first] == [("challenger", "1"), ("champion", "1")]
+    no_canary = {**_spec("auto").model_dump(by_alias=True), "rollout": {"approval": "auto", "canary_percent": 0}}
+    with pytest.raises(ValueError, match="could never promote it; set canary_percent above 0"):
+        ModelSpec.model_validate(no_canary)  # auto, canary first, but no canary traffic: refused at load
+    no_canary["rollout"]["auto_promote"] = "immediate"
+    assert ModelSpec.model_validate(no_canary).rollout.canary_percent == 0
 
 
 def test_a_rerun_of_an_earlier_week_does_not_take_an_alias_from_a_later_weeks_version():
     current = {"challenger": "9", "champion": "9"}
+    immediate = _spec("auto").rollout.model_copy(update={"auto_promote": "immediate"})  # would take champion too
     changes, note = gate_changes("toy", "12", True, "2024-01-08", "me", "auto", current,
-                                 {"challenger": "2024-02-05", "champion": "2024-02-05"})
+                                 {"challenger": "2024-02-05", "champion": "2024-02-05"}, immediate)
     assert changes == []
     assert "champion stays v9 (trained for the later week 2024-02-05)" in note
 

@@ -23,6 +23,7 @@ gates:
   threshold: 1.0
 rollout:
   approval: auto
+  auto_promote: immediate  # champion at once: not about the canary stage (test_canary.py)
 """
 DUMMY_SPEC = MODEL_SPEC.replace("sklearn.linear_model.Ridge", "sklearn.dummy.DummyRegressor").replace(
     "params: {alpha: 0.1}", "params: {strategy: mean}"
@@ -224,7 +225,7 @@ def test_classifiers_are_evaluated_gated_and_promoted_like_regressors(home, spec
     spec = (TOY_SPEC.replace("task: regression", f"task: {task}").replace("target: y", f"target: {target}")
             .replace("columns:\n", f"columns:\n  {target}: {rule}\n")
             + f"estimator:\n  class: sklearn.linear_model.LogisticRegression\ngates:\n  metric: {metric}\n"
-              f"  threshold: {threshold}\nrollout:\n  approval: auto\n")
+              f"  threshold: {threshold}\nrollout:\n  approval: auto\n  auto_promote: immediate\n")
     spec_dir({"toy.yaml": spec}, {"toy.csv": classification_rows()})
     assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", WEEK3).success
 

@@ -171,6 +171,7 @@ automation:
   weekly_schedule: false
 rollout:
   approval: {approval}
+  auto_promote: immediate  # champion at once: the canary stage is test_canary.py's
 {extra}"""
 
 

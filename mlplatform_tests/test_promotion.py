@@ -26,6 +26,7 @@ gates:
   training_data: {enabled: false}
 rollout:
   approval: auto
+  auto_promote: immediate  # these tests are about audited alias moves, not the canary stage (test_canary.py)
 """
 
 

@@ -38,6 +38,11 @@ def test_keys_added_since_versions_were_recorded_leave_the_recorded_hashes_alone
     assert tags[GATES_HASH_TAG] == "e607c5d3538284e141fa0688dd34ba9e3b50a2f95ce97bcfb6cb16dfa3b2dd94"
     superiority = spec_tags(_spec(TOY_SPEC + "gates: {beat_champion: {test: superiority}}\n"))
     assert changed_gate_sections(tags, superiority) == ["gates"]  # set, the new key is a gate change
+    # rollout.auto_promote's default became `canary`: a spec that leaves it out keeps its hash, the default spelled out
+    # is the same spec, and the explicit opt-out `immediate` is another spec (not another gate: rollout is no gate section)
+    assert spec_tags(_spec(TOY_SPEC + "rollout: {auto_promote: canary}\n")) == tags
+    opted_out = spec_tags(_spec(TOY_SPEC + "rollout: {auto_promote: immediate}\n"))
+    assert opted_out["spec.hash"] != tags["spec.hash"] and changed_gate_sections(tags, opted_out) == []
 
 
 def test_only_sections_that_matter_to_the_gates_count_as_a_change():

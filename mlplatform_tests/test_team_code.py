@@ -69,6 +69,7 @@ def factory_spec(factory: str, extra: str = "") -> str:
           threshold: 1.0
         rollout:
           approval: auto
+          auto_promote: immediate  # not about the canary stage (test_canary.py)
     """) + extra
 
 

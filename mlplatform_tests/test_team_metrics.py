@@ -95,6 +95,7 @@ gates:
   threshold: 0.6
 rollout:
   approval: auto
+  auto_promote: immediate  # champion at once: this test is not about the canary stage (test_canary.py)
 """
 
 

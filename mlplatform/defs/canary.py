@@ -67,7 +67,8 @@ def build_canary_job(spec: ModelSpec):
             "evidence": MetadataValue.md(analysis.text().replace("\n", "\n\n")),
             "signals": MetadataValue.json([s.__dict__ for s in analysis.signals]),
             "change": (f"{run.change.kind}: {run.change.alias} v{run.change.previous_version or '-'} -> "
-                       f"v{run.change.version or '-'}" if run.change else "none")})
+                       f"v{run.change.version or '-'}" if run.change else
+                       f"none: promotion refused: {run.refused}" if run.refused else "none")})
 
     @job(name=names.canary_job(spec.name), tags=team_tags(spec), description=f"Judge {spec.name}'s canary against the champion on the last "
          f"{spec.rollout.analysis.window_minutes} min of live traffic (error rate, latency p99, predictions) and "

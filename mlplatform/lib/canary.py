@@ -118,9 +118,10 @@ def _as_text(value: Any) -> str:
 
 
 def change_for(spec: Any, tracker: Any, state: CanaryState, analysis: CanaryAnalysis, actor: str,
-               apply_stop: bool | None = None) -> AliasChange | None:
+               apply_stop: bool | None = None, live_check: Any = None) -> AliasChange | None:
     """The one audited move a verdict calls for (None: nothing moves). Guards: a change is made only while the
-    judged version is still the challenger (a later decision is never undone by an older analysis)."""
+    judged version is still the challenger (a later decision is never undone by an older analysis). ``live_check``:
+    live fairness, asked before a promotion to champion (a refusal raises ``promotion.PromotionRefused``)."""
     version = analysis.canary_version
     if version is None or version != state.challenger or version == state.champion:
         return None
@@ -135,7 +136,7 @@ def change_for(spec: Any, tracker: Any, state: CanaryState, analysis: CanaryAnal
         return promotion.canary_share_change(tracker, spec.name, version, step, actor,
                                              f"good canary at {state.share:g}%: {evidence}")
     if spec.rollout.approval == "auto" and spec.rollout.auto_promote == "canary":
-        return promotion.canary_promotion_change(tracker, spec.name, version, actor, evidence)
+        return promotion.canary_promotion_change(tracker, spec.name, version, actor, evidence, live_check)
     return None
 
 
@@ -146,10 +147,13 @@ class CanaryRun:
     state: CanaryState
     analysis: CanaryAnalysis
     change: AliasChange | None
+    refused: str | None = None  # why promotion was refused (live fairness): the canary stays at its share
 
     def text(self) -> str:
         lines = [self.analysis.text()]
-        if self.change is None:
+        if self.refused is not None:
+            lines.append(f"no change: promotion refused: {self.refused}")
+        elif self.change is None:
             lines.append("no change" + (" (approval: manual: a person promotes, `mlplatform promote`)"
                                         if self.analysis.decision == PROMOTE else ""))
         else:
@@ -169,6 +173,14 @@ def analyse_and_act(home: Path, warehouse_path: Path, spec: Any, tracker: Any, w
     wanted = change_for(spec, tracker, state, analysis, actor)
     if wanted is None:
         return CanaryRun(state, analysis, None)
-    made = approvals.move_champion(home, warehouse_path, tracker, wait_seconds,
-                                   lambda connection, registry: change_for(spec, registry, state, analysis, actor))
+    from mlplatform.lib.live_fairness import promotion_refusal
+
+    live = promotion_refusal(spec, home)  # None unless the spec or its policy requires live fairness
+    try:
+        made = approvals.move_champion(home, warehouse_path, tracker, wait_seconds, lambda connection, registry: change_for(
+            spec, registry, state, analysis, actor, live_check=(lambda v: live(connection, v)) if live else None))
+    except promotion.PromotionRefused as refused:
+        if refused.audit is None:  # not live fairness: the caller reports it
+            raise
+        return CanaryRun(state, analysis, None, refused=str(refused))  # audited (promotion_refused) by move_champion
     return CanaryRun(state, analysis, made)

@@ -370,9 +370,9 @@ def failing(measures: Sequence[LiveMeasure]) -> list[LiveMeasure]:
 
 
 def hold_auto_champion(spec: Any, changes: Sequence[Any], note: str) -> tuple[list[Any], str, list[Any]]:
-    """Under ``approval: auto`` a version that passed its gates would become champion at once, before it made a
-    single live prediction: where live fairness is required, only ``challenger`` moves and the held promotion is
-    audited (``promotion_refused``). A model's first champion is not held: nothing serves before it, so there is no
+    """Under ``approval: auto`` with ``auto_promote: immediate`` a version that passed its gates would become champion
+    at once, before it made a single live prediction: where live fairness is required, only ``challenger`` moves and
+    the held promotion is audited (``promotion_refused``). A model's first champion is not held: nothing serves before it, so there is no
     live traffic it could be judged on. Returns (the changes kept, the alias note, the audit events to append)."""
     from mlplatform.lib.aliases import CHAMPION
     from mlplatform.lib.audit import AuditEvent

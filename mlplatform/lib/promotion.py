@@ -106,15 +106,20 @@ def gate_changes(model: str, version: str, passed: bool, week: str, actor: str, 
     Only a version that passed every gate moves an alias: ``challenger`` always, ``champion`` too
     when approval is auto. A version for an earlier week than the one an alias already holds (a
     re-run of history) does not take that alias: re-running last spring must not demote today's
-    champion. With ``rollout.auto_promote: canary`` (the spec's ``rollout`` section) an auto-approved version
-    becomes champion only when there is none yet; otherwise it serves as canary first and the canary analysis
-    promotes it (:mod:`mlplatform.lib.canary`). With a canary stage or a ramp, the challenger is tagged with its
+    champion. Under ``rollout.auto_promote: canary`` (the spec's ``rollout`` section; the default, also when no
+    ``rollout`` is given) an auto-approved version becomes champion only when there is none yet; otherwise it serves
+    as canary first and the canary analysis promotes it (:mod:`mlplatform.lib.canary`); ``auto_promote: immediate``
+    (the explicit opt-out) makes it champion at once. With a canary stage or a ramp, the challenger is tagged with its
     share and since when it serves it (:func:`canary_share_tags`).
     """
     if not passed:
         return [], "a gate failed: no alias moves"
+    if rollout is None:  # the spec's defaults: a canary stage at canary_percent
+        from mlplatform.specs.schema import RolloutSpec
+
+        rollout = RolloutSpec()
     wanted = [(CHALLENGER, f"passed every gate on week {week}")]
-    canary_first = rollout is not None and rollout.auto_promote == "canary" and current.get(CHAMPION) is not None
+    canary_first = rollout.auto_promote == "canary" and current.get(CHAMPION) is not None
     if approval == "auto" and not canary_first:
         wanted.append((CHAMPION, f"approval: auto; passed every gate on week {week}"))
     elif approval == "auto":
@@ -127,7 +132,7 @@ def gate_changes(model: str, version: str, passed: bool, week: str, actor: str, 
             kept.append(f"{alias} stays v{current[alias]} (trained for the later week {holder_week})")
             continue
         change = AliasChange(model, alias, version, current.get(alias), actor, reason, week)
-        if alias == CHALLENGER and rollout is not None and (rollout.auto_promote == "canary" or rollout.ramp):
+        if alias == CHALLENGER and (rollout.auto_promote == "canary" or rollout.ramp):
             change.version_tags = canary_share_tags(rollout.first_share, change.changed_at)
         changes.append(change)
     moved = ", ".join(c.alias for c in changes)
@@ -326,15 +331,21 @@ def canary_share_change(registry: AliasRegistry, model: str, version: str, share
 
 
 def canary_promotion_change(registry: AliasRegistry, model: str, version: str, actor: str,
-                            reason: str) -> AliasChange | None:
+                            reason: str, live_check: Callable[[str], Any] | None = None) -> AliasChange | None:
     """The canary analysis makes ``version`` champion (approval: auto); None when it is no longer the challenger or
-    already champion. The version passed its gates (it became challenger only so) and served as canary."""
+    already champion. The version passed its gates (it became challenger only so) and served as canary.
+
+    ``live_check(version)``: live fairness, as :func:`approval_change` asks it; a failing verdict refuses
+    (:class:`PromotionRefused` carrying the ``promotion_refused`` audit event): the canary stays at its share."""
     if registry.alias_version(model, CHALLENGER) != str(version):
         return None
     previous = registry.alias_version(model, CHAMPION)
     if previous == str(version):
         return None
     week = registry.version_tags(model, str(version)).get("week")
+    live = live_check(str(version)) if live_check is not None and previous is not None else None
+    if live is not None:
+        raise PromotionRefused(f"{live.reason()}; the canary stays at its share", audit=live.audit_event(actor, week))
     return AliasChange(model, CHAMPION, str(version), previous, actor, f"canary promoted: {reason}", week,
                        kind="canary_promoted")
 

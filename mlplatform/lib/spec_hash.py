@@ -38,7 +38,7 @@ ADDED_WHEN_SET = {("metrics",): {}, ("estimator", "factory"): None, ("scoring",)
                   ("features", "text"): [], ("features", "text_max_chars"): 10_000, ("policy",): None,
                   ("gates", "beat_champion", "test"): "non_inferiority", ("gates", "beat_champion", "margin"): 0.0,
                   ("rollout", "require_live_fairness"): False, ("team",): None, ("owners",): [],
-                  ("rollout", "auto_promote"): "immediate", ("rollout", "ramp"): [],
+                  ("rollout", "auto_promote"): "canary", ("rollout", "ramp"): [],
                   ("rollout", "analysis"): {"interval_minutes": 60, "window_minutes": 60, "min_requests": 200,
                                             "min_minutes": 30.0, "alpha": 0.01, "latency_p99_ratio": 1.5,
                                             "max_prediction_shift": 0.1, "automatic_stop": True,

@@ -448,10 +448,11 @@ class CanaryAnalysisSpec(_Strict):
 class RolloutSpec(_Strict):
     approval: Literal["manual", "auto"] = Field(default="manual", description="Who promotes challenger to champion.")
     auto_promote: Literal["immediate", "canary"] = Field(
-        default="immediate", description="Under `approval: auto`, when a version that passed every gate becomes "
-        "champion: `immediate` (at once), or `canary` (it serves as canary first, at `canary_percent` or the ramp's "
-        "first step, and the canary analysis promotes it once its live evidence is good enough). A model's first "
-        "version becomes champion at once either way (there is nothing to compare it with).")
+        default="canary", description="Under `approval: auto`, when a version that passed every gate becomes "
+        "champion: `canary` (the default: it serves as canary first, at `canary_percent` or the ramp's first step, "
+        "and the canary analysis promotes it once its live evidence is good enough), or `immediate` (an explicit "
+        "opt-out: champion at once, never judged on live traffic first). A model's first version becomes champion "
+        "at once either way (there is nothing to compare it with).")
     ramp: list[int] = Field(default_factory=list, description="Canary shares (percent, increasing, e.g. [5, 25, 50]) "
                             "the analysis raises the canary through, one step per good verdict; the first step "
                             "replaces `canary_percent`. Empty: the canary stays at `canary_percent`.")
@@ -465,7 +466,8 @@ class RolloutSpec(_Strict):
                          "path; logged with role `shadow` and compared in the weekly shadow report.")
     rollback: RollbackSpec = Field(default_factory=RollbackSpec, description="When to roll back to the previous champion.")
     require_live_fairness: bool = Field(default=False, description="Refuse to promote a version (`mlplatform promote`, "
-                                        "the UI's approve job, approval: auto) while the `fairness` measures on its "
+                                        "the UI's approve job, approval: auto, the canary analysis) while the "
+                                        "`fairness` measures on its "
                                         "live predictions (canary or shadow, grouped by the sensitive columns sent "
                                         "with the requests) fail their limits or are too few to judge. Needs a "
                                         "`fairness` section and live traffic for the challenger (docs/fairness.md).")
@@ -476,6 +478,16 @@ class RolloutSpec(_Strict):
         if any(not 0 < share <= 100 for share in ramp) or any(b <= a for a, b in zip(ramp, ramp[1:], strict=False)):
             raise ValueError(f"rollout.ramp must be increasing percentages in (0, 100], e.g. [5, 25, 50]; got {ramp}")
         return ramp
+
+    @model_validator(mode="after")
+    def _auto_canary_needs_traffic(self) -> RolloutSpec:
+        """Under the default canary stage an auto-approved version is promoted only on its canary's live evidence:
+        with no canary share it would never get any, and never be promoted."""
+        if self.approval == "auto" and self.auto_promote == "canary" and self.first_share <= 0:
+            raise ValueError("rollout.canary_percent: 0 under approval: auto: a new version would serve no canary "
+                             "traffic, so the canary analysis could never promote it; set canary_percent above 0 (or a "
+                             "ramp), or auto_promote: immediate to make it champion at once")
+        return self
 
     @property
     def first_share(self) -> float:
