@@ -245,19 +245,14 @@ def test_readme_test_command_runs_in_a_clean_clone(tmp_path):
 
 def _register_versions(gates: list[str]):
     """Real MLflow versions of a small fitted pipeline, one per entry, tagged with the gates' verdict."""
-    from sklearn.linear_model import LinearRegression
-    from sklearn.pipeline import Pipeline
-
     from mlplatform.lib.settings import load_settings
     from mlplatform.lib.tracking import Tracker
+    from mlplatform_tests.helpers import toy_pipeline
 
     settings = load_settings()
-    rows = toy_rows()
-    x, y = rows[["x1", "x2"]], rows["y"]
     tracker = Tracker.for_settings(settings)
     for week, verdict in enumerate(gates, start=1):
-        pipeline = Pipeline([("estimator", LinearRegression())]).fit(x, y)
-        tracker.log_trained_model("toy", f"toy-{week}", pipeline, x.head(5), {"seed": 0}, {"rmse": 0.1}, {},
+        tracker.log_trained_model("toy", f"toy-{week}", *toy_pipeline(), {"seed": 0}, {"rmse": 0.1}, {},
                                   {}, {"gates": verdict, "week": f"2024-01-{week:02d}"})
     return settings, tracker
 

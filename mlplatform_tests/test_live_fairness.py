@@ -310,19 +310,12 @@ def test_the_weekly_report_measures_each_version_and_role_taking_sensitive_value
 def test_the_first_champion_is_not_held_by_live_fairness_a_later_one_is_unless_forced(tmp_path):
     """Nothing serves before a model's first champion, so it has no live traffic to be judged on: its gates vouch.
     A later version is refused with the audit event to record; ``force`` overrides it and says so."""
-    from sklearn.linear_model import LinearRegression
-    from sklearn.pipeline import Pipeline
-
     from mlplatform.lib.promotion import PromotionRefused, approval_change
     from mlplatform.lib.tracking import CHAMPION, Tracker
-    from mlplatform_tests.conftest import toy_rows
+    from mlplatform_tests.helpers import register_toy_versions
 
     tracker = Tracker.under(tmp_path / "mlflow")
-    rows = toy_rows()
-    pipeline = Pipeline([("estimator", LinearRegression())]).fit(rows[["x1", "x2"]], rows["y"])
-    for _ in range(2):
-        tracker.log_trained_model("toy", "toy", pipeline, rows[["x1", "x2"]].head(5), {}, {}, {}, {},
-                                  {"gates": "passed"})
+    register_toy_versions(tracker, ["2024-01-08", "2024-01-15"])
     unfair = live_fairness.judge_version("toy", "binary", FAIR, binary_log(), "2", "policy 'strict'")
     asked = []
 
