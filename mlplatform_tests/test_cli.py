@@ -391,3 +391,14 @@ def test_prepare_writes_an_instance_config_that_queues_runs_and_keeps_a_users_ow
     config.write_text("telemetry:\n  enabled: false\n")
     assert main(["prepare"]) == 0
     assert config.read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_canary_reproduce_and_import_of_a_model_no_spec_names_say_so_and_change_nothing(home, spec_dir, capsys):
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    assert main(["canary", "nope"]) == 1
+    assert capsys.readouterr().err.startswith("nope: no model spec named 'nope'")
+    assert main(["reproduce", "nope", "1"]) == 1
+    assert capsys.readouterr().err.rstrip().endswith("\nnothing was reproduced")
+    assert main(["import", "nope", "--file", "m.skops", "--by", "ana", "--reason", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("no model spec named 'nope'") and err.rstrip().endswith("\nnothing was imported")
