@@ -234,6 +234,18 @@ def _dbt_model_columns() -> DbtColumns:
     return dbt_columns()
 
 
+def _spec_or_say(settings, model: str, before: str = "", after: str = ""):
+    """The model's current spec; None when it does not load or no spec names the model, said on stderr as
+    ``before`` + why + ``after`` (the command then changes nothing and exits 1)."""
+    from mlplatform.specs import SpecError, load_spec_named
+
+    try:
+        return load_spec_named(settings.spec_roots, model, _dbt_model_columns())
+    except (SpecError, ValueError) as error:
+        print(f"{before}{error}{after}", file=sys.stderr)
+        return None
+
+
 def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | None, object]:
     """The current spec's hashes (:func:`mlplatform.lib.spec_hash.spec_tags`), for refusing a version whose gates
     ran under an older spec, and who may approve (:class:`mlplatform.lib.approvals.ApprovalRule`, from its policy).
@@ -384,13 +396,10 @@ def cmd_canary(args: argparse.Namespace) -> int:
     from mlplatform.lib.canary import ANALYSIS_ACTOR, analyse_and_act
     from mlplatform.lib.tracking import Tracker
     from mlplatform.lib.warehouse import WarehouseBusy
-    from mlplatform.specs import SpecError, load_spec_named
 
     settings = load_settings()
-    try:
-        spec = load_spec_named(settings.spec_roots, args.model, _dbt_model_columns())
-    except (SpecError, ValueError) as error:
-        print(f"{args.model}: {error}", file=sys.stderr)
+    spec = _spec_or_say(settings, args.model, before=f"{args.model}: ")
+    if spec is None:
         return 1
     actor = f"{ANALYSIS_ACTOR} (mlplatform canary --apply by {args.by})" if args.by else ANALYSIS_ACTOR
     try:
@@ -557,13 +566,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     from mlplatform.lib.reproduce import ReproductionRefused, reproduce
     from mlplatform.lib.tracking import Tracker
-    from mlplatform.specs import SpecError, load_spec_named
 
     settings = load_settings()
-    try:
-        spec = load_spec_named(settings.spec_roots, args.model, _dbt_model_columns())
-    except (SpecError, ValueError) as error:
-        print(f"{error}\nnothing was reproduced", file=sys.stderr)
+    spec = _spec_or_say(settings, args.model, after="\nnothing was reproduced")
+    if spec is None:
         return 1
     try:
         result = reproduce(Tracker.for_settings(settings), spec, args.version, settings.warehouse_path)
@@ -589,7 +595,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     from mlplatform.lib.tracking import Tracker
     from mlplatform.lib.training import split_xy
     from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
-    from mlplatform.specs import SpecError, load_spec_named
     from mlplatform.specs.team_metrics import register_spec_metrics
 
     refused = "nothing was imported"
@@ -602,10 +607,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 1
     settings = load_settings()
     ensure_home(settings)
-    try:
-        spec = load_spec_named(settings.spec_roots, args.model, _dbt_model_columns())
-    except (SpecError, ValueError) as error:
-        print(f"{error}\n{refused}", file=sys.stderr)
+    spec = _spec_or_say(settings, args.model, after=f"\n{refused}")
+    if spec is None:
         return 1
     register_spec_metrics(spec)
     file = Path(args.file)

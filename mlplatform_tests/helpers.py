@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pandas as pd
@@ -15,6 +16,9 @@ from dagster import (
     ExecuteInProcessResult,
 )
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+if TYPE_CHECKING:
+    from mlplatform.lib.tracking import Tracker
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -51,3 +55,28 @@ def check_record(instance: DagsterInstance, asset: list[str], check: str):
 def materialized_partitions(instance: DagsterInstance, asset: list[str]) -> set[str]:
     records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset)), limit=10_000).records
     return {r.partition_key for r in records}
+
+
+def toy_pipeline() -> tuple[Any, pd.DataFrame]:
+    """A small pipeline fitted on the toy rows, and the five input rows a registered version logs as its example."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+
+    from mlplatform_tests.conftest import toy_rows
+
+    rows = toy_rows()
+    x = rows[["x1", "x2"]]
+    return Pipeline([("estimator", LinearRegression())]).fit(x, rows["y"]), x.head(5)
+
+
+def register_toy_versions(tracker: Tracker, weeks: list[str]) -> None:
+    """One real MLflow version of ``toy`` per week, its gates passed (what promotion and rollback tests start from)."""
+    for week in weeks:
+        tracker.log_trained_model("toy", f"toy-{week}", *toy_pipeline(), {"seed": 0}, {"rmse": 0.1}, {}, {},
+                                  {"gates": "passed", "week": week})
+
+
+def register_failed_toy_version(tracker: Tracker, week: str) -> None:
+    """A version of ``toy`` whose gates failed (it may become champion only by force)."""
+    tracker.log_trained_model("toy", "toy-bad", *toy_pipeline(), {"seed": 0}, {"rmse": 9.9}, {}, {},
+                              {"gates": "failed", "week": week})

@@ -14,9 +14,8 @@ from mlplatform.lib.approvals import APPROVALS_TAG, ApprovalRule
 from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
 from mlplatform.specs.policies import PolicyFileError, load_policies
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
-from mlplatform_tests.helpers import load_definitions, warehouse_query
+from mlplatform_tests.helpers import load_definitions, register_toy_versions, warehouse_query
 from mlplatform_tests.test_policies import problems_of, write
-from mlplatform_tests.test_promotion import _register
 
 POLICIES = """
 groups:
@@ -73,7 +72,7 @@ def test_a_non_approvers_promote_and_rollback_are_refused_and_audited_from_the_c
                       {"toy.csv": toy_rows()})
     assert (folder / "policies.yaml").exists()
     tracker = Tracker.under(home / "mlflow")
-    _register(tracker, ["2024-01-08", "2024-01-15"])
+    register_toy_versions(tracker, ["2024-01-08", "2024-01-15"])
     tracker.set_alias("toy", CHALLENGER, "1")
 
     assert main(["promote", "toy", "--by", "mallory", "--reason", "looks fine to me"]) == 1
@@ -107,7 +106,7 @@ def test_regulated_needs_two_distinct_approvers_the_first_waits_the_same_person_
     rows = toy_rows().assign(region=lambda r: ["north", "south"] * (len(r) // 2))
     spec_dir({"toy.yaml": TOY_SPEC + FAIR + "policy: regulated\n"}, {"toy.csv": rows})
     tracker = Tracker.under(home / "mlflow")
-    _register(tracker, ["2024-01-08", "2024-01-15"])
+    register_toy_versions(tracker, ["2024-01-08", "2024-01-15"])
 
     assert main(["promote", "toy", "--version", "1", "--by", "ana", "--reason", "backtest reviewed"]) == 0
     assert "approval 1 of 2 recorded (ana)" in capsys.readouterr().out

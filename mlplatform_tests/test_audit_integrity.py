@@ -19,21 +19,10 @@ from mlplatform.lib.audit_integrity import HEAD_TAG, checkpoint_path, keying_not
 from mlplatform.lib.audit_key import AUDIT_KEY_ENV, AUDIT_KEY_FILE_ENV, AuditKey, AuditKeyError, configured_key
 from mlplatform.lib.tracking import Tracker
 from mlplatform_tests.conftest import toy_rows
+from mlplatform_tests.helpers import register_toy_versions
 
 KEY = "k" * 32
 OTHER_KEY = "o" * 32
-
-
-def _register(tracker: Tracker, weeks: list[str]) -> None:
-    from sklearn.linear_model import LinearRegression
-    from sklearn.pipeline import Pipeline
-
-    rows = toy_rows()
-    x, y = rows[["x1", "x2"]], rows["y"]
-    for week in weeks:
-        pipeline = Pipeline([("estimator", LinearRegression())]).fit(x, y)
-        tracker.log_trained_model("toy", f"toy-{week}", pipeline, x.head(5), {"seed": 0}, {"rmse": 0.1}, {}, {},
-                                  {"gates": "passed", "week": week})
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +33,7 @@ def keyed_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(AUDIT_KEY_ENV, KEY)
         tracker = Tracker.under(home / "mlflow")
-        _register(tracker, ["2024-01-08", "2024-01-15"])
+        register_toy_versions(tracker, ["2024-01-08", "2024-01-15"])
         with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
             append_events(connection, [AuditEvent("toy", "gate", "run", f"gate {i}", passed=True, version="1")
                                        for i in range(6)])

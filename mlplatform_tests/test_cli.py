@@ -245,19 +245,14 @@ def test_readme_test_command_runs_in_a_clean_clone(tmp_path):
 
 def _register_versions(gates: list[str]):
     """Real MLflow versions of a small fitted pipeline, one per entry, tagged with the gates' verdict."""
-    from sklearn.linear_model import LinearRegression
-    from sklearn.pipeline import Pipeline
-
     from mlplatform.lib.settings import load_settings
     from mlplatform.lib.tracking import Tracker
+    from mlplatform_tests.helpers import toy_pipeline
 
     settings = load_settings()
-    rows = toy_rows()
-    x, y = rows[["x1", "x2"]], rows["y"]
     tracker = Tracker.for_settings(settings)
     for week, verdict in enumerate(gates, start=1):
-        pipeline = Pipeline([("estimator", LinearRegression())]).fit(x, y)
-        tracker.log_trained_model("toy", f"toy-{week}", pipeline, x.head(5), {"seed": 0}, {"rmse": 0.1}, {},
+        tracker.log_trained_model("toy", f"toy-{week}", *toy_pipeline(), {"seed": 0}, {"rmse": 0.1}, {},
                                   {}, {"gates": verdict, "week": f"2024-01-{week:02d}"})
     return settings, tracker
 
@@ -396,3 +391,14 @@ def test_prepare_writes_an_instance_config_that_queues_runs_and_keeps_a_users_ow
     config.write_text("telemetry:\n  enabled: false\n")
     assert main(["prepare"]) == 0
     assert config.read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_canary_reproduce_and_import_of_a_model_no_spec_names_say_so_and_change_nothing(home, spec_dir, capsys):
+    spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+    assert main(["canary", "nope"]) == 1
+    assert capsys.readouterr().err.startswith("nope: no model spec named 'nope'")
+    assert main(["reproduce", "nope", "1"]) == 1
+    assert capsys.readouterr().err.rstrip().endswith("\nnothing was reproduced")
+    assert main(["import", "nope", "--file", "m.skops", "--by", "ana", "--reason", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("no model spec named 'nope'") and err.rstrip().endswith("\nnothing was imported")

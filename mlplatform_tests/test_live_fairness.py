@@ -213,7 +213,7 @@ def test_sensitive_fields_of_a_request_are_never_model_inputs_and_a_bad_one_is_n
         RecordSchema(spec)
 
 
-REPORT_SPEC = """
+CREDIT_SPEC = """
 name: credit
 task: binary
 source:
@@ -221,19 +221,27 @@ source:
   timestamp: ts
   key: [id]
 target: approved
+estimator:
+  class: sklearn.linear_model.LogisticRegression
+rollout: {canary_percent: 0, shadow: true}
+"""
+"""A binary credit model whose challenger serves in the shadow; each test adds its features, weeks and fairness
+(test_live_fairness_serving.py too)."""
+
+FAIR_LIVE_POLICY = "policies: {fair_live: {require_live_fairness: true}}\n"
+"""A policy file whose ``fair_live`` policy makes promotion wait for live fairness."""
+
+REPORT_SPEC = CREDIT_SPEC + """
 features:
   numeric: [x1]
 partitions:
   start: 2024-01-01
   end: 2024-01-15
-estimator:
-  class: sklearn.linear_model.LogisticRegression
 fairness:
   sensitive: [sex]
   max_equalized_odds_difference: 0.2
 labels:
   path: outcomes.csv
-rollout: {canary_percent: 0, shadow: true}
 """
 
 
@@ -302,19 +310,12 @@ def test_the_weekly_report_measures_each_version_and_role_taking_sensitive_value
 def test_the_first_champion_is_not_held_by_live_fairness_a_later_one_is_unless_forced(tmp_path):
     """Nothing serves before a model's first champion, so it has no live traffic to be judged on: its gates vouch.
     A later version is refused with the audit event to record; ``force`` overrides it and says so."""
-    from sklearn.linear_model import LinearRegression
-    from sklearn.pipeline import Pipeline
-
     from mlplatform.lib.promotion import PromotionRefused, approval_change
     from mlplatform.lib.tracking import CHAMPION, Tracker
-    from mlplatform_tests.conftest import toy_rows
+    from mlplatform_tests.helpers import register_toy_versions
 
     tracker = Tracker.under(tmp_path / "mlflow")
-    rows = toy_rows()
-    pipeline = Pipeline([("estimator", LinearRegression())]).fit(rows[["x1", "x2"]], rows["y"])
-    for _ in range(2):
-        tracker.log_trained_model("toy", "toy", pipeline, rows[["x1", "x2"]].head(5), {}, {}, {}, {},
-                                  {"gates": "passed"})
+    register_toy_versions(tracker, ["2024-01-08", "2024-01-15"])
     unfair = live_fairness.judge_version("toy", "binary", FAIR, binary_log(), "2", "policy 'strict'")
     asked = []
 
@@ -433,3 +434,45 @@ def test_the_canary_analysis_does_not_promote_a_canary_unfair_on_live_traffic_an
     run = analyse_and_act(home, warehouse, spec, tracker, 30, now=now)
     assert run.change is not None and run.change.kind == "canary_promoted", run.text()
     assert tracker.alias_version("credit", CHAMPION) == "2"
+
+
+def service_rows(logged: pd.DataFrame) -> list[dict]:
+    """A :func:`binary_log` frame as the service hands it to the log writer (inputs and sensitive values as dicts)."""
+    return [{**{k: v for k, v in record.items() if not k.startswith(SENSITIVE_PREFIX)}, "model": "credit",
+             "probabilities": json.loads(record["probabilities"]), "latency_ms": 1.0, "inputs": {"x1": 1.0},
+             "sensitive": {"sex": record["sensitive.sex"], "age": record["sensitive.age"]}}
+            for record in logged.to_dict("records")]
+
+
+def test_promotion_reads_only_the_judged_versions_rows_and_columns_and_judges_them_as_over_the_whole_log(
+        home, tmp_path, monkeypatch):
+    """The promote-time check asks the log for one version's rows and the columns it judges (pushed into the Parquet
+    scan); the champion's and a canary's rows beside them change nothing of its verdict."""
+    monkeypatch.delenv("MLPLATFORM_POLICIES", raising=False)
+    fairness = ("fairness: {sensitive: [sex, age], bands: {age: [30, 50]}, max_demographic_parity_difference: 0.1, "
+                "min_group_rows: 20}\n")
+    spec_yaml = CREDIT_SPEC + fairness + "features: {numeric: [x1]}\npartitions: {start: 2024-01-01, end: 2024-01-15}\n"
+    folder = spec_folder(tmp_path, {"credit.yaml": spec_yaml + "policy: fair_live\n", "policies.yaml": FAIR_LIVE_POLICY})
+    [spec] = load_specs(folder, check_data=False)
+    champion = binary_log(version="1", role="champion", female_rate=0.9, male_rate=0.1, seed=1)  # the same requests
+    challenger = binary_log(version="2", role="shadow")  # 0.6 against 0.3: unfair
+    canary = binary_log(version="3", role="canary", female_rate=0.45, male_rate=0.45, seed=2)
+    canary["request_id"] = "c" + canary["request_id"]
+    write_segments(home / "prediction_log", service_rows(pd.concat([champion, challenger, canary])),
+                   {"credit": {"x1": "float64", "sensitive.sex": "string", "sensitive.age": "string"}})
+
+    read = live_fairness.version_predictions(home, spec, "2")
+    assert list(read.columns) == ["version", "label", "score", "sensitive.sex", "sensitive.age"]
+    assert len(read) == 1200 and set(read["version"]) == {"2"}
+    whole = read_prediction_log(home, "credit")
+    assert len(whole) == 3600 and "x1" in whole.columns
+    pd.testing.assert_frame_equal(read, whole.loc[whole["version"] == "2", list(read.columns)].reset_index(drop=True))
+
+    check = live_fairness.promotion_refusal(spec, home)
+    verdict = check(None, "2")
+    over_whole = live_fairness.judge_version("credit", "binary", spec.fairness, whole, "2", "policy 'fair_live'",
+                                             spec.decision_threshold)
+    assert verdict.refused and verdict.reason() == over_whole.reason() and "on sex is 0.300" in verdict.reason()
+    assert [m.row() for m in verdict.measures] == [m.row() for m in over_whole.measures]
+    assert check(None, "3") is None  # fair, though the champion beside it is not
+    assert "no live predictions of v4 yet" in check(None, "4").reason()

@@ -25,16 +25,10 @@ from mlplatform.lib.training import build_pipeline, split_xy
 from mlplatform.serving.app import ServingConfig
 from mlplatform.specs import load_specs
 from mlplatform_tests.helpers import load_definitions
+from mlplatform_tests.test_live_fairness import CREDIT_SPEC, FAIR_LIVE_POLICY
 from mlplatform_tests.test_serving import LiveServer, records, wait_until
 
-SPEC = """
-name: credit
-task: binary
-source:
-  path: credit.csv
-  timestamp: ts
-  key: [id]
-target: approved
+SPEC = CREDIT_SPEC + """
 features:
   numeric: [x1, x2]
 columns:
@@ -42,15 +36,11 @@ columns:
 partitions:
   start: 2024-01-01
   end: 2024-01-22
-estimator:
-  class: sklearn.linear_model.LogisticRegression
 fairness:
   sensitive: [sex]
   max_demographic_parity_difference: 0.1
 policy: fair_live
-rollout: {canary_percent: 0, shadow: true}
 """
-POLICIES = "policies: {fair_live: {require_live_fairness: true}}\n"
 
 
 def applicants(n: int, first_id: int, seed: int) -> pd.DataFrame:
@@ -73,7 +63,7 @@ def test_a_shadow_version_unfair_on_live_traffic_is_refused_naming_attribute_and
     specs_dir = tmp_path / "specs"
     specs_dir.mkdir()
     (specs_dir / "credit.yaml").write_text(textwrap.dedent(SPEC))
-    (specs_dir / "policies.yaml").write_text(POLICIES)
+    (specs_dir / "policies.yaml").write_text(FAIR_LIVE_POLICY)
     rows = applicants(300, 0, seed=1)
     rows["ts"] = "2024-01-02 10:00:00"
     rows["approved"] = np.where(rows["x2"] > 0, "yes", "no")

@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timedelta
 
 import duckdb
+import pandas as pd
 import pytest
 
 from mlplatform.lib.prediction_log import (
@@ -60,6 +61,26 @@ def test_time_and_role_filters_and_duckdb_reads_the_same_files(tmp_path):
     with duckdb.connect() as connection:
         count = connection.execute("select count(*) from read_parquet(?, hive_partitioning=true)", [pattern]).fetchone()[0]
     assert count == 10
+
+
+def test_the_version_and_column_filters_give_the_full_reads_rows_of_those_versions_with_those_columns(tmp_path):
+    start = datetime(2026, 1, 1, 23, 0)
+    rows = [{**row(i, start + timedelta(minutes=20 * i)), "version": str(i % 3)} for i in range(12)]
+    rows[5]["status"] = 500  # an error row of v2: left out, as without the filter
+    write_segments(tmp_path / "prediction_log", rows, TYPES)
+    write_segments(tmp_path / "prediction_log", rows[4:6], TYPES)  # written twice: counted once
+    full = read_prediction_log(tmp_path, "toy")
+    only = read_prediction_log(tmp_path, "toy", versions=["2"], columns=["entity_key", "version", "x1", "nothing"])
+    assert list(only.columns) == ["version", "entity_key", "x1"]  # in the log's order
+    assert list(only["entity_key"]) == ["2", "8", "11"]
+    expected = full.loc[full["version"] == "2", ["version", "entity_key", "x1"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(only, expected)
+    assert list(read_prediction_log(tmp_path, "toy", versions=["1", "2"])["version"]) == \
+        [v for v in full["version"] if v in ("1", "2")]
+    assert read_prediction_log(tmp_path, "toy", versions=[]).empty
+    assert list(read_prediction_log(tmp_path, "nothing", columns=["version", "x1"]).columns) == ["version"]
+    with pytest.raises(ValueError, match="none of"):
+        read_prediction_log(tmp_path, "toy", columns=["nothing"])
 
 
 def test_an_unknown_model_reads_as_an_empty_frame_with_the_log_columns(tmp_path):

@@ -16,7 +16,14 @@ from mlplatform.lib import promotion
 from mlplatform.lib.audit import alias_history
 from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
-from mlplatform_tests.helpers import load_definitions, run_weeks, warehouse_query
+from mlplatform_tests.helpers import (
+    load_definitions,
+    register_failed_toy_version,
+    register_toy_versions,
+    run_weeks,
+    toy_pipeline,
+    warehouse_query,
+)
 
 MODEL_SPEC = TOY_SPEC.replace("end: 2024-01-22", "end: 2024-01-29") + """
 estimator:
@@ -30,21 +37,9 @@ rollout:
 """
 
 
-def _register(tracker: Tracker, weeks: list[str]) -> None:
-    from sklearn.linear_model import LinearRegression
-    from sklearn.pipeline import Pipeline
-
-    rows = toy_rows()
-    x, y = rows[["x1", "x2"]], rows["y"]
-    for week in weeks:
-        pipeline = Pipeline([("estimator", LinearRegression())]).fit(x, y)
-        tracker.log_trained_model("toy", f"toy-{week}", pipeline, x.head(5), {"seed": 0}, {"rmse": 0.1}, {}, {},
-                                  {"gates": "passed", "week": week})
-
-
 def test_a_failed_alias_move_puts_back_the_aliases_already_moved_and_writes_no_audit_row(home):
     tracker = Tracker.under(home / "mlflow")
-    _register(tracker, ["2024-01-08"])
+    register_toy_versions(tracker, ["2024-01-08"])
     changes, _ = promotion.gate_changes("toy", "1", True, "2024-01-08", "test", "auto", {}, {})
     changes[1].version = "99"  # the registry refuses the champion move: no such version
     home.mkdir(parents=True, exist_ok=True)
@@ -58,7 +53,7 @@ def test_a_failed_alias_move_puts_back_the_aliases_already_moved_and_writes_no_a
 
 def test_champion_of_a_week_is_the_last_champion_trained_for_that_week_or_before(home):
     tracker = Tracker.under(home / "mlflow")
-    _register(tracker, ["2024-01-08", "2024-01-15", "2024-01-22"])
+    register_toy_versions(tracker, ["2024-01-08", "2024-01-15", "2024-01-22"])
     home.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
         for version in ("1", "2", "3"):
@@ -160,9 +155,8 @@ def test_rollback_puts_the_previous_champion_back_audited_and_refuses_a_version_
     from mlplatform.cli import main
 
     tracker = Tracker.under(home / "mlflow")
-    _register(tracker, ["2024-01-08", "2024-01-15"])
-    tracker.log_trained_model("toy", "toy-bad", *_fitted(), {"seed": 0}, {"rmse": 9.9}, {}, {},
-                              {"gates": "failed", "week": "2024-01-22"})
+    register_toy_versions(tracker, ["2024-01-08", "2024-01-15"])
+    register_failed_toy_version(tracker, "2024-01-22")
     assert main(["promote", "toy", "--version", "1", "--by", "alice"]) == 0
     assert main(["promote", "toy", "--version", "2", "--by", "alice"]) == 0
     assert main(["rollback", "toy", "--to", "3", "--by", "bob"]) == 1  # v3 never held champion: that is a promotion
@@ -189,10 +183,9 @@ def test_the_check_and_a_person_roll_back_to_the_same_version_past_a_forced_cham
     from mlplatform.lib.routing import CHAMPION_ROLE
 
     tracker = Tracker.under(home / "mlflow")
-    _register(tracker, ["2024-01-08"])
-    tracker.log_trained_model("toy", "toy-bad", *_fitted(), {"seed": 0}, {"rmse": 9.9}, {}, {},
-                              {"gates": "failed", "week": "2024-01-15"})
-    _register(tracker, ["2024-01-22"])
+    register_toy_versions(tracker, ["2024-01-08"])
+    register_failed_toy_version(tracker, "2024-01-15")
+    register_toy_versions(tracker, ["2024-01-22"])
     assert main(["promote", "toy", "--version", "1", "--by", "alice"]) == 0
     assert main(["promote", "toy", "--version", "2", "--by", "alice", "--force"]) == 0
     assert main(["promote", "toy", "--version", "3", "--by", "alice"]) == 0
@@ -217,23 +210,13 @@ def test_the_check_and_a_person_roll_back_to_the_same_version_past_a_forced_cham
     assert tracker.alias_version("toy", CHAMPION) == "1"
 
 
-def _fitted():
-    from sklearn.linear_model import LinearRegression
-    from sklearn.pipeline import Pipeline
-
-    rows = toy_rows()
-    x = rows[["x1", "x2"]]
-    return Pipeline([("estimator", LinearRegression())]).fit(x, rows["y"]), x.head(5)
-
-
 def test_approve_and_rollback_from_the_ui_jobs_write_the_same_audit_rows_as_the_cli(home, spec_dir, instance, capsys):
     from mlplatform.cli import main
 
     spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
     tracker = Tracker.under(home / "mlflow")
-    _register(tracker, ["2024-01-08", "2024-01-15"])
-    tracker.log_trained_model("toy", "toy-bad", *_fitted(), {"seed": 0}, {"rmse": 9.9}, {}, {},
-                              {"gates": "failed", "week": "2024-01-22"})
+    register_toy_versions(tracker, ["2024-01-08", "2024-01-15"])
+    register_failed_toy_version(tracker, "2024-01-22")
     defs = load_definitions()
     approve, rollback = defs.resolve_job_def("toy_approve"), defs.resolve_job_def("toy_rollback")
 
@@ -265,8 +248,8 @@ def test_a_forced_approval_tags_the_version_so_the_one_servability_rule_serves_i
     from mlplatform.lib.servability import FORCED_BY_TAG, servability
 
     tracker = Tracker.under(home / "mlflow")
-    _register(tracker, ["2024-01-08"])
-    tracker.log_trained_model("toy", "toy-bad", *_fitted(), {"seed": 0}, {"rmse": 9.9}, {}, {},
+    register_toy_versions(tracker, ["2024-01-08"])
+    tracker.log_trained_model("toy", "toy-bad", *toy_pipeline(), {"seed": 0}, {"rmse": 9.9}, {}, {},
                               {"gates": "failed", "gate.threshold": "failed", "gate.sanity": "passed",
                                "week": "2024-01-15"})
     assert servability(tracker.version_tags("toy", "1")).servable

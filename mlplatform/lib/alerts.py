@@ -331,6 +331,11 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _owners(routing: ModelRouting | None) -> dict[str, str | None]:
+    """An alert's team and policy, from how its model routes (none for a model the setup does not route)."""
+    return {"team": routing.team if routing else None, "policy": routing.policy if routing else None}
+
+
 def alerts_from_events(rows: pd.DataFrame, setup: AlertSetup, base_url: str) -> list[Alert]:
     """The alerts among audit event rows (``audit.events`` columns), in trail order."""
     found = []
@@ -356,20 +361,19 @@ def alerts_from_events(rows: pd.DataFrame, setup: AlertSetup, base_url: str) -> 
             event=str(record["event"]), actor=actor, version=version, week=week,
             passed=None if passed is None else bool(passed), facts=details,
             link=asset_link(base_url, model, kind, week), run_link=f"{base_url}/runs/{run_id}" if run_id else None,
-            team=routing.team if routing else None, policy=routing.policy if routing else None))
+            **_owners(routing)))
     return found
 
 
 def verification_alert(model: str, problems: list[str], setup: AlertSetup, base_url: str, now: datetime) -> Alert:
     """A trail whose chain does not verify: one alert per distinct set of problems (a new break alerts again)."""
     digest = hashlib.sha256("\n".join(sorted(problems)).encode()).hexdigest()[:16]
-    routing = setup.models.get(model)
     return Alert(id=f"{model}#verify-{digest}", model=model, kind="audit_verification_failed",
                  title=_title("audit_verification_failed", model, None, None, None, {}),
                  summary=f"{len(problems)} problem(s): " + "; ".join(problems[:5]), occurred_at=now,
                  passed=False, facts={"problems": problems}, link=asset_link(base_url, model,
                                                                              "audit_verification_failed", None),
-                 team=routing.team if routing else None, policy=routing.policy if routing else None)
+                 **_owners(setup.models.get(model)))
 
 
 def sample_alert(destination: str, base_url: str, now: datetime) -> Alert:
@@ -638,19 +642,17 @@ def pending_alerts(connection: duckdb.DuckDBPyConnection, setup: AlertSetup, now
         f"select * from {EVENTS_TABLE} where event in (select unnest(?)) and model in (select unnest(?)) "
         "and occurred_at >= ? order by model, seq", [list(ALERTING_EVENTS), models, cutoff]).fetchdf()
     alerts = alerts_from_events(rows, setup, base)
-    if verify and anchors is not None:  # every routed model: a deleted trail has no events, but anchors
-        for model in sorted(setup.routed_models("audit_verification_failed")):
-            problems = trail_problems(connection, model, anchors.get(model, (None, None, False)))
-            if problems:
-                alerts.append(verification_alert(model, problems, setup, base, now))
-    elif verify:
-        with_trails = {row[0] for row in connection.execute(
-            f"select distinct model from {EVENTS_TABLE} where model in (select unnest(?))",
-            [setup.routed_models("audit_verification_failed")]).fetchall()}
-        for model in sorted(with_trails):
-            problems = trail_problems(connection, model)
-            if problems:
-                alerts.append(verification_alert(model, problems, setup, base, now))
+    if not verify:
+        return alerts
+    verified = setup.routed_models("audit_verification_failed")
+    if anchors is None:  # the chain alone: only the models with a trail
+        verified = [row[0] for row in connection.execute(
+            f"select distinct model from {EVENTS_TABLE} where model in (select unnest(?))", [verified]).fetchall()]
+    for model in sorted(set(verified)):  # anchored: every routed model (a deleted trail has no events, but anchors)
+        problems = trail_problems(connection, model, None if anchors is None else
+                                  anchors.get(model, (None, None, False)))
+        if problems:
+            alerts.append(verification_alert(model, problems, setup, base, now))
     return alerts
 
 

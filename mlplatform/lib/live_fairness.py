@@ -330,18 +330,29 @@ def stored_labelled_measures(connection: Any, model: str, version: str) -> list[
             for week, role, attribute, name, value, limit, n in rows]
 
 
+JUDGED_COLUMNS = ("version", "label", "score")
+"""The log columns :func:`judge_version` reads besides the sensitive ones (``label``: multiclass parity)."""
+
+
+def version_predictions(home: Path, spec: Any, version: str) -> pd.DataFrame:
+    """What promotion judges of ``version``: its answered predictions in every role, with the judged columns and the
+    spec's sensitive ones alone (the log's other versions and the inputs stay unread: the reader's filters)."""
+    from mlplatform.lib.prediction_log import read_prediction_log
+
+    sensitive = [SENSITIVE_PREFIX + column for column in spec.fairness.sensitive]
+    return read_prediction_log(home, spec.name, versions=[str(version)], columns=[*JUDGED_COLUMNS, *sensitive])
+
+
 def promotion_refusal(spec: Any, home: Path) -> Callable[[Any, str], LiveFairnessVerdict | None] | None:
     """The check promotion runs under live fairness (None when the spec and its policy do not require it):
     ``check(connection, version)`` gives the verdict on the version's live predictions from the prediction log
     (and the label-based measures of the stored report), or None when it may be promoted."""
-    from mlplatform.lib.prediction_log import read_prediction_log
-
     required = required_by(spec)
     if required is None or spec.fairness is None:
         return None
 
     def check(connection: Any, version: str) -> LiveFairnessVerdict | None:
-        logged = read_prediction_log(home, spec.name)
+        logged = version_predictions(home, spec, version)
         stored = stored_labelled_measures(connection, spec.name, version) if connection is not None else []
         verdict = judge_version(spec.name, spec.task, spec.fairness, logged, version, required,
                                 spec.decision_threshold, stored)

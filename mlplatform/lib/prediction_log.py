@@ -573,6 +573,8 @@ def read_prediction_log(
     expand_inputs: bool = True,
     uri: str | None = None,
     errors: bool = False,
+    versions: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The logged predictions of ``model`` with ``start <= time < end`` (naive UTC; tz-aware bounds are converted).
 
@@ -588,6 +590,11 @@ def read_prediction_log(
     ``sensitive.<name>`` (text). Without it only the fixed columns are returned. An empty
     frame with the fixed columns when nothing was logged. Error rows (``status`` 4xx/5xx: a version failed to
     score) are left out unless ``errors`` (the rollout analysis's error rate).
+
+    ``versions`` keeps only those versions' rows and ``columns`` only those of the columns above (named as returned;
+    one the log does not hold is left out): both go into the Parquet scan, so a reader judging one version (promotion's
+    live fairness) skips the other versions' row groups and the inputs it does not use. A row written twice is the
+    same version, so deduplicating after the version filter keeps the same rows.
     """
     import duckdb
 
@@ -597,7 +604,7 @@ def read_prediction_log(
              else _local_segments(model_log_dir(home, model)))
     if not files:
         return pd.DataFrame({name: pd.Series(dtype=_pandas_dtype(field.type)) for name, field in
-                             zip(COLUMNS, SCHEMA, strict=True)})
+                             zip(COLUMNS, SCHEMA, strict=True) if columns is None or name in columns})
     conditions, params = [], []
     if low is not None:
         conditions.append("time >= ? and date >= ?")
@@ -608,6 +615,9 @@ def read_prediction_log(
     if roles:
         conditions.append("role in (" + ", ".join("?" for _ in roles) + ")")
         params += list(roles)
+    if versions is not None:  # literal placeholders (not unnest): DuckDB pushes them into the Parquet scan
+        conditions.append("version in (" + (", ".join("?" for _ in versions) or "null") + ")")
+        params += [str(v) for v in versions]
     paths = [str(path) for path in files]
     source = "read_parquet(?, hive_partitioning=true, union_by_name=true)"
     with duckdb.connect() as connection:
@@ -617,12 +627,17 @@ def read_prediction_log(
             conditions.append(f"{status} < {ERROR_STATUS_FROM}")
         where = ("where " + " and ".join(conditions)) if conditions else ""
         inputs = [c for c in available if c.startswith((INPUT_PREFIX, SENSITIVE_PREFIX))] if expand_inputs else []
+        fixed = COLUMNS if columns is None else [c for c in COLUMNS if c in columns]
+        inputs = inputs if columns is None else [c for c in inputs if _feature_name(c) in columns]
+        if not fixed and not inputs:
+            raise ValueError(f"columns: none of {list(columns or [])} is a column of the prediction log")
         selected = ", ".join([*(f"cast({status} as integer) as status" if c == "status" else _quoted(c)
-                                for c in COLUMNS), *(_quoted(c) for c in inputs)])
+                                for c in fixed), *(_quoted(c) for c in inputs)])
         frame = connection.execute(f"select {selected} from {source} {where} {DEDUPLICATE} "
                                    "order by time, request_id, record_index, role", [paths, *params]).fetchdf()
-    frame["record_index"] = frame["record_index"].astype("int32")
-    frame["status"] = frame["status"].astype("int32")
+    for integer in ("record_index", "status"):
+        if integer in frame.columns:
+            frame[integer] = frame[integer].astype("int32")
     frame.columns = [_feature_name(c) for c in frame.columns]
     return frame
 

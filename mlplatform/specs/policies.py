@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -120,12 +120,7 @@ def load_policies(file: Path | None) -> tuple[dict[str, Policy], str | None]:
     the approvers of ``regulated`` must not switch its gates off)."""
     if file is None:
         return _named(dict(BUILTIN_POLICIES), load_groups({})), None
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except OSError as error:
-        raise PolicyFileError(file, POLICIES_ENV, f"cannot be read: {error}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise PolicyFileError(file, "(yaml)", f"not valid YAML: {error}") from None
+    raw = _read_yaml(file, POLICIES_ENV)
     try:
         parsed = PolicyFile.model_validate(raw)
     except ValidationError as error:
@@ -156,12 +151,7 @@ def load_groups(own: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
     if not configured:
         return groups
     file = Path(configured).expanduser()
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except OSError as error:
-        raise PolicyFileError(file, GROUPS_ENV, f"cannot be read: {error}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise PolicyFileError(file, "(yaml)", f"not valid YAML: {error}") from None
+    raw = _read_yaml(file, GROUPS_ENV)
     if not isinstance(raw, dict):
         raise PolicyFileError(file, "(top level)", "expected a mapping of group -> list of member names")
     for name, members in raw.items():
@@ -169,6 +159,17 @@ def load_groups(own: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
             raise PolicyFileError(file, str(name), "expected a list of member names")
         groups[str(name)] = tuple(members)
     return groups
+
+
+def _read_yaml(file: Path, env: str) -> Any:
+    """The YAML of a file the environment variable ``env`` (or the spec folder) points at; {} when empty. Raises
+    :class:`PolicyFileError` naming the variable when it cannot be read, ``(yaml)`` when it does not parse."""
+    try:
+        return yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise PolicyFileError(file, env, f"cannot be read: {error}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise PolicyFileError(file, "(yaml)", f"not valid YAML: {error}") from None
 
 
 def _named(policies: dict[str, Policy], groups: dict[str, tuple[str, ...]]) -> dict[str, Policy]:
