@@ -6,6 +6,7 @@ analysis, with the numbers in the audit."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import Iterator
 from datetime import timedelta
@@ -375,10 +376,12 @@ def test_clicks_in_a_warehouse_table_stop_a_canary_with_a_lower_click_through_ra
     assert "click-through rate: WORSE" in summary
 
 
-SLOW_TEAM = """
-\"\"\"A team's ridge regression that takes ``delay_ms`` longer to answer every call: a genuinely slower version.\"\"\"
+TEAM_MODELS = """
+\"\"\"A team's ridge regression with two faults to canary: ``delay_ms`` longer to answer every call (a genuinely
+slower version), and ``failing_share`` of inputs it cannot score (it raises on them, chosen by the value of x1).\"\"\"
 import time
 
+import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
@@ -387,9 +390,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 
-class Slow(RegressorMixin, BaseEstimator):
-    def __init__(self, delay_ms=0.0):
+class TeamRidge(RegressorMixin, BaseEstimator):
+    def __init__(self, delay_ms=0.0, failing_share=0.0):
         self.delay_ms = delay_ms
+        self.failing_share = failing_share
 
     def fit(self, x, y):
         self.ridge_ = Ridge(alpha=0.1).fit(x, y)
@@ -397,16 +401,22 @@ class Slow(RegressorMixin, BaseEstimator):
 
     def predict(self, x):
         time.sleep(self.delay_ms / 1000)
+        if not self.failing_share:
+            return self.ridge_.predict(x)
+        x1 = np.asarray(x[:, 0].toarray() if hasattr(x, "toarray") else x[:, 0], dtype=float).ravel()
+        failing = np.round(x1 * 1000) % 100 < self.failing_share * 100  # x1 has 3 decimals: a share of values
+        if failing.any():
+            raise ValueError(f"cannot score x1 = {x1[failing][0]}")
         return self.ridge_.predict(x)
 
 
-def build(delay_ms=0.0):
+def build(delay_ms=0.0, failing_share=0.0):
     encode = ColumnTransformer([("numbers", SimpleImputer(), ["x1", "x2"]),
                                 ("colors", OneHotEncoder(handle_unknown="ignore"), ["color"])])
-    return Pipeline([("encode", encode), ("slow", Slow(delay_ms))])
+    return Pipeline([("encode", encode), ("ridge", TeamRidge(delay_ms, failing_share))])
 """
-SLOW_SPEC = """estimator:
-  factory: slow_team.models.build
+TEAM_SPEC = """estimator:
+  factory: canary_team.models.build
 policy: live_first
 rollout:
   approval: auto
@@ -416,18 +426,17 @@ rollout:
 """
 
 
-def test_a_canary_whose_model_is_slower_is_stopped_on_its_p99_through_the_real_service(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A doubled p99 on real HTTP: the canary's own model (a team's ``estimator.factory``, served by the generic
-    path like the champion) waits 100 ms per call; the champion is the same model without the wait (its p99 is a few
-    ms idle, tens on a busy machine: the wait keeps the canary's at least double). One analysis of the logged
-    traffic stops the canary on latency p99 alone. Its policy's minimum canary share is in /v1/models."""
+def team_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+               versions: list[dict[str, float]]) -> World:
+    """A spec ``name`` whose model is the team's ``estimator.factory`` (TEAM_MODELS, an installed package served by
+    the generic path), with one version per params in ``versions`` registered and passed through the gates: the
+    first is champion, the last the canary at 20 % (the policy's minimum)."""
     team = tmp_path / "team"
-    (team / "slow_team").mkdir(parents=True)
-    (team / "slow_team" / "__init__.py").write_text("")
-    (team / "slow_team" / "models.py").write_text(SLOW_TEAM)
+    (team / "canary_team").mkdir(parents=True)
+    (team / "canary_team" / "__init__.py").write_text("")
+    (team / "canary_team" / "models.py").write_text(TEAM_MODELS)
     monkeypatch.syspath_prepend(str(team))  # the team's installed package
-    monkeypatch.setenv("MLPLATFORM_ESTIMATOR_MODULES", "slow_team")
+    monkeypatch.setenv("MLPLATFORM_ESTIMATOR_MODULES", "canary_team")
     home, specs_dir = tmp_path / "home", tmp_path / "specs"
     specs_dir.mkdir()
     monkeypatch.setenv("MLPLATFORM_HOME", str(home))
@@ -435,19 +444,30 @@ def test_a_canary_whose_model_is_slower_is_stopped_on_its_p99_through_the_real_s
     rows = toy_rows(weeks=3, per_week=40)
     rows.to_csv(specs_dir / "toy.csv", index=False)
     (specs_dir / "policies.yaml").write_text("policies:\n  live_first: {min_canary_percent: 20}\n")
-    (specs_dir / "toy_slow.yaml").write_text(textwrap.dedent(TOY_SPEC).replace("name: toy", "name: toy_slow")
-                                             + SLOW_SPEC)
+    (specs_dir / f"{name}.yaml").write_text(textwrap.dedent(TOY_SPEC).replace("name: toy", f"name: {name}")
+                                            + TEAM_SPEC)
     world = World(home, specs_dir, rows, Tracker.under(home / "mlflow"))
-    spec = world.spec("toy_slow")
+    spec = world.spec(name)
     x, y = split_xy(rows, spec)
-    for week, delay_ms in (("2024-01-08", 0.0), ("2024-01-15", 100.0)):
-        spec.estimator.params = {"delay_ms": delay_ms}
-        made = world.tracker.log_trained_model("toy_slow", f"toy_slow-{week}", build_pipeline(spec).fit(x, y),
-                                               x.head(5), {}, {}, {}, {}, {"gates": "passed", "week": week}).version
-        gates_pass(world, made, week, "toy_slow")
-    assert (world.tracker.alias_version("toy_slow", CHAMPION), world.tracker.alias_version("toy_slow", CHALLENGER)) \
-        == ("1", "2")
+    example = x[np.round(x["x1"] * 1000) % 100 >= 50].head(5)  # inputs every version scores (a failing_share < 0.5)
+    for week, params in zip(("2024-01-08", "2024-01-15", "2024-01-22"), versions, strict=False):
+        spec.estimator.params = params
+        made = world.tracker.log_trained_model(name, f"{name}-{week}", build_pipeline(spec).fit(x, y),
+                                               example, {}, {}, {}, {}, {"gates": "passed", "week": week}).version
+        gates_pass(world, made, week, name)
+    assert (world.tracker.alias_version(name, CHAMPION), world.tracker.alias_version(name, CHALLENGER)) \
+        == ("1", str(len(versions)))
+    return world
 
+
+def test_a_canary_whose_model_is_slower_is_stopped_on_its_p99_through_the_real_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A doubled p99 on real HTTP: the canary's own model (a team's ``estimator.factory``, served by the generic
+    path like the champion) waits 100 ms per call; the champion is the same model without the wait (its p99 is a few
+    ms idle, tens on a busy machine: the wait keeps the canary's at least double). One analysis of the logged
+    traffic stops the canary on latency p99 alone. Its policy's minimum canary share is in /v1/models."""
+    world = team_world(tmp_path, monkeypatch, "toy_slow", [{"delay_ms": 0.0}, {"delay_ms": 100.0}])
+    spec = world.spec("toy_slow")
     with serve(world, ["toy_slow"]) as server:
         assert server.client.get("/v1/models/toy_slow").json()["rollout"]["min_canary_percent"] == 20
         assert drive(server, 0, 250, "toy_slow")["canary"] == pytest.approx(0.20, abs=0.08)
@@ -459,3 +479,49 @@ def test_a_canary_whose_model_is_slower_is_stopped_on_its_p99_through_the_real_s
         assert p99.canary >= 100 and p99.canary >= 2 * p99.champion, run.text()  # the wait is in what was served
         assert world.tracker.alias_version("toy_slow", CHALLENGER) is None
         wait_until(lambda: server.client.get("/v1/models/toy_slow").json()["rollout"]["active"] == "none")
+
+
+def test_a_canary_whose_model_fails_on_some_inputs_is_stopped_on_its_error_rate_through_the_real_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A higher error rate on real HTTP: the canary's own model raises on 15 % of inputs (by the value of x1), the
+    champion (the same model) on none. A record the canary fails is answered 500 with an error id (docs/serving.md:
+    a version that fails to score answers 500) and logged as an error row with the canary's version and role; one
+    analysis of that traffic stops the canary on its error rate alone, with the numbers in the audit's details."""
+    world = team_world(tmp_path, monkeypatch, "toy_flaky", [{"failing_share": 0.0}, {"failing_share": 0.15}])
+    spec = world.spec("toy_flaky")
+    statuses: dict[int, int] = {}
+    roles: dict[str, int] = {}
+    with serve(world, ["toy_flaky"]) as server:
+        for record in records(feature_rows(400, seed=11), ["id", "x1", "x2", "color"]):
+            response = server.predict("toy_flaky", [record])
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            if response.status_code == 200:
+                role = response.json()["predictions"][0]["role"]
+                roles[role] = roles.get(role, 0) + 1
+            else:
+                assert response.status_code == 500 and "error_id" in response.json(), response.text
+        assert set(statuses) == {200, 500} and 0 < statuses[500] < 0.1 * 400, statuses  # ~15 % of the 20 %
+        assert roles["champion"] > 250 and roles["canary"] > 30, roles
+        wait_until(lambda: len(read_prediction_log(world.home, "toy_flaky", expand_inputs=False, errors=True)) >= 400)
+        logged = read_prediction_log(world.home, "toy_flaky", expand_inputs=False, errors=True)
+        failed = logged[logged["status"] >= 400]
+        assert len(failed) == statuses[500]
+        assert set(zip(failed["version"], failed["role"], failed["status"], strict=True)) == {("2", "canary", 500)}
+
+        run = analyse_and_act(world.home, world.home / "warehouse.duckdb", spec, world.tracker, 30)
+        assert run.analysis.decision == STOP, run.text()
+        assert [s.name for s in run.analysis.signals if s.worse] == ["error rate"], run.text()
+        errors = next(s for s in run.analysis.signals if s.name == "error rate")
+        assert errors.champion == 0.0 and errors.canary > 0.05 and errors.p_value < 0.01, run.text()
+        assert run.change is not None and run.change.kind == "canary_stopped"
+        assert world.tracker.alias_version("toy_flaky", CHALLENGER) is None
+        assert world.tracker.alias_version("toy_flaky", CHAMPION) == "1"
+        wait_until(lambda: server.client.get("/v1/models/toy_flaky").json()["rollout"]["active"] == "none")
+        assert drive(server, 1_000, 100, "toy_flaky") == {"champion": 1.0}  # the failing inputs: the champion answers
+    with duckdb.connect(str(world.home / "warehouse.duckdb"), read_only=True) as connection:
+        [(summary, details)] = connection.execute("select summary, details from audit.events where model = "
+                                                  "'toy_flaky' and event = 'canary_stopped'").fetchall()
+    reason = json.loads(details)["reason"]
+    assert "error rate: WORSE" in summary and "error rate: WORSE" in reason
+    assert f"({statuses[500]}/{roles['canary'] + statuses[500]})" in reason  # the canary's failed over its records
+    assert "vs champion 0.00% (0/" in reason
