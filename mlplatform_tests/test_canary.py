@@ -463,10 +463,11 @@ def team_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
 def test_a_canary_whose_model_is_slower_is_stopped_on_its_p99_through_the_real_service(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A doubled p99 on real HTTP: the canary's own model (a team's ``estimator.factory``, served by the generic
-    path like the champion) waits 100 ms per call; the champion is the same model without the wait (its p99 is a few
-    ms idle, tens on a busy machine: the wait keeps the canary's at least double). One analysis of the logged
+    path like the champion) waits 500 ms per call; the champion is the same model without the wait. Its p99 is a few
+    ms idle, tens to ~150 ms while CI's other tests share the 2 cores, up to ~400 ms only when several test sessions
+    do: the wait keeps the canary's beyond the analysis's x1.5 wherever CI runs. One analysis of the logged
     traffic stops the canary on latency p99 alone. Its policy's minimum canary share is in /v1/models."""
-    world = team_world(tmp_path, monkeypatch, "toy_slow", [{"delay_ms": 0.0}, {"delay_ms": 100.0}])
+    world = team_world(tmp_path, monkeypatch, "toy_slow", [{"delay_ms": 0.0}, {"delay_ms": 500.0}])
     spec = world.spec("toy_slow")
     with serve(world, ["toy_slow"]) as server:
         assert server.client.get("/v1/models/toy_slow").json()["rollout"]["min_canary_percent"] == 20
@@ -476,7 +477,7 @@ def test_a_canary_whose_model_is_slower_is_stopped_on_its_p99_through_the_real_s
         assert run.analysis.decision == STOP, run.text()
         assert [s.name for s in run.analysis.signals if s.worse] == ["latency p99"], run.text()
         p99 = next(s for s in run.analysis.signals if s.name == "latency p99")
-        assert p99.canary >= 100 and p99.canary >= 2 * p99.champion, run.text()  # the wait is in what was served
+        assert p99.canary >= 500 and p99.canary >= 1.5 * p99.champion, run.text()  # the wait is in what was served
         assert world.tracker.alias_version("toy_slow", CHALLENGER) is None
         wait_until(lambda: server.client.get("/v1/models/toy_slow").json()["rollout"]["active"] == "none")
 
