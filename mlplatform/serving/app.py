@@ -224,6 +224,39 @@ class ServingRuntime:
         if self.writer is not None and groups:
             self.writer.write(_error_rows(call, when, groups, status, entities, record_ids))
 
+    async def _champion_answers_for_failed_canary(
+            self, call: ScoringCall, when: Any, groups: list[tuple[LoadedModel, str, list[int]]], results: list[Any],
+            entities: Sequence[str | None], record_ids: Sequence[str | None],
+    ) -> tuple[list[tuple[LoadedModel, str, list[int]]], list[Any]]:
+        """Log the failed groups' records as error rows (the canary analysis's error rate), then let the champion
+        answer the records a canary failed: the client gets a 200, the champion keeps serving whatever fails
+        upstream. Raise only when the champion itself fails (a genuine server fault: 500)."""
+        failed = [g for g, r in zip(groups, results, strict=True) if isinstance(r, BaseException)]
+        self._log_errors(call, when, failed, 500, entities, record_ids)
+        champion = call.model.champion
+        assert champion is not None
+        for (_, role, _), result in zip(groups, results, strict=True):
+            if isinstance(result, BaseException) and (role == CHAMPION_ROLE or not isinstance(result, Exception)):
+                raise result  # the champion failed (or the request was cancelled): nothing to fall back on
+        kept_groups, kept_results = [], []
+        for (loaded, role, indexes), result in zip(groups, results, strict=True):
+            if not isinstance(result, BaseException):
+                kept_groups.append((loaded, role, indexes))
+                kept_results.append(result)
+                continue
+            log.error("%s v%s (%s) failed to score %d records of request %s; the champion v%s answers them",
+                      loaded.name, loaded.version, role, len(indexes), call.request_id, champion.version,
+                      exc_info=result)
+            fallback = (champion, CHAMPION_ROLE, indexes)
+            try:
+                outputs = await self.batcher.predict(champion, [call.rows[i] for i in indexes])
+            except Exception:
+                self._log_errors(call, when, [fallback], 500, entities, record_ids)
+                raise
+            kept_groups.append(fallback)
+            kept_results.append(outputs)
+        return kept_groups, kept_results
+
     def _served_gauge(self, state: ServingState) -> None:
         self.metrics.served.clear()
         for name, model in state.models.items():
@@ -257,22 +290,22 @@ class ServingRuntime:
         if canary_indexes and challenger is not None:
             groups.append((challenger, CANARY_ROLE, canary_indexes))
         groups = [g for g in groups if g[2]]
-        try:
-            if len(groups) == 1:  # the usual case: no gather (its future and callbacks were ~2 % of a 1-row request)
+        results: list[Any]
+        if len(groups) == 1:  # the usual case: no gather (its future and callbacks were ~2 % of a 1-row request)
+            try:
                 results = [await self.batcher.predict(groups[0][0], rows if len(groups[0][2]) == len(rows)
                                                       else [rows[i] for i in groups[0][2]])]
-            else:
-                results = await asyncio.gather(*(self.batcher.predict(m, [rows[i] for i in idx])
-                                                 for m, _, idx in groups), return_exceptions=True)
-                failure = next((r for r in results if isinstance(r, BaseException)), None)
-                if failure is not None:
-                    self._log_errors(call, when, [g for g, r in zip(groups, results, strict=True)
-                                                  if isinstance(r, BaseException)], 500, entities, record_ids)
-                    raise failure
-        except Exception:
-            if len(groups) == 1:
-                self._log_errors(call, when, groups, 500, entities, record_ids)
-            raise
+            except Exception as error:  # noqa: BLE001 - a canary's failure falls back to the champion below
+                results = [error]
+        else:
+            results = list(await asyncio.gather(*(self.batcher.predict(m, [rows[i] for i in idx])
+                                                  for m, _, idx in groups), return_exceptions=True))
+        if any(isinstance(r, BaseException) for r in results):
+            groups, results = await self._champion_answers_for_failed_canary(call, when, groups, results, entities,
+                                                                             record_ids)
+            for _, role, indexes in groups:
+                for i in indexes:
+                    roles[i] = role
         overflowed = [i for (_, _, indexes), outputs in zip(groups, results, strict=True)
                       for i, output in zip(indexes, outputs, strict=True) if not finite_output(output)]
         if overflowed:  # nothing is answered or logged: a non-finite score would reach drift and live performance
