@@ -145,7 +145,7 @@ def platform_resources(settings: Settings) -> dict[str, Any]:
 
     warehouse, wait = str(settings.warehouse_path), settings.warehouse_wait_seconds
     return {
-        "io_manager": WarehouseIOManager(database=warehouse, wait_seconds=wait),
+        "io_manager": WarehouseIOManager(database=warehouse, wait_seconds=wait, backend=settings.warehouse_backend),
         "warehouse": Warehouse(database=warehouse, wait_seconds=wait),
         "model_registry": ModelRegistry.from_settings(settings),
         "platform": PlatformState(home=str(settings.home)),

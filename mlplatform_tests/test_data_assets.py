@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from mlplatform.lib.warehouse import postgres_url
 from mlplatform_tests.conftest import TOY_SPEC, copy_file, toy_rows
 from mlplatform_tests.helpers import (
     check_record,
@@ -13,6 +14,8 @@ from mlplatform_tests.helpers import (
     run_weeks,
     warehouse_query,
 )
+
+pytestmark = pytest.mark.usefixtures("warehouse_backend")
 
 WEEK2 = "2024-01-08"
 
@@ -79,7 +82,7 @@ def test_state_is_written_under_mlplatform_home_only(home, spec_dir, instance, t
     spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
     assert run_weeks(load_definitions(), "toy", instance, WEEK2).success
     assert list((tmp_path / "cwd").iterdir()) == []
-    assert (home / "warehouse.duckdb").exists()
+    assert (home / "warehouse.duckdb").exists() or postgres_url() is not None
 
 
 def corrupt(frame: pd.DataFrame, scenario: str) -> pd.DataFrame:

@@ -14,6 +14,8 @@ from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
 from mlplatform_tests.helpers import check_record, load_definitions, run_weeks, warehouse_query
 
+pytestmark = pytest.mark.usefixtures("warehouse_backend")
+
 MODEL_SPEC = TOY_SPEC + """
 estimator:
   class: sklearn.linear_model.Ridge

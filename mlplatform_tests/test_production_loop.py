@@ -24,6 +24,8 @@ from mlplatform.lib.metrics import MetricEstimate
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE
 from mlplatform_tests.helpers import warehouse_query
 
+pytestmark = pytest.mark.usefixtures("warehouse_backend")
+
 # --- pure decisions -------------------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from mlplatform.lib import promotion
 from mlplatform.lib.promotion import AliasChange
 from mlplatform.lib.stores import StoresDamaged, check_stores
 from mlplatform.lib.tracking import Tracker
-from mlplatform.lib.warehouse import connect_when_free
+from mlplatform.lib.warehouse import connect_when_free, is_postgres, lock_model
 
 Decide = Callable[[duckdb.DuckDBPyConnection, Tracker], AliasChange | None]
 """The rule: the change to make, None when nothing needs to change; raises ``PromotionRefused`` to refuse."""
@@ -43,6 +43,13 @@ def move_champion(home: Path, warehouse_path: Path, tracker: Tracker, wait_secon
         change = decide(connection, tracker)
         if change is None:
             return None
+        if is_postgres(connection):  # several writers: decide again under the model's lock, then commit in its unit
+            connection.begin()
+            lock_model(connection, change.model)
+            change = decide(connection, tracker)
+            if change is None:
+                connection.rollback()
+                return None
         promotion.commit_changes(connection, tracker, [change, *(follow(tracker, change) if follow else [])])
         if committed is not None:
             committed(connection)

@@ -78,6 +78,7 @@ class Settings:
     warehouse_wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
     dbt_project_dir: Path = DBT_PROJECT_DIR  # the dbt project specs with `staging` run (MLPLATFORM_DBT_PROJECT_DIR)
     weekly_schedule_cron: str = ""  # testing only: a cron replacing "Mondays 01:00 UTC" (docs/shared-services.md)
+    warehouse_url: str = ""  # postgresql://user:password@host:port/db (MLPLATFORM_WAREHOUSE_URL); empty: DuckDB file
 
     @property
     def dbt_manifest_dir(self) -> Path:
@@ -97,6 +98,11 @@ class Settings:
     @property
     def warehouse_path(self) -> Path:
         return self.home / "warehouse.duckdb"
+
+    @property
+    def warehouse_backend(self) -> str:
+        """``postgres`` when a PostgreSQL URL is configured, else ``duckdb`` (the embedded default)."""
+        return "postgres" if self.warehouse_url else "duckdb"
 
     @property
     def dagster_home(self) -> Path:
@@ -154,6 +160,10 @@ def load_settings() -> Settings:
     refusal = local_artifacts_refusal(tracking_uri, artifacts, "MLPLATFORM_MLFLOW_ARTIFACTS")
     if refusal:
         raise SettingsError(refusal)
+    warehouse_url = os.environ.get("MLPLATFORM_WAREHOUSE_URL", "").strip()
+    if warehouse_url and not warehouse_url.lower().startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"MLPLATFORM_WAREHOUSE_URL={warehouse_url.split('@')[-1]!r}: expected a "
+                            "postgresql://user:password@host:port/database URL, or unset it for the DuckDB file")
     return Settings(
         home=home,
         specs_dir=specs_dir,
@@ -163,6 +173,7 @@ def load_settings() -> Settings:
         warehouse_wait_seconds=wait_seconds,
         dbt_project_dir=_dbt_project_dir(),
         weekly_schedule_cron=os.environ.get("MLPLATFORM_WEEKLY_SCHEDULE_CRON", "").strip(),
+        warehouse_url=warehouse_url,
     )
 
 
@@ -188,6 +199,7 @@ def configure_process(settings: Settings) -> None:
     """
     ensure_home(settings)
     os.environ["MLPLATFORM_WAREHOUSE"] = str(settings.warehouse_path)
+    export_warehouse_url(settings.warehouse_url)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -195,6 +207,26 @@ def configure_process(settings: Settings) -> None:
     scripts = str(Path(sys.executable).parent)
     if scripts not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+
+
+def export_warehouse_url(url: str) -> None:
+    """Make ``url`` the warehouse of this process and its children: ``MLPLATFORM_WAREHOUSE_URL`` (read where the
+    warehouse is opened) and the ``MLPLATFORM_DBT_TARGET``/``MLPLATFORM_PG_*`` variables dbt's ``postgres`` target
+    reads (dbt_project/profiles.yml). Empty: the DuckDB file."""
+    from urllib.parse import unquote, urlsplit
+
+    if not url:
+        os.environ.pop("MLPLATFORM_WAREHOUSE_URL", None)
+        os.environ["MLPLATFORM_DBT_TARGET"] = "local"
+        return
+    parts = urlsplit(url)
+    os.environ["MLPLATFORM_WAREHOUSE_URL"] = url
+    os.environ["MLPLATFORM_DBT_TARGET"] = "postgres"
+    os.environ["MLPLATFORM_PG_HOST"] = parts.hostname or "localhost"
+    os.environ["MLPLATFORM_PG_PORT"] = str(parts.port or 5432)
+    os.environ["MLPLATFORM_PG_USER"] = unquote(parts.username or "postgres")
+    os.environ["MLPLATFORM_PG_PASSWORD"] = unquote(parts.password or "")
+    os.environ["MLPLATFORM_PG_DATABASE"] = unquote(parts.path.lstrip("/") or "postgres")
 
 
 CODE_VERSION_ENV = "MLPLATFORM_CODE_VERSION"
