@@ -163,7 +163,7 @@ def test_a_forged_second_event_with_a_taken_sequence_number_is_refused_by_the_co
         assert read_events(connection, "forged")["actor"].tolist() == ["alice"]
 
 
-TWO_MODEL_SPEC = TOY_SPEC + """
+TWO_MODEL_SPEC = TOY_SPEC.replace("  end: 2024-01-22", "  end: 2024-01-29") + """
 estimator:
   class: sklearn.linear_model.Ridge
 gates:
