@@ -45,7 +45,7 @@ def _python_value(value: Any) -> Any:
     if value is pd.NaT or value is pd.NA:
         return None
     if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
+        return value.to_pydatetime(warn=False)
     if isinstance(value, np.generic):
         return value.item()
     return value
