@@ -27,18 +27,20 @@ if TYPE_CHECKING:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from mlplatform.defs.dbt_project import dbt_columns
-    from mlplatform.specs import SpecError, load_specs
+    from mlplatform.specs import load_spec_set
 
     settings = load_settings()
     ensure_home(settings)
-    try:
-        specs = load_specs(settings.specs_dir, dbt_columns(settings))
-    except SpecError as error:
-        print(f"{len(error.problems)} problem(s) in model specs:", file=sys.stderr)
-        print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
-        return 1
-    for spec in specs:
+    loaded = load_spec_set(settings.spec_roots, dbt_columns(settings))  # strict: any problem exits 1
+    for spec in loaded.specs:
         print(f"ok  {spec.name:<20} {spec.task:<11} {spec.spec_file}")
+    teams = loaded.by_team()
+    if len(teams) > 1 or any(spec.team_name for spec in loaded.specs) or loaded.broken:
+        print("\n".join(report.summary() for report in teams.values()))
+    if loaded.problems:
+        print(f"{len(loaded.problems)} problem(s) in model specs:", file=sys.stderr)
+        print("\n".join(f"  - {problem}" for problem in loaded.problems), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -77,7 +79,7 @@ def _create_model_pools(settings) -> int:
     from mlplatform.defs.instance import ensure_model_pools
     from mlplatform.specs import declared_names
 
-    models = sorted(declared_names(settings.specs_dir))
+    models = sorted(declared_names(settings.spec_roots))
     try:
         with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
             created = ensure_model_pools(instance, models)
@@ -116,7 +118,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = load_settings()
     prepare_dagster_home(settings)
     try:
-        plan = {} if args.no_serve else load_plan(settings.specs_dir, declared_names(settings.specs_dir))
+        plan = {} if args.no_serve else load_plan(settings.specs_dir, declared_names(settings.spec_roots))
         # the plan's production weeks stay out of the history; with --end or --weeks they follow the weeks run
         results = run_models(models=args.model or None, first=args.start, last=args.end, weeks=args.weeks,
                              hold_back={} if args.end or args.weeks else held_back(plan))
@@ -211,6 +213,9 @@ def _person_moves_champion(args: argparse.Namespace, verb: str, decide) -> tuple
         print(f"{args.model}: {refused}: {busy}. A run is probably writing to it; try again when it ends, or give "
               "--wait SECONDS", file=sys.stderr)
         return 1, None
+    except approvals.ApprovalDenied as denied:
+        print(f"{args.model}: {refused}: {denied} (the refusal is recorded in the audit trail)", file=sys.stderr)
+        return 1, None
     except promotion.PromotionRefused as error:
         print(f"{refused}: {error}", file=sys.stderr)
         return 1, None
@@ -229,35 +234,51 @@ def _dbt_model_columns() -> DbtColumns:
     return dbt_columns()
 
 
-def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | None]:
+def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | None, object]:
     """The current spec's hashes (:func:`mlplatform.lib.spec_hash.spec_tags`), for refusing a version whose gates
-    ran under an older spec. (False, None) when the specs do not load (said on stderr: nothing may change then);
-    (True, None) when no spec names the model any more (said on stderr: the check is skipped)."""
+    ran under an older spec, and who may approve (:class:`mlplatform.lib.approvals.ApprovalRule`, from its policy).
+    (False, None, None) when the specs do not load (said on stderr: nothing may change then); (True, None, the
+    policy file's default's rule) when no spec names the model any more (said on stderr: the check is skipped)."""
+    from mlplatform.lib.approvals import ApprovalRule
     from mlplatform.lib.spec_hash import spec_tags
     from mlplatform.specs import SpecError, load_spec_named
+    from mlplatform.specs.policies import PolicyFileError, load_policies, policies_path
 
+    specs_dir = load_settings().specs_dir
     try:
-        spec = load_spec_named(load_settings().specs_dir, model, _dbt_model_columns())
+        spec = load_spec_named(load_settings().spec_roots, model, _dbt_model_columns())
     except SpecError as error:
         print(f"{model}: not {verb}, nothing changed: its model spec does not load, so the spec this version's gates "
               f"ran under cannot be compared with the current one:\n{error}", file=sys.stderr)
-        return False, None
+        return False, None, None
     except ValueError as error:
         print(f"{model}: {error}; the version is not compared with a current spec", file=sys.stderr)
-        return True, None
-    return True, spec_tags(spec)
+        try:
+            policies, default = load_policies(policies_path(specs_dir))
+        except PolicyFileError as broken:
+            print(f"{model}: not {verb}, nothing changed: {broken}", file=sys.stderr)
+            return False, None, None
+        return True, None, ApprovalRule.of(policies.get(default) if default else None)
+    return True, spec_tags(spec), ApprovalRule.of(spec.policy_rules)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """A person approves a version: it becomes champion, and the audit table says who, when and why."""
-    from mlplatform.lib import promotion
+    from mlplatform.lib import approvals
 
-    loaded, current_spec = _current_spec_tags(args.model, "promoted")
+    loaded, current_spec, rule = _current_spec_tags(args.model, "promoted")
     if not loaded:
         return 1
-    code, change = _person_moves_champion(args, "promoted", lambda connection, tracker: promotion.approval_change(
-        tracker, args.model, args.version, args.by, args.reason, args.force, current_spec=current_spec))
-    if code == 0 and change is None:
+    _print_canary_evidence(args.model)
+    live = _live_fairness_check(args.model)
+    code, change = _person_moves_champion(args, "promoted", lambda connection, tracker: approvals.approval_decision(
+        connection, tracker, args.model, args.version, args.by, args.reason, args.force, current_spec, rule,
+        live_check=(lambda version: live(connection, version)) if live else None))
+    if isinstance(change, approvals.PendingApproval):
+        print(f"{args.model}: v{change.version}: approval {len(change.approvals)} of {change.required} recorded "
+              f"({', '.join(change.approvals)}); v{change.version} becomes champion when another person approves it; "
+              "nothing moved yet")
+    elif code == 0 and change is None:
         print(f"{args.model}: v{args.version or 'the challenger'} is already the champion; nothing changed")
     elif code == 0:
         print(f"{args.model}: champion v{change.previous_version or '-'} -> v{change.version} "
@@ -274,27 +295,96 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return code
 
 
+def _live_fairness_check(model: str):
+    """Live fairness as promotion asks it (:func:`mlplatform.lib.live_fairness.promotion_refusal`); None when the
+    spec and its policy do not require it, or no spec names the model (already said by ``_current_spec_tags``)."""
+    from mlplatform.lib.live_fairness import promotion_refusal
+    from mlplatform.specs import SpecError, load_spec_named
+
+    settings = load_settings()
+    try:
+        spec = load_spec_named(settings.spec_roots, model, _dbt_model_columns())
+    except (SpecError, ValueError):
+        return None
+    return promotion_refusal(spec, settings.home)
+
+
+def _print_canary_evidence(model: str) -> None:
+    """The live canary analysis a person promotes on (lib/canary.py): printed first, never in the way."""
+    from mlplatform.lib.canary import run_analysis
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.specs import load_spec_named
+
+    try:
+        settings = load_settings()
+        spec = load_spec_named(settings.spec_roots, model, _dbt_model_columns())
+        _, analysis = run_analysis(settings.home, spec, Tracker.for_settings(settings))
+    except Exception as error:  # noqa: BLE001 - evidence is shown when it can be; the promotion's rules decide
+        print(f"{model}: no live canary evidence ({type(error).__name__}: {error})", file=sys.stderr)
+        return
+    print(f"live canary evidence (last {spec.rollout.analysis.window_minutes} min):")
+    print(analysis.text())
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    """One canary analysis: canary against champion on the same traffic window; with --apply, its verdict is carried
+    out as the hourly sensor would (stop, ramp step, or promotion under approval: auto), audited."""
+    from mlflow.exceptions import MlflowException
+
+    from mlplatform.lib import approvals, promotion
+    from mlplatform.lib.canary import ANALYSIS_ACTOR, analyse_and_act
+    from mlplatform.lib.tracking import Tracker
+    from mlplatform.lib.warehouse import WarehouseBusy
+    from mlplatform.specs import SpecError, load_spec_named
+
+    settings = load_settings()
+    try:
+        spec = load_spec_named(settings.spec_roots, args.model, _dbt_model_columns())
+    except (SpecError, ValueError) as error:
+        print(f"{args.model}: {error}", file=sys.stderr)
+        return 1
+    actor = f"{ANALYSIS_ACTOR} (mlplatform canary --apply by {args.by})" if args.by else ANALYSIS_ACTOR
+    try:
+        run = analyse_and_act(settings.home, settings.warehouse_path, spec, Tracker.for_settings(settings), args.wait,
+                              actor=actor, act=args.apply)
+    except approvals.StoresDamaged as damaged:
+        print("nothing changed: a store looks damaged or replaced:\n  - " + "\n  - ".join(damaged.problems),
+              file=sys.stderr)
+        return 1
+    except (WarehouseBusy, promotion.PromotionRefused, MlflowException) as error:
+        print(f"{args.model}: nothing changed: {error}", file=sys.stderr)
+        return 1
+    print(run.text() if args.apply else run.analysis.text())
+    return 0
+
+
 def _rollout_evidence(model: str, version: str) -> list[str]:
     """The canary and shadow weeks of a version, from the warehouse (read-only; empty before any production)."""
     from mlplatform.lib.live import rollout_evidence
+    from mlplatform.lib.live_fairness import evidence_lines
     from mlplatform.lib.warehouse import connect_when_free, warehouse_exists
 
     settings = load_settings()
     if not warehouse_exists(settings.warehouse_path):
         return []
     with connect_when_free(settings.warehouse_path, settings.warehouse_wait_seconds, read_only=True) as connection:
-        return rollout_evidence(connection, model, version)
+        return rollout_evidence(connection, model, version) + evidence_lines(connection, model, version)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """A person puts an earlier champion back; the same rules and audit as every alias move (lib/promotion.py)."""
-    from mlplatform.lib import promotion
+    from mlplatform.lib import approvals, promotion
 
-    loaded, current_spec = _current_spec_tags(args.model, "rolled back")
+    loaded, current_spec, rule = _current_spec_tags(args.model, "rolled back")
     if not loaded:
         return 1
-    code, change = _person_moves_champion(args, "rolled back", lambda connection, tracker: promotion.rollback_change(
-        connection, tracker, args.model, args.to, args.by, args.reason, current_spec=current_spec))
+
+    def decide(connection, tracker):
+        approvals.checked_actor(rule, args.model, args.by, "roll back", args.to, args.reason)
+        return promotion.rollback_change(connection, tracker, args.model, args.to, args.by, args.reason,
+                                         current_spec=current_spec)
+
+    code, change = _person_moves_champion(args, "rolled back", decide)
     if code == 0:
         print(f"{args.model}: champion v{change.previous_version} -> v{change.version} (rolled back by {change.actor})")
     return code
@@ -304,16 +394,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Print a model's audit trail, or check its hash chain; opens the warehouse read-only and lets go at once."""
     import json
 
-    from mlplatform.lib.audit import AUDIT_TABLE, models_with_trails, read_events, verify_chain
+    from mlplatform.lib.audit import AUDIT_TABLE, models_with_trails, read_events
+    from mlplatform.lib.audit_integrity import read_alias_rows
     from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged, connect_when_free, warehouse_exists
 
     settings = load_settings()
+    log_code = _verify_prediction_log(args.model, settings) if args.verify_log else 0
+    if args.verify_log and not args.verify:
+        return log_code
     if not warehouse_exists(settings.warehouse_path):
         print(f"no warehouse at {settings.warehouse_path} yet: run `python3 dev.py demo` first", file=sys.stderr)
         return 1
     try:
         with connect_when_free(settings.warehouse_path, args.wait, read_only=True) as connection:
-            if args.aliases:
+            if args.aliases and not args.verify:
                 exists = connection.execute(
                     "select count(*) from information_schema.tables where table_schema = 'audit' "
                     "and table_name = 'alias_changes'").fetchone()[0]
@@ -323,6 +417,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             else:
                 rows = read_events(connection, args.model, None if args.verify else args.since)
             known = models_with_trails(connection) if args.verify else []
+            alias_rows = read_alias_rows(connection, args.model) if args.verify else None
     except WarehouseBusy as busy:
         print(f"{busy}; try again when the run ends, or give --wait SECONDS", file=sys.stderr)
         return 1
@@ -330,17 +425,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{args.model}: {damaged}", file=sys.stderr)
         return 1
     if args.verify:
-        if rows is None or rows.empty:  # nothing to verify is not "intact": a deleted trail looks exactly like this
-            print(f"{args.model}: no audit trail to verify. Either no model of that name ever ran against this "
-                  f"warehouse (models with a trail: {', '.join(known) or 'none'}) or its whole trail was deleted; "
-                  "either way nothing vouches for it", file=sys.stderr)
-            return 1
-        problems = verify_chain(rows)
-        if problems:
-            print(f"{args.model}: the audit trail was tampered with:\n  - " + "\n  - ".join(problems), file=sys.stderr)
-            return 1
-        print(f"{args.model}: the audit trail is intact ({len(rows)} events, hash chain verified)")
-        return 0
+        return max(_verify_audit(args.model, settings, rows, alias_rows, known), log_code)
     if rows is None or rows.empty:
         print(f"no audit events for {args.model}")
         return 0
@@ -355,6 +440,64 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_audit(model: str, settings, rows, alias_rows, known: list[str]) -> int:
+    """``audit --verify``: the keyed chain, its head against the registry tag and the checkpoint file, and
+    audit.alias_changes against the chain (lib/audit_integrity.py). Nothing to verify is not "intact"."""
+    from mlplatform.lib.audit_integrity import HEAD_TAG, read_checkpoint, verify_trail
+    from mlplatform.lib.audit_key import AuditKeyError, configured_key
+    from mlplatform.lib.tracking import Tracker
+
+    try:
+        key = configured_key()
+    except AuditKeyError as error:
+        print(f"{model}: not verified: {error}", file=sys.stderr)
+        return 1
+    try:  # the anchor outside the warehouse; an embedded store that was never created has none
+        fresh = settings.embedded_mlflow and not (settings.mlflow_dir / "mlflow.db").exists()
+        tags = None if fresh else Tracker.for_settings(settings).model_tags(model)
+    except Exception as error:  # noqa: BLE001 - an unreachable registry: say so, do not call the trail intact
+        print(f"{model}: not verified: the registry holding the audit head ({settings.tracking_uri}) cannot be read: "
+              f"{error}", file=sys.stderr)
+        return 1
+    verdict = verify_trail(model, rows, alias_rows, (tags or {}).get(HEAD_TAG), read_checkpoint(settings.home, model),
+                           tags is not None, known, key)
+    if not verdict.intact:
+        head = "" if verdict.no_trail else "the audit trail was tampered with:\n  - "
+        print(f"{model}: {head}" + "\n  - ".join(verdict.problems), file=sys.stderr)
+        return 1
+    print(f"{model}: the audit trail is intact ({len(rows)} events, hash chain verified)")
+    for note in verdict.notes:
+        print(f"  - {note}")
+    return 0
+
+
+def _verify_prediction_log(model: str, settings) -> int:
+    """``audit --verify-log``: every segment of the model's prediction log against its manifest (lib/log_manifest.py):
+    a deleted, truncated, edited or unlisted segment is named; no log at all is not "intact" either."""
+    from mlplatform.lib.audit_key import AuditKeyError, configured_key
+    from mlplatform.lib.prediction_log import PredictionLogUnavailable, log_location_text, verify_prediction_log
+
+    try:
+        where = log_location_text(settings.home, model)
+        verdict = verify_prediction_log(settings.home, model, configured_key())
+    except (AuditKeyError, PredictionLogUnavailable, ValueError) as error:
+        print(f"{model}: the prediction log was not verified: {error}", file=sys.stderr)
+        return 1
+    if verdict is None:
+        print(f"{model}: no prediction log to verify at {where}: the service never logged this model there, or the "
+              "whole log was deleted; either way nothing vouches for it", file=sys.stderr)
+        return 1
+    if not verdict.intact:
+        print(f"{model}: the prediction log at {where} was tampered with:\n  - " + "\n  - ".join(verdict.problems),
+              file=sys.stderr)
+        return 1
+    print(f"{model}: the prediction log at {where} is intact ({verdict.segments} segments, {verdict.rows} rows, "
+          "manifest verified)")
+    for note in verdict.notes:
+        print(f"  - {note}")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Retrain a registered version from what it recorded, in a scratch place, and compare (lib/reproduce.py)."""
     import json
@@ -365,7 +508,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     try:
-        spec = load_spec_named(settings.specs_dir, args.model, _dbt_model_columns())
+        spec = load_spec_named(settings.spec_roots, args.model, _dbt_model_columns())
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing was reproduced", file=sys.stderr)
         return 1
@@ -407,7 +550,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     settings = load_settings()
     ensure_home(settings)
     try:
-        spec = load_spec_named(settings.specs_dir, args.model, _dbt_model_columns())
+        spec = load_spec_named(settings.spec_roots, args.model, _dbt_model_columns())
     except (SpecError, ValueError) as error:
         print(f"{error}\n{refused}", file=sys.stderr)
         return 1
@@ -460,7 +603,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = load_settings()
     ensure_home(settings)
     try:
-        specs = load_specs(settings.specs_dir, dbt_columns(settings))
+        specs = load_specs(settings.spec_roots, dbt_columns(settings))
     except SpecError as error:
         print(f"FAIL  specs: {len(error.problems)} problem(s) in model specs:", file=sys.stderr)
         print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
@@ -650,7 +793,7 @@ def _served_specs(settings: Settings, names: Sequence[str] | None, check_data: b
     from mlplatform.specs import load_specs
 
     columns = _dbt_model_columns() if check_data else None
-    return select_specs(load_specs(settings.specs_dir, columns, check_data=check_data), names)
+    return select_specs(load_specs(settings.spec_roots, columns, check_data=check_data), names)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -668,6 +811,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"--drain-seconds must be a number of seconds, 0 or more; got {args.drain_seconds}\nnothing is served",
               file=sys.stderr)
         return 1
+    from mlplatform.lib.api_tokens import exposure_warning, tokens_from_environment
     from mlplatform.lib.object_store import configured_location, replica_id
     from mlplatform.lib.prediction_log import log_root, spool_root
 
@@ -676,19 +820,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         specs = _served_specs(settings, args.model, check_data=False)  # data checks: `validate`, the code location
         location = configured_location()
+        tokens = tokens_from_environment()  # a TokenFileError is a ValueError naming the file and key
     except (SpecError, ValueError) as error:
         print(f"{error}\nnothing is served", file=sys.stderr)
         return 1
+    exposed = exposure_warning(args.host, tokens)
+    if exposed:  # the service logs it too, once its logging is set up (serving.server.serve)
+        print(exposed, file=sys.stderr, flush=True)
     config = ServingConfig(home=settings.home, specs=specs, tracker=Tracker.for_settings(settings),
                            poll_seconds=args.poll_seconds, flush_seconds=args.flush_seconds,
                            max_batch=args.max_batch, log_predictions=not args.no_log,
-                           log_uri=location.uri if location else None, body_timeout_seconds=args.body_timeout)
+                           log_uri=location.uri if location else None, body_timeout_seconds=args.body_timeout,
+                           api_tokens=tokens)
     where = ("off" if args.no_log else f"{location.uri} as replica {replica_id()}, spooled in "
              f"{spool_root(settings.home)}" if location else str(log_root(settings.home)))
     print(f"serving {', '.join(s.name for s in specs)} on http://{args.host}:{args.port} (API docs at /docs; "
           f"prediction log {where}); Ctrl-C stops it", flush=True)
     serve(config, ServerOptions(host=args.host, port=args.port, log_level=args.log_level,
                                 drain_seconds=args.drain_seconds))
+    return 0
+
+
+def cmd_token_digest(args: argparse.Namespace) -> int:
+    """The digest the tokens file stores for a token read from stdin (never an argument: shell history keeps those)."""
+    from mlplatform.lib.api_tokens import MIN_PLAIN_TOKEN_CHARS, token_digest
+
+    token = sys.stdin.readline().strip()
+    if len(token) < MIN_PLAIN_TOKEN_CHARS:
+        print(f"give a token of at least {MIN_PLAIN_TOKEN_CHARS} characters on stdin (e.g. "
+              "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)", file=sys.stderr)
+        return 1
+    print(token_digest(token))
     return 0
 
 
@@ -719,6 +881,53 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"{spec.name}: {result.rows} rows from {window.start:%Y-%m-%d} to {window.end:%Y-%m-%d} (exclusive); "
           f"sent {result.sent}, answered {result.answered}, failed requests {result.failed_requests}")
     return 0 if result.answered == result.rows else 1
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """``alerts deliver``: one delivery pass (what the alerts_delivery sensor does each tick, without the Dagster
+    instance's failed runs); ``alerts test``: a test alert to one destination, or to each (docs/alerts.md)."""
+    from mlplatform.lib import alerts
+    from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
+    from mlplatform.specs import SpecError, load_specs
+    from mlplatform.specs.policies import PolicyFileError
+
+    settings = load_settings()
+    ensure_home(settings)
+    try:
+        setup = alerts.alert_setup(load_specs(settings.specs_dir, None, check_data=False), settings.specs_dir)
+    except (SpecError, PolicyFileError) as error:
+        print(f"{error}\nnothing was sent", file=sys.stderr)
+        return 1
+    config = setup.config
+    if args.action == "test":
+        chosen = [args.destination] if args.destination else sorted(config.destinations)
+        unknown = [d for d in chosen if d not in config.destinations]
+        if not chosen or unknown:
+            print(f"no destination {', '.join(unknown) or ''} in {setup.file or 'the policy file (none found)'}; "
+                  f"defined: {', '.join(sorted(config.destinations)) or 'none'} (docs/alerts.md)", file=sys.stderr)
+            return 1
+        failed = 0
+        for name in chosen:
+            try:
+                alerts.send(alerts.sample_alert(name, alerts.ui_url(config), alerts.utc_now()), config.destinations[name])
+                print(f"sent a test alert to {name}")
+            except alerts.DeliveryError as error:
+                print(f"{name}: not delivered: {error}", file=sys.stderr)
+                failed += 1
+        return 1 if failed else 0
+    if not settings.warehouse_path.exists():
+        print(f"no warehouse at {settings.warehouse_path} yet: nothing ran, nothing to deliver")
+        return 0
+    try:
+        report = alerts.deliver(lambda wait: connect_when_free(settings.warehouse_path, wait), setup,
+                                read_wait=args.wait, record_wait=max(args.wait, 20.0))
+    except WarehouseBusy as busy:
+        print(f"{busy}; nothing was sent: try again when the run ends, or give --wait SECONDS", file=sys.stderr)
+        return 1
+    for outcome in report.outcomes:
+        print(outcome.line(), file=sys.stdout if outcome.delivered else sys.stderr)
+    print(report.text())
+    return 1 if report.failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -755,6 +964,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds to wait while a run holds the warehouse's lock (default 120)")
     promote.set_defaults(func=cmd_promote)
 
+    canary = commands.add_parser("canary", help="judge the canary against the champion on the last window of live "
+                                 "traffic (error rate, latency p99, predictions); --apply carries the verdict out")
+    canary.add_argument("model")
+    canary.add_argument("--apply", action="store_true", help="stop a worse canary, raise a good one's share (ramp) or "
+                        "promote it (approval: auto, auto_promote: canary), audited, as the hourly sensor does")
+    canary.add_argument("--by", help="who runs it (in the audit's actor, with --apply)")
+    canary.add_argument("--wait", type=float, default=120.0,
+                        help="seconds to wait while a run holds the warehouse's lock (default 120)")
+    canary.set_defaults(func=cmd_canary)
+
     rollback = commands.add_parser("rollback", help="put an earlier champion back (default: the newest one a rollback "
                                      "may restore)")
     rollback.add_argument("model")
@@ -769,7 +988,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="print a model's audit trail, or --verify its hash chain (reads the "
                                 "warehouse and releases it)")
     audit.add_argument("model")
-    audit.add_argument("--verify", action="store_true", help="check the hash chain: a changed or deleted row is named")
+    audit.add_argument("--verify", action="store_true", help="check the hash chain (keyed with MLPLATFORM_AUDIT_KEY), "
+                       "its head against the registry tag and checkpoint, and audit.alias_changes against it: a "
+                       "changed, deleted or forged row is named; exit 1")
+    audit.add_argument("--verify-log", action="store_true", help="check the model's prediction log against its "
+                       "manifest: a deleted, truncated, edited or unlisted segment is named; exit 1")
     audit.add_argument("--aliases", action="store_true", help="the alias-change table instead of the event trail")
     audit.add_argument("--since", type=_iso_date, help="only changes at or after this date (YYYY-MM-DD)")
     audit.add_argument("--json", action="store_true", help="JSON records instead of a table")
@@ -886,6 +1109,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
 
+    digest = commands.add_parser("token-digest", help="print the sha256: digest of an API token read from stdin, "
+                                 "for the tokens file (docs/serving.md, Access)")
+    digest.set_defaults(func=cmd_token_digest)
+
     replay = commands.add_parser("replay", help="send a model's feature rows for some weeks to a running service")
     replay.add_argument("model")
     replay.add_argument("--start", required=True, help="first week (Monday, YYYY-MM-DD)")
@@ -893,6 +1120,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
     replay.add_argument("--batch", type=int, default=100, help="records per request (default 100)")
     replay.set_defaults(func=cmd_replay)
+
+    alerts = commands.add_parser("alerts", help="deliver the alerts that are due (one pass), or send a test alert "
+                                 "(docs/alerts.md)")
+    alerts.add_argument("action", choices=["deliver", "test"])
+    alerts.add_argument("--destination", help="test: only this destination (default: each one)")
+    alerts.add_argument("--wait", type=float, default=30.0,
+                        help="seconds to wait while a run holds the warehouse's lock (default 30)")
+    alerts.set_defaults(func=cmd_alerts)
     return parser
 
 

@@ -89,6 +89,7 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
     from mlplatform.defs.approval import build_approval_jobs
     from mlplatform.defs.audit_assets import build_audit_trail_spec
     from mlplatform.defs.automation import build_decay_sensor, build_jobs, build_retrain_sensor, build_schedule
+    from mlplatform.defs.canary import build_canary_job, build_canary_sensor
     from mlplatform.defs.data_assets import build_features_asset, build_raw_asset
     from mlplatform.defs.drift_assets import build_drift_assets
     from mlplatform.defs.model_assets import build_model_assets
@@ -120,8 +121,15 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
         # Weekly-retrained models are retrained by the schedule; the drift sensor serves `retrain: on_drift`.
         sensors = [build_retrain_sensor(spec, retrain)] if spec.automation.retrain == "on_drift" else []
         sensors.append(build_decay_sensor(spec, retrain, rollback))
+        if spec.team_name:  # the team as a tag of every asset (owners come from the spec already): the UI filters on it
+            from mlplatform.defs.metadata import team_tags
+
+            tags = team_tags(spec)
+            assets = dg.map_asset_specs(lambda asset: asset.merge_attributes(tags=tags), assets)
+        canary = build_canary_job(spec)
+        sensors.append(build_canary_sensor(spec, canary))
     return dg.Definitions(
-        assets=assets, jobs=[pipeline, retrain, weekly, production, approve, rollback],
+        assets=assets, jobs=[pipeline, retrain, weekly, production, approve, rollback, canary],
         schedules=[build_schedule(spec, weekly, settings.weekly_schedule_cron)], sensors=sensors,
         resources={**platform_resources(settings), **(dbt_resource(settings) if spec.staging is not None else {})},
         # One process: DuckDB allows one writer per file, and in-process steps skip a process start each.

@@ -136,3 +136,13 @@ def model_pool(model: str) -> str:
 def multi_asset_op(model: str, step: str) -> str:
     """Op names of a model's multi-assets (``<model>_drift``, ``<model>_model_and_evaluation``, ``<model>_staged``)."""
     return f"{model}_{step}"
+
+
+def canary_job(model: str) -> str:
+    """One canary analysis, carried out (what the canary sensor runs; as `mlplatform canary --apply`)."""
+    return f"{model}_canary_analysis"
+
+
+def canary_sensor(model: str) -> str:
+    """Requests the canary analysis every `rollout.analysis.interval_minutes` while a canary serves."""
+    return f"{model}_canary_sensor"

@@ -24,7 +24,8 @@ HEADER = """# Model spec reference
 <!-- Generated from mlplatform/specs/schema.py by `python3 dev.py spec-reference`; do not edit by hand. -->
 
 One YAML file per model in the folder `MLPLATFORM_SPECS` points at (default: the bundled
-`mlplatform/examples`). Unknown keys are errors; `python3 dev.py validate` lists every
+`mlplatform/examples`), or in its team folders (`<root>/<team>/*.yaml`; several roots separated by `:`,
+docs/teams.md). Unknown keys are errors; `python3 dev.py validate` lists every
 problem with its file, key, what was found and what is allowed.
 
 | key | type | default | meaning |

@@ -13,8 +13,9 @@ from mlplatform.lib.settings import REPO_DIR
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
 
 
-def validate(tmp_path: Path, specs: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLPLATFORM_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster")}
+def validate(tmp_path: Path, specs: Path | None = None, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLPLATFORM_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster"),
+           **extra_env}
     (tmp_path / "dagster").mkdir(exist_ok=True)
     env.pop("MLPLATFORM_SPECS", None)
     if specs is not None:
@@ -40,8 +41,11 @@ def test_bad_spec_stops_the_location_with_every_problem(tmp_path):
     specs.mkdir()
     toy_rows().to_csv(specs / "toy.csv", index=False)
     (specs / "toy.yaml").write_text(TOY_SPEC.replace("task: regression", "task: regresion").replace("target: y", "target: yy"))
-    result = validate(tmp_path, specs)
+    result = validate(tmp_path, specs, MLPLATFORM_STRICT_SPECS="1")  # strict: any broken spec stops the load
     assert result.returncode != 0
+    assert "toy.yaml: task: found 'regresion'; allowed: regression, binary, multiclass" in result.stdout
+    result = validate(tmp_path, specs)  # by default the location loads, the broken file shown as spec_errors
+    assert result.returncode == 0, result.stdout[-3000:]
     assert "toy.yaml: task: found 'regresion'; allowed: regression, binary, multiclass" in result.stdout
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from dagster import AssetKey
 
 from mlplatform.lib.settings import REPO_DIR, load_settings
 from mlplatform.lib.tracking import CHAMPION, Tracker
@@ -264,6 +265,9 @@ def test_specs_without_staging_need_no_dbt_project_and_a_staged_one_names_the_se
     defs = load_definitions()
     assert "dbt" not in (defs.resources or {})
     spec_dir({"toy.yaml": STAGED_TOY_SPEC}, {"toy.csv": toy_rows()})
+    broken = load_definitions().resolve_assets_def(AssetKey(["spec_errors", "no_team", "toy"]))  # the others would load
+    assert "`staging.dbt_model`: no dbt project at" in broken.specs_by_key[AssetKey(["spec_errors", "no_team", "toy"])].description
+    monkeypatch.setenv("MLPLATFORM_STRICT_SPECS", "1")
     with pytest.raises(SpecError, match=r"staging.dbt_model: no dbt project at .*missing: .*MLPLATFORM_DBT_PROJECT_DIR"):
         load_definitions()
     assert not (home / "dbt" / "projects").exists()

@@ -119,8 +119,9 @@ def test_unknown_estimator_param(spec_dir):
 
 def test_duplicate_model_names(spec_dir):
     problems = problems_for(spec_dir, TOY_SPEC, {"toy_copy.yaml": TOY_SPEC})
-    [problem] = problems
-    assert "toy_copy.yaml: name: model name 'toy' is already used by" in problem
+    first, second = problems  # both files refused, each naming the other
+    assert "toy.yaml: name: model name 'toy' is claimed again by" in first and "toy_copy.yaml" in first
+    assert "toy_copy.yaml: name: model name 'toy' is already used by" in second and "toy.yaml" in second
 
 
 def test_source_file_missing(spec_dir):
@@ -213,3 +214,16 @@ def test_yml_files_are_specs_too(spec_dir):
 
 def test_spec_that_is_not_a_mapping(spec_dir):
     assert "toy.yaml: (top level): expected a mapping of keys, found list" in problems_for(spec_dir, "- name: toy\n")[0]
+
+
+def test_a_data_files_header_is_read_again_once_the_file_changes(tmp_path):
+    """The header is read once per version of the file (the load asks twice per spec), never stale after an edit."""
+    from mlplatform.specs.files import source_columns
+
+    data = tmp_path / "rows.csv"
+    data.write_text("a,b\n1,2\n")
+    assert source_columns(data) == source_columns(data) == ["a", "b"]
+    replacement = tmp_path / "new.csv"
+    replacement.write_text("a,c\n1,2\n")  # same size, another file moved over it (what editors do)
+    replacement.replace(data)
+    assert source_columns(data) == ["a", "c"]

@@ -47,8 +47,14 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide, follow=None) ->
     except approvals.StoresDamaged as damaged:
         raise Failure(f"a store looks damaged or replaced; nothing changed: {'; '.join(damaged.problems)}", metadata={
             "problems": MetadataValue.json(damaged.problems)}) from None
+    except approvals.ApprovalDenied as denied:
+        raise Failure(f"nothing changed: {denied} (the refusal is recorded in the audit trail)") from None
     except promotion.PromotionRefused as refused:
         raise Failure(f"nothing changed: {refused}") from None
+    if isinstance(change, approvals.PendingApproval):
+        context.log.info(f"{spec.name} v{change.version}: approval {len(change.approvals)} of {change.required} "
+                         f"recorded ({', '.join(change.approvals)}); it becomes champion when another person approves")
+        return
     if change is None:
         context.log.info(f"{spec.name}: nothing changed (the version asked for is already the champion, or the "
                          "champion has moved since the decision was made)")
@@ -60,19 +66,30 @@ def _apply(context: OpExecutionContext, spec: ModelSpec, decide, follow=None) ->
                             "service serves it and /v1/models shows it as forced")
 
 
+def _automatic_rollback(context: OpExecutionContext, config: RollbackConfig) -> bool:
+    """The decay sensor's rollback (its run tag, its guard and its name): the policy's approvers are people; the
+    automatic rollback the spec enables is the platform's, and must not wait for one."""
+    return (context.run.tags.get(names.TRIGGER_TAG) == names.DECAY_TRIGGER and bool(config.only_if_champion)
+            and config.decided_by.startswith("sensor "))
+
+
 def build_approval_jobs(spec: ModelSpec) -> list:
     """``<model>_approve`` and ``<model>_rollback``, for the launchpad."""
-    from mlplatform.lib import promotion
+    from mlplatform.lib import approvals, promotion
     from mlplatform.lib.spec_hash import spec_tags
 
     resources = {"warehouse", "model_registry", "platform"}
     current_spec = spec_tags(spec)  # a version whose gates ran under an older spec is refused
+    rule = approvals.ApprovalRule.of(spec.policy_rules)  # who may approve, and how many (the spec's policy)
 
     @op(name=f"{spec.name}_approve_champion", required_resource_keys=resources, pool=names.model_pool(spec.name))
     def approve(context: OpExecutionContext, config: ApprovalConfig) -> None:
-        _apply(context, spec, lambda connection, tracker: promotion.approval_change(
-            tracker, spec.name, config.version or None, config.approved_by, config.reason, config.force,
-            current_spec=current_spec))
+        from mlplatform.lib.live_fairness import promotion_refusal
+
+        live = promotion_refusal(spec, context.resources.platform.home_path)  # None: not required
+        _apply(context, spec, lambda connection, tracker: approvals.approval_decision(
+            connection, tracker, spec.name, config.version or None, config.approved_by, config.reason, config.force,
+            current_spec, rule, live_check=(lambda version: live(connection, version)) if live else None))
 
     @op(name=f"{spec.name}_rollback_champion", required_resource_keys=resources, pool=names.model_pool(spec.name))
     def rollback(context: OpExecutionContext, config: RollbackConfig) -> None:
@@ -82,10 +99,15 @@ def build_approval_jobs(spec: ModelSpec) -> list:
                                                 f"v{change.previous_version} was rolled back: {config.reason}")
             return [stop] if stop is not None else []
 
-        _apply(context, spec, lambda connection, tracker: promotion.rollback_change(
-            connection, tracker, spec.name, config.to_version or None, config.decided_by, config.reason,
-            only_if_champion=config.only_if_champion or None, current_spec=current_spec),
-            follow=stop_degraded_canary if config.only_if_champion else None)
+        def decide(connection, tracker):
+            if not _automatic_rollback(context, config):  # the platform's own decay sensor is no person to check
+                approvals.checked_actor(rule, spec.name, config.decided_by, "roll back", config.to_version or None,
+                                        config.reason)
+            return promotion.rollback_change(
+                connection, tracker, spec.name, config.to_version or None, config.decided_by, config.reason,
+                only_if_champion=config.only_if_champion or None, current_spec=current_spec)
+
+        _apply(context, spec, decide, follow=stop_degraded_canary if config.only_if_champion else None)
 
     @job(name=names.approve_job(spec.name),
          description=f"A person approves a {spec.name} version as champion (what `mlplatform promote` does).")

@@ -18,6 +18,7 @@ from dagster import AssetDep, AssetMaterialization, AssetSpec, MetadataValue
 from mlplatform.defs.keys import audit_trail_key, model_key
 from mlplatform.defs.metadata import column_schema_metadata, owners, rows_table
 from mlplatform.lib.audit import TrailSummary, read_events, summarize_trail
+from mlplatform.lib.audit_integrity import write_checkpoint
 from mlplatform.lib.table_schemas import audit_events_schema
 from mlplatform.specs import ModelSpec
 
@@ -37,7 +38,9 @@ def build_audit_trail_spec(spec: ModelSpec) -> AssetSpec:
 
 
 def audit_trail_materialization(spec: ModelSpec, connection: duckdb.DuckDBPyConnection) -> AssetMaterialization:
-    """The trail as it stands on ``connection`` (read inside the caller's connection; nothing is written)."""
+    """The trail as it stands on ``connection`` (read inside the caller's connection), after the caller committed:
+    the head is also written to the model's audit checkpoint file (lib/audit_integrity.py)."""
+    write_checkpoint(connection, spec.name)
     return trail_materialization(spec, summarize_trail(read_events(connection, spec.name), LATEST_EVENTS))
 
 

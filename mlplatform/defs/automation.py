@@ -41,6 +41,7 @@ from mlplatform.defs.keys import (
     raw_key,
     staged_key,
 )
+from mlplatform.defs.metadata import team_tags
 from mlplatform.defs.mlflow_run import end_mlflow_run
 from mlplatform.defs.partitions import weekly_partitions
 from mlplatform.lib.retraining import decay_requests, retrain_requests
@@ -66,7 +67,8 @@ def build_jobs(spec: ModelSpec) -> list:
         data = data | AssetSelection.assets(asset_key(spec.name, names.SCORES))
     weekly = data | training if spec.automation.retrain == "weekly" else data
     # jobs that train: dagster-mlflow's resource owns the run's parent MLflow run, its hook ends it
-    trains = {"tags": {names.MLFLOW_EXPERIMENT_TAG: spec.name}, "hooks": {end_mlflow_run}}
+    team = team_tags(spec)  # every run of the model's jobs carries its team: the runs page filters by it
+    trains = {"tags": {names.MLFLOW_EXPERIMENT_TAG: spec.name, **team}, "hooks": {end_mlflow_run}}
     return [
         define_asset_job(names.pipeline_job(spec.name), selection=AssetSelection.groups(spec.name), **trains,
                          description=f"Lifecycle of {spec.name}: data, gates, model per week, evaluation, drift"),
@@ -75,12 +77,13 @@ def build_jobs(spec: ModelSpec) -> list:
                          description=f"Retrain {spec.name} for one week: its data (if not in yet), then model, evaluation "
                          "and backtest (what the drift and decay sensors request)"),
         define_asset_job(names.weekly_job(spec.name), selection=weekly, partitions_def=weekly_partitions(spec),
-                         **(trains if spec.automation.retrain == "weekly" else {}),
+                         **(trains if spec.automation.retrain == "weekly" else {"tags": team}),
                          description=f"The week that just ended for {spec.name}: data, "
                          + ("batch scores, " if spec.scoring.batch else "") + "drift (with the week's "
                          "served predictions), live performance"
                          + (", model" if spec.automation.retrain == "weekly" else "")),
         define_asset_job(names.production_job(spec.name), selection=production, partitions_def=weekly_partitions(spec),
+                         tags=team,
                          description=f"Live performance of {spec.name} for weeks whose outcomes have arrived: labels, "
                          "live metric per version and role, shadow report, the degradation and canary checks"),
     ]

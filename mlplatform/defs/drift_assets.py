@@ -143,7 +143,8 @@ def build_drift_assets(spec: ModelSpec):
                 append_events(connection, [AuditEvent(
                     spec.name, "drift_alert", f"dagster run {context.run.run_id}", r.report.summary(), week=r.week,
                     passed=False, dagster_run_id=context.run.run_id,
-                    details={"method": r.report.method, "drifted": [c.column for c in r.report.drifted]})
+                    details={"method": r.report.method, "drifted": [c.column for c in r.report.drifted],
+                             "drifted_share": r.report.share, "max_drifted_share": spec.drift.max_drifted_share})
                     for r in results if not r.report.passed])
         for week_start in window.week_starts():  # what the service answered, week by week (an external asset)
             start = datetime.combine(week_start, datetime.min.time())

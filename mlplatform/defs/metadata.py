@@ -45,9 +45,20 @@ def scalar_or_json(value: Any) -> Any:
     return MetadataValue.json(value)
 
 
+TEAM_TAG = "team"
+"""The tag every asset of a team's model (and every run of its jobs) carries: the UI filters on it."""
+
+
 def owners(spec: ModelSpec) -> list[str]:
-    """The spec's owner as Dagster asset owners (every asset of the model shows the same team)."""
-    return [spec.owner] if spec.owner else []
+    """The spec's team and owners as Dagster asset owners (every asset of the model shows the same team):
+    ``team:<team>`` first (the Dagster convention for a team), then ``owners`` and ``owner``."""
+    team = [f"team:{spec.team_name}"] if spec.team_name else []
+    return list(dict.fromkeys([*team, *spec.owners, *([spec.owner] if spec.owner else [])]))
+
+
+def team_tags(spec: ModelSpec) -> dict[str, str]:
+    """``{"team": <team>}`` for a model with a team, else nothing."""
+    return {TEAM_TAG: spec.team_name} if spec.team_name else {}
 
 
 def column_schema(schema: pa.DataFrameSchema) -> TableSchema:

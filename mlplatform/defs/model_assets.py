@@ -94,7 +94,9 @@ def build_model_assets(spec: ModelSpec):
                 description=f"A {spec.estimator_name} for week W, trained on the {window_weeks} weeks of "
                 "features before W, logged to MLflow and registered as a version of "
                 f"`{spec.name}`. Becomes `challenger` only when every gate passes"
-                + (" and `champion` too (approval: auto)." if spec.rollout.approval == "auto" else "."),
+                + ((" and `champion` too (approval: auto)." if spec.rollout.auto_promote == "immediate" else
+                    " (approval: auto: `champion` once the canary analysis finds its live evidence good enough).")
+                   if spec.rollout.approval == "auto" else "."),
             ),
             AssetSpec(
                 evaluation_key(spec), group_name=spec.name, owners=owners(spec), kinds={"mlflow", "scikit-learn"},

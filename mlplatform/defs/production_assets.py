@@ -59,6 +59,19 @@ def _labels_origin(spec: ModelSpec) -> str:
     return "nothing: a dbt-staged spec without source.key has no row identity to match on (add source.key or labels)"
 
 
+def fairness_metadata(measures: list) -> dict:
+    """Live fairness in an asset's metadata: the table of measures and the failing ones in a sentence each."""
+    from mlplatform.lib.live_fairness import failing, markdown_table
+
+    if not measures:
+        return {}
+    failed = failing(measures)
+    return {"live_fairness": MetadataValue.md(markdown_table(measures)),
+            "live_fairness_verdict": MetadataValue.text(
+                "; ".join(f"v{m.version} ({m.role}): {m.verdict_text()}" for m in failed) if failed
+                else "every enforced measure judged is within its limit")}
+
+
 def build_production_assets(spec: ModelSpec):
     rollback = spec.rollout.rollback
     metric = spec.primary_metric
@@ -182,7 +195,8 @@ class ProductionStep:
             return outcomes.outcomes_in_window(spec, frame, window, pd.to_datetime, rows_in_window)
         if spec.source.key:
             frame = self.warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)
-            return outcomes.outcome_rows(frame, spec.source.key, spec.target, spec.time_column)
+            return outcomes.outcome_rows(frame, spec.source.key, spec.target, spec.time_column,
+                                         carry=outcomes.carried_columns(spec))
         if spec.staging is None:
             return outcomes.source_outcomes(spec, window)
         self.context.log.warning(f"{spec.name}: {_labels_origin(spec)}")
@@ -228,6 +242,7 @@ class ProductionStep:
                                    min_rows, threshold=threshold)
         shadows = live.shadow_comparison(task, metric, self._week_log(week_outcomes, start), week_outcomes,
                                          threshold=threshold)
+        fairness = self._live_fairness(week, week_outcomes, start, matched.rows)
 
         rows = pd.DataFrame([{**e.row(week), "evaluation_value": self.references.get(e.version),
                               "judged": judged is not None and e is judged and verdict.judged,
@@ -261,6 +276,7 @@ class ProductionStep:
             "verdict": MetadataValue.text(verdict.reason),
             "recovery": MetadataValue.text(recovering.summary or "-"),
             **(self.history_metadata() if with_history else {}),
+            **fairness_metadata(fairness),
         }))
         if shadows:
             context.log_event(AssetMaterialization(asset_key=shadow_key(spec), partition=week, metadata={
@@ -270,6 +286,7 @@ class ProductionStep:
                       f"{s.labelled.difference:+.4g}" if s.labelled else "(no outcomes yet)",
                       f"[{s.labelled.low:+.4g}, {s.labelled.high:+.4g}]" if s.labelled else "-") for s in shadows])),
                 "pairs": sum(s.pairs for s in shadows),
+                **fairness_metadata([m for m in fairness if m.role == "shadow"]),
             }))
         context.log_event(AssetCheckEvaluation(
             asset_key=live_key(spec), check_name=names.LIVE_DEGRADATION_CHECK, passed=verdict.passed, partition=week,
@@ -298,6 +315,29 @@ class ProductionStep:
                       "ci_low": canary.difference.low if canary.difference else float("nan"),
                       "ci_high": canary.difference.high if canary.difference else float("nan")}))
         context.log.info(f"{spec.name} week {week}: {verdict.reason}; canary: {canary.reason}")
+
+    def _live_fairness(self, week: str, week_outcomes: pd.DataFrame, start: datetime, matched: pd.DataFrame) -> list:
+        """The spec's fairness measures on week W's live predictions per version and role (sensitive values from
+        the requests, else from the outcomes holding them), written to ``<model>.live_fairness``."""
+        from mlplatform.lib import live_fairness
+        from mlplatform.lib.table_schemas import live_fairness_schema
+
+        spec = self.spec
+        if spec.fairness is None:
+            return []
+        columns = spec.fairness.sensitive
+        logged = live_fairness.attach_outcome_values(self._week_log(week_outcomes, start), week_outcomes, columns)
+        matched = live_fairness.attach_outcome_values(matched, week_outcomes, columns)
+        measures = live_fairness.live_fairness(spec.task, spec.fairness, logged, spec.decision_threshold, matched,
+                                               spec.primary_metric)
+        if measures:
+            frame = pd.DataFrame([m.row(week) for m in measures]).astype({"passed": "boolean"})
+            write_week_rows(self.warehouse, spec.name, live_fairness.LIVE_FAIRNESS_TABLE, frame, "week",
+                            [pd.Timestamp(week)], table_schema=live_fairness_schema(spec))
+            for m in live_fairness.failing(measures):
+                self.context.log.warning(f"{spec.name} week {week}: live fairness of v{m.version} ({m.role}): "
+                                         f"{m.verdict_text()}")
+        return measures
 
     def _week_log(self, week_outcomes: pd.DataFrame, start: datetime) -> pd.DataFrame:
         """The log rows of week W: those of its labelled rows, and those logged during the week."""
@@ -333,7 +373,7 @@ class ProductionStep:
 
     def _write(self, week: str, outcomes: pd.DataFrame, rows: pd.DataFrame, shadows: list) -> None:
         stamp = [pd.Timestamp(week)]
-        labels = outcomes.assign(week=pd.Timestamp(week), y=outcomes["y"].astype(str))
+        labels = outcomes[["join_key", "y", "time"]].assign(week=pd.Timestamp(week), y=outcomes["y"].astype(str))
         write_week_rows(self.warehouse, self.spec.name, names.LABELS_TABLE, labels, "week", stamp,
                         table_schema=labels_schema(self.spec))
         if len(rows):
@@ -373,7 +413,9 @@ class ProductionStep:
                 append_events(connection, [AuditEvent(
                     spec.name, "performance_alert", self.actor, f"{verdict.reason}; {rollback.reason}", version=verdict.version,
                     week=week, passed=False, dagster_run_id=run_id,
-                    details={"check": names.LIVE_DEGRADATION_CHECK, "rollback_to": rollback.target})])
+                    details={"check": names.LIVE_DEGRADATION_CHECK, "rollback_to": rollback.target,
+                             "live": verdict.live.value if verdict.live else None, "reference": verdict.reference,
+                             "limit": verdict.limit, "relative_drop": verdict.relative_drop})])
             if recovering is not None:
                 append_events(connection, [AuditEvent(spec.name, event, self.actor, summary, version=recovering.version,
                                                       week=week, passed=passed, dagster_run_id=run_id, details=details)

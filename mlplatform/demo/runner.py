@@ -125,7 +125,7 @@ def specs_by_name() -> dict:
     from mlplatform.lib.settings import load_settings
     from mlplatform.specs import load_specs
 
-    return {spec.name: spec for spec in load_specs(load_settings().specs_dir, dbt_columns())}
+    return {spec.name: spec for spec in load_specs(load_settings().spec_roots, dbt_columns())}
 
 
 def run_job(defs, instance: DagsterInstance, job_name: str, first: str, last: str | None = None,

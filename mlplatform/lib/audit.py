@@ -17,6 +17,7 @@ import duckdb
 import pandas as pd
 
 from mlplatform import names
+from mlplatform.lib.audit_key import KEYED_SCHEME_PREFIX, UNKEYED_SCHEME, AuditKey, configured_key
 from mlplatform.lib.warehouse import is_postgres, lock_model
 
 AUDIT_TABLE = f"{names.AUDIT_SCHEMA}.{names.ALIAS_CHANGES_TABLE}"
@@ -64,19 +65,23 @@ create schema if not exists {names.AUDIT_SCHEMA};
 create table if not exists {EVENTS_TABLE} (
     model varchar, seq bigint, occurred_at timestamp, event varchar, actor varchar, version varchar, week varchar,
     passed boolean, summary varchar, dagster_run_id varchar, mlflow_run_id varchar, data_fingerprint varchar,
-    code_version varchar, details varchar, prev_hash varchar, hash varchar
+    code_version varchar, details varchar, prev_hash varchar, hash varchar, hash_scheme varchar
 )
 """
 EVENTS_UNIQUE_DDL = f"create unique index if not exists events_model_seq on {EVENTS_TABLE} (model, seq)"
 """One row per (model, seq): two writers that read the same head cannot both commit, so a fork is impossible."""
 EVENT_COLUMNS = ["model", "seq", "occurred_at", "event", "actor", "version", "week", "passed", "summary", "dagster_run_id",
                  "mlflow_run_id", "data_fingerprint", "code_version", "details", "prev_hash", "hash"]
+EVENTS_KEYING_DDL = f"alter table {EVENTS_TABLE} add column if not exists hash_scheme varchar"
+"""Which scheme hashed each row (lib/audit_key.py): NULL before keying existed, ``sha256``, or ``hmac-sha256:<key id>``."""
+EVENT_COLUMNS.append("hash_scheme")
 GENESIS = "0" * 64
 """The ``prev_hash`` of a model's first event."""
 
 EVENT_TYPES = ("data_gate", "model_trained", "gate", "training_halted", "alias_change", "approval", "rollback",
                "drift_alert", "retrain_requested", "performance_alert", "canary_stopped", "model_imported",
-               "batch_scored", "recovery_started", "recovery_retrain", "recovery_ended")
+               "batch_scored", "recovery_started", "recovery_retrain", "recovery_ended", "canary_step",
+               "canary_promoted", "approval_refused", "approval_pending", "promotion_refused", "retrain_failed")
 
 
 @dataclass
@@ -97,10 +102,13 @@ class AuditEvent:
     at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
 
 
-def _row_hash(row: dict[str, Any]) -> str:
-    """SHA-256 over the previous row's hash and every field of this row (a canonical JSON text)."""
-    content = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+def _row_hash(row: dict[str, Any], key: AuditKey | None = None) -> str:
+    """SHA-256 (HMAC-SHA256 with ``key``) over the previous row's hash and every field of this row (a canonical
+    JSON text). A NULL ``hash_scheme`` (rows written before it existed) is left out: their hashes still verify."""
+    content = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()
+               if k != "hash" and not (k == "hash_scheme" and v is None)}
+    text = json.dumps(content, sort_keys=True, default=str)
+    return key.mac(text) if key is not None else hashlib.sha256(text.encode()).hexdigest()
 
 
 def append_events(connection: duckdb.DuckDBPyConnection, events: Iterable[AuditEvent]) -> int:
@@ -120,7 +128,9 @@ def append_events(connection: duckdb.DuckDBPyConnection, events: Iterable[AuditE
             raise
         connection.commit()
         return count
+    key = configured_key()  # unusable key settings refuse here, before anything is written
     connection.execute(EVENTS_DDL)
+    connection.execute(EVENTS_KEYING_DDL)
     connection.execute(EVENTS_UNIQUE_DDL)
     for model in sorted({event.model for event in events}):  # the head is read under the model's lock
         lock_model(connection, model)
@@ -139,8 +149,9 @@ def append_events(connection: duckdb.DuckDBPyConnection, events: Iterable[AuditE
                "version": event.version, "week": event.week, "passed": event.passed, "summary": event.summary,
                "dagster_run_id": event.dagster_run_id, "mlflow_run_id": event.mlflow_run_id,
                "data_fingerprint": event.data_fingerprint, "code_version": code_version(),
-               "details": json.dumps(event.details, sort_keys=True, default=str), "prev_hash": prev}
-        row["hash"] = _row_hash(row)
+               "details": json.dumps(event.details, sort_keys=True, default=str), "prev_hash": prev,
+               "hash_scheme": key.scheme if key is not None else UNKEYED_SCHEME}
+        row["hash"] = _row_hash(row, key)
         heads[event.model] = (seq + 1, row["hash"])
         rows.append(row)
     frame = validate_table(pd.DataFrame(rows, columns=EVENT_COLUMNS).astype({"passed": "boolean"}),
@@ -171,10 +182,23 @@ def models_with_trails(connection: duckdb.DuckDBPyConnection) -> list[str]:
     return [row[0] for row in connection.execute(f"select distinct model from {EVENTS_TABLE} order by 1").fetchall()]
 
 
-def verify_chain(rows: pd.DataFrame) -> list[str]:
-    """Every break in a model's chain, one sentence each: a row changed (its hash), deleted (a gap), or reordered."""
+CONFIGURED = "configured"
+"""``verify_chain``'s default ``key``: the key this process is configured with (lib/audit_key.py)."""
+
+
+def verify_chain(rows: pd.DataFrame, key: AuditKey | None | str = CONFIGURED) -> list[str]:
+    """Every break in a model's chain, one sentence each: a row changed (its hash), deleted (a gap), or reordered.
+
+    Keyed rows are checked with ``key`` (default: the configured one); an unkeyed row after a keyed one is a row
+    written by someone without the key. Rows hashed before keying verify as plain SHA-256. The chain alone cannot
+    see its newest rows deleted: lib/audit_integrity.py checks its head against anchors outside the warehouse.
+    """
+    if key == CONFIGURED:
+        key = configured_key()
     problems = []
     previous_hash, expected_seq = GENESIS, 1
+    keyed_from: int | None = None
+    unverifiable: dict[str, list[int]] = {}
     for record in rows.sort_values("seq").to_dict("records"):
         seq = int(record["seq"])
         if seq != expected_seq:
@@ -188,10 +212,35 @@ def verify_chain(rows: pd.DataFrame) -> list[str]:
         row["occurred_at"] = pd.Timestamp(row["occurred_at"]).to_pydatetime()
         if row.get("passed") is not None:
             row["passed"] = bool(row["passed"])
-        if _row_hash(row) != record["hash"]:
+        row.setdefault("hash_scheme", None)
+        scheme = row["hash_scheme"]
+        row_key: AuditKey | None = None
+        if scheme is None or scheme == UNKEYED_SCHEME:
+            if keyed_from is not None:
+                problems.append(f"event {seq} ({record['event']}) is hashed without the audit key although the chain "
+                                f"is keyed from event {keyed_from} on: written by someone who does not hold the key")
+        elif str(scheme).startswith(KEYED_SCHEME_PREFIX):
+            keyed_from = keyed_from or seq
+            if key is None or scheme != key.scheme:
+                unverifiable.setdefault(str(scheme), []).append(seq)
+                previous_hash, expected_seq = record["hash"], seq + 1
+                continue
+            row_key = key
+        else:
+            problems.append(f"event {seq} names an unknown hash scheme {scheme!r}")
+        if _row_hash(row, row_key) != record["hash"]:
             problems.append(f"event {seq} ({record['event']}, {record['occurred_at']}) was changed after it was written "
-                            "(its hash no longer matches its content)")
+                            "(its hash no longer matches its content" + (", or it was forged without the audit key)"
+                                                                         if row_key is not None else ")"))
         previous_hash, expected_seq = record["hash"], seq + 1
+    for scheme, seqs in unverifiable.items():
+        key_id = scheme.removeprefix(KEYED_SCHEME_PREFIX)
+        span = f"events {seqs[0]}..{seqs[-1]}" if len(seqs) > 1 else f"event {seqs[0]}"
+        problems.append(f"{span} ({len(seqs)}) are keyed with audit key {key_id}, but "
+                        + ("no audit key is configured here" if key is None else
+                           f"the configured key is {key.key_id}")
+                        + ": they cannot be verified; set MLPLATFORM_AUDIT_KEY (or MLPLATFORM_AUDIT_KEY_FILE) to the "
+                          "key the trail was written with")
     return problems
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from mlplatform import names
+from mlplatform.lib import audit_integrity, promotion
 from mlplatform.lib import gates as gate_lib
-from mlplatform.lib import promotion
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.audit import AuditEvent, append_events
 from mlplatform.lib.explain import Importance
@@ -489,7 +489,11 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
                          for alias, version in current.items()}
         result.alias_changes, result.alias_note = promotion.gate_changes(
             spec.name, result.version, all(g.passed for g in result.gates), result.week, actor, spec.rollout.approval,
-            current, current_weeks)
+            current, current_weeks, spec.rollout)
+        from mlplatform.lib import live_fairness
+
+        result.alias_changes, result.alias_note, held = live_fairness.hold_auto_champion(
+            spec, result.alias_changes, result.alias_note)  # live fairness required: champion waits for live traffic
         weeks = [pd.Timestamp(result.week)]
         predictions = validate_table(result.predictions, predictions_schema(spec),
                                      f"{spec.name}.{names.PREDICTIONS_TABLE}")
@@ -501,10 +505,10 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
     try:
         replace_week_rows(connection, spec.name, names.PREDICTIONS_TABLE, predictions, "week", weeks, transaction=False)
         replace_week_rows(connection, spec.name, names.EVALUATIONS_TABLE, evaluation, "week", weeks, transaction=False)
-        append_events(connection, week_events(spec, result, actor, dagster_run_id))
+        append_events(connection, [*week_events(spec, result, actor, dagster_run_id), *held])
         for change in result.alias_changes:
             change.dagster_run_id = dagster_run_id
-        promotion.apply_changes(connection, tracker, result.alias_changes)
+        anchored = promotion.apply_changes(connection, tracker, result.alias_changes)
     except Exception:
         connection.rollback()
         raise
@@ -512,6 +516,7 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
         connection.commit()
     except Exception:
         promotion.restore(tracker, result.alias_changes)
+        audit_integrity.restore_anchors(tracker, anchored)
         raise
     return result
 

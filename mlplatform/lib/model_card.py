@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 CARD_MD = names.MODEL_CARD_MD
 CARD_HTML = names.MODEL_CARD_HTML
 BACKTEST_WEEKS_SHOWN = 12
-HISTORY_EVENTS = ("alias_change", "approval", "rollback")
+HISTORY_EVENTS = ("alias_change", "approval", "rollback", "canary_promoted")
 TOP_FEATURES = 10
 TASK_TEXT = {"regression": "regression (predicts a number)", "binary": "binary classification (a probability)",
              "multiclass": "multiclass classification (one of several classes)"}

@@ -120,6 +120,15 @@ def spooled_segments(spool: Path) -> Iterator[Path]:
     return (path for path in sorted(spool.rglob(f"*{SEGMENT_SUFFIX}")) if not path.name.startswith("."))
 
 
+def spooled_manifest_entries(spool: Path) -> Iterator[Path]:
+    """The manifest entries in a spool (lib/log_manifest.py): uploaded like segments, after them."""
+    from mlplatform.lib.log_manifest import MANIFEST_DIR_NAME
+
+    if not spool.is_dir():
+        return iter(())
+    return (path for path in sorted(spool.glob(f"*/{MANIFEST_DIR_NAME}/*/*.json")) if not path.name.startswith("."))
+
+
 def upload_spool(spool: Path, location: LogLocation, client: Any) -> tuple[int, int]:
     """Upload every published segment of the spool and delete each local file once its upload succeeded.
 
@@ -128,7 +137,7 @@ def upload_spool(spool: Path, location: LogLocation, client: Any) -> tuple[int, 
     same key with the same bytes (readers also deduplicate rows).
     """
     uploaded = 0
-    pending = list(spooled_segments(spool))
+    pending = list(spooled_segments(spool)) + list(spooled_manifest_entries(spool))  # entries after their segments
     for path in pending:
         key = location.key(path.relative_to(spool))
         try:
@@ -144,14 +153,15 @@ def upload_spool(spool: Path, location: LogLocation, client: Any) -> tuple[int, 
 
 
 def list_model_keys(location: LogLocation, model: str, client: Any, start: date | None = None,
-                    end: date | None = None) -> list[tuple[str, int]]:
-    """(key, size) of a model's segments whose ``date=`` partition is within [start, end] (days, inclusive)."""
+                    end: date | None = None, suffix: str = SEGMENT_SUFFIX) -> list[tuple[str, int]]:
+    """(key, size) of a model's segments whose ``date=`` partition is within [start, end] (days, inclusive);
+    ``suffix=".json"``: its manifest entries (lib/log_manifest.py) instead."""
     found = []
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=location.bucket, Prefix=location.model_prefix(model)):
         for item in page.get("Contents", []):
             key = item["Key"]
-            if not key.endswith(SEGMENT_SUFFIX) or key.rsplit("/", 1)[-1].startswith("."):
+            if not key.endswith(suffix) or key.rsplit("/", 1)[-1].startswith("."):
                 continue
             day = key_date(key)
             if day is not None and ((start is not None and day < start) or (end is not None and day > end)):

@@ -99,13 +99,21 @@ def match_labels(logged: pd.DataFrame, labels: pd.DataFrame) -> Matched:
 # --- where outcomes come from ------------------------------------------------------------------------------------
 
 def outcome_rows(frame: pd.DataFrame, key_columns: Sequence[str], target: str, time_column: str,
-                 record_ids: pd.Series | None = None) -> pd.DataFrame:
-    """Outcomes as the join needs them: ``join_key``, ``y`` (the target as found) and ``time`` (the row's event time)."""
+                 record_ids: pd.Series | None = None, carry: Sequence[str] = ()) -> pd.DataFrame:
+    """Outcomes as the join needs them: ``join_key``, ``y`` (the target as found) and ``time`` (the row's event time);
+    then the ``carry`` columns the frame holds (the spec's sensitive attributes, for live fairness)."""
     if frame.empty:
         return pd.DataFrame({JOIN_KEY: pd.Series(dtype=object), LABEL: pd.Series(dtype=object),
                              "time": pd.Series(dtype="datetime64[us]")})
     return pd.DataFrame({JOIN_KEY: label_join_keys(frame, key_columns, record_ids).to_numpy(),
-                         LABEL: frame[target].to_numpy(), "time": pd.to_datetime(frame[time_column]).to_numpy()})
+                         LABEL: frame[target].to_numpy(), "time": pd.to_datetime(frame[time_column]).to_numpy(),
+                         **{c: frame[c].to_numpy() for c in carry if c in frame.columns and c not in (JOIN_KEY, LABEL,
+                                                                                                        "time")}})
+
+
+def carried_columns(spec: Any) -> list[str]:
+    """What outcomes carry beside the label when their source holds it: the spec's sensitive attributes."""
+    return list(spec.fairness.sensitive) if getattr(spec, "fairness", None) else []
 
 
 def source_outcomes(spec: Any, window: Any) -> pd.DataFrame:
@@ -128,7 +136,7 @@ def source_outcomes(spec: Any, window: Any) -> pd.DataFrame:
         frame[SNAPSHOT_TIME_COLUMN] = pd.Timestamp(window.start)
         time_column = SNAPSHOT_TIME_COLUMN
     frame = frame[frame[spec.target].notna()]
-    return outcome_rows(frame, [], spec.target, time_column, frame[SOURCE_ROW])
+    return outcome_rows(frame, [], spec.target, time_column, frame[SOURCE_ROW], carried_columns(spec))
 
 
 def file_outcomes(spec: Any, window: Any) -> pd.DataFrame:
@@ -157,4 +165,4 @@ def outcomes_in_window(spec: Any, frame: pd.DataFrame, window: Any, parse_times,
     frame = in_window(frame, time_column, window)
     frame = frame[frame[spec.target].notna()]
     return outcome_rows(frame, spec.source.key, spec.target, time_column,
-                        None if spec.source.key else frame[RECORD_ID])
+                        None if spec.source.key else frame[RECORD_ID], carried_columns(spec))

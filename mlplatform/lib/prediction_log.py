@@ -42,6 +42,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlplatform.lib.audit_key import AuditKey
+from mlplatform.lib.log_manifest import (
+    ENTRY_SUFFIX,
+    MANIFEST_DIR_NAME,
+    LogVerdict,
+    SegmentManifest,
+    local_log_files,
+    verify_log,
+)
 from mlplatform.lib.object_store import (
     LogLocation,
     SegmentNamer,
@@ -76,13 +85,25 @@ SCHEMA = pa.schema([
     pa.field("score", pa.float64()),
     pa.field("probabilities", pa.string()),
     pa.field("latency_ms", pa.float64()),
+    pa.field("status", pa.int32()),
 ])
 """The fixed columns: one row per record per scoring model (a shadow score is its own row). ``time`` is naive UTC,
-as everywhere. The inputs follow as one typed column per feature, ``input.<feature>`` (see :data:`INPUT_PREFIX`)."""
+as everywhere. The inputs follow as one typed column per feature, ``input.<feature>`` (see :data:`INPUT_PREFIX`).
+
+``status`` is the HTTP status the record's scoring ended in: 200, or an error row (422 a non-finite output, 500 the
+version failed) that names the version and role which failed, with no score. Segments written before the column
+existed read as 200. :func:`read_prediction_log` leaves error rows out unless asked (``errors=True``): every reader
+of predictions (drift, labels, live performance) sees only answered rows, the rollout analysis sees both."""
+
+OK_STATUS = 200
+ERROR_STATUS_FROM = 400
 
 COLUMNS = [f.name for f in SCHEMA]
 INPUT_PREFIX = "input."
 """Prefix of the input columns in the files: a feature may be named like a fixed column (``version``, ``time``)."""
+SENSITIVE_PREFIX = "sensitive."
+"""Prefix of the spec's sensitive attributes a request carried (``fairness.sensitive``; text, null when not sent):
+never model inputs, logged so live fairness can group predictions by them. Kept under this name when read."""
 
 def log_root(home: Path) -> Path:
     return Path(home) / LOG_DIR_NAME
@@ -144,6 +165,7 @@ class PredictionLogWriter:
         self.root = spool_root(home) if self.uri else log_root(home)
         self._uploader = SpoolUploader(self.root, self.uri) if self.uri else None
         self._namer = SegmentNamer(self.replica) if self.uri else None
+        self._manifest = _manifest_for(self._namer)  # seals each segment (lib/log_manifest.py)
         self.flush_seconds = flush_seconds
         self.input_types = {model: dict(types) for model, types in (input_types or {}).items()}
         self._pending: list[Mapping[str, Any]] = []
@@ -185,7 +207,7 @@ class PredictionLogWriter:
             if not rows:
                 return 0
             try:
-                written = write_segments(self.root, rows, self.input_types, self._namer)
+                written = write_segments(self.root, rows, self.input_types, self._namer, self._manifest)
             except Exception:  # noqa: BLE001 - keep the rows and retry: losing predictions is worse than a late write
                 self.failed_flushes += 1
                 log.exception("prediction log: writing %d rows under %s failed; retrying", len(rows), self.root)
@@ -385,6 +407,7 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: s
     pending: list[Mapping[str, Any]] = []
     uploader = SpoolUploader(root, uri) if uri else None
     namer = SegmentNamer(replica or "") if uri else None
+    manifest = _manifest_for(namer)
     if uploader is not None and uploader.upload():  # leftovers of a replica that stopped before draining
         log.warning("prediction log writer: segments left in %s could not be uploaded yet; retrying", root)
     while True:
@@ -398,7 +421,7 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: s
         written, segments, error = 0, 0, None
         if pending:
             try:
-                segments = write_segments(root, pending, input_types, namer)
+                segments = write_segments(root, pending, input_types, namer, manifest)
                 written, pending = len(pending), []
             except Exception as failure:  # noqa: BLE001 - keep the rows: the service retries at its next flush
                 error = f"{type(failure).__name__}: {failure}"
@@ -409,7 +432,7 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: s
         if not pending:
             break
         try:
-            write_segments(root, pending, input_types, namer)
+            write_segments(root, pending, input_types, namer, manifest)
             pending = []
         except Exception:  # noqa: BLE001
             log.exception("prediction log writer: writing %d rows under %s failed", len(pending), root)
@@ -418,6 +441,11 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: s
         log.error("prediction log writer: %d rows could not be written", len(pending))
     if uploader is not None:
         _drain(uploader)
+
+
+def _manifest_for(namer: SegmentNamer | None) -> SegmentManifest:
+    """A writer's manifest chain, named like its segments (replica and start token) when it spools for a bucket."""
+    return SegmentManifest(f"{namer.replica}-{namer.token}" if namer is not None else None)
 
 
 DRAIN_ATTEMPTS = 5
@@ -435,14 +463,19 @@ def _drain(uploader: SpoolUploader) -> None:
 
 def write_segments(root: Path, rows: Sequence[Mapping[str, Any]],
                    input_types: Mapping[str, Mapping[str, str]] | None = None,
-                   name: Callable[[], str] | None = None) -> int:
+                   name: Callable[[], str] | None = None, manifest: SegmentManifest | None = None) -> int:
     """Publish rows as one segment per (model, date, hour); returns the number of segments.
+
+    ``manifest`` seals each published segment with a manifest entry (the service's writers always pass one, so
+    ``audit --verify-log`` can check the log; tests writing fixtures may not).
 
     ``name`` gives each segment's file name (without suffix); default a random UUID. The spool of an
     object-storage log names them for unique keys (:class:`~mlplatform.lib.object_store.SegmentNamer`).
 
     ``input_types`` gives per model the Parquet type of each input (``"float64"`` or ``"string"``), so every
     segment of a model has the same schema even when a column is all null in it; without it types are inferred.
+    Its keys starting with :data:`SENSITIVE_PREFIX` name the sensitive attributes, read from each row's
+    ``sensitive`` dict (not from ``inputs``).
     """
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -451,7 +484,9 @@ def write_segments(root: Path, rows: Sequence[Mapping[str, Any]],
     for (model, day, hour), group in groups.items():
         folder = root / model / f"date={day}" / f"hour={hour}"
         folder.mkdir(parents=True, exist_ok=True)
-        _publish(folder, _table(group, (input_types or {}).get(model, {})), name() if name else None)
+        published = _publish(folder, _table(group, (input_types or {}).get(model, {})), name() if name else None)
+        if manifest is not None:
+            manifest.seal(root, model, published, len(group))
     return len(groups)
 
 
@@ -460,18 +495,24 @@ _ARROW_TYPES = {"float64": pa.float64(), "string": pa.string()}
 
 def _table(rows: Sequence[Mapping[str, Any]], input_types: Mapping[str, str]) -> pa.Table:
     """Column by column (no JSON per row: encoding inputs as JSON was most of the log's cost)."""
-    arrays = [pa.array([row.get(name) for row in rows], type=field.type) for name, field in
-              zip(COLUMNS, SCHEMA, strict=True) if name != "probabilities"]
+    arrays = [pa.array([row.get(name, OK_STATUS) if name == "status" else row.get(name) for row in rows],
+                       type=field.type) for name, field in zip(COLUMNS, SCHEMA, strict=True) if name != "probabilities"]
     names = [name for name in COLUMNS if name != "probabilities"]
     arrays.insert(COLUMNS.index("probabilities"), pa.array([_probabilities_text(row.get("probabilities"))
                                                             for row in rows], type=pa.string()))
     names.insert(COLUMNS.index("probabilities"), "probabilities")
-    features = list(input_types) or list(dict.fromkeys(k for row in rows for k in row["inputs"]))
+    features = ([f for f in input_types if not f.startswith(SENSITIVE_PREFIX)] if input_types
+                else list(dict.fromkeys(k for row in rows for k in row["inputs"])))
+    sensitive = ([f[len(SENSITIVE_PREFIX):] for f in input_types if f.startswith(SENSITIVE_PREFIX)] if input_types
+                 else list(dict.fromkeys(k for row in rows for k in (row.get("sensitive") or {}))))
     for feature in features:
         values = [row["inputs"].get(feature) for row in rows]
         kind = _ARROW_TYPES.get(input_types.get(feature, ""))
         arrays.append(pa.array(values, type=kind) if kind is not None else pa.array(values))
         names.append(INPUT_PREFIX + feature)
+    for column in sensitive:
+        arrays.append(pa.array([(row.get("sensitive") or {}).get(column) for row in rows], type=pa.string()))
+        names.append(SENSITIVE_PREFIX + column)
     return pa.Table.from_arrays(arrays, names=names)
 
 
@@ -528,6 +569,7 @@ def read_prediction_log(
     roles: Sequence[str] | None = None,
     expand_inputs: bool = True,
     uri: str | None = None,
+    errors: bool = False,
 ) -> pd.DataFrame:
     """The logged predictions of ``model`` with ``start <= time < end`` (naive UTC; tz-aware bounds are converted).
 
@@ -539,8 +581,10 @@ def read_prediction_log(
     Ordered by time, request, record and role. ``roles`` keeps only those roles (e.g. ``["champion", "canary"]``
     for what clients were answered). With ``expand_inputs`` every input feature follows as a column named after the
     feature (numbers float64, categories text, nulls NaN/None), ready for drift statistics; a feature named like a
-    fixed column keeps its file name ``input.<name>``. Without it only the fixed columns are returned. An empty
-    frame with the fixed columns when nothing was logged.
+    fixed column keeps its file name ``input.<name>``; the sensitive attributes requests carried follow as
+    ``sensitive.<name>`` (text). Without it only the fixed columns are returned. An empty
+    frame with the fixed columns when nothing was logged. Error rows (``status`` 4xx/5xx: a version failed to
+    score) are left out unless ``errors`` (the rollout analysis's error rate).
     """
     import duckdb
 
@@ -561,16 +605,21 @@ def read_prediction_log(
     if roles:
         conditions.append("role in (" + ", ".join("?" for _ in roles) + ")")
         params += list(roles)
-    where = ("where " + " and ".join(conditions)) if conditions else ""
     paths = [str(path) for path in files]
     source = "read_parquet(?, hive_partitioning=true, union_by_name=true)"
     with duckdb.connect() as connection:
         available = [row[0] for row in connection.execute(f"describe select * from {source}", [paths]).fetchall()]
-        inputs = [c for c in available if c.startswith(INPUT_PREFIX)] if expand_inputs else []
-        selected = ", ".join(_quoted(c) for c in [*COLUMNS, *inputs])
+        status = f"coalesce(status, {OK_STATUS})" if "status" in available else str(OK_STATUS)
+        if not errors:
+            conditions.append(f"{status} < {ERROR_STATUS_FROM}")
+        where = ("where " + " and ".join(conditions)) if conditions else ""
+        inputs = [c for c in available if c.startswith((INPUT_PREFIX, SENSITIVE_PREFIX))] if expand_inputs else []
+        selected = ", ".join([*(f"cast({status} as integer) as status" if c == "status" else _quoted(c)
+                                for c in COLUMNS), *(_quoted(c) for c in inputs)])
         frame = connection.execute(f"select {selected} from {source} {where} {DEDUPLICATE} "
                                    "order by time, request_id, record_index, role", [paths, *params]).fetchdf()
     frame["record_index"] = frame["record_index"].astype("int32")
+    frame["status"] = frame["status"].astype("int32")
     frame.columns = [_feature_name(c) for c in frame.columns]
     return frame
 
@@ -603,6 +652,35 @@ def _fetched_segments(home: Path, model: str, location: LogLocation, low: pd.Tim
 
 class PredictionLogUnavailable(RuntimeError):
     """The configured object-storage log could not be listed or read (credentials, endpoint, bucket)."""
+
+
+def verify_prediction_log(home: Path, model: str, key: AuditKey | None, uri: str | None = None) -> LogVerdict | None:
+    """Check a model's log against its manifest (lib/log_manifest.py), wherever it is read from; None when there
+    is no log at all. Objects are downloaded afresh into a temporary folder (not the read cache: a copy cached before
+    an edit of the same size would hide it)."""
+    import tempfile
+
+    location = parse_log_uri(uri) if uri else configured_location()
+    if location is None:
+        files = local_log_files(model_log_dir(home, model))
+        return verify_log(files, key) if files else None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = s3_client()
+        keys = list_model_keys(location, model, client) + [
+            item for item in list_model_keys(location, model, client, suffix=ENTRY_SUFFIX)
+            if f"/{MANIFEST_DIR_NAME}/" in "/" + item[0]]
+        if not keys:
+            return None
+        with tempfile.TemporaryDirectory(prefix="verify-log-") as scratch:
+            paths = fetch_segments(location, keys, Path(scratch), client)
+            prefix = location.model_prefix(model)
+            return verify_log({key_[len(prefix):]: path for (key_, _), path in zip(keys, paths, strict=True)}, key)
+    except (BotoCoreError, ClientError) as error:
+        raise PredictionLogUnavailable(
+            f"prediction log {location.uri}/{model}: cannot be read from object storage ({error}); check "
+            "MLPLATFORM_PREDICTION_LOG_URI, the AWS_* credentials and AWS_ENDPOINT_URL of this process") from error
 
 
 def _feature_name(column: str) -> str:

@@ -12,13 +12,14 @@ happen.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import duckdb
 
+from mlplatform.lib import audit_integrity
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.audit import AuditEvent, append_events, champion_history, record_alias_changes
 from mlplatform.lib.servability import forced_tags, gates_text, servability
@@ -42,6 +43,12 @@ class AliasRegistry(Protocol):
     def set_version_tag(self, model_name: str, version: str, key: str, value: str) -> None: ...
 
     def delete_version_tag(self, model_name: str, version: str, key: str) -> None: ...
+
+    def model_tags(self, model_name: str) -> dict[str, str] | None: ...
+
+    def set_model_tag(self, model_name: str, key: str, value: str) -> None: ...
+
+    def delete_model_tag(self, model_name: str, key: str) -> None: ...
 
 
 @dataclass
@@ -69,7 +76,14 @@ class AliasChange:
 
 
 class PromotionRefused(ValueError):
-    """A requested alias move breaks a rule (gates failed, no such version, no actor); nothing changed."""
+    """A requested alias move breaks a rule (gates failed, no such version, no actor); nothing changed.
+
+    ``audit``: the event to record for a refusal the audit must keep (live fairness); the workflow that opened the
+    warehouse (:func:`mlplatform.lib.approvals.move_champion`) appends it."""
+
+    def __init__(self, message: str, audit: AuditEvent | None = None):
+        super().__init__(message)
+        self.audit = audit
 
 
 def refuse_control_characters(**texts: str | None) -> None:
@@ -86,32 +100,44 @@ def refuse_control_characters(**texts: str | None) -> None:
 
 
 def gate_changes(model: str, version: str, passed: bool, week: str, actor: str, approval: str,
-                 current: dict[str, str | None], current_weeks: dict[str, str | None]) -> tuple[list[AliasChange], str]:
+                 current: dict[str, str | None], current_weeks: dict[str, str | None],
+                 rollout: Any = None) -> tuple[list[AliasChange], str]:
     """The aliases a freshly trained version earns from its gates, and a sentence saying why.
 
     Only a version that passed every gate moves an alias: ``challenger`` always, ``champion`` too
     when approval is auto. A version for an earlier week than the one an alias already holds (a
     re-run of history) does not take that alias: re-running last spring must not demote today's
-    champion.
+    champion. With ``rollout.auto_promote: canary`` (the spec's ``rollout`` section) an auto-approved version
+    becomes champion only when there is none yet; otherwise it serves as canary first and the canary analysis
+    promotes it (:mod:`mlplatform.lib.canary`). With a canary stage or a ramp, the challenger is tagged with its
+    share and since when it serves it (:func:`canary_share_tags`).
     """
     if not passed:
         return [], "a gate failed: no alias moves"
     wanted = [(CHALLENGER, f"passed every gate on week {week}")]
-    if approval == "auto":
+    canary_first = rollout is not None and rollout.auto_promote == "canary" and current.get(CHAMPION) is not None
+    if approval == "auto" and not canary_first:
         wanted.append((CHAMPION, f"approval: auto; passed every gate on week {week}"))
+    elif approval == "auto":
+        wanted[0] = (CHALLENGER, f"passed every gate on week {week}; approval: auto after the canary analysis "
+                     f"(serves {rollout.first_share:g}% as canary first)")
     changes, kept = [], []
     for alias, reason in wanted:
         holder_week = current_weeks.get(alias)
         if holder_week is not None and holder_week > week:
             kept.append(f"{alias} stays v{current[alias]} (trained for the later week {holder_week})")
             continue
-        changes.append(AliasChange(model, alias, version, current.get(alias), actor, reason, week))
+        change = AliasChange(model, alias, version, current.get(alias), actor, reason, week)
+        if alias == CHALLENGER and rollout is not None and (rollout.auto_promote == "canary" or rollout.ramp):
+            change.version_tags = canary_share_tags(rollout.first_share, change.changed_at)
+        changes.append(change)
     moved = ", ".join(c.alias for c in changes)
     return changes, "; ".join(([f"-> {moved}"] if moved else []) + kept) or "no alias moves"
 
 
 def approval_change(registry: AliasRegistry, model: str, version: str | None, actor: str, reason: str | None,
-                    force: bool = False, current_spec: Mapping[str, str] | None = None) -> AliasChange | None:
+                    force: bool = False, current_spec: Mapping[str, str] | None = None,
+                    live_check: Callable[[str], Any] | None = None) -> AliasChange | None:
     """A person makes ``version`` (default: the challenger) champion; None when it already is.
 
     Refused (:class:`PromotionRefused`) without a named actor, for an unknown version, and for a
@@ -119,6 +145,10 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     is :func:`mlplatform.lib.spec_hash.spec_tags` of the spec now) unless ``force``. A forced approval says so in
     its reason and ``forced``, and tags the version (:func:`mlplatform.lib.servability.forced_tags`): that tag is
     what lets the service serve a gate-failed version, so production serves what the audit names.
+
+    ``live_check(version)``: the verdict of live fairness (:func:`mlplatform.lib.live_fairness.promotion_refusal`)
+    when it refuses, else None; a refusal is audited (``promotion_refused``) unless ``force`` overrides it. Not asked
+    for a model's first champion, which could not have served any traffic before.
     """
     from mlflow.exceptions import MlflowException
 
@@ -142,7 +172,13 @@ def approval_change(registry: AliasRegistry, model: str, version: str | None, ac
     previous = registry.alias_version(model, CHAMPION)
     if previous == str(version):
         return None
-    overridden = [*([gates_text(tags)] if not verdict.gates_passed else []), *([older_spec] if older_spec else [])]
+    # The first champion has no live traffic to be judged on (nothing serves before it): its gates vouch for it.
+    live = live_check(str(version)) if live_check is not None and previous is not None else None
+    if live is not None and not force:
+        raise PromotionRefused(f"{live.reason()}; refusing to promote without --force",
+                               audit=live.audit_event(actor.strip(), tags.get("week")))
+    overridden = [*([gates_text(tags)] if not verdict.gates_passed else []), *([older_spec] if older_spec else []),
+                  *([live.reason()] if live is not None else [])]
     text = (reason or "manual approval") + "".join(f" [forced with --force: {o}]" for o in overridden)
     change = AliasChange(model, CHAMPION, str(version), previous, actor.strip(), text, tags.get("week"),
                          kind="approval", forced="; ".join(overridden) or None)
@@ -266,6 +302,44 @@ def spec_refusal(model: str, version: str, tags: Mapping[str, str],
             "retrain it under the current spec")
 
 
+CANARY_SHARE_TAG = "mlplatform.canary_share"
+"""Percent of traffic the challenger serves as canary (the service follows it; absent: ``rollout.canary_percent``)."""
+CANARY_SINCE_TAG = "mlplatform.canary_since"
+"""When the challenger began serving its current share (naive UTC, ISO): the canary analysis judges from then on."""
+
+
+def canary_share_tags(share: float, since: datetime) -> dict[str, str]:
+    """The version tags of a canary at ``share`` percent since ``since``."""
+    return {CANARY_SHARE_TAG: f"{share:g}", CANARY_SINCE_TAG: since.isoformat(timespec="seconds")}
+
+
+def canary_share_change(registry: AliasRegistry, model: str, version: str, share: float, actor: str,
+                        reason: str) -> AliasChange | None:
+    """Raise the canary ``version`` to ``share`` percent (a ramp step): audited like an alias move, the share in a
+    version tag the service follows. None when ``version`` is no longer the challenger."""
+    if registry.alias_version(model, CHALLENGER) != str(version):
+        return None
+    week = registry.version_tags(model, str(version)).get("week")
+    change = AliasChange(model, CHALLENGER, str(version), str(version), actor,
+                         f"canary share -> {share:g}%: {reason}", week, kind="canary_step")
+    change.version_tags = canary_share_tags(share, change.changed_at)
+    return change
+
+
+def canary_promotion_change(registry: AliasRegistry, model: str, version: str, actor: str,
+                            reason: str) -> AliasChange | None:
+    """The canary analysis makes ``version`` champion (approval: auto); None when it is no longer the challenger or
+    already champion. The version passed its gates (it became challenger only so) and served as canary."""
+    if registry.alias_version(model, CHALLENGER) != str(version):
+        return None
+    previous = registry.alias_version(model, CHAMPION)
+    if previous == str(version):
+        return None
+    week = registry.version_tags(model, str(version)).get("week")
+    return AliasChange(model, CHAMPION, str(version), previous, actor, f"canary promoted: {reason}", week,
+                       kind="canary_promoted")
+
+
 def canary_stop_change(registry: AliasRegistry, model: str, version: str, actor: str, reason: str) -> AliasChange | None:
     """Remove ``challenger`` from ``version`` (serving then sends it no traffic); None when it has moved already."""
     if registry.alias_version(model, CHALLENGER) != str(version):
@@ -276,15 +350,16 @@ def canary_stop_change(registry: AliasRegistry, model: str, version: str, actor:
 
 
 def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry,
-                  changes: Sequence[AliasChange]) -> None:
-    """Audit rows, then the registry moves, inside the caller's open transaction on ``connection``.
+                  changes: Sequence[AliasChange]) -> list[tuple[str, str | None]]:
+    """Audit rows, then the registry moves, then the audit head tag, inside the caller's open transaction.
 
     The caller commits (after its own writes of the same unit) or rolls back; on any failure
     here the aliases already moved are restored before the error propagates, so the caller's
-    rollback leaves registry and audit as they were.
+    rollback leaves registry and audit as they were. Returns the head tags written, as (model, previous value),
+    for a caller whose commit fails to put back (:func:`mlplatform.lib.audit_integrity.restore_anchors`).
     """
     if not changes:
-        return
+        return []
     for model in sorted({change.model for change in changes}):  # one writer per model: audit order = move order
         lock_model(connection, model)
     record_alias_changes(connection, [change.as_row() for change in changes])
@@ -293,10 +368,11 @@ def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry
         f"{change.alias}: v{change.previous_version or '-'} -> v{change.version or '-'}; {change.reason}",
         version=change.version, week=change.week, dagster_run_id=change.dagster_run_id,
         details={"alias": change.alias, "previous_version": change.previous_version, "action": change.action,
-                 **({"forced": change.forced} if change.forced else {})},
+                 "reason": change.reason, **({"forced": change.forced} if change.forced else {})},
         at=change.changed_at) for change in changes])
     moved: list[AliasChange] = []
     tagged: list[tuple[AliasChange, dict[str, str]]] = []
+    anchored: list[tuple[str, str | None]] = []
     try:
         for change in changes:
             if change.version_tags and change.version is not None:
@@ -305,10 +381,13 @@ def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry
                     registry.set_version_tag(change.model, change.version, key, value)
             _move(registry, change.model, change.alias, change.version)
             moved.append(change)
+        audit_integrity.anchor_heads(connection, registry, [c.model for c in changes], anchored)
     except Exception:
         restore(registry, moved)
         _restore_tags(registry, tagged)
+        audit_integrity.restore_anchors(registry, anchored)
         raise
+    return anchored
 
 
 def restore(registry: AliasRegistry, moved: Iterable[AliasChange]) -> None:
@@ -339,6 +418,8 @@ def commit_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistr
     except Exception:
         connection.rollback()
         raise
+    for model in dict.fromkeys(change.model for change in changes):
+        audit_integrity.write_checkpoint(connection, model)
 
 
 def champion_as_of(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry, model: str,

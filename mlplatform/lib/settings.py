@@ -29,6 +29,7 @@ PACKAGED_DBT_PROJECT_DIR = PACKAGE_DIR / "dbt_project"
 DBT_PROJECT_DIR = PACKAGED_DBT_PROJECT_DIR if PACKAGED_DBT_PROJECT_DIR.is_dir() else CHECKOUT_DBT_PROJECT_DIR
 """The bundled dbt project, wherever this copy of the package carries it."""
 DBT_PROJECT_ENV = "MLPLATFORM_DBT_PROJECT_DIR"
+STRICT_SPECS_ENV = "MLPLATFORM_STRICT_SPECS"
 
 DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
 DEFAULT_WAREHOUSE_WAIT_SECONDS = 600.0
@@ -79,6 +80,13 @@ class Settings:
     dbt_project_dir: Path = DBT_PROJECT_DIR  # the dbt project specs with `staging` run (MLPLATFORM_DBT_PROJECT_DIR)
     weekly_schedule_cron: str = ""  # testing only: a cron replacing "Mondays 01:00 UTC" (docs/shared-services.md)
     warehouse_url: str = ""  # postgresql://user:password@host:port/db (MLPLATFORM_WAREHOUSE_URL); empty: DuckDB file
+    extra_spec_dirs: tuple[Path, ...] = ()  # MLPLATFORM_SPECS as a path list: the spec roots after the first
+    strict_specs: bool = False  # MLPLATFORM_STRICT_SPECS=1: any broken spec stops the code location from loading
+
+    @property
+    def spec_roots(self) -> tuple[Path, ...]:
+        """Every spec root: ``MLPLATFORM_SPECS`` may list several folders (separated by ':'), e.g. one per team."""
+        return (self.specs_dir, *self.extra_spec_dirs)
 
     @property
     def dbt_manifest_dir(self) -> Path:
@@ -144,12 +152,17 @@ class Settings:
 
 
 def load_settings() -> Settings:
-    """Read ``MLPLATFORM_HOME`` (default ``./.mlplatform``), ``MLPLATFORM_SPECS`` (default: bundled examples),
+    """Read ``MLPLATFORM_HOME`` (default ``./.mlplatform``), ``MLPLATFORM_SPECS`` (default: bundled examples; several
+    spec roots separated by ':'), ``MLPLATFORM_STRICT_SPECS``,
     ``MLPLATFORM_MLFLOW_*``, ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS``, ``MLPLATFORM_DBT_PROJECT_DIR`` (default:
     the bundled dbt project) and ``MLPLATFORM_WEEKLY_SCHEDULE_CRON``."""
     home = Path(os.environ.get("MLPLATFORM_HOME", ".mlplatform")).expanduser().resolve()
-    specs = os.environ.get("MLPLATFORM_SPECS")
-    specs_dir = Path(specs).expanduser().resolve() if specs else BUNDLED_SPECS_DIR
+    specs = [Path(p).expanduser().resolve() for p in os.environ.get("MLPLATFORM_SPECS", "").split(os.pathsep)
+             if p.strip()]
+    specs_dir, extra_spec_dirs = (specs[0], tuple(dict.fromkeys(specs[1:]))) if specs else (BUNDLED_SPECS_DIR, ())
+    strict = os.environ.get(STRICT_SPECS_ENV, "").strip().lower()
+    if strict not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise SettingsError(f"{STRICT_SPECS_ENV}={strict!r}: expected 1 (refuse to load on any broken spec) or 0")
     wait = os.environ.get("MLPLATFORM_WAREHOUSE_WAIT_SECONDS", "").strip()
     try:
         wait_seconds = float(wait) if wait else DEFAULT_WAREHOUSE_WAIT_SECONDS
@@ -174,6 +187,8 @@ def load_settings() -> Settings:
         dbt_project_dir=_dbt_project_dir(),
         weekly_schedule_cron=os.environ.get("MLPLATFORM_WEEKLY_SCHEDULE_CRON", "").strip(),
         warehouse_url=warehouse_url,
+        extra_spec_dirs=extra_spec_dirs,
+        strict_specs=strict in ("1", "true", "yes"),
     )
 
 

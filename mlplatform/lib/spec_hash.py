@@ -5,7 +5,7 @@ JSON), not over the file's bytes: reformatting the YAML or spelling a default ou
 
 Besides the whole spec's hash, each section that decides what the gates judge has its own hash
 (:data:`GATE_SECTIONS`), so a refusal can say *what* changed. Sections that do not change a gate's
-verdict (description, owner, source location, partitions, estimator, drift monitoring, automation,
+verdict (description, owner, team, source location, partitions, estimator, drift monitoring, automation,
 rollout, staging) are left out on purpose: editing an owner must not strand every approved version.
 """
 
@@ -36,7 +36,13 @@ SPEC_ARTIFACT = "spec.json"
 
 ADDED_WHEN_SET = {("metrics",): {}, ("estimator", "factory"): None, ("scoring",): {"batch": False, "table": None},
                   ("features", "text"): [], ("features", "text_max_chars"): 10_000, ("policy",): None,
-                  ("gates", "beat_champion", "test"): "non_inferiority", ("gates", "beat_champion", "margin"): 0.0}
+                  ("gates", "beat_champion", "test"): "non_inferiority", ("gates", "beat_champion", "margin"): 0.0,
+                  ("rollout", "require_live_fairness"): False, ("team",): None, ("owners",): [],
+                  ("rollout", "auto_promote"): "immediate", ("rollout", "ramp"): [],
+                  ("rollout", "analysis"): {"interval_minutes": 60, "window_minutes": 60, "min_requests": 200,
+                                            "min_minutes": 30.0, "alpha": 0.01, "latency_p99_ratio": 1.5,
+                                            "max_prediction_shift": 0.1, "automatic_stop": True,
+                                            "business_metric": None}}
 """Keys added after versions began recording hashes: left out of the normalized spec while at their defaults, so a
 version recorded before them still has the hash of a spec that does not use them."""
 

@@ -285,6 +285,10 @@ def backup_stores(home: Path, target: Path | None = None, tracking_uri: str | No
     if dagster_home.exists():
         files = _copy_tree_with_sqlite(dagster_home, folder / "dagster")
         report.copied.append(f"Dagster instance {dagster_home} ({files} files)")
+    checkpoints = home / "audit_checkpoints"  # the audit heads (lib/audit_integrity.py): restored with the warehouse
+    if checkpoints.exists():
+        shutil.copytree(checkpoints, folder / checkpoints.name)
+        report.copied.append(f"audit checkpoints {checkpoints}")
     return report
 
 

@@ -310,6 +310,20 @@ class Tracker:
     def delete_version_tag(self, model_name: str, version: str, key: str) -> None:
         self.client.delete_model_version_tag(model_name, version, key)
 
+    def model_tags(self, model_name: str) -> dict[str, str] | None:
+        """The registered model's own tags (not a version's); None when no model of that name is registered."""
+        try:
+            return dict(self.client.get_registered_model(model_name).tags)
+        except MlflowException:
+            return None
+
+    def set_model_tag(self, model_name: str, key: str, value: str) -> None:
+        """Only :mod:`mlplatform.lib.promotion` tags the registered model (the audit head, with an alias move)."""
+        self.client.set_registered_model_tag(model_name, key, value)
+
+    def delete_model_tag(self, model_name: str, key: str) -> None:
+        self.client.delete_registered_model_tag(model_name, key)
+
     def load_version(self, model_name: str, version: str) -> Any:
         """The sklearn pipeline of a registered version (cached: versions are immutable)."""
         key = (model_name, version)

@@ -24,13 +24,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mlplatform.lib.prediction_log import ChildProcessLogWriter, PredictionLogWriter, utc_now
+from mlplatform.lib.api_tokens import ApiTokens, bearer_token
+from mlplatform.lib.prediction_log import SENSITIVE_PREFIX, ChildProcessLogWriter, PredictionLogWriter, utc_now
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE, entity_key, role_for, routing_key
 from mlplatform.serving.batching import MicroBatcher, single_threaded
 from mlplatform.serving.explain import add_explain_route, explain_route
 from mlplatform.serving.metrics import RecentLatencies, ServingMetrics
 from mlplatform.serving.models import LoadedModel, ModelState, ModelWatcher, Registry, ServingState, finite_output
 from mlplatform.serving.protocol import (
+    AUTH_REALM,
     REQUEST_ID_HEADER,
     Body,
     BodyDeadlines,
@@ -68,6 +70,7 @@ class ServingConfig:
     shadow_queue_rows: int = 10_000
     max_body_bytes: int | None = None  # default: 4 KiB a record of max_batch, plus 64 KiB
     body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
+    api_tokens: ApiTokens | None = None  # bearer tokens per team (MLPLATFORM_API_TOKENS_FILE); None: the API is open
 
     @property
     def body_limit(self) -> int:
@@ -139,6 +142,10 @@ class ShadowScorer:
             except Exception:  # noqa: BLE001 - a failing shadow must never affect anything else
                 log.exception("shadow %s v%s: scoring %d records failed", model.name, model.version, len(rows))
                 outputs = None
+                if self.writer is not None:  # error rows: the shadow's error rate (lib/rollout_analysis.py)
+                    self.writer.write([{**row, "version": model.version, "role": SHADOW_ROLE, "score": None,
+                                        "label": None, "probabilities": None, "status": 500,
+                                        "latency_ms": (time.perf_counter() - started) * 1000} for row in log_rows])
             elapsed = time.perf_counter() - started
             with self._lock:
                 self._pending_rows -= len(rows)
@@ -169,7 +176,8 @@ class ServingRuntime:
     def __init__(self, config: ServingConfig):
         self.config = config
         input_types = {spec.name: {**{c: "float64" for c in spec.features.numeric},
-                                   **{c: "string" for c in [*spec.features.categorical, *spec.features.text]}}
+                                   **{c: "string" for c in [*spec.features.categorical, *spec.features.text]},
+                                   **{SENSITIVE_PREFIX + c: "string" for c in sensitive_columns(spec)}}
                        for spec in config.specs}
         # The log's Parquet work runs in a child process, off this process's GIL (docs/serving.md, Speed).
         self.writer = (ChildProcessLogWriter(config.home, config.flush_seconds, input_types, config.log_uri,
@@ -210,6 +218,12 @@ class ServingRuntime:
             await asyncio.to_thread(self.writer.close)
             log.info("prediction log: %d rows in %d segments", self.writer.written_rows, self.writer.segments)
 
+    def _log_errors(self, call: ScoringCall, when: Any, groups: Sequence[tuple[LoadedModel, str, list[int]]],
+                    status: int, entities: Sequence[str | None], record_ids: Sequence[str | None]) -> None:
+        """Log the records of the groups that failed as error rows (then the request answers its error)."""
+        if self.writer is not None and groups:
+            self.writer.write(_error_rows(call, when, groups, status, entities, record_ids))
+
     def _served_gauge(self, state: ServingState) -> None:
         self.metrics.served.clear()
         for name, model in state.models.items():
@@ -243,15 +257,27 @@ class ServingRuntime:
         if canary_indexes and challenger is not None:
             groups.append((challenger, CANARY_ROLE, canary_indexes))
         groups = [g for g in groups if g[2]]
-        if len(groups) == 1:  # the usual case: no gather (its future and callbacks were ~2 % of a 1-row request)
-            results = [await self.batcher.predict(groups[0][0], rows if len(groups[0][2]) == len(rows)
-                                                  else [rows[i] for i in groups[0][2]])]
-        else:
-            results = await asyncio.gather(*(self.batcher.predict(m, [rows[i] for i in idx])
-                                             for m, _, idx in groups))
+        try:
+            if len(groups) == 1:  # the usual case: no gather (its future and callbacks were ~2 % of a 1-row request)
+                results = [await self.batcher.predict(groups[0][0], rows if len(groups[0][2]) == len(rows)
+                                                      else [rows[i] for i in groups[0][2]])]
+            else:
+                results = await asyncio.gather(*(self.batcher.predict(m, [rows[i] for i in idx])
+                                                 for m, _, idx in groups), return_exceptions=True)
+                failure = next((r for r in results if isinstance(r, BaseException)), None)
+                if failure is not None:
+                    self._log_errors(call, when, [g for g, r in zip(groups, results, strict=True)
+                                                  if isinstance(r, BaseException)], 500, entities, record_ids)
+                    raise failure
+        except Exception:
+            if len(groups) == 1:
+                self._log_errors(call, when, groups, 500, entities, record_ids)
+            raise
         overflowed = [i for (_, _, indexes), outputs in zip(groups, results, strict=True)
                       for i, output in zip(indexes, outputs, strict=True) if not finite_output(output)]
         if overflowed:  # nothing is answered or logged: a non-finite score would reach drift and live performance
+            failed = set(overflowed)
+            self._log_errors(call, when, [g for g in groups if failed & set(g[2])], 422, entities, record_ids)
             raise not_finite(sorted(overflowed))
         latency = time.perf_counter() - call.arrived
         self.metrics.recent.add(model.spec.name, latency)
@@ -278,12 +304,26 @@ class ServingRuntime:
                          "label": _label(outputs_by_index[i]),
                          "probabilities": outputs_by_index[i].get("probabilities"),
                          "latency_ms": latency * 1000} for i in range(len(rows))]
+            if model.schema.sensitive_columns:  # logged beside the inputs for live fairness, never scored
+                for log_row, record in zip(log_rows, records, strict=True):
+                    log_row["sensitive"] = model.schema.sensitive(record)
             if self.writer is not None:
                 self.writer.write(log_rows)
             if model.shadow and challenger is not None and champion_indexes:
                 self.shadow.submit(challenger, [rows[i] for i in champion_indexes],
                                    [dict(log_rows[i]) for i in champion_indexes])
         return answers
+
+
+def _error_rows(call: ScoringCall, when: Any, groups: Sequence[tuple[LoadedModel, str, list[int]]], status: int,
+                entities: Sequence[str | None], record_ids: Sequence[str | None]) -> list[dict[str, Any]]:
+    """Error rows of the prediction log: the records a version failed to score, with its version, role and status
+    (no score), so the rollout analysis can compare error rates by version and role (lib/rollout_analysis.py)."""
+    latency_ms = (time.perf_counter() - call.arrived) * 1000
+    return [{"request_id": call.request_id, "record_index": i, "record_id": record_ids[i], "time": when,
+             "model": call.model.spec.name, "version": loaded.version, "role": role, "entity_key": entities[i],
+             "inputs": call.rows[i], "score": None, "label": None, "probabilities": None, "latency_ms": latency_ms,
+             "status": status} for loaded, role, indexes in groups for i in indexes]
 
 
 def _public(output: Mapping[str, Any]) -> dict[str, Any]:
@@ -354,7 +394,8 @@ def create_app(config: ServingConfig) -> ScoringFront:
         """The same path when the application is called without the front (the front answers these routes)."""
         status, body, headers = await handle(runtime, routes[route], name, Body(await request.body()),
                                              request.headers.get(REQUEST_ID_HEADER), dict(request.query_params),
-                                             content_type=request.headers.get("content-type"))
+                                             content_type=request.headers.get("content-type"),
+                                             authorization=request.headers.get("authorization"))
         return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     @app.post("/v1/models/{name}/predict", summary="Predict one or more records",
@@ -398,8 +439,12 @@ def create_app(config: ServingConfig) -> ScoringFront:
                 "models": {n: m.champion.version for n, m in state.models.items() if m.champion}}
         return _json(body, 200 if ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
+    @app.get("/metrics", summary="Prometheus metrics (a metrics token when the tokens file lists any)")
+    async def metrics(request: Request) -> Response:
+        tokens = config.api_tokens
+        if tokens is not None and not tokens.may_read_metrics(bearer_token(request.headers.get("authorization"))):
+            return _json({"error": "/metrics needs a metrics token: send Authorization: Bearer <token> with a token "
+                          "the tokens file lists under `metrics`"}, 401, {"WWW-Authenticate": AUTH_REALM})
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(Exception)
@@ -409,6 +454,11 @@ def create_app(config: ServingConfig) -> ScoringFront:
         return JSONResponse({"error": "internal error", "error_id": error_id}, status_code=500)
 
     return ScoringFront(app, runtime, routes)
+
+
+def sensitive_columns(spec: ModelSpec) -> list[str]:
+    """The spec's sensitive attributes (``fairness.sensitive``), which requests may carry for live fairness."""
+    return list(spec.fairness.sensitive) if spec.fairness else []
 
 
 def latency_budget_ms(spec: ModelSpec) -> float | None:
@@ -436,7 +486,8 @@ def describe(model: ModelState, config: ServingConfig, recent: RecentLatencies) 
         "challenger": served_version(model.challenger),
         "aliases": dict(model.aliases),
         "refused_versions": dict(model.refused),
-        "rollout": {"canary_percent": spec.rollout.canary_percent, "shadow": spec.rollout.shadow,
+        "rollout": {"canary_percent": spec.rollout.canary_percent, "canary_share": model.canary_percent,
+                    "ramp": list(spec.rollout.ramp), "shadow": spec.rollout.shadow,
                     "active": "+".join(mode) or "none",
                     "challenger_version": challenger.version if challenger else None},
         "key": list(spec.source.key),

@@ -134,6 +134,7 @@ class ModelState:
     refused: Mapping[str, str] = field(default_factory=dict)  # version -> why it is not loaded
     registry_error: str | None = None
     checked_at: float | None = None
+    canary_share: float | None = None  # the challenger's ``mlplatform.canary_share`` tag (a ramp step), if any
 
     @property
     def rollout_challenger(self) -> LoadedModel | None:
@@ -144,7 +145,9 @@ class ModelState:
 
     @property
     def canary_percent(self) -> float:
-        return float(self.spec.rollout.canary_percent) if self.rollout_challenger is not None else 0.0
+        if self.rollout_challenger is None:
+            return 0.0
+        return self.canary_share if self.canary_share is not None else float(self.spec.rollout.canary_percent)
 
     @property
     def shadow(self) -> bool:
@@ -232,6 +235,21 @@ class Registry:
             return servability(self.tracker.version_tags(model, version))
         except Exception as error:  # noqa: BLE001
             raise RegistryUnavailable(f"{type(error).__name__}: {error}") from error
+
+    def canary_share(self, model: str, version: str) -> float | None:
+        """The ``mlplatform.canary_share`` tag of a version (percent), None when it has none or it is not a number."""
+        from mlplatform.lib.promotion import CANARY_SHARE_TAG
+
+        try:
+            text = self.tracker.version_tags(model, version).get(CANARY_SHARE_TAG)
+        except Exception as error:  # noqa: BLE001
+            raise RegistryUnavailable(f"{type(error).__name__}: {error}") from error
+        try:
+            return min(100.0, max(0.0, float(text))) if text is not None else None
+        except ValueError:
+            log.warning("serving %s: v%s has a canary share tag %r that is not a number; using the spec's", model,
+                        version, text)
+            return None
 
     def load(self, model: str, version: str) -> Any:
         """The sklearn pipeline of a version (not cached here: the watcher keeps the versions in use)."""
@@ -335,12 +353,23 @@ class ModelWatcher:
             refused: dict[str, str] = {}
             champion = self._resolve(state, aliases.get(CHAMPION), state.champion, refused)
             challenger = self._resolve(state, aliases.get(CHALLENGER), state.challenger, refused)
+            share = self._canary_share(state, champion, challenger)
         except RegistryUnavailable as error:
             if state.registry_error != str(error):
                 log.warning("serving %s: registry unavailable (%s); keeping versions %s", name, error, _served(state))
             return replace(state, registry_error=str(error), checked_at=time.time())
         return replace(state, champion=champion, challenger=challenger, aliases=aliases, refused=refused,
-                       registry_error=None, checked_at=time.time())
+                       registry_error=None, checked_at=time.time(), canary_share=share)
+
+    def _canary_share(self, state: ModelState, champion: LoadedModel | None,
+                      challenger: LoadedModel | None) -> float | None:
+        """The canary's share from its version tag, for a spec with a canary stage or a ramp (others never tag it:
+        no extra registry read for them). Read at every refresh, so a ramp step is followed like an alias move."""
+        rollout = state.spec.rollout
+        if (challenger is None or champion is None or challenger.version == champion.version
+                or not (rollout.ramp or rollout.auto_promote == "canary")):
+            return None
+        return self.registry.canary_share(state.spec.name, challenger.version)
 
     def _resolve(self, state: ModelState, version: str | None, serving: LoadedModel | None,
                  refused: dict[str, str]) -> LoadedModel | None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl
 
+from mlplatform.lib.api_tokens import ApiTokens, bearer_token, may_score, team_of
 from mlplatform.serving.models import ModelState
 from mlplatform.serving.schema import RecordProblems
 
@@ -42,10 +43,44 @@ SCORING_PATH = re.compile(r"^/v1/models/([^/]+)/(predict|invocations|explain)$")
 class HttpProblem(Exception):
     """A 4xx/503 answer with a reason."""
 
-    def __init__(self, status: int, error: str, **detail: Any):
+    def __init__(self, status: int, error: str, headers: Mapping[str, str] | None = None, **detail: Any):
         self.status = status
         self.body = {"error": error, **detail}
+        self.headers = dict(headers or {})
         super().__init__(error)
+
+
+AUTH_REALM = 'Bearer realm="mlplatform"'
+
+
+def unauthorized(tokens: ApiTokens, authorization: str | None, what: str) -> HttpProblem | None:
+    """The 401 for a request to ``what`` whose bearer token is missing or unknown; None when it is known."""
+    token = bearer_token(authorization)
+    if token is not None and tokens.teams_for(token) is not None:
+        return None
+    if token is None:
+        return HttpProblem(401, f"{what} needs a bearer token: send Authorization: Bearer <token>",
+                           headers={"WWW-Authenticate": AUTH_REALM})
+    return HttpProblem(401, "the bearer token is not known to this service",
+                       headers={"WWW-Authenticate": f'{AUTH_REALM}, error="invalid_token"'})
+
+
+def check_access(tokens: ApiTokens | None, authorization: str | None, name: str, model: ModelState | None) -> None:
+    """Raise the 401 (no or unknown token) or 403 (another team's model) of a scoring request; nothing without
+    tokens configured. Runs before the model is looked up, so an unknown client learns no model names."""
+    if tokens is None:
+        return
+    problem = unauthorized(tokens, authorization, "scoring")
+    if problem is not None:
+        raise problem
+    if model is None:
+        return  # the 404 that follows names it
+    teams = tokens.teams_for(bearer_token(authorization)) or frozenset()
+    team = team_of(model.spec)
+    if not may_score(teams, team):
+        raise HttpProblem(403, f"this token may not score {name!r}: the model belongs to "
+                          f"{'team ' + repr(team) if team else 'no team (only a token for every team may)'}, and "
+                          f"the token is for {', '.join(sorted(teams))}", model=name, team=team)
 
 
 def dumps(body: Any) -> bytes:
@@ -235,6 +270,7 @@ class Route:
 class ServingLimits(Protocol):
     body_limit: int
     body_timeout_seconds: float
+    api_tokens: ApiTokens | None
 
 
 class ServingRuntimeLike(Protocol):
@@ -271,7 +307,7 @@ def is_json_media_type(content_type: str | None) -> bool:
 
 async def handle(runtime: ServingRuntimeLike, route: Route, name: str, body: Body, given_request_id: str | None,
                  query: Mapping[str, str] | None = None, *,
-                 content_type: str | None) -> tuple[int, bytes, dict[str, str]]:
+                 content_type: str | None, authorization: str | None = None) -> tuple[int, bytes, dict[str, str]]:
     """One scoring request through the common checks, then ``route.answer``: (status, JSON body, headers)."""
     arrived = time.perf_counter()
     config = runtime.config
@@ -282,6 +318,7 @@ async def handle(runtime: ServingRuntimeLike, route: Route, name: str, body: Bod
         if body.timed_out:  # first: whatever else is wrong, this connection is closed (its body never ended)
             raise HttpProblem(408, f"the request body did not arrive within {config.body_timeout_seconds:g} s",
                               body_timeout_seconds=config.body_timeout_seconds)
+        check_access(config.api_tokens, authorization, name, model)  # 401/403 before anything else is said
         if model is None:
             raise HttpProblem(404, f"no model named {name!r} is served", served=sorted(runtime.state.models))
         if not is_json_media_type(content_type):
@@ -308,7 +345,7 @@ async def handle(runtime: ServingRuntimeLike, route: Route, name: str, body: Bod
         return 200, payload, {REQUEST_ID_HEADER: request_id}
     except HttpProblem as problem:
         status = problem.status
-        return problem.status, dumps(problem.body), ({"connection": "close"} if status == 408 else {})
+        return problem.status, dumps(problem.body), ({"connection": "close"} if status == 408 else problem.headers)
     except Exception:  # noqa: BLE001 - a genuine server fault: answer with an id to find the traceback by
         error_id = uuid.uuid4().hex
         log.exception("error %s on POST /v1/models/%s/%s", error_id, name, route.name)
@@ -342,8 +379,9 @@ class ScoringFront:
         raw_query = scope.get("query_string") or b""
         query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else None
         content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), None)
+        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
         status, payload, headers = await handle(self.runtime, route, match.group(1), body, given, query,
-                                                content_type=content_type)
+                                                content_type=content_type, authorization=authorization)
         raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         if self.runtime.draining:  # no keep-alive reuse of a replica that is about to stop

@@ -75,13 +75,20 @@ def records_of(frame: pd.DataFrame, spec: ModelSpec) -> list[dict[str, Any]]:
     return records
 
 
-def send(records: list[dict[str, Any]], url: str, model: str, batch: int = 100, timeout: float = 30.0) -> ReplayResult:
-    """POST the records in batches to ``{url}/v1/models/{model}/predict``; count what was answered."""
+def send(records: list[dict[str, Any]], url: str, model: str, batch: int = 100, timeout: float = 30.0,
+         token: str | None = None) -> ReplayResult:
+    """POST the records in batches to ``{url}/v1/models/{model}/predict``; count what was answered. ``token``
+    (default: ``MLPLATFORM_API_TOKEN``) is sent as the bearer token, for a service with API tokens."""
+    import os
+
     import httpx
+
+    from mlplatform.lib.api_tokens import CLIENT_TOKEN_ENV
 
     result = ReplayResult(rows=len(records))
     endpoint = f"{url.rstrip('/')}/v1/models/{model}/predict"
-    with httpx.Client(timeout=timeout) as client:
+    token = token or os.environ.get(CLIENT_TOKEN_ENV, "").strip()
+    with httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else None) as client:
         for start in range(0, len(records), batch):
             chunk = records[start:start + batch]
             result.sent += len(chunk)

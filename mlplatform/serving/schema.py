@@ -111,6 +111,12 @@ class RecordSchema:
                     max_chars=spec.features.text_max_chars if kind == "text" else None,
                 ))
         self.feature_names = [rule.name for rule in self.rules]
+        # The spec's sensitive attributes may ride along with a record: logged for live fairness, never model inputs.
+        self.sensitive_columns = list(spec.fairness.sensitive) if spec.fairness else []
+        used = sorted(set(self.sensitive_columns) & set(self.feature_names))
+        if used:  # the loader refuses such a spec; this guards the serving path whatever built the spec
+            raise ValueError(f"{spec.name}: sensitive column(s) {', '.join(used)} are features; a sensitive attribute "
+                             "is never a model input (fairness.sensitive, features)")
 
     def check(self, records: list[Any]) -> list[dict[str, Any]]:
         """The records as model inputs (feature -> float/text/None), or raise :class:`RecordProblems`."""
@@ -129,6 +135,15 @@ class RecordSchema:
         key = {c: record[c] for c in self.key_columns if c in record} or None
         record_id = record.get(RECORD_ID_FIELD)
         return key, (None if record_id is None else str(record_id))
+
+    def sensitive(self, record: dict[str, Any]) -> dict[str, str | None] | None:
+        """The spec's sensitive attributes a (checked) record carries, as text (``category_text``: 1.0 is "1");
+        None when the spec has none or the record sends none. Never part of what the model scores."""
+        if not self.sensitive_columns:
+            return None
+        found = {c: (None if record.get(c) is None else category_text(record[c]))
+                 for c in self.sensitive_columns if c in record}
+        return found or None
 
     def _check_one(self, index: int, record: Any, problems: list[dict[str, Any]]) -> dict[str, Any]:
         if not isinstance(record, dict):
@@ -155,6 +170,13 @@ class RecordSchema:
                                          f"a text or number of at most {MAX_KEY_CHARS} characters",
                                          f"record {index}: key {column!r} must be a text or number of at most "
                                          f"{MAX_KEY_CHARS} characters; found {_shown(record[column])}"))
+        for column in self.sensitive_columns:
+            value = record.get(column)
+            if value is not None and not _short_scalar(value, MAX_KEY_CHARS):
+                problems.append(_problem(index, column, value, f"a text or number of at most {MAX_KEY_CHARS} "
+                                         "characters, or null",
+                                         f"record {index}: sensitive attribute {column!r} must be a text, number or "
+                                         f"boolean of at most {MAX_KEY_CHARS} characters, or null; found {_shown(value)}"))
         record_id = record.get(RECORD_ID_FIELD)
         if record_id is not None and not _short_scalar(record_id, MAX_RECORD_ID_CHARS):
             problems.append(_problem(index, RECORD_ID_FIELD, record_id, f"a text or number of at most "
@@ -169,6 +191,10 @@ class RecordSchema:
         for column in self.key_columns:
             properties.setdefault(column, {"type": ["string", "number"], "maxLength": MAX_KEY_CHARS,
                                            "description": "entity key (echoed)"})
+        for column in self.sensitive_columns:
+            properties.setdefault(column, {"type": ["string", "number", "null"], "maxLength": MAX_KEY_CHARS,
+                                           "description": "sensitive attribute (fairness.sensitive): optional, "
+                                           "logged for live fairness, never a model input"})
         properties[RECORD_ID_FIELD] = {"type": ["string", "number"], "maxLength": MAX_RECORD_ID_CHARS,
                                        "description": "optional client id of the record (logged and echoed)"}
         return {"title": f"{self.model} record", "type": "object", "properties": properties,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from mlplatform.lib.api_tokens import exposure_warning
 from mlplatform.serving.app import ServingConfig, create_app
 
 
@@ -69,6 +70,9 @@ def serve(config: ServingConfig, options: ServerOptions) -> None:
     prediction log."""
     logging.basicConfig(level=getattr(logging, options.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    exposed = exposure_warning(options.host, config.api_tokens)
+    if exposed:
+        logging.getLogger("mlplatform.serving").warning(exposed)
     uvicorn_settings = uvicorn_config(config, options)
     front = uvicorn_settings.app
 

@@ -13,10 +13,13 @@ from mlplatform.specs.loader import (
     declared_names,
     load_spec_file,
     load_spec_named,
+    load_spec_set,
     load_specs,
 )
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem
 from mlplatform.specs.tasks import TASKS
+from mlplatform.specs.teams import SpecLoad
 
 __all__ = ["DbtColumns", "DbtProjectUnavailable", "ModelSpec", "check_spec", "SpecError", "SpecProblem", "TASKS", "dbt_manifest_columns",
-           "declared_names", "load_spec_file", "load_spec_named", "load_specs"]
+           "declared_names", "load_spec_file", "load_spec_named", "load_spec_set", "load_specs",
+           "SpecLoad"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import gzip
 import io
 import lzma
@@ -102,7 +103,22 @@ def delimiter_hint(header: str) -> str:
 
 
 def source_columns(path: Path) -> list[str]:
-    """Column names from the file header only, so validating a spec stays cheap and bounded."""
+    """Column names from the file header only, so validating a spec stays cheap and bounded. Read once per version
+    of the file (path, inode, modification and change times, size): validate and the raw asset's definition both
+    need them at load."""
+    try:
+        found = path.stat()
+    except OSError:
+        return _read_columns(path)  # its own error
+    return list(_columns_of_version(path, found.st_ino, found.st_mtime_ns, found.st_ctime_ns, found.st_size))
+
+
+@functools.lru_cache(maxsize=1024)
+def _columns_of_version(path: Path, inode: int, mtime_ns: int, ctime_ns: int, size: int) -> tuple[str, ...]:
+    return tuple(_read_columns(path))
+
+
+def _read_columns(path: Path) -> list[str]:
     if is_parquet(path):
         import pyarrow.parquet as pq
 

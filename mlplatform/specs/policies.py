@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from mlplatform.lib.alerts import AlertsConfig
 
 if TYPE_CHECKING:
     from mlplatform.specs.schema import ModelSpec
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 POLICIES_ENV = "MLPLATFORM_POLICIES"
 POLICIES_FILE = "policies.yaml"
 """Beside the specs; never read as a model spec."""
+GROUPS_ENV = "MLPLATFORM_APPROVER_GROUPS"
+"""A YAML/JSON file of group -> members (for example exported from the company directory); its groups win over the
+policy file's ``groups`` of the same name."""
 
 
 class Policy(BaseModel):
@@ -40,20 +45,52 @@ class Policy(BaseModel):
     latency_budget_p99_ms: float | None = Field(default=None, gt=0, description="The serving latency budget (p99, "
                                                 "ms): `GET /v1/models` and `/metrics` report each model's measured "
                                                 "p99 against it.")
+    require_live_fairness: bool = Field(default=False, description="A version is promoted only once the `fairness` "
+                                        "measures on its live predictions pass (as `rollout.require_live_fairness`): "
+                                        "the spec needs a fairness section and shadow or canary traffic.")
+    approvers: list[str] = Field(default_factory=list, description="Who may promote or roll back (names as given "
+                                 "with `--by`). Empty, and no `approver_groups`: anyone may.")
+    approver_groups: list[str] = Field(default_factory=list, description="Groups whose members may approve too "
+                                       "(the policy file's `groups`, or the file `MLPLATFORM_APPROVER_GROUPS` names).")
+    required_approvals: int = Field(default=1, ge=1, le=5, description="Distinct people who must approve a version "
+                                    "before it becomes champion (the first approvals are recorded and wait).")
+
+    _name: str = PrivateAttr(default="")
+    _members: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)  # approver group -> its members
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def allowed_approvers(self) -> dict[str, str] | None:
+        """Who may approve: the name (case-folded) -> why ("named" or "group G"); None when anyone may."""
+        if not self.approvers and not self.approver_groups:
+            return None
+        allowed: dict[str, str] = {}
+        for group in self.approver_groups:
+            for member in self._members.get(group, ()):
+                allowed.setdefault(member.strip().casefold(), f"group {group}")
+        for person in self.approvers:
+            allowed[person.strip().casefold()] = "named"
+        return allowed
 
 
 class PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default: str | None = Field(default=None, description="The policy of every spec that names none.")
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="Approver groups: group -> members.")
     policies: dict[str, Policy] = Field(default_factory=dict)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Where lifecycle alerts go: destinations "
+                                 "and routes per team, policy or model (docs/alerts.md; mlplatform.lib.alerts).")
 
 
 BUILTIN_POLICIES: dict[str, Policy] = {
     "regulated": Policy(description="credit, insurance and other decisions about people: fairness gate, manual "
                         "approval and the training-data gate are mandatory (model cards are written for every version "
-                        "whatever the spec says)", require_fairness=True, require_manual_approval=True,
-                        require_training_data_gate=True),
+                        "whatever the spec says); two distinct people approve every champion",
+                        require_fairness=True, require_manual_approval=True, require_training_data_gate=True,
+                        required_approvals=2),
 }
 
 
@@ -75,9 +112,12 @@ def policies_path(spec_folder: Path) -> Path | None:
 
 
 def load_policies(file: Path | None) -> tuple[dict[str, Policy], str | None]:
-    """(every policy by name, built-ins included; the default policy or None). Raises :class:`PolicyFileError`."""
+    """(every policy by name, built-ins included; the default policy or None). Raises :class:`PolicyFileError`.
+
+    A policy the file defines under a built-in's name keeps the built-in's rules it does not set itself (naming
+    the approvers of ``regulated`` must not switch its gates off)."""
     if file is None:
-        return dict(BUILTIN_POLICIES), None
+        return _named(dict(BUILTIN_POLICIES), load_groups({})), None
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except OSError as error:
@@ -89,12 +129,55 @@ def load_policies(file: Path | None) -> tuple[dict[str, Policy], str | None]:
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise PolicyFileError(file, key, f"{first['msg']}; a policy has the keys "
-                              f"{', '.join(Policy.model_fields)}") from None
-    known = {**BUILTIN_POLICIES, **parsed.policies}
+        hint = ("see docs/alerts.md" if first["loc"][:1] == ("alerts",)
+                else f"a policy has the keys {', '.join(Policy.model_fields)}")
+        raise PolicyFileError(file, key, f"{first['msg']}; {hint}") from None
+    known = {**BUILTIN_POLICIES, **{
+        name: (BUILTIN_POLICIES[name].model_copy(update=policy.model_dump(exclude_unset=True))
+               if name in BUILTIN_POLICIES else policy) for name, policy in parsed.policies.items()}}
     if parsed.default is not None and parsed.default not in known:
         raise PolicyFileError(file, "default", f"found {parsed.default!r}; allowed: {', '.join(sorted(known))}")
-    return known, parsed.default
+    groups = load_groups(parsed.groups)
+    for name, policy in known.items():
+        unknown = [g for g in policy.approver_groups if g not in groups]
+        if unknown:
+            raise PolicyFileError(file, f"policies.{name}.approver_groups", f"found {', '.join(map(repr, unknown))}; "
+                                  f"defined groups: {', '.join(sorted(groups)) or 'none'} (the file's `groups`, or "
+                                  f"{GROUPS_ENV})")
+    return _named(known, groups), parsed.default
+
+
+def load_groups(own: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
+    """Approver groups: the policy file's own, then the file ``MLPLATFORM_APPROVER_GROUPS`` names (it wins)."""
+    groups = {name: tuple(members) for name, members in own.items()}
+    configured = os.environ.get(GROUPS_ENV, "").strip()
+    if not configured:
+        return groups
+    file = Path(configured).expanduser()
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise PolicyFileError(file, GROUPS_ENV, f"cannot be read: {error}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise PolicyFileError(file, "(yaml)", f"not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise PolicyFileError(file, "(top level)", "expected a mapping of group -> list of member names")
+    for name, members in raw.items():
+        if not isinstance(members, list) or not all(isinstance(m, str) and m.strip() for m in members):
+            raise PolicyFileError(file, str(name), "expected a list of member names")
+        groups[str(name)] = tuple(members)
+    return groups
+
+
+def _named(policies: dict[str, Policy], groups: dict[str, tuple[str, ...]]) -> dict[str, Policy]:
+    """Copies that know their own name and their approver groups' members (for approvals and their refusals)."""
+    named = {}
+    for name, policy in policies.items():
+        copy = policy.model_copy()
+        copy._name = name
+        copy._members = {g: groups.get(g, ()) for g in policy.approver_groups}
+        named[name] = copy
+    return named
 
 
 def resolve_policy(spec: ModelSpec, policies: dict[str, Policy], default: str | None) -> Policy | None:
@@ -117,8 +200,17 @@ def policy_problems(spec: ModelSpec, policies: dict[str, Policy], default: str |
         yield "fairness", f"missing; {under} requires the fairness gate: add a fairness section with the sensitive columns"
     if policy.require_manual_approval and spec.rollout.approval != "manual":
         yield "rollout.approval", f"found {spec.rollout.approval!r}; {under} requires 'manual' (a person approves)"
+    elif policy.required_approvals > 1 and spec.rollout.approval != "manual":
+        yield "rollout.approval", (f"found {spec.rollout.approval!r}; {under} requires {policy.required_approvals} "
+                                   "distinct approvers, so 'manual'")
     if policy.require_training_data_gate and not spec.gates.training_data.enabled:
         yield "gates.training_data.enabled", f"found false; {under} requires the training-data gate: remove the key"
+    if policy.require_live_fairness and spec.fairness is None:
+        yield "fairness", (f"missing; {under} requires live fairness: add a fairness section with the sensitive "
+                           "columns the requests carry")
+    if policy.require_live_fairness and not (spec.rollout.shadow or spec.rollout.canary_percent > 0):
+        yield "rollout.shadow", (f"found false with rollout.canary_percent 0; {under} requires live fairness, which "
+                                 "needs live traffic for a new version: set rollout.shadow: true or a canary share")
     if policy.min_canary_percent is not None and spec.rollout.canary_percent < policy.min_canary_percent:
         yield "rollout.canary_percent", (f"found {spec.rollout.canary_percent}; {under} requires at least "
                                          f"{policy.min_canary_percent}")

@@ -23,6 +23,12 @@ from mlplatform.specs.tasks import DEFAULT_ESTIMATOR, DEFAULT_METRIC, METRICS_BY
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
+TEAM_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+"""A team's name: also a team folder's name, the Dagster owner ``team:<name>`` and the tag value ``team``."""
+
+OWNER_PATTERN = r"^(team:[A-Za-z0-9_.-]+|[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})$"
+"""What Dagster takes as an owner: an email address or ``team:<name>``."""
+
 DEFAULT_NULL_VALUES = ("", "NA", "N/A", "n/a", "null", "NULL", "NaN", "nan")
 """Cell texts read as missing by default (pandas' longer default list, e.g. 'None', '#N/A', is not used)."""
 
@@ -404,14 +410,77 @@ class RollbackSpec(_Strict):
                                 "metadata); false: always the change-point window.")
 
 
+class BusinessMetricSpec(_Strict):
+    """An outcome that arrives within hours (a click), judged per arm by the canary analysis."""
+
+    name: str = Field(default="click-through rate", description="What the rate is called in the verdict and audit.")
+    positive: str = Field(description="The target value (as text) that counts as a success, e.g. `'1'` for a click; "
+                          "the rate is successes over the answered predictions whose outcome arrived.")
+
+
+class CanaryAnalysisSpec(_Strict):
+    """How the canary is judged on live traffic, on signals that need no labels (lib/rollout_analysis.py)."""
+
+    interval_minutes: int = Field(default=60, ge=1, description="How often the canary analysis sensor judges the "
+                                  "canary (minutes).")
+    window_minutes: int = Field(default=60, ge=1, description="The traffic window judged: the last this many minutes "
+                                "(never before the canary's current share began).")
+    min_requests: int = Field(default=200, ge=1, description="Requests each of canary and champion needs in the "
+                              "window before anything is judged (fewer: continue).")
+    min_minutes: float = Field(default=30, ge=0, description="Minutes the canary must have served at its current share "
+                               "before it may be promoted or ramped (a significantly worse one is stopped earlier).")
+    alpha: float = Field(default=0.01, gt=0, lt=0.5, description="Significance level of each one-sided test (error "
+                         "rate, latency p99, predictions, business metric).")
+    latency_p99_ratio: float = Field(default=1.5, gt=1, description="Canary p99 latency above this multiple of the "
+                                     "champion's (and significantly so, by bootstrap) stops it.")
+    max_prediction_shift: float = Field(default=0.1, gt=0, le=1, description="Largest tolerated shift of the "
+                                        "canary's predictions from the champion's on the same traffic: the two-sample "
+                                        "KS statistic of the scores (regression, binary) or the total variation "
+                                        "distance of the class shares (multiclass); larger and significant stops it.")
+    automatic_stop: bool = Field(default=True, description="Whether the analysis removes `challenger` from a "
+                                 "significantly worse canary (false: it only reports).")
+    business_metric: BusinessMetricSpec | None = Field(default=None, description="With `labels.path`: the "
+                                                       "outcomes in the window (matched to the predictions as the weekly "
+                                                       "labels are) add a business signal; a canary with a "
+                                                       "significantly lower rate is stopped.")
+
+
 class RolloutSpec(_Strict):
     approval: Literal["manual", "auto"] = Field(default="manual", description="Who promotes challenger to champion.")
+    auto_promote: Literal["immediate", "canary"] = Field(
+        default="immediate", description="Under `approval: auto`, when a version that passed every gate becomes "
+        "champion: `immediate` (at once), or `canary` (it serves as canary first, at `canary_percent` or the ramp's "
+        "first step, and the canary analysis promotes it once its live evidence is good enough). A model's first "
+        "version becomes champion at once either way (there is nothing to compare it with).")
+    ramp: list[int] = Field(default_factory=list, description="Canary shares (percent, increasing, e.g. [5, 25, 50]) "
+                            "the analysis raises the canary through, one step per good verdict; the first step "
+                            "replaces `canary_percent`. Empty: the canary stays at `canary_percent`.")
+    analysis: CanaryAnalysisSpec = Field(default_factory=CanaryAnalysisSpec, description="The hourly canary analysis "
+                                         "on error rate, latency p99, the predictions and, once outcomes arrive, the "
+                                         "business metric.")
     canary_percent: int = Field(default=10, ge=0, le=100, description="Share of requests the challenger serves while it "
                                 "differs from the champion (chosen from the entity key, else the record id, else the "
                                 "request id). A canary significantly worse than the champion on live labels is stopped.")
     shadow: bool = Field(default=False, description="Also score every request with the challenger, off the response "
                          "path; logged with role `shadow` and compared in the weekly shadow report.")
     rollback: RollbackSpec = Field(default_factory=RollbackSpec, description="When to roll back to the previous champion.")
+    require_live_fairness: bool = Field(default=False, description="Refuse to promote a version (`mlplatform promote`, "
+                                        "the UI's approve job, approval: auto) while the `fairness` measures on its "
+                                        "live predictions (canary or shadow, grouped by the sensitive columns sent "
+                                        "with the requests) fail their limits or are too few to judge. Needs a "
+                                        "`fairness` section and live traffic for the challenger (docs/fairness.md).")
+
+    @field_validator("ramp")
+    @classmethod
+    def _increasing_ramp(cls, ramp: list[int]) -> list[int]:
+        if any(not 0 < share <= 100 for share in ramp) or any(b <= a for a, b in zip(ramp, ramp[1:], strict=False)):
+            raise ValueError(f"rollout.ramp must be increasing percentages in (0, 100], e.g. [5, 25, 50]; got {ramp}")
+        return ramp
+
+    @property
+    def first_share(self) -> float:
+        """The share a new canary starts at: the ramp's first step, else ``canary_percent``."""
+        return float(self.ramp[0]) if self.ramp else float(self.canary_percent)
 
 
 class LabelsSpec(_Strict):
@@ -467,6 +536,14 @@ class ModelSpec(_Strict):
                       "platform's `audit`.")
     description: str = Field(default="", description="Shown on every asset of the model in the Dagster UI.")
     owner: str | None = Field(default=None, description="Owner shown in the Dagster UI: an email or `team:name`.")
+    team: str | None = Field(default=None, pattern=TEAM_PATTERN, description="The team the model belongs to "
+                             "(lowercase letters, digits, `-`, `_`): every asset shows the owner `team:<team>` and "
+                             "the tag `team`, the jobs' runs the tag `team`, so the Dagster UI filters by it; "
+                             "`mlplatform validate` and the code location report per team. In a team folder "
+                             "(`<spec root>/<team>/*.yaml`) it defaults to the folder's name and may not differ "
+                             "from it. None and no team folder: the team of `owner: team:<name>`, if any.")
+    owners: list[str] = Field(default_factory=list, description="The team's people or groups, shown as Dagster "
+                              "owners beside `team:<team>` and `owner`: email addresses or `team:<name>`.")
     policy: str | None = Field(default=None, description="The platform policy this model falls under (`regulated` "
                                "built in, others in `policies.yaml` beside the specs or the file `MLPLATFORM_POLICIES` "
                                "names): what the spec may not switch off. None: the policy file's `default`, if any.")
@@ -500,6 +577,25 @@ class ModelSpec(_Strict):
 
     spec_file: Path = Field(default=Path("."), exclude=True, description="(set by the loader)")
     _policy_rules: Any = PrivateAttr(default=None)  # the resolved Policy, set by the loader; never from the YAML
+    _folder_team: str | None = PrivateAttr(default=None)  # the team folder the loader found the file in
+
+    @property
+    def team_name(self) -> str | None:
+        """The model's team: ``team``, else its team folder's name, else the name of ``owner: team:<name>``."""
+        if self.team or self._folder_team:
+            return self.team or self._folder_team
+        if self.owner and self.owner.startswith("team:") and re.match(TEAM_PATTERN, self.owner[5:]):
+            return self.owner[5:]
+        return None
+
+    @field_validator("owners")
+    @classmethod
+    def _owner_addresses(cls, value: list[str]) -> list[str]:
+        for owner in value:
+            if not isinstance(owner, str) or not re.match(OWNER_PATTERN, owner):
+                raise ValueError(f"found {str(owner)[:80]!r}; an owner is an email address (alice@example.com) or "
+                                 "a group as team:<name> (team:fraud-oncall)")
+        return value
 
     @property
     def policy_rules(self) -> Any:
@@ -538,6 +634,16 @@ class ModelSpec(_Strict):
             problem = labels_table_problem(self.labels.table, self.name)
             if problem:
                 raise ValueError(f"labels.table: {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _live_fairness_needs_fairness(self) -> ModelSpec:
+        if self.rollout.require_live_fairness and self.fairness is None:
+            raise ValueError("rollout.require_live_fairness: needs a fairness section (the sensitive columns and "
+                             "limits to judge live predictions by); add one, or remove the key")
+        if self.rollout.require_live_fairness and not (self.rollout.shadow or self.rollout.canary_percent > 0):
+            raise ValueError("rollout.require_live_fairness: a new version would never get live predictions to be "
+                             "judged on: set rollout.shadow: true or rollout.canary_percent above 0")
         return self
 
     @model_validator(mode="after")

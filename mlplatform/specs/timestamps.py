@@ -52,16 +52,25 @@ def _examples(values: pd.Series, n: int = 3) -> str:
 def timestamp_problems(values: pd.Series, column: str, timezone: str = "UTC", fmt: str | None = None,
                        unit: str | None = None) -> list[str]:
     """What would make this time column parse silently wrong, each naming the column, examples and the fix."""
+    return checked_event_times(values, column, timezone, fmt, unit)[0]
+
+
+def checked_event_times(values: pd.Series, column: str, timezone: str = "UTC", fmt: str | None = None,
+                        unit: str | None = None) -> tuple[list[str], pd.Series | None]:
+    """:func:`timestamp_problems`, and the present values parsed (None when the checks stopped before parsing):
+    validate reuses them instead of parsing the sample twice."""
     present = values.dropna()
     if present.empty or pd.api.types.is_datetime64_any_dtype(present):
-        return []
+        return [], None
     problems: list[str] = []
     text = present.astype(str)
     if unit is None:
-        numeric = pd.api.types.is_numeric_dtype(present) or text.str.match(_NUMBER).all()
+        # the head first: a column of dates fails there, without one regex per value of the whole sample
+        numeric = pd.api.types.is_numeric_dtype(present) or bool(
+            text.head(20).str.match(_NUMBER).all() and text.str.match(_NUMBER).all())
         if numeric:
             return [f"column {column!r} holds numbers ({_examples(text)}), not dates; if they are epoch times set "
-                    "source.timestamp_unit: s (seconds) or ms (milliseconds)"]
+                    "source.timestamp_unit: s (seconds) or ms (milliseconds)"], None
         if fmt is None:
             day_month = text[text.str.match(_DAY_MONTH)]
             if len(day_month):
@@ -80,7 +89,7 @@ def timestamp_problems(values: pd.Series, column: str, timezone: str = "UTC", fm
         if unparsed.all():
             how = f"source.timestamp_format {fmt!r}" if fmt is not None else f"source.timestamp_unit {unit!r}"
             problems.append(f"no value of column {column!r} parses with {how} (e.g. {_examples(text)})")
-            return problems
+            return problems, parsed
     placed = parsed.dropna()
     odd = (placed < PLAUSIBLE[0]) | (placed >= PLAUSIBLE[1])
     if odd.any():
@@ -91,4 +100,4 @@ def timestamp_problems(values: pd.Series, column: str, timezone: str = "UTC", fm
             + ("check source.timestamp_unit (s or ms)" if unit else
                "set source.timestamp_unit for epoch numbers or source.timestamp_format")
         )
-    return problems
+    return problems, parsed
