@@ -158,10 +158,11 @@ def assert_every_lifecycle_event_is_in_the_audit_trail(state: Path) -> None:
     with duckdb.connect(str(state / "warehouse.duckdb"), read_only=True) as connection:
         found = {event for (event,) in connection.execute("select distinct event from audit.events").fetchall()}
     # no bundled spec scores in batch, and importing a model trained elsewhere is a person's act the demo has no file for
-    # and no bundled spec requires live fairness, so no promotion is refused for it; no retrain run of the demo fails
-    # (a failed one is recorded by the alerts sensor: test_alerts.py)
+    # and no bundled spec has approvers or requires live fairness, so no approval is refused or waits; no retrain run
+    # of the demo fails (a failed one is recorded by the alerts sensor: test_alerts.py)
     assert found == set(EVENT_TYPES) - {"canary_stopped", "canary_step", "canary_promoted", "batch_scored",
-                                        "model_imported", "promotion_refused", "retrain_failed"}
+                                        "model_imported", "promotion_refused", "retrain_failed",
+                                        "approval_refused", "approval_pending"}
     for model in ("bike_demand", "car_loan", "churn_shift", "german_credit"):
         assert main(["audit", model, "--verify"]) == 0
 

@@ -873,8 +873,8 @@ def _answer_until_closed(sock: socket.socket, drip: bytes = b"") -> bytes:
             chunk = sock.recv(65536)
         except TimeoutError:
             continue
-        except OSError:
-            break
+        except OSError:  # reset: the server closed with our unread bytes in its buffer (TCP sends RST then), a close
+            return received
         if not chunk:
             return received
         received += chunk

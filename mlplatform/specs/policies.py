@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from mlplatform.lib.alerts import AlertsConfig
+from mlplatform.specs.alerts_config import AlertsConfig
 
 if TYPE_CHECKING:
     from mlplatform.specs.schema import ModelSpec
