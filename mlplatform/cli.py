@@ -598,15 +598,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     from mlplatform.lib.ci_check import check_model, report
     from mlplatform.lib.tracking import Tracker
     from mlplatform.specs import SpecError, load_specs
+    from mlplatform.specs.loader import UnknownModels
     from mlplatform.specs.team_metrics import register_spec_metrics
 
     settings = load_settings()
     ensure_home(settings)
-    try:
-        specs = load_specs(settings.spec_roots, dbt_columns(settings))
+    try:  # every spec (CI's gate, as validate); a team's check of its own models (--model) skips broken neighbours
+        specs = (_usable_specs(settings, args.model, dbt_columns(settings), True)
+                 if args.model and not settings.strict_specs else load_specs(settings.spec_roots, dbt_columns(settings)))
     except SpecError as error:
         print(f"FAIL  specs: {len(error.problems)} problem(s) in model specs:", file=sys.stderr)
         print("\n".join(f"  - {problem}" for problem in error.problems), file=sys.stderr)
+        return 1
+    except UnknownModels as error:  # a --model no spec declares
+        print(f"no model named {', '.join(error.unknown)}; the specs define {', '.join(error.known) or 'none'}",
+              file=sys.stderr)
         return 1
     by_name = {spec.name: spec for spec in specs}
     unknown = sorted(set(args.model or []) - set(by_name))
@@ -793,7 +799,21 @@ def _served_specs(settings: Settings, names: Sequence[str] | None, check_data: b
     from mlplatform.specs import load_specs
 
     columns = _dbt_model_columns() if check_data else None
-    return select_specs(load_specs(settings.spec_roots, columns, check_data=check_data), names)
+    if settings.strict_specs:  # MLPLATFORM_STRICT_SPECS=1: any broken spec refuses, as in the code location
+        return select_specs(load_specs(settings.spec_roots, columns, check_data=check_data), names)
+    return _usable_specs(settings, names, columns, check_data)
+
+
+def _usable_specs(settings: Settings, names: Sequence[str] | None, columns, check_data: bool) -> list:
+    """The valid specs (named, or all), with a warning on stderr naming each broken spec file left out: one team's
+    broken spec does not stop the others' models; a command naming the broken model itself gets its problems."""
+    from mlplatform.specs import load_usable_specs, skipped_specs_warning
+
+    specs, skipped = load_usable_specs(settings.spec_roots, names, columns, check_data=check_data)
+    warning = skipped_specs_warning(skipped)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return specs
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -888,13 +908,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     instance's failed runs); ``alerts test``: a test alert to one destination, or to each (docs/alerts.md)."""
     from mlplatform.lib import alerts
     from mlplatform.lib.warehouse import WarehouseBusy, connect_when_free
-    from mlplatform.specs import SpecError, load_specs
+    from mlplatform.specs import SpecError
     from mlplatform.specs.policies import PolicyFileError
 
     settings = load_settings()
     ensure_home(settings)
-    try:
-        setup = alerts.alert_setup(load_specs(settings.specs_dir, None, check_data=False), settings.specs_dir)
+    try:  # every spec root's models and policy file; a broken spec is left out with a warning
+        setup = alerts.alert_setup(_served_specs(settings, None, check_data=False), settings.spec_roots)
     except (SpecError, PolicyFileError) as error:
         print(f"{error}\nnothing was sent", file=sys.stderr)
         return 1
@@ -919,7 +939,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         print(f"no warehouse at {settings.warehouse_path} yet: nothing ran, nothing to deliver")
         return 0
     try:
+        from mlplatform.lib.audit_integrity import settings_anchor_reader
+
         report = alerts.deliver(lambda wait: connect_when_free(settings.warehouse_path, wait), setup,
+                                anchors_of=settings_anchor_reader(settings),
                                 read_wait=args.wait, record_wait=max(args.wait, 20.0))
     except WarehouseBusy as busy:
         print(f"{busy}; nothing was sent: try again when the run ends, or give --wait SECONDS", file=sys.stderr)

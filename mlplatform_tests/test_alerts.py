@@ -14,6 +14,7 @@ import pytest
 from mlplatform.lib import alerts
 from mlplatform.lib.alerts import AlertsConfig, AlertSetup, FailedRun, ModelRouting
 from mlplatform.lib.audit import AuditEvent, append_events
+from mlplatform.lib.audit_key import AUDIT_KEY_ENV
 from mlplatform.lib.warehouse import connect_when_free
 from mlplatform.specs.loader import load_spec_file
 from mlplatform.specs.policies import PolicyFileError, load_policies
@@ -75,10 +76,29 @@ def connect(path: Path):
     return lambda wait: connect_when_free(path, wait)
 
 
+def append_with_alias_rows(connection, events: list[AuditEvent]) -> None:
+    """The events, and the audit.alias_changes row of each alias move among them, as lib/promotion.py writes both (so
+    the anchored check of `audit --verify` that alerts run finds the tables agreeing)."""
+    from mlplatform.lib.audit import read_events, record_alias_changes
+
+    append_events(connection, events)
+    rows = []
+    for model in {event.model for event in events}:
+        for record in read_events(connection, model).to_dict("records"):
+            details = json.loads(record["details"]) if isinstance(record["details"], str) else {}
+            if isinstance(details, dict) and {"alias", "previous_version", "action"} <= set(details):
+                rows.append({"changed_at": record["occurred_at"], "model": model, "alias": details["alias"],
+                             "version": record["version"], "previous_version": details["previous_version"],
+                             "actor": record["actor"], "reason": details.get("reason", str(record["summary"]).split(
+                                 "; ", 1)[1] if "; " in str(record["summary"]) else ""),
+                             "week": record["week"], "action": details["action"]})
+    record_alias_changes(connection, rows)
+
+
 def write_trail(path: Path, model: str = "toy", tamper: bool = True) -> None:
     """The lifecycle events, a failed retrain run, and (``tamper``) an edited early row, so the chain breaks."""
     with duckdb.connect(str(path)) as connection:
-        append_events(connection, lifecycle_events(model))
+        append_with_alias_rows(connection, lifecycle_events(model))
         alerts.record_retrain_failures(connection, [FailedRun(
             "run-5678", model, f"{model}_retrain", alerts.utc_now(), "step toy_model: ValueError: no rows", "drift",
             "2024-01-22")])
@@ -269,7 +289,7 @@ def test_the_sensor_records_a_failed_retrain_and_delivers_each_alert_once(home, 
         sensor = defs.resolve_sensor_def("alerts_delivery")
         assert sensor.default_status == DefaultSensorStatus.RUNNING  # routes exist: on without a click
         with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
-            append_events(connection, lifecycle_events("toy"))
+            append_with_alias_rows(connection, lifecycle_events("toy"))
         retrain = defs.resolve_job_def("toy_retrain")
         run = instance.create_run_for_job(retrain, tags={"mlplatform/trigger": "drift",
                                                          "mlplatform/drift_week": "2024-01-15"})
@@ -335,3 +355,80 @@ def test_a_pass_gives_up_at_once_while_a_run_holds_the_warehouse_and_sends_nothi
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_alerts_read_every_spec_root_s_policy_file_and_models(home, tmp_path, capsys, monkeypatch):
+    """Two spec roots (MLPLATFORM_SPECS=a:b), each with its policy file: `alerts deliver` routes each root's models
+    by its own file (a route without selectors covers its root's models only), and the sensor routes both."""
+    from mlplatform.cli import main
+    from mlplatform.lib.settings import load_settings
+    from mlplatform.specs import load_specs
+    from mlplatform.specs.policies import PolicyFileError
+    from mlplatform_tests.helpers import load_definitions
+
+    monkeypatch.delenv("MLPLATFORM_POLICIES", raising=False)
+    roots = {}
+    with http_receiver() as (hook, received):
+        for root, (model, team) in {"platform": ("score", "fraud"), "ads-repo": ("ctr", "ads")}.items():
+            folder = roots[root] = tmp_path / root
+            folder.mkdir()
+            toy_rows().to_csv(folder / "toy.csv", index=False)
+            (folder / f"{model}.yaml").write_text(TOY_SPEC.replace("name: toy", f"name: {model}") + f"team: {team}\n")
+            (folder / "policies.yaml").write_text(json.dumps({"alerts": {
+                "destinations": {f"{team}-hook": {"type": "webhook", "url": f"{hook}/{team}"}},
+                "routes": [{"destinations": [f"{team}-hook"]}]}}))
+        monkeypatch.setenv("MLPLATFORM_SPECS", f"{roots['platform']}:{roots['ads-repo']}")
+        home.mkdir(parents=True, exist_ok=True)
+        for model in ("score", "ctr"):
+            write_trail(home / "warehouse.duckdb", model, tamper=False)
+        assert main(["alerts", "deliver"]) == 0
+        assert main(["alerts", "test"]) == 0  # a test alert to each destination of both files
+    assert {b["model"] for b in received.posted_to("/fraud") if b["kind"] != "test"} == {"score"}
+    assert {b["model"] for b in received.posted_to("/ads") if b["kind"] != "test"} == {"ctr"}
+    for path in ("/fraud", "/ads"):  # each event once (write_trail's failed run is one run id: recorded for score)
+        ids = [b["id"] for b in received.posted_to(path) if b["kind"] != "test"]
+        assert len(ids) == len(set(ids)) >= 7 and [b["kind"] for b in received.posted_to(path)].count("test") == 1
+    assert "sent a test alert to ads-hook" in capsys.readouterr().out
+
+    sensor = load_definitions().resolve_sensor_def("alerts_delivery")
+    assert "Models routed: score, ctr" in sensor.description
+
+    (roots["ads-repo"] / "policies.yaml").write_text(json.dumps({"alerts": {  # one name, two meanings: refused
+        "destinations": {"fraud-hook": {"type": "webhook", "url": "http://elsewhere.test/x"}},
+        "routes": [{"destinations": ["fraud-hook"]}]}}))
+    settings = load_settings()
+    with pytest.raises(PolicyFileError, match="alerts.destinations.fraud-hook: 'fraud-hook' is also defined, "
+                                              "differently, in .*platform/policies.yaml"):
+        alerts.alert_setup(load_specs(settings.spec_roots, check_data=False), settings.spec_roots)
+
+
+def test_deleting_the_newest_audit_event_sends_one_audit_verification_alert(home, spec_dir, capsys, monkeypatch):
+    """`alerts deliver` runs the anchored check of `audit --verify` (the head against the checkpoint file): the
+    newest event deleted (a valid, shorter chain) is one audit_verification_failed alert, sent once."""
+    from mlplatform.cli import main
+    from mlplatform.lib.audit_integrity import write_checkpoint
+
+    monkeypatch.delenv("MLPLATFORM_POLICIES", raising=False)
+    monkeypatch.setenv(AUDIT_KEY_ENV, "k" * 32)
+    with http_receiver() as (hook, received):
+        folder = spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
+        (folder / "policies.yaml").write_text(json.dumps({"alerts": {
+            "destinations": {"ops": {"type": "webhook", "url": f"{hook}/hook"}},
+            "routes": [{"models": ["toy"], "destinations": ["ops"]}]}}))
+        home.mkdir(parents=True, exist_ok=True)
+        with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+            append_with_alias_rows(connection, lifecycle_events("toy"))
+            assert write_checkpoint(connection, "toy", home) is not None  # as every committed unit does
+        assert main(["alerts", "deliver"]) == 0
+        assert [b["summary"] for b in received.posted_to("/hook") if b["kind"] == "audit_verification_failed"] == []
+
+        with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+            connection.execute("delete from audit.events where model = 'toy' and seq = (select max(seq) from "
+                               "audit.events where model = 'toy')")
+        for _ in range(2):
+            assert main(["alerts", "deliver"]) == 0
+    failed = [b for b in received.posted_to("/hook") if b["kind"] == "audit_verification_failed"]
+    assert len(failed) == 1, failed
+    assert "deleted: the checkpoint file says the trail reached event" in failed[0]["summary"]
+    assert failed[0]["link"].endswith("/assets/toy/audit_trail")
+    capsys.readouterr()

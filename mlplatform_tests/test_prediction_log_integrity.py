@@ -107,6 +107,38 @@ def test_a_segment_deleted_with_its_manifest_entry_and_an_added_segment_are_name
     assert f"segment {_named(forged)} is in no manifest" in err
 
 
+def test_the_newest_segments_deleted_with_their_entries_are_caught_by_the_checkpoint(log, home, capsys):
+    """The chain alone stays valid when its newest entries go with their segments; the writer's checkpoint file
+    (outside the log, signed with the key) says how far it reached."""
+    entries = sorted((home / "prediction_log" / "toy" / MANIFEST_DIR_NAME).rglob("*.json"))
+    [checkpoint] = (home / "audit_checkpoints" / "prediction_log" / "toy").glob("*.json")
+    assert json.loads(checkpoint.read_text())["seq"] == 4 and "mac" in json.loads(checkpoint.read_text())
+    code, out, _ = _verify_log(capsys)
+    assert code == 0 and "1 writer chain(s), 1 anchored by a checkpoint file" in out
+    for number in (2, 3):
+        log[number].unlink()
+        entries[number].unlink()
+    code, _, err = _verify_log(capsys)
+    assert code == 1 and "manifest entries 3..4 deleted with their segments (the newest)" in err
+    assert f"the checkpoint of writer {checkpoint.stem} says the chain reached entry 4, the log holds 2" in err
+
+    value = json.loads(checkpoint.read_text())  # rolled back to the shorter chain without the key: refused
+    checkpoint.write_text(json.dumps({**value, "seq": 2, "hash": json.loads(entries[1].read_text())["hash"]}))
+    code, _, err = _verify_log(capsys)
+    assert code == 1 and "(entry 2) does not carry a valid signature of the audit key" in err
+
+
+def test_a_deleted_manifest_or_a_deleted_log_is_caught_by_the_checkpoint(log, home, capsys):
+    manifest = home / "prediction_log" / "toy" / MANIFEST_DIR_NAME
+    shutil.rmtree(manifest)
+    code, _, err = _verify_log(capsys)
+    assert code == 1 and "its whole manifest chain is gone" in err and "is in no manifest" in err
+    shutil.rmtree(home / "prediction_log" / "toy")  # the whole log: the checkpoint still says it existed
+    code, _, err = _verify_log(capsys)
+    assert code == 1 and "its whole manifest chain is gone: the checkpoint of writer" in err
+    assert "says it sealed 4 segment(s)" in err
+
+
 def test_no_log_is_not_intact(home, capsys):
     code, _, err = _verify_log(capsys)
     assert code == 1 and "no prediction log to verify" in err

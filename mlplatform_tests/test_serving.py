@@ -627,9 +627,10 @@ def test_replay_sends_a_week_of_feature_rows_as_traffic(world, capsys):
 
 
 def start_service(world: World, port: int, flush_seconds: float, specs_dir: Path | None = None,
-                  extra: Sequence[str] = ()) -> subprocess.Popen:
+                  extra: Sequence[str] = (), models: Sequence[str] = ("toy",)) -> subprocess.Popen:
     """`mlplatform serve` as its own process (what SIGTERM and SIGKILL are sent to)."""
-    command = [sys.executable, "-m", "mlplatform.cli", "serve", "--port", str(port), "--model", "toy",
+    command = [sys.executable, "-m", "mlplatform.cli", "serve", "--port", str(port),
+               *(arg for model in models for arg in ("--model", model)),
                "--flush-seconds", str(flush_seconds), "--poll-seconds", "0.5", "--log-level", "warning", *extra]
     env = {**os.environ, "MLPLATFORM_HOME": str(world.home), "MLPLATFORM_SPECS": str(specs_dir or world.specs_dir)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -958,3 +959,39 @@ def test_a_forced_champion_is_what_the_service_answers_with_before_and_after_a_r
         for key in ("gate.threshold", FORCED_BY_TAG, FORCED_REASON_TAG, FORCED_OVERRIDE_TAG, FORCED_AT_TAG):
             if key in world.tracker.version_tags("toy", "4"):
                 world.tracker.delete_version_tag("toy", "4", key)
+
+
+def test_serve_and_the_cli_survive_another_team_s_broken_spec(world, tmp_path, monkeypatch, capsys):
+    """Team fraud's broken spec beside team ads's toy: `serve` (every model) starts, warns naming the broken file,
+    key and fix, and answers toy over HTTP; `card toy` works; a command naming the broken model is refused with its
+    problem; `validate` stays strict."""
+    from mlplatform.cli import main
+
+    root = tmp_path / "specs"
+    (root / "fraud").mkdir(parents=True)
+    for name in ("toy.yaml", "toy.csv"):
+        (root / name).write_text((world.specs_dir / name).read_text())
+    broken = root / "fraud" / "score.yaml"
+    broken.write_text(textwrap.dedent(TOY_SPEC).replace("name: toy", "name: score") + "gates: {metric: rmse, threshhold: 1}\n")
+    world.aliases("toy", "1")
+    port = free_port()
+    process = start_service(world, port, flush_seconds=0.5, specs_dir=root, models=())
+    try:
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/models/toy/predict", timeout=30,
+                            json={"records": [{"id": 1, "x1": 1.0, "x2": 0.0, "color": "red"}]})
+        assert answer.status_code == 200, answer.text
+        assert [m["name"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()["models"]] == ["toy"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    assert "1 broken spec file(s) left out" in output
+    assert f"{broken}: gates.threshhold:" in output and "did you mean 'threshold'" in output
+
+    monkeypatch.setenv("MLPLATFORM_SPECS", str(root))
+    capsys.readouterr()
+    assert main(["card", "toy"]) == 0
+    out, err = capsys.readouterr()
+    assert "toy" in out and f"{broken}: gates.threshhold" in err
+    assert main(["card", "score"]) == 1
+    assert f"{broken}: gates.threshhold" in capsys.readouterr().err
+    assert main(["validate"]) == 1

@@ -131,6 +131,13 @@ def test_team_a_broken_spec_leaves_team_b_scheduled_and_sensing(home, tmp_path, 
     model = defs.resolve_assets_def(AssetKey(["ctr", "model"])).specs_by_key[AssetKey(["ctr", "model"])]
     assert model.owners == ["team:ads"] and model.tags["team"] == "ads"
     assert defs.resolve_job_def("ctr_weekly").tags["team"] == "ads"
+    for job in ("ctr_approve", "ctr_rollback", "ctr_canary_analysis"):  # the op jobs too: their runs filter by team
+        assert defs.resolve_job_def(job).tags["team"] == "ads", job
+    automation = [defs.resolve_schedule_def("ctr_weekly_schedule"),
+                  *(defs.resolve_sensor_def(name) for name in ("ctr_retrain_on_drift", "ctr_rollback_on_decay",
+                                                               "ctr_canary_sensor"))]
+    for definition in automation:  # the UI's automation page filters schedules and sensors by owner and tag
+        assert definition.tags == {"team": "ads"} and definition.owners == ["team:ads"], definition.name
     assert not [key for key in defs.resolve_asset_graph().get_all_asset_keys() if key.path[0] == "score"]
     with instance_for_test() as instance:
         schedule = defs.resolve_schedule_def("ctr_weekly_schedule")
@@ -156,3 +163,25 @@ def test_team_a_broken_spec_leaves_team_b_scheduled_and_sensing(home, tmp_path, 
     monkeypatch.setenv("MLPLATFORM_STRICT_SPECS", "1")
     with pytest.raises(SpecError, match="score.yaml: gates.threshhold"):
         load_definitions()
+
+
+def test_commands_load_the_valid_specs_and_refuse_only_the_broken_model(tmp_path):
+    """What serve and the CLI load (load_usable_specs): team ads's model, a warning naming team fraud's broken
+    file, key and fix; naming the broken model raises its problems; an unknown name and a missing root refuse."""
+    from mlplatform.specs import load_usable_specs, skipped_specs_warning
+
+    root = team_root(tmp_path / "specs", {"fraud": {"score.yaml": named("score", "gates: {metric: rmse, threshhold: 1}\n")},
+                                          "ads": {"ctr.yaml": named("ctr")}})
+    specs, skipped = load_usable_specs(root, check_data=False)
+    assert [spec.name for spec in specs] == ["ctr"]
+    warning = skipped_specs_warning(skipped)
+    assert f"{root / 'fraud' / 'score.yaml'}: gates.threshhold:" in warning and "did you mean 'threshold'" in warning
+    assert skipped_specs_warning([]) is None
+    assert [s.name for s in load_usable_specs(root, ["ctr"])[0]] == ["ctr"]
+    with pytest.raises(SpecError, match="score.yaml: gates.threshhold") as caught:
+        load_usable_specs(root, ["ctr", "score"])
+    assert all("score.yaml" in problem.file for problem in caught.value.problems)  # only the named model's
+    with pytest.raises(ValueError, match="no model spec named 'nope'; specs: ctr"):
+        load_usable_specs(root, ["nope"])
+    with pytest.raises(SpecError, match="folder does not exist"):
+        load_usable_specs(tmp_path / "missing")

@@ -24,6 +24,7 @@ from dagster import (
 
 from mlplatform import names
 from mlplatform.lib.alerts import AlertSetup, FailedRun, deliver
+from mlplatform.lib.audit_integrity import settings_anchor_reader
 from mlplatform.lib.settings import Settings
 
 SENSOR_NAME = "alerts_delivery"
@@ -98,7 +99,8 @@ def build_alerts_sensor(setup: AlertSetup, settings: Settings):
         last_verified = state.get("verified_at")
         verify = last_verified is None or now - datetime.fromisoformat(last_verified) >= VERIFY_EVERY
         try:
-            report = deliver(warehouse, setup, now, verify=verify, failures=failures, read_wait=WAREHOUSE_WAIT_SECONDS)
+            report = deliver(warehouse, setup, now, verify=verify, failures=failures, read_wait=WAREHOUSE_WAIT_SECONDS,
+                             anchors_of=settings_anchor_reader(settings))
         except WarehouseBusy:
             return SensorResult(skip_reason=SkipReason("the warehouse is busy (a run is writing); the next tick "
                                                        "delivers"), cursor=context.cursor)
@@ -119,9 +121,9 @@ def build_alerts_sensor(setup: AlertSetup, settings: Settings):
 
 
 def alerts_definitions(specs, settings: Settings):
-    """The location's ``alerts_delivery`` sensor, routed by the policy file beside ``settings.specs_dir``."""
+    """The location's ``alerts_delivery`` sensor, routed by the policy file of every spec root."""
     from dagster import Definitions
 
     from mlplatform.lib.alerts import alert_setup
 
-    return Definitions(sensors=[build_alerts_sensor(alert_setup(specs, settings.specs_dir), settings)])
+    return Definitions(sensors=[build_alerts_sensor(alert_setup(specs, settings.spec_roots), settings)])

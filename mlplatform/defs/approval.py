@@ -9,6 +9,7 @@ from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
 
 from mlplatform import names
 from mlplatform.defs.audit_assets import audit_trail_materialization
+from mlplatform.defs.metadata import team_tags
 from mlplatform.defs.resources import ModelRegistry, Warehouse
 from mlplatform.specs import ModelSpec
 
@@ -109,12 +110,12 @@ def build_approval_jobs(spec: ModelSpec) -> list:
 
         _apply(context, spec, decide, follow=stop_degraded_canary if config.only_if_champion else None)
 
-    @job(name=names.approve_job(spec.name),
+    @job(name=names.approve_job(spec.name), tags=team_tags(spec),
          description=f"A person approves a {spec.name} version as champion (what `mlplatform promote` does).")
     def approve_job():
         approve()
 
-    @job(name=names.rollback_job(spec.name),
+    @job(name=names.rollback_job(spec.name), tags=team_tags(spec),
          description=f"A person puts an earlier {spec.name} champion back (what `mlplatform rollback` does).")
     def rollback_job():
         rollback()

@@ -20,12 +20,12 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    build_schedule_from_partitioned_job,
     define_asset_job,
     partition_loading_context,
     schedule,
     sensor,
 )
+from dagster._check import CheckError
 from dagster._utils.schedules import is_valid_cron_string
 
 from mlplatform import names
@@ -41,7 +41,7 @@ from mlplatform.defs.keys import (
     raw_key,
     staged_key,
 )
-from mlplatform.defs.metadata import team_tags
+from mlplatform.defs.metadata import team_attributes, team_tags
 from mlplatform.defs.mlflow_run import end_mlflow_run
 from mlplatform.defs.partitions import weekly_partitions
 from mlplatform.lib.retraining import decay_requests, retrain_requests
@@ -50,6 +50,9 @@ from mlplatform.specs import ModelSpec
 # A sensor with several jobs is re-created by Dagster when the definitions resolve its jobs, passing `owners` along,
 # which warns at every load that a parameter we never set is beta. Nothing to act on: silenced for that message only.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*`owners` of initializer `SensorDefinition.*")
+# The team as the owner of each schedule and sensor (team_attributes): the same beta parameter, set on purpose.
+warnings.filterwarnings("ignore", category=BetaWarning,
+                        message=".*`owners` of (initializer|function) `(ScheduleDefinition|SensorDefinition|schedule|sensor)")
 
 
 def build_jobs(spec: ModelSpec) -> list:
@@ -90,32 +93,42 @@ def build_jobs(spec: ModelSpec) -> list:
 
 
 def build_schedule(spec: ModelSpec, weekly_job, cron_override: str = ""):
-    """Mondays 01:00 UTC: the week that just ended (its partition exists once the week is over).
+    """Mondays 01:00 UTC: the week that just ended (its partition exists once the week is over), requested once (the
+    week is the run key), as Dagster's partitioned schedule does; owned and tagged by the model's team.
 
     ``cron_override`` (``MLPLATFORM_WEEKLY_SCHEDULE_CRON``, for testing the daemon's ticks only) replaces the time of
-    day and week; each tick still requests the latest complete week, once (the week is the run key), as Dagster's
-    partitioned schedule does.
+    day and week; each tick still requests the latest complete week.
     """
     status = DefaultScheduleStatus.RUNNING if spec.automation.weekly_schedule else DefaultScheduleStatus.STOPPED
-    if not cron_override:
-        return build_schedule_from_partitioned_job(weekly_job, hour_of_day=1, minute_of_hour=0, default_status=status)
-    if not is_valid_cron_string(cron_override):
+    if cron_override and not is_valid_cron_string(cron_override):
         raise ValueError(f"MLPLATFORM_WEEKLY_SCHEDULE_CRON={cron_override!r} is not a cron string (e.g. '*/2 * * * *'); "
                          "unset it for the weekly schedule (Mondays 01:00 UTC)")
     partitions = weekly_partitions(spec)
+    # build_schedule_from_partitioned_job makes the same schedule but drops its tags (they go to the runs only)
+    cron = cron_override or partitions.get_cron_schedule(minute_of_hour=0, hour_of_day=1)
+    description = (f"The week that just ended for {spec.name}, on the test cron {cron_override!r} "
+                   "(MLPLATFORM_WEEKLY_SCHEDULE_CRON)" if cron_override else
+                   f"The week that just ended for {spec.name}: data, drift, live performance (Mondays 01:00 UTC)")
 
-    @schedule(name=names.weekly_schedule(spec.name), cron_schedule=cron_override, job=weekly_job,
-              execution_timezone="UTC", default_status=status,
-              description=f"The week that just ended for {spec.name}, on the test cron {cron_override!r} "
-              "(MLPLATFORM_WEEKLY_SCHEDULE_CRON)")
+    @schedule(name=names.weekly_schedule(spec.name), cron_schedule=cron, job=weekly_job,
+              execution_timezone=partitions.timezone or "UTC", default_status=status, **team_attributes(spec),
+              description=description)
     def weekly(context: ScheduleEvaluationContext):
-        with partition_loading_context(effective_dt=context.scheduled_execution_time):
+        with partition_loading_context(effective_dt=_tick_time(context)):
             week = partitions.get_last_partition_key()
         if week is None:
             return SkipReason(f"no complete week of {spec.name} yet")
-        return RunRequest(run_key=week, partition_key=week)
+        return weekly_job.run_request_for_partition(partition_key=week, run_key=week)
 
     return weekly
+
+
+def _tick_time(context: ScheduleEvaluationContext):
+    """The tick's scheduled time; None (now) when evaluated without one (the UI's "test schedule", a test)."""
+    try:
+        return context.scheduled_execution_time
+    except CheckError:
+        return None
 
 
 def build_retrain_sensor(spec: ModelSpec, retrain_job):
@@ -124,7 +137,7 @@ def build_retrain_sensor(spec: ModelSpec, retrain_job):
 
     @sensor(
         name=names.retrain_sensor(spec.name), job=retrain_job, minimum_interval_seconds=30,
-        default_status=DefaultSensorStatus.RUNNING,
+        default_status=DefaultSensorStatus.RUNNING, **team_attributes(spec),
         description=f"Requests one retrain of {spec.name} per failed drift check (cursor: the last check record id).",
     )
     def retrain_on_drift(context: SensorEvaluationContext):
@@ -164,7 +177,7 @@ def build_decay_sensor(spec: ModelSpec, retrain_job, rollback_job):
 
     @sensor(
         name=sensor_name, jobs=[retrain_job, rollback_job], minimum_interval_seconds=30,
-        default_status=DefaultSensorStatus.RUNNING,
+        default_status=DefaultSensorStatus.RUNNING, **team_attributes(spec),
         description=f"When {spec.name}'s live_degradation check fails: moves champion back to the previous champion if "
         "that version scored significantly better on the same labelled rows (never to a version whose gates failed), "
         "and requests a retrain for the next week either way. One failure, one rollback, one retrain. While a "

@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from mlplatform import names
+from mlplatform.defs.metadata import team_attributes, team_tags
 from mlplatform.defs.resources import ModelRegistry
 from mlplatform.specs import ModelSpec
 
@@ -68,7 +69,7 @@ def build_canary_job(spec: ModelSpec):
             "change": (f"{run.change.kind}: {run.change.alias} v{run.change.previous_version or '-'} -> "
                        f"v{run.change.version or '-'}" if run.change else "none")})
 
-    @job(name=names.canary_job(spec.name), description=f"Judge {spec.name}'s canary against the champion on the last "
+    @job(name=names.canary_job(spec.name), tags=team_tags(spec), description=f"Judge {spec.name}'s canary against the champion on the last "
          f"{spec.rollout.analysis.window_minutes} min of live traffic (error rate, latency p99, predictions) and "
          "carry the verdict out: stop, ramp step, or promotion (approval: auto).")
     def canary_job():
@@ -83,7 +84,7 @@ def build_canary_sensor(spec: ModelSpec, canary_job):
     sensor_name = names.canary_sensor(spec.name)
 
     @sensor(name=sensor_name, job=canary_job, minimum_interval_seconds=interval,
-            default_status=DefaultSensorStatus.RUNNING,
+            default_status=DefaultSensorStatus.RUNNING, **team_attributes(spec),
             description=f"Every {spec.rollout.analysis.interval_minutes} min while {spec.name} has a canary: one run "
             f"of {canary_job.name} (stops a significantly worse canary, ramps or promotes a good one).")
     def canary_on_a_clock(context: SensorEvaluationContext, model_registry: ModelRegistry):

@@ -61,6 +61,13 @@ def team_tags(spec: ModelSpec) -> dict[str, str]:
     return {TEAM_TAG: spec.team_name} if spec.team_name else {}
 
 
+def team_attributes(spec: ModelSpec) -> dict:
+    """The team as ``tags`` and ``owners`` of a schedule or sensor (what the UI's automation page filters on);
+    nothing for a model without team or owners (``owners`` is beta in Dagster: not passed when empty)."""
+    found = owners(spec)
+    return {"tags": team_tags(spec), **({"owners": found} if found else {})}
+
+
 def column_schema(schema: pa.DataFrameSchema) -> TableSchema:
     """A Pandera schema as the UI's column schema (``dagster/column_schema``): names, types, descriptions, rules."""
     from mlplatform.lib.table_schemas import describe_columns

@@ -152,13 +152,77 @@ def load_alerts_config(file: Path | None) -> AlertsConfig:
         raise PolicyFileError(file, key, f"{first['msg']} (docs/alerts.md)") from None
 
 
-def alert_setup(specs: Iterable[ModelSpec], spec_folder: Path) -> AlertSetup:
-    """The alerts configuration beside ``spec_folder``'s specs (the policy file) and how each spec routes."""
+def alert_setup(specs: Iterable[ModelSpec], spec_roots: Path | Sequence[Path]) -> AlertSetup:
+    """The alerts configuration of the policy file of every spec root (``MLPLATFORM_SPECS=a:b``, or
+    ``MLPLATFORM_POLICIES`` for all of them) and how each spec routes (with its root's default policy).
+
+    Several files: their destinations are pooled (one name defined differently in two files is refused, naming
+    both) and each file's routes route only the models of its own roots; ``ui_url`` and the retry settings are the
+    first configured file's."""
     from mlplatform.specs.policies import load_policies, policies_path
 
-    file = policies_path(spec_folder)
-    _, default = load_policies(file)
-    return AlertSetup(load_alerts_config(file), {s.name: ModelRouting.of(s, default) for s in specs}, file)
+    roots = [Path(spec_roots)] if isinstance(spec_roots, (str, Path)) else [Path(r) for r in spec_roots]
+    files: dict[Path | None, list[Path]] = {}
+    for root in roots:
+        files.setdefault(policies_path(root), []).append(root)
+    defaults = {file: load_policies(file)[1] for file in files}
+    routing: dict[str, ModelRouting] = {}
+    models_of: dict[Path | None, list[str]] = {file: [] for file in files}
+    for spec in specs:
+        file = _policy_file_of(spec, files)
+        routing[spec.name] = ModelRouting.of(spec, defaults.get(file))
+        models_of.setdefault(file, []).append(spec.name)
+    configs = [(file, load_alerts_config(file)) for file in files]
+    configured = [(file, config) for file, config in configs if config.configured]
+    if len(configs) == 1 or len(configured) <= 1:
+        file, config = configured[0] if configured else configs[0]
+        if len(configs) > 1 and configured:  # one file routes: only the models of its own roots
+            config = config.model_copy(update={"routes": _routes_for(config.routes, models_of.get(file, []))})
+        return AlertSetup(config, routing, file)
+    return AlertSetup(_pooled(configured, models_of), routing, configured[0][0])
+
+
+def _policy_file_of(spec: ModelSpec, files: dict[Path | None, list[Path]]) -> Path | None:
+    """The policy file of the spec root holding ``spec`` (the deepest root that contains its file)."""
+    spec_file = Path(spec.spec_file).resolve()
+    best, depth = next(iter(files)), -1
+    for file, roots in files.items():
+        for root in roots:
+            resolved = root.resolve()
+            if spec_file.is_relative_to(resolved) and len(resolved.parts) > depth:
+                best, depth = file, len(resolved.parts)
+    return best
+
+
+def _routes_for(routes: list[AlertRoute], models: list[str]) -> list[AlertRoute]:
+    """``routes`` narrowed to ``models`` (a route naming none of them is dropped)."""
+    narrowed = []
+    for route in routes:
+        chosen = [m for m in (route.models or models) if m in models]
+        if chosen:
+            narrowed.append(route.model_copy(update={"models": chosen}))
+    return narrowed
+
+
+def _pooled(configured: list[tuple[Path | None, AlertsConfig]], models_of: dict[Path | None, list[str]]
+            ) -> AlertsConfig:
+    """One configuration from several policy files' (see :func:`alert_setup`)."""
+    from mlplatform.specs.policies import PolicyFileError
+
+    first = configured[0][1]
+    destinations: dict[str, Any] = {}
+    defined_in: dict[str, Path | None] = {}
+    routes: list[AlertRoute] = []
+    for file, config in configured:
+        for name, destination in config.destinations.items():
+            if name in destinations and destinations[name] != destination:
+                raise PolicyFileError(file, f"alerts.destinations.{name}", (
+                    f"{name!r} is also defined, differently, in {defined_in[name]}; destination names are shared by "
+                    "every spec root's policy file: rename one, or define it identically"))
+            destinations.setdefault(name, destination)
+            defined_in.setdefault(name, file)
+        routes += _routes_for(config.routes, models_of.get(file, []))
+    return first.model_copy(update={"destinations": destinations, "routes": routes})
 
 
 # --- Alerts: what an audit event tells a person ------------------------------------------------------------------
@@ -505,16 +569,64 @@ def _table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str
                                    "table_name = ?", [schema, table]).fetchall()[0][0])
 
 
-def trail_problems(connection: duckdb.DuckDBPyConnection, model: str) -> list[str]:
-    """Why ``model``'s trail does not verify (empty: it does), as ``mlplatform audit MODEL --verify`` says."""
+AnchorsOf = Callable[[str], tuple[str | None, str | None, bool]]
+"""model -> (registry tag, checkpoint text, registered): the trail's anchors (lib/audit_integrity.anchor_reader)."""
+
+_LAST_VERIFIED: dict[tuple[str, str], tuple[tuple, list[str]]] = {}
+"""(warehouse, model) -> (what was verified, its problems): an unchanged trail with unchanged anchors is not
+verified again by this process (a sensor tick every few minutes stays cheap)."""
+
+
+def trail_problems(connection: duckdb.DuckDBPyConnection, model: str,
+                   anchors: tuple[str | None, str | None, bool] | None = None) -> list[str]:
+    """Why ``model``'s trail does not verify (empty: it does). With ``anchors``: the check ``mlplatform audit MODEL
+    --verify`` runs (the keyed chain, its head against the registry tag and the checkpoint, audit.alias_changes), so
+    deleted newest events or a deleted trail are caught; a model with neither a trail nor an anchor never ran."""
     from mlplatform.lib.audit import read_events, verify_chain
 
-    return verify_chain(read_events(connection, model))
+    if anchors is None:
+        return verify_chain(read_events(connection, model))
+    from mlplatform.lib.audit_integrity import read_alias_rows, verify_trail, warehouse_home
+    from mlplatform.lib.audit_key import AuditKeyError, configured_key
+
+    registry, checkpoint, registered = anchors
+    state = (_trail_fingerprint(connection, model), registry, checkpoint, registered)
+    cache_key = (str(warehouse_home(connection)), model)
+    cached = _LAST_VERIFIED.get(cache_key)
+    if cached is not None and cached[0] == state:
+        return cached[1]
+    events = read_events(connection, model)
+    if events.empty and registry is None and checkpoint is None:
+        problems: list[str] = []
+    else:
+        try:
+            key = configured_key()
+        except AuditKeyError as error:
+            return [f"not verified: {error}"]
+        problems = verify_trail(model, events, read_alias_rows(connection, model), registry, checkpoint, registered,
+                                [], key).problems
+    _LAST_VERIFIED[cache_key] = (state, problems)
+    return problems
+
+
+def _trail_fingerprint(connection: duckdb.DuckDBPyConnection, model: str) -> tuple:
+    """The model's events and alias changes, summed up (count, newest seq, a hash over every row): cheap to compute,
+    different after any edit, deletion or addition."""
+    from mlplatform.lib.audit import AUDIT_TABLE, EVENTS_TABLE
+
+    found = [connection.execute(f"select count(*), max(seq), sum(hash(e::varchar)) from {EVENTS_TABLE} e "
+                                "where model = ?", [model]).fetchall()[0]]
+    if _table_exists(connection, names.AUDIT_SCHEMA, "alias_changes"):
+        found.append(connection.execute(f"select count(*), sum(hash(a::varchar)) from {AUDIT_TABLE} a where "
+                                        "model = ?", [model]).fetchall()[0])
+    return tuple(found)
 
 
 def pending_alerts(connection: duckdb.DuckDBPyConnection, setup: AlertSetup, now: datetime,
-                   verify: bool = True) -> list[Alert]:
-    """Every alert of the routed models within ``max_age_hours`` (delivered or not), and a failed verification's."""
+                   verify: bool = True, anchors: dict[str, tuple[str | None, str | None, bool]] | None = None
+                   ) -> list[Alert]:
+    """Every alert of the routed models within ``max_age_hours`` (delivered or not), and a failed verification's
+    (``anchors``, per model: the anchored check of ``audit --verify``; None: the chain alone)."""
     from mlplatform.lib.audit import EVENTS_TABLE
 
     models = setup.routed_models()
@@ -526,7 +638,12 @@ def pending_alerts(connection: duckdb.DuckDBPyConnection, setup: AlertSetup, now
         f"select * from {EVENTS_TABLE} where event in (select unnest(?)) and model in (select unnest(?)) "
         "and occurred_at >= ? order by model, seq", [list(ALERTING_EVENTS), models, cutoff]).fetchdf()
     alerts = alerts_from_events(rows, setup, base)
-    if verify:
+    if verify and anchors is not None:  # every routed model: a deleted trail has no events, but anchors
+        for model in sorted(setup.routed_models("audit_verification_failed")):
+            problems = trail_problems(connection, model, anchors.get(model, (None, None, False)))
+            if problems:
+                alerts.append(verification_alert(model, problems, setup, base, now))
+    elif verify:
         with_trails = {row[0] for row in connection.execute(
             f"select distinct model from {EVENTS_TABLE} where model in (select unnest(?))",
             [setup.routed_models("audit_verification_failed")]).fetchall()}
@@ -598,7 +715,7 @@ context manager: closed after each use); held briefly, twice a pass."""
 def deliver(connect: Connect, setup: AlertSetup, now: datetime | None = None, verify: bool = True,
             failures: Sequence[FailedRun] = (), environ: dict[str, str] | None = None,
             sender: Callable[..., None] = send, limit: int = 200, budget_seconds: float = 30.0,
-            read_wait: float = 2.0, record_wait: float = 20.0) -> PassReport:
+            read_wait: float = 2.0, record_wait: float = 20.0, anchors_of: AnchorsOf | None = None) -> PassReport:
     """One delivery pass: record new retrain failures, then send every due alert to each of its destinations.
 
     The warehouse is held only to read what is due and claim it, and again to record the outcomes; never while
@@ -611,11 +728,14 @@ def deliver(connect: Connect, setup: AlertSetup, now: datetime | None = None, ve
     if not setup.config.configured or not setup.routed_models():
         report.note = "no alert routes for these models (alerts section of the policy file, docs/alerts.md)"
         return report
+    anchors = None
+    if verify and anchors_of is not None:  # read before the trail: a head anchored meanwhile is in the trail too
+        anchors = {model: anchors_of(model) for model in setup.routed_models("audit_verification_failed")}
     with connect(read_wait) as connection:
         if failures:
             report.recorded_failures = record_retrain_failures(connection, failures)
         connection.execute(DELIVERIES_DDL)
-        alerts = pending_alerts(connection, setup, now, verify)
+        alerts = pending_alerts(connection, setup, now, verify, anchors)
         due = _due(connection, setup, alerts, now, limit)
         claim_until = now + timedelta(seconds=CLAIM_SECONDS)
         _upsert(connection, [_row(a, d, SENDING, n, now, claim_until, attempted=False) for a, d, n in due])

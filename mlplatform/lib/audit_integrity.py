@@ -20,7 +20,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,6 +126,45 @@ def write_checkpoint(connection: duckdb.DuckDBPyConnection, model: str, home: Pa
     except Exception as error:  # noqa: BLE001 - a checkpoint is a second anchor, never a reason to fail a run
         log.warning("audit checkpoint of %s not written: %s", model, error)
         return None
+
+
+Anchors = tuple[str | None, str | None, bool]
+"""(the registry tag, the checkpoint file's text, whether the model is registered): what :func:`verify_trail`
+compares the trail's head with."""
+
+
+def anchor_reader(home: Path, registry: Callable[[], ModelTagRegistry | None]) -> Callable[[str], Anchors]:
+    """Reads a model's anchors as ``audit --verify`` does. ``registry`` opens the registry once, on first use (None:
+    there is none yet, an embedded store never created). A registry that cannot be read leaves only the checkpoint
+    (logged): an unreachable registry is not a tampered trail."""
+    opened: list[ModelTagRegistry | None] = []
+
+    def read(model: str) -> Anchors:
+        checkpoint = read_checkpoint(home, model)
+        try:
+            if not opened:
+                opened.append(registry())
+            tags = opened[0].model_tags(model) if opened[0] is not None else None
+        except Exception as error:  # noqa: BLE001 - the registry down: verify against the checkpoint alone
+            log.warning("audit head of %s not read from the registry: %s", model, error)
+            return None, checkpoint, False
+        return (tags or {}).get(HEAD_TAG), checkpoint, tags is not None
+
+    return read
+
+
+def settings_anchor_reader(settings: Any) -> Callable[[str], Anchors]:
+    """:func:`anchor_reader` for a process's settings (:class:`~mlplatform.lib.settings.Settings`): its home's
+    checkpoints and its registry (none while an embedded store was never created: reading would create it)."""
+
+    def registry() -> ModelTagRegistry | None:
+        if settings.embedded_mlflow and not (settings.mlflow_dir / "mlflow.db").exists():
+            return None
+        from mlplatform.lib.tracking import Tracker
+
+        return Tracker.for_settings(settings)
+
+    return anchor_reader(settings.home, registry)
 
 
 def read_checkpoint(home: Path, model: str) -> str | None:

@@ -49,6 +49,7 @@ from mlplatform.lib.log_manifest import (
     LogVerdict,
     SegmentManifest,
     local_log_files,
+    read_checkpoints,
     verify_log,
 )
 from mlplatform.lib.object_store import (
@@ -165,7 +166,7 @@ class PredictionLogWriter:
         self.root = spool_root(home) if self.uri else log_root(home)
         self._uploader = SpoolUploader(self.root, self.uri) if self.uri else None
         self._namer = SegmentNamer(self.replica) if self.uri else None
-        self._manifest = _manifest_for(self._namer)  # seals each segment (lib/log_manifest.py)
+        self._manifest = _manifest_for(self._namer, None if self.uri else home)  # seals each segment (log_manifest.py)
         self.flush_seconds = flush_seconds
         self.input_types = {model: dict(types) for model, types in (input_types or {}).items()}
         self._pending: list[Mapping[str, Any]] = []
@@ -407,7 +408,7 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: s
     pending: list[Mapping[str, Any]] = []
     uploader = SpoolUploader(root, uri) if uri else None
     namer = SegmentNamer(replica or "") if uri else None
-    manifest = _manifest_for(namer)
+    manifest = _manifest_for(namer, None if uri else root.parent)  # root: log_root(home)
     if uploader is not None and uploader.upload():  # leftovers of a replica that stopped before draining
         log.warning("prediction log writer: segments left in %s could not be uploaded yet; retrying", root)
     while True:
@@ -443,9 +444,11 @@ def _child_main(root: Path, input_types: Mapping[str, Mapping[str, str]], uri: s
         _drain(uploader)
 
 
-def _manifest_for(namer: SegmentNamer | None) -> SegmentManifest:
-    """A writer's manifest chain, named like its segments (replica and start token) when it spools for a bucket."""
-    return SegmentManifest(f"{namer.replica}-{namer.token}" if namer is not None else None)
+def _manifest_for(namer: SegmentNamer | None, home: Path | None = None) -> SegmentManifest:
+    """A writer's manifest chain, named like its segments (replica and start token) when it spools for a bucket;
+    ``home``: its head anchored in a checkpoint file there (a local log only: a bucket's newest entries may still be
+    in the spool, so a checkpoint would run ahead of what the bucket holds)."""
+    return SegmentManifest(f"{namer.replica}-{namer.token}" if namer is not None else None, checkpoints=home)
 
 
 DRAIN_ATTEMPTS = 5
@@ -663,7 +666,8 @@ def verify_prediction_log(home: Path, model: str, key: AuditKey | None, uri: str
     location = parse_log_uri(uri) if uri else configured_location()
     if location is None:
         files = local_log_files(model_log_dir(home, model))
-        return verify_log(files, key) if files else None
+        checkpoints = read_checkpoints(home, model)
+        return verify_log(files, key, checkpoints, model) if files or checkpoints else None
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:

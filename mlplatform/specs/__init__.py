@@ -15,6 +15,8 @@ from mlplatform.specs.loader import (
     load_spec_named,
     load_spec_set,
     load_specs,
+    load_usable_specs,
+    skipped_specs_warning,
 )
 from mlplatform.specs.schema import ModelSpec, SpecError, SpecProblem
 from mlplatform.specs.tasks import TASKS
@@ -22,4 +24,4 @@ from mlplatform.specs.teams import SpecLoad
 
 __all__ = ["DbtColumns", "DbtProjectUnavailable", "ModelSpec", "check_spec", "SpecError", "SpecProblem", "TASKS", "dbt_manifest_columns",
            "declared_names", "load_spec_file", "load_spec_named", "load_spec_set", "load_specs",
-           "SpecLoad"]
+           "load_usable_specs", "skipped_specs_warning", "SpecLoad"]

@@ -67,6 +67,58 @@ def load_specs(folder: SpecRoots, dbt_model_columns: DbtColumns | None = None, c
     return loaded.specs
 
 
+class UnknownModels(ValueError):
+    """Model names no valid spec declares (``unknown``), and the models there are (``known``)."""
+
+    def __init__(self, unknown: list[str], known: list[str]):
+        super().__init__(f"no model spec named {', '.join(map(repr, unknown))}; specs: {', '.join(known) or 'none'}")
+        self.unknown, self.known = unknown, known
+
+
+def load_usable_specs(folder: SpecRoots, names: Iterable[str] | None = None,
+                      dbt_model_columns: DbtColumns | None = None, check_data: bool = True
+                      ) -> tuple[list[ModelSpec], list[SpecProblem]]:
+    """The valid specs (those named, or all) and the problems of the broken files left out: what ``serve`` and the
+    CLI commands load, so one team's broken spec does not stop the other teams' models (``validate`` stays strict).
+
+    Raises :class:`SpecError` for platform-wide problems (:attr:`SpecLoad.fatal`) and when a named model's own spec
+    file is broken (its problems only); ValueError for a name no spec declares."""
+    loaded = load_spec_set(folder, dbt_model_columns, check_data)
+    if loaded.fatal:
+        raise SpecError(loaded.problems)
+    wanted = list(dict.fromkeys(names or []))
+    if wanted:
+        broken_files = [file for file in loaded.broken if _name_in_file(file) in wanted]
+        targeted = [problem for file in broken_files for problem in loaded.broken[file]]
+        if targeted:
+            raise SpecError(targeted)
+        by_name = {spec.name: spec for spec in loaded.specs}
+        unknown = [name for name in wanted if name not in by_name]
+        if unknown:
+            raise UnknownModels(unknown, sorted(by_name))
+        return [by_name[name] for name in wanted], [p for problems in loaded.broken.values() for p in problems]
+    return loaded.specs, [problem for problems in loaded.broken.values() for problem in problems]
+
+
+def skipped_specs_warning(problems: list[SpecProblem]) -> str | None:
+    """The warning a command prints when it left broken spec files out (None when nothing was left out)."""
+    if not problems:
+        return None
+    files = list(dict.fromkeys(problem.file for problem in problems))
+    return (f"mlplatform: warning: {len(files)} broken spec file(s) left out (their models are not loaded; the "
+            "others are): fix each problem below, `mlplatform validate` checks them all:\n"
+            + "\n".join(f"  - {problem}" for problem in problems))
+
+
+def _name_in_file(file: Path) -> str | None:
+    """The ``name`` a spec file declares, read without checking anything (None when it does not parse)."""
+    try:
+        named = (spec_mapping(yaml.safe_load(file.read_text(encoding="utf-8"))) or {}).get("name")
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
+        return None
+    return named if isinstance(named, str) else None
+
+
 def load_spec_set(folder: SpecRoots, dbt_model_columns: DbtColumns | None = None, check_data: bool = True
                   ) -> SpecLoad:
     """Every spec of the spec roots, each checked on its own: the valid ones, and the problems per broken file, so
