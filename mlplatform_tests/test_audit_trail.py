@@ -36,6 +36,7 @@ def test_a_changed_or_deleted_row_breaks_the_chain(tmp_path):
         assert verify_chain(read_events(connection, "other")) == []  # one chain per model
 
 
+@pytest.mark.postgres_extended
 def test_a_run_leaves_every_event_type_it_causes_and_verify_catches_an_edit(home, spec_dir, instance, capsys):
     spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
     assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-15").success

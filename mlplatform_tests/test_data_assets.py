@@ -25,6 +25,7 @@ def week2_mask(frame: pd.DataFrame) -> pd.Series:
     return (ts >= "2024-01-08") & (ts < "2024-01-15")
 
 
+@pytest.mark.postgres_extended
 def test_rows_at_week_boundaries_land_in_the_right_partition(home, spec_dir, instance):
     frame = toy_rows(weeks=2, per_week=4)
     frame.loc[0, "ts"] = "2024-01-07 23:59:59"  # Sunday night: week of 2024-01-01

@@ -67,6 +67,12 @@ def local_artifacts_refusal(tracking_uri: str, location: str, what: str) -> str 
             "docs/operations.md, 'MLflow tracking server'")
 
 
+EXECUTOR_ENV = "MLPLATFORM_EXECUTOR"
+EXECUTORS = ("in_process", "multiprocess")
+"""How a run's steps execute: in one process (the default: DuckDB allows one writer, and each step skips a process
+start), or each step in its own process (Dagster's multiprocess executor; only with the PostgreSQL warehouse)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved locations and stores; build it with :func:`load_settings`."""
@@ -80,6 +86,7 @@ class Settings:
     dbt_project_dir: Path = DBT_PROJECT_DIR  # the dbt project specs with `staging` run (MLPLATFORM_DBT_PROJECT_DIR)
     weekly_schedule_cron: str = ""  # testing only: a cron replacing "Mondays 01:00 UTC" (docs/shared-services.md)
     warehouse_url: str = ""  # postgresql://user:password@host:port/db (MLPLATFORM_WAREHOUSE_URL); empty: DuckDB file
+    executor: str = "in_process"  # MLPLATFORM_EXECUTOR: in_process, or multiprocess (needs the PostgreSQL warehouse)
     extra_spec_dirs: tuple[Path, ...] = ()  # MLPLATFORM_SPECS as a path list: the spec roots after the first
     strict_specs: bool = False  # MLPLATFORM_STRICT_SPECS=1: any broken spec stops the code location from loading
 
@@ -155,7 +162,8 @@ def load_settings() -> Settings:
     """Read ``MLPLATFORM_HOME`` (default ``./.mlplatform``), ``MLPLATFORM_SPECS`` (default: bundled examples; several
     spec roots separated by ':'), ``MLPLATFORM_STRICT_SPECS``,
     ``MLPLATFORM_MLFLOW_*``, ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS``, ``MLPLATFORM_DBT_PROJECT_DIR`` (default:
-    the bundled dbt project) and ``MLPLATFORM_WEEKLY_SCHEDULE_CRON``."""
+    the bundled dbt project), ``MLPLATFORM_WEEKLY_SCHEDULE_CRON``, ``MLPLATFORM_WAREHOUSE_URL`` and
+    ``MLPLATFORM_EXECUTOR``."""
     home = Path(os.environ.get("MLPLATFORM_HOME", ".mlplatform")).expanduser().resolve()
     specs = [Path(p).expanduser().resolve() for p in os.environ.get("MLPLATFORM_SPECS", "").split(os.pathsep)
              if p.strip()]
@@ -177,6 +185,13 @@ def load_settings() -> Settings:
     if warehouse_url and not warehouse_url.lower().startswith(("postgresql://", "postgres://")):
         raise SettingsError(f"MLPLATFORM_WAREHOUSE_URL={warehouse_url.split('@')[-1]!r}: expected a "
                             "postgresql://user:password@host:port/database URL, or unset it for the DuckDB file")
+    executor = os.environ.get(EXECUTOR_ENV, "").strip().lower().replace("-", "_") or "in_process"
+    if executor not in EXECUTORS:
+        raise SettingsError(f"{EXECUTOR_ENV}={executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if executor == "multiprocess" and not warehouse_url:
+        raise SettingsError(f"{EXECUTOR_ENV}=multiprocess needs a warehouse that takes several writers at once: set "
+                            "MLPLATFORM_WAREHOUSE_URL=postgresql://... (DuckDB lets one process write its file, so "
+                            "steps in separate processes would wait for each other), or unset it")
     return Settings(
         home=home,
         specs_dir=specs_dir,
@@ -187,6 +202,7 @@ def load_settings() -> Settings:
         dbt_project_dir=_dbt_project_dir(),
         weekly_schedule_cron=os.environ.get("MLPLATFORM_WEEKLY_SCHEDULE_CRON", "").strip(),
         warehouse_url=warehouse_url,
+        executor=executor,
         extra_spec_dirs=extra_spec_dirs,
         strict_specs=strict in ("1", "true", "yes"),
     )
