@@ -284,3 +284,14 @@ def test_a_pg_connection_refused_names_the_url_without_its_password(monkeypatch)
     with pytest.raises(WarehouseBusy) as refused:
         connect_when_free(Path("unused"), 0.2)
     assert "secret" not in str(refused.value) and "u:***@127.0.0.1:1/nowhere" in str(refused.value)
+
+
+def test_backup_on_postgresql_copies_the_local_stores_and_says_how_to_dump_the_warehouse(postgres_home, tmp_path,
+                                                                                          capsys):
+    with connect_when_free(postgres_home / "warehouse.duckdb", 30) as connection:
+        append_events(connection, [AuditEvent("kept", "approval", "alice", "champion -> v1", version="1")])
+    assert main(["backup", "--to", str(tmp_path / "backup")]) == 0
+    out = capsys.readouterr().out
+    assert "pg_dump --format=custom" in out and "pg_restore" in out
+    assert not (tmp_path / "backup" / "warehouse.duckdb").exists()  # no stale or empty file posing as the warehouse
+    assert not (postgres_home / "warehouse.duckdb").exists()  # nothing ever opened a DuckDB file beside the server
