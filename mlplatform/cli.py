@@ -262,6 +262,46 @@ def _current_spec_tags(model: str, verb: str) -> tuple[bool, dict[str, str] | No
     return True, spec_tags(spec), ApprovalRule.of(spec.policy_rules)
 
 
+def _approver_identity(args: argparse.Namespace, verb: str, done: str, rule):
+    """Who decides: with the approvers' credentials file (``MLPLATFORM_APPROVER_TOKENS_FILE``), the person whose
+    token ``MLPLATFORM_APPROVER_TOKEN`` (or a hidden prompt on a terminal) holds; else the name ``--by`` gives, with
+    a warning when the policy limits approvers. Returns ``version -> (actor, approver groups)``, to be called in the
+    decision so that a refusal is audited, or None (said on stderr) when nothing may change."""
+    import getpass
+
+    from mlplatform.lib.api_tokens import TokenFileError
+    from mlplatform.lib.approver_identity import (
+        APPROVER_TOKEN_ENV,
+        approver_tokens_from_environment,
+        authenticated_approver,
+        unauthenticated_warning,
+    )
+
+    try:
+        tokens = approver_tokens_from_environment()
+    except TokenFileError as error:
+        print(f"{args.model}: not {done}, nothing changed: the approvers' credentials file: {error}", file=sys.stderr)
+        return None
+    if tokens is None:
+        if args.by is None:  # a blank name is refused by lib/promotion.py, in its words
+            print(f"{args.model}: not {done}, nothing changed: --by NAME: give the name of the person who decides",
+                  file=sys.stderr)
+            return None
+        warning = unauthenticated_warning(rule.allowed, rule.required_approvals, rule.policy) if rule else None
+        if warning:
+            print(warning, file=sys.stderr)
+        return lambda version: (args.by, frozenset())
+    token = os.environ.get(APPROVER_TOKEN_ENV, "").strip() or None
+    if token is None and sys.stdin.isatty():
+        token = getpass.getpass(f"approver token to {verb} {args.model} (not shown): ").strip() or None
+
+    def authenticated(version):
+        person = authenticated_approver(tokens, token, args.by, args.model, verb, version, args.reason)
+        return person.name, person.groups
+
+    return authenticated
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     """A person approves a version: it becomes champion, and the audit table says who, when and why."""
     from mlplatform.lib import approvals
@@ -269,11 +309,19 @@ def cmd_promote(args: argparse.Namespace) -> int:
     loaded, current_spec, rule = _current_spec_tags(args.model, "promoted")
     if not loaded:
         return 1
+    approver = _approver_identity(args, "promote", "promoted", rule)
+    if approver is None:
+        return 1
     _print_canary_evidence(args.model)
     live = _live_fairness_check(args.model)
-    code, change = _person_moves_champion(args, "promoted", lambda connection, tracker: approvals.approval_decision(
-        connection, tracker, args.model, args.version, args.by, args.reason, args.force, current_spec, rule,
-        live_check=(lambda version: live(connection, version)) if live else None))
+
+    def decide(connection, tracker):
+        actor, groups = approver(args.version)  # a missing or unknown token is refused here, so it is audited
+        return approvals.approval_decision(
+            connection, tracker, args.model, args.version, actor, args.reason, args.force, current_spec, rule,
+            live_check=(lambda version: live(connection, version)) if live else None, actor_groups=groups)
+
+    code, change = _person_moves_champion(args, "promoted", decide)
     if isinstance(change, approvals.PendingApproval):
         print(f"{args.model}: v{change.version}: approval {len(change.approvals)} of {change.required} recorded "
               f"({', '.join(change.approvals)}); v{change.version} becomes champion when another person approves it; "
@@ -318,7 +366,8 @@ def _print_canary_evidence(model: str) -> None:
     try:
         settings = load_settings()
         spec = load_spec_named(settings.spec_roots, model, _dbt_model_columns())
-        _, analysis = run_analysis(settings.home, spec, Tracker.for_settings(settings))
+        _, analysis = run_analysis(settings.home, spec, Tracker.for_settings(settings),
+                                   warehouse_path=settings.warehouse_path, wait_seconds=settings.warehouse_wait_seconds)
     except Exception as error:  # noqa: BLE001 - evidence is shown when it can be; the promotion's rules decide
         print(f"{model}: no live canary evidence ({type(error).__name__}: {error})", file=sys.stderr)
         return
@@ -378,10 +427,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     loaded, current_spec, rule = _current_spec_tags(args.model, "rolled back")
     if not loaded:
         return 1
+    approver = _approver_identity(args, "roll back", "rolled back", rule)
+    if approver is None:
+        return 1
 
     def decide(connection, tracker):
-        approvals.checked_actor(rule, args.model, args.by, "roll back", args.to, args.reason)
-        return promotion.rollback_change(connection, tracker, args.model, args.to, args.by, args.reason,
+        actor, groups = approver(args.to)  # a missing or unknown token is refused here, so it is audited
+        approvals.checked_actor(rule, args.model, actor, "roll back", args.to, args.reason, groups)
+        return promotion.rollback_change(connection, tracker, args.model, args.to, actor, args.reason,
                                          current_spec=current_spec)
 
     code, change = _person_moves_champion(args, "rolled back", decide)
@@ -979,7 +1032,8 @@ def build_parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="approve a version as champion (default: the current challenger)")
     promote.add_argument("model")
     promote.add_argument("--version", help="registered version; default: the challenger")
-    promote.add_argument("--by", required=True, help="who approves (audit; required)")
+    promote.add_argument("--by", help="who approves (audit; required, unless approvers have tokens: then the "
+                         "token's person, from MLPLATFORM_APPROVER_TOKEN or a prompt; docs/policies.md)")
     promote.add_argument("--reason", help="why (audit)")
     promote.add_argument("--force", action="store_true", help="promote even if a gate failed or the gates ran under an "
                          "older spec (the audit row says so)")
@@ -1002,7 +1056,8 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("model")
     rollback.add_argument("--to", help="an earlier champion (registered version); default: the newest earlier champion "
                           "whose gates passed under the current spec (what the decay sensor picks)")
-    rollback.add_argument("--by", required=True, help="who decides (audit; required)")
+    rollback.add_argument("--by", help="who decides (audit; required, unless approvers have tokens: then the "
+                          "token's person, from MLPLATFORM_APPROVER_TOKEN or a prompt; docs/policies.md)")
     rollback.add_argument("--reason", help="why (audit)")
     rollback.add_argument("--wait", type=float, default=120.0,
                           help="seconds to wait while a run holds the warehouse's lock (default 120)")
@@ -1132,8 +1187,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
 
-    digest = commands.add_parser("token-digest", help="print the sha256: digest of an API token read from stdin, "
-                                 "for the tokens file (docs/serving.md, Access)")
+    digest = commands.add_parser("token-digest", help="print the sha256: digest of an API or approver token read "
+                                 "from stdin, for the tokens file (docs/serving.md, Access; docs/policies.md, "
+                                 "Authenticated approvers)")
     digest.set_defaults(func=cmd_token_digest)
 
     replay = commands.add_parser("replay", help="send a model's feature rows for some weeks to a running service")

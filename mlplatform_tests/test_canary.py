@@ -16,7 +16,7 @@ import pytest
 
 from mlplatform.lib import promotion
 from mlplatform.lib.aliases import CHALLENGER, CHAMPION
-from mlplatform.lib.canary import analyse_and_act
+from mlplatform.lib.canary import analyse_and_act, canary_state
 from mlplatform.lib.prediction_log import read_prediction_log, utc_now
 from mlplatform.lib.promotion import CANARY_SHARE_TAG
 from mlplatform.lib.rollout_analysis import PROMOTE, STOP
@@ -64,31 +64,31 @@ def register(world: World, offset: float, week: str, steep: bool = False) -> str
                                            {"gates": "passed", "week": week}).version
 
 
-def gates_pass(world: World, version: str, week: str) -> list[promotion.AliasChange]:
+def gates_pass(world: World, version: str, week: str, name: str = "toy_ramp") -> list[promotion.AliasChange]:
     """What the model step does when a version passes every gate (lib/lifecycle.py), committed with its audit."""
-    spec = next(s for s in load_specs(world.specs_dir) if s.name == "toy_ramp")
+    spec = next(s for s in load_specs(world.specs_dir) if s.name == name)
     tracker = world.tracker
-    current = {alias: tracker.alias_version("toy_ramp", alias) for alias in (CHALLENGER, CHAMPION)}
-    weeks = {alias: tracker.version_tags("toy_ramp", v).get("week") if v else None for alias, v in current.items()}
-    changes, _ = promotion.gate_changes("toy_ramp", version, True, week, "test", "auto", current, weeks, spec.rollout)
+    current = {alias: tracker.alias_version(name, alias) for alias in (CHALLENGER, CHAMPION)}
+    weeks = {alias: tracker.version_tags(name, v).get("week") if v else None for alias, v in current.items()}
+    changes, _ = promotion.gate_changes(name, version, True, week, "test", "auto", current, weeks, spec.rollout)
     with duckdb.connect(str(world.home / "warehouse.duckdb")) as connection:
         promotion.commit_changes(connection, tracker, changes)
     return changes
 
 
-def drive(server, first_id: int, n: int = 400) -> dict[str, float]:
+def drive(server, first_id: int, n: int = 400, name: str = "toy_ramp") -> dict[str, float]:
     """``n`` one-record requests of distinct entities; the share of each role answered."""
     roles = []
     for record in records(feature_rows(n, seed=first_id).assign(id=np.arange(first_id, first_id + n)),
                           ["id", "x1", "x2", "color"]):
-        response = server.predict("toy_ramp", [record])
+        response = server.predict(name, [record])
         assert response.status_code == 200, response.text
         roles.append(response.json()["predictions"][0]["role"])
     return {role: roles.count(role) / n for role in set(roles)}
 
 
-def logged_after(world: World, count: int) -> None:
-    wait_until(lambda: len(read_prediction_log(world.home, "toy_ramp", expand_inputs=False)) >= count)
+def logged_after(world: World, count: int, name: str = "toy_ramp") -> None:
+    wait_until(lambda: len(read_prediction_log(world.home, name, expand_inputs=False)) >= count)
 
 
 def audit(world: World) -> list[tuple[str, str]]:
@@ -313,3 +313,149 @@ def test_the_sensor_requests_one_analysis_per_interval_while_a_canary_serves_and
     printed = capsys.readouterr().out
     assert printed.index("live canary evidence") < printed.index("champion v1 -> v2")
     assert "no canary" in sensor.evaluate_tick(build_sensor_context(instance=instance, resources={"model_registry": defs.resources["model_registry"]})).skip_message
+
+
+def test_clicks_in_a_warehouse_table_stop_a_canary_with_a_lower_click_through_rate(recommender: World):
+    """``labels.table``: the recommender's clicks in a DuckDB table (as a dbt model would build them) feed the
+    analysis's business metric as ``labels.path`` does. Both arms score alike; the canary's impressions are clicked
+    a third as often, so one analysis stops it on the click-through rate alone, audited with the numbers."""
+    import pandas as pd
+
+    from mlplatform.lib.prediction_log import write_segments
+    from mlplatform.lib.routing import entity_key
+
+    world, name = recommender, "recommender_ctr"
+    spec_file = world.specs_dir / "recommender_ctr.yaml"
+    spec_file.write_text(spec_file.read_text().replace("path: clicks.csv", "table: main.clicks"))
+    spec = world.spec(name)
+    assert spec.labels.table == "main.clicks"
+    warehouse = world.home / "warehouse.duckdb"
+    x, y = split_xy(world.rows, spec)
+    pipeline = build_pipeline(spec).fit(x, y)
+    for week in ("2024-01-29", "2024-02-05"):  # the first is champion at once, the second a 5 % canary
+        made = world.tracker.log_trained_model(name, f"{name}-{week}", pipeline, x.head(5), {}, {}, {}, {},
+                                               {"gates": "passed", "week": week}).version
+        current = {alias: world.tracker.alias_version(name, alias) for alias in (CHALLENGER, CHAMPION)}
+        weeks = {a: world.tracker.version_tags(name, v).get("week") if v else None for a, v in current.items()}
+        with duckdb.connect(str(warehouse)) as connection:
+            promotion.commit_changes(connection, world.tracker, promotion.gate_changes(
+                name, made, True, week, "test", "auto", current, weeks, spec.rollout)[0])
+    assert (world.tracker.alias_version(name, CHAMPION), world.tracker.alias_version(name, CHALLENGER)) == ("1", "2")
+
+    rng = np.random.default_rng(5)
+    since = canary_state(world.tracker, spec).since  # the analysis reads no traffic from before the canary's share
+    now, rows, clicks = utc_now(), [], []
+    for i in range(3000):
+        canary = i % 10 == 0  # 300 canary impressions, 2700 champion ones
+        score = float(rng.beta(2, 5))
+        when = since + (now - since) * (i + 1) / 3001
+        rows.append({"request_id": f"r{i}", "record_index": 0, "record_id": None, "time": when, "model": name,
+                     "version": "2" if canary else "1", "role": "canary" if canary else "champion",
+                     "entity_key": entity_key({"impression_id": 500_000 + i}, ["impression_id"]),
+                     "inputs": {"user_affinity": 0.5, "item_popularity": 0.5, "position": 1.0, "category": "news"},
+                     "score": score, "label": "1" if score >= 0.5 else "0",
+                     "probabilities": {"0": 1 - score, "1": score}, "latency_ms": float(rng.gamma(4, 1.0))})
+        clicks.append((500_000 + i, when, int(rng.random() < (0.1 if canary else 0.3))))
+    write_segments(world.home / "prediction_log", rows)
+
+    before = analyse_and_act(world.home, warehouse, spec, world.tracker, 30, act=False)  # no table yet: no outcomes
+    assert "click-through rate" not in [s.name for s in before.analysis.signals], before.text()
+    with duckdb.connect(str(warehouse)) as connection:
+        connection.register("arrived", pd.DataFrame(clicks, columns=["impression_id", "ts", "clicked"]))
+        connection.execute("create table main.clicks as select * from arrived")
+    run = analyse_and_act(world.home, warehouse, spec, world.tracker, 30)
+    assert run.analysis.decision == STOP, run.text()
+    assert [s.name for s in run.analysis.signals if s.worse] == ["click-through rate"], run.text()
+    ctr = next(s for s in run.analysis.signals if s.name == "click-through rate")
+    assert ctr.canary < 0.2 < ctr.champion
+    assert world.tracker.alias_version(name, CHALLENGER) is None and world.tracker.alias_version(name, CHAMPION) == "1"
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        [(summary,)] = connection.execute("select summary from audit.events where model = ? and event = "
+                                          "'canary_stopped'", [name]).fetchall()
+    assert "click-through rate: WORSE" in summary
+
+
+SLOW_TEAM = """
+\"\"\"A team's ridge regression that takes ``delay_ms`` longer to answer every call: a genuinely slower version.\"\"\"
+import time
+
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+
+class Slow(RegressorMixin, BaseEstimator):
+    def __init__(self, delay_ms=0.0):
+        self.delay_ms = delay_ms
+
+    def fit(self, x, y):
+        self.ridge_ = Ridge(alpha=0.1).fit(x, y)
+        return self
+
+    def predict(self, x):
+        time.sleep(self.delay_ms / 1000)
+        return self.ridge_.predict(x)
+
+
+def build(delay_ms=0.0):
+    encode = ColumnTransformer([("numbers", SimpleImputer(), ["x1", "x2"]),
+                                ("colors", OneHotEncoder(handle_unknown="ignore"), ["color"])])
+    return Pipeline([("encode", encode), ("slow", Slow(delay_ms))])
+"""
+SLOW_SPEC = """estimator:
+  factory: slow_team.models.build
+policy: live_first
+rollout:
+  approval: auto
+  auto_promote: canary
+  canary_percent: 20
+  analysis: {min_requests: 30, min_minutes: 0}
+"""
+
+
+def test_a_canary_whose_model_is_slower_is_stopped_on_its_p99_through_the_real_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A doubled p99 on real HTTP: the canary's own model (a team's ``estimator.factory``, served by the generic
+    path like the champion) waits 100 ms per call; the champion is the same model without the wait (its p99 is a few
+    ms idle, tens on a busy machine: the wait keeps the canary's at least double). One analysis of the logged
+    traffic stops the canary on latency p99 alone. Its policy's minimum canary share is in /v1/models."""
+    team = tmp_path / "team"
+    (team / "slow_team").mkdir(parents=True)
+    (team / "slow_team" / "__init__.py").write_text("")
+    (team / "slow_team" / "models.py").write_text(SLOW_TEAM)
+    monkeypatch.syspath_prepend(str(team))  # the team's installed package
+    monkeypatch.setenv("MLPLATFORM_ESTIMATOR_MODULES", "slow_team")
+    home, specs_dir = tmp_path / "home", tmp_path / "specs"
+    specs_dir.mkdir()
+    monkeypatch.setenv("MLPLATFORM_HOME", str(home))
+    monkeypatch.setenv("MLPLATFORM_SPECS", str(specs_dir))
+    rows = toy_rows(weeks=3, per_week=40)
+    rows.to_csv(specs_dir / "toy.csv", index=False)
+    (specs_dir / "policies.yaml").write_text("policies:\n  live_first: {min_canary_percent: 20}\n")
+    (specs_dir / "toy_slow.yaml").write_text(textwrap.dedent(TOY_SPEC).replace("name: toy", "name: toy_slow")
+                                             + SLOW_SPEC)
+    world = World(home, specs_dir, rows, Tracker.under(home / "mlflow"))
+    spec = world.spec("toy_slow")
+    x, y = split_xy(rows, spec)
+    for week, delay_ms in (("2024-01-08", 0.0), ("2024-01-15", 100.0)):
+        spec.estimator.params = {"delay_ms": delay_ms}
+        made = world.tracker.log_trained_model("toy_slow", f"toy_slow-{week}", build_pipeline(spec).fit(x, y),
+                                               x.head(5), {}, {}, {}, {}, {"gates": "passed", "week": week}).version
+        gates_pass(world, made, week, "toy_slow")
+    assert (world.tracker.alias_version("toy_slow", CHAMPION), world.tracker.alias_version("toy_slow", CHALLENGER)) \
+        == ("1", "2")
+
+    with serve(world, ["toy_slow"]) as server:
+        assert server.client.get("/v1/models/toy_slow").json()["rollout"]["min_canary_percent"] == 20
+        assert drive(server, 0, 250, "toy_slow")["canary"] == pytest.approx(0.20, abs=0.08)
+        logged_after(world, 250, "toy_slow")
+        run = analyse_and_act(world.home, world.home / "warehouse.duckdb", spec, world.tracker, 30)
+        assert run.analysis.decision == STOP, run.text()
+        assert [s.name for s in run.analysis.signals if s.worse] == ["latency p99"], run.text()
+        p99 = next(s for s in run.analysis.signals if s.name == "latency p99")
+        assert p99.canary >= 100 and p99.canary >= 2 * p99.champion, run.text()  # the wait is in what was served
+        assert world.tracker.alias_version("toy_slow", CHALLENGER) is None
+        wait_until(lambda: server.client.get("/v1/models/toy_slow").json()["rollout"]["active"] == "none")

@@ -1016,6 +1016,32 @@ def test_at_load_a_schema_holding_a_models_tables_counts_as_that_models(tmp_path
     assert labels_table_problem("team_labels.outcomes", "toy", schemas) is None
 
 
+def test_a_labels_table_is_read_for_its_window_and_another_models_schema_is_refused_at_read(spec_dir, tmp_path):
+    """What the weekly join and the hourly canary analysis both read (lib/outcomes.table_outcomes): the window's
+    outcomes keyed like the log; a schema that turns out to be another model's is refused when read, not only at
+    load; a table not built yet is an error for the week and no outcomes for the hourly analysis."""
+    from datetime import datetime
+
+    from mlplatform.lib.outcomes import JOIN_KEY, LABEL, table_outcomes
+    from mlplatform.lib.source import Window
+
+    folder = spec_dir({"toy.yaml": TOY_SPEC + "labels:\n  table: team_labels.outcomes\n"}, {"toy.csv": toy_rows()})
+    [spec] = load_specs(folder)
+    window = Window(datetime(2024, 1, 8), datetime(2024, 1, 15))
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
+        assert table_outcomes(spec, connection, window, missing_ok=True).empty
+        with pytest.raises(duckdb.CatalogException):
+            table_outcomes(spec, connection, window)
+        connection.execute("create schema team_labels; create table team_labels.outcomes as select * from "
+                           "(values (1, timestamp '2024-01-07 23:00', 2.5), (2, timestamp '2024-01-09 10:00', 3.5)) "
+                           "t(id, ts, y)")
+        found = table_outcomes(spec, connection, window)
+        assert list(found[JOIN_KEY]) == ["k:2"] and list(found[LABEL]) == [3.5]  # the week's row only
+        connection.execute("create table team_labels.features (a int)")  # now it is a model's schema
+        with pytest.raises(ValueError, match="labels.table: found 'team_labels.outcomes', a table of model"):
+            table_outcomes(spec, connection, window)
+
+
 # 11. Model names that are SQL keywords or someone else's schema
 
 SYSTEM = "a schema or catalog name the database keeps for itself"

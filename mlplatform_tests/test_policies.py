@@ -101,3 +101,30 @@ def test_validate_reports_a_policy_breach_with_file_and_key(spec_dir, capsys):
     err = capsys.readouterr()
     text = err.out + err.err
     assert "toy.yaml" in text and "fairness" in text and "policy 'regulated'" in text
+
+
+def test_a_policy_minimum_canary_share_refuses_a_lower_first_ramp_step_and_immediate_auto_promotion(tmp_path,
+                                                                                                   monkeypatch):
+    """The share a new version starts at (the ramp's first step, else canary_percent) is what the minimum checks; an
+    auto-approved version that becomes champion at once would meet no live traffic at all."""
+    monkeypatch.delenv("MLPLATFORM_POLICIES", raising=False)
+    under = "policy: live_first\n"
+    folder = write(tmp_path / "specs", {
+        "policies.yaml": "policies:\n  live_first: {min_canary_percent: 20}\n",
+        "low_ramp.yaml": TOY_SPEC.replace("name: toy", "name: low_ramp") + under
+        + "rollout: {canary_percent: 30, ramp: [5, 25, 50]}\n",
+        "at_once.yaml": TOY_SPEC.replace("name: toy", "name: at_once") + under
+        + "rollout: {approval: auto, auto_promote: immediate, canary_percent: 20}\n",
+        "ramped.yaml": TOY_SPEC.replace("name: toy", "name: ramped") + under
+        + "rollout: {approval: auto, auto_promote: canary, canary_percent: 5, ramp: [20, 50]}\n",
+    })
+    found = problems_of(folder)
+    assert [(f, k) for f, k, _ in found] == [("at_once.yaml", "rollout.auto_promote"), ("low_ramp.yaml", "rollout.ramp")]
+    at_once, low_ramp = (m for _, _, m in found)
+    assert "policy 'live_first'" in low_ramp and "starts at 5%" in low_ramp and "at least 20%" in low_ramp
+    assert "first step 20 or more" in low_ramp  # the fix
+    assert "policy 'live_first'" in at_once and "set rollout.auto_promote: canary" in at_once
+    for refused in ("low_ramp.yaml", "at_once.yaml"):
+        (folder / refused).unlink()
+    [ramped] = load_specs(folder, check_data=False)  # canary_percent 5 is replaced by the ramp's first step, 20
+    assert ramped.name == "ramped" and ramped.policy_rules.min_canary_percent == 20

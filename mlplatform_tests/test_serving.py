@@ -533,7 +533,7 @@ def test_listing_readiness_metrics_and_openapi(world):
         assert canary["champion"] == {"version": "1", "forced": False}
         assert canary["challenger"] == {"version": "2", "forced": False}
         assert canary["rollout"] == {"canary_percent": 20, "canary_share": 20.0, "ramp": [], "shadow": False,
-                                     "active": "canary", "challenger_version": "2"}
+                                     "min_canary_percent": None, "active": "canary", "challenger_version": "2"}
         assert canary["features"]["properties"]["x1"] == {"type": ["number", "null"], "minimum": 0.0, "maximum": 10.0}
         assert canary["features"]["required"] == ["x1", "x2", "color"] and canary["key"] == ["id"]
         assert listing["toy"]["rollout"]["active"] == "none" and listing["toy"]["refused_versions"] == {}

@@ -3,6 +3,9 @@
 They call exactly what ``mlplatform promote`` and ``mlplatform rollback`` call
 (:mod:`mlplatform.lib.promotion`), so the rules and the audit rows are the same: a version whose
 gates failed is refused, a rollback never restores one, and every move has its audit row.
+While approvers have tokens (``MLPLATFORM_APPROVER_TOKENS_FILE``) a person's move is refused here, audited: the
+open-source UI has no login and its run config is readable by anyone who opens it, so it can neither prove a name
+nor carry a token (the decay sensor's automatic rollback, the platform's own decision, still runs).
 """
 
 from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
@@ -74,6 +77,19 @@ def _automatic_rollback(context: OpExecutionContext, config: RollbackConfig) -> 
             and config.decided_by.startswith("sensor "))
 
 
+def _ui_refusal(model: str, typed: str, verb: str, version: str | None, reason: str | None):
+    """The audited refusal of a person's move from the UI while approvers have tokens
+    (:func:`mlplatform.lib.approver_identity.ui_refusal`), else None; a broken credentials file fails the run."""
+    from mlplatform.lib.api_tokens import TokenFileError
+    from mlplatform.lib.approver_identity import approver_tokens_from_environment, ui_refusal
+
+    try:
+        tokens = approver_tokens_from_environment()
+    except TokenFileError as error:
+        raise Failure(f"nothing changed: the approvers' credentials file: {error}") from None
+    return ui_refusal(tokens, model, typed, verb, version, reason)
+
+
 def build_approval_jobs(spec: ModelSpec) -> list:
     """``<model>_approve`` and ``<model>_rollback``, for the launchpad."""
     from mlplatform.lib import approvals, promotion
@@ -88,9 +104,17 @@ def build_approval_jobs(spec: ModelSpec) -> list:
         from mlplatform.lib.live_fairness import promotion_refusal
 
         live = promotion_refusal(spec, context.resources.platform.home_path)  # None: not required
-        _apply(context, spec, lambda connection, tracker: approvals.approval_decision(
-            connection, tracker, spec.name, config.version or None, config.approved_by, config.reason, config.force,
-            current_spec, rule, live_check=(lambda version: live(connection, version)) if live else None))
+
+        def decide(connection, tracker):
+            unproven = _ui_refusal(spec.name, config.approved_by, "promote", config.version or None, config.reason)
+            if unproven is not None:  # approvers have tokens, and the UI cannot carry one (audited, nothing moves)
+                raise unproven
+            return approvals.approval_decision(
+                connection, tracker, spec.name, config.version or None, config.approved_by, config.reason,
+                config.force, current_spec, rule, live_check=(lambda version: live(connection, version)) if live
+                else None)
+
+        _apply(context, spec, decide)
 
     @op(name=f"{spec.name}_rollback_champion", required_resource_keys=resources, pool=names.model_pool(spec.name))
     def rollback(context: OpExecutionContext, config: RollbackConfig) -> None:
@@ -102,6 +126,10 @@ def build_approval_jobs(spec: ModelSpec) -> list:
 
         def decide(connection, tracker):
             if not _automatic_rollback(context, config):  # the platform's own decay sensor is no person to check
+                unproven = _ui_refusal(spec.name, config.decided_by, "roll back", config.to_version or None,
+                                       config.reason)
+                if unproven is not None:  # approvers have tokens, and the UI cannot carry one
+                    raise unproven
                 approvals.checked_actor(rule, spec.name, config.decided_by, "roll back", config.to_version or None,
                                         config.reason)
             return promotion.rollback_change(

@@ -178,21 +178,13 @@ class ProductionStep:
 
     def read_outcomes(self, window: Window) -> pd.DataFrame:
         from mlplatform.lib import outcomes
-        from mlplatform.lib.source import rows_in_window
-        from mlplatform.lib.warehouse import model_schemas, table_name
-        from mlplatform.specs.reserved import labels_table_problem
 
         spec = self.spec
         if spec.labels is not None and spec.labels.path:
             return outcomes.file_outcomes(spec, window)
         if spec.labels is not None:
-            schema, _, table = spec.labels.table.partition(".")  # the spec's pattern guarantees schema.table
             with self.warehouse.get_connection() as connection:
-                problem = labels_table_problem(spec.labels.table, spec.name, model_schemas(connection))
-                if problem:  # another model's schema: also one whose spec is not in this folder
-                    raise ValueError(f"{spec.name}: labels.table: {problem}")
-                frame = connection.execute(f"select * from {table_name(schema, table)}").fetchdf()
-            return outcomes.outcomes_in_window(spec, frame, window, pd.to_datetime, rows_in_window)
+                return outcomes.table_outcomes(spec, connection, window)
         if spec.source.key:
             frame = self.warehouse.read_window(spec.name, names.FEATURES, spec.time_column, window)
             return outcomes.outcome_rows(frame, spec.source.key, spec.target, spec.time_column,

@@ -15,7 +15,7 @@ distinct person's approval moves the alias.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,17 +43,22 @@ class ApprovalRule:
     policy: str | None = None
     allowed: Mapping[str, str] | None = None  # case-folded name -> why allowed ("named", "group G"); None: anyone
     required_approvals: int = 1
+    groups: frozenset[str] = frozenset()  # the policy's approver groups (an authenticated person's groups count)
 
     @classmethod
     def of(cls, policy: Any) -> ApprovalRule:
         """The rule of a :class:`~mlplatform.specs.policies.Policy` (None: no policy, anyone, one approval)."""
         if policy is None:
             return cls()
-        return cls(policy.name or None, policy.allowed_approvers(), policy.required_approvals)
+        return cls(policy.name or None, policy.allowed_approvers(), policy.required_approvals,
+                   frozenset(policy.approver_groups))
 
-    def refusal(self, model: str, actor: str, verb: str) -> str | None:
-        """Why ``actor`` may not ``verb`` (promote, roll back) ``model``, or None when they may."""
+    def refusal(self, model: str, actor: str, verb: str, groups: Collection[str] = ()) -> str | None:
+        """Why ``actor`` may not ``verb`` (promote, roll back) ``model``, or None when they may (``groups``: the
+        approver groups the approvers' credentials file puts an authenticated person in)."""
         if self.allowed is None or actor.strip().casefold() in self.allowed:
+            return None
+        if {g.casefold() for g in groups} & {g.casefold() for g in self.groups}:
             return None
         return (f"{actor.strip()!r} may not {verb} {model}: policy {self.policy!r} lets only its approvers do that "
                 f"({', '.join(sorted(self.allowed)) or 'nobody: its approver groups are empty'}); ask one of them")
@@ -88,13 +93,13 @@ def refused_event(model: str, actor: str, verb: str, version: str | None, reason
 
 
 def checked_actor(rule: ApprovalRule | None, model: str, actor: str, verb: str, version: str | None,
-                  reason: str | None) -> None:
+                  reason: str | None, groups: Collection[str] = ()) -> None:
     """Raise :class:`ApprovalDenied` when ``rule`` does not let ``actor`` ``verb`` the model (empty names and control
     characters are left to :mod:`mlplatform.lib.promotion`'s own refusals, which name the option)."""
     if rule is None or not actor or not actor.strip():
         return
     promotion.refuse_control_characters(by=actor, reason=reason)
-    why = rule.refusal(model, actor, verb)
+    why = rule.refusal(model, actor, verb, groups)
     if why is not None:
         raise ApprovalDenied(why, refused_event(model, actor, verb, version, reason, why))
 
@@ -118,12 +123,13 @@ def approvals_so_far(connection: duckdb.DuckDBPyConnection, model: str, version:
 def approval_decision(connection: duckdb.DuckDBPyConnection, registry: Tracker, model: str, version: str | None,
                       actor: str, reason: str | None, force: bool, current_spec: Mapping[str, str] | None,
                       rule: ApprovalRule | None,
-                      live_check: Callable[[str], Any] | None = None) -> AliasChange | PendingApproval | None:
+                      live_check: Callable[[str], Any] | None = None,
+                      actor_groups: Collection[str] = ()) -> AliasChange | PendingApproval | None:
     """``promote``'s decision under ``rule``: refused (audited) for a non-approver or a second approval by the same
     person; a :class:`PendingApproval` until ``rule.required_approvals`` distinct people approved; then the
     change :func:`mlplatform.lib.promotion.approval_change` makes (``live_check``: live fairness, asked there at every
-    approval), its reason naming every approver."""
-    checked_actor(rule, model, actor, "promote", version, reason)
+    approval), its reason naming every approver (``actor_groups``: an authenticated actor's approver groups)."""
+    checked_actor(rule, model, actor, "promote", version, reason, actor_groups)
     change = promotion.approval_change(registry, model, version, actor, reason, force, current_spec=current_spec,
                                        live_check=live_check)
     required = rule.required_approvals if rule is not None else 1

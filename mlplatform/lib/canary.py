@@ -61,9 +61,10 @@ def canary_state(tracker: Any, spec: Any) -> CanaryState:
 
 
 def run_analysis(home: Path, spec: Any, tracker: Any, now: datetime | None = None,
-                 outcomes: pd.DataFrame | None = None) -> tuple[CanaryState, CanaryAnalysis]:
+                 outcomes: pd.DataFrame | None = None, warehouse_path: Path | None = None,
+                 wait_seconds: float = 30.0) -> tuple[CanaryState, CanaryAnalysis]:
     """Judge the current canary on the last ``rollout.analysis.window_minutes`` of the log (never before its share
-    began)."""
+    began). ``warehouse_path``: where ``labels.table`` is read (without it, a table's outcomes are not read)."""
     now = now or utc_now()
     state = canary_state(tracker, spec)
     settings = spec.rollout.analysis
@@ -76,24 +77,32 @@ def run_analysis(home: Path, spec: Any, tracker: Any, now: datetime | None = Non
         logged = read_prediction_log(home, spec.name, start, now, roles=[CHAMPION_ROLE, CANARY_ROLE],
                                      expand_inputs=False, errors=True)
     if outcomes is None and not logged.empty:
-        outcomes = live_outcomes(spec, logged, start, now)
+        outcomes = live_outcomes(spec, logged, start, now, warehouse_path, wait_seconds)
     business = settings.business_metric.name if settings.business_metric is not None else "outcome rate"
     analysis = analyse(spec.task, logged, state.challenger, state.champion, state.since, now,
                        AnalysisSettings.of(settings), outcomes, business_name=business)
     return state, analysis
 
 
-def live_outcomes(spec: Any, logged: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame | None:
-    """With ``rollout.analysis.business_metric`` and ``labels.path``: each logged prediction of the window whose
+def live_outcomes(spec: Any, logged: pd.DataFrame, start: datetime, end: datetime,
+                  warehouse_path: Path | None = None, wait_seconds: float = 30.0) -> pd.DataFrame | None:
+    """With ``rollout.analysis.business_metric`` and ``labels.path`` or ``labels.table`` (read from the warehouse at
+    ``warehouse_path``; a table not built yet gives no outcomes): each logged prediction of the window whose
     outcome arrived (matched on the entity key, else the record id, as the weekly labels are), as ``request_id``,
     ``record_index`` and ``outcome`` (1: the target equals ``positive``). None when the spec asks for none."""
-    from mlplatform.lib.outcomes import JOIN_KEY, LABEL, file_outcomes, log_join_keys
+    from mlplatform.lib.outcomes import JOIN_KEY, LABEL, file_outcomes, log_join_keys, table_outcomes
     from mlplatform.lib.source import Window
+    from mlplatform.lib.warehouse import connect_when_free
 
     metric = spec.rollout.analysis.business_metric
-    if metric is None or spec.labels is None or spec.labels.path is None:
+    if metric is None or spec.labels is None or (spec.labels.path is None and warehouse_path is None):
         return None
-    labels = file_outcomes(spec, Window(start, end)).dropna(subset=[JOIN_KEY]).drop_duplicates(JOIN_KEY, keep="last")
+    if spec.labels.path is not None:
+        arrived = file_outcomes(spec, Window(start, end))
+    else:
+        with connect_when_free(warehouse_path, wait_seconds, read_only=True) as connection:
+            arrived = table_outcomes(spec, connection, Window(start, end), missing_ok=True)
+    labels = arrived.dropna(subset=[JOIN_KEY]).drop_duplicates(JOIN_KEY, keep="last")
     keyed = logged.assign(**{JOIN_KEY: log_join_keys(logged)}).dropna(subset=[JOIN_KEY])
     joined = keyed.merge(labels[[JOIN_KEY, LABEL]], on=JOIN_KEY, how="inner")
     positive = str(metric.positive)
@@ -154,7 +163,7 @@ def analyse_and_act(home: Path, warehouse_path: Path, spec: Any, tracker: Any, w
                     outcomes: pd.DataFrame | None = None) -> CanaryRun:
     """Run one analysis and (with ``act``) carry out its verdict as one audited unit (:func:`approvals.move_champion`:
     stores checked, warehouse opened, audit row and registry move committed together)."""
-    state, analysis = run_analysis(home, spec, tracker, now, outcomes)
+    state, analysis = run_analysis(home, spec, tracker, now, outcomes, warehouse_path, wait_seconds)
     if not act:
         return CanaryRun(state, analysis, None)
     wanted = change_for(spec, tracker, state, analysis, actor)

@@ -4,8 +4,8 @@ prediction the service logged for it.
 Reading only; :mod:`mlplatform.lib.live` judges what the joined rows say. Pure functions over frames, no Dagster.
 The ``<model>_production`` step reads the files and tables and calls:
 
-- :func:`source_outcomes`, :func:`file_outcomes`, :func:`outcomes_in_window`, :func:`outcome_rows`: the week's
-  outcomes as ``join_key``, ``y`` and ``time``;
+- :func:`source_outcomes`, :func:`file_outcomes`, :func:`table_outcomes`, :func:`outcomes_in_window`,
+  :func:`outcome_rows`: the week's (or the canary window's) outcomes as ``join_key``, ``y`` and ``time``;
 - :func:`match_labels`: each logged prediction of week W's rows with its outcome (on the entity key, else the record
   id the client sent), the latest prediction per row, version and role.
 """
@@ -149,6 +149,26 @@ def file_outcomes(spec: Any, window: Any) -> pd.DataFrame:
     path = checked_data_path(path if path.is_absolute() else spec.spec_file.parent / path, spec.spec_file.parent)
     return outcomes_in_window(spec, read_source(path, spec.source.null_values), window,
                               lambda values: to_utc_naive(values, spec.source.timezone), rows_in_window)
+
+
+def table_outcomes(spec: Any, connection: Any, window: Any, missing_ok: bool = False) -> pd.DataFrame:
+    """Outcomes from ``labels.table`` through an open warehouse connection, as :func:`file_outcomes` reads a file.
+
+    Another model's schema is refused (also a model whose spec is not loaded here). ``missing_ok``: a table not (yet)
+    built gives no outcomes instead of an error (the hourly canary analysis judges its other signals meanwhile)."""
+    from mlplatform.lib.source import rows_in_window
+    from mlplatform.lib.warehouse import model_schemas, table_name
+    from mlplatform.specs.reserved import labels_table_problem
+
+    schema, _, table = spec.labels.table.partition(".")  # the spec's pattern guarantees schema.table
+    problem = labels_table_problem(spec.labels.table, spec.name, model_schemas(connection))
+    if problem:
+        raise ValueError(f"{spec.name}: labels.table: {problem}")
+    if missing_ok and not connection.execute("select count(*) from information_schema.tables where table_schema = ? "
+                                             "and table_name = ?", [schema, table]).fetchone()[0]:
+        return outcome_rows(pd.DataFrame(), [], spec.target, "time")
+    frame = connection.execute(f"select * from {table_name(schema, table)}").fetchdf()
+    return outcomes_in_window(spec, frame, window, pd.to_datetime, rows_in_window)
 
 
 def outcomes_in_window(spec: Any, frame: pd.DataFrame, window: Any, parse_times, in_window) -> pd.DataFrame:

@@ -488,6 +488,7 @@ def describe(model: ModelState, config: ServingConfig, recent: RecentLatencies) 
         "refused_versions": dict(model.refused),
         "rollout": {"canary_percent": spec.rollout.canary_percent, "canary_share": model.canary_percent,
                     "ramp": list(spec.rollout.ramp), "shadow": spec.rollout.shadow,
+                    "min_canary_percent": getattr(spec.policy_rules, "min_canary_percent", None),  # the policy's
                     "active": "+".join(mode) or "none",
                     "challenger_version": challenger.version if challenger else None},
         "key": list(spec.source.key),

@@ -40,8 +40,10 @@ class Policy(BaseModel):
                                           "person promotes every version.")
     require_training_data_gate: bool = Field(default=False, description="`gates.training_data.enabled` must stay "
                                              "true.")
-    min_canary_percent: int | None = Field(default=None, ge=0, le=100, description="`rollout.canary_percent` at "
-                                           "least this: a new version meets live traffic before it is champion.")
+    min_canary_percent: int | None = Field(default=None, ge=0, le=100, description="The share a new version "
+                                           "starts its canary at (`rollout.canary_percent`, or the ramp's first step) "
+                                           "at least this, and no `approval: auto` with `auto_promote: immediate`: a "
+                                           "new version meets live traffic before it is champion.")
     latency_budget_p99_ms: float | None = Field(default=None, gt=0, description="The serving latency budget (p99, "
                                                 "ms): `GET /v1/models` and `/metrics` report each model's measured "
                                                 "p99 against it.")
@@ -211,6 +213,23 @@ def policy_problems(spec: ModelSpec, policies: dict[str, Policy], default: str |
     if policy.require_live_fairness and not (spec.rollout.shadow or spec.rollout.canary_percent > 0):
         yield "rollout.shadow", (f"found false with rollout.canary_percent 0; {under} requires live fairness, which "
                                  "needs live traffic for a new version: set rollout.shadow: true or a canary share")
-    if policy.min_canary_percent is not None and spec.rollout.canary_percent < policy.min_canary_percent:
-        yield "rollout.canary_percent", (f"found {spec.rollout.canary_percent}; {under} requires at least "
-                                         f"{policy.min_canary_percent}")
+    yield from _canary_share_problems(spec, policy.min_canary_percent, under)
+
+
+def _canary_share_problems(spec: ModelSpec, minimum: int | None, under: str) -> Iterable[tuple[str, str]]:
+    """A policy's minimum canary share: the share a new version starts at (the ramp's first step, else
+    ``canary_percent``) at least ``minimum``, and no ``approval: auto`` that makes it champion without a canary."""
+    if not minimum:
+        return
+    rollout = spec.rollout
+    if rollout.ramp and rollout.ramp[0] < minimum:
+        yield "rollout.ramp", (f"found {rollout.ramp} (a new version starts at {rollout.ramp[0]}%); {under} requires "
+                               f"a canary share of at least {minimum}%: make the ramp's first step {minimum} or more")
+    elif not rollout.ramp and rollout.canary_percent < minimum:
+        yield "rollout.canary_percent", (f"found {rollout.canary_percent}; {under} requires at least {minimum} (a "
+                                         f"new version meets live traffic first): set rollout.canary_percent: "
+                                         f"{minimum} or more")
+    if rollout.approval == "auto" and rollout.auto_promote == "immediate":
+        yield "rollout.auto_promote", (f"found 'immediate' with rollout.approval 'auto' (a new version becomes "
+                                       f"champion at once, without canary traffic); {under} requires a canary share "
+                                       f"of at least {minimum}%: set rollout.auto_promote: canary")

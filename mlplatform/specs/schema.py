@@ -439,8 +439,8 @@ class CanaryAnalysisSpec(_Strict):
                                         "distance of the class shares (multiclass); larger and significant stops it.")
     automatic_stop: bool = Field(default=True, description="Whether the analysis removes `challenger` from a "
                                  "significantly worse canary (false: it only reports).")
-    business_metric: BusinessMetricSpec | None = Field(default=None, description="With `labels.path`: the "
-                                                       "outcomes in the window (matched to the predictions as the weekly "
+    business_metric: BusinessMetricSpec | None = Field(default=None, description="With `labels.path` or "
+                                                       "`labels.table`: the outcomes in the window (matched to the predictions as the weekly "
                                                        "labels are) add a business signal; a canary with a "
                                                        "significantly lower rate is stopped.")
 
