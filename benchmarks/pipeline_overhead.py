@@ -14,6 +14,11 @@ The platform trains a run's weeks in worker processes when the window is big (se
 MLPLATFORM_TRAINING_WORKERS); set it to 1 to measure training in the run's own process.
 
     python3 dev.py install && .venv/bin/python benchmarks/pipeline_overhead.py [--weeks 12] [--rows-per-week 12500]
+
+With ``--warehouse postgres`` it compares the warehouses instead (a throwaway PostgreSQL from Debian's binaries is
+started unless ``--warehouse-url`` names one): the same model backfill on DuckDB and on PostgreSQL in this process,
+per week (the difference is PostgreSQL's bookkeeping), then two models' backfills on PostgreSQL at once against the
+two one after the other (each in its own process).
 """
 
 from __future__ import annotations
@@ -119,7 +124,14 @@ def main() -> None:
     parser.add_argument("--weeks", type=int, default=12, help="evaluated weeks K (one backfill run)")
     parser.add_argument("--window", type=int, default=8, help="training window N (weeks)")
     parser.add_argument("--rows-per-week", type=int, default=12_500, help="rows per week (window rows = N x this)")
+    parser.add_argument("--warehouse", choices=["duckdb", "postgres"], default="duckdb",
+                        help="postgres: compare the warehouses (see above) instead of platform vs baseline")
+    parser.add_argument("--warehouse-url", default="", help="a PostgreSQL server to use (a database per measurement "
+                        "is created on it); default: start a throwaway one")
     args = parser.parse_args()
+    if args.warehouse == "postgres":
+        compare_warehouses(args)
+        return
 
     folder = Path(tempfile.mkdtemp(prefix="mlplatform-bench-"))
     total_weeks = args.window + 1 + args.weeks
@@ -195,6 +207,105 @@ def main() -> None:
     print(f"CPU time, baseline (mean):                      {cpu['baseline']:6.2f} core-s ({cpu['baseline'] / k:.2f}/week)")
     print(f"least possible ratio on {cores} cores (platform CPU / {cores} / baseline time): "
           f"{cpu['platform'] / cores / baseline_seconds:.2f}x")
+
+
+BACKFILL = """
+import sys, time
+from dagster import DagsterInstance
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from mlplatform.definitions import build_definitions
+
+model, first, last = sys.argv[1:4]
+job = build_definitions().resolve_job_def(f"{model}_pipeline")
+with DagsterInstance.ephemeral() as instance:
+    tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+    result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False,
+                                    run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+sys.exit(0 if result.success else 1)
+"""
+
+
+def compare_warehouses(args: argparse.Namespace) -> None:
+    """DuckDB against PostgreSQL: one model's per-week time in this process, then two models at once vs in turn."""
+    import contextlib
+    import subprocess
+    import sys
+
+    from mlplatform.lib.settings import export_warehouse_url
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    folder = Path(tempfile.mkdtemp(prefix="mlplatform-bench-pg-"))
+    total_weeks = args.window + 1 + args.weeks
+    end = (START + pd.Timedelta(weeks=total_weeks)).date()
+    synthetic(total_weeks, args.rows_per_week).to_parquet(folder / "bench.parquet", index=False)
+    for name in ("bench", "bench_b"):
+        (folder / f"{name}.yaml").write_text(SPEC.format(end=end, window=args.window).replace("name: bench",
+                                                                                               f"name: {name}"))
+    os.environ["MLPLATFORM_SPECS"] = str(folder)
+    with contextlib.ExitStack() as stack:
+        if args.warehouse_url:
+            def database(name: str) -> str:
+                import psycopg2
+
+                admin = psycopg2.connect(args.warehouse_url)
+                admin.autocommit = True
+                admin.cursor().execute(f'drop database if exists "{name}"')
+                admin.cursor().execute(f'create database "{name}"')
+                admin.close()
+                return args.warehouse_url.rsplit("/", 1)[0] + f"/{name}"
+        else:
+            from mlplatform_tests.services import running_postgres, traversable_tmp_dir
+
+            server = stack.enter_context(running_postgres(stack.enter_context(traversable_tmp_dir("bench-pg"))))
+            database = server.create_database
+
+        from dagster import AssetKey, instance_for_test
+        from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+        from mlplatform.definitions import build_definitions
+
+        quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+        per_week: dict[str, float] = {}
+        keys: list[str] = []
+        for backend in ("duckdb", "postgres"):
+            os.environ["MLPLATFORM_HOME"] = str(folder / f"home-{backend}")
+            export_warehouse_url(database("bench_one") if backend == "postgres" else "")
+            job = build_definitions().resolve_job_def("bench_pipeline")
+            keys = job.partitions_def.get_partition_keys()
+            with instance_for_test() as instance:
+                def run(first: str, last: str, assets: list[str] | None = None) -> float:
+                    tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+                    selection = [AssetKey(["bench", a]) for a in assets] if assets else None
+                    t0 = time.perf_counter()
+                    result = job.execute_in_process(instance=instance, tags=tags, run_config=quiet,  # noqa: B023
+                                                    asset_selection=selection)
+                    assert result.success
+                    return time.perf_counter() - t0
+
+                run(keys[0], keys[args.window - 1], ["raw", "features"])  # warm-up: the first window's data
+                run(keys[args.window], keys[args.window])  # warm-up: imports, MLflow store
+                per_week[backend] = run(keys[args.window + 1], keys[-1]) / args.weeks
+        print(f"rows per week {args.rows_per_week:,}, training window {args.window} weeks, K={args.weeks} weeks")
+        print(f"one model, one run, per week: DuckDB {per_week['duckdb']:.2f} s, PostgreSQL {per_week['postgres']:.2f} s"
+              f" (PostgreSQL's bookkeeping: {per_week['postgres'] - per_week['duckdb']:+.2f} s/week)")
+
+        def backfills(url: str, together: bool) -> float:
+            env = {**os.environ, "MLPLATFORM_HOME": str(folder / f"home-two-{together}"), "MLPLATFORM_WAREHOUSE_URL": url,
+                   "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            t0 = time.perf_counter()
+            processes = []
+            for model in ("bench", "bench_b"):
+                process = subprocess.Popen([sys.executable, "-c", BACKFILL, model, keys[0], keys[-1]], env=env)
+                if not together:
+                    assert process.wait() == 0, f"{model} backfill failed"
+                processes.append(process)
+            assert all(p.wait() == 0 for p in processes), "a backfill failed"
+            return time.perf_counter() - t0
+
+        one_after_other = backfills(database("bench_turns"), together=False)
+        at_once = backfills(database("bench_together"), together=True)
+        print(f"two models' backfills ({len(keys)} weeks each) on PostgreSQL: one after the other {one_after_other:.1f} s,"
+              f" at once {at_once:.1f} s ({one_after_other / at_once:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -420,10 +420,10 @@ def _rollout_evidence(model: str, version: str) -> list[str]:
     """The canary and shadow weeks of a version, from the warehouse (read-only; empty before any production)."""
     from mlplatform.lib.live import rollout_evidence
     from mlplatform.lib.live_fairness import evidence_lines
-    from mlplatform.lib.warehouse import connect_when_free
+    from mlplatform.lib.warehouse import connect_when_free, warehouse_exists
 
     settings = load_settings()
-    if not settings.warehouse_path.exists():
+    if not warehouse_exists(settings.warehouse_path):
         return []
     with connect_when_free(settings.warehouse_path, settings.warehouse_wait_seconds, read_only=True) as connection:
         return rollout_evidence(connection, model, version) + evidence_lines(connection, model, version)
@@ -458,13 +458,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     from mlplatform.lib.audit import AUDIT_TABLE, models_with_trails, read_events
     from mlplatform.lib.audit_integrity import read_alias_rows
-    from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged, connect_when_free
+    from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged, connect_when_free, warehouse_exists
 
     settings = load_settings()
     log_code = _verify_prediction_log(args.model, settings) if args.verify_log else 0
     if args.verify_log and not args.verify:
         return log_code
-    if not settings.warehouse_path.exists():
+    if not warehouse_exists(settings.warehouse_path):
         print(f"no warehouse at {settings.warehouse_path} yet: run `python3 dev.py demo` first", file=sys.stderr)
         return 1
     try:
@@ -745,7 +745,7 @@ def cmd_card(args: argparse.Namespace) -> int:
     from mlplatform.lib.model_card import card_files, facts_from_registry
     from mlplatform.lib.outputs import OutputRefused, checked_output_path, write_output_text
     from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
-    from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged, connect_when_free
+    from mlplatform.lib.warehouse import WarehouseBusy, WarehouseDamaged, connect_when_free, warehouse_exists
     from mlplatform.specs import SpecError
 
     settings = load_settings()
@@ -772,7 +772,7 @@ def cmd_card(args: argparse.Namespace) -> int:
             print(f"{spec.name}: no registered version yet: run `python3 dev.py demo` first", file=sys.stderr)
             return 1
         connection = (connect_when_free(settings.warehouse_path, args.wait, read_only=True)
-                      if settings.warehouse_path.exists() else None)
+                      if warehouse_exists(settings.warehouse_path) else None)
         try:
             facts = facts_from_registry(connection, spec, tracker, str(version))
         finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster import BetaWarning, in_process_executor
+from dagster import BetaWarning, in_process_executor, multiprocess_executor
 from dagster.components.scaffold.scaffold import ScaffoldRequest, scaffold_with
 
 from mlplatform import names
@@ -132,8 +132,9 @@ def model_definitions(spec: ModelSpec, settings: Settings) -> dg.Definitions:
         assets=assets, jobs=[pipeline, retrain, weekly, production, approve, rollback, canary],
         schedules=[build_schedule(spec, weekly, settings.weekly_schedule_cron)], sensors=sensors,
         resources={**platform_resources(settings), **(dbt_resource(settings) if spec.staging is not None else {})},
-        # One process: DuckDB allows one writer per file, and in-process steps skip a process start each.
-        executor=in_process_executor,
+        # One process by default: DuckDB allows one writer per file, and in-process steps skip a process start each.
+        # With the PostgreSQL warehouse, MLPLATFORM_EXECUTOR=multiprocess runs each step in its own process.
+        executor=multiprocess_executor if settings.executor == "multiprocess" else in_process_executor,
     )
 
 
@@ -153,7 +154,7 @@ def platform_resources(settings: Settings) -> dict[str, Any]:
 
     warehouse, wait = str(settings.warehouse_path), settings.warehouse_wait_seconds
     return {
-        "io_manager": WarehouseIOManager(database=warehouse, wait_seconds=wait),
+        "io_manager": WarehouseIOManager(database=warehouse, wait_seconds=wait, backend=settings.warehouse_backend),
         "warehouse": Warehouse(database=warehouse, wait_seconds=wait),
         "model_registry": ModelRegistry.from_settings(settings),
         "platform": PlatformState(home=str(settings.home)),

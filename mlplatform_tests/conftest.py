@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from collections.abc import Callable, Iterator
@@ -115,3 +116,42 @@ def copy_file(source: Path, folder: Path) -> Path:
     target = folder / source.name
     shutil.copyfile(source, target)
     return target
+
+
+_WAREHOUSE_DATABASES = iter(range(1, 1_000_000))
+ALL_BACKENDS = os.environ.get("MLPLATFORM_ALL_BACKENDS") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the PostgreSQL half of a ``postgres_extended`` test unless ``MLPLATFORM_ALL_BACKENDS=1``: the long
+    end-to-end tests whose warehouse writes other PostgreSQL tests already make (docs/shared-services.md says which and what
+    the full matrix costs). Their DuckDB half always runs."""
+    if ALL_BACKENDS:
+        return
+    kept, left_out = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        extended = params.get("warehouse_backend") == "postgres" and item.get_closest_marker("postgres_extended")
+        (left_out if extended else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.services)])
+def warehouse_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The warehouse a test runs on: the DuckDB file (the fast stage) or a fresh database on the session's real
+    PostgreSQL (the serial ``services`` stage), selected as a user does, by ``MLPLATFORM_WAREHOUSE_URL``.
+    Modules whose behaviour must hold on both use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    from mlplatform.lib.settings import export_warehouse_url
+
+    if request.param == "duckdb":
+        monkeypatch.delenv("MLPLATFORM_WAREHOUSE_URL", raising=False)
+        return "duckdb"
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database(f"warehouse_{next(_WAREHOUSE_DATABASES)}")
+    for name in ("MLPLATFORM_WAREHOUSE_URL", "MLPLATFORM_DBT_TARGET", "MLPLATFORM_PG_HOST", "MLPLATFORM_PG_PORT",
+                 "MLPLATFORM_PG_USER", "MLPLATFORM_PG_PASSWORD", "MLPLATFORM_PG_DATABASE"):
+        monkeypatch.setenv(name, "")  # restored after the test, whatever export_warehouse_url sets
+    export_warehouse_url(url)
+    return "postgres"

@@ -43,8 +43,20 @@ def run_weeks(defs: Definitions, model: str, instance: DagsterInstance, first: s
                                   asset_selection=selection)
 
 
+def open_warehouse(path: Path, read_only: bool = False):
+    """The warehouse the test runs on (``warehouse_backend``): the DuckDB file at ``path``, or the PostgreSQL database
+    ``MLPLATFORM_WAREHOUSE_URL`` names. Same API either way (``execute(...).fetchall()/fetchdf()``)."""
+    from mlplatform.lib.warehouse import postgres_url
+
+    if postgres_url() is None:
+        return duckdb.connect(str(path), read_only=read_only)
+    from mlplatform.lib.warehouse import connect_when_free
+
+    return connect_when_free(path, 60.0, read_only=read_only)
+
+
 def warehouse_query(home: Path, sql: str) -> pd.DataFrame:
-    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+    with open_warehouse(home / "warehouse.duckdb", read_only=True) as connection:
         return connection.execute(sql).fetchdf()
 
 
@@ -80,3 +92,13 @@ def register_failed_toy_version(tracker: Tracker, week: str) -> None:
     """A version of ``toy`` whose gates failed (it may become champion only by force)."""
     tracker.log_trained_model("toy", "toy-bad", *toy_pipeline(), {"seed": 0}, {"rmse": 9.9}, {}, {},
                               {"gates": "failed", "week": week})
+
+
+def skip_on_postgres(why: str) -> None:
+    """Skip a test of DuckDB's own behaviour (its file lock, its file) when it runs on the PostgreSQL warehouse."""
+    import pytest
+
+    from mlplatform.lib.warehouse import postgres_url
+
+    if postgres_url() is not None:
+        pytest.skip(f"DuckDB only: {why}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import duckdb
+import pytest
 
 from mlplatform.cli import main
 from mlplatform.lib.audit import AuditEvent, append_events, read_events, verify_chain
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
-from mlplatform_tests.helpers import load_definitions, run_weeks
+from mlplatform_tests.helpers import load_definitions, open_warehouse, run_weeks
+
+pytestmark = pytest.mark.usefixtures("warehouse_backend")
 
 MODEL_SPEC = TOY_SPEC + """
 estimator:
@@ -21,7 +23,7 @@ rollout:
 
 
 def test_a_changed_or_deleted_row_breaks_the_chain(tmp_path):
-    with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
+    with open_warehouse(tmp_path / "w.duckdb") as connection:
         append_events(connection, [AuditEvent("m", "gate", "run", f"gate {i}", passed=i % 2 == 0, version="1")
                                    for i in range(5)])
         append_events(connection, [AuditEvent("other", "approval", "alice", "champion -> v1", version="1")])
@@ -35,10 +37,11 @@ def test_a_changed_or_deleted_row_breaks_the_chain(tmp_path):
         assert verify_chain(read_events(connection, "other")) == []  # one chain per model
 
 
+@pytest.mark.postgres_extended
 def test_a_run_leaves_every_event_type_it_causes_and_verify_catches_an_edit(home, spec_dir, instance, capsys):
     spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
     assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", "2024-01-15").success
-    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as connection:
+    with open_warehouse(home / "warehouse.duckdb", read_only=True) as connection:
         events = read_events(connection, "toy")
     assert {"data_gate", "model_trained", "gate", "alias_change"} <= set(events["event"])
     trained = events[events["event"] == "model_trained"].iloc[0]
@@ -49,7 +52,7 @@ def test_a_run_leaves_every_event_type_it_causes_and_verify_catches_an_edit(home
     assert f"intact ({len(events)} events" in out and "the chain is unkeyed" in out  # no key configured: said so
     assert "head anchored at event" in out  # the alias moves wrote the registry tag; the step the checkpoint
 
-    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:  # someone edits a gate verdict by hand
+    with open_warehouse(home / "warehouse.duckdb") as connection:  # someone edits a gate verdict by hand
         connection.execute("update audit.events set passed = not passed where model = 'toy' and event = 'gate' "
                            "and seq = (select min(seq) from audit.events where event = 'gate')")
     assert main(["audit", "toy", "--verify"]) == 1
@@ -57,7 +60,7 @@ def test_a_run_leaves_every_event_type_it_causes_and_verify_catches_an_edit(home
 
     assert main(["audit", "tyo", "--verify"]) == 1  # a typo, or a model that never ran: nothing vouches for it
     assert "no audit trail to verify" in (err := capsys.readouterr().err) and "models with a trail: toy" in err
-    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:  # the whole trail deleted
+    with open_warehouse(home / "warehouse.duckdb") as connection:  # the whole trail deleted
         connection.execute("delete from audit.events where model = 'toy'")
     assert main(["audit", "toy", "--verify"]) == 1
     assert "no audit trail to verify" in capsys.readouterr().err
@@ -68,7 +71,7 @@ def test_without_a_git_checkout_the_audit_names_the_code_version_the_image_was_b
 
     monkeypatch.setattr(settings, "REPO_DIR", tmp_path)  # an image: the package is installed, there is no .git
     monkeypatch.delenv(settings.CODE_VERSION_ENV, raising=False)
-    with duckdb.connect(str(tmp_path / "w.duckdb")) as connection:
+    with open_warehouse(tmp_path / "w.duckdb") as connection:
         append_events(connection, [AuditEvent("m", "approval", "alice", "champion -> v1", version="1")])
         assert settings.git_commit() is None
         monkeypatch.setenv(settings.CODE_VERSION_ENV, "mlplatform 0.1.0 @ 0123456789ab")  # the Dockerfile's form

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from mlplatform.lib.warehouse import postgres_url
 from mlplatform_tests.conftest import TOY_SPEC, copy_file, toy_rows
 from mlplatform_tests.helpers import (
     check_record,
@@ -14,6 +15,8 @@ from mlplatform_tests.helpers import (
     warehouse_query,
 )
 
+pytestmark = pytest.mark.usefixtures("warehouse_backend")
+
 WEEK2 = "2024-01-08"
 
 
@@ -22,6 +25,7 @@ def week2_mask(frame: pd.DataFrame) -> pd.Series:
     return (ts >= "2024-01-08") & (ts < "2024-01-15")
 
 
+@pytest.mark.postgres_extended
 def test_rows_at_week_boundaries_land_in_the_right_partition(home, spec_dir, instance):
     frame = toy_rows(weeks=2, per_week=4)
     frame.loc[0, "ts"] = "2024-01-07 23:59:59"  # Sunday night: week of 2024-01-01
@@ -79,7 +83,7 @@ def test_state_is_written_under_mlplatform_home_only(home, spec_dir, instance, t
     spec_dir({"toy.yaml": TOY_SPEC}, {"toy.csv": toy_rows()})
     assert run_weeks(load_definitions(), "toy", instance, WEEK2).success
     assert list((tmp_path / "cwd").iterdir()) == []
-    assert (home / "warehouse.duckdb").exists()
+    assert (home / "warehouse.duckdb").exists() or postgres_url() is not None
 
 
 def corrupt(frame: pd.DataFrame, scenario: str) -> pd.DataFrame:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from mlplatform.lib.explain import Importance
 from mlplatform.lib.model_card import CardFacts, GateRow, render_html, render_markdown
 from mlplatform.specs import ModelSpec
+
+pytestmark = pytest.mark.usefixtures("warehouse_backend")
 
 
 def test_german_credit_card_is_stored_with_the_version_and_fresh_from_the_cli(home, bundled_specs, instance, capsys,

@@ -14,6 +14,8 @@ from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
 from mlplatform_tests.helpers import check_record, load_definitions, run_weeks, warehouse_query
 
+pytestmark = pytest.mark.usefixtures("warehouse_backend")
+
 MODEL_SPEC = TOY_SPEC + """
 estimator:
   class: sklearn.linear_model.Ridge
@@ -41,6 +43,7 @@ def check_on_week(instance, check: str, week: str):
     return record.evaluation
 
 
+@pytest.mark.postgres_extended
 def test_dummy_model_fails_the_absolute_gate_and_never_gets_an_alias(home, spec_dir, instance):
     folder = spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
     assert run_weeks(load_definitions(), "toy", instance, "2024-01-01", WEEK2).success
@@ -62,6 +65,7 @@ def test_dummy_model_fails_the_absolute_gate_and_never_gets_an_alias(home, spec_
     assert sorted(audit["alias"]) == ["challenger", "champion"]
 
 
+@pytest.mark.postgres_extended
 def test_challenger_on_shuffled_targets_fails_the_champion_gate_and_a_clean_retrain_passes(home, spec_dir, instance):
     clean = toy_rows()
     folder = spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": clean})
@@ -97,6 +101,7 @@ def test_challenger_on_shuffled_targets_fails_the_champion_gate_and_a_clean_retr
     assert retrain.metadata["difference"].value == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.postgres_extended
 def test_training_is_reproducible_and_the_mlflow_run_holds_everything(home, spec_dir, instance, monkeypatch):
     spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows()})
     monkeypatch.setenv("MLPLATFORM_MLFLOW_UI_URL", "https://mlflow.example.com")
@@ -162,6 +167,7 @@ def test_no_evaluation_row_is_in_the_training_window(home, spec_dir, instance):
         assert (evaluated["ts"] < pd.Timestamp(week) + pd.Timedelta(days=7)).all()
 
 
+@pytest.mark.postgres_extended
 def test_a_shared_mlflow_store_replaces_the_embedded_one(home, spec_dir, instance, tmp_path, monkeypatch):
     """MLPLATFORM_MLFLOW_TRACKING_URI (+ _ARTIFACTS) swaps the SQLite store under MLPLATFORM_HOME for a shared one."""
     shared = tmp_path / "shared"
@@ -217,8 +223,8 @@ def classification_rows() -> pd.DataFrame:
 @pytest.mark.parametrize(("task", "target", "rule", "metric", "threshold", "metrics", "plots"), [
     ("binary", "label", "{categories: [0, 1]}", "roc_auc", 0.7,
      {"roc_auc", "pr_auc", "f1", "log_loss", "brier"}, {"roc.png", "calibration.png", "confusion_matrix.png"}),
-    ("multiclass", "band", "{categories: [low, mid, high]}", "macro_f1", 0.5,
-     {"accuracy", "macro_f1"}, {"confusion_matrix.png"}),
+    pytest.param("multiclass", "band", "{categories: [low, mid, high]}", "macro_f1", 0.5,
+                 {"accuracy", "macro_f1"}, {"confusion_matrix.png"}, marks=pytest.mark.postgres_extended),
 ])
 def test_classifiers_are_evaluated_gated_and_promoted_like_regressors(home, spec_dir, instance, task, target, rule,
                                                                       metric, threshold, metrics, plots):

@@ -24,6 +24,8 @@ from mlplatform.lib.metrics import MetricEstimate
 from mlplatform.lib.routing import CANARY_ROLE, CHAMPION_ROLE, SHADOW_ROLE
 from mlplatform_tests.helpers import warehouse_query
 
+pytestmark = pytest.mark.usefixtures("warehouse_backend")
+
 # --- pure decisions -------------------------------------------------------------------------------------------------
 
 
@@ -233,6 +235,7 @@ def test_concept_drift_keeps_the_drift_check_green_fails_live_performance_and_on
 
 
 @pytest.mark.slow
+@pytest.mark.postgres_extended
 def test_after_a_concept_change_a_four_week_window_retrains_on_the_new_regime_until_back_at_the_pre_change_level(
         home, spec_dir, monkeypatch, capsys):
     """Issue 26: with a 4-week window, one retrain on the usual window would learn 3 weeks of the old rule and 1 of
@@ -296,6 +299,7 @@ def test_after_a_concept_change_a_four_week_window_retrains_on_the_new_regime_un
 
 
 @pytest.mark.slow
+@pytest.mark.postgres_extended
 def test_flipped_outcomes_for_a_week_roll_the_champion_back_once_never_to_a_gate_failing_version(home, spec_dir,
                                                                                                   monkeypatch):
     from mlplatform.demo.production import Service, run_production
@@ -349,6 +353,7 @@ def test_flipped_outcomes_for_a_week_roll_the_champion_back_once_never_to_a_gate
 
 @pytest.mark.slow
 @pytest.mark.parametrize("canary_rule", ["B", "A"])
+@pytest.mark.postgres_extended
 def test_a_worse_canary_is_stopped_and_audited_and_a_good_one_keeps_running(home, spec_dir, monkeypatch, capsys,
                                                                             canary_rule):
     from mlplatform.cli import main

@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import duckdb
 import pytest
 from dagster import AssetCheckKey, AssetKey
 
@@ -18,12 +17,16 @@ from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
 from mlplatform_tests.helpers import (
     load_definitions,
+    open_warehouse,
     register_failed_toy_version,
     register_toy_versions,
     run_weeks,
+    skip_on_postgres,
     toy_pipeline,
     warehouse_query,
 )
+
+pytestmark = pytest.mark.usefixtures("warehouse_backend")
 
 MODEL_SPEC = TOY_SPEC.replace("end: 2024-01-22", "end: 2024-01-29") + """
 estimator:
@@ -43,7 +46,7 @@ def test_a_failed_alias_move_puts_back_the_aliases_already_moved_and_writes_no_a
     changes, _ = promotion.gate_changes("toy", "1", True, "2024-01-08", "test", "auto", {}, {})
     changes[1].version = "99"  # the registry refuses the champion move: no such version
     home.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+    with open_warehouse(home / "warehouse.duckdb") as connection:
         with pytest.raises(Exception, match="99"):
             promotion.commit_changes(connection, tracker, changes)
         assert alias_history(connection, "toy").empty
@@ -55,7 +58,7 @@ def test_champion_of_a_week_is_the_last_champion_trained_for_that_week_or_before
     tracker = Tracker.under(home / "mlflow")
     register_toy_versions(tracker, ["2024-01-08", "2024-01-15", "2024-01-22"])
     home.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+    with open_warehouse(home / "warehouse.duckdb") as connection:
         for version in ("1", "2", "3"):
             change = promotion.approval_change(tracker, "toy", version, "alice", "step by step")
             promotion.commit_changes(connection, tracker, [change])
@@ -96,6 +99,7 @@ def _aliases_match_their_last_audit_rows(home: Path, tracker: Tracker) -> None:
 @pytest.mark.slow
 def test_a_reader_holding_the_warehouse_during_a_run_never_leaves_an_alias_move_unaudited(
         home, spec_dir, instance, monkeypatch):
+    skip_on_postgres("a reader holding the file's lock")
     spec_dir({"toy.yaml": MODEL_SPEC}, {"toy.csv": toy_rows(weeks=4)})
     monkeypatch.setenv("MLPLATFORM_WAREHOUSE_WAIT_SECONDS", "1")
     defs = load_definitions()
@@ -189,7 +193,7 @@ def test_the_check_and_a_person_roll_back_to_the_same_version_past_a_forced_cham
     assert main(["promote", "toy", "--version", "1", "--by", "alice"]) == 0
     assert main(["promote", "toy", "--version", "2", "--by", "alice", "--force"]) == 0
     assert main(["promote", "toy", "--version", "3", "--by", "alice"]) == 0
-    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+    with open_warehouse(home / "warehouse.duckdb") as connection:
         target = promotion.rollback_target(connection, tracker, "toy", "3")
     assert target.version == "1"
     assert len(target.passed_over) == 1 and "v2 did not pass every gate" in target.passed_over[0]
@@ -262,7 +266,7 @@ def test_a_forced_approval_tags_the_version_so_the_one_servability_rule_serves_i
     assert forced.forced == "gates=failed (threshold)"
     assert forced.reason == "incident [forced with --force: gates=failed (threshold)]"
     home.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(home / "warehouse.duckdb")) as connection:
+    with open_warehouse(home / "warehouse.duckdb") as connection:
         unmovable = promotion.AliasChange("toy", CHALLENGER, "99", None, "carol", "x", None)  # no such version
         with pytest.raises(Exception, match="99"):
             promotion.commit_changes(connection, tracker, [forced, unmovable])

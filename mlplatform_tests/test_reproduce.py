@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+import pytest
+
 from mlplatform.cli import main
 from mlplatform.lib.spec_hash import GATES_HASH_TAG, SPEC_HASH_TAG
 from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
 from mlplatform_tests.helpers import load_definitions, run_weeks, warehouse_query
+
+pytestmark = pytest.mark.usefixtures("warehouse_backend")
 
 MODEL_SPEC = TOY_SPEC.replace("  end: 2024-01-22", "  end: 2024-01-22\n  training_window_weeks: 1") + """
 estimator:

@@ -13,9 +13,14 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pandera.pandas as pa
 from dagster import ConfigurableResource, InitResourceContext
-from dagster._core.storage.db_io_manager import DbIOManager, TableSlice  # what DuckDBPandasIOManager itself builds
+from dagster._core.storage.db_io_manager import (  # what DuckDBPandasIOManager itself builds
+    DbClient,
+    DbIOManager,
+    DbTypeHandler,
+    TableSlice,
+)
 from dagster_duckdb import DuckDBResource
-from dagster_duckdb.io_manager import DuckDbClient
+from dagster_duckdb.io_manager import DuckDbClient, _get_cleanup_statement
 from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
 from pydantic import PrivateAttr
 
@@ -24,6 +29,7 @@ from mlplatform.lib.source import Window
 from mlplatform.lib.table_schemas import validate_table
 from mlplatform.lib.warehouse import (
     connect_when_free,
+    postgres_url,
     quote_identifier,
     remember_whole,
     replace_week_rows,
@@ -138,17 +144,83 @@ class _QuotedPandasTypeHandler(DuckDBPandasTypeHandler):
         return super().load_input(context, _quoted(table_slice), connection)
 
 
+class _PostgresClient(DbClient):
+    """Dagster's database IO manager on PostgreSQL (Dagster ships none): one transaction per output, so the
+    delete of the partition's rows and the insert of the new ones commit together: readers never see a week
+    missing, and a failed write leaves the old rows."""
+
+    @staticmethod
+    def delete_table_slice(context, table_slice: TableSlice, connection) -> None:
+        quoted = _quoted(table_slice)
+        exists = connection.execute("select to_regclass(?)", [f"{quoted.schema}.{quoted.table}"]).fetchone()
+        if exists and exists[0] is not None:  # a missing table would abort the transaction: looked up first
+            connection.execute(_get_cleanup_statement(quoted))
+
+    @staticmethod
+    def ensure_schema_exists(context, table_slice: TableSlice, connection) -> None:
+        connection.execute(f"create schema if not exists {quote_identifier(table_slice.schema)}")
+
+    @staticmethod
+    def get_select_statement(table_slice: TableSlice) -> str:
+        return DuckDbClient.get_select_statement(_quoted(table_slice))
+
+    @staticmethod
+    @contextmanager
+    def connect(context, _):
+        config = context.resource_config
+        connection = connect_when_free(Path(config["database"]),
+                                       float(config.get("wait_seconds") or DEFAULT_WAREHOUSE_WAIT_SECONDS),
+                                       on_wait=_run_log(context))
+        try:
+            connection.begin()
+            yield connection
+            if connection.in_transaction:
+                connection.commit()
+        finally:
+            connection.close()  # rolls back what was not committed
+
+
+class _PostgresPandasTypeHandler(DbTypeHandler[pd.DataFrame]):
+    """DataFrames into PostgreSQL tables: created from the frame's columns on first use, new columns added."""
+
+    def handle_output(self, context, table_slice: TableSlice, obj: pd.DataFrame, connection):
+        if not obj.empty:
+            from mlplatform.lib.warehouse_postgres import frame_column_types
+
+            target = table_name(table_slice.schema, table_slice.table)
+            connection.create_table_for(target, obj)
+            existing = connection.table_columns(table_slice.schema, table_slice.table)
+            for name, kind in frame_column_types(obj):
+                if name not in existing:
+                    connection.execute(f"alter table {target} add column if not exists {quote_identifier(name)} {kind}")
+            connection.insert_frame(target, obj)
+        return {"row_count" if not context.has_partition_key else "partition_row_count": obj.shape[0]}
+
+    def load_input(self, context, table_slice: TableSlice, connection) -> pd.DataFrame:
+        return connection.execute(_PostgresClient.get_select_statement(table_slice)).fetchdf()
+
+    @property
+    def supported_types(self):
+        return [pd.DataFrame]
+
+
 class WarehouseIOManager(DuckDBPandasIOManager):
     """Stores partitioned DataFrames in the warehouse (the week's rows replaced), waiting for the lock like
-    :class:`Warehouse` does; schema and table names quoted in every statement."""
+    :class:`Warehouse` does; schema and table names quoted in every statement. With a PostgreSQL warehouse
+    (``MLPLATFORM_WAREHOUSE_URL``) the same base on :class:`_PostgresClient`."""
 
     wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
+    backend: str = "duckdb"  # "postgres": the warehouse at MLPLATFORM_WAREHOUSE_URL (not in config: it holds a password)
 
     @staticmethod
     def type_handlers() -> list:
         return [_QuotedPandasTypeHandler()]
 
     def create_io_manager(self, context) -> DbIOManager:
+        if self.backend == "postgres" or postgres_url():
+            return DbIOManager(db_client=_PostgresClient(), database=self.database, schema=self.schema_,
+                               type_handlers=[_PostgresPandasTypeHandler()], default_load_type=pd.DataFrame,
+                               io_manager_name="PostgresIOManager")
         return DbIOManager(db_client=_PatientDuckDbClient(), database=self.database, schema=self.schema_,
                            type_handlers=self.type_handlers(), default_load_type=self.default_load_type(),
                            io_manager_name="DuckDBIOManager")

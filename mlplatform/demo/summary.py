@@ -12,7 +12,7 @@ import pandas as pd
 
 from mlplatform import names
 from mlplatform.demo.runner import ModelRunResult, weeks_text
-from mlplatform.lib.warehouse import connect_when_free, table_name
+from mlplatform.lib.warehouse import connect_when_free, table_name, warehouse_exists
 
 READ_WAIT_SECONDS = 120.0
 """How long the summary waits while another process (a run started from the UI) writes to the warehouse."""
@@ -20,7 +20,7 @@ READ_WAIT_SECONDS = 120.0
 
 def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.DataFrame:
     """The evaluated weeks of one model in [first, last], from the warehouse the pipeline wrote."""
-    if not warehouse_path.exists():
+    if not warehouse_exists(warehouse_path):
         return pd.DataFrame()
     with connect_when_free(warehouse_path, READ_WAIT_SECONDS, read_only=True) as connection:
         found = connection.execute(
@@ -37,7 +37,7 @@ def week_table(warehouse_path: Path, model: str, first: str, last: str) -> pd.Da
 
 def drift_weeks(warehouse_path: Path, model: str, first: str, last: str) -> list[str] | None:
     """Weeks whose drift check failed (share above the spec's limit), from the drift table."""
-    if not warehouse_path.exists():
+    if not warehouse_exists(warehouse_path):
         return None
     with connect_when_free(warehouse_path, READ_WAIT_SECONDS, read_only=True) as connection:
         found = connection.execute(

@@ -29,7 +29,7 @@ from mlplatform.lib.audit import AuditEvent, append_events, read_events
 from mlplatform.lib.promotion import AliasChange, PromotionRefused
 from mlplatform.lib.stores import StoresDamaged, check_stores
 from mlplatform.lib.tracking import Tracker
-from mlplatform.lib.warehouse import connect_when_free
+from mlplatform.lib.warehouse import connect_when_free, is_postgres, lock_model
 
 APPROVALS_TAG = "approvals"
 """On a registered version: who approved it so far, with when (informational; the audit trail is the record)."""
@@ -203,6 +203,13 @@ def move_champion(home: Path, warehouse_path: Path, tracker: Tracker, wait_secon
             return change
         if change is None:
             return None
+        if is_postgres(connection):  # several writers: decide again under the model's lock, then commit in its unit
+            connection.begin()
+            lock_model(connection, change.model)
+            change = decide(connection, tracker)
+            if change is None:
+                connection.rollback()
+                return None
         promotion.commit_changes(connection, tracker, [change, *(follow(tracker, change) if follow else [])])
         if committed is not None:
             committed(connection)

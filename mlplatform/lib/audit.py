@@ -18,6 +18,7 @@ import pandas as pd
 
 from mlplatform import names
 from mlplatform.lib.audit_key import KEYED_SCHEME_PREFIX, UNKEYED_SCHEME, AuditKey, configured_key
+from mlplatform.lib.warehouse import is_postgres, lock_model
 
 AUDIT_TABLE = f"{names.AUDIT_SCHEMA}.{names.ALIAS_CHANGES_TABLE}"
 AUDIT_DDL = f"""
@@ -67,6 +68,8 @@ create table if not exists {EVENTS_TABLE} (
     code_version varchar, details varchar, prev_hash varchar, hash varchar, hash_scheme varchar
 )
 """
+EVENTS_UNIQUE_DDL = f"create unique index if not exists events_model_seq on {EVENTS_TABLE} (model, seq)"
+"""One row per (model, seq): two writers that read the same head cannot both commit, so a fork is impossible."""
 EVENT_COLUMNS = ["model", "seq", "occurred_at", "event", "actor", "version", "week", "passed", "summary", "dagster_run_id",
                  "mlflow_run_id", "data_fingerprint", "code_version", "details", "prev_hash", "hash"]
 EVENTS_KEYING_DDL = f"alter table {EVENTS_TABLE} add column if not exists hash_scheme varchar"
@@ -116,9 +119,21 @@ def append_events(connection: duckdb.DuckDBPyConnection, events: Iterable[AuditE
     events = list(events)
     if not events:
         return 0
+    if is_postgres(connection) and not connection.in_transaction:  # the lock lives as long as a transaction
+        connection.begin()
+        try:
+            count = append_events(connection, events)
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+        return count
     key = configured_key()  # unusable key settings refuse here, before anything is written
     connection.execute(EVENTS_DDL)
     connection.execute(EVENTS_KEYING_DDL)
+    connection.execute(EVENTS_UNIQUE_DDL)
+    for model in sorted({event.model for event in events}):  # the head is read under the model's lock
+        lock_model(connection, model)
     heads: dict[str, tuple[int, str]] = {}
     rows = []
     for event in events:

@@ -43,7 +43,7 @@ from mlplatform.lib.training import (
     predict,
     split_xy,
 )
-from mlplatform.lib.warehouse import replace_week_rows
+from mlplatform.lib.warehouse import lock_model, replace_week_rows
 from mlplatform.specs import ModelSpec
 from mlplatform.specs.team_metrics import register_spec_metrics
 
@@ -479,23 +479,29 @@ def record_week(connection: duckdb.DuckDBPyConnection, spec: ModelSpec, trained:
     the commit puts the aliases back (:mod:`mlplatform.lib.promotion`), so no alias ever moves
     without its audit row, and the week's rows never claim aliases that did not move.
     """
-    champion = promotion.champion_as_of(connection, tracker, spec.name, trained.week)
-    result = decide_week(spec, trained, tracker, champion, dagster_run_id)
-    current = {alias: tracker.alias_version(spec.name, alias) for alias in (CHALLENGER, CHAMPION)}
-    current_weeks = {alias: tracker.version_tags(spec.name, version).get("week") if version else None
-                     for alias, version in current.items()}
-    result.alias_changes, result.alias_note = promotion.gate_changes(
-        spec.name, result.version, all(g.passed for g in result.gates), result.week, actor, spec.rollout.approval,
-        current, current_weeks, spec.rollout)
-    from mlplatform.lib import live_fairness
+    connection.begin()  # the model's lock first (PostgreSQL): its champion is read and its week decided in order
+    try:
+        lock_model(connection, spec.name)
+        champion = promotion.champion_as_of(connection, tracker, spec.name, trained.week)
+        result = decide_week(spec, trained, tracker, champion, dagster_run_id)
+        current = {alias: tracker.alias_version(spec.name, alias) for alias in (CHALLENGER, CHAMPION)}
+        current_weeks = {alias: tracker.version_tags(spec.name, version).get("week") if version else None
+                         for alias, version in current.items()}
+        result.alias_changes, result.alias_note = promotion.gate_changes(
+            spec.name, result.version, all(g.passed for g in result.gates), result.week, actor, spec.rollout.approval,
+            current, current_weeks, spec.rollout)
+        from mlplatform.lib import live_fairness
 
-    result.alias_changes, result.alias_note, held = live_fairness.hold_auto_champion(
-        spec, result.alias_changes, result.alias_note)  # live fairness required: champion waits for live traffic
-    weeks = [pd.Timestamp(result.week)]
-    predictions = validate_table(result.predictions, predictions_schema(spec), f"{spec.name}.{names.PREDICTIONS_TABLE}")
-    evaluation = validate_table(evaluation_row(spec, result), evaluations_schema(spec),
-                                f"{spec.name}.{names.EVALUATIONS_TABLE}")  # before any write: a refusal moves nothing
-    connection.begin()
+        result.alias_changes, result.alias_note, held = live_fairness.hold_auto_champion(
+            spec, result.alias_changes, result.alias_note)  # live fairness required: champion waits for live traffic
+        weeks = [pd.Timestamp(result.week)]
+        predictions = validate_table(result.predictions, predictions_schema(spec),
+                                     f"{spec.name}.{names.PREDICTIONS_TABLE}")
+        evaluation = validate_table(evaluation_row(spec, result), evaluations_schema(spec),
+                                    f"{spec.name}.{names.EVALUATIONS_TABLE}")  # before any write: a refusal moves nothing
+    except Exception:
+        connection.rollback()
+        raise
     try:
         replace_week_rows(connection, spec.name, names.PREDICTIONS_TABLE, predictions, "week", weeks, transaction=False)
         replace_week_rows(connection, spec.name, names.EVALUATIONS_TABLE, evaluation, "week", weeks, transaction=False)

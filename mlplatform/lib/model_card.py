@@ -163,7 +163,7 @@ def _add_warehouse_facts(connection: duckdb.DuckDBPyConnection, facts: CardFacts
             f"{until} order by week", [] if whole_backtest else [week]).fetchdf()
     if _table_exists(connection, model, names.DRIFT_TABLE) and window_start is not None:
         facts.drift = connection.execute(
-            f"select week, any_value(drifted_share) as drifted_share, bool_and(check_passed) as check_passed, "
+            f"select week, max(drifted_share) as drifted_share, bool_and(check_passed) as check_passed, "
             f"string_agg(case when drifted and role = 'feature' then \"column\" end, ', ') as drifted "
             f'from "{model}"."{names.DRIFT_TABLE}" where week >= ? and week <= ? group by week order by week',
             [pd.Timestamp(window_start), week]).fetchdf()

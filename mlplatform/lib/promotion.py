@@ -24,6 +24,7 @@ from mlplatform.lib.aliases import CHALLENGER, CHAMPION
 from mlplatform.lib.audit import AuditEvent, append_events, champion_history, record_alias_changes
 from mlplatform.lib.servability import forced_tags, gates_text, servability
 from mlplatform.lib.spec_hash import GATES_HASH_TAG, changed_gate_sections
+from mlplatform.lib.warehouse import lock_model
 
 SET, REMOVE = "set", "remove"
 
@@ -370,6 +371,8 @@ def apply_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry
     """
     if not changes:
         return []
+    for model in sorted({change.model for change in changes}):  # one writer per model: audit order = move order
+        lock_model(connection, model)
     record_alias_changes(connection, [change.as_row() for change in changes])
     append_events(connection, [AuditEvent(
         change.model, change.kind, change.actor,
@@ -416,8 +419,10 @@ def _restore_tags(registry: AliasRegistry, tagged: Sequence[tuple[AliasChange, d
 
 def commit_changes(connection: duckdb.DuckDBPyConnection, registry: AliasRegistry,
                    changes: Sequence[AliasChange]) -> None:
-    """One self-contained unit: begin, audit + move, commit; on failure nothing changed (``promote`` uses this)."""
-    connection.begin()
+    """One self-contained unit: begin, audit + move, commit; on failure nothing changed (``promote`` uses this).
+    On PostgreSQL the caller may have begun it already, under the model's lock (:func:`approvals.move_champion`)."""
+    if not getattr(connection, "in_transaction", False):
+        connection.begin()
     try:
         apply_changes(connection, registry, changes)
         connection.commit()

@@ -216,6 +216,13 @@ def _as_stored(frame: pd.DataFrame, spec: ModelSpec, window: Window, warehouse: 
     """``frame`` written to and read back from a scratch DuckDB table with the warehouse table's column types."""
     features = table_name(spec.name, names.FEATURES)
     column = quote_identifier(spec.time_column)
+    from mlplatform.lib.warehouse import postgres_url
+
+    if warehouse is not None and postgres_url() is not None:
+        stored = _as_stored_postgres(frame, spec, window, warehouse)
+        if stored is not None:
+            return stored
+        warehouse = None  # no features table yet: shaped by DuckDB alone
     with duckdb.connect(":memory:") as scratch:
         scratch.register("incoming", frame)
         shaped = False
@@ -232,6 +239,27 @@ def _as_stored(frame: pd.DataFrame, spec: ModelSpec, window: Window, warehouse: 
             scratch.execute("create table rows as select * from incoming")
         return scratch.execute(f"select * from rows where {column} >= ? and {column} < ? order by {column}",
                                [window.start, window.end]).fetchdf()
+
+
+def _as_stored_postgres(frame: pd.DataFrame, spec: ModelSpec, window: Window, warehouse: Path) -> pd.DataFrame | None:
+    """:func:`_as_stored` on PostgreSQL: through a temporary table shaped like the features table (dropped by the
+    rollback); None when the warehouse has no features table for the model."""
+    from mlplatform.lib.warehouse import connect_when_free
+
+    column = quote_identifier(spec.time_column)
+    with connect_when_free(warehouse, 120.0) as connection:
+        exists = connection.execute("select count(*) from information_schema.tables where table_schema = ? and "
+                                    "table_name = ?", [spec.name, names.FEATURES]).fetchall()[0][0]
+        if not exists:
+            return None
+        connection.begin()
+        try:
+            connection.execute(f"create temporary table reproduced (like {table_name(spec.name, names.FEATURES)})")
+            connection.insert_frame("reproduced", frame)  # type: ignore[attr-defined]
+            return connection.execute(f"select * from reproduced where {column} >= ? and {column} < ? "
+                                      f"order by {column}", [window.start, window.end]).fetchdf()
+        finally:
+            connection.rollback()
 
 
 def _sql_text(value: str) -> str:
@@ -257,7 +285,9 @@ def current_rows(spec: ModelSpec, window: Window, warehouse: Path) -> tuple[pd.D
     """
     if spec.staging is None:
         return source_features(spec, window, warehouse), f"rows rebuilt from the source file {spec.source_path}"
-    if not warehouse.exists():
+    from mlplatform.lib.warehouse import warehouse_exists
+
+    if not warehouse_exists(warehouse):
         raise ReproductionRefused(f"{spec.name}: no warehouse at {warehouse}; the staged features cannot be read")
     raw_now = _raw_from_source(spec, window)
     raw_stored = warehouse_rows(warehouse, spec.name, names.RAW, spec.time_column, window)

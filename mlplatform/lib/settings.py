@@ -67,6 +67,12 @@ def local_artifacts_refusal(tracking_uri: str, location: str, what: str) -> str 
             "docs/operations.md, 'MLflow tracking server'")
 
 
+EXECUTOR_ENV = "MLPLATFORM_EXECUTOR"
+EXECUTORS = ("in_process", "multiprocess")
+"""How a run's steps execute: in one process (the default: DuckDB allows one writer, and each step skips a process
+start), or each step in its own process (Dagster's multiprocess executor; only with the PostgreSQL warehouse)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved locations and stores; build it with :func:`load_settings`."""
@@ -79,6 +85,8 @@ class Settings:
     warehouse_wait_seconds: float = DEFAULT_WAREHOUSE_WAIT_SECONDS
     dbt_project_dir: Path = DBT_PROJECT_DIR  # the dbt project specs with `staging` run (MLPLATFORM_DBT_PROJECT_DIR)
     weekly_schedule_cron: str = ""  # testing only: a cron replacing "Mondays 01:00 UTC" (docs/shared-services.md)
+    warehouse_url: str = ""  # postgresql://user:password@host:port/db (MLPLATFORM_WAREHOUSE_URL); empty: DuckDB file
+    executor: str = "in_process"  # MLPLATFORM_EXECUTOR: in_process, or multiprocess (needs the PostgreSQL warehouse)
     extra_spec_dirs: tuple[Path, ...] = ()  # MLPLATFORM_SPECS as a path list: the spec roots after the first
     strict_specs: bool = False  # MLPLATFORM_STRICT_SPECS=1: any broken spec stops the code location from loading
 
@@ -105,6 +113,11 @@ class Settings:
     @property
     def warehouse_path(self) -> Path:
         return self.home / "warehouse.duckdb"
+
+    @property
+    def warehouse_backend(self) -> str:
+        """``postgres`` when a PostgreSQL URL is configured, else ``duckdb`` (the embedded default)."""
+        return "postgres" if self.warehouse_url else "duckdb"
 
     @property
     def dagster_home(self) -> Path:
@@ -149,7 +162,8 @@ def load_settings() -> Settings:
     """Read ``MLPLATFORM_HOME`` (default ``./.mlplatform``), ``MLPLATFORM_SPECS`` (default: bundled examples; several
     spec roots separated by ':'), ``MLPLATFORM_STRICT_SPECS``,
     ``MLPLATFORM_MLFLOW_*``, ``MLPLATFORM_WAREHOUSE_WAIT_SECONDS``, ``MLPLATFORM_DBT_PROJECT_DIR`` (default:
-    the bundled dbt project) and ``MLPLATFORM_WEEKLY_SCHEDULE_CRON``."""
+    the bundled dbt project), ``MLPLATFORM_WEEKLY_SCHEDULE_CRON``, ``MLPLATFORM_WAREHOUSE_URL`` and
+    ``MLPLATFORM_EXECUTOR``."""
     home = Path(os.environ.get("MLPLATFORM_HOME", ".mlplatform")).expanduser().resolve()
     specs = [Path(p).expanduser().resolve() for p in os.environ.get("MLPLATFORM_SPECS", "").split(os.pathsep)
              if p.strip()]
@@ -167,6 +181,17 @@ def load_settings() -> Settings:
     refusal = local_artifacts_refusal(tracking_uri, artifacts, "MLPLATFORM_MLFLOW_ARTIFACTS")
     if refusal:
         raise SettingsError(refusal)
+    warehouse_url = os.environ.get("MLPLATFORM_WAREHOUSE_URL", "").strip()
+    if warehouse_url and not warehouse_url.lower().startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"MLPLATFORM_WAREHOUSE_URL={warehouse_url.split('@')[-1]!r}: expected a "
+                            "postgresql://user:password@host:port/database URL, or unset it for the DuckDB file")
+    executor = os.environ.get(EXECUTOR_ENV, "").strip().lower().replace("-", "_") or "in_process"
+    if executor not in EXECUTORS:
+        raise SettingsError(f"{EXECUTOR_ENV}={executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if executor == "multiprocess" and not warehouse_url:
+        raise SettingsError(f"{EXECUTOR_ENV}=multiprocess needs a warehouse that takes several writers at once: set "
+                            "MLPLATFORM_WAREHOUSE_URL=postgresql://... (DuckDB lets one process write its file, so "
+                            "steps in separate processes would wait for each other), or unset it")
     return Settings(
         home=home,
         specs_dir=specs_dir,
@@ -176,6 +201,8 @@ def load_settings() -> Settings:
         warehouse_wait_seconds=wait_seconds,
         dbt_project_dir=_dbt_project_dir(),
         weekly_schedule_cron=os.environ.get("MLPLATFORM_WEEKLY_SCHEDULE_CRON", "").strip(),
+        warehouse_url=warehouse_url,
+        executor=executor,
         extra_spec_dirs=extra_spec_dirs,
         strict_specs=strict in ("1", "true", "yes"),
     )
@@ -203,6 +230,7 @@ def configure_process(settings: Settings) -> None:
     """
     ensure_home(settings)
     os.environ["MLPLATFORM_WAREHOUSE"] = str(settings.warehouse_path)
+    export_warehouse_url(settings.warehouse_url)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -210,6 +238,26 @@ def configure_process(settings: Settings) -> None:
     scripts = str(Path(sys.executable).parent)
     if scripts not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+
+
+def export_warehouse_url(url: str) -> None:
+    """Make ``url`` the warehouse of this process and its children: ``MLPLATFORM_WAREHOUSE_URL`` (read where the
+    warehouse is opened) and the ``MLPLATFORM_DBT_TARGET``/``MLPLATFORM_PG_*`` variables dbt's ``postgres`` target
+    reads (dbt_project/profiles.yml). Empty: the DuckDB file."""
+    from urllib.parse import unquote, urlsplit
+
+    if not url:
+        os.environ.pop("MLPLATFORM_WAREHOUSE_URL", None)
+        os.environ["MLPLATFORM_DBT_TARGET"] = "local"
+        return
+    parts = urlsplit(url)
+    os.environ["MLPLATFORM_WAREHOUSE_URL"] = url
+    os.environ["MLPLATFORM_DBT_TARGET"] = "postgres"
+    os.environ["MLPLATFORM_PG_HOST"] = parts.hostname or "localhost"
+    os.environ["MLPLATFORM_PG_PORT"] = str(parts.port or 5432)
+    os.environ["MLPLATFORM_PG_USER"] = unquote(parts.username or "postgres")
+    os.environ["MLPLATFORM_PG_PASSWORD"] = unquote(parts.password or "")
+    os.environ["MLPLATFORM_PG_DATABASE"] = unquote(parts.path.lstrip("/") or "postgres")
 
 
 CODE_VERSION_ENV = "MLPLATFORM_CODE_VERSION"

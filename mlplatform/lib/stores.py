@@ -19,7 +19,13 @@ from typing import Any, Protocol
 
 import duckdb
 
-from mlplatform.lib.warehouse import connect_when_free, damage_message, integrity_problem
+from mlplatform.lib.warehouse import (
+    connect_when_free,
+    damage_message,
+    integrity_problem,
+    postgres_url,
+    warehouse_exists,
+)
 
 CHAMPION = "champion"
 WAIT_SECONDS = 60.0
@@ -83,7 +89,7 @@ def _audit_champions(connection: duckdb.DuckDBPyConnection) -> list[tuple[str, s
         return []
     return [tuple(str(v) for v in row) for row in connection.execute(
         "select model, version, changed_at from (select *, row_number() over (partition by model "
-        "order by changed_at desc) as n from audit.alias_changes where alias = ?) where n = 1 "
+        "order by changed_at desc) as n from audit.alias_changes where alias = ?) as latest where n = 1 "
         "order by model", [CHAMPION]).fetchall()]
 
 
@@ -91,7 +97,7 @@ def check_warehouse(warehouse_path: Path, wait_seconds: float = WAIT_SECONDS,
                     on_wait: Callable[[str], None] | None = None) -> tuple[list[str], list[tuple[str, str, str]]]:
     """Problems reading every table of the warehouse (:func:`~mlplatform.lib.warehouse.integrity_problem`), and
     the audit's latest champion per model (model, version, when)."""
-    if not warehouse_path.exists():
+    if not warehouse_exists(warehouse_path):
         return [], []
     problem = integrity_problem(warehouse_path, wait_seconds, on_wait)
     if problem:
@@ -143,7 +149,30 @@ def check_registry(warehouse_path: Path, tracker: Registry, wait_seconds: float 
         problem = _sqlite_problem(mlflow_db, "MLflow store")
         if problem:
             return [*problems, problem]
-    return problems + registry_problems(tracker, champions)
+    return problems + settled_registry_problems(warehouse_path, tracker, champions, wait_seconds)
+
+
+def settled_registry_problems(warehouse_path: Path, tracker: Registry, champions: list[tuple[str, str, str]],
+                              wait_seconds: float) -> list[str]:
+    """:func:`registry_problems`, each disagreement checked again under the model's lock on PostgreSQL: there another
+    process may be between its alias move and the commit of its audit row (its unit not yet visible), which is not
+    damage. DuckDB's file lock already kept that moment from every reader."""
+    problems = registry_problems(tracker, champions)
+    if not problems or postgres_url() is None:
+        return problems
+    from mlplatform.lib.warehouse import lock_model
+
+    settled = []
+    with connect_when_free(warehouse_path, wait_seconds) as connection:
+        for model in sorted({model for model, _, _ in champions}):
+            connection.begin()
+            try:
+                connection.execute(f"set local lock_timeout = '{int(wait_seconds * 1000)}ms'")
+                lock_model(connection, model)
+                settled += registry_problems(tracker, [c for c in _audit_champions(connection) if c[0] == model])
+            finally:
+                connection.rollback()
+    return settled
 
 
 def check_stores(home: Path, tracker: Registry, wait_seconds: float = WAIT_SECONDS) -> list[str]:
@@ -163,7 +192,7 @@ def check_stores(home: Path, tracker: Registry, wait_seconds: float = WAIT_SECON
         problem = _sqlite_problem(db, "Dagster instance file")
         if problem:
             problems.append(problem)
-    return problems + registry_problems(tracker, champions)
+    return problems + settled_registry_problems(home / "warehouse.duckdb", tracker, champions, wait_seconds)
 
 
 @dataclass
@@ -221,7 +250,14 @@ def backup_stores(home: Path, target: Path | None = None, tracking_uri: str | No
     folder.mkdir(parents=True, exist_ok=True)
     report = BackupReport(folder=folder)
     warehouse = home / "warehouse.duckdb"
-    if warehouse.exists():
+    url = postgres_url()
+    if url is not None:  # a server's database: its own tools make a consistent copy while runs go on
+        from mlplatform.lib.warehouse_postgres import redacted
+
+        report.skipped.append(f"warehouse {redacted(url)} on PostgreSQL: back it up with its own tools, e.g. "
+                              f"`pg_dump --format=custom --file warehouse.dump '{redacted(url)}'` (restore: "
+                              "`pg_restore --clean --dbname URL warehouse.dump`; docs/operations.md)")
+    elif warehouse.exists():
         with connect_when_free(warehouse, wait_seconds, read_only=True):
             shutil.copy2(warehouse, folder / warehouse.name)
             wal = warehouse.with_name(warehouse.name + ".wal")

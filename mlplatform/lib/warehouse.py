@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -33,6 +34,48 @@ def model_schemas(connection: duckdb.DuckDBPyConnection) -> set[str]:
     return {row[0] for row in connection.execute(
         "select distinct table_schema from information_schema.tables where table_name in (?, ?)",
         [names.RAW, names.FEATURES]).fetchall()}
+
+
+WAREHOUSE_URL_ENV = "MLPLATFORM_WAREHOUSE_URL"
+"""A ``postgresql://`` URL selects the PostgreSQL warehouse (:mod:`mlplatform.lib.warehouse_postgres`); unset, the
+DuckDB file under ``MLPLATFORM_HOME`` (the default). ``configure_process`` exports the resolved setting."""
+
+
+def postgres_url() -> str | None:
+    """The PostgreSQL warehouse's URL when one is configured, else None (the DuckDB file)."""
+    from mlplatform.lib.warehouse_postgres import is_postgres_url
+
+    url = os.environ.get(WAREHOUSE_URL_ENV, "").strip()
+    return url if is_postgres_url(url) else None
+
+
+def warehouse_exists(path: Path) -> bool:
+    """Whether there is a warehouse to read: a configured PostgreSQL server always counts; else the file."""
+    return postgres_url() is not None or Path(path).exists()
+
+
+def warehouse_label(path: Path) -> str:
+    """The warehouse as messages name it: the file, or the PostgreSQL URL without its password."""
+    url = postgres_url()
+    if url is None:
+        return str(path)
+    from mlplatform.lib.warehouse_postgres import redacted
+
+    return redacted(url)
+
+
+def is_postgres(connection: object) -> bool:
+    return getattr(connection, "backend", None) == "postgres"
+
+
+def lock_model(connection: object, model: str) -> None:
+    """Hold ``model``'s lock until the caller's transaction ends: whoever appends its audit events or moves its aliases
+    takes it first, so two writers never interleave. PostgreSQL: an advisory transaction lock (the caller must have
+    begun a transaction). DuckDB: nothing to do, its file lock already lets one process write."""
+    if is_postgres(connection):
+        from mlplatform.lib.warehouse_postgres import lock_model as postgres_lock
+
+        postgres_lock(connection, model)  # type: ignore[arg-type]
 
 
 class WarehouseBusy(RuntimeError):
@@ -81,6 +124,8 @@ def integrity_problem(path: Path, wait_seconds: float, on_wait: Callable[[str], 
     result is remembered per process and file identity (device, inode, size, mtime): a run pays once per step
     process, and again only after another process changed the file.
     """
+    if postgres_url() is not None:
+        return None  # PostgreSQL keeps its own integrity (WAL, checksums); nothing to read here
     identity = _identity(path)
     if identity is None or identity[2] == 0:
         return None  # DuckDB creates it
@@ -134,6 +179,11 @@ def connect_when_free(path: Path, wait_seconds: float, read_only: bool = False,
     ``report_every`` seconds (a run passes its log). A damaged file raises :class:`WarehouseDamaged` before it is
     opened read-write (DuckDB would fail halfway and grow it); ``verify=False`` only for the check itself.
     """
+    url = postgres_url()
+    if url is not None:
+        from mlplatform.lib.warehouse_postgres import connect
+
+        return connect(url, wait_seconds, on_wait, read_only)  # type: ignore[return-value]
     deadline = time.monotonic() + wait_seconds
     if verify:
         verify_warehouse(path, wait_seconds, on_wait)
@@ -172,6 +222,12 @@ def replace_week_rows(connection: duckdb.DuckDBPyConnection, schema: str, table:
 
     ``transaction=False`` when the caller already holds a transaction that must include this write.
     """
+    if is_postgres(connection):
+        from mlplatform.lib import warehouse_postgres
+
+        warehouse_postgres.replace_week_rows(connection, schema, table, frame, week_column, weeks,  # type: ignore[arg-type]
+                                             transaction)
+        return
     target = table_name(schema, table)
     connection.execute(f"create schema if not exists {quote_identifier(schema)}")
     connection.register("incoming", frame)

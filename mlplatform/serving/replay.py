@@ -45,9 +45,9 @@ def feature_rows(spec: ModelSpec, window: Window, warehouse: Path | None = None,
                                                         spec.source.timestamp_format, spec.source.timestamp_unit)
             frame = rows_in_window(frame, spec.source.timestamp, window)
     else:
-        from mlplatform.lib.warehouse import connect_when_free
+        from mlplatform.lib.warehouse import connect_when_free, warehouse_exists
 
-        if warehouse is None or not warehouse.exists():
+        if warehouse is None or not warehouse_exists(warehouse):
             raise FileNotFoundError(f"{spec.name} is staged by dbt ({spec.staging.dbt_model}): its features are in "
                                     f"the warehouse, which does not exist yet ({warehouse}); run the pipeline first")
         time_column = spec.time_column.replace('"', '""')

@@ -12,11 +12,11 @@ select
     lower(trim(weathersit))                                     as weathersit,
     cast(workingday as integer)                                 as workingday,
     cast(holiday as integer)                                    as holiday,
-    cast(temp as double)                                        as temp,
-    cast(atemp as double)                                       as atemp,
-    cast(hum as double)                                         as hum,
-    cast(windspeed as double)                                   as windspeed,
-    cast(bikers as double)                                      as bikers
+    cast(temp as {{ mlplatform_double() }})                                        as temp,
+    cast(atemp as {{ mlplatform_double() }})                                       as atemp,
+    cast(hum as {{ mlplatform_double() }})                                         as hum,
+    cast(windspeed as {{ mlplatform_double() }})                                   as windspeed,
+    cast(bikers as {{ mlplatform_double() }})                                      as bikers
 from {{ source('bike_demand', 'raw') }}
 where "date" >= cast('{{ var("min_time") }}' as timestamp)
   and "date" <  cast('{{ var("max_time") }}' as timestamp)

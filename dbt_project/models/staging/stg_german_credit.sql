@@ -22,7 +22,7 @@ select
         when 'critical account/ other credits existing (not at this bank)' then 'critical account'
     end                                                                   as credit_history,
     purpose                                                               as purpose,
-    cast(credit_amount as double)                                         as credit_amount_dm,
+    cast(credit_amount as {{ mlplatform_double() }})                                         as credit_amount_dm,
     case savings_account_and_bonds
         when 'unknown/ no savings account' then 'none or unknown'
         when '... < 100 DM' then '<100 DM'
