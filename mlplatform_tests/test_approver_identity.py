@@ -18,9 +18,8 @@ from mlplatform.lib.approver_identity import (
 )
 from mlplatform.lib.tracking import CHALLENGER, CHAMPION, Tracker
 from mlplatform_tests.conftest import TOY_SPEC, toy_rows
-from mlplatform_tests.helpers import load_definitions, warehouse_query
+from mlplatform_tests.helpers import load_definitions, register_toy_versions, warehouse_query
 from mlplatform_tests.test_approvers import FAIR, POLICIES
-from mlplatform_tests.test_promotion import _register
 
 ALICE, DANA, ZED, MALLORY = ("alice-token-" + "a" * 20, "dana-token-" + "d" * 20, "zed-token-" + "z" * 20,
                              "mallory-token-" + "m" * 20)
@@ -67,7 +66,7 @@ def test_a_typed_approver_name_is_refused_without_the_token_and_the_tokens_perso
         home, spec_dir, instance, tmp_path, monkeypatch, capsys):
     spec_dir({"toy.yaml": TOY_SPEC + "policy: reviewed\n", "policies.yaml": POLICIES}, {"toy.csv": toy_rows()})
     tracker = Tracker.under(home / "mlflow")
-    _register(tracker, ["2024-01-08", "2024-01-15"])
+    register_toy_versions(tracker, ["2024-01-08", "2024-01-15"])
     tracker.set_alias("toy", CHALLENGER, "1")
 
     # without the file: as before (a name is required), with a one-line warning that names are not authenticated
@@ -124,7 +123,7 @@ def test_one_token_cannot_make_two_distinct_approvals_under_regulated(home, spec
     rows = toy_rows().assign(region=lambda r: ["north", "south"] * (len(r) // 2))
     spec_dir({"toy.yaml": TOY_SPEC + FAIR + "policy: regulated\n"}, {"toy.csv": rows})
     tracker = Tracker.under(home / "mlflow")
-    _register(tracker, ["2024-01-08"])
+    register_toy_versions(tracker, ["2024-01-08"])
     _credentials(tmp_path, monkeypatch, {ANA: "ana", BO: "bo"})
 
     monkeypatch.setenv(APPROVER_TOKEN_ENV, ANA)
