@@ -181,9 +181,12 @@ def connect_when_free(path: Path, wait_seconds: float, read_only: bool = False,
     """
     url = postgres_url()
     if url is not None:
-        from mlplatform.lib.warehouse_postgres import connect
+        from mlplatform.lib.warehouse_postgres import WarehouseUnreachable, connect
 
-        return connect(url, wait_seconds, on_wait, read_only)  # type: ignore[return-value]
+        try:
+            return connect(url, wait_seconds, on_wait, read_only)  # type: ignore[return-value]
+        except WarehouseUnreachable as error:
+            raise WarehouseBusy(str(error)) from error
     deadline = time.monotonic() + wait_seconds
     if verify:
         verify_warehouse(path, wait_seconds, on_wait)

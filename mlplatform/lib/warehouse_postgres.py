@@ -257,6 +257,11 @@ def _insert_by_name(sql: str) -> tuple[str, str] | None:
     return None
 
 
+class WarehouseUnreachable(RuntimeError):
+    """The server did not accept a connection in time (``warehouse.connect_when_free`` turns it into its
+    ``WarehouseBusy``, which every caller already handles: this module imports nothing of ``warehouse``)."""
+
+
 def connect(url: str, wait_seconds: float, on_wait: Callable[[str], None] | None = None,
             read_only: bool = False) -> PostgresConnection:
     """A connection, retrying while the server refuses (starting, or out of connections) up to ``wait_seconds``."""
@@ -268,9 +273,7 @@ def connect(url: str, wait_seconds: float, on_wait: Callable[[str], None] | None
             break
         except psycopg2.OperationalError as error:
             if time.monotonic() >= deadline:
-                from mlplatform.lib.warehouse import WarehouseBusy
-
-                raise WarehouseBusy(f"the warehouse {redacted(url)} did not accept a connection within "
+                raise WarehouseUnreachable(f"the warehouse {redacted(url)} did not accept a connection within "
                                     f"{wait_seconds:g} s ({' '.join(str(error).split())})") from error
             if on_wait is not None:
                 on_wait(f"waiting for the warehouse {redacted(url)}: {' '.join(str(error).split())}")
