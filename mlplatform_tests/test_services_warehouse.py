@@ -114,6 +114,7 @@ def test_four_processes_moving_one_models_champion_and_appending_its_audit_leave
     previous = [None, *moved["version"].tolist()[:-1]]
     details = [__import__("json").loads(d)["previous_version"] for d in moved["details"]]
     assert details == previous
+    assert (postgres_home / "audit_checkpoints").is_dir()  # the second anchor is written beside the server too
     assert main(["audit", "torture", "--verify"]) == 0
     assert f"intact ({2 * workers * moves} events" in capsys.readouterr().out
     print(f"torture: {workers} x {moves} moves + appends in {elapsed:.1f} s")

@@ -97,7 +97,14 @@ def restore_anchors(registry: ModelTagRegistry, anchored: list[tuple[str, str | 
 
 
 def warehouse_home(connection: duckdb.DuckDBPyConnection) -> Path | None:
-    """The folder of the warehouse file ``connection`` is open on (MLPLATFORM_HOME); None for an in-memory one."""
+    """The folder of the warehouse file ``connection`` is open on (MLPLATFORM_HOME); None for an in-memory one. On
+    the PostgreSQL warehouse there is no file: the checkpoints go under this process's ``MLPLATFORM_HOME``."""
+    from mlplatform.lib.warehouse import is_postgres
+
+    if is_postgres(connection):
+        from mlplatform.lib.settings import load_settings
+
+        return load_settings().home
     found = connection.execute("select path from duckdb_databases() where database_name = current_database()"
                                ).fetchall()
     return Path(found[0][0]).parent if found and found[0][0] else None
