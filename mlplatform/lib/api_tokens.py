@@ -128,14 +128,19 @@ def _digest_of(file: Path, key: str, entry: str) -> bytes:
     return hashlib.sha256(entry.encode()).digest()
 
 
-def load_tokens(file: Path) -> ApiTokens:
-    """The tokens ``file`` grants; raises :class:`TokenFileError` naming the key for anything it cannot use."""
+def read_token_file(file: Path, setting: str) -> object:
+    """A tokens file's YAML (API or approver tokens); refusals name the file and the setting that points at it."""
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        return yaml.safe_load(file.read_text(encoding="utf-8"))
     except OSError as error:
-        raise TokenFileError(file, TOKENS_ENV, f"cannot be read: {error}") from None
+        raise TokenFileError(file, setting, f"cannot be read: {error}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise TokenFileError(file, "(yaml)", f"not valid YAML or JSON: {error}") from None
+
+
+def load_tokens(file: Path) -> ApiTokens:
+    """The tokens ``file`` grants; raises :class:`TokenFileError` naming the key for anything it cannot use."""
+    raw = read_token_file(file, TOKENS_ENV)
     if not isinstance(raw, dict) or set(raw) - {"tokens", "metrics"}:
         raise TokenFileError(file, "(top level)", "expected a mapping with `tokens` (token or sha256:digest -> "
                              "team, list of teams or '*') and optionally `metrics` (a list of tokens)")

@@ -24,9 +24,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from mlplatform.lib.api_tokens import TokenFileError, _digest_of
+from mlplatform.lib.api_tokens import TokenFileError, _digest_of, read_token_file
 from mlplatform.lib.approvals import ApprovalDenied, refused_event
 from mlplatform.lib.promotion import refuse_control_characters
 
@@ -75,12 +73,7 @@ def _approver_of(file: Path, key: str, value: object) -> Approver:
 
 def load_approver_tokens(file: Path) -> ApproverTokens:
     """The people ``file`` vouches for; raises :class:`~mlplatform.lib.api_tokens.TokenFileError` naming the key."""
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise TokenFileError(file, APPROVER_TOKENS_ENV, f"cannot be read: {error}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise TokenFileError(file, "(yaml)", f"not valid YAML or JSON: {error}") from None
+    raw = read_token_file(file, APPROVER_TOKENS_ENV)
     tokens = raw.get("tokens") if isinstance(raw, dict) and set(raw) == {"tokens"} else None
     if not isinstance(tokens, dict) or not tokens:
         raise TokenFileError(file, "tokens", "expected a mapping `tokens` of token (or sha256:digest, from "
