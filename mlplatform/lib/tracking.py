@@ -77,19 +77,23 @@ def _creating_sqlite_store(tracking_uri: str) -> Iterator[bool]:
     """An exclusive lock while a SQLite store that does not exist yet is created (yields True then).
 
     MLflow creates its tables on first use; two processes doing it at once fail ("duplicate column name",
-    "Online migration expected to match one row"), e.g. two models' runs starting together on a fresh home.
+    "Online migration expected to match one row", "table _alembic_tmp_... already exists"), e.g. two models' runs
+    starting together on a fresh home, or a daemon's run beside the CLI. The file's size says nothing (it is
+    non-empty as soon as the first migration starts), so a marker written after the tables are complete does.
     """
     import fcntl
 
     path = Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
-    if path is None or (path.exists() and path.stat().st_size > 0):
+    if path is None or (path.exists() and path.with_name(path.name + ".created").exists()):
         yield False
         return
+    created = path.with_name(path.name + ".created")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".create-lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield True  # a process that waited finds the tables made: creating them again is a no-op
+            created.touch()
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
