@@ -17,7 +17,8 @@ MLPLATFORM_TRAINING_WORKERS); set it to 1 to measure training in the run's own p
 
 With ``--warehouse postgres`` it compares the warehouses instead (a throwaway PostgreSQL from Debian's binaries is
 started unless ``--warehouse-url`` names one): the same model backfill on DuckDB and on PostgreSQL in this process,
-per week (the difference is PostgreSQL's bookkeeping), then two models' backfills on PostgreSQL at once against the
+per week (the difference is PostgreSQL's bookkeeping; ``--pairs`` measurements in alternating order, the median difference
+reported), then two models' backfills on PostgreSQL at once against the
 two one after the other (each in its own process).
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -126,6 +128,8 @@ def main() -> None:
     parser.add_argument("--rows-per-week", type=int, default=12_500, help="rows per week (window rows = N x this)")
     parser.add_argument("--warehouse", choices=["duckdb", "postgres"], default="duckdb",
                         help="postgres: compare the warehouses (see above) instead of platform vs baseline")
+    parser.add_argument("--pairs", type=int, default=5, help="with --warehouse postgres: DuckDB/PostgreSQL measurement "
+                        "pairs, in alternating order (the median difference is reported; 0: only the two-model part)")
     parser.add_argument("--warehouse-url", default="", help="a PostgreSQL server to use (a database per measurement "
                         "is created on it); default: start a throwaway one")
     args = parser.parse_args()
@@ -265,13 +269,14 @@ def compare_warehouses(args: argparse.Namespace) -> None:
         from mlplatform.definitions import build_definitions
 
         quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-        per_week: dict[str, float] = {}
-        keys: list[str] = []
-        for backend in ("duckdb", "postgres"):
-            os.environ["MLPLATFORM_HOME"] = str(folder / f"home-{backend}")
-            export_warehouse_url(database("bench_one") if backend == "postgres" else "")
+        os.environ["MLPLATFORM_HOME"] = str(folder / "home-keys")
+        keys = build_definitions().resolve_job_def("bench_pipeline").partitions_def.get_partition_keys()
+
+        def per_week_seconds(backend: str, pair: int) -> float:
+            """One fresh measurement: a new home and database, the same warm-ups, then the K weeks in one run."""
+            os.environ["MLPLATFORM_HOME"] = str(folder / f"home-{backend}-{pair}")
+            export_warehouse_url(database(f"bench_one_{pair}") if backend == "postgres" else "")
             job = build_definitions().resolve_job_def("bench_pipeline")
-            keys = job.partitions_def.get_partition_keys()
             with instance_for_test() as instance:
                 def run(first: str, last: str, assets: list[str] | None = None) -> float:
                     tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
@@ -284,14 +289,33 @@ def compare_warehouses(args: argparse.Namespace) -> None:
 
                 run(keys[0], keys[args.window - 1], ["raw", "features"])  # warm-up: the first window's data
                 run(keys[args.window], keys[args.window])  # warm-up: imports, MLflow store
-                per_week[backend] = run(keys[args.window + 1], keys[-1]) / args.weeks
-        print(f"rows per week {args.rows_per_week:,}, training window {args.window} weeks, K={args.weeks} weeks")
-        print(f"one model, one run, per week: DuckDB {per_week['duckdb']:.2f} s, PostgreSQL {per_week['postgres']:.2f} s"
-              f" (PostgreSQL's bookkeeping: {per_week['postgres'] - per_week['duckdb']:+.2f} s/week)")
+                return run(keys[args.window + 1], keys[-1]) / args.weeks
 
-        def backfills(url: str, together: bool) -> float:
-            env = {**os.environ, "MLPLATFORM_HOME": str(folder / f"home-two-{together}"), "MLPLATFORM_WAREHOUSE_URL": url,
-                   "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        # Pairs in alternating order (DuckDB first, then PostgreSQL first, ...), so a drift of the machine's speed
+        # during the run does not land on one backend; the median of the pairs' differences is the figure.
+        differences: list[float] = []
+        seconds: dict[str, list[float]] = {"duckdb": [], "postgres": []}
+        print(f"rows per week {args.rows_per_week:,}, training window {args.window} weeks, K={args.weeks} weeks, "
+              f"{args.pairs} pairs")
+        for pair in range(args.pairs):
+            order = ("duckdb", "postgres") if pair % 2 == 0 else ("postgres", "duckdb")
+            measured = {backend: per_week_seconds(backend, pair) for backend in order}
+            for backend, value in measured.items():
+                seconds[backend].append(value)
+            differences.append(measured["postgres"] - measured["duckdb"])
+            print(f"  pair {pair + 1} ({order[0]} first): per week DuckDB {measured['duckdb']:.2f} s, "
+                  f"PostgreSQL {measured['postgres']:.2f} s, difference {differences[-1]:+.2f} s", flush=True)
+        median = statistics.median
+        if differences:
+            print(f"one model, one run, per week (median of {args.pairs}): DuckDB {median(seconds['duckdb']):.2f} s, "
+                  f"PostgreSQL {median(seconds['postgres']):.2f} s; PostgreSQL's bookkeeping: median difference "
+                  f"{median(differences):+.2f} s/week (pairs range {min(differences):+.2f} to {max(differences):+.2f})")
+
+        def backfills(url: str, together: bool, threads: int | None = None) -> float:
+            env = {**os.environ, "MLPLATFORM_HOME": str(folder / f"home-two-{together}-{threads}"),
+                   "MLPLATFORM_WAREHOUSE_URL": url, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            if threads is not None:  # what the shared mode sets by itself: the run's share of the cores for its fits
+                env["MLPLATFORM_THREADS_PER_RUN"] = str(threads)
             t0 = time.perf_counter()
             processes = []
             for model in ("bench", "bench_b"):
@@ -302,10 +326,13 @@ def compare_warehouses(args: argparse.Namespace) -> None:
             assert all(p.wait() == 0 for p in processes), "a backfill failed"
             return time.perf_counter() - t0
 
+        per_run = max(1, (os.cpu_count() or 2) // 2)
         one_after_other = backfills(database("bench_turns"), together=False)
         at_once = backfills(database("bench_together"), together=True)
+        at_once_sized = backfills(database("bench_together_sized"), together=True, threads=per_run)
         print(f"two models' backfills ({len(keys)} weeks each) on PostgreSQL: one after the other {one_after_other:.1f} s,"
-              f" at once {at_once:.1f} s ({one_after_other / at_once:.2f}x)")
+              f" at once {at_once:.1f} s ({one_after_other / at_once:.2f}x), at once with MLPLATFORM_THREADS_PER_RUN={per_run}"
+              f" (cores / 2) {at_once_sized:.1f} s ({one_after_other / at_once_sized:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import textwrap
 from collections.abc import Callable, Iterator
@@ -119,23 +118,6 @@ def copy_file(source: Path, folder: Path) -> Path:
 
 
 _WAREHOUSE_DATABASES = iter(range(1, 1_000_000))
-ALL_BACKENDS = os.environ.get("MLPLATFORM_ALL_BACKENDS") == "1"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave out the PostgreSQL half of a ``postgres_extended`` test unless ``MLPLATFORM_ALL_BACKENDS=1``: the long
-    end-to-end tests whose warehouse writes other PostgreSQL tests already make (docs/shared-services.md says which and what
-    the full matrix costs). Their DuckDB half always runs."""
-    if ALL_BACKENDS:
-        return
-    kept, left_out = [], []
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        extended = params.get("warehouse_backend") == "postgres" and item.get_closest_marker("postgres_extended")
-        (left_out if extended else kept).append(item)
-    if left_out:
-        config.hook.pytest_deselected(items=left_out)
-        items[:] = kept
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.services)])

@@ -13,9 +13,12 @@ from sklearn import metrics as skm
 from mlplatform.lib import gates
 from mlplatform.lib.lifecycle import (
     MIN_ROWS_FOR_WORKERS,
+    THREADS_ENV,
     WORKERS_ENV,
+    deciding_threads,
     rows_needed,
     split_train_eval,
+    threads_per_run,
     training_workers,
 )
 from mlplatform.lib.metrics import (
@@ -204,6 +207,44 @@ def test_training_workers_follow_the_setting_else_cores_for_big_windows_only(mon
     monkeypatch.setenv(WORKERS_ENV, "two")
     with pytest.raises(ValueError, match="MLPLATFORM_TRAINING_WORKERS='two'.*whole number"):
         training_workers(12, 10)
+
+
+def test_a_run_gets_its_share_of_the_cores_where_the_instance_starts_several_runs_at_once(monkeypatch):
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert threads_per_run(8, None) is None  # a test or ephemeral instance: nothing said, no limit
+    assert threads_per_run(8, 1) is None  # the embedded instance: one run at a time uses every core
+    assert threads_per_run(8, 4) == 2 and threads_per_run(2, 4) == 1 and threads_per_run(2, 2) == 1
+    assert threads_per_run(16, -1) is None  # Dagster's "no limit"
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert threads_per_run(8, 4) == 3 and threads_per_run(8, None) == 3
+    monkeypatch.setenv(THREADS_ENV, "0")
+    assert threads_per_run(8, 4) is None  # 0: all cores, whatever the instance
+    for bad in ("two", "-1"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=f"MLPLATFORM_THREADS_PER_RUN='{bad}'"):
+            threads_per_run(8, 4)
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert training_workers(12, 10**7, run_threads=1) == 1  # big windows: no more workers than the run's cores
+
+
+def test_fits_in_the_run_process_use_the_runs_threads_and_none_is_no_limit():
+    """The limit reaches the OpenMP runtime scikit-learn's gradient boosting fits with (as threadpoolctl sees it)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor  # noqa: F401  loads the OpenMP runtime
+    from threadpoolctl import threadpool_info
+
+    def openmp_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "openmp"}
+
+    before = openmp_threads()
+    if not before or before == {1}:
+        pytest.skip("no OpenMP runtime, or one core: a limit of one thread could not be told apart")
+    with deciding_threads(1, run_threads=1):
+        assert openmp_threads() == {1}
+    with deciding_threads(1, run_threads=None):
+        assert openmp_threads() == before
+    with deciding_threads(2, run_threads=None):  # workers train: the deciding process stays single-threaded
+        assert openmp_threads() == {1}
+    assert openmp_threads() == before
 
 
 def test_a_decision_threshold_moves_training_metrics_fairness_live_performance_and_the_served_label_together():

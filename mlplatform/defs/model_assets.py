@@ -14,6 +14,7 @@ blocking checks: one run handles a range of weeks, so a week's failure must not 
 other weeks, and nothing downstream in the run consumes the version.
 """
 
+import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -128,6 +129,7 @@ def build_model_assets(spec: ModelSpec):
             deciding_threads,
             record_week,
             rows_needed,
+            threads_per_run,
             train_weeks,
             workers_for_run,
         )
@@ -172,12 +174,16 @@ def build_model_assets(spec: ModelSpec):
             context.log.info(f"{spec.name} week {week_start:%Y-%m-%d}: after the concept change, trains from "
                              f"{since[week_start]:%Y-%m-%d}" + (f": {window_choices[f'{week_start:%Y-%m-%d}']}"
                                                                if window_choices else " (docs/production.md)"))
-        workers = workers_for_run(spec, features, week_starts)
+        run_threads = threads_per_run(os.cpu_count() or 1, _max_concurrent_runs(context.instance))
+        workers = workers_for_run(spec, features, week_starts, run_threads)
         if workers > 1:
             context.log.info(f"training {len(week_starts)} weeks in {workers} worker processes")
+        elif run_threads is not None:
+            context.log.info(f"training with {run_threads} thread(s) per fit: this run's share of the machine's "
+                             f"cores (MLPLATFORM_THREADS_PER_RUN, docs/shared-services.md)")
         recorded = 0
         weeks_text = f"weeks {week_starts[0]:%Y-%m-%d}..{week_starts[-1]:%Y-%m-%d}"
-        with deciding_threads(workers), tracker.parent_run(spec.name, context.run.run_id,
+        with deciding_threads(workers, run_threads), tracker.parent_run(spec.name, context.run.run_id,
                                                            f"Dagster run {context.run.run_id}: {weeks_text}",
                                                            owner_run_id=owning_run_id(tracker, context.run.run_id)):
             for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers, logged, since),
@@ -207,6 +213,13 @@ def build_model_assets(spec: ModelSpec):
             yield _backtest_result(spec, warehouse)
 
     return model_and_evaluation
+
+
+def _max_concurrent_runs(instance) -> int | None:
+    """How many runs the instance's ``dagster.yaml`` lets start at once (``concurrency.runs``: 4 in the shared mode's,
+    1 in the embedded one's); None when it does not say (a test or ephemeral instance)."""
+    value = (instance.get_settings("concurrency") or {}).get("runs", {}).get("max_concurrent_runs")
+    return value if isinstance(value, int) else None
 
 
 def _new_regime_starts(spec: ModelSpec, warehouse: Warehouse, week_starts: list[datetime]) -> dict[datetime, datetime]:

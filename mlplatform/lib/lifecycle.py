@@ -573,14 +573,42 @@ def evaluation_row(spec: ModelSpec, result: WeekResult) -> pd.DataFrame:
 
 
 WORKERS_ENV = "MLPLATFORM_TRAINING_WORKERS"
+THREADS_ENV = "MLPLATFORM_THREADS_PER_RUN"
 MIN_ROWS_FOR_WORKERS = 50_000
 """Below this many rows per training window a fit takes well under a second: starting worker
 processes would cost more than training weeks side by side saves (docs/benchmarks.md)."""
 
 
-def training_workers(n_weeks: int, window_rows: int) -> int:
+def threads_per_run(cores: int, max_concurrent_runs: int | None, environ: Mapping[str, str] | None = None
+                    ) -> int | None:
+    """The cores one run's fits may use, or None for all of them.
+
+    Several runs on one machine, each fitting with as many OpenMP threads as there are cores, spin against each
+    other: two gradient-boosting backfills at once took longer than one after the other, and about half as long
+    with their share of threads each (docs/benchmarks.md). So where the instance starts ``max_concurrent_runs``
+    runs at once (the shared mode), a run gets its share, cores / max_concurrent_runs, at least one.
+    ``MLPLATFORM_THREADS_PER_RUN`` overrides it (a number; 0: all cores). The embedded instance runs one run at a
+    time: no limit.
+    """
+    environ = os.environ if environ is None else environ
+    configured = environ.get(THREADS_ENV, "").strip()
+    if configured:
+        try:
+            threads = int(configured)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV}={configured!r}: expected a whole number of threads per run "
+                             "(0: all cores)") from None
+        if threads < 0:
+            raise ValueError(f"{THREADS_ENV}={configured!r}: expected 0 (all cores) or more")
+        return threads or None
+    if not max_concurrent_runs or max_concurrent_runs <= 1:
+        return None
+    return max(1, cores // max_concurrent_runs)
+
+
+def training_workers(n_weeks: int, window_rows: int, run_threads: int | None = None) -> int:
     """Worker processes for a run of ``n_weeks``: MLPLATFORM_TRAINING_WORKERS when set, else one per core for
-    big windows (1 means train in this process)."""
+    big windows (1 means train in this process), never more than the run's cores (``run_threads``)."""
     configured = os.environ.get(WORKERS_ENV, "").strip()
     if configured:
         try:
@@ -589,30 +617,33 @@ def training_workers(n_weeks: int, window_rows: int) -> int:
             raise ValueError(f"{WORKERS_ENV}={configured!r}: expected a whole number of worker processes "
                              "(1 trains in the run's own process)") from None
     else:
-        workers = (os.cpu_count() or 1) if window_rows >= MIN_ROWS_FOR_WORKERS else 1
+        workers = (run_threads or os.cpu_count() or 1) if window_rows >= MIN_ROWS_FOR_WORKERS else 1
     return max(1, min(workers, n_weeks))
 
 
 @contextmanager
-def deciding_threads(workers: int) -> Iterator[None]:
-    """While ``workers`` processes train on every core, the deciding process runs single-threaded.
+def deciding_threads(workers: int, run_threads: int | None = None) -> Iterator[None]:
+    """While ``workers`` processes train on every core, the deciding process runs single-threaded; training in
+    this process, it uses the run's ``run_threads`` (None: all cores).
 
     Its OpenMP/BLAS threads would spin against the busy workers: scoring the champion took
     an order of magnitude longer (docs/benchmarks.md).
     """
-    if workers <= 1:
+    limit = 1 if workers > 1 else run_threads
+    if limit is None:
         yield
         return
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=limit):
         yield
 
 
-def workers_for_run(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime]) -> int:
+def workers_for_run(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime],
+                    run_threads: int | None = None) -> int:
     """:func:`training_workers` for a run, sized by the rows of its last (fullest) week's training window."""
     window = training_window(spec, week_starts[-1])
-    return training_workers(len(week_starts), len(rows_in_window(features, spec.time_column, window)))
+    return training_workers(len(week_starts), len(rows_in_window(features, spec.time_column, window)), run_threads)
 
 
 def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime],
