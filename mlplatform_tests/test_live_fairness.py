@@ -430,6 +430,12 @@ def test_the_canary_analysis_does_not_promote_a_canary_unfair_on_live_traffic_an
     assert "live fairness fails" in summary and "sex is 0.300" in summary and "rollout.require_live_fairness" in summary
     assert json.loads(details)["check"] == "live_fairness"
 
+    later = analyse_and_act(home, warehouse, spec, tracker, 30, now=now + timedelta(minutes=5))  # the next analysis
+    assert later.change is None and later.refused is not None  # refused again, for the same reason ...
+    with duckdb.connect(str(warehouse), read_only=True) as connection:  # ... and said once in the trail (and alerts)
+        assert connection.execute("select count(*) from audit.events where model = 'credit' and "
+                                  "event = 'promotion_refused'").fetchall() == [(1,)]
+
     spec.rollout.require_live_fairness = False  # the same evidence, no requirement: promoted
     run = analyse_and_act(home, warehouse, spec, tracker, 30, now=now)
     assert run.change is not None and run.change.kind == "canary_promoted", run.text()

@@ -25,7 +25,7 @@ import duckdb
 
 from mlplatform.lib import promotion
 from mlplatform.lib.aliases import CHAMPION
-from mlplatform.lib.audit import AuditEvent, append_events, read_events
+from mlplatform.lib.audit import AuditEvent, append_events, read_events, repeats_newest_event
 from mlplatform.lib.promotion import AliasChange, PromotionRefused
 from mlplatform.lib.stores import StoresDamaged, check_stores
 from mlplatform.lib.tracking import Tracker
@@ -189,8 +189,8 @@ def move_champion(home: Path, warehouse_path: Path, tracker: Tracker, wait_secon
                 committed(connection)
             raise
         except PromotionRefused as refused:
-            if refused.audit is not None:  # a refusal the audit keeps (live fairness): recorded, nothing moved
-                _record(connection, refused.audit)
+            if refused.audit is not None and not (refused.once and repeats_newest_event(connection, refused.audit)):
+                _record(connection, refused.audit)  # a refusal the audit keeps (live fairness): nothing moved
                 if committed is not None:
                     committed(connection)
             raise

@@ -164,20 +164,31 @@ def append_events(connection: duckdb.DuckDBPyConnection, events: Iterable[AuditE
     return len(rows)
 
 
+def _events_table_exists(connection: duckdb.DuckDBPyConnection) -> bool:
+    return bool(connection.execute("select count(*) from information_schema.tables where table_schema = ? and "
+                                   "table_name = ?", [names.AUDIT_SCHEMA, names.AUDIT_EVENTS_TABLE]).fetchall()[0][0])
+
+
 def read_events(connection: duckdb.DuckDBPyConnection, model: str, since: str | None = None) -> pd.DataFrame:
-    exists = connection.execute("select count(*) from information_schema.tables where table_schema = ? and "
-                                "table_name = ?", [names.AUDIT_SCHEMA, names.AUDIT_EVENTS_TABLE]).fetchall()[0][0]
-    if not exists:
+    if not _events_table_exists(connection):
         return pd.DataFrame(columns=EVENT_COLUMNS)
     return connection.execute(f"select * from {EVENTS_TABLE} where model = ? and occurred_at >= ? order by seq",
                               [model, since or "1900-01-01"]).fetchdf()
 
 
+def repeats_newest_event(connection: duckdb.DuckDBPyConnection, event: AuditEvent) -> bool:
+    """Whether the model's newest audit event is already ``event`` (same event, actor and version): an automatic
+    decision that stands unchanged is recorded once, not at every analysis."""
+    if not _events_table_exists(connection):
+        return False
+    newest = connection.execute(f"select event, actor, version from {EVENTS_TABLE} where model = ? order by seq desc "
+                                "limit 1", [event.model]).fetchall()
+    return bool(newest) and tuple(newest[0]) == (event.event, event.actor, event.version)
+
+
 def models_with_trails(connection: duckdb.DuckDBPyConnection) -> list[str]:
     """Every model that has audit events here: named when a verify finds no trail, so a typo is told from a deletion."""
-    exists = connection.execute("select count(*) from information_schema.tables where table_schema = ? and "
-                                "table_name = ?", [names.AUDIT_SCHEMA, names.AUDIT_EVENTS_TABLE]).fetchall()[0][0]
-    if not exists:
+    if not _events_table_exists(connection):
         return []
     return [row[0] for row in connection.execute(f"select distinct model from {EVENTS_TABLE} order by 1").fetchall()]
 

@@ -79,11 +79,14 @@ class PromotionRefused(ValueError):
     """A requested alias move breaks a rule (gates failed, no such version, no actor); nothing changed.
 
     ``audit``: the event to record for a refusal the audit must keep (live fairness); the workflow that opened the
-    warehouse (:func:`mlplatform.lib.approvals.move_champion`) appends it."""
+    warehouse (:func:`mlplatform.lib.approvals.move_champion`) appends it. ``once``: an automatic refusal that
+    repeats at every analysis while nothing changes: recorded only when the model's newest event is not already
+    this refusal (same event, actor and version), so the trail and the alerts say it once, not every hour."""
 
-    def __init__(self, message: str, audit: AuditEvent | None = None):
+    def __init__(self, message: str, audit: AuditEvent | None = None, once: bool = False):
         super().__init__(message)
         self.audit = audit
+        self.once = once
 
 
 def refuse_control_characters(**texts: str | None) -> None:
@@ -346,7 +349,8 @@ def canary_promotion_change(registry: AliasRegistry, model: str, version: str, a
     week = registry.version_tags(model, str(version)).get("week")
     live = live_check(str(version)) if live_check is not None and previous is not None else None
     if live is not None:
-        raise PromotionRefused(f"{live.reason()}; the canary stays at its share", audit=live.audit_event(actor, week))
+        raise PromotionRefused(f"{live.reason()}; the canary stays at its share", audit=live.audit_event(actor, week),
+                               once=True)
     return AliasChange(model, CHAMPION, str(version), previous, actor, f"canary promoted: {reason}", week,
                        kind="canary_promoted")
 
