@@ -186,7 +186,8 @@ def build_model_assets(spec: ModelSpec):
         with deciding_threads(workers, run_threads), tracker.parent_run(spec.name, context.run.run_id,
                                                            f"Dagster run {context.run.run_id}: {weeks_text}",
                                                            owner_run_id=owning_run_id(tracker, context.run.run_id)):
-            for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers, logged, since),
+            for week_start, trained in zip(week_starts, train_weeks(spec, features, week_starts, workers, logged, since,
+                                                                       run_threads),
                                            strict=True):
                 week = week_start.date().isoformat()
                 if isinstance(trained, str):

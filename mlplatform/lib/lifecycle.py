@@ -648,7 +648,8 @@ def workers_for_run(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequen
 
 def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[datetime],
                 workers: int = 1, logged_inputs: pd.DataFrame | None = None,
-                since: Mapping[datetime, datetime] | None = None) -> Iterator[TrainedWeek | TrainingHalted | str]:
+                since: Mapping[datetime, datetime] | None = None, run_threads: int | None = None
+                ) -> Iterator[TrainedWeek | TrainingHalted | str]:
     """:func:`train_week` for each week, yielded in week order.
 
     ``logged_inputs``: the prediction log's production inputs (a ``time`` column and the features); each week's
@@ -666,11 +667,13 @@ def train_weeks(spec: ModelSpec, features: pd.DataFrame, week_starts: Sequence[d
         for week_start in week_starts:
             yield train_week(spec, features, week_start, production(week_start), starts.get(week_start))
         return
-    from joblib import Parallel, delayed
+    from joblib import Parallel, delayed, parallel_config
 
     # max_nbytes=None: send plain copies (no read-only memory maps); pre_dispatch bounds the weeks in flight.
-    parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator", max_nbytes=None,
-                        pre_dispatch=f"{2 * workers}")
+    # A run with its share of the cores (``run_threads``) splits that share among its workers, not the machine.
+    inner = {"inner_max_num_threads": max(1, run_threads // workers)} if run_threads else {}
+    with parallel_config(backend="loky", **inner):
+        parallel = Parallel(n_jobs=workers, return_as="generator", max_nbytes=None, pre_dispatch=f"{2 * workers}")
     yield from parallel(delayed(train_week)(spec, rows_in_window(features, spec.time_column, rows_needed(spec, week)),
                                             week, production(week), starts.get(week))
                         for week in week_starts)
