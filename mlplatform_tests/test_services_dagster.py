@@ -87,7 +87,7 @@ def wait_finished(instance: DagsterInstance, stack: DagsterStack, run_filter: Ru
         records = instance.get_run_records(run_filter, ascending=True)
         if len(records) >= count and all(r.dagster_run.status in TERMINAL for r in records[:count]):
             return records[:count]
-        time.sleep(2)
+        time.sleep(0.5)
     states = [(r.dagster_run.job_name, r.dagster_run.status.value) for r in instance.get_run_records(run_filter)]
     raise AssertionError(f"runs {run_filter} not finished in {RUN_TIMEOUT:g} s: {states}\n{stack.log_tails()}")
 

@@ -85,9 +85,11 @@ def shared_instance_config(postgres_url_env: str = POSTGRES_URL_ENV, max_concurr
     return {
         "telemetry": {"enabled": False},
         "storage": {"postgres": {"postgres_url": {"env": postgres_url_env}}},
-        # launches in threads: one slow launch (a code server busy starting a run) does not hold up the others
+        # launches in threads: one slow launch (a code server busy starting a run) does not hold up the others;
+        # the queue is looked at every second (Dagster's default, 5 s, adds 2.5 s on average to every run's start)
         "run_coordinator": {"module": "dagster", "class": "QueuedRunCoordinator",
-                            "config": {"dequeue_use_threads": True, "dequeue_num_workers": 4}},
+                            "config": {"dequeue_use_threads": True, "dequeue_num_workers": 4,
+                                       "dequeue_interval_seconds": 1}},
         # runs start in a process of the code server that owns the job (the daemon never imports the code)
         "run_launcher": {"module": "dagster", "class": "DefaultRunLauncher"},
         "run_monitoring": dict(RUN_MONITORING),
