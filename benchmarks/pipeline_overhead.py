@@ -17,9 +17,9 @@ MLPLATFORM_TRAINING_WORKERS); set it to 1 to measure training in the run's own p
 
 With ``--warehouse postgres`` it compares the warehouses instead (a throwaway PostgreSQL from Debian's binaries is
 started unless ``--warehouse-url`` names one): the same model backfill on DuckDB and on PostgreSQL in this process,
-per week (the difference is PostgreSQL's bookkeeping; ``--pairs`` measurements in alternating order, the median difference
-reported), then two models' backfills on PostgreSQL at once against the
-two one after the other (each in its own process).
+per week (the difference is PostgreSQL's bookkeeping; ``--pairs`` measurements in alternating order, the median
+difference reported), then two models' backfills on PostgreSQL one after the other, at once, and at once with each
+run's share of the cores (``MLPLATFORM_THREADS_PER_RUN``), each backfill in its own process.
 """
 
 from __future__ import annotations
@@ -293,7 +293,6 @@ def compare_warehouses(args: argparse.Namespace) -> None:
 
         # Pairs in alternating order (DuckDB first, then PostgreSQL first, ...), so a drift of the machine's speed
         # during the run does not land on one backend; the median of the pairs' differences is the figure.
-        differences: list[float] = []
         seconds: dict[str, list[float]] = {"duckdb": [], "postgres": []}
         print(f"rows per week {args.rows_per_week:,}, training window {args.window} weeks, K={args.weeks} weeks, "
               f"{args.pairs} pairs")
@@ -302,14 +301,15 @@ def compare_warehouses(args: argparse.Namespace) -> None:
             measured = {backend: per_week_seconds(backend, pair) for backend in order}
             for backend, value in measured.items():
                 seconds[backend].append(value)
-            differences.append(measured["postgres"] - measured["duckdb"])
             print(f"  pair {pair + 1} ({order[0]} first): per week DuckDB {measured['duckdb']:.2f} s, "
-                  f"PostgreSQL {measured['postgres']:.2f} s, difference {differences[-1]:+.2f} s", flush=True)
-        median = statistics.median
+                  f"PostgreSQL {measured['postgres']:.2f} s, difference {measured['postgres'] - measured['duckdb']:+.2f} s",
+                  flush=True)
+        differences = [pg - duck for duck, pg in zip(seconds["duckdb"], seconds["postgres"], strict=True)]
         if differences:
-            print(f"one model, one run, per week (median of {args.pairs}): DuckDB {median(seconds['duckdb']):.2f} s, "
-                  f"PostgreSQL {median(seconds['postgres']):.2f} s; PostgreSQL's bookkeeping: median difference "
-                  f"{median(differences):+.2f} s/week (pairs range {min(differences):+.2f} to {max(differences):+.2f})")
+            print(f"one model, one run, per week (median of {args.pairs}): DuckDB "
+                  f"{statistics.median(seconds['duckdb']):.2f} s, PostgreSQL {statistics.median(seconds['postgres']):.2f} s;"
+                  f" PostgreSQL's bookkeeping: median difference {statistics.median(differences):+.2f} s/week "
+                  f"(pairs range {min(differences):+.2f} to {max(differences):+.2f})")
 
         def backfills(url: str, together: bool, threads: int | None = None) -> float:
             env = {**os.environ, "MLPLATFORM_HOME": str(folder / f"home-two-{together}-{threads}"),
